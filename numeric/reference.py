@@ -1,0 +1,195 @@
+r"""A plain PyTorch reference of the MLP sub-block a spec declares (float64 by default).
+
+This is the numeric ground truth the symbolic layer is checked against: written directly
+from the architecture (nanoGPT style), not from the derived formulas. Tokens are batched on
+the leading axis: ``u`` has shape (T, d). Parameters are a dict keyed by the canonical names
+of `symbolic.spec.patchable_parameters` (norm scales stored as the model stores them:
+$\gamma = w$ or $\gamma = 1 + w$).
+
+It must not import the derivation: tests compare the two.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+
+import sympy as sp
+import torch
+
+from symbolic.activations import activation
+from symbolic.activations import x as act_var
+from symbolic.spec import BlockSpec, NormSpec
+
+
+def _unary(f):
+    """A torch function that also accepts plain numbers (lambdify prints sqrt(2) as a call)."""
+    return lambda v: f(v if isinstance(v, torch.Tensor) else torch.tensor(float(v), dtype=torch.float64))
+
+
+_TORCH_FUNCS = {
+    **{name: _unary(getattr(torch, tname)) for name, tname in (
+        ("exp", "exp"), ("log", "log"), ("tanh", "tanh"), ("sinh", "sinh"), ("cosh", "cosh"), ("sin", "sin"),
+        ("cos", "cos"), ("atan", "atan"), ("erf", "erf"), ("sqrt", "sqrt"), ("Abs", "abs"), ("sign", "sign"))},
+    "pi": torch.pi, "E": torch.e,
+    "Max": lambda *a: _fold(torch.maximum, a), "Min": lambda *a: _fold(torch.minimum, a),
+    "Heaviside": lambda v, h0=0.5: torch.heaviside(v, torch.as_tensor(h0, dtype=v.dtype)),
+}
+
+
+def _fold(op, args):
+    tensors = [a for a in args if isinstance(a, torch.Tensor)]
+    like = tensors[0]
+    out = torch.as_tensor(args[0], dtype=like.dtype)
+    for a in args[1:]:
+        out = op(out, torch.as_tensor(a, dtype=like.dtype))
+    return out
+
+
+@cache
+def elementwise(name_or_expr: str):
+    """A torch function for an activation of a spec (SymPy expression lambdified once)."""
+    expr = activation(name_or_expr)
+    if expr == act_var:
+        return lambda v: v
+    fn = sp.lambdify(act_var, expr, modules=[_TORCH_FUNCS])
+
+    def apply(v: torch.Tensor) -> torch.Tensor:
+        r = fn(v)
+        return r if isinstance(r, torch.Tensor) else torch.full_like(v, float(r))
+
+    return apply
+
+
+def norm(spec: NormSpec | None, scale: torch.Tensor | None, bias: torch.Tensor | None,
+         v: torch.Tensor) -> torch.Tensor:
+    r"""$\gamma \odot c / \sqrt{\mathrm{mean}(c^2) + \epsilon} + \beta$, $c = v$ (RMS) or $v - \mathrm{mean}(v)$."""
+    if spec is None:
+        return v
+    c = v - v.mean(-1, keepdim=True) if spec.kind == "layer" else v
+    f = c / torch.sqrt((c * c).mean(-1, keepdim=True) + spec.eps)
+    gamma = 1.0 if spec.scale == "none" else (1 + scale if spec.scale == "one_plus" else scale)
+    return gamma * f + (bias if bias is not None else 0.0)
+
+
+@dataclass
+class Trace:
+    """Signals of one run, each (T, ...)."""
+
+    z: torch.Tensor
+    hidden: dict[str, torch.Tensor]
+    h: torch.Tensor
+    o: torch.Tensor
+    y: torch.Tensor
+    logits: torch.Tensor | None = None
+    selected: torch.Tensor | None = None  # (T, k) expert indices
+    gates: torch.Tensor | None = None  # (T, k) routing weights
+    shared_gate: torch.Tensor | None = None  # (T, 1)
+
+
+def _norm_of(spec: BlockSpec, params: dict, name: str, v: torch.Tensor) -> torch.Tensor:
+    n = spec.norms.get(name)
+    return norm(n, params.get(f"{name}.scale"), params.get(f"{name}.bias"), v)
+
+
+def hidden_of(spec: BlockSpec, params: dict, z: torch.Tensor, prefix: str = "") -> torch.Tensor:
+    """a = sigma(W_gate z + b_gate) * (W_up z + b_up), or sigma(W_up z + b_up)."""
+    sigma = elementwise(spec.mlp.activation)
+    kind = spec.mlp.kind if not prefix else (spec.moe.expert if prefix == "experts." else "gated")
+    up = z @ params[prefix + "W_up"].transpose(-1, -2) + params.get(prefix + "b_up", 0.0)
+    if kind == "gated":
+        return sigma(z @ params[prefix + "W_gate"].transpose(-1, -2) + params.get(prefix + "b_gate", 0.0)) * up
+    return sigma(up)
+
+
+def route(spec: BlockSpec, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k expert indices and routing weights, as the spec's router computes them."""
+    moe = spec.moe
+    if moe.softmax == "after_topk":
+        top, idx = logits.topk(moe.top_k, dim=-1)
+        return idx, torch.softmax(top, dim=-1)
+    probs = torch.softmax(logits, dim=-1)
+    w, idx = probs.topk(moe.top_k, dim=-1)
+    if moe.renormalize:
+        w = w / w.sum(-1, keepdim=True)
+    return idx, w
+
+
+def forward(spec: BlockSpec, params: dict, u: torch.Tensor, base: torch.Tensor,
+            hidden_override: dict[str, torch.Tensor] | None = None) -> Trace:
+    """The MLP sub-block on MLP input `u` (T, d) with residual base `base` (T, d)."""
+    z = _norm_of(spec, params, "mlp_pre_norm", u)
+    tr = Trace(z=z, hidden={}, h=None, o=None, y=None)
+    if spec.moe is None:
+        tr.hidden[""] = hidden_of(spec, params, z) if hidden_override is None else hidden_override[""]
+        h = tr.hidden[""] @ params["W_down"].T + params.get("b_down", 0.0)
+    else:
+        h = _moe(spec, params, z, tr)
+    phi = elementwise(spec.mlp.out_activation)
+    tr.h = h
+    tr.o = _norm_of(spec, params, "mlp_post_norm", phi(h))
+    r = base + tr.o if spec.skip else tr.o
+    tr.y = _norm_of(spec, params, "post_ln", r)
+    return tr
+
+
+def _moe(spec: BlockSpec, params: dict, z: torch.Tensor, tr: Trace) -> torch.Tensor:
+    tr.logits = z @ params["W_router"].T  # (T, E)
+    tr.selected, tr.gates = route(spec, tr.logits)
+    experts = {k[len("experts."):]: v for k, v in params.items() if k.startswith("experts.")}
+    h = torch.zeros_like(z)
+    hidden = []
+    for slot in range(spec.moe.top_k):
+        e = tr.selected[:, slot]  # (T,)
+        sub = {name: w[e] for name, w in experts.items()}  # (T, rows, cols)
+        a = _batched_hidden(spec, sub, z)  # (T, m)
+        hidden.append(a)
+        h = h + tr.gates[:, slot, None] * torch.einsum("tdm,tm->td", sub["W_down"], a)
+    tr.hidden["experts"] = torch.stack(hidden, 1)  # (T, k, m)
+    if spec.moe.shared_expert != "none":
+        a_s = hidden_of(spec, params, z, "shared.")
+        tr.hidden["shared"] = a_s
+        g = torch.sigmoid(z @ params["shared.w_gate"])[:, None] if spec.moe.shared_expert == "gated" else 1.0
+        tr.shared_gate = g if isinstance(g, torch.Tensor) else None
+        h = h + g * (a_s @ params["shared.W_down"].T)
+    return h
+
+
+def _batched_hidden(spec: BlockSpec, sub: dict, z: torch.Tensor) -> torch.Tensor:
+    sigma = elementwise(spec.mlp.activation)
+    up = torch.einsum("tmd,td->tm", sub["W_up"], z)
+    if spec.moe.expert == "gated":
+        return sigma(torch.einsum("tmd,td->tm", sub["W_gate"], z)) * up
+    return sigma(up)
+
+
+def random_params(spec: BlockSpec, d: int, m: int, generator: torch.Generator,
+                  n_experts: int | None = None, dtype=torch.float64) -> dict[str, torch.Tensor]:
+    """Random parameters for every patchable parameter (norm weights and biases randomized too)."""
+    from symbolic.spec import patchable_parameters
+
+    E = n_experts or (spec.moe.experts if spec.moe else 0)
+
+    def rnd(*shape, scale=1.0):
+        return torch.randn(*shape, generator=generator, dtype=dtype) * scale
+
+    shapes = {
+        "W_gate": (m, d), "W_up": (m, d), "W_down": (d, m), "b_gate": (m,), "b_up": (m,), "b_down": (d,),
+        "W_router": (E, d), "experts.W_gate": (E, m, d), "experts.W_up": (E, m, d), "experts.W_down": (E, d, m),
+        "shared.W_gate": (m, d), "shared.W_up": (m, d), "shared.W_down": (d, m), "shared.w_gate": (d,),
+    }
+    out = {}
+    for name in patchable_parameters(spec):
+        if name.endswith(".scale"):
+            out[name] = 1 + 0.3 * rnd(d) if not _one_plus(spec, name) else 0.3 * rnd(d)
+        elif name.endswith(".bias"):
+            out[name] = 0.3 * rnd(d)
+        else:
+            shape = shapes[name]
+            fan_in = shape[-1]
+            out[name] = rnd(*shape, scale=fan_in**-0.5)
+    return out
+
+
+def _one_plus(spec: BlockSpec, name: str) -> bool:
+    return spec.norms[name.split(".")[0]].scale == "one_plus"

@@ -1,0 +1,208 @@
+"""The `ctxpatch` command line. Each verb is a small function; errors become exit codes.
+
+Exit codes: 0 success; 1 a check failed (a derivation SymPy could not verify); 2 bad input
+(unknown architecture, malformed TOML, unknown field, value or strategy), reported as one
+paragraph on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+
+from rich.console import Console
+from rich.table import Table
+
+from symbolic import catalog
+from symbolic.errors import SpecError
+
+console = Console(highlight=False)
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _emit(obj: dict) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+# --------------------------------------------------------------------------- verbs
+
+
+def cmd_archs(args) -> int:
+    names = catalog.names()
+    if args.json:
+        _emit({"archs": names})
+        return EXIT_OK
+    table = Table("arch", "description", title="ctxpatch catalog")
+    for n in names:
+        table.add_row(n, catalog.load(n).description)
+    console.print(table)
+    return EXIT_OK
+
+
+def cmd_spec(args) -> int:
+    from symbolic.spec import dump_toml
+
+    if args.canonical:
+        print(dump_toml(catalog.load(args.name)), end="")
+    else:
+        print(catalog.text(args.name), end="")
+    return EXIT_OK
+
+
+def cmd_check(args) -> int:
+    from symbolic.controllability import check, strategies_table
+
+    spec = catalog.resolve(args.arch)
+    verdict = check(spec, args.strategy, args.input_strategy)
+    out = verdict.to_json()
+    if args.json:
+        _emit(out)
+    else:
+        _print_verdict(verdict, out, strategies_table(verdict))
+    unverified = verdict.derivation is not None and not verdict.derivation.verified
+    return EXIT_FAILED if unverified else EXIT_OK
+
+
+def _print_verdict(verdict, out: dict, rows) -> None:
+    yes = {True: "[green]yes[/green]", False: "[red]no[/red]"}
+    table = Table(title=f"controllability of {out['arch']}", show_header=False)
+    table.add_row("perfect patch", yes[out["perfect_patch"]])
+    table.add_row("inner function input controllable", yes[out["input_controllable"]])
+    table.add_row("outer function output controllable", yes[out["output_controllable"]])
+    table.add_row("strategy (input / output)", f"{out['input_strategy']} / {out['output_strategy']}")
+    console.print(table)
+    if out["patches"]:
+        pt = Table("parameter", "kind", "patch", title="patches")
+        for p in verdict.derivation.patches:
+            from symbolic.derive import formula_text
+
+            pt.add_row(p.param, p.kind, formula_text(p))
+        console.print(pt)
+        console.print("side conditions: " + ("; ".join(out["conditions"]) or "none"))
+    st = Table("side", "strategy", "status", title="strategies tried")
+    for row in rows:
+        st.add_row(*row)
+    console.print(st)
+    ce = out["counterexample"]
+    if ce:
+        console.print(f"[red]no perfect patch[/red]: {ce['side']} side, stage {ce['stage']} ({ce['reason']}).")
+        console.print(f"invariant: {ce['invariant']}")
+        console.print(f"witness (d = {ce['dims']['d']}, seed {ce['seed']}): {ce['note']}")
+
+
+def cmd_derive(args) -> int:
+    from symbolic.controllability import check
+    from symbolic.derive import derivation_json, formula_text
+
+    spec = catalog.resolve(args.arch)
+    verdict = check(spec, args.strategy, args.input_strategy)
+    der = verdict.derivation_for(args.strategy, args.input_strategy)
+    out = derivation_json(der, latex=args.latex)
+    if args.json:
+        _emit(out)
+        return EXIT_OK if der.verified else EXIT_FAILED
+    print(f"{der.arch}: input strategy {der.input_strategy}, output strategy {der.output_strategy} "
+          f"(verified: {der.verified})")
+    if args.latex:
+        print("\\begin{align*}")
+        print(" \\\\\n".join(out["latex"].values()))
+        print("\\end{align*}\nwhere\n\\begin{align*}")
+        print(" \\\\\n".join(f"{_tex_name(n)} &= {e}" for n, e in out["definitions_latex"].items()))
+        print("\\end{align*}")
+        print("side conditions: $" + "$, $".join(out["conditions_latex"]) + "$" if out["conditions_latex"] else "")
+        return EXIT_OK if der.verified else EXIT_FAILED
+    for p in der.patches:
+        print(f"{p.param} [{p.kind}]: {formula_text(p)}")
+    print("where:")
+    for name, expr in out["definitions"].items():
+        print(f"  {name} = {expr}")
+    print("side conditions: " + ("; ".join(out["conditions"]) or "none"))
+    return EXIT_OK if der.verified else EXIT_FAILED
+
+
+def _tex_name(name: str) -> str:
+    import sympy as sp
+
+    from symbolic.printing import latex
+
+    return latex(sp.Symbol(name.replace("[e]", ""))) + (r"^{(e)}" if name.endswith("[e]") else "")
+
+
+def cmd_demo(args) -> int:
+    """Until the full pipeline lands: check and derive gemma3 (the seed paper's Theorem 1)."""
+    from symbolic.controllability import check
+    from symbolic.derive import formula_text
+
+    steps = []
+
+    def step(name: str, fn: Callable[[], bool]) -> None:
+        t0 = time.perf_counter()
+        ok = bool(fn())
+        steps.append({"name": name, "ok": ok, "seconds": round(time.perf_counter() - t0, 3)})
+
+    spec = catalog.load("gemma3")
+    holder = {}
+    step("check gemma3", lambda: holder.setdefault("v", check(spec)).perfect_patch)
+    step("derive gemma3", lambda: holder["v"].derivation.verified)
+    if args.json:
+        _emit({"steps": steps})
+    else:
+        for p in holder["v"].derivation.patches:
+            console.print(f"{p.param} [{p.kind}]: {formula_text(p)}", markup=False)
+        table = Table("step", "ok", "seconds", title="ctxpatch demo")
+        for s in steps:
+            table.add_row(s["name"], "yes" if s["ok"] else "NO", f"{s['seconds']:.2f}")
+        console.print(table)
+    return EXIT_OK if all(s["ok"] for s in steps) else EXIT_FAILED
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ctxpatch",
+        description="Exact context-to-parameter patches for transformer blocks: specs, controllability, "
+                    "derivations (arXiv:2507.16003, arXiv:2511.17864).")
+    sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    def verb(name: str, fn, help_: str, arch: bool = False, json_: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        if arch:
+            p.add_argument("arch", metavar="ARCH_OR_TOML", help="a catalog architecture or a path to a TOML spec")
+        if json_:
+            p.add_argument("--json", action="store_true", help="print one JSON object")
+        p.set_defaults(fn=fn)
+        return p
+
+    verb("archs", cmd_archs, "list the catalog architectures")
+    p = verb("spec", cmd_spec, "print the catalog TOML of an architecture", json_=False)
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("--canonical", action="store_true", help="print the parsed spec back as canonical TOML")
+    for name, fn, help_ in (
+        ("check", cmd_check, "controllability verdict: perfect patch, conditions or counterexample"),
+        ("derive", cmd_derive, "print the derived patch formulas"),
+    ):
+        p = verb(name, fn, help_, arch=True)
+        p.add_argument("--strategy", help="output-side strategy (see `ctxpatch check ARCH`)")
+        p.add_argument("--input-strategy", help="input-side strategy (rank1, bias, pre_norm_bias, ...)")
+        if name == "derive":
+            p.add_argument("--latex", action="store_true", help="print the formulas as LaTeX")
+    verb("demo", cmd_demo, "the main job, end to end on gemma3")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except SpecError as exc:
+        print(f"ctxpatch {args.verb}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

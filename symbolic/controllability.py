@@ -1,0 +1,202 @@
+r"""The controllability checker: does a perfect patch exist for the allowed parameters?
+
+For each side it tries every strategy of `symbolic.derive` (in preference order) and keeps
+those SymPy solves with only *generic* side conditions ($z \neq 0$, coordinates nonzero):
+
+- the inner function is **input controllable** (arXiv:2511.17864, Definition 3) when some input
+  strategy makes the patched pre-activations at $z$ equal the contextual ones at $z_C$;
+- the outer function is **output controllable** (Definition 4) when some output strategy adds
+  any $\delta$ on top of the contextual branch output.
+
+A perfect patch (block output AND hidden activations match) exists when both hold and the
+default derivation verifies symbolically. Otherwise the verdict carries a counterexample: an
+invariant every allowed patch preserves and concrete numbers whose target violates it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from symbolic.derive import (
+    INPUT_ORDER,
+    OUTPUT_ORDER,
+    STRATEGY_DOC,
+    Derivation,
+    Deriver,
+    Restriction,
+    Unavailable,
+)
+from symbolic.errors import SpecError
+from symbolic.spec import BlockSpec, allowed_parameters
+
+DEFAULT_REASON = (
+    "Input side: rank-1 on every input map (the papers' lemma; bias patches as fall-back). "
+    "Output side: a bias patch when the block has one (exact with no side condition); otherwise the "
+    "elementwise post-norm scale (arXiv:2511.17864 Theorem 1: W_down untouched, d numbers per token); "
+    "otherwise rank-1 on W_down (each selected expert's share for MoE). Combined strategies "
+    "(rank-1 + scalar scale, the stable bfloat16 update) on request with --strategy."
+)
+
+
+COUNTER_PRIORITY = {
+    "input": ("gate_only", "up_only", "pre_norm_vector", "pre_norm_bias", "rank1", "bias"),
+    "output": ("down_rank1_norm_scalar", "down_bias_norm_scalar", "stable", "norm_scalar", "down_rank1",
+               "down_bias", "shared_down_rank1"),
+}
+
+
+@dataclass
+class SideResult:
+    ok: list[str] = field(default_factory=list)
+    restrictions: dict[str, Restriction] = field(default_factory=dict)
+    unavailable: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def controllable(self) -> bool:
+        return bool(self.ok)
+
+    def strongest_restriction(self, side: str) -> Restriction | None:
+        """The restriction of the strategy with the most freedom: its invariant binds every allowed patch."""
+        for name in COUNTER_PRIORITY[side]:
+            if name in self.restrictions:
+                return self.restrictions[name]
+        return next(iter(self.restrictions.values()), None)
+
+
+@dataclass
+class Verdict:
+    spec: BlockSpec
+    input: SideResult
+    output: SideResult
+    input_strategy: str | None
+    output_strategy: str | None
+    derivation: Derivation | None
+    counterexample: dict | None
+
+    @property
+    def input_controllable(self) -> bool:
+        return self.input.controllable
+
+    @property
+    def output_controllable(self) -> bool:
+        return self.output.controllable
+
+    @property
+    def perfect_patch(self) -> bool:
+        return self.derivation is not None and self.derivation.verified
+
+    def derivation_for(self, strategy: str | None, input_strategy: str | None) -> Derivation:
+        """The derivation for explicit strategies (None: the defaults). Raises SpecError if unavailable."""
+        ins = _pick(self.spec, "input", self.input, input_strategy) if input_strategy else self.input_strategy
+        outs = _pick(self.spec, "output", self.output, strategy) if strategy else self.output_strategy
+        if ins is None or outs is None:
+            raise SpecError(
+                f"{self.spec.name}: no perfect patch exists for the allowed parameters "
+                f"({', '.join(allowed_parameters(self.spec))}); `ctxpatch check` shows the counterexample.")
+        if (ins, outs) == (self.input_strategy, self.output_strategy) and self.derivation is not None:
+            return self.derivation
+        return Deriver(self.spec).derive(ins, outs)
+
+    def to_json(self) -> dict:
+        d = self.derivation
+        return {
+            "arch": self.spec.name,
+            "perfect_patch": self.perfect_patch,
+            "input_controllable": self.input_controllable,
+            "output_controllable": self.output_controllable,
+            "input_strategy": self.input_strategy,
+            "output_strategy": self.output_strategy,
+            "strategies": {"input": self.input.ok, "output": self.output.ok},
+            "patches": [{"param": p.param, "kind": p.kind} for p in d.patches] if d else [],
+            "conditions": [c.text() for c in d.conditions] if d else [],
+            "hidden_match_verified": bool(d and d.hidden_match),
+            "output_match_verified": bool(d and d.output_match),
+            "default_reason": DEFAULT_REASON,
+            "counterexample": self.counterexample,
+        }
+
+
+def _try_side(spec: BlockSpec, side: str) -> SideResult:
+    res = SideResult()
+    for name in INPUT_ORDER if side == "input" else OUTPUT_ORDER:
+        deriver, steps = Deriver(spec), []
+        try:
+            deriver.input_side(name, steps) if side == "input" else deriver.output_side(name, steps)
+        except Unavailable as exc:
+            res.unavailable[name] = str(exc)
+        except Restriction as exc:
+            res.restrictions[name] = exc
+        else:
+            res.ok.append(name)
+    return res
+
+
+def _pick(spec: BlockSpec, side: str, res: SideResult, wanted: str | None) -> str | None:
+    if wanted is None:
+        return res.ok[0] if res.ok else None
+    if wanted in res.ok:
+        return wanted
+    order = INPUT_ORDER if side == "input" else OUTPUT_ORDER
+    if wanted not in order:
+        from symbolic.errors import bad_value
+
+        raise bad_value(spec.name, f"{side} strategy", wanted, order)
+    why = res.restrictions.get(wanted) or res.unavailable.get(wanted)
+    raise SpecError(
+        f"{spec.name}: the {side} strategy {wanted!r} does not give an exact patch here ({why}). "
+        f"Strategies that do: {', '.join(res.ok) or 'none'}."
+    )
+
+
+def check(spec: BlockSpec, strategy: str | None = None, input_strategy: str | None = None) -> Verdict:
+    """Decide controllability of `spec` and derive the default (or requested) patches."""
+    inp, out = _try_side(spec, "input"), _try_side(spec, "output")
+    ins = _pick(spec, "input", inp, input_strategy or spec.patch.input_strategy)
+    outs = _pick(spec, "output", out, strategy or spec.patch.strategy)
+    derivation = Deriver(spec).derive(ins, outs) if ins and outs else None
+    counter = None
+    if not inp.controllable:
+        counter = counterexample(spec, inp.strongest_restriction("input") or _fixed("input", spec))
+    elif not out.controllable:
+        counter = counterexample(spec, out.strongest_restriction("output") or _fixed("output", spec))
+    return Verdict(spec, inp, out, ins, outs, derivation, counter)
+
+
+def _fixed(side: str, spec: BlockSpec) -> Restriction:
+    if side == "input":
+        return Restriction("input", "fixed", "inner", "no allowed parameter acts before the hidden activations, "
+                           "so they stay sigma(W z) while the contextual run has sigma(W z_C)", "rank1")
+    return Restriction(
+        "output", "fixed", "outer",
+        "no allowed parameter acts after the hidden activations: with them fixed to a_C the branch output "
+        "stays o_C, so the block outputs post_ln(u + o_C) instead of post_ln(u_C + o_C)", "down_rank1")
+
+
+# --------------------------------------------------------------------------- counterexamples
+
+
+def counterexample(spec: BlockSpec, r: Restriction) -> dict:
+    """Concrete numbers (d = 3) whose contextual target no allowed patch reaches, with the invariant."""
+    from numeric.counterexample import witness
+
+    out = {
+        "side": r.side, "reason": r.reason, "stage": r.stage, "strategy": r.strategy,
+        "invariant": r.invariant, "strategy_doc": STRATEGY_DOC.get(r.strategy, ""),
+    }
+    out.update(witness(spec, r))
+    return out
+
+
+def strategies_table(v: Verdict) -> list[tuple[str, str, str]]:
+    """(side, strategy, status) rows for the human-readable output."""
+    rows = []
+    for side, res in (("input", v.input), ("output", v.output)):
+        for name in INPUT_ORDER if side == "input" else OUTPUT_ORDER:
+            if name in res.ok:
+                rows.append((side, name, "exact"))
+            elif name in res.restrictions:
+                rows.append((side, name, f"not generic: {res.restrictions[name].reason}"))
+    return rows
+
+
+__all__ = ["check", "Verdict", "counterexample", "strategies_table"]

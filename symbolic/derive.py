@@ -1,0 +1,747 @@
+r"""Patch formulas, solved by SymPy from an ansatz: the one source of truth for every formula.
+
+A *strategy* names which parameters absorb the context and with which ansatz:
+
+- input side (make the inner function see $z_C$ while it is fed $z$):
+  ``rank1`` $W \to W + x z^\top$ on every input map (bias as fall-back),
+  ``bias`` $b \to b + x$ (rank-1 as fall-back), ``pre_norm_bias`` $\beta \to \beta + x$,
+  ``pre_norm_vector`` $w \to w + x$, ``none`` (parallel block: the MLP never sees the context);
+- output side (add $\delta = u_C - u$ on top of the contextual branch output):
+  ``down_bias``, ``down_rank1`` (for MoE: every selected expert takes the share
+  $\delta / \sum_j s_j$), ``shared_down_rank1``, ``norm_bias``, ``norm_vector`` (the paper's
+  Theorem 1), ``down_rank1_norm_scalar`` and ``down_bias_norm_scalar`` (rank-1 / bias towards
+  $v = t \oslash \gamma$ plus a scalar scale), ``stable`` (the paper's Appendix B),
+  ``post_ln_bias``, ``post_ln_vector``, ``none`` (no skip: nothing to add).
+
+Each strategy writes the matching equation of one stage (the stages after it are then fed
+their contextual inputs), and `sympy.solve` finds the unknown. A strategy whose solution
+would restrict the target itself (a scalar unknown with a coordinate-dependent solution, a
+target outside the range of a bounded stage, no patchable parameter at all) raises
+`Restriction`: the block is then not controllable that way, and `symbolic.controllability`
+turns the restriction into a counterexample.
+
+Default (see `OUTPUT_ORDER`): bias patches first, because they need no side condition at all;
+then the elementwise post-norm scale, the paper's Theorem 1 (W_down untouched, d numbers per
+token); then rank-1 on W_down; the combined strategies only on request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sympy as sp
+
+from symbolic.activations import x as _ACT_X
+from symbolic.algebra import (
+    Condition,
+    Dot,
+    Mean,
+    Outer,
+    RmsInverse,
+    Vec,
+    is_scalar,
+    is_zero,
+    normalize,
+    side_conditions,
+    tidy,
+)
+from symbolic.model import Block, Params, expert
+from symbolic.printing import pstr
+from symbolic.ranges import elementwise_range
+from symbolic.spec import BlockSpec, allowed_kinds
+
+INPUT_ORDER = ("none", "rank1", "bias", "pre_norm_bias", "pre_norm_vector", "up_only", "gate_only")
+OUTPUT_ORDER = (
+    "none", "down_bias", "post_ln_bias", "norm_bias", "norm_vector", "down_rank1",
+    "shared_down_rank1", "down_rank1_norm_scalar", "down_bias_norm_scalar", "stable",
+    "post_ln_vector", "norm_scalar",
+)
+STRATEGY_DOC = {
+    "none": "no patch needed on this side",
+    "rank1": "rank-1 patch W -> W + W(z_C - z) z^T / (z^T z) on every input map (Dherin et al.; 2511.17864 lemma)",
+    "bias": "bias patch b -> b + W(z_C - z) on every input map",
+    "pre_norm_bias": "pre-norm bias patch: the norm outputs z_C",
+    "pre_norm_vector": "pre-norm elementwise scale patch: the norm outputs z_C",
+    "up_only": "gated MLP, gate frozen: the up map (rank-1 or bias) aims at a_C / sigma(W_gate z)",
+    "gate_only": "gated MLP, up frozen: the gate map aims at sigma^-1(a_C / (W_up z)) (needs sigma onto R)",
+    "down_bias": "output bias patch b_down -> b_down + delta (Innocenti & Achour)",
+    "down_rank1": "rank-1 patch of W_down adding delta (for MoE: each selected expert takes delta / sum of gates)",
+    "shared_down_rank1": "rank-1 patch of the shared expert's W_down adding delta",
+    "norm_bias": "post-norm bias patch beta -> beta + delta",
+    "norm_vector": "elementwise post-norm scale patch gamma -> gamma + delta / f(h_C) (2511.17864 Theorem 1)",
+    "down_rank1_norm_scalar": "rank-1 on W_down towards v = t / gamma plus a scalar scale s = sqrt(mean(v^2) + eps)",
+    "down_bias_norm_scalar": "bias on W_down towards v = t / gamma plus a scalar scale s = sqrt(mean(v^2) + eps)",
+    "stable": "numerically stable update (2511.17864 Appendix B): constrained RMSNorm inverse, "
+              "rank-1 on W_down, remainder in the scale",
+    "post_ln_bias": "bias patch of the LayerNorm after the residual add",
+    "post_ln_vector": "elementwise scale patch of the LayerNorm after the residual add",
+    "norm_scalar": "scalar rescaling of the post-norm scale alone (never generic: a lemma for negative verdicts)",
+}
+
+
+class Unavailable(Exception):
+    """The strategy needs a parameter the block lacks or the user does not allow."""
+
+
+@dataclass
+class Restriction(Exception):
+    """The strategy can match the contextual run only for special targets: not controllable."""
+
+    side: str  # input | output
+    reason: str  # range | scalar | fixed | unsolvable | undecided
+    stage: str
+    invariant: str
+    strategy: str
+    details: dict = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return f"{self.side} side, {self.stage}: {self.invariant}"
+
+
+@dataclass(frozen=True)
+class PatchFormula:
+    r"""The patch of one parameter: $\Delta W = \mathrm{left}\,\mathrm{right}^\top$ (rank1),
+    $\Delta = \mathrm{value}$ (vector, bias), or $\gamma \to s\gamma$ with $s = \mathrm{value}$ (scale)."""
+
+    param: str
+    kind: str
+    value: sp.Expr
+    right: sp.Expr | None = None
+    per_expert: bool = False
+
+    @property
+    def delta(self) -> sp.Expr:
+        return Outer(self.value, self.right) if self.kind == "rank1" else self.value
+
+    @property
+    def conditions(self) -> list[Condition]:
+        return side_conditions(self.value)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One equation solved during a derivation: `lhs = rhs` for `unknowns`, giving `solution`."""
+
+    what: str
+    lhs: sp.Expr
+    rhs: sp.Expr
+    unknowns: tuple[sp.Symbol, ...]
+    solution: tuple[sp.Expr, ...]
+
+
+@dataclass(frozen=True)
+class Derivation:
+    arch: str
+    input_strategy: str
+    output_strategy: str
+    patches: tuple[PatchFormula, ...]
+    steps: tuple[Step, ...]
+    conditions: tuple[Condition, ...]
+    hidden_match: bool | None
+    output_match: bool | None
+    definitions: tuple[tuple[str, sp.Expr], ...]
+    symbols: tuple[tuple[str, sp.Symbol], ...] = ()
+
+    @property
+    def verified(self) -> bool:
+        return self.hidden_match is True and self.output_match is True
+
+    def formula(self, param: str) -> PatchFormula:
+        return next(p for p in self.patches if p.param == param)
+
+
+# --------------------------------------------------------------------------- solving
+
+
+def solve_for(what: str, lhs: sp.Expr, rhs: sp.Expr, unknown: sp.Symbol, steps: list[Step],
+              side: str, stage: str, strategy: str) -> sp.Expr:
+    """Solve `lhs = rhs` for one unknown with SymPy; a scalar unknown must get a scalar solution."""
+    eq = normalize(sp.expand(normalize(lhs - rhs)))
+    solutions = sp.solve(eq, unknown, dict=True)
+    if not solutions:
+        raise Restriction(side, "unsolvable", stage, f"no {unknown} solves {lhs} = {rhs}", strategy)
+    value = sp.simplify(normalize(solutions[0][unknown]))
+    if not isinstance(unknown, Vec) and not is_scalar(value):
+        raise Restriction(side, "scalar", stage,
+                          f"the scalar {unknown} would have to equal the vector {pstr(value)} in every coordinate",
+                          strategy, {"unknown": unknown, "solution": value})
+    steps.append(Step(what, lhs, rhs, (unknown,), (value,)))
+    return value
+
+
+class Deriver:
+    """Derives the patches of one block for one (input, output) strategy pair."""
+
+    def __init__(self, spec: BlockSpec):
+        self.spec, self.block = spec, Block(spec)
+        self.P = self.block.unpatched()
+        s = self.block.signals
+        self.z, self.z_C, self.u, self.delta = s["z"], s["z_C"], s["u"], s["delta"]
+        self.h_C = s["h_C"]
+
+    def ok(self, name: str, kind: str | None = None) -> bool:
+        """Whether `name` exists and may be patched (with a patch of `kind`, when given)."""
+        if name not in self.block.params:
+            return False
+        kinds = allowed_kinds(self.spec, name)
+        return bool(kinds) if kind is None else kind in kinds
+
+    # ----------------------------------------------------------------- input side
+
+    def input_side(self, strategy: str, steps: list[Step]) -> tuple[list[PatchFormula], Params]:
+        b = self.block
+        if self.spec.residual == "parallel":
+            if strategy != "none":
+                raise Unavailable("a parallel block's MLP input does not see the context")
+            return [], self.P
+        if strategy == "none":
+            raise Unavailable("a sequential block needs an input-side patch")
+        if strategy in ("pre_norm_bias", "pre_norm_vector"):
+            return self._pre_norm(strategy, steps)
+        if strategy in ("up_only", "gate_only"):
+            return self._one_map(strategy, steps)
+        if strategy == "bias" and not any(p.role == "bias_in" and self.ok(n, "bias") for n, p in b.params.items()):
+            raise Unavailable("no input map has a bias that may be patched")
+        patches, changes = [], {}
+        for name in b.input_maps():
+            param = self._map_method(name, strategy)
+            formula, value = self._input_map(name, param, strategy, steps)
+            patches.append(formula)
+            changes[param] = value
+        return patches, self.P.replace(changes)
+
+    def _map_method(self, name: str, strategy: str) -> str:
+        bias = "b_" + name.split("_")[1] if name in ("W_gate", "W_up") else None
+        has_bias = bias in self.block.params
+        order = [name, bias] if strategy == "rank1" else [bias, name]
+        for p in order:
+            if p is not None and (p != bias or has_bias) and self.ok(p, "bias" if p == bias else "rank1"):
+                return p
+        why = f"neither {name} nor {bias} may be patched" if has_bias else f"{name} may not be patched and has no bias"
+        raise Restriction("input", "fixed", name,
+                          f"{name} z is unchanged by every allowed patch ({why}), so the hidden "
+                          "activations cannot follow z_C", strategy, {"map": name})
+
+    def _input_map(self, name: str, param: str, strategy: str,
+                   steps: list[Step]) -> tuple[PatchFormula, sp.Expr]:
+        b, z, z_C = self.block, self.z, self.z_C
+        p = b.params[param]
+        target = b.preact(self.P, name, z_C)
+        tag = param.replace(".", "_")
+        if param == "shared.w_gate":
+            x = sp.Symbol("x_" + tag)
+            value = p.symbol + x * z
+        elif param.startswith("b_"):
+            x = Vec("x_" + tag, p.symbol.dim)
+            value = p.symbol + x
+        else:
+            x = Vec("x_" + tag, p.symbol.rows)
+            base = b.expert_matrix(self.P, param.split(".")[1], expert) if p.per_expert else p.symbol
+            value = base + Outer(x, z)
+        P2 = self.P.replace({param: value})
+        lhs = b.preact(P2, name, z)
+        sol = solve_for(f"input map {name}: {param} patched so that it maps z like z_C", lhs, target,
+                        x, steps, "input", name, strategy)
+        if param.startswith("b_"):
+            return PatchFormula(param, "bias", sol), value.subs(x, sol)
+        if param == "shared.w_gate":
+            return PatchFormula(param, "rank1", sol, z), value.subs(x, sol)
+        return PatchFormula(param, "rank1", sol, z, p.per_expert), value.subs(x, sol)
+
+    def _one_map(self, strategy: str, steps: list[Step]) -> tuple[list[PatchFormula], Params]:
+        """Gated MLP: one of the two maps absorbs the whole change of a = sigma(g) * p."""
+        b = self.block
+        if self.spec.mlp.kind != "gated":
+            raise Unavailable("only a gated MLP can split its hidden activation between two maps")
+        a_C = b.signals["a_C"]
+        name = "W_up" if strategy == "up_only" else "W_gate"
+        other = "W_gate" if strategy == "up_only" else "W_up"
+        o = b.preact(self.P, other, self.z)
+        if strategy == "up_only":
+            target = a_C / b.act(o)
+        else:
+            target = self._invert(b.sigma, a_C / o, "input", "activation", strategy)
+        param = self._map_method(name, "rank1")
+        x = Vec("x_" + param, b.params[param].symbol.rows if param.startswith("W") else "m")
+        value = self.P[param] + (Outer(x, self.z) if param.startswith("W") else x)
+        sol = solve_for(f"{param} alone makes sigma(g) * p equal a_C", b.preact(self.P.replace({param: value}), name,
+                        self.z), target, x, steps, "input", name, strategy)
+        formula = PatchFormula(param, "rank1", sol, self.z) if param.startswith("W") else PatchFormula(
+            param, "bias", sol)
+        return [formula], self.P.replace({param: value.subs(x, sol)})
+
+    def _pre_norm(self, strategy: str, steps: list[Step]) -> tuple[list[PatchFormula], Params]:
+        b, s = self.block, self.block.signals
+        param = "mlp_pre_norm." + ("bias" if strategy == "pre_norm_bias" else "scale")
+        if not self.ok(param, "bias" if strategy == "pre_norm_bias" else "vector"):
+            raise Unavailable(f"{param} is not a patchable parameter of this block")
+        x = Vec("x_pre", "d")
+        sym = b.params[param].symbol
+        P2 = self.P.patched(**{param: sym + x})
+        sol = solve_for(f"pre-norm: {param} patched so that pre(u) = pre(u_C)", b.pre(P2, s["u"]),
+                        b.pre(self.P, s["u_C"]), x, steps, "input", "pre_norm", strategy)
+        kind = "bias" if strategy == "pre_norm_bias" else "vector"
+        return [PatchFormula(param, kind, sol)], P2.patched(**{param: sym + sol})
+
+    def hidden_matches(self, P2: Params, input_strategy: str) -> bool | None:
+        """Whether the patched no-context pre-activations and hidden activations equal the contextual ones."""
+        b, s = self.block, self.block.signals
+        u_in, u_in_C = (s["x"], s["x"]) if self.spec.residual == "parallel" else (s["u"], s["u_C"])
+        if input_strategy.startswith("pre_norm"):
+            # The maps after the norm are unpatched, so equal norm outputs give equal hidden activations.
+            return is_zero(b.pre(P2, u_in) - b.pre(self.P, u_in_C))
+        else:
+            z, z_C = (s["z"], s["z"]) if self.spec.residual == "parallel" else (s["z"], s["z_C"])
+        a_C = {s["a_C"]: b.hidden(self.P, z_C)} if self.spec.moe is None else {}
+        checks = [(b.hidden(P2, z, g) - b.hidden(self.P, z_C, g)).subs(a_C) for g in b.hidden_groups()]
+        if self.spec.moe is not None:
+            checks.append(b.logits(P2, z) - b.logits(self.P, z_C))
+            checks.append(b.shared_gate(P2, z) - b.shared_gate(self.P, z_C))
+        results = [is_zero(c) for c in checks]
+        return True if all(r is True for r in results) else None
+
+    # ----------------------------------------------------------------- output side
+    #
+    # The output side works with atoms: the contextual MLP output h_C, its normalized form f_C
+    # (when there is a post-norm), the target t of the branch output, and the intermediates of
+    # the combined strategies. `self.defs` records each atom's definition, in order, so that
+    # formulas read like the paper's and verification can expand them back.
+
+    def define(self, name: str, expr: sp.Expr) -> Vec:
+        atom = Vec(name, "d")
+        self.defs[atom] = expr
+        return atom
+
+    def expand_defs(self, expr: sp.Expr, keep: tuple[sp.Symbol, ...] = ()) -> sp.Expr:
+        for atom, definition in reversed(list(self.defs.items())):
+            if atom not in keep:
+                expr = expr.subs(atom, definition)
+        return expr
+
+    def _h_def(self) -> sp.Expr:
+        b, s = self.block, self.block.signals
+        hidden = {g: b.hidden_atom(g) for g in b.hidden_groups()}
+        ell = s["ell_C"] if self.spec.moe else None
+        return b.outer(self.P, hidden, ell, self._shared_gate_atom())
+
+    def _shared_gate_atom(self) -> sp.Expr:
+        moe = self.spec.moe
+        return sp.Symbol("sigma_sg_C", positive=True) if moe and moe.shared_expert == "gated" else sp.S.One
+
+    def start_output(self) -> None:
+        """Atoms for the contextual MLP output (and its normalized form) and the branch target."""
+        b = self.block
+        self.defs: dict[Vec, sp.Expr] = {}
+        self.define("h_C", self._h_def())
+        phi_h = b.phi.subs(_act_x(), self.h_C)
+        if self.spec.mlp.post_norm is not None:
+            self.f_C = self.define("f_C", b.normalized("mlp_post_norm", phi_h))
+            o_C = self._norm_out(self.P, "mlp_post_norm", self.f_C)
+        else:
+            o_C = phi_h
+        self.o_C = o_C
+        self.t = o_C + self.delta if self.spec.skip else o_C
+
+    def t_atom(self) -> Vec:
+        """The branch target as an atom t (used by the combined strategies)."""
+        return self.define("t", self.t)
+
+    def _norm_out(self, P: Params, norm_name: str, f: sp.Expr) -> sp.Expr:
+        """gamma * f + beta: a norm's output from its normalized input f."""
+        b = self.block
+        return b.gamma(P, norm_name) * f + b.value(P, f"{norm_name}.bias")
+
+    def contextual_output(self) -> sp.Expr:
+        """y_C from the atoms: the final norm of u + delta + o_C (or o_C alone without skip)."""
+        b = self.block
+        return b.final(self.P, b.residual(self.u + self.delta, self.o_C))
+
+    def target_h(self, strategy: str) -> sp.Expr:
+        """Pass the branch target back through the post-norm and the output activation."""
+        if self.spec.mlp.post_norm is not None:
+            norm = self.spec.mlp.post_norm
+            raise Restriction(
+                "output", "range", "mlp_post_norm",
+                _norm_range_text(norm) + ": a generic target o_C + delta lies outside it, and no "
+                "allowed parameter of the post-norm absorbs the difference", strategy, {"norm": norm})
+        return self._invert_phi(self.t, strategy)
+
+    def _invert_phi(self, t: sp.Expr, strategy: str) -> sp.Expr:
+        return self._invert(self.block.phi, t, "output", "out_activation", strategy)
+
+    def _invert(self, f: sp.Expr, t: sp.Expr, side: str, stage: str, strategy: str) -> sp.Expr:
+        """A preimage of target t under the elementwise f, or a Restriction if f is not onto."""
+        x = _act_x()
+        if f == x:
+            return t
+        rng = elementwise_range(f)
+        if rng.onto is None:
+            raise Restriction(side, "undecided", stage, f"cannot decide whether {pstr(f)} is onto R: {rng.proof}",
+                              strategy)
+        if not rng.onto:
+            raise Restriction(side, "range", stage, f"every value of {pstr(f)} lies in {rng.text()} ({rng.proof}), "
+                              "so targets outside it are unreachable", strategy, {"range": rng})
+        w = sp.Symbol("w", real=True)
+        sols = sp.solve(sp.Eq(f.subs(x, w), t), w)
+        if not sols:
+            raise Restriction(side, "undecided", stage, f"SymPy finds no inverse of {pstr(f)}", strategy)
+        return sols[0]
+
+    def output_side(self, strategy: str, steps: list[Step]) -> tuple[list[PatchFormula], Params]:
+        handler = getattr(self, "_out_" + strategy, None)
+        if handler is None:
+            raise Unavailable(f"unknown output strategy {strategy!r}")
+        self.start_output()
+        return handler(steps)
+
+    def _need(self, *items: str) -> None:
+        """Each item is 'param:kind'; raise Unavailable unless every one may be patched so."""
+        for item in items:
+            p, kind = item.split(":")
+            if p not in self.block.params:
+                raise Unavailable(f"the block has no parameter {p}")
+            if not self.ok(p, kind):
+                raise Unavailable(f"a {kind} patch of {p} is not allowed by patch.allow")
+
+    def _require_norm(self, name: str) -> None:
+        if name not in self.spec.norms:
+            raise Unavailable(f"the block has no {name}")
+
+    def _out_none(self, steps):
+        if self.spec.skip:
+            raise Unavailable("with a residual skip the branch must add delta")
+        return [], self.P
+
+    def _patched_h(self, P2: Params) -> sp.Expr:
+        """h of the patched run fed the contextual hidden activations, as h_C + (patch effect)."""
+        b, s = self.block, self.block.signals
+        hidden = {g: b.hidden_atom(g) for g in b.hidden_groups()}
+        ell = s["ell_C"] if self.spec.moe else None
+        sg = self._shared_gate_atom()
+        diff = b.outer(P2, hidden, ell, sg) - b.outer(self.P, hidden, ell, sg)
+        return self.h_C + normalize(sp.expand(normalize(diff)))
+
+    def _down(self, param: str, target: sp.Expr, strategy: str, steps) -> tuple[PatchFormula, Params]:
+        """Patch b_down, W_down (rank 1), the selected experts' W_down or the shared W_down towards `target`."""
+        b = self.block
+        if param == "b_down":
+            x = Vec("x_b_down", "d")
+            ansatz = lambda v: self.P["b_down"] + v  # noqa: E731
+            what, right = "output bias: W_down a_C + b_down + x equals the target", None
+        elif param == "experts.W_down":
+            right = b.hidden_atom("experts")
+            x = Vec("X", "d")
+            base = b.expert_matrix(self.P, "W_down", expert)
+            ansatz = lambda v: base + Outer(v / Dot(right, right), right)  # noqa: E731
+            what = "every selected expert: W_down^(e) + (X / |a_C^(e)|^2) a_C^(e)T; the gated sum adds X sum_j s_j"
+        else:
+            right = b.hidden_atom("shared" if param.startswith("shared") else "")
+            x = Vec("x_" + param.replace(".", "_"), "d")
+            ansatz = lambda v: self.P[param] + Outer(v, right)  # noqa: E731
+            what = f"output map: ({param} + x a^T) a, fed the contextual hidden activations, equals the target"
+        sol = solve_for(what, self._patched_h(self.P.replace({param: ansatz(x)})), target, x, steps,
+                        "output", "outer", strategy)
+        if param == "experts.W_down":
+            formula = PatchFormula(param, "rank1", sol / Dot(right, right), right, per_expert=True)
+        elif param == "b_down":
+            formula = PatchFormula(param, "bias", sol)
+        else:
+            formula = PatchFormula(param, "rank1", sol, right)
+        return formula, self.P.replace({param: ansatz(sol)})
+
+    def _out_down_bias(self, steps):
+        self._need("b_down:bias")
+        formula, P2 = self._down("b_down", self.target_h("down_bias"), "down_bias", steps)
+        return [formula], P2
+
+    def _out_down_rank1(self, steps):
+        param = "experts.W_down" if self.spec.moe is not None else "W_down"
+        self._need(f"{param}:rank1")
+        formula, P2 = self._down(param, self.target_h("down_rank1"), "down_rank1", steps)
+        return [formula], P2
+
+    def _out_shared_down_rank1(self, steps):
+        self._need("shared.W_down:rank1")
+        formula, P2 = self._down("shared.W_down", self.target_h("shared_down_rank1"), "shared_down_rank1", steps)
+        return [formula], P2
+
+    def _norm_patch(self, norm_name: str, what: str, strategy: str, steps, target, feed):
+        """Patch one norm parameter additively (bias, or elementwise scale) and solve."""
+        self._require_norm(norm_name)
+        param = f"{norm_name}.{what}"
+        self._need(f"{param}:{'bias' if what == 'bias' else 'vector'}")
+        sym = self.P[param]
+        x = Vec("x_" + param.replace(".", "_"), "d")
+        sol = solve_for(f"{norm_name}: {param} patched so that the stage outputs its target",
+                        feed(self.P.patched(**{param: sym + x})), target, x, steps, "output", norm_name, strategy)
+        kind = "bias" if what == "bias" else "vector"
+        return [PatchFormula(param, kind, sol)], self.P.patched(**{param: sym + sol})
+
+    def _out_norm_bias(self, steps):
+        self._require_norm("mlp_post_norm")
+        return self._norm_patch("mlp_post_norm", "bias", "norm_bias", steps, self.t,
+                                lambda P: self._norm_out(P, "mlp_post_norm", self.f_C))
+
+    def _out_norm_vector(self, steps):
+        self._require_norm("mlp_post_norm")
+        return self._norm_patch("mlp_post_norm", "scale", "norm_vector", steps, self.t,
+                                lambda P: self._norm_out(P, "mlp_post_norm", self.f_C))
+
+    def _post_ln(self, what: str, strategy: str, steps):
+        """Absorb at the LayerNorm after the add: N'(r) = N(r_C), r = u + o_C, r_C = u + delta + o_C."""
+        self._require_norm("post_ln")
+        b = self.block
+        r, r_C = self.define("r", self.u + self.o_C), self.define("r_C", self.u + self.delta + self.o_C)
+        n, n_C = self.define("n", b.normalized("post_ln", r)), self.define("n_C", b.normalized("post_ln", r_C))
+        return self._norm_patch("post_ln", what, strategy, steps, self._norm_out(self.P, "post_ln", n_C),
+                                lambda P: self._norm_out(P, "post_ln", n))
+
+    def _out_post_ln_bias(self, steps):
+        return self._post_ln("bias", "post_ln_bias", steps)
+
+    def _out_post_ln_vector(self, steps):
+        return self._post_ln("scale", "post_ln_vector", steps)
+
+    def _out_norm_scalar(self, steps):
+        """gamma -> s gamma alone: s would have to be coordinate-dependent, so this always restricts."""
+        b = self.block
+        self._require_norm("mlp_post_norm")
+        self._need("mlp_post_norm.scale:scale")
+        s = sp.Symbol("s")
+        P2 = self.P.patched(**{"mlp_post_norm.scale": _scaled(b, self.P, s)})
+        sol = solve_for("scalar scale alone: s gamma f_C + beta = t", self._norm_out(P2, "mlp_post_norm", self.f_C),
+                        self.t, s, steps, "output", "mlp_post_norm", "norm_scalar")
+        return [PatchFormula("mlp_post_norm.scale", "scale", sol)], P2.patched(
+            **{"mlp_post_norm.scale": _scaled(b, self.P, sol)})
+
+    def _out_down_rank1_norm_scalar(self, steps):
+        return self._norm_scalar("W_down", steps)
+
+    def _out_down_bias_norm_scalar(self, steps):
+        return self._norm_scalar("b_down", steps)
+
+    def _norm_scalar(self, down: str, steps):
+        r"""Strategy (b): aim the MLP output at v with $\gamma \odot v = t - \beta$, then rescale gamma by s."""
+        b = self.block
+        strategy = "down_rank1_norm_scalar" if down == "W_down" else "down_bias_norm_scalar"
+        self._require_norm("mlp_post_norm")
+        self._need(f"{down}:{'rank1' if down == 'W_down' else 'bias'}", "mlp_post_norm.scale:scale")
+        if self.spec.moe is not None:
+            raise Unavailable("combined norm strategies are derived for dense and gated MLPs")
+        gamma = b.gamma(self.P, "mlp_post_norm")
+        beta = b.value(self.P, "mlp_post_norm.bias")
+        v_, s = Vec("v_", "d"), sp.Symbol("s")
+        v_sol = solve_for("choose the MLP output v with gamma * v + beta = t", gamma * v_ + beta, self.t_atom(), v_,
+                          steps, "output", "mlp_post_norm", strategy)
+        v = self.define("v", v_sol)
+        s_sol = solve_for("scalar scale s with s * gamma * f(v) = gamma * v",
+                          s * gamma * b.normalized("mlp_post_norm", v), gamma * v, s, steps,
+                          "output", "mlp_post_norm", strategy)
+        first, P2 = self._down(down, self._invert_phi(v, strategy), strategy, steps)
+        scale = PatchFormula("mlp_post_norm.scale", "scale", s_sol)
+        return [first, scale], P2.patched(**{"mlp_post_norm.scale": _scaled(b, self.P, s_sol)})
+
+    def _out_stable(self, steps):
+        r"""Strategy (c), the paper's Appendix B: $y = \mathrm{RMSinv}_\gamma(t)$, $h^* = \mathrm{RMS}(h_C)\,y$."""
+        b = self.block
+        self._require_norm("mlp_post_norm")
+        self._need("W_down:rank1", "mlp_post_norm.scale:vector")
+        norm = self.spec.mlp.post_norm
+        if norm.kind != "rms" or self.spec.moe is not None or b.phi != _act_x():
+            raise Unavailable("the stable update is derived for an RMS post-norm on a dense or gated MLP")
+        gamma = b.gamma(self.P, "mlp_post_norm")
+        # Lagrange stationarity of |gamma * y - t|^2 - mu (y^2 - 1), coordinate by coordinate.
+        yk, gk, tk, mu = sp.symbols("y_k gamma_k t_k mu", real=True)
+        lagrangian = (gk * yk - tk) ** 2 - mu * (yk**2 - 1)
+        solve_for("Lagrange: d/dy_k [(gamma_k y_k - t_k)^2 - mu (y_k^2 - 1)] = 0",
+                  sp.diff(lagrangian, yk), sp.S.Zero, yk, steps, "output", "mlp_post_norm", "stable")
+        t = self.t_atom()
+        y = self.define("y", RmsInverse(t, gamma))
+        h_star = self.define("h_star", sp.sqrt(Mean(self.h_C**2)) * y)
+        first, P2 = self._down("W_down", h_star, "stable", steps)
+        # mean(y^2) = 1 by construction, so f(h*) = RMS(h_C) y / sqrt(RMS(h_C)^2 + eps).
+        f_def = normalize(sp.expand(b.normalized("mlp_post_norm", self.defs[h_star]))).subs(Mean(y**2), 1)
+        f_star = self.define("f_star", f_def)
+        dg = Vec("x_mlp_post_norm_scale", "d")
+        d_sol = solve_for("remainder: (gamma + x) f(h*) = t", (gamma + dg) * f_star, t, dg, steps,
+                          "output", "mlp_post_norm", "stable")
+        sym = self.P["mlp_post_norm.scale"]
+        return [first, PatchFormula("mlp_post_norm.scale", "vector", d_sol)], \
+            P2.patched(**{"mlp_post_norm.scale": sym + d_sol})
+
+    def patched_output(self, P: Params) -> sp.Expr:
+        """y of the run with parameters P, fed the contextual hidden activations (atoms kept)."""
+        b, s = self.block, self.block.signals
+        hidden = {g: b.hidden_atom(g) for g in b.hidden_groups()}
+        ell = s["ell_C"] if self.spec.moe else None
+        return b.final(P, b.residual(self.u, b.branch_out(P, b.outer(P, hidden, ell, self._shared_gate_atom()))))
+
+    def norm_input_conditions(self, P2: Params) -> list[Condition]:
+        """A norm with eps = 0 divides by the RMS of its input: that input must not vanish."""
+        b, s, out = self.block, self.block.signals, []
+        zero_eps = {n for n, e in b.eps.items() if e == 0}
+        if "mlp_pre_norm" in zero_eps and self.spec.residual == "sequential":
+            out += [Condition(s["u"], "vector"), Condition(s["u_C"], "vector")]
+        if "mlp_post_norm" in zero_eps:
+            h2 = normalize(sp.expand(normalize(self._patched_h(P2))))
+            c = b.phi.subs(_act_x(), h2)
+            out.append(Condition(c - Mean(c) if self.spec.mlp.post_norm.kind == "layer" else c, "vector"))
+        if "post_ln" in zero_eps:
+            r = self.u + self.o_C  # the LayerNorm after the add sees u + o' = r_C when matched
+            out.append(Condition(r + self.delta - Mean(r + self.delta), "vector"))
+        return out
+
+    def output_matches(self, P2: Params, strategy: str) -> bool | None:
+        """Whether the patched run fed the contextual hidden activations gives y_C exactly."""
+        b, s = self.block, self.block.signals
+        hidden = {g: b.hidden_atom(g) for g in b.hidden_groups()}
+        ell = s["ell_C"] if self.spec.moe else None
+        # The stable update is exact for any y with mean(y^2) = 1: keep y atomic, use that property.
+        keep = (Vec("y", "d"),) if strategy == "stable" else ()
+        P_full = P2.replace({k: self.expand_defs(v, keep) for k, v in P2.values.items()})
+        h_def = b.outer(self.P, hidden, ell, self._shared_gate_atom())
+        y_C = b.final(self.P, b.residual(self.u + self.delta, b.branch_out(self.P, h_def)))
+        diff = self.patched_output(P_full) - y_C
+        if keep:
+            diff = normalize(sp.expand(normalize(diff))).subs(Mean(keep[0] ** 2), 1)
+        return is_zero(diff)
+
+    # ----------------------------------------------------------------- whole derivation
+
+    def derive(self, input_strategy: str, output_strategy: str) -> Derivation:
+        steps: list[Step] = []
+        in_patches, P_in = self.input_side(input_strategy, steps)
+        hidden = self.hidden_matches(P_in, input_strategy)
+        out_patches, P_out = self.output_side(output_strategy, steps)
+        output = self.output_matches(P_out, output_strategy)
+        patches = tuple(in_patches + out_patches)
+        conditions: list[Condition] = []
+        # Conditions of the formulas, of their intermediates, and of the patched run itself (its norms).
+        sources = [p.value for p in patches] + list(getattr(self, "defs", {}).values())
+        for expr in sources:
+            conditions += [c for c in side_conditions(expr) if c not in conditions]
+        conditions += [c for c in self.norm_input_conditions(P_out) if c not in conditions]
+        return Derivation(self.spec.name, input_strategy, output_strategy, patches, tuple(steps),
+                          tuple(conditions), hidden, output, tuple(self.definitions().items()),
+                          tuple((n, p.symbol) for n, p in self.block.params.items()))
+
+    def definitions(self) -> dict[str, sp.Expr]:
+        """The signals and intermediates the formulas are written in, each defined from earlier ones."""
+        b, s = self.block, self.block.signals
+        parallel = self.spec.residual == "parallel"
+        out: dict[str, sp.Expr] = {}
+        if parallel:
+            out["z"] = b.pre(self.P, s["x"])
+        else:
+            out["z"], out["z_C"] = b.pre(self.P, s["u"]), b.pre(self.P, s["u_C"])
+        zc = s["z"] if parallel else s["z_C"]
+        for g in b.hidden_groups():
+            key = {"": "a_C", "experts": "a_C[e]", "shared": "a_s_C"}[g]
+            out[key] = b.hidden(self.P, zc, g)
+        if self.spec.moe is not None:
+            out["ell_C"] = b.logits(self.P, zc)
+            if self.spec.moe.shared_expert == "gated":
+                out["sigma_sg_C"] = b.shared_gate(self.P, zc)
+        out["delta"] = (sp.Symbol("A(C,x)") - sp.Symbol("A(x)")) if parallel else s["u_C"] - s["u"]
+        out.update({atom.name: expr for atom, expr in getattr(self, "defs", {}).items()})
+        return out
+
+
+def interval_text(rng: sp.Set) -> str:
+    """'(-1, 1)' for an open interval, '[0, oo)' for a half-open one, str() otherwise."""
+    if isinstance(rng, sp.Interval):
+        return f"{'(' if rng.left_open else '['}{rng.inf}, {rng.sup}{')' if rng.right_open else ']'}"
+    return str(rng)
+
+
+def _act_x() -> sp.Symbol:
+    return _ACT_X
+
+
+def _scaled(b: Block, P: Params, s: sp.Expr) -> sp.Expr:
+    """The stored post-norm weight after scaling gamma by s (Gemma stores w with gamma = 1 + w)."""
+    w = P["mlp_post_norm.scale"]
+    return s * (1 + w) - 1 if b.spec.mlp.post_norm.scale == "one_plus" else s * w
+
+
+def _norm_range_text(norm) -> str:
+    if norm.kind == "rms":
+        return ("an RMSNorm output gamma * f(h) always has mean((o / gamma)^2) "
+                + ("< 1" if norm.eps > 0 else "= 1"))
+    return "a LayerNorm output gamma * n(h) + beta always has mean((o - beta) / gamma) = 0"
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def derive(spec: BlockSpec, strategy: str | None = None, input_strategy: str | None = None) -> Derivation:
+    """Derive the patches of `spec` for the given (or default) strategies.
+
+    Raises `SpecError` for an unknown or inapplicable strategy name, and `Restriction` when the
+    requested strategy cannot give a perfect patch.
+    """
+    from symbolic.controllability import check
+
+    verdict = check(spec)
+    return verdict.derivation_for(strategy, input_strategy)
+
+
+
+
+# --------------------------------------------------------------------------- presentation
+
+
+def _delta_name(p: PatchFormula) -> str:
+    return f"{p.param} -> s * gamma" if p.kind == "scale" else f"Delta {p.param}"
+
+
+def formula_text(p: PatchFormula) -> str:
+    """The patch as plain text: rank-1 factors, the added vector, or the scale factor s."""
+    each = " (for each selected expert e)" if p.per_expert else ""
+    value = pstr(tidy(p.value))
+    if p.kind == "rank1":
+        return f"outer({value}, {pstr(p.right)}){each}"
+    if p.kind == "scale":
+        return f"gamma -> s * gamma with s = {value}"
+    return value + each
+
+
+def formula_latex(p: PatchFormula, symbol: sp.Symbol | None = None) -> str:
+    """The patch as LaTeX, named by the parameter's symbol (W_gate, gamma_post, w_post, ...)."""
+    from symbolic.printing import latex
+
+    name = latex(symbol) if symbol is not None else rf"\mathrm{{{p.param}}}"
+    if p.per_expert:
+        name += r"^{(e)}"
+    value = latex(tidy(p.value))
+    if p.kind == "rank1":
+        return rf"\Delta {name} = \left({value}\right) {latex(p.right)}^{{\top}}"
+    if p.kind == "scale":
+        return rf"{name}: \ \gamma \to s\,\gamma, \quad s = {value}"
+    return rf"\Delta {name} = {value}"
+
+
+def derivation_json(der: Derivation, latex: bool = False) -> dict:
+    from symbolic.printing import latex as to_latex
+
+    out = {
+        "arch": der.arch,
+        "input_strategy": der.input_strategy,
+        "strategy": der.output_strategy,
+        "formulas": {p.param: formula_text(p) for p in der.patches},
+        "patches": [{"param": p.param, "kind": p.kind, "value": pstr(tidy(p.value)),
+                     "right": pstr(p.right) if p.right is not None else None, "per_expert": p.per_expert}
+                    for p in der.patches],
+        "definitions": {name: pstr(expr) for name, expr in der.definitions},
+        "conditions": [c.text() for c in der.conditions],
+        "steps": [{"what": s.what, "equation": f"{pstr(s.lhs)} = {pstr(s.rhs)}",
+                   "unknowns": [str(u) for u in s.unknowns], "solution": [pstr(v) for v in s.solution]}
+                  for s in der.steps],
+        "verified": der.verified,
+    }
+    if latex:
+        symbols = dict(der.symbols)
+        out["latex"] = {p.param: formula_latex(p, symbols.get(p.param)) for p in der.patches}
+        out["definitions_latex"] = {name: to_latex(expr) for name, expr in der.definitions}
+        out["conditions_latex"] = [c.latex() for c in der.conditions]
+    return out

@@ -1,0 +1,45 @@
+"""Evaluate expressions of the vector algebra numerically (torch, float64), one token at a time.
+
+`evaluate(expr, values)` lambdifies `expr` with an implementation of every opaque function of
+`symbolic.algebra` (MatVec as ``W @ z``, Dot, Mean, Outer, the expert and top-k functions, the
+RMSNorm inverse). Used by tests and by counterexample checks; the generated kernels are the
+batched, fast path.
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+import torch
+
+from numeric.reference import _TORCH_FUNCS
+from numeric.rmsinv import rms_inverse
+
+
+def _rank_order(ell: torch.Tensor) -> torch.Tensor:
+    return torch.argsort(ell, descending=True, stable=True)
+
+
+def namespace() -> dict:
+    return {
+        **_TORCH_FUNCS,
+        "MatVec": lambda W, z: W @ z,
+        "Dot": lambda a, b: (a * b).sum(),
+        "Mean": lambda v: v.mean() if isinstance(v, torch.Tensor) else v,
+        "Outer": torch.outer,
+        "EMat": lambda W, e: W[int(e)],
+        "EVec": lambda v, e: v[int(e)],
+        "Sel": lambda ell, j: _rank_order(ell)[int(j) - 1],
+        "Gate": lambda ell, j: torch.softmax(ell, -1)[_rank_order(ell)[int(j) - 1]],
+        "RmsInverse": lambda t, g: rms_inverse(t[None], g)[0],
+    }
+
+
+def evaluate(expr: sp.Expr, values: dict[sp.Symbol, object]) -> torch.Tensor:
+    """The value of `expr` given numeric values (tensors or numbers) of its free symbols."""
+    symbols = sorted(expr.free_symbols, key=sp.default_sort_key)
+    missing = [s for s in symbols if s not in values]
+    if missing:
+        raise KeyError(f"no numeric value for {missing} in {expr}")
+    fn = sp.lambdify(symbols, expr, modules=[namespace()])
+    out = fn(*(values[s] for s in symbols))
+    return out if isinstance(out, torch.Tensor) else torch.tensor(float(out), dtype=torch.float64)

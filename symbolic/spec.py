@@ -1,0 +1,574 @@
+"""Block specs: the declaration of a transformer block's MLP sub-block, loaded from TOML.
+
+A spec says how the block is wired (sequential or parallel residual, with or without skip),
+which norms exist and how they are parameterized, what the MLP is (dense, gated, mixture of
+experts), which linear maps carry biases, and which parameters the user allows to be patched.
+It is pure data: frozen dataclasses validated at construction, read with `tomllib` and printed
+back to TOML by `dump_toml` (so that `load_toml(dump_toml(s)) == s`). The symbolic meaning of
+a spec lives in `symbolic.model`; this module must not import SymPy.
+"""
+
+from __future__ import annotations
+
+import math
+import tomllib
+from dataclasses import dataclass, field, fields
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from symbolic.errors import SpecError, bad_value, suggest
+
+NormKind = Literal["rms", "layer"]
+ScaleParam = Literal["plain", "one_plus", "none"]
+Residual = Literal["sequential", "parallel"]
+MLPKind = Literal["dense", "gated", "moe"]
+ExpertKind = Literal["dense", "gated"]
+SoftmaxOrder = Literal["before_topk", "after_topk"]
+SharedExpert = Literal["none", "plain", "gated"]
+
+#: Named elementwise functions. Anything else is read as a SymPy expression in `x`.
+ACTIVATIONS = ("identity", "relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh", "relu2")
+
+NORM_FIELDS = ("kind", "eps", "scale", "bias")
+
+
+@dataclass(frozen=True)
+class NormSpec:
+    r"""One normalization layer.
+
+    RMSNorm: $N(v) = \gamma \odot v / \sqrt{\mathrm{mean}(v^2) + \epsilon}$; LayerNorm centres
+    $v$ first and may add a bias $\beta$. `scale` says how the stored weight $w$ gives
+    $\gamma$: `plain` ($\gamma = w$), `one_plus` ($\gamma = 1 + w$, Gemma) or `none`.
+    """
+
+    kind: NormKind
+    eps: float = 1e-6
+    scale: ScaleParam = "plain"
+    bias: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in get_args(NormKind):
+            raise ValueError(f"norm kind {self.kind!r}; allowed: {get_args(NormKind)}")
+        if not (math.isfinite(self.eps) and self.eps >= 0):
+            raise ValueError(f"norm eps must be a finite number >= 0, got {self.eps!r}")
+        if self.bias and self.kind == "rms":
+            raise ValueError("an RMSNorm has no bias; use kind = 'layer' for a LayerNorm with bias")
+
+
+@dataclass(frozen=True)
+class AttentionSpec:
+    """Norms on the attention side. They shape u and u_C but are never patched."""
+
+    pre_norm: NormSpec | None = None
+    post_norm: NormSpec | None = None  # inside the attention branch (Gemma 2/3 sandwich, OLMo-2)
+    post_ln: NormSpec | None = None  # after the residual add (BERT)
+
+
+@dataclass(frozen=True)
+class Biases:
+    gate: bool = False
+    up: bool = False
+    down: bool = False
+
+
+@dataclass(frozen=True)
+class MLPSpec:
+    """The MLP sub-block: pre-norm -> inner maps -> activation -> outer map -> post-norm."""
+
+    kind: MLPKind
+    activation: str = "gelu"
+    out_activation: str = "identity"
+    bias: Biases = field(default_factory=Biases)
+    pre_norm: NormSpec | None = None
+    post_norm: NormSpec | None = None  # inside the residual branch (Gemma 2/3, OLMo-2)
+    post_ln: NormSpec | None = None  # after the residual add (BERT)
+
+    def __post_init__(self) -> None:
+        if self.kind not in get_args(MLPKind):
+            raise ValueError(f"mlp kind {self.kind!r}; allowed: {get_args(MLPKind)}")
+        if self.kind != "gated" and self.bias.gate:
+            raise ValueError("only a gated MLP has a gate projection, so bias.gate must be false")
+
+
+@dataclass(frozen=True)
+class MoESpec:
+    """Routed experts: softmax router, top-k selection, optional shared expert."""
+
+    experts: int
+    top_k: int
+    softmax: SoftmaxOrder = "before_topk"
+    renormalize: bool = False
+    shared_expert: SharedExpert = "none"
+    expert: ExpertKind = "gated"
+
+    def __post_init__(self) -> None:
+        if self.experts < 1:
+            raise ValueError(f"moe.experts must be >= 1, got {self.experts}")
+        if not 1 <= self.top_k <= self.experts:
+            raise ValueError(f"moe.top_k must be in [1, experts={self.experts}], got {self.top_k}")
+
+    @property
+    def gates_sum_to_one(self) -> bool:
+        """Whether the selected experts' gates sum to one (softmax after top-k, or renormalized)."""
+        return self.softmax == "after_topk" or self.renormalize
+
+
+@dataclass(frozen=True)
+class PatchSpec:
+    """Which MLP parameters may be patched (fnmatch patterns), and the preferred strategies."""
+
+    allow: tuple[str, ...] = ("*",)
+    strategy: str | None = None
+    input_strategy: str | None = None
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """A transformer block as the theory sees it. See DESIGN.md, 'The theory in one screen'."""
+
+    name: str
+    mlp: MLPSpec
+    residual: Residual = "sequential"
+    skip: bool = True
+    shared_pre_norm: bool = False
+    attention: AttentionSpec = field(default_factory=AttentionSpec)
+    moe: MoESpec | None = None
+    patch: PatchSpec = field(default_factory=PatchSpec)
+    description: str = ""
+    reference: str = ""
+    hf_model_types: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if (self.mlp.kind == "moe") != (self.moe is not None):
+            raise ValueError("a [moe] table is required exactly when mlp.kind = 'moe'")
+        if self.residual == "parallel" and not self.skip:
+            raise ValueError("a parallel block always has its residual skip; set skip = true")
+        if self.shared_pre_norm and self.residual != "parallel":
+            raise ValueError("shared_pre_norm only makes sense for a parallel block")
+        if self.shared_pre_norm and self.mlp.pre_norm != self.attention.pre_norm:
+            raise ValueError("shared_pre_norm requires mlp.pre_norm == attention.pre_norm")
+        if not self.skip and (self.mlp.post_ln is not None):
+            raise ValueError("mlp.post_ln normalizes the residual sum, so it needs skip = true")
+
+    @property
+    def norms(self) -> dict[str, NormSpec]:
+        """The MLP-side norms that exist, by canonical name."""
+        named = {
+            "mlp_pre_norm": self.mlp.pre_norm,
+            "mlp_post_norm": self.mlp.post_norm,
+            "post_ln": self.mlp.post_ln,
+        }
+        return {k: v for k, v in named.items() if v is not None}
+
+
+# --------------------------------------------------------------------------- parameters
+
+
+def patchable_parameters(spec: BlockSpec) -> tuple[str, ...]:
+    """Canonical names of every MLP-side parameter of the block, in pipeline order.
+
+    The vocabulary is shared by specs, SymPy symbols, kernels and reports: `W_gate`, `W_up`,
+    `W_down`, `b_*`; for mixtures of experts `W_router` and `experts.W_*` (one per selected
+    expert), `shared.W_*` and `shared.w_gate`; norms `<norm>.scale` and `<norm>.bias`.
+    """
+    names: list[str] = []
+    for norm_name, norm in spec.norms.items():
+        if norm_name != "mlp_pre_norm":
+            continue
+        names += _norm_params(norm_name, norm)
+    mlp = spec.mlp
+    if mlp.kind == "moe":
+        assert spec.moe is not None
+        names.append("W_router")
+        names += [f"experts.{n}" for n in _map_names(spec.moe.expert)]
+        if spec.moe.shared_expert != "none":
+            names += [f"shared.{n}" for n in _map_names("gated")]
+            if spec.moe.shared_expert == "gated":
+                names.append("shared.w_gate")
+    else:
+        for n in _map_names(mlp.kind):
+            names.append(n)
+            if getattr(mlp.bias, n.split("_")[1]):
+                names.append("b_" + n.split("_")[1])
+    for norm_name, norm in spec.norms.items():
+        if norm_name != "mlp_pre_norm":
+            names += _norm_params(norm_name, norm)
+    return tuple(names)
+
+
+PATCH_KINDS = ("rank1", "rank_k", "scale", "vector", "bias")
+
+
+def _split_pattern(pattern: str) -> tuple[str, str | None]:
+    name, _, kind = pattern.partition(":")
+    return name, (kind or None)
+
+
+def allowed_parameters(spec: BlockSpec) -> tuple[str, ...]:
+    """The parameters matched by `spec.patch.allow` (patterns, optionally `name:kind`)."""
+    every = patchable_parameters(spec)
+    pats = [_split_pattern(p)[0] for p in spec.patch.allow]
+    return tuple(p for p in every if any(fnmatchcase(p, pat) for pat in pats))
+
+
+def allowed_kinds(spec: BlockSpec, param: str) -> frozenset[str]:
+    """Patch kinds allowed for `param`: every kind, unless each matching pattern names one (`name:kind`)."""
+    kinds: set[str] = set()
+    for pattern in spec.patch.allow:
+        name, kind = _split_pattern(pattern)
+        if fnmatchcase(param, name):
+            kinds |= set(PATCH_KINDS) if kind is None else {kind}
+    return frozenset(kinds)
+
+
+def _map_names(kind: str) -> list[str]:
+    return ["W_gate", "W_up", "W_down"] if kind == "gated" else ["W_up", "W_down"]
+
+
+def _norm_params(name: str, norm: NormSpec) -> list[str]:
+    out = [f"{name}.scale"] if norm.scale != "none" else []
+    return out + ([f"{name}.bias"] if norm.bias else [])
+
+
+# --------------------------------------------------------------------------- TOML reading
+
+
+class _Table:
+    """A TOML table being read: typed getters that raise `SpecError` naming source and field."""
+
+    def __init__(self, source: str, prefix: str, data: Any):
+        if not isinstance(data, dict):
+            raise SpecError(
+                f"{source}: `{prefix or 'the file'}` must be a table, got {type(data).__name__} {data!r}."
+            )
+        self.source, self.prefix, self.data, self.used = source, prefix, data, set()
+
+    def path(self, key: str) -> str:
+        return f"{self.prefix}.{key}" if self.prefix else key
+
+    def get(self, key: str, types: type | tuple[type, ...], default: Any) -> Any:
+        self.used.add(key)
+        if key not in self.data:
+            return default
+        value = self.data[key]
+        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in _tuple(types))
+        if not ok:
+            names = " or ".join(t.__name__ for t in _tuple(types))
+            raise SpecError(
+                f"{self.source}: field `{self.path(key)}` must be of type {names}, "
+                f"got {type(value).__name__} {value!r}."
+            )
+        return value
+
+    def choice(self, key: str, allowed: tuple[str, ...], default: str | None) -> Any:
+        value = self.get(key, str, default)
+        if value is not None and value not in allowed:
+            raise bad_value(self.source, self.path(key), value, allowed)
+        return value
+
+    def sub(self, key: str) -> _Table | None:
+        self.used.add(key)
+        return _Table(self.source, self.path(key), self.data[key]) if key in self.data else None
+
+    def finish(self, allowed: tuple[str, ...]) -> None:
+        for key in self.data:
+            if key not in allowed:
+                raise SpecError(
+                    f"{self.source}: unknown field `{self.path(key)}` (value {self.data[key]!r})."
+                    f"{suggest(key, allowed)} Allowed fields here: {', '.join(allowed)}."
+                )
+
+
+def _tuple(t: type | tuple[type, ...]) -> tuple[type, ...]:
+    return t if isinstance(t, tuple) else (t,)
+
+
+def _read_norm(tab: _Table, key: str, defaults: dict[str, Any]) -> NormSpec | None:
+    raw = tab.data.get(key, "none")
+    tab.used.add(key)
+    if isinstance(raw, str):
+        if raw == "none":
+            return None
+        if raw not in get_args(NormKind):
+            raise bad_value(tab.source, tab.path(key), raw, ("none", *get_args(NormKind)),
+                            "Or an inline table {kind, eps, scale, bias}.")
+        return _make_norm(tab.source, tab.path(key), {**defaults, "kind": raw})
+    sub = _Table(tab.source, tab.path(key), raw)
+    values = dict(defaults)
+    for name in NORM_FIELDS:
+        if name in sub.data:
+            values[name] = sub.data[name]
+    sub.finish(NORM_FIELDS)
+    if "kind" not in sub.data:
+        raise SpecError(f"{tab.source}: field `{tab.path(key)}.kind` is missing; allowed: 'rms', 'layer'.")
+    return _make_norm(tab.source, tab.path(key), values)
+
+
+def _read_norm_defaults(root: _Table) -> dict[str, Any]:
+    tab = root.sub("norm")
+    if tab is None:
+        return {"eps": 1e-6, "scale": "plain", "bias": False}
+    out = {
+        "eps": tab.get("eps", (float, int), 1e-6),
+        "scale": tab.choice("scale", get_args(ScaleParam), "plain"),
+        "bias": tab.get("bias", bool, False),
+    }
+    tab.finish(("eps", "scale", "bias"))
+    return out
+
+
+def _make_norm(source: str, where: str, v: dict[str, Any]) -> NormSpec:
+    if v["kind"] not in get_args(NormKind):
+        raise bad_value(source, f"{where}.kind", v["kind"], get_args(NormKind))
+    if v.get("scale") not in get_args(ScaleParam):
+        raise bad_value(source, f"{where}.scale", v.get("scale"), get_args(ScaleParam))
+    eps = v.get("eps")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
+        raise SpecError(f"{source}: field `{where}.eps` must be a finite number >= 0, got {eps!r}.")
+    if not isinstance(v.get("bias"), bool):
+        raise SpecError(f"{source}: field `{where}.bias` must be true or false, got {v.get('bias')!r}.")
+    bias = bool(v["bias"]) and v["kind"] == "layer"
+    return NormSpec(kind=v["kind"], eps=float(eps), scale=v["scale"], bias=bias)
+
+
+def _read_biases(tab: _Table, kind: str) -> Biases:
+    raw = tab.data.get("bias", False)
+    tab.used.add("bias")
+    keys = ("gate", "up", "down") if kind == "gated" else ("up", "down")
+    if isinstance(raw, bool):
+        return Biases(**{k: raw for k in keys})
+    sub = _Table(tab.source, tab.path("bias"), raw)
+    values = {k: sub.get(k, bool, False) for k in keys}
+    sub.finish(keys)
+    return Biases(**values)
+
+
+def _read_activation(tab: _Table, key: str, default: str) -> str:
+    value = tab.get(key, str, default)
+    if value in ACTIVATIONS:
+        return value
+    from symbolic.activations import parse_custom  # SymPy only for custom expressions
+
+    try:
+        parse_custom(value)
+    except ValueError as exc:
+        raise SpecError(
+            f"{tab.source}: field `{tab.path(key)}` has the value {value!r}: {exc} "
+            f"Allowed: one of {', '.join(ACTIVATIONS)}, or a SymPy expression in x "
+            "such as 'x*sigmoid(1.702*x)'."
+        ) from None
+    return value
+
+
+TOP_FIELDS = ("name", "description", "reference", "hf_model_types", "residual", "skip",
+              "shared_pre_norm", "norm", "attention", "mlp", "moe", "patch")
+MLP_FIELDS = ("kind", "activation", "out_activation", "bias", "pre_norm", "post_norm", "post_ln")
+MOE_FIELDS = ("experts", "top_k", "softmax", "renormalize", "shared_expert", "expert")
+
+
+def parse_spec(data: dict[str, Any], source: str) -> BlockSpec:
+    """Build a `BlockSpec` from a parsed TOML document; `source` names the file in errors."""
+    root = _Table(source, "", data)
+    defaults = _read_norm_defaults(root)
+    name = root.get("name", str, None)
+    if not name:
+        raise SpecError(f"{source}: field `name` is missing; give the block a name, e.g. name = \"my_block\".")
+    attention = AttentionSpec()
+    if (att := root.sub("attention")) is not None:
+        attention = AttentionSpec(*(_read_norm(att, k, defaults) for k in ("pre_norm", "post_norm", "post_ln")))
+        att.finish(("pre_norm", "post_norm", "post_ln"))
+    mlp_tab = root.sub("mlp")
+    if mlp_tab is None:
+        raise SpecError(f"{source}: table `[mlp]` is missing; it needs at least kind = 'dense', 'gated' or 'moe'.")
+    mlp = _read_mlp(mlp_tab, defaults)
+    moe = _read_moe(root.sub("moe"))
+    patch = _read_patch(root.sub("patch"))
+    types = root.get("hf_model_types", list, [])
+    top = dict(
+        name=name,
+        description=root.get("description", str, ""),
+        reference=root.get("reference", str, ""),
+        hf_model_types=tuple(str(t) for t in types),
+        residual=root.choice("residual", get_args(Residual), "sequential"),
+        skip=root.get("skip", bool, True),
+        shared_pre_norm=root.get("shared_pre_norm", bool, False),
+    )
+    root.finish(TOP_FIELDS)
+    try:
+        spec = BlockSpec(mlp=mlp, attention=attention, moe=moe, patch=patch, **top)
+    except ValueError as exc:
+        raise SpecError(f"{source}: {exc}.") from None
+    _check_allow(spec, source)
+    return spec
+
+
+def _read_mlp(tab: _Table, defaults: dict[str, Any]) -> MLPSpec:
+    kind = tab.choice("kind", get_args(MLPKind), None)
+    if kind is None:
+        raise SpecError(f"{tab.source}: field `mlp.kind` is missing; allowed: 'dense', 'gated', 'moe'.")
+    values = dict(
+        kind=kind,
+        activation=_read_activation(tab, "activation", "gelu"),
+        out_activation=_read_activation(tab, "out_activation", "identity"),
+        bias=_read_biases(tab, kind),
+        **{k: _read_norm(tab, k, defaults) for k in ("pre_norm", "post_norm", "post_ln")},
+    )
+    tab.finish(MLP_FIELDS)
+    try:
+        return MLPSpec(**values)
+    except ValueError as exc:
+        raise SpecError(f"{tab.source}: [mlp]: {exc}.") from None
+
+
+def _read_moe(tab: _Table | None) -> MoESpec | None:
+    if tab is None:
+        return None
+    experts = tab.get("experts", int, None)
+    top_k = tab.get("top_k", int, None)
+    if experts is None or top_k is None:
+        raise SpecError(f"{tab.source}: [moe] needs integer fields `experts` and `top_k`.")
+    values = dict(
+        experts=experts,
+        top_k=top_k,
+        softmax=tab.choice("softmax", get_args(SoftmaxOrder), "before_topk"),
+        renormalize=tab.get("renormalize", bool, False),
+        shared_expert=tab.choice("shared_expert", get_args(SharedExpert), "none"),
+        expert=tab.choice("expert", get_args(ExpertKind), "gated"),
+    )
+    tab.finish(MOE_FIELDS)
+    try:
+        return MoESpec(**values)
+    except ValueError as exc:
+        raise SpecError(f"{tab.source}: [moe]: {exc}.") from None
+
+
+def _read_patch(tab: _Table | None) -> PatchSpec:
+    if tab is None:
+        return PatchSpec()
+    allow = tab.get("allow", list, ["*"])
+    for i, item in enumerate(allow):
+        if not isinstance(item, str):
+            raise SpecError(f"{tab.source}: field `patch.allow[{i}]` must be a string, got {item!r}.")
+    out = PatchSpec(
+        allow=tuple(allow),
+        strategy=tab.get("strategy", str, None),
+        input_strategy=tab.get("input_strategy", str, None),
+    )
+    tab.finish(("allow", "strategy", "input_strategy"))
+    return out
+
+
+def _check_allow(spec: BlockSpec, source: str) -> None:
+    every = patchable_parameters(spec)
+    for full in spec.patch.allow:
+        pattern, kind = _split_pattern(full)
+        if kind is not None and kind not in PATCH_KINDS:
+            raise bad_value(source, "patch.allow", full, [f"{pattern}:{k}" for k in PATCH_KINDS],
+                            "A pattern may end in ':kind' to allow only that kind of patch.")
+        if not any(fnmatchcase(p, pattern) for p in every):
+            raise SpecError(
+                f"{source}: field `patch.allow` names {pattern!r}, which matches no parameter of "
+                f"this block.{suggest(pattern, every)} Parameters: {', '.join(every)} "
+                "(fnmatch patterns such as 'W_*' are allowed)."
+            )
+
+
+def load_toml(path: str | Path) -> BlockSpec:
+    """Read a spec file. Raises `SpecError` with the file name on any problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise SpecError(f"{path}: cannot read the spec file ({exc.strerror}).") from None
+    return loads_toml(text, str(path))
+
+
+def loads_toml(text: str, source: str = "<string>") -> BlockSpec:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"{source}: not valid TOML: {exc}.") from None
+    return parse_spec(data, source)
+
+
+# --------------------------------------------------------------------------- TOML writing
+
+
+def dump_toml(spec: BlockSpec) -> str:
+    """Print a spec as TOML; `loads_toml(dump_toml(s)) == s`."""
+    norms = [n for n in (*_attn_norms(spec), *spec.norms.values()) if n is not None]
+    default = norms[0] if norms else NormSpec("rms")
+    lines = [f"name = {_q(spec.name)}"]
+    if spec.description:
+        lines.append(f"description = {_q(spec.description)}")
+    if spec.reference:
+        lines.append(f"reference = {_q(spec.reference)}")
+    if spec.hf_model_types:
+        lines.append(f"hf_model_types = [{', '.join(_q(t) for t in spec.hf_model_types)}]")
+    lines += [f"residual = {_q(spec.residual)}", f"skip = {_b(spec.skip)}"]
+    if spec.shared_pre_norm:
+        lines.append("shared_pre_norm = true")
+    lines += ["", "[norm]  # defaults for norms written by kind only",
+              f"eps = {default.eps!r}", f"scale = {_q(default.scale)}", f"bias = {_b(default.bias)}"]
+    lines += ["", "[attention]"]
+    for key, norm in zip(("pre_norm", "post_norm", "post_ln"), _attn_norms(spec), strict=True):
+        lines.append(f"{key} = {_norm_toml(norm, default)}")
+    mlp = spec.mlp
+    lines += ["", "[mlp]", f"kind = {_q(mlp.kind)}", f"activation = {_q(mlp.activation)}"]
+    if mlp.out_activation != "identity":
+        lines.append(f"out_activation = {_q(mlp.out_activation)}")
+    lines.append(f"bias = {_bias_toml(mlp)}")
+    for key in ("pre_norm", "post_norm", "post_ln"):
+        lines.append(f"{key} = {_norm_toml(getattr(mlp, key), default)}")
+    if spec.moe is not None:
+        m = spec.moe
+        lines += ["", "[moe]", f"experts = {m.experts}", f"top_k = {m.top_k}",
+                  f"softmax = {_q(m.softmax)}", f"renormalize = {_b(m.renormalize)}",
+                  f"shared_expert = {_q(m.shared_expert)}", f"expert = {_q(m.expert)}"]
+    p = spec.patch
+    lines += ["", "[patch]", f"allow = [{', '.join(_q(a) for a in p.allow)}]"]
+    if p.strategy:
+        lines.append(f"strategy = {_q(p.strategy)}")
+    if p.input_strategy:
+        lines.append(f"input_strategy = {_q(p.input_strategy)}")
+    return "\n".join(lines) + "\n"
+
+
+def _attn_norms(spec: BlockSpec) -> tuple[NormSpec | None, ...]:
+    a = spec.attention
+    return (a.pre_norm, a.post_norm, a.post_ln)
+
+
+def _norm_toml(norm: NormSpec | None, default: NormSpec) -> str:
+    """A kind string where the [norm] defaults reproduce `norm`, else a full inline table."""
+    if norm is None:
+        return '"none"'
+    implied = NormSpec(norm.kind, default.eps, default.scale, default.bias and norm.kind == "layer")
+    if norm == implied:
+        return _q(norm.kind)
+    return "{ " + ", ".join(f"{f.name} = {_value(getattr(norm, f.name))}" for f in fields(norm)) + " }"
+
+
+def _bias_toml(mlp: MLPSpec) -> str:
+    keys = ("gate", "up", "down") if mlp.kind == "gated" else ("up", "down")
+    values = {k: getattr(mlp.bias, k) for k in keys}
+    if len(set(values.values())) == 1:
+        return _b(next(iter(values.values())))
+    return "{ " + ", ".join(f"{k} = {_b(v)}" for k, v in values.items()) + " }"
+
+
+def _value(v: Any) -> str:
+    if isinstance(v, bool):
+        return _b(v)
+    if isinstance(v, str):
+        return _q(v)
+    return repr(v)
+
+
+def _q(s: str) -> str:
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _b(v: bool) -> str:
+    return "true" if v else "false"
