@@ -31,16 +31,23 @@ class DimensionError(TypeError):
 
 
 class Vec(sp.Symbol):
-    """A real vector of symbolic length `dim`; arithmetic on it is elementwise."""
+    """A real vector of symbolic length `dim`; arithmetic on it is elementwise.
+
+    The length is part of the symbol's identity: ``Vec("x", "d") != Vec("x", "m")``.
+    """
 
     dim: str
 
     def __new__(cls, name: str, dim: str):
-        obj = super().__new__(cls, name, real=True)
-        if getattr(obj, "dim", dim) != dim:
-            raise DimensionError(f"vector {name} was declared with length {obj.dim}, now {dim}")
+        obj = sp.Symbol.__xnew__(cls, name, real=True)
         obj.dim = dim
         return obj
+
+    def __getnewargs_ex__(self):
+        return (self.name, self.dim), {}
+
+    def _hashable_content(self):
+        return super()._hashable_content() + (self.dim,)
 
 
 class Mat(sp.Symbol):
@@ -50,9 +57,15 @@ class Mat(sp.Symbol):
     cols: str
 
     def __new__(cls, name: str, rows: str, cols: str):
-        obj = super().__new__(cls, name, commutative=True)
+        obj = sp.Symbol.__xnew__(cls, name, commutative=True)
         obj.rows, obj.cols = rows, cols
         return obj
+
+    def __getnewargs_ex__(self):
+        return (self.name, self.rows, self.cols), {}
+
+    def _hashable_content(self):
+        return super()._hashable_content() + (self.rows, self.cols)
 
 
 class MatVec(sp.Function):
