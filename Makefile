@@ -20,11 +20,11 @@ demo: $(STAMP)
 	$(BIN)/ctxpatch demo
 
 test: $(STAMP)
-	$(BIN)/ruff check symbolic numeric tests
+	$(BIN)/ruff check symbolic numeric tests proofs
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check symbolic numeric tests
+	$(BIN)/ruff check symbolic numeric tests proofs
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -128,6 +128,24 @@ class Outer(sp.Function):
     nargs = 2
 
 
+class Frob(sp.Function):
+    r"""$\langle A, B\rangle_F = \operatorname{tr}(A^\top B)$, the Frobenius product of two matrices."""
+
+    nargs = 2
+
+    @classmethod
+    def eval(cls, A, B):
+        if sp.default_sort_key(B) < sp.default_sort_key(A):
+            return cls(B, A)
+        return None
+
+    def _eval_is_real(self):
+        return True
+
+    def _eval_is_nonnegative(self):
+        return True if self.args[0] == self.args[1] else None
+
+
 class EMat(sp.Function):
     """Matrix `W` of expert `e` (a slice of a stacked expert tensor)."""
 
@@ -168,7 +186,7 @@ class RmsInverse(sp.Function):
 
 
 MATRIX_FUNCS = (Outer, EMat)
-SCALAR_FUNCS = (Dot, Mean, Gate, Sel)
+SCALAR_FUNCS = (Dot, Mean, Gate, Sel, Frob)
 VECTOR_FUNCS = (MatVec, EVec, RmsInverse)
 
 
@@ -292,6 +310,30 @@ def _dot(a: sp.Expr, b: sp.Expr) -> sp.Expr:
     return sp.Add(*(ca * cb * Dot(va, vb) for ca, va in ta for cb, vb in tb))
 
 
+def _matrix_terms(A: sp.Expr) -> list[tuple[sp.Expr, sp.Expr]]:
+    """A matrix expression as sum_i c_i * M_i with scalar c_i."""
+    out = []
+    for term in sp.Add.make_args(sp.expand_mul(A, deep=False)):
+        mats = [f for f in sp.Mul.make_args(term) if is_matrix(f)]
+        coeff = sp.Mul(*(f for f in sp.Mul.make_args(term) if not is_matrix(f)))
+        out.append((coeff, sp.Mul(*mats)))
+    return out
+
+
+def _frob(A: sp.Expr, B: sp.Expr) -> sp.Expr:
+    r"""Bilinear, and $\langle x y^\top, N\rangle_F = x^\top N y$."""
+    out = []
+    for ca, a in _matrix_terms(A):
+        for cb, b in _matrix_terms(B):
+            if isinstance(a, Outer):
+                out.append(ca * cb * _dot(a.args[0], _matvec(b, a.args[1])))
+            elif isinstance(b, Outer):
+                out.append(ca * cb * _dot(b.args[0], _matvec(a, b.args[1])))
+            else:
+                out.append(ca * cb * Frob(a, b))
+    return sp.Add(*out)
+
+
 def _mean(v: sp.Expr) -> sp.Expr:
     terms = linear_terms(v)
     if len(terms) == 1 and terms[0][0] == 1:
@@ -349,6 +391,8 @@ def _rewrite(e: sp.Basic) -> sp.Basic:
         return _dot(*e.args)
     if isinstance(e, Mean):
         return _mean(e.args[0])
+    if isinstance(e, Frob):
+        return _frob(*e.args)
     if isinstance(e, sp.Sum) and len(e.limits) == 1:
         return _sum(e)
     return e
@@ -365,11 +409,24 @@ def normalize(e: sp.Expr, rounds: int = 20) -> sp.Expr:
 
 
 def is_zero(e: sp.Expr) -> bool | None:
-    """True when `e` is identically zero for every dimension; None when SymPy cannot decide."""
+    """True when `e` is identically zero for every dimension; None when it is not shown to be.
+
+    After normalization, a numeric probe on random instances skips SymPy's (slow) simplifier
+    for expressions that are plainly nonzero; it never turns a nonzero expression into True.
+    """
     e = normalize(sp.expand(normalize(e)))
     if e == 0:
         return True
-    e = sp.simplify(sp.together(e))
+    from symbolic.instances import probe_nonzero
+
+    if probe_nonzero(e):
+        return None
+    if sp.cancel(sp.together(e)) == 0:  # rational in its generators (functions, roots): often enough
+        return True
+    try:
+        e = sp.simplify(sp.together(e))
+    except (StopIteration, RecursionError, NotImplementedError):  # SymPy's sum_simplify can fail
+        return None
     if e == 0:
         return True
     e = normalize(sp.expand(e))

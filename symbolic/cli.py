@@ -123,6 +123,22 @@ def cmd_derive(args) -> int:
     return EXIT_OK if der.verified else EXIT_FAILED
 
 
+def cmd_prove(args) -> int:
+    from symbolic import prover
+
+    t0 = time.perf_counter()
+    builders = prover.theorems_for(args.target)
+    results = prover.run(builders, instances=not args.no_instances)
+    out = prover.summary(results, time.perf_counter() - t0)
+    if args.json:
+        _emit(out)
+    else:
+        prover.report(results, console, steps=not args.brief)
+        console.print(f"\n{out['verified']}/{len(results)} theorems verified, {out['failed']} failed, "
+                      f"{out['seconds']:.1f} s")
+    return EXIT_OK if out["failed"] == 0 else EXIT_FAILED
+
+
 def _tex_name(name: str) -> str:
     import sympy as sp
 
@@ -191,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--input-strategy", help="input-side strategy (rank1, bias, pre_norm_bias, ...)")
         if name == "derive":
             p.add_argument("--latex", action="store_true", help="print the formulas as LaTeX")
+    p = verb("prove", cmd_prove, "check theorems step by step (a theorem name, an architecture, a TOML spec, or all)")
+    p.add_argument("target", metavar="NAME|ARCH|all")
+    p.add_argument("--brief", action="store_true", help="one line per theorem")
+    p.add_argument("--no-instances", action="store_true", help="skip the exact-instance evidence")
     verb("demo", cmd_demo, "the main job, end to end on gemma3")
     return parser
 

@@ -16,6 +16,7 @@ invariant every allowed patch preserves and concrete numbers whose target violat
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cache
 
 from symbolic.derive import (
     INPUT_ORDER,
@@ -148,6 +149,7 @@ def _pick(spec: BlockSpec, side: str, res: SideResult, wanted: str | None) -> st
     )
 
 
+@cache
 def check(spec: BlockSpec, strategy: str | None = None, input_strategy: str | None = None) -> Verdict:
     """Decide controllability of `spec` and derive the default (or requested) patches."""
     inp, out = _try_side(spec, "input"), _try_side(spec, "output")

@@ -127,6 +127,7 @@ class Step:
     rhs: sp.Expr
     unknowns: tuple[sp.Symbol, ...]
     solution: tuple[sp.Expr, ...]
+    side: str = ""
 
 
 @dataclass(frozen=True)
@@ -160,12 +161,14 @@ def solve_for(what: str, lhs: sp.Expr, rhs: sp.Expr, unknown: sp.Symbol, steps: 
     solutions = sp.solve(eq, unknown, dict=True)
     if not solutions:
         raise Restriction(side, "unsolvable", stage, f"no {unknown} solves {lhs} = {rhs}", strategy)
-    value = sp.simplify(normalize(solutions[0][unknown]))
+    value = normalize(solutions[0][unknown])
+    if sp.count_ops(value) < 60:  # full simplification only where it is cheap; correctness never needs it
+        value = sp.simplify(value)
     if not isinstance(unknown, Vec) and not is_scalar(value):
         raise Restriction(side, "scalar", stage,
                           f"the scalar {unknown} would have to equal the vector {pstr(value)} in every coordinate",
                           strategy, {"unknown": unknown, "solution": value})
-    steps.append(Step(what, lhs, rhs, (unknown,), (value,)))
+    steps.append(Step(what, lhs, rhs, (unknown,), (value,), side))
     return value
 
 

@@ -11,6 +11,7 @@ The numeric bound reported for a witness is a grid estimate, and witnesses keep 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 import sympy as sp
 from sympy.calculus.util import continuous_domain
@@ -49,6 +50,7 @@ def continuous_everywhere(f: sp.Expr) -> bool:
     return all(d.is_positive or d.is_number and d != 0 for d in denoms(f))
 
 
+@cache
 def elementwise_range(f: sp.Expr) -> Range:
     if f == x:
         return Range(True, proof="the identity is onto")
@@ -60,7 +62,8 @@ def elementwise_range(f: sp.Expr) -> Range:
         return Range(None, proof=f"the limits at the ends ({lo}, {hi}) are not determined")
     if ends == {-sp.oo, sp.oo}:
         return Range(True, proof=f"continuous with limits {lo} and {hi}: onto by the intermediate value theorem")
-    grid = [float(f.subs(x, sp.Rational(i, 10))) for i in range(-400, 401)]
+    fn = sp.lambdify(x, f, modules="math")
+    grid = [float(fn(i / 10)) for i in range(-400, 401)]
     below = min(grid + [float(v) for v in ends if v.is_finite]) if -sp.oo not in ends else None
     above = max(grid + [float(v) for v in ends if v.is_finite]) if sp.oo not in ends else None
     side = " and ".join(n for n, v in (("below", below), ("above", above)) if v is not None)
