@@ -9,7 +9,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import sympy as sp
 
 from symbolic import catalog
 from symbolic import theorems as T
