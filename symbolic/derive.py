@@ -181,6 +181,7 @@ class Deriver:
         s = self.block.signals
         self.z, self.z_C, self.u, self.delta = s["z"], s["z_C"], s["u"], s["delta"]
         self.h_C = s["h_C"]
+        self.defs: dict[Vec, sp.Expr] = {}  # intermediates of the output side, in order (see define)
 
     def ok(self, name: str, kind: str | None = None) -> bool:
         """Whether `name` exists and may be patched (with a patch of `kind`, when given)."""
@@ -334,7 +335,7 @@ class Deriver:
     def start_output(self) -> None:
         """Atoms for the contextual MLP output (and its normalized form) and the branch target."""
         b = self.block
-        self.defs: dict[Vec, sp.Expr] = {}
+        self.defs = {}
         self.define("h_C", self._h_def())
         phi_h = b.phi.subs(_act_x(), self.h_C)
         if self.spec.mlp.post_norm is not None:
@@ -620,7 +621,7 @@ class Deriver:
         patches = tuple(in_patches + out_patches)
         conditions: list[Condition] = []
         # Conditions of the formulas, of their intermediates, and of the patched run itself (its norms).
-        sources = [p.value for p in patches] + list(getattr(self, "defs", {}).values())
+        sources = [p.value for p in patches] + list(self.defs.values())
         for expr in sources:
             conditions += [c for c in side_conditions(expr) if c not in conditions]
         conditions += [c for c in self.norm_input_conditions(P_out) if c not in conditions]
@@ -646,7 +647,7 @@ class Deriver:
             if self.spec.moe.shared_expert == "gated":
                 out["sigma_sg_C"] = b.shared_gate(self.P, zc)
         out["delta"] = (sp.Symbol("A(C,x)") - sp.Symbol("A(x)")) if parallel else s["u_C"] - s["u"]
-        out.update({atom.name: expr for atom, expr in getattr(self, "defs", {}).items()})
+        out.update({atom.name: expr for atom, expr in self.defs.items()})
         return out
 
 
