@@ -120,7 +120,11 @@ def check_instance(spec: BlockSpec, der: Derivation, params: dict, inst: Instanc
     tr_P = forward(spec, patched_params(spec, der, params, inst), inst.mlp_in, inst.base)
 
     def rel(a, b):
-        return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b))
+        # Relative error; when the reference is exactly zero (a ReLU layer with no active unit) the
+        # absolute error is the only meaningful figure.
+        ref = float(torch.linalg.vector_norm(b))
+        diff = float(torch.linalg.vector_norm(a - b))
+        return diff / ref if ref > 0 else diff
 
     hidden = max(rel(tr_P.hidden[g], tr_C.hidden[g]) for g in tr_C.hidden)
     return {"output": rel(tr_P.y, tr_C.y), "hidden": hidden, "unpatched": rel(tr_0.y, tr_C.y)}

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import zlib
 
 import pytest
 import sympy as sp
@@ -31,8 +32,7 @@ def test_derived_patch_reproduces_the_contextual_run(arch, ins, outs):
     spec = catalog.load(arch)
     der = Deriver(spec).derive(ins, outs)
     assert der.verified
-    gen = torch.Generator().manual_seed(hash((arch, ins, outs)) % 2**31)
-    print("seed", gen.initial_seed())
+    gen = torch.Generator().manual_seed(zlib.crc32(f"{arch}/{ins}/{outs}".encode()))
     params = random_params(spec, 5, 7, gen, n_experts=spec.moe.top_k + 2 if spec.moe else None)
     for _ in range(2):
         err = check_instance(spec, der, params, random_instance(spec, 5, gen))
@@ -68,3 +68,14 @@ def test_eps_zero_adds_the_condition_it_needs():
     v = check(loads_toml(text), strategy="down_rank1_norm_scalar")
     assert v.perfect_patch
     assert any("v != 0" in c for c in v.to_json()["conditions"])
+
+
+def test_check_instance_with_no_active_relu_unit_is_finite():
+    # Seed found by CI: every ReLU unit of the contextual run is inactive, so the hidden reference is 0.
+    spec = catalog.load("vanilla_skip")
+    der = Deriver(spec).derive("bias", "down_bias")
+    gen = torch.Generator().manual_seed(1383281723)
+    params = random_params(spec, 5, 7, gen)
+    err = check_instance(spec, der, params, random_instance(spec, 5, gen))
+    assert all(v == v for v in err.values()), err  # no NaN
+    assert err["hidden"] < 1e-12 and err["output"] < 1e-12
