@@ -21,6 +21,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check symbolic numeric tests proofs
+	$(BIN)/ctxpatch codegen --check
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

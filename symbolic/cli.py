@@ -139,6 +139,57 @@ def cmd_prove(args) -> int:
     return EXIT_OK if out["failed"] == 0 else EXIT_FAILED
 
 
+def cmd_codegen(args) -> int:
+    """Render kernels: the whole catalog into numeric/kernels (or -o DIR), or one user spec."""
+    from pathlib import Path
+
+    from symbolic import codegen
+    from symbolic.controllability import check
+
+    if args.spec is None:
+        if args.strategy or args.input_strategy:
+            raise SpecError("--strategy and --input-strategy apply to --spec only; the catalog kernels use "
+                            "each architecture's default strategies")
+        sources = codegen.catalog_sources()
+        if args.out is not None:
+            sources = {Path(args.out) / p.parent.name / p.name: t for p, t in sources.items()}
+    else:
+        spec = catalog.resolve(args.spec)
+        if not spec.name.isidentifier():
+            raise SpecError(f"{args.spec}: field `name` has the value {spec.name!r}, which cannot name a Python "
+                            "module. Allowed: letters, digits and underscores, not starting with a digit.")
+        verdict = check(spec, args.strategy, args.input_strategy)
+        if verdict.derivation is None:
+            print(f"ctxpatch codegen: {spec.name} has no perfect patch for the allowed parameters, so there is "
+                  f"no kernel to generate; `ctxpatch check {args.spec}` shows the counterexample.", file=sys.stderr)
+            return EXIT_FAILED
+        out = Path(args.out or "kernels")
+        try:
+            sources = {codegen.kernel_path(out, b, spec.name): codegen.render(spec, b, verdict.derivation)
+                       for b in codegen.BACKENDS}
+        except (TypeError, NotImplementedError) as exc:
+            raise SpecError(f"{args.spec}: the derived formulas use a construct the kernel printers cannot "
+                            f"print ({exc}). Allowed in activations: exp, log, tanh, sinh, cosh, sin, cos, "
+                            "atan, erf, sqrt, Abs, Max, Min, sign, Heaviside, Piecewise, polynomials.") from None
+    if args.check:
+        stale = codegen.stale(sources)
+        if args.json:
+            _emit({"files": sorted(map(str, sources)), "stale": sorted(map(str, stale))})
+        for p in stale:
+            print(f"stale: {p} (regenerate with `ctxpatch codegen`)", file=sys.stderr)
+        if not stale and not args.json:
+            console.print(f"{len(sources)} kernels up to date")
+        return EXIT_FAILED if stale else EXIT_OK
+    changed = codegen.write(sources)
+    if args.json:
+        _emit({"files": sorted(map(str, sources)), "changed": sorted(map(str, changed))})
+    else:
+        console.print(f"{len(sources)} kernels rendered, {len(changed)} changed")
+        for p in changed:
+            console.print(f"  wrote {p}", markup=False)
+    return EXIT_OK
+
+
 def _tex_name(name: str) -> str:
     import sympy as sp
 
@@ -211,6 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", metavar="NAME|ARCH|all")
     p.add_argument("--brief", action="store_true", help="one line per theorem")
     p.add_argument("--no-instances", action="store_true", help="skip the exact-instance evidence")
+    p = verb("codegen", cmd_codegen, "render the NumPy and Torch kernels from the derived formulas")
+    p.add_argument("--spec", metavar="TOML", help="render one spec (a TOML path or catalog name), not the catalog")
+    p.add_argument("-o", "--out", metavar="DIR", help="output folder (default: numeric/kernels for the catalog, "
+                   "./kernels for --spec); kernels go to DIR/numpy/<name>.py and DIR/torch/<name>.py")
+    p.add_argument("--check", action="store_true", help="write nothing; exit 1 if a kernel is missing or stale")
+    p.add_argument("--strategy", help="output-side strategy for --spec (default: the checker's choice)")
+    p.add_argument("--input-strategy", help="input-side strategy for --spec")
     verb("demo", cmd_demo, "the main job, end to end on gemma3")
     return parser
 

@@ -29,3 +29,20 @@ def bad_value(source: str, field: str, value: object, allowed: Iterable[object],
         f"{source}: field `{field}` has the value {value!r}, which is not allowed. "
         f"Allowed: {shown}.{near}{(' ' + hint) if hint else ''}"
     )
+
+
+class PatchConditionError(ArithmeticError):
+    """A side condition of the derivation fails at some tokens: the patch would be inf or NaN.
+
+    Raised by the generated kernels (``numeric.kernels.runtime``) with the condition as the
+    derivation states it (e.g. ``z != 0``) and the token indices where it fails.
+    """
+
+    def __init__(self, condition: str, tokens: list[int], layer: str = ""):
+        self.condition, self.tokens, self.layer = condition, list(tokens), layer
+        where = f"layer {layer}, " if layer else ""
+        shown = ", ".join(map(str, self.tokens[:8])) + (" ..." if len(self.tokens) > 8 else "")
+        super().__init__(
+            f"{where}token {shown}: the side condition `{condition}` of the derived patch fails, so the "
+            "patch is undefined there (it would be inf or NaN). Check the inputs of these tokens "
+            "(a zero vector, a non-finite value) or choose another strategy (`ctxpatch check --strategy`).")

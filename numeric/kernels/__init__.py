@@ -1,0 +1,45 @@
+"""Kernels generated from the derived formulas (`ctxpatch codegen`) and their run-time helpers.
+
+``numeric.kernels.numpy.<arch>`` and ``numeric.kernels.torch.<arch>`` offer the same functions:
+``block_patches(params, u, u_ctx)``, ``apply(params, patches, u)``, ``forward(params, u)`` and
+``materialize(params, patches, j)``. `load` imports one by name; for a strategy other than an
+architecture's default, or for a user's spec, it renders the kernel in memory (same template,
+same printers) and caches the module.
+"""
+
+from __future__ import annotations
+
+import importlib
+from functools import cache
+from types import ModuleType
+
+
+@cache
+def load(arch: str, backend: str = "torch", strategy: str | None = None,
+         input_strategy: str | None = None) -> ModuleType:
+    """The kernel module of a catalog architecture or TOML spec for the given (default) strategies."""
+    from symbolic import catalog
+    from symbolic.controllability import check
+
+    if backend not in ("numpy", "torch"):
+        raise ValueError(f"unknown back end {backend!r}; allowed: 'numpy', 'torch'")
+    if arch in catalog.names() and strategy is None and input_strategy is None:
+        return importlib.import_module(f"numeric.kernels.{backend}.{arch}")
+    spec = catalog.resolve(arch)
+    verdict = check(spec)
+    default = verdict.derivation
+    der = verdict.derivation_for(strategy, input_strategy)
+    if arch in catalog.names() and default is not None and \
+            (der.input_strategy, der.output_strategy) == (default.input_strategy, default.output_strategy):
+        return importlib.import_module(f"numeric.kernels.{backend}.{arch}")
+    return _exec(spec, backend, der)
+
+
+def _exec(spec, backend: str, der) -> ModuleType:
+    from symbolic.codegen import render
+
+    name = f"numeric.kernels.{backend}.{spec.name}__{der.input_strategy}__{der.output_strategy}"
+    module = ModuleType(name)
+    source = render(spec, backend, der)
+    exec(compile(source, f"<ctxpatch kernel {name}>", "exec"), module.__dict__)  # noqa: S102 - generated code
+    return module

@@ -1,0 +1,119 @@
+r"""Run-time helpers of the generated kernels, written once for NumPy and PyTorch (the array API).
+
+The generated modules (``numeric/kernels/{numpy,torch}/<arch>.py``) print every formula with
+SymPy's printers; what is not a formula lives here: the top-k routing of a mixture of experts,
+the constrained RMSNorm inverse of the stable update (an iterative solver), and the checks that
+turn a violated side condition into an error naming the token, instead of a NaN.
+
+It must not know any architecture: it receives arrays and names only.
+"""
+
+from __future__ import annotations
+
+from array_api_compat import array_namespace
+
+from symbolic.errors import PatchConditionError
+
+RMS_INVERSE_ITERATIONS = 200
+
+
+def topk_mask(ell, k: int):
+    """(T, 1, E) router logits -> (T, E, 1) boolean mask of the k largest (ties: lower index first)."""
+    xp = array_namespace(ell)
+    order = xp.argsort(ell[..., 0, :], axis=-1, descending=True, stable=True)
+    rank = xp.argsort(order, axis=-1, stable=True)  # rank of every expert
+    return (rank < k)[..., None]
+
+
+def route(ell, k: int):
+    r"""$\mathrm{softmax}(\ell)_e$ on the top-k experts, 0 elsewhere: (T, 1, E) -> (T, E, 1)."""
+    xp = array_namespace(ell)
+    logits = ell[..., 0, :]
+    p = xp.exp(logits - xp.max(logits, axis=-1, keepdims=True))
+    p = p / xp.sum(p, axis=-1, keepdims=True)
+    return xp.where(topk_mask(ell, k), p[..., None], xp.zeros_like(p[..., None]))
+
+
+def rms_inverse(t, gamma):
+    r"""$\arg\min_{y:\ \mathrm{mean}(y^2)=1} \lVert \gamma \odot y - t \rVert^2$, batched over leading axes.
+
+    Stationarity gives $y_k = \gamma_k t_k / (\gamma_k^2 - \mu)$ with $\mu < \min_k \gamma_k^2$
+    solving $\mathrm{mean}\big((\gamma_k t_k)^2 / (\gamma_k^2 - \mu)^2\big) = 1$ (increasing in
+    $\mu$: bisection). Hard case (on real Gemma activations): no pull on the coordinates of minimal
+    $\gamma_k^2$ and the secular function below 1 at $\min\gamma^2$: take $\mu = \min\gamma^2$ and
+    spread the missing norm over the minimal coordinates. arXiv:2511.17864, Appendix B.
+    """
+    xp = array_namespace(t)
+    g = xp.broadcast_to(xp.astype(gamma, t.dtype) if hasattr(gamma, "dtype") else gamma, t.shape)
+    n = t.shape[-1]
+    c2 = (g * t) ** 2
+    g2 = g**2
+    g2min = xp.min(g2, axis=-1, keepdims=True)
+    minimal = g2 <= g2min
+    regular = ~minimal
+    ones = xp.ones_like(g2)
+
+    def secular(mu):
+        return xp.mean(xp.where(regular | (c2 > 0), c2 / (g2 - mu) ** 2, 0 * ones), axis=-1, keepdims=True)
+
+    c2_min = xp.sum(xp.where(minimal, c2, 0 * ones), axis=-1, keepdims=True)
+    at_min = xp.mean(xp.where(regular, c2 / xp.where(regular, g2 - g2min, ones) ** 2, 0 * ones), axis=-1,
+                     keepdims=True)
+    hard = (c2_min == 0) & (at_min < 1)
+    lo = g2min - xp.sqrt(xp.mean(c2, axis=-1, keepdims=True)) - 1.0
+    hi = g2min
+    for _ in range(RMS_INVERSE_ITERATIONS):
+        mid = (lo + hi) / 2
+        big = secular(mid) > 1
+        hi = xp.where(big, mid, hi)
+        lo = xp.where(big, lo, mid)
+    mu = xp.where(hard, g2min, lo)
+    y = g * t / xp.where(regular | ~hard, g2 - mu, ones)
+    missing = xp.clip(n * (1 - at_min), min=0.0)
+    fill = xp.sqrt(missing / xp.sum(xp.astype(minimal, t.dtype), axis=-1, keepdims=True))
+    return xp.where(hard & minimal, fill * ones, y)
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _violations(value, kind: str, mask=None):
+    """Boolean (T,) ... marking where the side condition `value != 0` of `kind` fails."""
+    xp = array_namespace(value)
+    zero = value == 0
+    if kind == "vector":  # the whole vector vanishes
+        bad = xp.all(zero, axis=-1)
+    else:  # coords: some coordinate vanishes; scalar: a (…, 1) array
+        bad = xp.any(zero, axis=-1)
+    if mask is not None:
+        bad = bad & mask[..., 0]
+    while bad.ndim > 1:
+        bad = xp.any(bad, axis=-1)
+    return bad
+
+
+def require(value, kind: str, condition: str, layer: str = "", mask=None) -> None:
+    """Raise `PatchConditionError` naming the first token where `condition` (value != 0) fails."""
+    xp = array_namespace(value)
+    bad = _violations(value, kind, mask)
+    if bool(xp.any(bad)):
+        tokens = [int(i) for i in xp.nonzero(bad)[0]]
+        raise PatchConditionError(condition, tokens, layer)
+
+
+def require_finite(name: str, value, layer: str = "") -> None:
+    """Raise `PatchConditionError` if an input or a patch holds inf or NaN at some token."""
+    xp = array_namespace(value)
+    bad = ~xp.isfinite(value)
+    while bad.ndim > 1:
+        bad = xp.any(bad, axis=-1)
+    if bool(xp.any(bad)):
+        tokens = [int(i) for i in xp.nonzero(bad)[0]]
+        raise PatchConditionError(f"{name} is finite", tokens, layer)
+
+
+def per_expert(value, selected, masked: bool):
+    """A patch factor as (T, E, n): broadcast over the experts; `masked` zeroes experts off the top-k."""
+    xp = array_namespace(value)
+    full = xp.broadcast_to(value, (*selected.shape[:-1], value.shape[-1]))
+    return xp.where(selected, full, xp.zeros_like(full)) if masked else full

@@ -1,0 +1,290 @@
+r"""From a `Derivation` to straight-line kernel code: lowering, common subexpressions, ordering.
+
+Three functions are generated per block, all batched over tokens:
+
+- ``block_patches(params, u, u_ctx)``: the derivation's definitions ($z$, $z_C$, $a_C$, $h_C$,
+  $f_C$, ...) and its patch formulas, exactly as derived, with the side conditions as checks;
+- ``apply(params, patches, u)``: the block's own stages (`symbolic.model.Block`) with every
+  patched parameter replaced by its factored form ($W + \ell r^\top$, $b + \Delta$, $s\gamma$); the
+  algebra's linearity rules turn $(W + \ell r^\top) z$ into $W z + \ell\,(r^\top z)$, so no dense
+  matrix is ever formed;
+- ``forward(params, u)``: the same stages, unpatched.
+
+Lowering rewrites what the printers cannot print: a top-k sum
+$\sum_{j\le k} g(\ell, j)\, F(\mathrm{Sel}(\ell, j))$ becomes a sum over the expert axis with
+routing weights that vanish off the top-k; `EMat`/`EVec` of the generic expert become the stacked
+arrays. Then `sympy.cse` shares subexpressions across all outputs of a function, and the
+assignments are ordered by dependency (depth first from the outputs, so each temporary sits
+just before its first use).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import sympy as sp
+
+from symbolic.algebra import Dot, EMat, EVec, Gate, MatVec, Mean, Sel, Vec, normalize
+from symbolic.codegen.printers import EMatVec, ExpertSum, KDot, KMean, RouteWeight
+from symbolic.derive import Derivation
+from symbolic.model import Block, Params, expert
+from symbolic.printing import pstr
+from symbolic.spec import BlockSpec, dump_toml
+
+
+@dataclass(frozen=True)
+class Assign:
+    target: str
+    expr: sp.Expr
+
+
+@dataclass(frozen=True)
+class PatchOut:
+    """One factored patch: rank1 (left, right), bias/vector (delta), or scale (s)."""
+
+    param: str
+    kind: str
+    fields: tuple[tuple[str, str], ...]  # (field name in the patch dict, variable)
+    per_expert: bool
+    shapes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Check:
+    var: str
+    kind: str
+    text: str
+    per_expert: bool
+
+
+@dataclass
+class Function:
+    body: list[Assign]
+    per_expert: set[str] = field(default_factory=set)
+
+
+@dataclass
+class KernelIR:
+    spec: BlockSpec
+    derivation: Derivation
+    constants: list[tuple[str, float]]
+    params: list[tuple[str, str]]  # (variable, canonical parameter name)
+    patch_fn: Function
+    patches: list[PatchOut]
+    checks: list[Check]
+    apply_fn: Function
+    forward_fn: Function
+
+    @property
+    def moe(self) -> bool:
+        return self.spec.moe is not None
+
+    @property
+    def parallel(self) -> bool:
+        return self.spec.residual == "parallel"
+
+    @property
+    def spec_hash(self) -> str:
+        return hashlib.sha256(dump_toml(self.spec).encode()).hexdigest()[:16]
+
+    @property
+    def formula_hash(self) -> str:
+        """Hash of what the kernel computes: the lowered assignments of all three functions."""
+        text = "\n".join(f"{a.target}={sp.srepr(a.expr)}" for fn in (self.patch_fn, self.apply_fn, self.forward_fn)
+                         for a in fn.body)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def ident(param: str) -> str:
+    """A parameter's canonical name as a Python identifier: ``mlp_post_norm.scale`` -> ``mlp_post_norm_scale``."""
+    return param.replace(".", "_")
+
+
+# --------------------------------------------------------------------------- lowering
+
+
+def _lower_sum(s: sp.Sum) -> sp.Expr:
+    (j, _lo, _hi), = s.limits
+    f = s.function.replace(lambda e: isinstance(e, Sel) and e.args[1] == j, lambda e: expert)
+    f = f.replace(lambda e: isinstance(e, Gate) and e.args[1] == j, lambda e: RouteWeight(e.args[0]))
+    return ExpertSum(f)
+
+
+def lower(expr: sp.Expr) -> sp.Expr:
+    """Rewrite an expression of the algebra into printable batched form (see the module docstring)."""
+    expr = expr.replace(lambda e: isinstance(e, sp.Sum), _lower_sum)
+    expr = normalize(expr)
+    expr = expr.replace(lambda e: isinstance(e, MatVec) and isinstance(e.args[0], EMat),
+                        lambda e: EMatVec(e.args[0].args[0], e.args[1]))
+    expr = expr.replace(lambda e: isinstance(e, EVec) and e.args[1] == expert, lambda e: e.args[0])
+    expr = expr.replace(lambda e: isinstance(e, Dot), lambda e: KDot(*e.args))
+    expr = expr.replace(lambda e: isinstance(e, Mean), lambda e: KMean(*e.args))
+    leftover = [a for a in sp.preorder_traversal(expr) if isinstance(a, (Sel, Gate, EMat, EVec, sp.Sum))]
+    if leftover or expert in expr.free_symbols:
+        raise ValueError(f"cannot lower {pstr(expr)}: {leftover or 'a free expert index'} left")
+    return expr
+
+
+def _depends(expr: sp.Expr, names: set[str]) -> bool:
+    """Whether `expr` is an array over the expert axis (an expert sum removes that axis)."""
+    if isinstance(expr, ExpertSum):
+        return False
+    if isinstance(expr, (RouteWeight, EMatVec)):
+        return True
+    if isinstance(expr, sp.Symbol):
+        return expr.name in names
+    return any(_depends(a, names) for a in expr.args)
+
+
+def straight_line(outputs: list[Assign], expert_names: set[str], temps=None,
+                  roots: list[str] | None = None) -> Function:
+    """CSE over all outputs, then assignments ordered depth-first from `roots` (default: every output).
+
+    An output no root needs is dropped, so the generated code has no unused variable.
+    """
+    targets = [a.target for a in outputs]
+    temps = temps if temps is not None else sp.numbered_symbols("t")
+    replacements, reduced = sp.cse([a.expr for a in outputs], symbols=temps, order="none")
+    assigns = {s.name: e for s, e in replacements}
+    assigns.update(dict(zip(targets, reduced, strict=True)))
+    order: list[str] = []
+
+    def emit(name: str) -> None:
+        if name in order or name not in assigns:
+            return
+        for dep in sorted((s.name for s in assigns[name].free_symbols), key=_natural):
+            if dep != name:
+                emit(dep)
+        order.append(name)
+
+    for t in roots if roots is not None else targets:
+        emit(t)
+    fn = Function([Assign(n, assigns[n]) for n in order], set(expert_names))
+    for a in fn.body:
+        if _depends(a.expr, fn.per_expert):
+            fn.per_expert.add(a.target)
+    return fn
+
+
+def _natural(name: str) -> tuple:
+    return (name.rstrip("0123456789"), int(name[len(name.rstrip("0123456789")):] or -1))
+
+
+# --------------------------------------------------------------------------- the three functions
+
+
+def _def_target(name: str) -> str:
+    return name.replace("[e]", "")
+
+
+def patch_function(spec: BlockSpec, der: Derivation) -> tuple[Function, list[PatchOut], list[Check]]:
+    s = Block(spec).signals
+    outputs: list[Assign] = []
+    for name, expr in der.definitions:
+        if name == "delta":  # delta = u_C - u: the contextual residual base minus the plain one
+            expr = s["u_C"] - s["u"]
+        outputs.append(Assign(_def_target(name), lower(expr)))
+    patches = []
+    for p in der.patches:
+        i = ident(p.param)
+        if p.kind == "rank1":
+            fields = (("left", f"{i}_left"), ("right", f"{i}_right"))
+            outputs += [Assign(f"{i}_left", lower(p.value)), Assign(f"{i}_right", lower(p.right))]
+        else:
+            key = {"scale": "scale"}.get(p.kind, "delta")
+            fields = ((key, f"{i}_{key}"),)
+            outputs.append(Assign(f"{i}_{key}", lower(p.value)))
+        patches.append(PatchOut(p.param, p.kind, fields, p.per_expert, ()))
+    checks = []
+    for n, c in enumerate(der.conditions):
+        var = f"condition_{n}"
+        outputs.append(Assign(var, lower(c.expr)))
+        checks.append(Check(var, c.kind, c.text(), False))
+    per_expert_atoms = {"a_C"} if spec.moe is not None else set()
+    # Router logits first (per-expert checks need the top-k mask), then each condition, so that the
+    # kernel checks it before any formula divides by it; then the patches.
+    roots = (["ell_C"] if spec.moe is not None else []) + [c.var for c in checks]
+    roots += [v for p in patches for _, v in p.fields]
+    fn = straight_line(outputs, per_expert_atoms, roots=roots)
+    checks = [Check(c.var, c.kind, c.text, c.var in fn.per_expert) for c in checks]
+    return fn, patches, checks
+
+
+def _patched_params(spec: BlockSpec, der: Derivation) -> Params:
+    """The block's parameters with every patched one in factored symbolic form."""
+    b = Block(spec)
+    P = b.unpatched()
+    changes = {}
+    for p in der.patches:
+        param, i = b.params[p.param], ident(p.param)
+        sym = param.symbol
+        if p.kind == "rank1" and p.per_expert:
+            left, right = Vec(f"{i}_left", sym.rows), Vec(f"{i}_right", sym.cols)
+            changes[p.param] = EMat(sym, expert) + _outer(EVec(left, expert), EVec(right, expert))
+        elif p.kind == "rank1" and isinstance(sym, Vec):  # a 1 x d map stored as a vector (shared gate)
+            changes[p.param] = sym + sp.Symbol(f"{i}_left", real=True) * Vec(f"{i}_right", sym.dim)
+        elif p.kind == "rank1":
+            changes[p.param] = sym + _outer(Vec(f"{i}_left", sym.rows), Vec(f"{i}_right", sym.cols))
+        elif p.kind == "scale":
+            s_ = sp.Symbol(f"{i}_scale", real=True)
+            one_plus = spec.norms[p.param.split(".")[0]].scale == "one_plus"
+            changes[p.param] = s_ * (1 + sym) - 1 if one_plus else s_ * sym
+        else:
+            changes[p.param] = sym + Vec(f"{i}_delta", sym.dim)
+    return P.replace(changes)
+
+
+def _outer(x, y):
+    from symbolic.algebra import Outer
+
+    return Outer(x, y)
+
+
+def stage_function(spec: BlockSpec, P: Params, per_expert_patch: set[str]) -> Function:
+    """z, a, (ell, sigma_sg), h, o, r, y of one run with parameters P, one assignment per stage."""
+    b, s = Block(spec), Block(spec).signals
+    z = Vec("z", "d")
+    mlp_in = s["x"] if spec.residual == "parallel" else s["u"]
+    out = [Assign("z", lower(b.pre(P, mlp_in)))]
+    atoms = {}
+    for g in b.hidden_groups():
+        name = {"": "a", "experts": "a", "shared": "a_s"}[g]
+        dim = "m_s" if g == "shared" else "m"
+        out.append(Assign(name, lower(b.hidden(P, z, g))))
+        atoms[g] = EVec(Vec(name, dim), expert) if g == "experts" else Vec(name, dim)
+    ell, sg = None, sp.S.One
+    if spec.moe is not None:
+        ell = Vec("ell", "n_E")
+        out.append(Assign("ell", lower(b.logits(P, z))))
+        if spec.moe.shared_expert == "gated":
+            out.append(Assign("sigma_sg", lower(b.shared_gate(P, z))))
+            sg = sp.Symbol("sigma_sg", positive=True)
+    out.append(Assign("h", lower(b.outer(P, atoms, ell, sg))))
+    out.append(Assign("o", lower(b.branch_out(P, Vec("h", "d")))))
+    out.append(Assign("y", lower(b.final(P, b.residual(s["u"], Vec("o", "d"))))))
+    per_expert = set(per_expert_patch) | ({"a"} if spec.moe is not None else set())
+    return _stages(out, per_expert)
+
+
+def _stages(out: list[Assign], per_expert: set[str]) -> Function:
+    """Stages in order, each with its own common subexpressions (stage names stay readable)."""
+    fn = Function([], set(per_expert))
+    temps = sp.numbered_symbols("t")
+    for a in out:
+        sub = straight_line([a], fn.per_expert, temps)
+        fn.body += sub.body
+        fn.per_expert |= sub.per_expert
+    return fn
+
+
+def build(spec: BlockSpec, der: Derivation) -> KernelIR:
+    """The kernel of one derivation, ready for the templates."""
+    b = Block(spec)
+    constants = sorted((str(eps), float(spec.norms[n].eps)) for n, eps in b.eps.items() if eps != 0)
+    params = [(p.symbol.name, name) for name, p in b.params.items()]
+    patch_fn, patches, checks = patch_function(spec, der)
+    per_expert_patch = {f"{ident(p.param)}_{k}" for p in der.patches if p.per_expert for k in ("left", "right")}
+    apply_fn = stage_function(spec, _patched_params(spec, der), per_expert_patch)
+    forward_fn = stage_function(spec, b.unpatched(), set())
+    return KernelIR(spec, der, constants, params, patch_fn, patches, checks, apply_fn, forward_fn)

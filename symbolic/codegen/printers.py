@@ -1,0 +1,208 @@
+r"""SymPy printers for the batched kernels: one subclass per back end, one `_print_X` per construct.
+
+Array conventions of the generated code (tokens on the leading axis):
+
+- a vector of the algebra (`Vec`, `MatVec`, ...) is an array ``(T, n)``; in a mixture-of-experts
+  kernel ``(T, 1, n)``, or ``(T, E, n)`` when it depends on the expert (the expert axis is implicit:
+  `EVec(v, e)` prints as ``v``);
+- a scalar per token (`Dot`, `Mean`) keeps its axis: ``(T, 1)`` (``(T, E, 1)`` per expert), so it
+  broadcasts against vectors exactly as the algebra's scalars do;
+- a parameter matrix ``W`` (out, in) acts as ``v @ W.T``; an expert-stacked ``W`` (E, out, in) through
+  `EMatVec` as an einsum over the expert axis.
+
+Fixes over SymPy 1.14 (each tested numerically in ``tests/test_codegen.py``): numeric constants are
+printed as float literals (``TorchPrinter`` prints ``torch.sqrt(2)``, which fails on a Python number;
+``NumPyPrinter`` prints rationals as ``(8943/200000)``); `Max`/`Min` become ``maximum``/``clamp``
+(``TorchPrinter`` prints ``torch.max(0, x)``, which fails on a number); ``erf`` comes from
+``scipy.special`` (``NumPyPrinter`` prints ``math.erf``, which rejects arrays); transposes are
+written ``W.T`` on 2-D parameters only. Anything without a rule is refused (strict mode).
+"""
+
+from __future__ import annotations
+
+import sympy as sp
+from sympy.printing.numpy import SciPyPrinter
+from sympy.printing.pytorch import TorchPrinter
+
+
+class ExpertSum(sp.Function):
+    r"""$\sum_e f_e$ over the (implicit) expert axis of a per-expert array."""
+
+    nargs = 1
+
+
+class RouteWeight(sp.Function):
+    r"""The routing weight of every expert: $\mathrm{softmax}(\ell)_e$ on the top-k, 0 elsewhere, shape (T, E, 1)."""
+
+    nargs = 1
+
+
+class EMatVec(sp.Function):
+    r"""$W^{(e)} v$ for every expert e: `W` stacked (E, out, in), `v` shared (T, 1, in) or per expert (T, E, in)."""
+
+    nargs = 2
+
+
+class KDot(sp.Function):
+    """`Dot` without automatic evaluation: common-subexpression temporaries are plain symbols, and
+    `Dot`/`Mean` would treat them as scalars (``Mean(t**2) -> t**2``). Kernels print only these."""
+
+    nargs = 2
+
+
+class KMean(sp.Function):
+    """`Mean` without automatic evaluation (see `KDot`)."""
+
+    nargs = 1
+
+
+class _Batched:
+    """Rules shared by both back ends; `_mod(name)` gives the back end's function path."""
+
+    _kw_axis = "axis"
+    _kw_keep = "keepdims"
+    _runtime = "runtime"
+
+    def _print(self, expr, **kwargs):
+        if isinstance(expr, sp.Expr) and expr.is_number and not expr.is_Integer and expr.is_finite:
+            value = complex(expr.evalf(30))
+            if value.imag != 0:
+                raise TypeError(f"complex constant {expr} cannot be printed for a real kernel")
+            return repr(float(value.real))
+        return super()._print(expr, **kwargs)
+
+    def _print_Vec(self, e):
+        return e.name
+
+    _print_Mat = _print_Vec
+
+    def _reduce(self, fn: str, arg: str, axis: int) -> str:
+        return f"{self._mod(fn)}({arg}, {self._kw_axis}={axis}, {self._kw_keep}=True)"
+
+    def _print_MatVec(self, e):
+        W, v = e.args
+        if not isinstance(W, sp.Symbol):
+            raise TypeError(f"MatVec of a non-atomic matrix reached the printer: {W}")
+        return f"({self._print(v)} @ {self._print(W)}.T)"
+
+    def _print_EMatVec(self, e):
+        W, v = e.args
+        spec = "'eoi,tei->teo'" if self._per_expert(v) else "'eoi,tki->teo'"  # k: the singleton axis
+        return f"{self._mod('einsum')}({spec}, {self._print(W)}, {self._print(v)})"
+
+    def _print_Dot(self, e):
+        a, b = e.args
+        return self._reduce("sum", f"{self.parenthesize(a, 50)} * {self.parenthesize(b, 50)}", -1)
+
+    def _print_Mean(self, e):
+        return self._reduce("mean", self._print(e.args[0]), -1)
+
+    _print_KDot = _print_Dot
+    _print_KMean = _print_Mean
+
+    def _print_ExpertSum(self, e):
+        return self._reduce("sum", self._print(e.args[0]), -2)
+
+    def _print_RouteWeight(self, e):
+        return f"{self._runtime}.route({self._print(e.args[0])}, TOP_K)"
+
+    def _print_RmsInverse(self, e):
+        return f"{self._runtime}.rms_inverse({self._print(e.args[0])}, {self._print(e.args[1])})"
+
+    def _print_Outer(self, e):
+        raise TypeError(f"an outer product reached the printer (kernels never materialize it): {e}")
+
+    _print_EMat = _print_Outer
+
+    def _print_Sum(self, e):
+        raise TypeError(f"a symbolic sum reached the printer (lower top-k sums first): {e}")
+
+
+class NumPyKernelPrinter(_Batched, SciPyPrinter):
+    """NumPy (and scipy.special) code over arrays of shape (T, ...)."""
+
+    printmethod = "_numpykernelcode"
+
+    def __init__(self, per_expert=None):
+        super().__init__({"fully_qualified_modules": True, "strict": True, "allow_unknown_functions": False})
+        self._per_expert = per_expert or (lambda _: False)
+
+    def _mod(self, fn: str) -> str:
+        return self._module_format("numpy." + fn)
+
+    def _print_Max(self, e):
+        return self._fold("numpy.maximum", e.args)
+
+    def _print_Min(self, e):
+        return self._fold("numpy.minimum", e.args)
+
+    def _fold(self, fn: str, args) -> str:
+        out = self._print(args[0])
+        for a in args[1:]:
+            out = f"{self._module_format(fn)}({out}, {self._print(a)})"
+        return out
+
+    def _print_Heaviside(self, e):
+        h0 = e.args[1] if len(e.args) > 1 else sp.S.Half
+        return f"{self._module_format('numpy.heaviside')}({self._print(e.args[0])}, {self._print(h0)})"
+
+
+class TorchKernelPrinter(_Batched, TorchPrinter):
+    """PyTorch code over tensors of shape (T, ...)."""
+
+    printmethod = "_torchkernelcode"
+    _kw_axis = "dim"
+    _kw_keep = "keepdim"
+
+    def __init__(self, per_expert=None):
+        super().__init__({"fully_qualified_modules": True, "strict": True, "allow_unknown_functions": False})
+        self._per_expert = per_expert or (lambda _: False)
+
+    def _mod(self, fn: str) -> str:
+        return self._module_format("torch." + fn)
+
+    def _print_Max(self, e):
+        return self._fold(e.args, "maximum", "min")
+
+    def _print_Min(self, e):
+        return self._fold(e.args, "minimum", "max")
+
+    def _fold(self, args, fn: str, clamp_kw: str) -> str:
+        """Tensors folded with torch.maximum/minimum; numbers become one clamp bound."""
+        numbers = [a for a in args if a.is_number]
+        tensors = [a for a in args if not a.is_number]
+        out = self._print(tensors[0])
+        for a in tensors[1:]:
+            out = f"{self._mod(fn)}({out}, {self._print(a)})"
+        if numbers:
+            bound = (sp.Max if fn == "maximum" else sp.Min)(*numbers)
+            out = f"{self._mod('clamp')}({out}, {clamp_kw}={self._print(sp.Float(bound))})"
+        return out
+
+    def _print_Heaviside(self, e):
+        h0 = e.args[1] if len(e.args) > 1 else sp.S.Half
+        x = self._print(e.args[0])
+        return f"{self._mod('heaviside')}({x}, {self._mod('full_like')}({x}, {self._print(sp.Float(h0))}))"
+
+    def _print_Pow(self, e, rational=False):
+        base, exp = e.args
+        if exp == sp.S.Half:
+            return f"{self._mod('sqrt')}({self._print(base)})"
+        if exp == -sp.S.Half:
+            return f"{self._mod('rsqrt')}({self._print(base)})"
+        if exp == -1:
+            return f"(1 / {self.parenthesize(base, 50)})"
+        if exp.is_Integer and exp > 0:
+            return f"{self.parenthesize(base, 60)}**{int(exp)}"
+        return f"{self._mod('pow')}({self._print(base)}, {self._print(exp)})"
+
+    def _print_Piecewise(self, e):
+        if e.args[-1].cond is not sp.true:
+            raise TypeError(f"a Piecewise without an otherwise branch cannot be printed: {e}")
+        out = self._print(e.args[-1].expr)
+        for expr, cond in reversed(e.args[:-1]):
+            out = f"{self._mod('where')}({self._print(cond)}, {self._print(expr)}, {out})"
+        return out
+
+
+BACKENDS = {"numpy": NumPyKernelPrinter, "torch": TorchKernelPrinter}
