@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from symbolic import catalog
-from symbolic.errors import SpecError
+from symbolic.errors import PatchConditionError, SpecError
 
 console = Console(highlight=False)
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
@@ -190,6 +190,42 @@ def cmd_codegen(args) -> int:
     return EXIT_OK
 
 
+def cmd_validate(args) -> int:
+    """Random-instance validation of the layer-by-layer algorithm on a stack of random layers."""
+    from numeric.validate import Setup, validate
+
+    spec = catalog.resolve(args.arch)
+    if args.heads < 1 or args.kv_heads < 1 or args.heads % args.kv_heads or args.d % args.heads or \
+            (args.d // args.heads) % 2:
+        raise SpecError(f"--heads {args.heads}, --kv-heads {args.kv_heads}, --d {args.d}: the heads must divide "
+                        "d into an even head size, and the kv heads must divide the heads (grouped queries).")
+    for name in ("layers", "trials", "context_len", "query_len", "m"):
+        if getattr(args, name) < 1:
+            raise SpecError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
+    from symbolic.controllability import check
+
+    check(spec).derivation_for(args.strategy, args.input_strategy)  # unknown strategy: a clear error first
+    setup = Setup(layers=args.layers, d=args.d, m=args.m, heads=args.heads, kv_heads=args.kv_heads,
+                  rope=not args.no_rope, context_len=args.context_len, query_len=args.query_len, dtype=args.dtype,
+                  strategy=args.strategy, input_strategy=args.input_strategy)
+    out = validate(spec, setup, trials=args.trials, seed=args.seed)
+    if args.json:
+        _emit(out)
+    else:
+        table = Table(title=f"validation of {out['arch']} ({args.layers} layers, {args.dtype}, {args.trials} trials)",
+                      show_header=False)
+        table.add_row("patched vs contextual, max relative error", f"{out['max_rel_error']:.3e}  "
+                      f"(bound {out['bound']:.0e})")
+        table.add_row("unpatched vs contextual, min relative error", f"{out['unpatched_rel_error']:.3e}")
+        for key, label in (("min_right_norm", "smallest right factor (e.g. |z|)"),
+                           ("max_relative_patch_norm", "largest patch / parameter norm"),
+                           ("min_abs_gamma", "smallest |gamma_i| of an MLP norm")):
+            table.add_row(label, "n/a" if out[key] is None else f"{out[key]:.3e}")
+        table.add_row("result", "[green]ok[/green]" if out["ok"] else "[red]FAILED[/red]")
+        console.print(table)
+    return EXIT_OK if out["ok"] else EXIT_FAILED
+
+
 def _tex_name(name: str) -> str:
     import sympy as sp
 
@@ -269,6 +305,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 if a kernel is missing or stale")
     p.add_argument("--strategy", help="output-side strategy for --spec (default: the checker's choice)")
     p.add_argument("--input-strategy", help="input-side strategy for --spec")
+    p = verb("validate", cmd_validate, "random-instance validation: layer stacks with real attention, "
+             "patched no-context run vs contextual run", arch=True)
+    p.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--trials", type=int, default=3)
+    p.add_argument("--context-len", type=int, default=5)
+    p.add_argument("--query-len", type=int, default=4)
+    p.add_argument("--d", type=int, default=16, help="model width")
+    p.add_argument("--m", type=int, default=24, help="MLP width")
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--kv-heads", type=int, default=2, help="grouped-query attention when fewer than --heads")
+    p.add_argument("--no-rope", action="store_true", help="attention without rotary position embeddings")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--strategy", help="output-side strategy (default: the checker's choice)")
+    p.add_argument("--input-strategy", help="input-side strategy")
     verb("demo", cmd_demo, "the main job, end to end on gemma3")
     return parser
 
@@ -280,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as exc:
         print(f"ctxpatch {args.verb}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except PatchConditionError as exc:
+        print(f"ctxpatch {args.verb}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":

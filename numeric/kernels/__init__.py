@@ -15,23 +15,27 @@ from types import ModuleType
 
 
 @cache
-def load(arch: str, backend: str = "torch", strategy: str | None = None,
+def load(arch, backend: str = "torch", strategy: str | None = None,
          input_strategy: str | None = None) -> ModuleType:
-    """The kernel module of a catalog architecture or TOML spec for the given (default) strategies."""
+    """The kernel module of a catalog name, TOML path or `BlockSpec` for the given (default) strategies.
+
+    A catalog block with its default strategies imports the committed module; anything else is
+    rendered in memory (same template, same printers).
+    """
     from symbolic import catalog
     from symbolic.controllability import check
+    from symbolic.spec import BlockSpec
 
     if backend not in ("numpy", "torch"):
         raise ValueError(f"unknown back end {backend!r}; allowed: 'numpy', 'torch'")
-    if arch in catalog.names() and strategy is None and input_strategy is None:
-        return importlib.import_module(f"numeric.kernels.{backend}.{arch}")
-    spec = catalog.resolve(arch)
+    spec = arch if isinstance(arch, BlockSpec) else catalog.resolve(arch)
+    in_catalog = spec.name in catalog.names() and catalog.load(spec.name) == spec
     verdict = check(spec)
     default = verdict.derivation
     der = verdict.derivation_for(strategy, input_strategy)
-    if arch in catalog.names() and default is not None and \
+    if in_catalog and default is not None and \
             (der.input_strategy, der.output_strategy) == (default.input_strategy, default.output_strategy):
-        return importlib.import_module(f"numeric.kernels.{backend}.{arch}")
+        return importlib.import_module(f"numeric.kernels.{backend}.{spec.name}")
     return _exec(spec, backend, der)
 
 

@@ -1,0 +1,208 @@
+r"""Random-instance validation: the layer-by-layer algorithm on stacks of random blocks.
+
+A block here is a real contextual layer: multi-head causal softmax attention (RoPE and grouped
+query heads optional) with the attention-side norms the spec declares, then the MLP sub-block of
+the spec. The *contextual run* feeds ``[context; query]``; the *patched run* feeds the query alone
+(positions from 0) and, layer by layer, computes the patches of every query token from the actual
+patched state below it (arXiv:2511.17864, Algorithm 1) with the generated torch kernel, then applies
+them. The figures: the max relative error of the patched run against the contextual run at the
+query positions (per token, max over layers' outputs and trials), the same for the unpatched run
+(to show the patch matters), and conditioning (the smallest right factor, e.g. $\lVert z\rVert$;
+the largest patch relative to its parameter; the smallest $|\gamma_i|$ of an MLP-side norm).
+
+The contextual run uses `numeric.reference` (written from the architecture, not from the
+derivation); only the patched run uses the generated kernel.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from numeric import kernels
+from numeric.reference import forward, norm, random_params
+from symbolic.spec import BlockSpec
+
+BOUNDS = {"float64": 1e-10, "float32": 1e-4}
+MIN_UNPATCHED = 1e-2
+DTYPES = {"float64": torch.float64, "float32": torch.float32}
+
+
+@dataclass(frozen=True)
+class Setup:
+    """Sizes of one validation run (defaults: small enough for 2 CPU cores, large enough to mean something)."""
+
+    layers: int = 4
+    d: int = 16
+    m: int = 24
+    heads: int = 4
+    kv_heads: int = 2  # grouped-query attention when < heads
+    rope: bool = True
+    context_len: int = 5
+    query_len: int = 4
+    dtype: str = "float64"
+    strategy: str | None = None
+    input_strategy: str | None = None
+
+
+# --------------------------------------------------------------------------- attention
+
+
+def _rope(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Rotary embedding on (heads, T, hd), half-split convention (as Llama/Gemma in transformers)."""
+    hd = x.shape[-1]
+    inv = 10000.0 ** (-torch.arange(0, hd, 2, dtype=torch.float64) / hd)
+    ang = (positions.to(torch.float64)[:, None] * inv[None, :]).to(x.dtype)  # (T, hd/2)
+    cos, sin = torch.cat([ang.cos()] * 2, -1), torch.cat([ang.sin()] * 2, -1)
+    x1, x2 = x[..., : hd // 2], x[..., hd // 2:]
+    return x * cos + torch.cat([-x2, x1], -1) * sin
+
+
+def attention(p: dict, h: torch.Tensor, positions: torch.Tensor, s: Setup) -> torch.Tensor:
+    """Causal multi-head softmax attention of (T, d) inputs; kv heads shared by groups of query heads."""
+    T, d = h.shape
+    hd = d // s.heads
+    q = (h @ p["Wq"].T).view(T, s.heads, hd).transpose(0, 1)  # (H, T, hd)
+    k = (h @ p["Wk"].T).view(T, s.kv_heads, hd).transpose(0, 1)  # (KV, T, hd)
+    v = (h @ p["Wv"].T).view(T, s.kv_heads, hd).transpose(0, 1)
+    if s.rope:
+        q, k = _rope(q, positions), _rope(k, positions)
+    group = s.heads // s.kv_heads
+    k, v = k.repeat_interleave(group, 0), v.repeat_interleave(group, 0)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(hd)  # (H, T, T)
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    w = torch.softmax(scores.masked_fill(~causal, float("-inf")), -1)
+    return (w @ v).transpose(0, 1).reshape(T, d) @ p["Wo"].T
+
+
+def attention_sublayer(spec: BlockSpec, p: dict, x: torch.Tensor, positions: torch.Tensor,
+                       s: Setup) -> tuple[torch.Tensor, torch.Tensor]:
+    """(u, mlp_in): the residual base the MLP branch is added to, and the MLP's input."""
+    att = spec.attention
+    h = norm(att.pre_norm, p.get("att_pre.scale"), p.get("att_pre.bias"), x)
+    a = norm(att.post_norm, p.get("att_post.scale"), p.get("att_post.bias"), attention(p, h, positions, s))
+    u = norm(att.post_ln, p.get("att_ln.scale"), p.get("att_ln.bias"), x + a)
+    return u, (x if spec.residual == "parallel" else u)
+
+
+def random_layer(spec: BlockSpec, s: Setup, gen: torch.Generator) -> dict:
+    """Random parameters of one layer: the MLP sub-block's (canonical names) and attention's."""
+    dtype = DTYPES[s.dtype]
+    n_exp = None if spec.moe is None else spec.moe.experts
+    mlp = {k: v.to(dtype) for k, v in random_params(spec, s.d, s.m, gen, n_experts=n_exp).items()}
+    hd = s.d // s.heads
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=gen, dtype=torch.float64) * shape[-1] ** -0.5
+
+    p = dict(Wq=rnd(s.heads * hd, s.d), Wk=rnd(s.kv_heads * hd, s.d), Wv=rnd(s.kv_heads * hd, s.d),
+             Wo=rnd(s.d, s.heads * hd))
+    for name, n in (("att_pre", spec.attention.pre_norm), ("att_post", spec.attention.post_norm),
+                    ("att_ln", spec.attention.post_ln)):
+        if n is not None:
+            offset = 0.0 if n.scale == "one_plus" else 1.0
+            p[f"{name}.scale"] = offset + 0.3 * torch.randn(s.d, generator=gen, dtype=torch.float64)
+            p[f"{name}.bias"] = 0.3 * torch.randn(s.d, generator=gen, dtype=torch.float64) if n.bias else None
+    att = {k: (v.to(dtype) if isinstance(v, torch.Tensor) else v) for k, v in p.items()}
+    if spec.shared_pre_norm:  # one norm read by attention and MLP
+        att["att_pre.scale"], att["att_pre.bias"] = mlp.get("mlp_pre_norm.scale"), mlp.get("mlp_pre_norm.bias")
+    return {"att": att, "mlp": mlp}
+
+
+# --------------------------------------------------------------------------- the runs
+
+
+def contextual_run(spec: BlockSpec, layers: list[dict], x: torch.Tensor, s: Setup) -> list[dict]:
+    """Per layer: the residual base u and MLP input of every position, and the layer output."""
+    positions = torch.arange(x.shape[0])
+    out = []
+    for p in layers:
+        u, mlp_in = attention_sublayer(spec, p["att"], x, positions, s)
+        x = forward(spec, p["mlp"], mlp_in, u).y
+        out.append({"u": u, "mlp_in": mlp_in, "y": x})
+    return out
+
+
+@dataclass
+class Figures:
+    max_rel_error: float = 0.0
+    unpatched_rel_error: float = math.inf
+    min_right_norm: float = math.inf
+    max_relative_patch_norm: float = 0.0
+    min_abs_gamma: float = math.inf
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Max over tokens of |a - b| / |b| (computed in float64)."""
+    a, b = a.to(torch.float64), b.to(torch.float64)
+    return float((torch.linalg.vector_norm(a - b, dim=-1) / torch.linalg.vector_norm(b, dim=-1)).max())
+
+
+def patched_run(spec: BlockSpec, layers: list[dict], x: torch.Tensor, ctx: list[dict], c: int, s: Setup,
+                fig: Figures) -> torch.Tensor:
+    """Algorithm 1: the query alone, each layer patched from the actual patched state below."""
+    kernel = kernels.load(spec, "torch", s.strategy, s.input_strategy)
+    positions = torch.arange(x.shape[0])
+    for n, p in enumerate(layers):
+        u, mlp_in = attention_sublayer(spec, p["att"], x, positions, s)
+        extra = {"x": mlp_in} if spec.residual == "parallel" else {}
+        params = p["mlp"]
+        patches = kernel.block_patches(params, u, ctx[n]["u"][c:], layer=str(n), **extra)
+        _conditioning(spec, params, patches, fig)
+        x = kernel.apply(params, patches, u, **extra)
+        fig.max_rel_error = max(fig.max_rel_error, _rel(x, ctx[n]["y"][c:]))
+    return x
+
+
+def unpatched_run(spec: BlockSpec, layers: list[dict], x: torch.Tensor, s: Setup) -> torch.Tensor:
+    positions = torch.arange(x.shape[0])
+    for p in layers:
+        u, mlp_in = attention_sublayer(spec, p["att"], x, positions, s)
+        x = forward(spec, p["mlp"], mlp_in, u).y
+    return x
+
+
+def _conditioning(spec: BlockSpec, params: dict, patches: dict, fig: Figures) -> None:
+    for name, patch in patches.items():
+        base = torch.linalg.vector_norm(params[name].to(torch.float64))
+        if "left" in patch:
+            left, right = patch["left"].to(torch.float64), patch["right"].to(torch.float64)
+            rn = torch.linalg.vector_norm(right, dim=-1)
+            active = torch.linalg.vector_norm(left, dim=-1) > 0  # MoE: only the selected experts
+            if bool(active.any()):
+                fig.min_right_norm = min(fig.min_right_norm, float(rn[active].min()))
+            size = torch.linalg.vector_norm(left, dim=-1) * rn
+        else:
+            size = torch.linalg.vector_norm(next(iter(patch.values())).to(torch.float64), dim=-1)
+        fig.max_relative_patch_norm = max(fig.max_relative_patch_norm, float(size.max() / base))
+    for norm_name, n in spec.norms.items():
+        if n.scale != "none":
+            w = params[f"{norm_name}.scale"].to(torch.float64)
+            gamma = 1 + w if n.scale == "one_plus" else w
+            fig.min_abs_gamma = min(fig.min_abs_gamma, float(gamma.abs().min()))
+
+
+def validate(spec: BlockSpec, setup: Setup = Setup(), trials: int = 3, seed: int = 0) -> dict:
+    """Run `trials` random stacks; return the figures as a JSON-ready dict (see the module docstring)."""
+    t0 = time.perf_counter()
+    fig = Figures()
+    gen = torch.Generator().manual_seed(seed)
+    dtype = DTYPES[setup.dtype]
+    for _ in range(trials):
+        layers = [random_layer(spec, setup, gen) for _ in range(setup.layers)]
+        c, q = setup.context_len, setup.query_len
+        x = torch.randn(c + q, setup.d, generator=gen, dtype=torch.float64).to(dtype)
+        ctx = contextual_run(spec, layers, x, setup)
+        patched_run(spec, layers, x[c:], ctx, c, setup, fig)
+        plain = unpatched_run(spec, layers, x[c:], setup)
+        fig.unpatched_rel_error = min(fig.unpatched_rel_error, _rel(plain, ctx[-1]["y"][c:]))
+    figures = {k: (None if math.isinf(v) else v) for k, v in asdict(fig).items()}  # inf: nothing to measure
+    out = {"arch": spec.name, "dtype": setup.dtype, "trials": trials, "layers": setup.layers, **figures}
+    out["bound"] = BOUNDS[setup.dtype]
+    out["ok"] = out["max_rel_error"] <= out["bound"] and out["unpatched_rel_error"] >= MIN_UNPATCHED
+    out["setup"] = asdict(setup)
+    out["seconds"] = round(time.perf_counter() - t0, 3)
+    return out
