@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: on these machines 2.13.0 is a local CPU wheel; any other
 	# version would pull gigabytes of CUDA packages.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,hf]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -226,6 +226,35 @@ def cmd_validate(args) -> int:
     return EXIT_OK if out["ok"] else EXIT_FAILED
 
 
+def cmd_hf_check(args) -> int:
+    """Absorb a random context on a tiny random transformers model; compare with the contextual run."""
+    try:
+        from numeric.hfcheck import hf_check
+    except ImportError as exc:  # transformers is the `hf` extra
+        raise SpecError(f"hf-check needs transformers ({exc}); install it with `pip install -e '.[hf]'`.") from None
+    for name in ("layers", "context_len", "query_len"):
+        if getattr(args, name) < 1:
+            raise SpecError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
+    if args.generate < 0:
+        raise SpecError(f"--generate must be >= 0, got {args.generate}.")
+    out = hf_check(args.model_type, layers=args.layers, context_len=args.context_len, query_len=args.query_len,
+                   dtype=args.dtype, generate=args.generate, keep_positions=args.keep_positions,
+                   strategy=args.strategy, seed=args.seed)
+    if args.json:
+        _emit(out)
+    else:
+        title = f"{out['model_type']} ({out['arch']}), {args.layers} layers, {args.dtype}"
+        table = Table(title=title, show_header=False)
+        table.add_row("patched vs contextual, max relative error",
+                      f"{out['max_rel_error']:.3e}  (bound {out['bound']:.0e})")
+        table.add_row("unpatched vs contextual", f"{out['unpatched_rel_error']:.3e}")
+        if "generation_identical" in out:
+            table.add_row(f"greedy generation of {args.generate} tokens identical", str(out["generation_identical"]))
+        table.add_row("result", "[green]ok[/green]" if out["ok"] else "[red]FAILED[/red]")
+        console.print(table)
+    return EXIT_OK if out["ok"] else EXIT_FAILED
+
+
 def _tex_name(name: str) -> str:
     import sympy as sp
 
@@ -320,6 +349,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--strategy", help="output-side strategy (default: the checker's choice)")
     p.add_argument("--input-strategy", help="input-side strategy")
+    p = verb("hf-check", cmd_hf_check, "absorb a random context on a tiny random transformers model (no downloads)")
+    p.add_argument("model_type", metavar="MODEL_TYPE", help="a transformers model type, e.g. gemma3_text, llama, gpt2")
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--context-len", type=int, default=6)
+    p.add_argument("--query-len", type=int, default=5)
+    p.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    p.add_argument("--generate", type=int, default=0, metavar="N",
+                   help="also generate N tokens greedily without the context and compare with model.generate")
+    p.add_argument("--keep-positions", action="store_true", help="each query token alone at its absolute position")
+    p.add_argument("--strategy", help="output-side strategy (default: the checker's choice)")
+    p.add_argument("--seed", type=int, default=0)
     verb("demo", cmd_demo, "the main job, end to end on gemma3")
     return parser
 

@@ -1,0 +1,136 @@
+"""Real transformers models (tiny, random, built from configs): absorb_context for every supported
+model type in float64 and float32, greedy generation without the context, the paper's reduced run,
+the DESIGN.md storage format of the patches, and errors."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from numeric.hf import ADAPTERS, absorb_context, generate_without_context  # noqa: E402
+from numeric.hfcheck import BOUNDS, ENCODERS, TINY, hf_check, random_ids, tiny_model  # noqa: E402
+from symbolic.cli import main  # noqa: E402
+from symbolic.errors import PatchConditionError, SpecError  # noqa: E402
+
+TYPES = sorted(TINY)
+CAUSAL = [t for t in TYPES if t not in ENCODERS]
+
+
+def test_every_adapter_has_a_tiny_model():
+    assert set(ADAPTERS) == set(TINY) and len(TYPES) == 18
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+@pytest.mark.parametrize("model_type", TYPES)
+def test_patched_query_alone_matches_the_run_with_context(model_type, dtype):
+    out = hf_check(model_type, layers=2, dtype=dtype)
+    assert out["max_rel_error"] <= BOUNDS[dtype], out
+    assert out["unpatched_rel_error"] >= 1e-3, out  # the context matters, and the patch undoes it
+
+
+@pytest.mark.parametrize("model_type", ["gpt2", "gptj", "gpt_neox", "phi", "falcon", "bert"])
+def test_layernorm_families_are_exact_in_float64(model_type):
+    """No float32 upcast inside these blocks: the patched run matches to float64 round-off."""
+    assert hf_check(model_type, layers=2, dtype="float64")["max_rel_error"] <= 1e-13
+
+
+@pytest.mark.parametrize("model_type", CAUSAL)
+def test_greedy_generation_without_context_is_identical(model_type):
+    out = hf_check(model_type, layers=2, dtype="float32", generate=32, query_len=3)
+    assert out["generation_identical"], out
+
+
+@pytest.mark.parametrize("model_type", TYPES)
+def test_keep_positions_and_the_dense_storage_format(model_type):
+    """Each token alone at its absolute position; PatchSet.rank1/values, applied densely to a copy of
+    the model, reproduce the contextual output of that token (DESIGN.md storage layouts)."""
+    model = tiny_model(model_type, layers=2, dtype="float64")
+    gen = torch.Generator().manual_seed(7)
+    ctx, q = random_ids(4, 64, gen), random_ids(3, 64, gen)
+    ps = absorb_context(model, ctx, q, keep_positions=True)
+    encoder = model_type in ENCODERS
+    with torch.no_grad():
+        full = model(torch.cat([ctx, q], 1))
+        want = (full.last_hidden_state if encoder else full.logits)[0, 4:]
+        got = (ps.hidden_states() if encoder else ps.logits())[0]
+        assert float((got - want).norm() / want.norm()) <= 1e-6
+        for j in (0, 2):
+            dense = copy.deepcopy(model)
+            layers = dense.get_submodule(ps.adapter.layers)
+            for n, lp in enumerate(ps.layers):
+                layer = layers[n]
+                for name, (U, V) in lp.rank1.items():
+                    path, _, idx = name.partition("[")
+                    p = layer.get_parameter(path)
+                    target = p[int(idx[:-1])] if idx else p
+                    target += torch.outer(U[j], V[j])
+                for name, value in lp.values.items():
+                    layer.get_parameter(name).copy_(value[j])
+            out = dense(q[:, j:j + 1], position_ids=torch.tensor([[4 + j]]))
+            y = (out.last_hidden_state if encoder else out.logits)[0, 0]
+            # Gemma's RMSNorm multiplies by (1 + weight.float()): the patched post-norm weight
+            # w + delta / f_C is large where f_C is small, and its rounding to float32 is amplified.
+            tol = 1e-4 if model_type.startswith("gemma") else 1e-6
+            assert float((y - want[j]).norm() / want[j].norm()) <= tol, j
+
+
+def test_patch_shapes_follow_the_design():
+    model = tiny_model("qwen2_moe", layers=1)
+    gen = torch.Generator().manual_seed(3)
+    ps = absorb_context(model, random_ids(4, 64, gen), random_ids(5, 64, gen))
+    lp = ps.layers[0]
+    U, V = lp.rank1["mlp.experts.gate_up_proj[2]"]  # a slice of the stacked, fused expert tensor
+    assert U.shape == (5, 32) and V.shape == (5, 32)
+    assert lp.rank1["mlp.gate.weight"][0].shape == (5, 4)
+    assert set(lp.values) == set()
+    gemma = tiny_model("gemma3_text", layers=1)
+    lp = absorb_context(gemma, random_ids(4, 64, gen), random_ids(5, 64, gen)).layers[0]
+    assert lp.values["post_feedforward_layernorm.weight"].shape == (5, 32)  # w, with gamma = 1 + w
+    assert set(lp.rank1) == {"mlp.gate_proj.weight", "mlp.up_proj.weight"}
+
+
+def test_generation_reuses_caches_and_matches_generate():
+    model = tiny_model("llama", layers=2, dtype="float32")
+    gen = torch.Generator().manual_seed(5)
+    ctx, q = random_ids(5, 64, gen), random_ids(4, 64, gen)
+    ours = generate_without_context(model, ctx, q, 10)
+    ref = model.generate(torch.cat([ctx, q], 1), max_new_tokens=10, do_sample=False)[:, 9:]
+    assert torch.equal(ours, ref)
+
+
+def test_zero_embedding_names_the_token():
+    """A lone token with a zero embedding row has u = 0 at layer 0: z = 0, the rank-1 patch is undefined."""
+    model = tiny_model("llama", layers=1)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[9] = 0.0
+    q = torch.tensor([[5, 9, 7]])
+    with pytest.raises(PatchConditionError) as exc:
+        absorb_context(model, torch.tensor([[3, 4]]), q, keep_positions=True)
+    assert exc.value.tokens == [1] and exc.value.condition == "z != 0" and exc.value.layer == "0"
+
+
+def test_bad_inputs_are_clear_errors():
+    model = tiny_model("llama", layers=1)
+    with pytest.raises(SpecError, match="shape"):
+        absorb_context(model, torch.tensor([1, 2]), torch.tensor([[3]]))
+    with pytest.raises(SpecError, match="outside"):
+        absorb_context(model, torch.tensor([[1, 200]]), torch.tensor([[3]]))
+    model.config.model_type = "t5"
+    with pytest.raises(SpecError, match="no adapter"):
+        absorb_context(model, torch.tensor([[1]]), torch.tensor([[3]]))
+
+
+def test_hf_check_command(capsys):
+    assert main(["hf-check", "gemma3_text", "--json", "--generate", "4", "--dtype", "float32"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for key in ("model_type", "max_rel_error", "unpatched_rel_error", "generation_identical"):
+        assert key in out
+    assert out["generation_identical"] is True and out["arch"] == "gemma3"
+    assert main(["hf-check", "t5"]) == 2
+    assert main(["hf-check", "llama", "--layers", "0"]) == 2
+    assert "--layers" in capsys.readouterr().err
