@@ -4,20 +4,35 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test lint clean
+.PHONY: install install-system demo test lint reports clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first, pinned: on these machines 2.13.0 is a local CPU wheel; any other
 	# version would pull gigabytes of CUDA packages.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev,hf]'
+	$(BIN)/pip install --quiet -e '.[dev,hf,report]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
-demo: $(STAMP)
+# Debian packages for PDF reports (pdflatex, latexmk, Latin Modern fonts), pdftotext and headless
+# Chromium (the HTML report test). Installed with apt-get only when something is missing.
+SYSTEM_PACKAGES := texlive-latex-recommended latexmk lmodern poppler-utils chromium fonts-dejavu-core
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+install-system:
+	@if command -v latexmk >/dev/null && command -v pdflatex >/dev/null && command -v pdftotext >/dev/null \
+	    && command -v chromium >/dev/null && kpsewhich lmodern.sty >/dev/null; then :; else \
+	  echo "installing $(SYSTEM_PACKAGES)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
+	    --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; fi
+
+demo: $(STAMP) install-system
 	$(BIN)/ctxpatch demo
+
+reports: $(STAMP) install-system
+	$(BIN)/python -m symbolic.report.catalog reports
 
 test: $(STAMP)
 	$(BIN)/ruff check symbolic numeric tests proofs

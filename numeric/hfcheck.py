@@ -47,10 +47,9 @@ def tiny_model(model_type: str, layers: int = 2, dtype: str = "float64", seed: i
 
         raise SpecError(f"no tiny model for type {model_type!r}. Allowed: {', '.join(sorted(TINY))}.")
     kwargs = {**TINY[model_type], _LAYER_KEY.get(model_type, "num_hidden_layers"): layers}
-    cfg = AutoConfig.for_model(model_type, vocab_size=64, max_position_embeddings=128, **kwargs)
-    # Special ids inside the vocabulary, and no end-of-sequence token: `generate` must not stop early
-    # or suppress it (min_new_tokens would change its argmax, not ours).
-    cfg.bos_token_id, cfg.pad_token_id, cfg.eos_token_id = 0, 0, None
+    # Special ids inside the vocabulary, and no end-of-sequence token: `generate` must not stop early.
+    cfg = AutoConfig.for_model(model_type, vocab_size=64, max_position_embeddings=128, bos_token_id=0,
+                               pad_token_id=0, eos_token_id=None, **kwargs)
     torch.manual_seed(seed)
     cls = AutoModel if model_type in ENCODERS else AutoModelForCausalLM
     extra = {"experts_implementation": "eager"} if "num_experts_per_tok" in kwargs else {}

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -128,6 +128,8 @@ def contextual_run(spec: BlockSpec, layers: list[dict], x: torch.Tensor, s: Setu
 
 @dataclass
 class Figures:
+    per_layer_error: list[float] = field(default_factory=list)  # max over tokens and trials, per layer
+    patch_norms: list[list[float]] = field(default_factory=list)  # first trial: [layer][token], largest
     max_rel_error: float = 0.0
     unpatched_rel_error: float = math.inf
     min_right_norm: float = math.inf
@@ -151,9 +153,15 @@ def patched_run(spec: BlockSpec, layers: list[dict], x: torch.Tensor, ctx: list[
         extra = {"x": mlp_in} if spec.residual == "parallel" else {}
         params = p["mlp"]
         patches = kernel.block_patches(params, u, ctx[n]["u"][c:], layer=str(n), **extra)
-        _conditioning(spec, params, patches, fig)
+        norms = _conditioning(spec, params, patches, fig)
+        if len(fig.patch_norms) < len(layers):
+            fig.patch_norms.append(norms)
         x = kernel.apply(params, patches, u, **extra)
-        fig.max_rel_error = max(fig.max_rel_error, _rel(x, ctx[n]["y"][c:]))
+        err = _rel(x, ctx[n]["y"][c:])
+        fig.max_rel_error = max(fig.max_rel_error, err)
+        if len(fig.per_layer_error) <= n:
+            fig.per_layer_error.append(err)
+        fig.per_layer_error[n] = max(fig.per_layer_error[n], err)
     return x
 
 
@@ -165,7 +173,9 @@ def unpatched_run(spec: BlockSpec, layers: list[dict], x: torch.Tensor, s: Setup
     return x
 
 
-def _conditioning(spec: BlockSpec, params: dict, patches: dict, fig: Figures) -> None:
+def _conditioning(spec: BlockSpec, params: dict, patches: dict, fig: Figures) -> list[float]:
+    """Update the conditioning figures; return each token's largest patch / parameter norm."""
+    per_token = None
     for name, patch in patches.items():
         base = torch.linalg.vector_norm(params[name].to(torch.float64))
         if "left" in patch:
@@ -177,12 +187,15 @@ def _conditioning(spec: BlockSpec, params: dict, patches: dict, fig: Figures) ->
             size = torch.linalg.vector_norm(left, dim=-1) * rn
         else:
             size = torch.linalg.vector_norm(next(iter(patch.values())).to(torch.float64), dim=-1)
+        rel = (size / base).reshape(size.shape[0], -1).amax(-1)  # per token (max over experts)
+        per_token = rel if per_token is None else torch.maximum(per_token, rel)
         fig.max_relative_patch_norm = max(fig.max_relative_patch_norm, float(size.max() / base))
     for norm_name, n in spec.norms.items():
         if n.scale != "none":
             w = params[f"{norm_name}.scale"].to(torch.float64)
             gamma = 1 + w if n.scale == "one_plus" else w
             fig.min_abs_gamma = min(fig.min_abs_gamma, float(gamma.abs().min()))
+    return [] if per_token is None else [float(v) for v in per_token]
 
 
 def validate(spec: BlockSpec, setup: Setup = Setup(), trials: int = 3, seed: int = 0) -> dict:
@@ -199,10 +212,51 @@ def validate(spec: BlockSpec, setup: Setup = Setup(), trials: int = 3, seed: int
         patched_run(spec, layers, x[c:], ctx, c, setup, fig)
         plain = unpatched_run(spec, layers, x[c:], setup)
         fig.unpatched_rel_error = min(fig.unpatched_rel_error, _rel(plain, ctx[-1]["y"][c:]))
-    figures = {k: (None if math.isinf(v) else v) for k, v in asdict(fig).items()}  # inf: nothing to measure
+    # inf: nothing to measure (no rank-1 patch, no norm scale)
+    figures = {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in asdict(fig).items()}
     out = {"arch": spec.name, "dtype": setup.dtype, "trials": trials, "layers": setup.layers, **figures}
     out["bound"] = BOUNDS[setup.dtype]
     out["ok"] = out["max_rel_error"] <= out["bound"] and out["unpatched_rel_error"] >= MIN_UNPATCHED
     out["setup"] = asdict(setup)
     out["seconds"] = round(time.perf_counter() - t0, 3)
     return out
+
+
+@torch.no_grad()
+def dynamics(spec: BlockSpec, max_context: int = 24, setup: Setup = Setup(layers=1), seed: int = 0) -> dict:
+    r"""The implicit dynamics of Dherin et al.: the patch of one query token as the context grows.
+
+    One random layer; for context lengths k = 1..max_context, the patch of the last query token
+    (each patched parameter): its norm, and its cosine with the patch of the longest context
+    (Frobenius inner product; for rank-1 patches $\langle u v^\top, u' v'^\top\rangle = (u^\top u')(v^\top v')$).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    layer = random_layer(spec, setup, gen)
+    kernel = kernels.load(spec, "torch", setup.strategy, setup.input_strategy)
+    dtype = DTYPES[setup.dtype]
+    ctx = torch.randn(max_context, setup.d, generator=gen, dtype=torch.float64).to(dtype)
+    q = torch.randn(1, setup.d, generator=gen, dtype=torch.float64).to(dtype)
+    u, mlp_in = attention_sublayer(spec, layer["att"], q, torch.arange(1), setup)
+    extra = {"x": mlp_in} if spec.residual == "parallel" else {}
+    steps = []
+    for k in range(1, max_context + 1):
+        run = contextual_run(spec, [layer], torch.cat([ctx[:k], q]), setup)
+        steps.append(kernel.block_patches(layer["mlp"], u, run[0]["u"][k:], **extra))
+    out = {"context_len": list(range(1, max_context + 1)), "params": {}}
+    final = steps[-1]
+    for name in final:
+        norms, cosines = [], []
+        for p in steps:
+            norms.append(_frob(p[name], p[name]) ** 0.5)
+            cosines.append(_frob(p[name], final[name]) / max(norms[-1] * _frob(final[name], final[name]) ** 0.5,
+                                                              1e-300))
+        out["params"][name] = {"norm": norms, "cosine_to_final": cosines}
+    return out
+
+
+def _frob(a: dict, b: dict) -> float:
+    """Frobenius inner product of two patches of one parameter (last token; all experts)."""
+    if "left" in a:
+        return float(((a["left"][-1] * b["left"][-1]).sum(-1) * (a["right"][-1] * b["right"][-1]).sum(-1)).sum())
+    key = next(iter(a))
+    return float((a[key][-1] * b[key][-1]).sum())

@@ -11,7 +11,6 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Callable
 
 from rich.console import Console
 from rich.table import Table
@@ -255,6 +254,33 @@ def cmd_hf_check(args) -> int:
     return EXIT_OK if out["ok"] else EXIT_FAILED
 
 
+def cmd_report(args) -> int:
+    """Render the proof report of a block as LaTeX, PDF or HTML."""
+    from pathlib import Path
+
+    from symbolic import report
+
+    spec = catalog.resolve(args.arch)
+    files = []
+    data = None
+    for fmt in args.format:
+        if fmt not in report.FORMATS:
+            raise SpecError(f"--format {fmt!r} is not allowed. Allowed: {', '.join(report.FORMATS)}.")
+    for fmt in args.format:
+        if fmt == "pdf":
+            report._require_latex()
+        data = data or report.collect(spec, quick=args.quick)
+        files += report.render(spec, fmt, Path(args.out), data=data)
+    if args.json:
+        _emit({"files": [str(f) for f in files]})
+    else:
+        for f in files:
+            console.print(f"wrote {f}", markup=False)
+    failed = [t["name"] for t in data["theorems"] if not t["verified"]] + \
+        [v["dtype"] for v in data["validation"] if not v["ok"]] + [h["model_type"] for h in data["hf"] if not h["ok"]]
+    return EXIT_FAILED if failed else EXIT_OK
+
+
 def _tex_name(name: str) -> str:
     import sympy as sp
 
@@ -264,30 +290,83 @@ def _tex_name(name: str) -> str:
 
 
 def cmd_demo(args) -> int:
-    """Until the full pipeline lands: check and derive gemma3 (the seed paper's Theorem 1)."""
+    """The main job on gemma3: check, prove, codegen, validation, the HF check with generation, reports."""
+    import tempfile
+    from pathlib import Path
+
+    from rich.progress import Progress
+
+    from symbolic import codegen, prover, report
     from symbolic.controllability import check
-    from symbolic.derive import formula_text
-
-    steps = []
-
-    def step(name: str, fn: Callable[[], bool]) -> None:
-        t0 = time.perf_counter()
-        ok = bool(fn())
-        steps.append({"name": name, "ok": ok, "seconds": round(time.perf_counter() - t0, 3)})
 
     spec = catalog.load("gemma3")
-    holder = {}
-    step("check gemma3", lambda: holder.setdefault("v", check(spec)).perfect_patch)
-    step("derive gemma3", lambda: holder["v"].derivation.verified)
+    steps: list[dict] = []
+    data: dict = {}
+    out_dir = Path(args.out)
+
+    def do_check():
+        v = check(spec)
+        return v.perfect_patch and v.derivation.verified
+
+    def do_prove():
+        data["theorems"] = report.theorems(spec)
+        results = prover.run(prover.theorems_for("rank1_lemma"))
+        return all(t["verified"] for t in data["theorems"]) and all(r.status == "verified" for r in results)
+
+    def do_codegen():
+        with tempfile.TemporaryDirectory() as tmp:
+            sources = {codegen.kernel_path(Path(tmp), b, spec.name): codegen.render(spec, b) for b in codegen.BACKENDS}
+            codegen.write(sources)
+            return all(p.read_text() == t for p, t in sources.items()) and not codegen.stale(codegen.catalog_sources())
+
+    def do_validate():
+        data["validation"] = report.validation(spec, quick=True)
+        data["dynamics"] = report.dynamics(spec, quick=True)
+        return all(v["ok"] for v in data["validation"])
+
+    def do_hf():
+        data["hf"] = report.hf_rows(spec)
+        return bool(data["hf"]) and all(r["ok"] for r in data["hf"])
+
+    def do_reports():
+        data.update(report.base(spec), seconds=round(sum(s["seconds"] for s in steps), 1))
+        files = report.render(spec, "html", out_dir, data=data)
+        if report.shutil.which("latexmk"):
+            files += report.render(spec, "pdf", out_dir, data=data)
+        data["files"] = [str(f) for f in files]
+        return True
+
+    plan = [("check gemma3", do_check), ("prove (block theorems, multi-layer, rank-1 lemma)", do_prove),
+            ("codegen (NumPy + Torch, to a temporary folder)", do_codegen),
+            ("validate (4-layer random stacks, float64 + float32)", do_validate),
+            ("HF check (gemma3_text, generation)", do_hf),
+            ("reports (HTML + PDF)", do_reports)]
+    with Progress(console=console, transient=True, disable=args.json) as progress:
+        task = progress.add_task("demo", total=len(plan))
+        for name, fn in plan:
+            progress.update(task, description=name)
+            t0 = time.perf_counter()
+            try:
+                ok = bool(fn())
+            except Exception as exc:  # a failed step is reported in the table, not as a traceback
+                ok = False
+                console.print(f"{name}: {type(exc).__name__}: {exc}", markup=False)
+            steps.append({"name": name, "ok": ok, "seconds": round(time.perf_counter() - t0, 2)})
+            progress.advance(task)
+    files = data.get("files", [])
     if args.json:
-        _emit({"steps": steps})
+        _emit({"steps": steps, "files": files})
     else:
-        for p in holder["v"].derivation.patches:
-            console.print(f"{p.param} [{p.kind}]: {formula_text(p)}", markup=False)
-        table = Table("step", "ok", "seconds", title="ctxpatch demo")
+        table = Table("step", "ok", "seconds", title="ctxpatch demo: gemma3 (arXiv:2511.17864, Theorem 1)")
         for s in steps:
-            table.add_row(s["name"], "yes" if s["ok"] else "NO", f"{s['seconds']:.2f}")
+            table.add_row(s["name"], "[green]yes[/green]" if s["ok"] else "[red]NO[/red]", f"{s['seconds']:.1f}")
         console.print(table)
+        if data.get("validation"):
+            v64, v32 = data["validation"]
+            console.print(f"patched vs contextual: {v64['max_rel_error']:.1e} (float64), {v32['max_rel_error']:.1e} "
+                          f"(float32); unpatched {v64['unpatched_rel_error']:.2f}")
+        for f in files:
+            console.print(f"report: {f}", markup=False)
     return EXIT_OK if all(s["ok"] for s in steps) else EXIT_FAILED
 
 
@@ -360,12 +439,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-positions", action="store_true", help="each query token alone at its absolute position")
     p.add_argument("--strategy", help="output-side strategy (default: the checker's choice)")
     p.add_argument("--seed", type=int, default=0)
-    verb("demo", cmd_demo, "the main job, end to end on gemma3")
+    p = verb("report", cmd_report, "render the proof report: spec, verdict, checked proofs, formulas, kernel, "
+             "validation and plots", arch=True)
+    p.add_argument("--format", action="append", choices=None, metavar="latex|pdf|html",
+                   help="output format (repeat for several; default html)")
+    p.add_argument("-o", "--out", default="reports", metavar="DIR", help="output folder (default reports/)")
+    p.add_argument("--quick", action="store_true", help="fewer trials and tokens (what the demo uses)")
+    p = verb("demo", cmd_demo, "the main job, end to end on gemma3: check, prove, codegen, validate, HF check, reports")
+    p.add_argument("-o", "--out", default="reports/demo", metavar="DIR", help="where the reports go")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "verb", None) == "report" and not args.format:
+        args.format = ["html"]
     try:
         return args.fn(args)
     except SpecError as exc:

@@ -719,7 +719,7 @@ def formula_latex(p: PatchFormula, symbol: sp.Symbol | None = None) -> str:
         name += r"^{(e)}"
     value = latex(tidy(p.value))
     if p.kind == "rank1":
-        return rf"\Delta {name} = \left({value}\right) {latex(p.right)}^{{\top}}"
+        return rf"\Delta {name} = \left({value}\right) {{{latex(p.right)}}}^{{\top}}"
     if p.kind == "scale":
         return rf"{name}: \ \gamma \to s\,\gamma, \quad s = {value}"
     return rf"\Delta {name} = {value}"

@@ -79,3 +79,11 @@ def test_check_instance_with_no_active_relu_unit_is_finite():
     err = check_instance(spec, der, params, random_instance(spec, 5, gen))
     assert all(v == v for v in err.values()), err  # no NaN
     assert err["hidden"] < 1e-12 and err["output"] < 1e-12
+
+
+def test_latex_of_per_expert_rank1_has_no_double_superscript():
+    from symbolic.derive import formula_latex
+
+    der = verdict("mixtral").derivation
+    text = formula_latex(der.formula("experts.W_down"), dict(der.symbols)["experts.W_down"])
+    assert "{a_{C}^{(e)}}^{\\top}" in text and "(e)}^{\\top}" not in text

@@ -1,0 +1,233 @@
+r"""Proof reports: LaTeX/PDF and self-contained HTML, rendered with Jinja2 from the pipeline's results.
+
+`collect(spec)` gathers, for one block: the spec, the controllability verdict, the derived
+formulas and definitions (SymPy's LaTeX printer), the block and multi-layer theorems with every
+checked step, the generated kernel's header and signatures, random-instance validation in float64
+and float32, the Hugging Face check (for blocks with a transformers model type), and the implicit
+dynamics of the patch as the context grows. `render(spec, fmt, out_dir)` writes the report; math
+in HTML is MathML converted from the same LaTeX (latex2mathml), images are inlined.
+
+Nothing here computes a formula: it presents what the other modules derived, proved and measured.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from functools import cache
+from pathlib import Path
+
+import jinja2
+
+from symbolic.errors import SpecError
+from symbolic.spec import BlockSpec, dump_toml
+
+FORMATS = ("latex", "pdf", "html")
+_TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def tex_escape(text: object) -> str:
+    return re.sub(r"[\\&%$#_{}~^]", lambda m: _TEX_SPECIAL[m.group()], str(text))
+
+
+def mathml(tex: str, display: bool = False) -> str:
+    import latex2mathml.converter
+
+    return latex2mathml.converter.convert(tex, display="block" if display else "inline")
+
+
+@cache
+def _env() -> jinja2.Environment:
+    env = jinja2.Environment(loader=jinja2.PackageLoader("symbolic.report", "templates"), trim_blocks=True,
+                             lstrip_blocks=True, undefined=jinja2.StrictUndefined, autoescape=False)
+    env.filters.update(wrap=_wrap, tex=tex_escape, html=html.escape, mathml=mathml,
+                       mathml_block=lambda t: mathml(t, display=True), sci=lambda v: "n/a" if v is None else f"{v:.2e}")
+    return env
+
+
+def _wrap(text: str, width: int = 96) -> str:
+    """Hard-wrap long lines for a verbatim block (continuation lines indented)."""
+    import textwrap
+
+    out = []
+    for line in text.splitlines():
+        out += textwrap.wrap(line, width, subsequent_indent="    ", break_long_words=True) or [""]
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def _theorems(spec: BlockSpec) -> list[dict]:
+    from symbolic import prover
+    from symbolic.proof import VERIFIED
+
+    out = []
+    for res in prover.run(prover.arch_builders(spec)):
+        th = res.theorem
+        steps = [{"n": i, "claim": f"{_tex(st.lhs)} {_rel(st.relation)} {_tex(st.rhs)}",
+                  "justification": st.justification, "status": sr.status, "instances": sr.instances,
+                  "residual": sr.residual} for i, (st, sr) in enumerate(zip(th.steps, res.steps, strict=True), 1)]
+        out.append({"name": th.name, "title": th.title, "status": res.status, "verified": res.status == VERIFIED,
+                    "reference": th.reference, "generic": th.generic, "seconds": res.seconds,
+                    "hypotheses": [h.latex() for h in th.hypotheses],
+                    "statement": f"{_tex(th.lhs)} {_rel(th.relation)} {_tex(th.rhs)}", "steps": steps,
+                    "verified_steps": res.verified_steps})
+    return out
+
+
+def _tex(e) -> str:
+    from symbolic.printing import latex
+
+    return latex(e)
+
+
+def _rel(relation: str) -> str:
+    return {"=": "=", "<": "<", "<=": r"\le", ">=": r"\ge"}[relation]
+
+
+def _kernel(spec: BlockSpec, der) -> dict:
+    from symbolic.codegen import render
+
+    source = render(spec, "torch", der)
+    header = [ln[2:] for ln in source.splitlines()[:3]]
+    signatures = [ln[4:].rstrip(":") for ln in source.splitlines() if ln.startswith("def ")]
+    return {"header": header, "signatures": signatures}
+
+
+def _hf(spec: BlockSpec, quick: bool) -> list[dict]:
+    try:
+        from numeric.hfcheck import TINY, hf_check
+    except ImportError:
+        return []
+    types = [t for t in (spec.hf_model_types or ()) if t in TINY][:1]
+    rows = []
+    for t in types:
+        for dtype in ("float64", "float32"):
+            gen = 0 if t == "bert" else (8 if quick else 32)
+            rows.append(hf_check(t, layers=2, dtype=dtype, generate=gen if dtype == "float32" else 0))
+    return rows
+
+
+def base(spec: BlockSpec) -> dict:
+    """The symbolic part of a report: spec, verdict, formulas, definitions, kernel signatures."""
+    from symbolic.controllability import check
+    from symbolic.derive import formula_latex
+
+    verdict = check(spec)
+    der = verdict.derivation
+    if der is None:
+        raise SpecError(f"{spec.name}: no perfect patch for the allowed parameters, so there is no theorem, "
+                        f"kernel or validation to report; `ctxpatch check` shows the counterexample.")
+    symbols = dict(der.symbols)
+    return {
+        "spec": spec, "toml": dump_toml(spec), "verdict": verdict.to_json(),
+        "conditions": [c.latex() for c in der.conditions],
+        "patches": [{"param": p.param, "kind": p.kind, "latex": formula_latex(p, symbols.get(p.param))}
+                    for p in der.patches],
+        "definitions": [(_def_name(n), _tex(e)) for n, e in der.definitions if "(" not in n and "A(" not in str(e)],
+        "kernel": _kernel(spec, der), "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def theorems(spec: BlockSpec) -> list[dict]:
+    return _theorems(spec)
+
+
+def validation(spec: BlockSpec, quick: bool = False) -> list[dict]:
+    from numeric.validate import Setup, validate
+
+    return [validate(spec, Setup(dtype=dt), trials=1 if quick else 3) for dt in ("float64", "float32")]
+
+
+def dynamics(spec: BlockSpec, quick: bool = False) -> dict:
+    from numeric.validate import dynamics as dyn
+
+    return dyn(spec, 12 if quick else 32)
+
+
+def hf_rows(spec: BlockSpec, quick: bool = False) -> list[dict]:
+    return _hf(spec, quick)
+
+
+def collect(spec: BlockSpec, hf: bool = True, quick: bool = False) -> dict:
+    """Everything a report shows, computed now (see the module docstring)."""
+    t0 = time.perf_counter()
+    data = base(spec)
+    data.update(theorems=theorems(spec), validation=validation(spec, quick), dynamics=dynamics(spec, quick),
+                hf=hf_rows(spec, quick) if hf else [])
+    data["seconds"] = round(time.perf_counter() - t0, 1)
+    return data
+
+
+def _def_name(name: str) -> str:
+    import sympy as sp
+
+    from symbolic.printing import latex
+
+    base = name.replace("[e]", "")
+    return latex(sp.Symbol(base)) + (r"^{(e)}" if name.endswith("[e]") else "")
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def render(spec: BlockSpec, fmt: str, out_dir: Path, data: dict | None = None, quick: bool = False) -> list[Path]:
+    """Write the report of `spec` in `fmt` (latex, pdf or html) into `out_dir`; return the files."""
+    from symbolic.report.plots import figures
+
+    if fmt not in FORMATS:
+        raise SpecError(f"--format {fmt!r} is not allowed. Allowed: {', '.join(FORMATS)}.")
+    if fmt == "pdf":
+        _require_latex()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = data or collect(spec, quick=quick)
+    name = spec.name
+    if fmt == "html":
+        figs = {k: base64.b64encode(p.read_bytes()).decode() for k, p in
+                figures(data, Path(tempfile.mkdtemp())).items()}
+        path = out_dir / f"{name}.html"
+        path.write_text(_env().get_template("report.html.j2").render(d=data, figs=figs))
+        return [path]
+    fig_dir = out_dir / f"{name}-figures"
+    figs = {k: p.relative_to(out_dir).as_posix() for k, p in figures(data, fig_dir).items()}
+    tex = out_dir / f"{name}.tex"
+    tex.write_text(_env().get_template("report.tex.j2").render(d=data, figs=figs))
+    if fmt == "latex":
+        return [tex, *sorted(fig_dir.iterdir())]
+    return [_compile(tex)]
+
+
+def _require_latex() -> None:
+    missing = [t for t in ("latexmk", "pdflatex") if shutil.which(t) is None]
+    if missing:
+        raise SpecError(f"--format pdf needs {' and '.join(missing)}: install Debian's texlive-latex-recommended "
+                        "and latexmk (`make install-tex`), or use --format latex or html.")
+
+
+def _compile(tex: Path) -> Path:
+    with tempfile.TemporaryDirectory() as build:
+        run = subprocess.run(["latexmk", "-pdf", "-interaction=nonstopmode", "-halt-on-error", f"-outdir={build}",
+                              tex.name], cwd=tex.parent, capture_output=True, text=True, timeout=300)
+        pdf = Path(build) / (tex.stem + ".pdf")
+        if run.returncode != 0 or not pdf.exists():
+            log = (Path(build) / (tex.stem + ".log"))
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else run.stdout[-2000:]
+            raise RuntimeError(f"pdflatex failed on {tex}:\n{tail}")
+        target = tex.with_suffix(".pdf")
+        shutil.copy(pdf, target)
+    return target
+
+
+def index(entries: list[dict], out_dir: Path) -> Path:
+    """reports/index.html: one row per rendered report."""
+    path = Path(out_dir) / "index.html"
+    path.write_text(_env().get_template("index.html.j2").render(entries=entries, date=time.strftime("%Y-%m-%d")))
+    return path
