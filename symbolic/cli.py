@@ -281,6 +281,47 @@ def cmd_report(args) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def cmd_precision(args) -> int:
+    """Error of the patched run vs dtype (float64, float32, bfloat16) and vs conditioning."""
+    from numeric.validate import precision
+
+    spec = catalog.resolve(args.arch)
+    from symbolic.controllability import check
+
+    check(spec).derivation_for(args.strategy, None)
+    out = precision(spec, trials=args.trials, strategy=args.strategy)
+    if args.json:
+        _emit(out)
+        return EXIT_OK
+    table = Table("dtype", "max error", "median error", "max error / (kappa eps)", "failed trials",
+                  title=f"precision of {spec.name} ({args.strategy or 'default strategy'}, {args.trials} trials)")
+    for dtype, row in out["summary"].items():
+        fmt = [("n/a" if row[k] is None else f"{row[k]:.2e}") for k in
+               ("max_rel_error", "median_rel_error", "max_error_over_kappa_eps")]
+        table.add_row(dtype, *fmt, str(row["failed_trials"]))
+    console.print(table)
+    console.print("kappa = largest |patch| / |parameter|; a ratio of order 1 means the loss of precision is the "
+                  "patch's conditioning (the dtype's eps amplified by kappa), not a defect.")
+    return EXIT_OK
+
+
+def cmd_mutate(args) -> int:
+    """Mutation testing: every deliberately wrong formula, proof or kernel must be caught."""
+    from numeric.mutants import run_all
+
+    out = run_all()
+    if args.json:
+        _emit(out)
+    else:
+        table = Table("mutant", "kind", "what is wrong", "caught by", "detail", title="ctxpatch mutate")
+        for r in out["results"]:
+            table.add_row(r["name"], r["kind"], r["description"], ", ".join(r["caught_by"]) or "[red]SURVIVED[/red]",
+                          r["detail"][:60])
+        console.print(table)
+        console.print(f"{out['killed']}/{out['mutants']} mutants killed")
+    return EXIT_OK if not out["survivors"] else EXIT_FAILED
+
+
 def _tex_name(name: str) -> str:
     import sympy as sp
 
@@ -445,6 +486,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output format (repeat for several; default html)")
     p.add_argument("-o", "--out", default="reports", metavar="DIR", help="output folder (default reports/)")
     p.add_argument("--quick", action="store_true", help="fewer trials and tokens (what the demo uses)")
+    p = verb("precision", cmd_precision, "error of the patched run vs dtype (float64, float32, bfloat16) and "
+             "conditioning", arch=True)
+    p.add_argument("--trials", type=int, default=8)
+    p.add_argument("--strategy", help="output-side strategy (e.g. stable)")
+    verb("mutate", cmd_mutate, "mutation testing: wrong formulas, proofs and kernels that prove/validate must catch")
     p = verb("demo", cmd_demo, "the main job, end to end on gemma3: check, prove, codegen, validate, HF check, reports")
     p.add_argument("-o", "--out", default="reports/demo", metavar="DIR", help="where the reports go")
     return parser

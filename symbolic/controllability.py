@@ -160,8 +160,26 @@ def check(spec: BlockSpec, strategy: str | None = None, input_strategy: str | No
     if not inp.controllable:
         counter = counterexample(spec, inp.strongest_restriction("input") or _fixed("input", spec))
     elif not out.controllable:
-        counter = counterexample(spec, out.strongest_restriction("output") or _fixed("output", spec))
+        restriction = out.strongest_restriction("output") or _fixed("output", spec)
+        _refuse_undecided(spec, restriction)
+        counter = counterexample(spec, restriction)
     return Verdict(spec, inp, out, ins, outs, derivation, counter)
+
+
+def _refuse_undecided(spec: BlockSpec, r: Restriction) -> None:
+    """A range restriction inside the branch does not prove a negative when a LayerNorm follows the add.
+
+    The output strategies aim at the single branch target o_C + delta. A post-LN after the residual
+    add is invariant to shifts and positive scalings of its input, so the patched branch only has
+    to reach o_C + delta + (a - 1) r_C + b (any a > 0, b): a bounded stage may miss the point yet hit
+    that family. Found by spec fuzzing; ctxpatch does not decide this case rather than claim it.
+    """
+    if spec.mlp.post_ln is not None and r.reason == "range":
+        raise SpecError(
+            f"{spec.name}: undecided. The branch output is range-restricted at {r.stage} ({r.invariant}), but "
+            "mlp.post_ln after the residual add accepts any positive rescaling and shift of its input, so the "
+            "restriction does not prove that no patch exists. Allow a parameter that controls the branch output "
+            "(e.g. the post-norm's scale or bias, or post_ln's), or drop one of the two norms.")
 
 
 def _fixed(side: str, spec: BlockSpec) -> Restriction:

@@ -15,6 +15,7 @@ from array_api_compat import array_namespace
 from symbolic.errors import PatchConditionError
 
 RMS_INVERSE_ITERATIONS = 200
+ILL_CONDITIONED = 1e-3  # warn when |patch| / |parameter| * eps(dtype) exceeds this
 
 
 def topk_mask(ell, k: int):
@@ -92,12 +93,15 @@ def _violations(value, kind: str, mask=None):
     return bad
 
 
-def require(value, kind: str, condition: str, layer: str = "", mask=None) -> None:
-    """Raise `PatchConditionError` naming the first token where `condition` (value != 0) fails."""
+def require(value, kind: str, condition: str, layer: str = "", mask=None, n_tokens: int = 1) -> None:
+    """Raise `PatchConditionError` naming the tokens where `condition` (value != 0) fails.
+
+    A condition on parameters alone (no token axis) fails for all `n_tokens` tokens at once.
+    """
     xp = array_namespace(value)
     bad = _violations(value, kind, mask)
     if bool(xp.any(bad)):
-        tokens = [int(i) for i in xp.nonzero(bad)[0]]
+        tokens = list(range(n_tokens)) if bad.ndim == 0 else [int(i) for i in xp.nonzero(bad)[0]]
         raise PatchConditionError(condition, tokens, layer)
 
 
@@ -117,3 +121,60 @@ def per_expert(value, selected, masked: bool):
     xp = array_namespace(value)
     full = xp.broadcast_to(value, (*selected.shape[:-1], value.shape[-1]))
     return xp.where(selected, full, xp.zeros_like(full)) if masked else full
+
+
+class IllConditionedPatchWarning(UserWarning):
+    """A patch is large against its parameter: the patched run loses precision in low precision dtypes."""
+
+
+def _eps(value) -> float:
+    xp = array_namespace(value)
+    return float(xp.finfo(value.dtype).eps)
+
+
+def require_topk_margin(ell, k: int, layer: str = "") -> None:
+    """The contextual top-k must be decided by a margin the patched router logits cannot cross.
+
+    The patched run reproduces the router logits only to round-off; if the k-th and (k+1)-th
+    largest logits are closer than ~1e3 ulps of the logit scale (a tie, or nearly), the patched
+    run may select other experts and be silently wrong, so the token is refused.
+    """
+    xp = array_namespace(ell)
+    logits = ell[..., 0, :]
+    if k >= logits.shape[-1]:
+        return
+    s = xp.sort(logits, axis=-1, descending=True)
+    gap = s[..., k - 1] - s[..., k]
+    tol = 1e3 * _eps(ell) * (xp.max(xp.abs(logits), axis=-1) + 1.0)
+    bad = gap <= tol
+    if bool(xp.any(bad)):
+        tokens = [int(i) for i in xp.nonzero(bad)[0]]
+        raise PatchConditionError(f"the router's top-{k} has a margin above round-off (a tie between the "
+                                  f"{k}-th and {k + 1}-th expert decides the selection)", tokens, layer)
+
+
+def warn_ill_conditioned(patches: dict, references: dict, layer: str = "") -> None:
+    r"""Warn when $\lVert\Delta\rVert / \lVert P\rVert \cdot \epsilon > 10^{-3}$ at some token: the rounding of
+    the patched parameter (or of the signal it multiplies) can then cost up to that relative error.
+
+    `references` maps a patched parameter to the array its patch is measured against (the matrix,
+    or the effective norm scale $\gamma$); biases are not listed (their patch is $\delta$ itself).
+    """
+    import warnings
+
+    for name, ref in references.items():
+        fields = patches[name]
+        xp = array_namespace(ref)
+        base = float(xp.linalg.vector_norm(xp.reshape(ref, (-1,))))
+        if "left" in fields:
+            size = xp.linalg.vector_norm(fields["left"], axis=-1) * xp.linalg.vector_norm(fields["right"], axis=-1)
+        else:
+            size = xp.linalg.vector_norm(next(iter(fields.values())), axis=-1)
+        worst = float(xp.max(size)) / max(base, 1e-300)
+        limit = ILL_CONDITIONED / _eps(ref)
+        if worst > limit:
+            where = f"layer {layer}: " if layer else ""
+            warnings.warn(f"{where}the patch of {name} is {worst:.3g} times the parameter's norm (above "
+                          f"{limit:.3g} for {ref.dtype}): the patched run may lose up to {worst * _eps(ref):.1e} "
+                          "relative precision. Use a wider dtype, or the stable strategy where available.",
+                          IllConditionedPatchWarning, stacklevel=3)

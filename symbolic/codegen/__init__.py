@@ -64,6 +64,18 @@ def _out_value(ir: KernelIR, p: PatchOut, field: str, var: str) -> str:
     return f"{var}[:, 0]"
 
 
+def _references(ir: KernelIR) -> list[tuple[str, str]]:
+    """What each patch is measured against for the conditioning warning: the matrix, or gamma."""
+    out = []
+    for p in ir.patches:
+        if p.param.endswith(".scale"):
+            one_plus = ir.spec.norms[p.param.split(".")[0]].scale == "one_plus"
+            out.append((p.param, f"(1 + params[{p.param!r}])" if one_plus else f"params[{p.param!r}]"))
+        elif p.kind == "rank1":
+            out.append((p.param, f"params[{p.param!r}]"))
+    return [(n, r.replace("'", '"')) for n, r in out]
+
+
 def _shapes_doc(ir: KernelIR) -> str:
     text = "u, u_ctx (T, d) with T tokens; parameters in their stored layout (W (out, in))"
     if ir.moe:
@@ -100,7 +112,7 @@ def render(spec: BlockSpec, backend: str, derivation: Derivation | None = None) 
         out_value=lambda p, f, v: _out_value(ir, p, f, v),
         one_plus=lambda name: spec.norms[name.split(".")[0]].scale == "one_plus",
         patch_lines=[f"{p.param} ({p.kind}): {formula_text(p)}" for p in der.patches], shapes_doc=_shapes_doc(ir),
-        inputs=["u", "u_ctx"] + (["x"] if ir.parallel else []), imports=[],
+        inputs=["u", "u_ctx"] + (["x"] if ir.parallel else []), imports=[], references=_references(ir),
     )
     template.render(**context)
     context["imports"] = sorted(imports)
