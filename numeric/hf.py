@@ -77,6 +77,7 @@ class Adapter:
     params: dict[str, Param]
     layers: str = "model.layers"
     attn_module: str = ""
+    skip: tuple[str, ...] = ()  # modules before the branch module that the patched run does not need
     encoder: bool = False
     config_check: Callable[[object], str] | None = None
 
@@ -111,11 +112,12 @@ ADAPTERS: dict[str, Adapter] = {
     "qwen2": dataclasses.replace(_LLAMA, arch="qwen2"),
     "qwen3": dataclasses.replace(_LLAMA, arch="qwen3"),
     "gemma": dataclasses.replace(_LLAMA, arch="gemma"),
-    "gemma2": Adapter("gemma2", "sequential", "pre_feedforward_layernorm", "post_feedforward_layernorm", _SANDWICH),
+    "gemma2": Adapter("gemma2", "sequential", "pre_feedforward_layernorm", "post_feedforward_layernorm", _SANDWICH,
+                      skip=("mlp",)),
     "gemma3_text": Adapter("gemma3", "sequential", "pre_feedforward_layernorm", "post_feedforward_layernorm",
-                           _SANDWICH),
+                           _SANDWICH, skip=("mlp",)),
     "olmo2": Adapter("olmo2", "sequential", "mlp", "post_feedforward_layernorm",
-                     {**_GATED, **_linear(mlp_post_norm__scale="post_feedforward_layernorm.weight")}),
+                     {**_GATED, **_linear(mlp_post_norm__scale="post_feedforward_layernorm.weight")}, skip=("mlp",)),
     "mixtral": Adapter("mixtral", "sequential", "post_attention_layernorm", "mlp", _EXPERTS),
     "qwen3_moe": Adapter("qwen3_moe", "sequential", "post_attention_layernorm", "mlp", _EXPERTS),
     "olmoe": Adapter("olmoe", "sequential", "post_attention_layernorm", "mlp", _EXPERTS),
@@ -149,7 +151,7 @@ ADAPTERS: dict[str, Adapter] = {
     "bert": Adapter("bert", "post_ln", "intermediate", "output", _linear(
         W_up="intermediate.dense.weight", b_up="intermediate.dense.bias", W_down="output.dense.weight",
         b_down="output.dense.bias", post_ln__scale="output.LayerNorm.weight", post_ln__bias="output.LayerNorm.bias"),
-        layers="encoder.layer", encoder=True),
+        layers="encoder.layer", skip=("intermediate",), encoder=True),
 }
 
 
@@ -261,8 +263,13 @@ def layer_params(layer, adapter: Adapter) -> dict[str, torch.Tensor]:
 
 @contextmanager
 def _patched(model, adapter: Adapter, kernel, patches_for):
-    """Hooks that replace every layer's MLP branch by the kernel's patched sub-block."""
-    handles, state = [], {}
+    """Swap every layer's MLP branch for the kernel's patched sub-block (factored patches).
+
+    The branch module's forward is replaced (so the model's own MLP never runs), modules in
+    `adapter.skip` become pass-throughs, and a pre-hook reads u (and x, the attention output, for a
+    parallel block). Everything is restored on exit.
+    """
+    handles, state, swapped = [], {}, []
     for n, layer in enumerate(_get(model, adapter.layers)):
         params = layer_params(layer, adapter)
 
@@ -272,7 +279,7 @@ def _patched(model, adapter: Adapter, kernel, patches_for):
         def grab_attn(_mod, _args, output, n=n):
             state[("attn", n)] = (output[0] if isinstance(output, tuple) else output)[0]
 
-        def replace(_mod, _args, output, n=n, params=params):
+        def branch(*args, n=n, params=params, **kwargs):
             first = state.pop(n)
             if adapter.mode == "parallel":
                 x = first
@@ -282,17 +289,29 @@ def _patched(model, adapter: Adapter, kernel, patches_for):
                 u = first
                 y = kernel.apply(params, patches_for(n, u, None), u)
             out = y if adapter.mode == "post_ln" else y - u
-            return out[None].to(output.dtype)
+            return out[None].to(first.dtype)
 
         handles.append(_get(layer, adapter.u_module).register_forward_pre_hook(grab))
         if adapter.mode == "parallel":
             handles.append(_get(layer, adapter.attn_module).register_forward_hook(grab_attn))
-        handles.append(_get(layer, adapter.branch_module).register_forward_hook(replace))
+        for path in adapter.skip:
+            module = _get(layer, path)
+            module.forward = _passthrough
+            swapped.append(module)
+        module = _get(layer, adapter.branch_module)
+        module.forward = branch
+        swapped.append(module)
     try:
         yield
     finally:
         for h in handles:
             h.remove()
+        for module in swapped:
+            del module.forward  # back to the class's forward
+
+
+def _passthrough(hidden, *args, **kwargs):
+    return hidden
 
 
 @contextmanager
@@ -378,7 +397,8 @@ def _patch_pass(model, adapter, spec, kernel, ids, targets, **kwargs) -> list[La
     def compute(n, u, x):
         params = layer_params(layers[n], adapter)
         extra = {} if x is None else {"x": x}
-        patches = kernel.block_patches(params, u, targets[n].to(u.dtype), layer=str(n), **extra)
+        target = targets[n].to(device=u.device, dtype=u.dtype)  # accelerate may place layers on several devices
+        patches = kernel.block_patches(params, u, target, layer=str(n), **extra)
         stored[n] = _layer_patches(adapter, params, spec, patches)
         return patches
 

@@ -134,3 +134,20 @@ def test_hf_check_command(capsys):
     assert main(["hf-check", "t5"]) == 2
     assert main(["hf-check", "llama", "--layers", "0"]) == 2
     assert "--layers" in capsys.readouterr().err
+
+
+def test_benchmark_dense_baseline_computes_the_same_logits():
+    """The per-token dense-dW baseline of benchmarks/run.py is a correct (slow) implementation."""
+    import importlib.util
+
+    from tests.conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("bench", ROOT / "benchmarks" / "run.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    model = tiny_model("llama", layers=2)
+    gen = torch.Generator().manual_seed(11)
+    ps = absorb_context(model, random_ids(5, 64, gen), random_ids(4, 64, gen))
+    dense = bench.dense_loop_logits(model, ps)
+    assert float((dense - ps.logits()).norm() / dense.norm()) < 1e-10
+    assert bench.memory_ratio(model, ps) > 5
