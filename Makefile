@@ -35,12 +35,12 @@ reports: $(STAMP) install-system
 	$(BIN)/python -m symbolic.report.catalog reports
 
 test: $(STAMP)
-	$(BIN)/ruff check symbolic numeric tests proofs
+	$(BIN)/ruff check symbolic numeric tests proofs benchmarks
 	$(BIN)/ctxpatch codegen --check
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check symbolic numeric tests proofs
+	$(BIN)/ruff check symbolic numeric tests proofs benchmarks
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
