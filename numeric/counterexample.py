@@ -185,6 +185,8 @@ def _descend(residual, values, steps) -> float:
         opt.zero_grad()
         loss = residual(leaves)
         best = min(best, loss.item())
+        if not loss.requires_grad:  # no free parameter reaches the target (e.g. a router, for the hidden
+            return best  # activations): the distance is what it is
         (loss**2).backward()
         opt.step()
     lbfgs = torch.optim.LBFGS(leaves.values(), max_iter=steps, line_search_fn="strong_wolfe",

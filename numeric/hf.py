@@ -360,11 +360,14 @@ def resolve(model, strategy: str | None = None, input_strategy: str | None = Non
 
 @torch.no_grad()
 def absorb_context(model, context_ids: torch.Tensor, query_ids: torch.Tensor, keep_positions: bool = False,
-                   strategy: str | None = None, input_strategy: str | None = None) -> PatchSet:
+                   strategy: str | None = None, input_strategy: str | None = None,
+                   patch_dtype: torch.dtype | None = None) -> PatchSet:
     """Per-token, per-layer patches that make the query-alone run reproduce the run with the context.
 
     ``keep_positions=True`` runs each query token alone at its absolute position (the paper's
-    reduced run); the default runs the query alone from position 0.
+    reduced run); the default runs the query alone from position 0. ``patch_dtype`` computes the
+    patches in a wider dtype than the model's (e.g. float32 for a bfloat16 model) and stores them in
+    the model's dtype.
     """
     _check_ids(context_ids, query_ids, model)
     adapter, spec, kernel = resolve(model, strategy, input_strategy)
@@ -372,14 +375,16 @@ def absorb_context(model, context_ids: torch.Tensor, query_ids: torch.Tensor, ke
     bases, _ = contextual_bases(model, adapter, torch.cat([context_ids, query_ids], 1))
     n_layers = len(_get(model, adapter.layers))
     if not keep_positions:
-        stored, _ = _patch_pass(model, adapter, spec, kernel, query_ids, [b[c:] for b in bases])
+        stored, _ = _patch_pass(model, adapter, spec, kernel, query_ids, [b[c:] for b in bases],
+                                patch_dtype=patch_dtype)
         return PatchSet(model, query_ids, stored, adapter, spec, kernel)
     positions = torch.arange(c, c + q)[None]
     per_token = []
     for j in range(q):
         try:
             per_token.append(_patch_pass(model, adapter, spec, kernel, query_ids[:, j:j + 1],
-                                         [b[c + j:c + j + 1] for b in bases], position_ids=positions[:, j:j + 1])[0])
+                                         [b[c + j:c + j + 1] for b in bases], patch_dtype=patch_dtype,
+                                         position_ids=positions[:, j:j + 1])[0])
         except PatchConditionError as exc:  # the run held one token: name it by its index in the query
             raise PatchConditionError(exc.condition, [j], exc.layer) from None
     layers = []
@@ -390,7 +395,7 @@ def absorb_context(model, context_ids: torch.Tensor, query_ids: torch.Tensor, ke
     return PatchSet(model, query_ids, layers, adapter, spec, kernel, positions)
 
 
-def _patch_pass(model, adapter, spec, kernel, ids, targets, **kwargs) -> list[LayerPatches]:
+def _patch_pass(model, adapter, spec, kernel, ids, targets, patch_dtype=None, **kwargs) -> list[LayerPatches]:
     layers = _get(model, adapter.layers)
     stored = [LayerPatches() for _ in layers]
 
@@ -398,7 +403,13 @@ def _patch_pass(model, adapter, spec, kernel, ids, targets, **kwargs) -> list[La
         params = layer_params(layers[n], adapter)
         extra = {} if x is None else {"x": x}
         target = targets[n].to(device=u.device, dtype=u.dtype)  # accelerate may place layers on several devices
-        patches = kernel.block_patches(params, u, target, layer=str(n), **extra)
+        if patch_dtype is not None and patch_dtype != u.dtype:  # computed wide, stored in the model's dtype
+            wide = {k: v.to(patch_dtype) for k, v in params.items()}
+            extra = {k: v.to(patch_dtype) for k, v in extra.items()}
+            patches = kernel.block_patches(wide, u.to(patch_dtype), target.to(patch_dtype), layer=str(n), **extra)
+            patches = {k: {f: v.to(u.dtype) for f, v in fs.items()} for k, fs in patches.items()}
+        else:
+            patches = kernel.block_patches(params, u, target, layer=str(n), **extra)
         stored[n] = _layer_patches(adapter, params, spec, patches)
         return patches
 

@@ -322,6 +322,40 @@ def cmd_mutate(args) -> int:
     return EXIT_OK if not out["survivors"] else EXIT_FAILED
 
 
+def cmd_experiment(args) -> int:
+    """The seed paper's generation experiment on the trained fixture or any local causal LM."""
+    from pathlib import Path
+
+    try:
+        from numeric.experiment import FIXTURE, run
+    except ImportError as exc:
+        raise SpecError(f"experiment needs transformers ({exc}); install it with `pip install -e '.[hf]'`.") from None
+    path = Path(args.model) if args.model else FIXTURE
+    if not (path / "config.json").exists():
+        raise SpecError(f"--model {path}: no config.json there. Allowed: a local folder saved with "
+                        "`save_pretrained` (weights, config and tokenizer); downloads are not attempted.")
+    if args.tokens < 1:
+        raise SpecError(f"--tokens must be at least 1, got {args.tokens}.")
+    patch_dtype = args.patch_dtype or ("float32" if args.strategy == "stable" and args.dtype == "bfloat16" else None)
+    out = run(model_path=path, dtype=args.dtype, strategy=args.strategy, tokens=args.tokens, patch_dtype=patch_dtype)
+    if args.json:
+        _emit(out)
+        return EXIT_OK
+    title = f"{out['model_type']} without the prompt, {args.dtype}, strategy {out['strategy']}, patches in " \
+            f"{out['patch_dtype']}"
+    table = Table("prompt", "top-1 agreement", "max logit Linf", "mean logit Linf", "first divergence", title=title)
+    for r in out["prompts"]:
+        table.add_row(repr(r["prompt"])[:40], f"{r['agreement']:.0%}", f"{r['max_linf']:.2e}", f"{r['mean_linf']:.2e}",
+                      "-" if r["first_divergence"] is None else str(r["first_divergence"]))
+    table.add_row("all", f"{out['agreement']:.1%}", f"{out['max_linf']:.2e}", f"{out['mean_linf']:.2e}", "")
+    console.print(table)
+    w = out["largest_scale_patch"]
+    if w["layer"] is not None:
+        console.print(f"largest scale patch |dw_i / gamma_i| = {w['ratio']:.3g} ({w['param']}, layer {w['layer']}, "
+                      f"coordinate {w['coordinate']}); {out['ill_conditioned_warnings']} ill-conditioning warnings")
+    return EXIT_OK
+
+
 def _tex_name(name: str) -> str:
     import sympy as sp
 
@@ -369,6 +403,12 @@ def cmd_demo(args) -> int:
         data["hf"] = report.hf_rows(spec)
         return bool(data["hf"]) and all(r["ok"] for r in data["hf"])
 
+    def do_experiment():
+        from numeric.experiment import run
+
+        data["experiment"] = [run(dtype="float32"), run(dtype="bfloat16", strategy="stable", patch_dtype="float32")]
+        return all(r["agreement"] == 1.0 for r in data["experiment"])
+
     def do_reports():
         data.update(report.base(spec), seconds=round(sum(s["seconds"] for s in steps), 1))
         files = report.render(spec, "html", out_dir, data=data)
@@ -381,6 +421,7 @@ def cmd_demo(args) -> int:
             ("codegen (NumPy + Torch, to a temporary folder)", do_codegen),
             ("validate (4-layer random stacks, float64 + float32)", do_validate),
             ("HF check (gemma3_text, generation)", do_hf),
+            ("experiment (trained Gemma 3 without the prompt: float32, stable bfloat16)", do_experiment),
             ("reports (HTML + PDF)", do_reports)]
     with Progress(console=console, transient=True, disable=args.json) as progress:
         task = progress.add_task("demo", total=len(plan))
@@ -491,6 +532,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, default=8)
     p.add_argument("--strategy", help="output-side strategy (e.g. stable)")
     verb("mutate", cmd_mutate, "mutation testing: wrong formulas, proofs and kernels that prove/validate must catch")
+    p = verb("experiment", cmd_experiment, "the paper's generation experiment: each token alone at its absolute "
+             "position, patched, vs the model with the prompt (greedy, forced on the baseline history)")
+    p.add_argument("--model", metavar="PATH", help="a local causal LM folder (default: the trained fixture)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float64"], default="float32")
+    p.add_argument("--strategy", help="output-side strategy: default (Theorem 1), stable, down_rank1_norm_scalar")
+    p.add_argument("--patch-dtype", choices=["float32", "bfloat16", "float64"],
+                   help="dtype the patches are computed in (default: the model's; float32 for stable in bfloat16)")
+    p.add_argument("--tokens", type=int, default=20)
     p = verb("demo", cmd_demo, "the main job, end to end on gemma3: check, prove, codegen, validate, HF check, reports")
     p.add_argument("-o", "--out", default="reports/demo", metavar="DIR", help="where the reports go")
     return parser

@@ -232,3 +232,14 @@ def test_post_norm_then_post_ln_range_restriction_is_undecided_not_negative():
             'post_ln = "layer"\n[patch]\nallow = ["W_*"]\n')
     with pytest.raises(SpecError, match="undecided"):
         check(loads_toml(text))
+
+
+def test_counterexample_search_when_no_free_parameter_reaches_the_target():
+    """Found by fuzzing: a MoE whose only allowed parameter is the router. The hidden activations do
+    not depend on it, so the search has no gradient; the residual is what it is (and large)."""
+    text = ('name = "fuzz"\nresidual = "sequential"\nskip = false\n[mlp]\nkind = "moe"\nactivation = "relu"\n'
+            '[moe]\nexperts = 2\ntop_k = 1\n[patch]\nallow = ["W_*"]\n')
+    v = check(loads_toml(text))
+    ce = v.to_json()["counterexample"]
+    assert not v.perfect_patch and ce["side"] == "input"
+    assert best_residual(v.spec, ce, "input", draws=5, steps=5, starts=1) > 1e-3

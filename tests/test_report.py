@@ -93,7 +93,18 @@ def test_demo_runs_every_step_and_writes_the_reports(tmp_path, capsys):
     assert main(["demo", "--json", "-o", str(tmp_path)]) == 0
     out = json.loads(capsys.readouterr().out)
     names = [s["name"].split(" ")[0] for s in out["steps"]]
-    assert names == ["check", "prove", "codegen", "validate", "HF", "reports"]
+    assert names == ["check", "prove", "codegen", "validate", "HF", "experiment", "reports"]
     assert all(s["ok"] for s in out["steps"])
     assert any(f.endswith("gemma3.html") for f in out["files"])
     assert any(f.endswith("gemma3.pdf") for f in out["files"]) == bool(LATEX)
+
+
+def test_gemma3_report_has_the_generation_experiment_section(gemma3_data, tmp_path):
+    from numeric.experiment import PROMPTS, run
+
+    data = {**gemma3_data, "experiment": [run(dtype="float32", tokens=2, prompts=PROMPTS[:1])]}
+    files = report.render(catalog.load("gemma3"), "latex", tmp_path, data=data)
+    assert "experiment.png" in {f.name for f in files}
+    assert "generation experiment" in files[0].read_text()
+    (page,) = report.render(catalog.load("gemma3"), "html", tmp_path, data=data)
+    assert "generation experiment" in page.read_text()

@@ -156,12 +156,28 @@ def hf_rows(spec: BlockSpec, quick: bool = False) -> list[dict]:
     return _hf(spec, quick)
 
 
+EXPERIMENTS = (("float32", None, None), ("bfloat16", None, None), ("bfloat16", "stable", "float32"))
+
+
+def experiment(spec: BlockSpec, quick: bool = False) -> list[dict]:
+    """The paper's generation experiment on the trained fixture (Gemma 3 only; skipped when quick)."""
+    if quick or spec.name != "gemma3":
+        return []
+    try:
+        from numeric.experiment import FIXTURE, run
+    except ImportError:
+        return []
+    if not (FIXTURE / "config.json").exists():
+        return []
+    return [run(dtype=d, strategy=s, patch_dtype=p) for d, s, p in EXPERIMENTS]
+
+
 def collect(spec: BlockSpec, hf: bool = True, quick: bool = False) -> dict:
     """Everything a report shows, computed now (see the module docstring)."""
     t0 = time.perf_counter()
     data = base(spec)
     data.update(theorems=theorems(spec), validation=validation(spec, quick), dynamics=dynamics(spec, quick),
-                hf=hf_rows(spec, quick) if hf else [])
+                hf=hf_rows(spec, quick) if hf else [], experiment=experiment(spec, quick))
     data["seconds"] = round(time.perf_counter() - t0, 1)
     return data
 

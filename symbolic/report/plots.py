@@ -12,8 +12,30 @@ def figures(data: dict, out_dir: Path) -> dict[str, Path]:
     matplotlib.use("Agg")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    return {"errors": _errors(data, out_dir / "errors.png"), "norms": _norms(data, out_dir / "patch_norms.png"),
-            "dynamics": _dynamics(data, out_dir / "dynamics.png")}
+    out = {"errors": _errors(data, out_dir / "errors.png"), "norms": _norms(data, out_dir / "patch_norms.png"),
+           "dynamics": _dynamics(data, out_dir / "dynamics.png")}
+    if data.get("experiment"):
+        out["experiment"] = _experiment(data, out_dir / "experiment.png")
+    return out
+
+
+def _experiment(data: dict, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3.2))
+    for run in data["experiment"]:
+        steps = [s for p in run["prompts"] for s in p["steps"]]
+        label = f"{run['dtype']}, {run['strategy']} ({run['agreement']:.0%})"
+        a1.semilogy(range(len(steps)), [max(s["linf"], 1e-9) for s in steps], ".", ms=3, label=label)
+        a2.plot(range(len(steps)), [sum(x["agree"] for x in steps[: i + 1]) / (i + 1) for i in range(len(steps))],
+                label=label)
+    a1.set_xlabel("generated token (5 prompts x 20)")
+    a1.set_ylabel("logit L-inf vs the model with the prompt")
+    a2.set_xlabel("generated token")
+    a2.set_ylabel("running top-1 agreement")
+    a1.legend(fontsize=7)
+    fig.suptitle("generation without the prompt (trained tiny Gemma 3), per token", fontsize=9)
+    return _save(fig, path)
 
 
 def _save(fig, path: Path) -> Path:
