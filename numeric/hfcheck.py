@@ -13,6 +13,7 @@ import time
 import torch
 
 from numeric.hf import absorb_context, generate_without_context
+from numeric.validate import _rel
 
 BOUNDS = {"float64": 1e-6, "float32": 1e-4}
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -66,12 +67,6 @@ def random_ids(n: int, vocab: int, gen: torch.Generator) -> torch.Tensor:
     return torch.randint(1, vocab, (1, n), generator=gen)
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Max over tokens of |a - b| / |b|, in float64."""
-    a, b = a.to(torch.float64)[0], b.to(torch.float64)[0]
-    return float((torch.linalg.vector_norm(a - b, dim=-1) / torch.linalg.vector_norm(b, dim=-1)).max())
-
-
 @torch.no_grad()
 def hf_check(model_type: str, layers: int = 2, context_len: int = 6, query_len: int = 5, dtype: str = "float64",
              generate: int = 0, keep_positions: bool = False, strategy: str | None = None, seed: int = 0) -> dict:
@@ -89,7 +84,7 @@ def hf_check(model_type: str, layers: int = 2, context_len: int = 6, query_len: 
         patched, want, plain = ps.logits(), full.logits[:, context_len:], alone.logits
     out = {"model_type": model_type, "dtype": dtype, "layers": layers, "context_len": context_len,
            "query_len": query_len, "keep_positions": keep_positions, "arch": ps.spec.name,
-           "max_rel_error": _rel(patched, want), "unpatched_rel_error": _rel(plain, want),
+           "max_rel_error": _rel(patched[0], want[0]), "unpatched_rel_error": _rel(plain[0], want[0]),
            "bound": BOUNDS[dtype]}
     if generate and model_type not in ENCODERS:
         ours = generate_without_context(model, ctx, q, generate, strategy=strategy)

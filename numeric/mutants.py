@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import re
 import time
-import types
 from dataclasses import dataclass
 
 from numeric.validate import Setup, validate
@@ -135,9 +134,7 @@ def kernel_module(m: KernelMutant):
     if m.off_by_one_layer:
         return _OffByOne(base)
     source = mutated_source(render(spec, "torch", check(spec).derivation_for(m.strategy, None)), m.edits)
-    module = types.ModuleType(f"mutant_{m.name}")
-    exec(compile(source, f"<mutant {m.name}>", "exec"), module.__dict__)  # noqa: S102 - the mutant under test
-    return module
+    return kernels.module_from_source(f"mutant_{m.name}", source)
 
 
 def run_kernel_mutant(m: KernelMutant) -> dict:

@@ -268,7 +268,7 @@ def cmd_report(args) -> int:
             raise SpecError(f"--format {fmt!r} is not allowed. Allowed: {', '.join(report.FORMATS)}.")
     for fmt in args.format:
         if fmt == "pdf":
-            report._require_latex()
+            report.require_latex()
         data = data or report.collect(spec, quick=args.quick)
         files += report.render(spec, fmt, Path(args.out), data=data)
     if args.json:
@@ -412,7 +412,7 @@ def cmd_demo(args) -> int:
     def do_reports():
         data.update(report.base(spec), seconds=round(sum(s["seconds"] for s in steps), 1))
         files = report.render(spec, "html", out_dir, data=data)
-        if report.shutil.which("latexmk"):
+        if report.pdf_available():
             files += report.render(spec, "pdf", out_dir, data=data)
         data["files"] = [str(f) for f in files]
         return True

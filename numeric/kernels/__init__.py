@@ -43,7 +43,11 @@ def _exec(spec, backend: str, der) -> ModuleType:
     from symbolic.codegen import render
 
     name = f"numeric.kernels.{backend}.{spec.name}__{der.input_strategy}__{der.output_strategy}"
+    return module_from_source(name, render(spec, backend, der))
+
+
+def module_from_source(name: str, source: str) -> ModuleType:
+    """A module executed from kernel source held in memory (a rendering, or a mutant of one)."""
     module = ModuleType(name)
-    source = render(spec, backend, der)
     exec(compile(source, f"<ctxpatch kernel {name}>", "exec"), module.__dict__)  # noqa: S102 - generated code
     return module

@@ -64,7 +64,7 @@ def _wrap(text: str, width: int = 96) -> str:
 # --------------------------------------------------------------------------- data
 
 
-def _theorems(spec: BlockSpec) -> list[dict]:
+def theorems(spec: BlockSpec) -> list[dict]:
     from symbolic import prover
     from symbolic.proof import VERIFIED
 
@@ -101,7 +101,7 @@ def _kernel(spec: BlockSpec, der) -> dict:
     return {"header": header, "signatures": signatures}
 
 
-def _hf(spec: BlockSpec, quick: bool) -> list[dict]:
+def hf_rows(spec: BlockSpec, quick: bool = False) -> list[dict]:
     try:
         from numeric.hfcheck import TINY, hf_check
     except ImportError:
@@ -136,10 +136,6 @@ def base(spec: BlockSpec) -> dict:
     }
 
 
-def theorems(spec: BlockSpec) -> list[dict]:
-    return _theorems(spec)
-
-
 def validation(spec: BlockSpec, quick: bool = False) -> list[dict]:
     from numeric.validate import Setup, validate
 
@@ -150,10 +146,6 @@ def dynamics(spec: BlockSpec, quick: bool = False) -> dict:
     from numeric.validate import dynamics as dyn
 
     return dyn(spec, 12 if quick else 32)
-
-
-def hf_rows(spec: BlockSpec, quick: bool = False) -> list[dict]:
-    return _hf(spec, quick)
 
 
 EXPERIMENTS = (("float32", None, None), ("bfloat16", None, None), ("bfloat16", "stable", "float32"))
@@ -201,7 +193,7 @@ def render(spec: BlockSpec, fmt: str, out_dir: Path, data: dict | None = None, q
     if fmt not in FORMATS:
         raise SpecError(f"--format {fmt!r} is not allowed. Allowed: {', '.join(FORMATS)}.")
     if fmt == "pdf":
-        _require_latex()
+        require_latex()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     data = data or collect(spec, quick=quick)
@@ -221,7 +213,11 @@ def render(spec: BlockSpec, fmt: str, out_dir: Path, data: dict | None = None, q
     return [_compile(tex)]
 
 
-def _require_latex() -> None:
+def pdf_available() -> bool:
+    return shutil.which("latexmk") is not None and shutil.which("pdflatex") is not None
+
+
+def require_latex() -> None:
     missing = [t for t in ("latexmk", "pdflatex") if shutil.which(t) is None]
     if missing:
         raise SpecError(f"--format pdf needs {' and '.join(missing)}: install Debian's texlive-latex-recommended "

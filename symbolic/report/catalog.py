@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 data = report.collect(spec)
                 report.render(spec, "html", out, data=data)
-                pdf = bool(report.shutil.which("latexmk"))
+                pdf = report.pdf_available()
                 if pdf:
                     report.render(spec, "pdf", out, data=data)
             except Exception as exc:  # keep going: one broken report must not hide the others
