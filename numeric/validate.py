@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from numeric import kernels
+from numeric.kernels import runtime
 from numeric.reference import forward, norm, random_params
 from symbolic.errors import PatchConditionError
 from symbolic.spec import BlockSpec
@@ -155,7 +156,7 @@ def patched_run(spec: BlockSpec, layers: list[dict], x: torch.Tensor, ctx: list[
         extra = {"x": mlp_in} if spec.residual == "parallel" else {}
         params = p["mlp"]
         patches = kernel.block_patches(params, u, ctx[n]["u"][c:], layer=str(n), **extra)
-        norms = _conditioning(spec, params, patches, fig)
+        norms = _conditioning(spec, kernel, params, patches, fig)
         if len(fig.patch_norms) < len(layers):
             fig.patch_norms.append(norms)
         x = kernel.apply(params, patches, u, **extra)
@@ -175,23 +176,19 @@ def unpatched_run(spec: BlockSpec, layers: list[dict], x: torch.Tensor, s: Setup
     return x
 
 
-def _conditioning(spec: BlockSpec, params: dict, patches: dict, fig: Figures) -> list[float]:
+def _conditioning(spec: BlockSpec, kernel, params: dict, patches: dict, fig: Figures) -> list[float]:
     """Update the conditioning figures; return each token's largest patch / parameter norm."""
-    per_token = None
-    for name, patch in patches.items():
-        base = torch.linalg.vector_norm(params[name].to(torch.float64))
+    for patch in patches.values():
         if "left" in patch:
             left, right = patch["left"].to(torch.float64), patch["right"].to(torch.float64)
-            rn = torch.linalg.vector_norm(right, dim=-1)
             active = torch.linalg.vector_norm(left, dim=-1) > 0  # MoE: only the selected experts
             if bool(active.any()):
+                rn = torch.linalg.vector_norm(right, dim=-1)
                 fig.min_right_norm = min(fig.min_right_norm, float(rn[active].min()))
-            size = torch.linalg.vector_norm(left, dim=-1) * rn
-        else:
-            size = torch.linalg.vector_norm(next(iter(patch.values())).to(torch.float64), dim=-1)
-        rel = (size / base).reshape(size.shape[0], -1).amax(-1)  # per token (max over experts)
-        per_token = rel if per_token is None else torch.maximum(per_token, rel)
-        fig.max_relative_patch_norm = max(fig.max_relative_patch_norm, float(size.max() / base))
+    sizes = list(runtime.relative_sizes(patches, kernel.references(params)).values())
+    per_token = torch.stack(sizes).to(torch.float64).amax(0) if sizes else None
+    if per_token is not None:
+        fig.max_relative_patch_norm = max(fig.max_relative_patch_norm, float(per_token.max()))
     for norm_name, n in spec.norms.items():
         if n.scale != "none":
             w = params[f"{norm_name}.scale"].to(torch.float64)

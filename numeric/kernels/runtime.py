@@ -153,28 +153,42 @@ def require_topk_margin(ell, k: int, layer: str = "") -> None:
                                   f"{k}-th and {k + 1}-th expert decides the selection)", tokens, layer)
 
 
-def warn_ill_conditioned(patches: dict, references: dict, layer: str = "") -> None:
-    r"""Warn when $\lVert\Delta\rVert / \lVert P\rVert \cdot \epsilon > 10^{-3}$ at some token: the rounding of
-    the patched parameter (or of the signal it multiplies) can then cost up to that relative error.
+def relative_sizes(patches: dict, references: dict) -> dict:
+    r"""Per token, $\lVert\Delta P\rVert / \lVert P\rVert$ of every patch measured against a reference.
 
-    `references` maps a patched parameter to the array its patch is measured against (the matrix,
-    or the effective norm scale $\gamma$); biases are not listed (their patch is $\delta$ itself).
+    `references` maps a patched parameter to the array its patch is measured against (the matrix, or
+    the effective norm scale $\gamma$); biases are not listed (their patch is $\delta$ itself). A
+    rank-1 patch measures $\lVert l\rVert\lVert r\rVert$ (the max over experts), a scale patch
+    $\gamma \to s\gamma$ measures $|s - 1|$. Returns {name: (T,) array}.
     """
-    import warnings
-
+    out = {}
     for name, ref in references.items():
         fields = patches[name]
         xp = array_namespace(ref)
-        base = float(xp.linalg.vector_norm(xp.reshape(ref, (-1,))))
+        base = max(float(xp.linalg.vector_norm(xp.reshape(ref, (-1,)))), 1e-300)
         if "left" in fields:
             size = xp.linalg.vector_norm(fields["left"], axis=-1) * xp.linalg.vector_norm(fields["right"], axis=-1)
+            size = size / base
+        elif "scale" in fields:
+            size = xp.abs(fields["scale"] - 1)
         else:
-            size = xp.linalg.vector_norm(next(iter(fields.values())), axis=-1)
-        worst = float(xp.max(size)) / max(base, 1e-300)
-        limit = ILL_CONDITIONED / _eps(ref)
+            size = xp.linalg.vector_norm(fields["delta"], axis=-1) / base
+        out[name] = xp.max(xp.reshape(size, (size.shape[0], -1)), axis=-1)
+    return out
+
+
+def warn_ill_conditioned(patches: dict, references: dict, layer: str = "") -> None:
+    r"""Warn when $\lVert\Delta P\rVert / \lVert P\rVert \cdot \epsilon > 10^{-3}$ at some token: the rounding of
+    the patched parameter (or of the signal it multiplies) can then cost up to that relative error."""
+    import warnings
+
+    for name, size in relative_sizes(patches, references).items():
+        xp = array_namespace(size)
+        worst, eps = float(xp.max(size)), _eps(references[name])
+        limit = ILL_CONDITIONED / eps
         if worst > limit:
             where = f"layer {layer}: " if layer else ""
             warnings.warn(f"{where}the patch of {name} is {worst:.3g} times the parameter's norm (above "
-                          f"{limit:.3g} for {ref.dtype}): the patched run may lose up to {worst * _eps(ref):.1e} "
-                          "relative precision. Use a wider dtype, or the stable strategy where available.",
-                          IllConditionedPatchWarning, stacklevel=3)
+                          f"{limit:.3g} for {references[name].dtype}): the patched run may lose up to "
+                          f"{worst * eps:.1e} relative precision. Use a wider dtype, or the stable strategy "
+                          "where available.", IllConditionedPatchWarning, stacklevel=3)
