@@ -69,14 +69,16 @@ def run_prompt(model, ids: torch.Tensor, tokens: int, strategy: str | None, patc
 
 def _largest_scale_patch(ps) -> dict:
     """Where a scale patch is largest against its scale: |dw_i| / |gamma_i|, with layer and coordinate."""
+    from numeric.hf import layer_params
+
     best = {"ratio": 0.0, "layer": None, "coordinate": None, "param": None}
-    spec = ps.spec
+    layers = ps.model.get_submodule(ps.adapter.layers)
     for n, lp in enumerate(ps.layers):
+        references = ps.kernel.references(layer_params(layers[n], ps.adapter))  # gamma = 1 + w where stored so
         for canon, fields in lp.factored.items():
             if "delta" not in fields or not canon.endswith(".scale"):
                 continue
-            w = ps.adapter.params[canon].read(ps.model.get_submodule(ps.adapter.layers)[n]).float()
-            gamma = (1 + w) if spec.norms[canon.split(".")[0]].scale == "one_plus" else w
+            gamma = references[canon].float()
             ratio = (fields["delta"][-1].float().abs() / gamma.abs().clamp_min(1e-30))
             i = int(ratio.argmax())
             if float(ratio[i]) > best["ratio"]:

@@ -261,39 +261,51 @@ def layer_params(layer, adapter: Adapter) -> dict[str, torch.Tensor]:
     return {canon: p.read(layer) for canon, p in adapter.params.items()}
 
 
+def _input_hooks(model, adapter: Adapter, store: dict) -> list:
+    """Hooks that store, per layer n, the input of the u module (`store[n]["first"]`) and, for a
+    parallel block, the attention output (`store[n]["attn"]`); they do not change the run."""
+    handles = []
+    for n, layer in enumerate(_get(model, adapter.layers)):
+        def grab(_mod, args, n=n):
+            store.setdefault(n, {})["first"] = args[0][0].detach()
+
+        def grab_attn(_mod, _args, output, n=n):
+            store.setdefault(n, {})["attn"] = (output[0] if isinstance(output, tuple) else output)[0].detach()
+
+        handles.append(_get(layer, adapter.u_module).register_forward_pre_hook(grab))
+        if adapter.mode == "parallel":
+            handles.append(_get(layer, adapter.attn_module).register_forward_hook(grab_attn))
+    return handles
+
+
+def _base(r: dict, adapter: Adapter) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(u, x) of one layer from what the hooks stored: x + attention and x for a parallel block."""
+    if adapter.mode == "parallel":
+        return r["first"] + r["attn"], r["first"]
+    return r["first"], None
+
+
 @contextmanager
 def _patched(model, adapter: Adapter, kernel, patches_for):
     """Swap every layer's MLP branch for the kernel's patched sub-block (factored patches).
 
     The branch module's forward is replaced (so the model's own MLP never runs), modules in
-    `adapter.skip` become pass-throughs, and a pre-hook reads u (and x, the attention output, for a
+    `adapter.skip` become pass-throughs, and the input hooks read u (and x, the attention output, for a
     parallel block). Everything is restored on exit.
     """
-    handles, state, swapped = [], {}, []
+    state: dict = {}
+    handles, swapped = _input_hooks(model, adapter, state), []
     for n, layer in enumerate(_get(model, adapter.layers)):
         params = layer_params(layer, adapter)
 
-        def grab(_mod, args, n=n):
-            state[n] = args[0][0]
-
-        def grab_attn(_mod, _args, output, n=n):
-            state[("attn", n)] = (output[0] if isinstance(output, tuple) else output)[0]
-
         def branch(*args, n=n, params=params, **kwargs):
-            first = state.pop(n)
-            if adapter.mode == "parallel":
-                x = first
-                u = x + state.pop(("attn", n))
-                y = kernel.apply(params, patches_for(n, u, x), u, x=x)
-            else:
-                u = first
-                y = kernel.apply(params, patches_for(n, u, None), u)
+            r = state.pop(n)
+            u, x = _base(r, adapter)
+            extra = {} if x is None else {"x": x}
+            y = kernel.apply(params, patches_for(n, u, x), u, **extra)
             out = y if adapter.mode == "post_ln" else y - u
-            return out[None].to(first.dtype)
+            return out[None].to(r["first"].dtype)
 
-        handles.append(_get(layer, adapter.u_module).register_forward_pre_hook(grab))
-        if adapter.mode == "parallel":
-            handles.append(_get(layer, adapter.attn_module).register_forward_hook(grab_attn))
         for path in adapter.skip:
             module = _get(layer, path)
             module.forward = _passthrough
@@ -314,42 +326,16 @@ def _passthrough(hidden, *args, **kwargs):
     return hidden
 
 
-@contextmanager
-def _recording(model, adapter: Adapter, record: dict):
-    """Hooks that record every layer's u (and x for parallel blocks) without changing the run."""
-    handles = []
-    for n, layer in enumerate(_get(model, adapter.layers)):
-        def grab(_mod, args, n=n):
-            record.setdefault(n, {})["first"] = args[0][0].detach()
-
-        def grab_attn(_mod, _args, output, n=n):
-            record.setdefault(n, {})["attn"] = (output[0] if isinstance(output, tuple) else output)[0].detach()
-
-        handles.append(_get(layer, adapter.u_module).register_forward_pre_hook(grab))
-        if adapter.mode == "parallel":
-            handles.append(_get(layer, adapter.attn_module).register_forward_hook(grab_attn))
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def _bases(record: dict, adapter: Adapter) -> list[torch.Tensor]:
-    """u of every layer from a recording: the MLP input, or x + attention for a parallel block."""
-    out = []
-    for n in range(len(record)):
-        r = record[n]
-        out.append(r["first"] + r["attn"] if adapter.mode == "parallel" else r["first"])
-    return out
-
-
 def contextual_bases(model, adapter: Adapter, ids: torch.Tensor, **kwargs) -> tuple[list[torch.Tensor], object]:
     """u_C of every layer (all positions) and the output of the run with the context."""
     record: dict = {}
-    with _recording(model, adapter, record):
+    handles = _input_hooks(model, adapter, record)
+    try:
         out = model(ids, **kwargs)
-    return _bases(record, adapter), out
+    finally:
+        for h in handles:
+            h.remove()
+    return [_base(record[n], adapter)[0] for n in range(len(record))], out
 
 
 def resolve(model, strategy: str | None = None, input_strategy: str | None = None):

@@ -68,12 +68,13 @@ def _references(ir: KernelIR) -> list[tuple[str, str]]:
     """What each patch is measured against for the conditioning warning: the matrix, or gamma."""
     out = []
     for p in ir.patches:
+        value = f'params["{p.param}"]'
         if p.param.endswith(".scale"):
             one_plus = ir.spec.norms[p.param.split(".")[0]].scale == "one_plus"
-            out.append((p.param, f"(1 + params[{p.param!r}])" if one_plus else f"params[{p.param!r}]"))
+            out.append((p.param, f"(1 + {value})" if one_plus else value))
         elif p.kind == "rank1":
-            out.append((p.param, f"params[{p.param!r}]"))
-    return [(n, r.replace("'", '"')) for n, r in out]
+            out.append((p.param, value))
+    return out
 
 
 def _shapes_doc(ir: KernelIR) -> str:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
-from symbolic.algebra import Dot, EMat, EVec, Gate, MatVec, Mean, Sel, Vec, normalize
+from symbolic.algebra import Dot, EMat, EVec, Gate, MatVec, Mean, Outer, Sel, Vec, normalize
 from symbolic.codegen.printers import EMatVec, ExpertSum, KDot, KMean, RouteWeight
 from symbolic.derive import Derivation
 from symbolic.model import Block, Params, expert
@@ -47,7 +47,6 @@ class PatchOut:
     kind: str
     fields: tuple[tuple[str, str], ...]  # (field name in the patch dict, variable)
     per_expert: bool
-    shapes: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -195,19 +194,16 @@ def patch_function(spec: BlockSpec, der: Derivation) -> tuple[Function, list[Pat
             key = {"scale": "scale"}.get(p.kind, "delta")
             fields = ((key, f"{i}_{key}"),)
             outputs.append(Assign(f"{i}_{key}", lower(p.value)))
-        patches.append(PatchOut(p.param, p.kind, fields, p.per_expert, ()))
-    checks = []
-    for n, c in enumerate(der.conditions):
-        var = f"condition_{n}"
-        outputs.append(Assign(var, lower(c.expr)))
-        checks.append(Check(var, c.kind, c.text(), False))
+        patches.append(PatchOut(p.param, p.kind, fields, p.per_expert))
+    conditions = [(f"condition_{n}", c) for n, c in enumerate(der.conditions)]
+    outputs += [Assign(var, lower(c.expr)) for var, c in conditions]
     per_expert_atoms = {"a_C"} if spec.moe is not None else set()
     # Router logits first (per-expert checks need the top-k mask), then each condition, so that the
     # kernel checks it before any formula divides by it; then the patches.
-    roots = (["ell_C"] if spec.moe is not None else []) + [c.var for c in checks]
+    roots = (["ell_C"] if spec.moe is not None else []) + [var for var, _ in conditions]
     roots += [v for p in patches for _, v in p.fields]
     fn = straight_line(outputs, per_expert_atoms, roots=roots)
-    checks = [Check(c.var, c.kind, c.text, c.var in fn.per_expert) for c in checks]
+    checks = [Check(var, c.kind, c.text(), var in fn.per_expert) for var, c in conditions]
     return fn, patches, checks
 
 
@@ -221,11 +217,11 @@ def _patched_params(spec: BlockSpec, der: Derivation) -> Params:
         sym = param.symbol
         if p.kind == "rank1" and p.per_expert:
             left, right = Vec(f"{i}_left", sym.rows), Vec(f"{i}_right", sym.cols)
-            changes[p.param] = EMat(sym, expert) + _outer(EVec(left, expert), EVec(right, expert))
+            changes[p.param] = EMat(sym, expert) + Outer(EVec(left, expert), EVec(right, expert))
         elif p.kind == "rank1" and isinstance(sym, Vec):  # a 1 x d map stored as a vector (shared gate)
             changes[p.param] = sym + sp.Symbol(f"{i}_left", real=True) * Vec(f"{i}_right", sym.dim)
         elif p.kind == "rank1":
-            changes[p.param] = sym + _outer(Vec(f"{i}_left", sym.rows), Vec(f"{i}_right", sym.cols))
+            changes[p.param] = sym + Outer(Vec(f"{i}_left", sym.rows), Vec(f"{i}_right", sym.cols))
         elif p.kind == "scale":
             s_ = sp.Symbol(f"{i}_scale", real=True)
             one_plus = spec.norms[p.param.split(".")[0]].scale == "one_plus"
@@ -233,12 +229,6 @@ def _patched_params(spec: BlockSpec, der: Derivation) -> Params:
         else:
             changes[p.param] = sym + Vec(f"{i}_delta", sym.dim)
     return P.replace(changes)
-
-
-def _outer(x, y):
-    from symbolic.algebra import Outer
-
-    return Outer(x, y)
 
 
 def stage_function(spec: BlockSpec, P: Params, per_expert_patch: set[str]) -> Function:
