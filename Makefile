@@ -32,15 +32,15 @@ demo: $(STAMP) install-system
 	$(BIN)/ctxpatch demo
 
 reports: $(STAMP) install-system
-	$(BIN)/python -m symbolic.report.catalog reports
+	$(BIN)/python -m ctxpatch.report.catalog reports
 
 test: $(STAMP)
-	$(BIN)/ruff check symbolic numeric tests proofs benchmarks
+	$(BIN)/ruff check ctxpatch symbolic numeric tests proofs benchmarks
 	$(BIN)/ctxpatch codegen --check
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check symbolic numeric tests proofs benchmarks
+	$(BIN)/ruff check ctxpatch symbolic numeric tests proofs benchmarks
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -12,10 +12,10 @@ from dataclasses import dataclass
 import sympy as sp
 import torch
 
+from numeric.numeval import evaluate
 from numeric.reference import forward
 from symbolic.derive import Derivation
 from symbolic.model import Block
-from symbolic.numeval import evaluate
 from symbolic.spec import BlockSpec
 
 

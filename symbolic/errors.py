@@ -1,7 +1,7 @@
 """Exceptions that the command line turns into exit codes.
 
 `SpecError` is bad input (exit 2): its message names the file, the field, the value received
-and what is allowed. Nothing here prints or exits; `symbolic.cli` does that.
+and what is allowed. Nothing here prints or exits; `ctxpatch.cli` does that.
 """
 
 from __future__ import annotations

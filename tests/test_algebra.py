@@ -6,6 +6,7 @@ import pytest
 import sympy as sp
 import torch
 
+from numeric.numeval import evaluate
 from symbolic.algebra import (
     BOUND,
     Condition,
@@ -23,7 +24,6 @@ from symbolic.algebra import (
     side_conditions,
     tidy,
 )
-from symbolic.numeval import evaluate
 from symbolic.printing import latex, pstr
 
 W = Mat("W", "m", "d")

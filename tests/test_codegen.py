@@ -14,13 +14,13 @@ import pytest
 import sympy as sp
 import torch
 
+from ctxpatch.cli import main
 from numeric import kernels
 from numeric.kernels import runtime
 from numeric.lambdified import Instance, patched_params
 from numeric.reference import forward, random_params
 from symbolic import catalog, codegen
 from symbolic.algebra import Dot, Mat, MatVec, Mean, Vec
-from symbolic.cli import main
 from symbolic.codegen.printers import BACKENDS, EMatVec, ExpertSum, RouteWeight
 from symbolic.errors import PatchConditionError
 from tests.conftest import ROOT, verdict
@@ -372,6 +372,6 @@ def test_rendering_does_not_depend_on_the_hash_seed():
     import os
 
     env = {**os.environ, "PYTHONHASHSEED": "4242"}
-    run = subprocess.run([sys.executable, "-m", "symbolic.cli", "codegen", "--check"], capture_output=True,
+    run = subprocess.run([sys.executable, "-m", "ctxpatch.cli", "codegen", "--check"], capture_output=True,
                          text=True, env=env, cwd=ROOT)
     assert run.returncode == 0, run.stderr

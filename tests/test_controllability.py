@@ -7,9 +7,9 @@ import json
 
 import pytest
 
+from ctxpatch.cli import main
 from numeric.counterexample import best_residual, witness
 from symbolic import catalog
-from symbolic.cli import main
 from symbolic.derive import Restriction
 from tests.conftest import EXAMPLES, verdict
 

@@ -10,11 +10,11 @@ import pytest
 import sympy as sp
 import torch
 
+from ctxpatch.cli import main
 from numeric.lambdified import check_instance, random_instance
 from numeric.reference import random_params
 from symbolic import catalog
 from symbolic.algebra import Dot, MatVec, Mean, Vec, is_zero
-from symbolic.cli import main
 from symbolic.derive import Deriver
 from tests.conftest import verdict
 

@@ -10,8 +10,8 @@ import pytest
 
 pytest.importorskip("transformers")
 
+from ctxpatch.cli import main  # noqa: E402
 from numeric.experiment import FIXTURE, run  # noqa: E402
-from symbolic.cli import main  # noqa: E402
 
 
 def test_fixture_is_committed_small_and_documented():

@@ -12,9 +12,9 @@ import torch
 
 pytest.importorskip("transformers")
 
+from ctxpatch.cli import main  # noqa: E402
 from numeric.hf import ADAPTERS, absorb_context, generate_without_context  # noqa: E402
 from numeric.hfcheck import BOUNDS, ENCODERS, TINY, hf_check, random_ids, tiny_model  # noqa: E402
-from symbolic.cli import main  # noqa: E402
 from symbolic.errors import PatchConditionError, SpecError  # noqa: E402
 
 TYPES = sorted(TINY)

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from ctxpatch.cli import main
 from symbolic import catalog
 from symbolic import theorems as T
 from symbolic.algebra import Dot, MatVec, Vec
-from symbolic.cli import main
 from symbolic.mutations import MUTATIONS, mutated
 from symbolic.proof import VERIFIED, Step, Theorem, check, nonzero
 from symbolic.prover import GENERAL

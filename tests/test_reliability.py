@@ -11,13 +11,13 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ctxpatch.cli import main
 from numeric import kernels
 from numeric.counterexample import best_residual
 from numeric.kernels.runtime import IllConditionedPatchWarning
 from numeric.reference import forward, random_params
 from numeric.validate import Setup, precision, validate
 from symbolic import catalog
-from symbolic.cli import main
 from symbolic.controllability import check
 from symbolic.errors import PatchConditionError, SpecError
 from symbolic.spec import loads_toml

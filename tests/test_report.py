@@ -12,8 +12,9 @@ import pytest
 pytest.importorskip("matplotlib")
 pytest.importorskip("latex2mathml")
 
-from symbolic import catalog, report  # noqa: E402
-from symbolic.cli import main  # noqa: E402
+from ctxpatch import report
+from ctxpatch.cli import main  # noqa: E402
+from symbolic import catalog  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 LATEX = shutil.which("latexmk") and shutil.which("pdflatex") and shutil.which("pdftotext")

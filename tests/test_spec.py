@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
+from ctxpatch.cli import main
 from symbolic import catalog
-from symbolic.cli import main
 from symbolic.errors import SpecError
 from symbolic.spec import dump_toml, loads_toml, patchable_parameters
 
@@ -95,7 +95,7 @@ def test_bad_spec_file_exits_2_without_traceback(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text(GOOD.replace('"silu"', '"swish"'))
     for verb in ("check", "derive"):
-        proc = subprocess.run([sys.executable, "-m", "symbolic.cli", verb, str(bad)], capture_output=True, text=True)
+        proc = subprocess.run([sys.executable, "-m", "ctxpatch.cli", verb, str(bad)], capture_output=True, text=True)
         assert proc.returncode == 2
         assert "Traceback" not in proc.stderr
         assert str(bad) in proc.stderr and "mlp.activation" in proc.stderr and "'swish'" in proc.stderr

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ctxpatch.cli import main
 from numeric import kernels
 from numeric.validate import BOUNDS, MIN_UNPATCHED, Setup, validate
 from symbolic import catalog
-from symbolic.cli import main
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])

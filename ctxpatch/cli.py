@@ -258,7 +258,7 @@ def cmd_report(args) -> int:
     """Render the proof report of a block as LaTeX, PDF or HTML."""
     from pathlib import Path
 
-    from symbolic import report
+    from ctxpatch import report
 
     spec = catalog.resolve(args.arch)
     files = []
@@ -371,7 +371,8 @@ def cmd_demo(args) -> int:
 
     from rich.progress import Progress
 
-    from symbolic import codegen, prover, report
+    from ctxpatch import report
+    from symbolic import codegen, prover
     from symbolic.controllability import check
 
     spec = catalog.load("gemma3")

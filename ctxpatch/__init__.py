@@ -1,0 +1,1 @@
+"""ctxpatch: exact context-to-parameter patches for transformer blocks (the package face)."""
