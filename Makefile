@@ -32,7 +32,7 @@ demo: $(STAMP) install-system
 	$(BIN)/ctxpatch demo
 
 reports: $(STAMP) install-system
-	$(BIN)/python -m ctxpatch.report.catalog reports
+	$(BIN)/python -m ctxpatch.reporting.catalog reports
 
 test: $(STAMP)
 	$(BIN)/ruff check ctxpatch symbolic numeric tests proofs benchmarks

@@ -11,15 +11,22 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
+from ctxpatch import api
+from ctxpatch.reporting import FORMATS
 from symbolic import catalog
 from symbolic.errors import PatchConditionError, SpecError
 
 console = Console(highlight=False)
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+# What a demo step can fail with and still be reported as a failed step: bad input or a refused patch
+# (SpecError is a ValueError, PatchConditionError an ArithmeticError), a missing tool or file (LaTeX).
+DEMO_STEP_ERRORS = (ValueError, ArithmeticError, OSError, RuntimeError)
 
 
 def _emit(obj: dict) -> None:
@@ -36,7 +43,7 @@ def cmd_archs(args) -> int:
         return EXIT_OK
     table = Table("arch", "description", title="ctxpatch catalog")
     for n in names:
-        table.add_row(n, catalog.load(n).description)
+        table.add_row(n, escape(catalog.load(n).description))
     console.print(table)
     return EXIT_OK
 
@@ -44,18 +51,19 @@ def cmd_archs(args) -> int:
 def cmd_spec(args) -> int:
     from symbolic.spec import dump_toml
 
-    if args.canonical:
-        print(dump_toml(catalog.load(args.name)), end="")
+    spec = catalog.resolve(args.name)  # parsed (and so checked) whichever way it is printed
+    text = dump_toml(spec) if args.canonical else catalog.resolve_text(args.name)
+    if args.json:
+        _emit({"arch": spec.name, "toml": text})
     else:
-        print(catalog.text(args.name), end="")
+        print(text, end="")
     return EXIT_OK
 
 
 def cmd_check(args) -> int:
-    from symbolic.controllability import check, strategies_table
+    from symbolic.controllability import strategies_table
 
-    spec = catalog.resolve(args.arch)
-    verdict = check(spec, args.strategy, args.input_strategy)
+    verdict = api.check(args.arch, args.strategy, args.input_strategy)
     out = verdict.to_json()
     if args.json:
         _emit(out)
@@ -93,12 +101,9 @@ def _print_verdict(verdict, out: dict, rows) -> None:
 
 
 def cmd_derive(args) -> int:
-    from symbolic.controllability import check
     from symbolic.derive import derivation_json, formula_text
 
-    spec = catalog.resolve(args.arch)
-    verdict = check(spec, args.strategy, args.input_strategy)
-    der = verdict.derivation_for(args.strategy, args.input_strategy)
+    der = api.derive(args.arch, args.strategy, args.input_strategy)
     out = derivation_json(der, latex=args.latex)
     if args.json:
         _emit(out)
@@ -126,8 +131,7 @@ def cmd_prove(args) -> int:
     from symbolic import prover
 
     t0 = time.perf_counter()
-    builders = prover.theorems_for(args.target)
-    results = prover.run(builders, instances=not args.no_instances)
+    results = prover.run(prover.theorems_for(args.target), instances=not args.no_instances)
     out = prover.summary(results, time.perf_counter() - t0)
     if args.json:
         _emit(out)
@@ -140,8 +144,6 @@ def cmd_prove(args) -> int:
 
 def cmd_codegen(args) -> int:
     """Render kernels: the whole catalog into numeric/kernels (or -o DIR), or one user spec."""
-    from pathlib import Path
-
     from symbolic import codegen
     from symbolic.controllability import check
 
@@ -151,18 +153,15 @@ def cmd_codegen(args) -> int:
                             "each architecture's default strategies")
         sources = codegen.catalog_sources()
         if args.out is not None:
-            sources = {Path(args.out) / p.parent.name / p.name: t for p, t in sources.items()}
+            sources = {args.out / p.parent.name / p.name: t for p, t in sources.items()}
     else:
         spec = catalog.resolve(args.spec)
-        if not spec.name.isidentifier():
-            raise SpecError(f"{args.spec}: field `name` has the value {spec.name!r}, which cannot name a Python "
-                            "module. Allowed: letters, digits and underscores, not starting with a digit.")
         verdict = check(spec, args.strategy, args.input_strategy)
         if verdict.derivation is None:
             print(f"ctxpatch codegen: {spec.name} has no perfect patch for the allowed parameters, so there is "
                   f"no kernel to generate; `ctxpatch check {args.spec}` shows the counterexample.", file=sys.stderr)
             return EXIT_FAILED
-        out = Path(args.out or "kernels")
+        out = args.out or Path("kernels")
         try:
             sources = {codegen.kernel_path(out, b, spec.name): codegen.render(spec, b, verdict.derivation)
                        for b in codegen.BACKENDS}
@@ -194,16 +193,10 @@ def cmd_validate(args) -> int:
     from numeric.validate import Setup, validate
 
     spec = catalog.resolve(args.arch)
-    if args.heads < 1 or args.kv_heads < 1 or args.heads % args.kv_heads or args.d % args.heads or \
-            (args.d // args.heads) % 2:
+    if args.heads % args.kv_heads or args.d % args.heads or (args.d // args.heads) % 2:
         raise SpecError(f"--heads {args.heads}, --kv-heads {args.kv_heads}, --d {args.d}: the heads must divide "
                         "d into an even head size, and the kv heads must divide the heads (grouped queries).")
-    for name in ("layers", "trials", "context_len", "query_len", "m"):
-        if getattr(args, name) < 1:
-            raise SpecError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
-    from symbolic.controllability import check
-
-    check(spec).derivation_for(args.strategy, args.input_strategy)  # unknown strategy: a clear error first
+    api.derive(spec, args.strategy, args.input_strategy)  # a strategy that is not exact here: a clear error first
     setup = Setup(layers=args.layers, d=args.d, m=args.m, heads=args.heads, kv_heads=args.kv_heads,
                   rope=not args.no_rope, context_len=args.context_len, query_len=args.query_len, dtype=args.dtype,
                   strategy=args.strategy, input_strategy=args.input_strategy)
@@ -231,11 +224,6 @@ def cmd_hf_check(args) -> int:
         from numeric.hfcheck import hf_check
     except ImportError as exc:  # transformers is the `hf` extra
         raise SpecError(f"hf-check needs transformers ({exc}); install it with `pip install -e '.[hf]'`.") from None
-    for name in ("layers", "context_len", "query_len"):
-        if getattr(args, name) < 1:
-            raise SpecError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
-    if args.generate < 0:
-        raise SpecError(f"--generate must be >= 0, got {args.generate}.")
     out = hf_check(args.model_type, layers=args.layers, context_len=args.context_len, query_len=args.query_len,
                    dtype=args.dtype, generate=args.generate, keep_positions=args.keep_positions,
                    strategy=args.strategy, seed=args.seed)
@@ -256,21 +244,16 @@ def cmd_hf_check(args) -> int:
 
 def cmd_report(args) -> int:
     """Render the proof report of a block as LaTeX, PDF or HTML."""
-    from pathlib import Path
-
-    from ctxpatch import report
+    from ctxpatch import reporting as report
 
     spec = catalog.resolve(args.arch)
     files = []
     data = None
     for fmt in args.format:
-        if fmt not in report.FORMATS:
-            raise SpecError(f"--format {fmt!r} is not allowed. Allowed: {', '.join(report.FORMATS)}.")
-    for fmt in args.format:
         if fmt == "pdf":
             report.require_latex()
         data = data or report.collect(spec, quick=args.quick)
-        files += report.render(spec, fmt, Path(args.out), data=data)
+        files += report.render(spec, fmt, args.out, data=data)
     if args.json:
         _emit({"files": [str(f) for f in files]})
     else:
@@ -286,9 +269,7 @@ def cmd_precision(args) -> int:
     from numeric.validate import precision
 
     spec = catalog.resolve(args.arch)
-    from symbolic.controllability import check
-
-    check(spec).derivation_for(args.strategy, None)
+    api.derive(spec, args.strategy)  # a strategy that is not exact here: a clear error first
     out = precision(spec, trials=args.trials, strategy=args.strategy)
     if args.json:
         _emit(out)
@@ -324,8 +305,6 @@ def cmd_mutate(args) -> int:
 
 def cmd_experiment(args) -> int:
     """The seed paper's generation experiment on the trained fixture or any local causal LM."""
-    from pathlib import Path
-
     try:
         from numeric.experiment import FIXTURE, run
     except ImportError as exc:
@@ -334,8 +313,6 @@ def cmd_experiment(args) -> int:
     if not (path / "config.json").exists():
         raise SpecError(f"--model {path}: no config.json there. Allowed: a local folder saved with "
                         "`save_pretrained` (weights, config and tokenizer); downloads are not attempted.")
-    if args.tokens < 1:
-        raise SpecError(f"--tokens must be at least 1, got {args.tokens}.")
     patch_dtype = args.patch_dtype or ("float32" if args.strategy == "stable" and args.dtype == "bfloat16" else None)
     out = run(model_path=path, dtype=args.dtype, strategy=args.strategy, tokens=args.tokens, patch_dtype=patch_dtype)
     if args.json:
@@ -367,18 +344,17 @@ def _tex_name(name: str) -> str:
 def cmd_demo(args) -> int:
     """The main job on gemma3: check, prove, codegen, validation, the HF check with generation, reports."""
     import tempfile
-    from pathlib import Path
 
     from rich.progress import Progress
 
-    from ctxpatch import report
+    from ctxpatch import reporting as report
     from symbolic import codegen, prover
     from symbolic.controllability import check
 
     spec = catalog.load("gemma3")
     steps: list[dict] = []
     data: dict = {}
-    out_dir = Path(args.out)
+    out_dir = args.out
 
     def do_check():
         v = check(spec)
@@ -431,7 +407,7 @@ def cmd_demo(args) -> int:
             t0 = time.perf_counter()
             try:
                 ok = bool(fn())
-            except Exception as exc:  # a failed step is reported in the table, not as a traceback
+            except DEMO_STEP_ERRORS as exc:  # a failed step is reported in the table; a bug surfaces
                 ok = False
                 console.print(f"{name}: {type(exc).__name__}: {exc}", markup=False)
             steps.append({"name": name, "ok": ok, "seconds": round(time.perf_counter() - t0, 2)})
@@ -456,104 +432,148 @@ def cmd_demo(args) -> int:
 # --------------------------------------------------------------------------- parser
 
 
+def natural(text: str) -> int:
+    """An integer of at least 0 (argparse type)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def positive(text: str) -> int:
+    """An integer of at least 1 (argparse type)."""
+    value = natural(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def out_dir(text: str) -> Path:
+    """A folder to write into: it may not exist yet, but it may not be a file (argparse type)."""
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} exists and is not a folder; name a folder (it is created if "
+                                         "missing)")
+    return path
+
+
+def _options() -> dict[str, argparse.ArgumentParser]:
+    """Options that several verbs share, each declared once (argparse parent parsers)."""
+    from symbolic.derive import STRATEGIES
+
+    def parent() -> argparse.ArgumentParser:
+        return argparse.ArgumentParser(add_help=False)
+
+    arch, js, out_s = parent(), parent(), parent()
+    arch.add_argument("arch", metavar="ARCH_OR_TOML", help="a catalog architecture or a path to a TOML spec")
+    js.add_argument("--json", action="store_true", help="print one JSON object")
+    out_s.add_argument("--strategy", choices=STRATEGIES.names("output"), metavar="NAME",
+                       help="output-side strategy (default: the checker's choice): "
+                       + ", ".join(STRATEGIES.names("output")))
+    both = argparse.ArgumentParser(add_help=False, parents=[out_s])
+    both.add_argument("--input-strategy", choices=STRATEGIES.names("input"), metavar="NAME",
+                      help="input-side strategy (default: the checker's choice): "
+                      + ", ".join(STRATEGIES.names("input")))
+    return {"arch": arch, "json": js, "strategy": out_s, "strategies": both}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ctxpatch",
         description="Exact context-to-parameter patches for transformer blocks: specs, controllability, "
                     "derivations (arXiv:2507.16003, arXiv:2511.17864).")
     sub = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    opt = _options()
 
-    def verb(name: str, fn, help_: str, arch: bool = False, json_: bool = True) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=help_)
-        if arch:
-            p.add_argument("arch", metavar="ARCH_OR_TOML", help="a catalog architecture or a path to a TOML spec")
-        if json_:
-            p.add_argument("--json", action="store_true", help="print one JSON object")
+    def verb(name: str, fn, help_: str, *shared: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_, parents=[opt[k] for k in ("json", *shared)])
         p.set_defaults(fn=fn)
         return p
 
     verb("archs", cmd_archs, "list the catalog architectures")
-    p = verb("spec", cmd_spec, "print the catalog TOML of an architecture", json_=False)
-    p.add_argument("name", metavar="NAME")
+    p = verb("spec", cmd_spec, "print the catalog TOML of an architecture (or of a TOML spec file)")
+    p.add_argument("name", metavar="ARCH_OR_TOML")
     p.add_argument("--canonical", action="store_true", help="print the parsed spec back as canonical TOML")
-    for name, fn, help_ in (
-        ("check", cmd_check, "controllability verdict: perfect patch, conditions or counterexample"),
-        ("derive", cmd_derive, "print the derived patch formulas"),
-    ):
-        p = verb(name, fn, help_, arch=True)
-        p.add_argument("--strategy", help="output-side strategy (see `ctxpatch check ARCH`)")
-        p.add_argument("--input-strategy", help="input-side strategy (rank1, bias, pre_norm_bias, ...)")
-        if name == "derive":
-            p.add_argument("--latex", action="store_true", help="print the formulas as LaTeX")
+    verb("check", cmd_check, "controllability verdict: perfect patch, conditions or counterexample", "arch",
+         "strategies")
+    p = verb("derive", cmd_derive, "print the derived patch formulas", "arch", "strategies")
+    p.add_argument("--latex", action="store_true", help="print the formulas as LaTeX")
     p = verb("prove", cmd_prove, "check theorems step by step (a theorem name, an architecture, a TOML spec, or all)")
     p.add_argument("target", metavar="NAME|ARCH|all")
     p.add_argument("--brief", action="store_true", help="one line per theorem")
     p.add_argument("--no-instances", action="store_true", help="skip the exact-instance evidence")
-    p = verb("codegen", cmd_codegen, "render the NumPy and Torch kernels from the derived formulas")
-    p.add_argument("--spec", metavar="TOML", help="render one spec (a TOML path or catalog name), not the catalog")
-    p.add_argument("-o", "--out", metavar="DIR", help="output folder (default: numeric/kernels for the catalog, "
-                   "./kernels for --spec); kernels go to DIR/numpy/<name>.py and DIR/torch/<name>.py")
+    p = verb("codegen", cmd_codegen, "render the NumPy and Torch kernels from the derived formulas", "strategies")
+    p.add_argument("--spec", metavar="TOML", help="render one spec (a TOML path or catalog name), not the catalog; "
+                   "--strategy and --input-strategy apply to it")
+    p.add_argument("-o", "--out", type=out_dir, metavar="DIR", help="output folder (default: numeric/kernels for "
+                   "the catalog, ./kernels for --spec); kernels go to DIR/numpy/<name>.py and DIR/torch/<name>.py")
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 if a kernel is missing or stale")
-    p.add_argument("--strategy", help="output-side strategy for --spec (default: the checker's choice)")
-    p.add_argument("--input-strategy", help="input-side strategy for --spec")
     p = verb("validate", cmd_validate, "random-instance validation: layer stacks with real attention, "
-             "patched no-context run vs contextual run", arch=True)
+             "patched no-context run vs contextual run", "arch", "strategies")
     p.add_argument("--dtype", choices=["float64", "float32"], default="float64")
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--trials", type=int, default=3)
-    p.add_argument("--context-len", type=int, default=5)
-    p.add_argument("--query-len", type=int, default=4)
-    p.add_argument("--d", type=int, default=16, help="model width")
-    p.add_argument("--m", type=int, default=24, help="MLP width")
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--kv-heads", type=int, default=2, help="grouped-query attention when fewer than --heads")
+    p.add_argument("--layers", type=positive, default=4)
+    p.add_argument("--trials", type=positive, default=3)
+    p.add_argument("--context-len", type=positive, default=5)
+    p.add_argument("--query-len", type=positive, default=4)
+    p.add_argument("--d", type=positive, default=16, help="model width")
+    p.add_argument("--m", type=positive, default=24, help="MLP width")
+    p.add_argument("--heads", type=positive, default=4)
+    p.add_argument("--kv-heads", type=positive, default=2, help="grouped-query attention when fewer than --heads")
     p.add_argument("--no-rope", action="store_true", help="attention without rotary position embeddings")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--strategy", help="output-side strategy (default: the checker's choice)")
-    p.add_argument("--input-strategy", help="input-side strategy")
-    p = verb("hf-check", cmd_hf_check, "absorb a random context on a tiny random transformers model (no downloads)")
+    p = verb("hf-check", cmd_hf_check, "absorb a random context on a tiny random transformers model (no downloads)",
+             "strategy")
     p.add_argument("model_type", metavar="MODEL_TYPE", help="a transformers model type, e.g. gemma3_text, llama, gpt2")
-    p.add_argument("--layers", type=int, default=2)
-    p.add_argument("--context-len", type=int, default=6)
-    p.add_argument("--query-len", type=int, default=5)
+    p.add_argument("--layers", type=positive, default=2)
+    p.add_argument("--context-len", type=positive, default=6)
+    p.add_argument("--query-len", type=positive, default=5)
     p.add_argument("--dtype", choices=["float64", "float32"], default="float64")
-    p.add_argument("--generate", type=int, default=0, metavar="N",
+    p.add_argument("--generate", type=natural, default=0, metavar="N",
                    help="also generate N tokens greedily without the context and compare with model.generate")
     p.add_argument("--keep-positions", action="store_true", help="each query token alone at its absolute position")
-    p.add_argument("--strategy", help="output-side strategy (default: the checker's choice)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random model and of the random token ids")
     p = verb("report", cmd_report, "render the proof report: spec, verdict, checked proofs, formulas, kernel, "
-             "validation and plots", arch=True)
-    p.add_argument("--format", action="append", choices=None, metavar="latex|pdf|html",
+             "validation and plots", "arch")
+    p.add_argument("--format", action="append", choices=FORMATS, metavar="latex|pdf|html",
                    help="output format (repeat for several; default html)")
-    p.add_argument("-o", "--out", default="reports", metavar="DIR", help="output folder (default reports/)")
+    p.add_argument("-o", "--out", type=out_dir, default=Path("reports"), metavar="DIR",
+                   help="output folder, created if missing (default: reports/ under the current directory)")
     p.add_argument("--quick", action="store_true", help="fewer trials and tokens (what the demo uses)")
     p = verb("precision", cmd_precision, "error of the patched run vs dtype (float64, float32, bfloat16) and "
-             "conditioning", arch=True)
-    p.add_argument("--trials", type=int, default=8)
-    p.add_argument("--strategy", help="output-side strategy (e.g. stable)")
+             "conditioning", "arch", "strategy")
+    p.add_argument("--trials", type=positive, default=8)
     verb("mutate", cmd_mutate, "mutation testing: wrong formulas, proofs and kernels that prove/validate must catch")
     p = verb("experiment", cmd_experiment, "the paper's generation experiment: each token alone at its absolute "
-             "position, patched, vs the model with the prompt (greedy, forced on the baseline history)")
+             "position, patched, vs the model with the prompt (greedy, forced on the baseline history)", "strategy")
     p.add_argument("--model", metavar="PATH", help="a local causal LM folder (default: the trained fixture)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float64"], default="float32")
-    p.add_argument("--strategy", help="output-side strategy: default (Theorem 1), stable, down_rank1_norm_scalar")
     p.add_argument("--patch-dtype", choices=["float32", "bfloat16", "float64"],
                    help="dtype the patches are computed in (default: the model's; float32 for stable in bfloat16)")
-    p.add_argument("--tokens", type=int, default=20)
+    p.add_argument("--tokens", type=positive, default=20)
     p = verb("demo", cmd_demo, "the main job, end to end on gemma3: check, prove, codegen, validate, HF check, reports")
-    p.add_argument("-o", "--out", default="reports/demo", metavar="DIR", help="where the reports go")
+    p.add_argument("-o", "--out", type=out_dir, default=Path("reports/demo"), metavar="DIR",
+                   help="where the reports go (default: reports/demo under the current directory)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if getattr(args, "verb", None) == "report" and not args.format:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse printed --help (0) or a usage error naming the option (2)
+        return int(exc.code or 0)
+    if args.verb == "report" and not args.format:
         args.format = ["html"]
     try:
         return args.fn(args)
     except SpecError as exc:
         print(f"ctxpatch {args.verb}: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except OSError as exc:  # a path the user named cannot be read or written
+        print(f"ctxpatch {args.verb}: {exc.filename or ''}: {exc.strerror or exc}. Name a readable file, or a "
+              "folder you can write to.", file=sys.stderr)
         return EXIT_BAD_INPUT
     except PatchConditionError as exc:
         print(f"ctxpatch {args.verb}: {exc}", file=sys.stderr)

@@ -13,7 +13,7 @@ import time
 import torch
 
 from numeric.hf import absorb_context, generate_without_context
-from numeric.validate import _rel
+from numeric.validate import rel_error
 
 BOUNDS = {"float64": 1e-6, "float32": 1e-4}
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -84,7 +84,7 @@ def hf_check(model_type: str, layers: int = 2, context_len: int = 6, query_len: 
         patched, want, plain = ps.logits(), full.logits[:, context_len:], alone.logits
     out = {"model_type": model_type, "dtype": dtype, "layers": layers, "context_len": context_len,
            "query_len": query_len, "keep_positions": keep_positions, "arch": ps.spec.name,
-           "max_rel_error": _rel(patched[0], want[0]), "unpatched_rel_error": _rel(plain[0], want[0]),
+           "max_rel_error": rel_error(patched[0], want[0]), "unpatched_rel_error": rel_error(plain[0], want[0]),
            "bound": BOUNDS[dtype]}
     if generate and model_type not in ENCODERS:
         ours = generate_without_context(model, ctx, q, generate, strategy=strategy)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sympy as sp
 import torch
 
-from numeric.reference import _TORCH_FUNCS
+from numeric.reference import TORCH_FUNCS
 from numeric.rmsinv import rms_inverse
 
 
@@ -21,7 +21,7 @@ def _rank_order(ell: torch.Tensor) -> torch.Tensor:
 
 def namespace() -> dict:
     return {
-        **_TORCH_FUNCS,
+        **TORCH_FUNCS,
         "MatVec": lambda W, z: W @ z,
         "Dot": lambda a, b: (a * b).sum(),
         "Mean": lambda v: v.mean() if isinstance(v, torch.Tensor) else v,

@@ -27,7 +27,7 @@ def _unary(f):
     return lambda v: f(v if isinstance(v, torch.Tensor) else torch.tensor(float(v), dtype=torch.float64))
 
 
-_TORCH_FUNCS = {
+TORCH_FUNCS = {
     **{name: _unary(getattr(torch, tname)) for name, tname in (
         ("exp", "exp"), ("log", "log"), ("tanh", "tanh"), ("sinh", "sinh"), ("cosh", "cosh"), ("sin", "sin"),
         ("cos", "cos"), ("atan", "atan"), ("erf", "erf"), ("sqrt", "sqrt"), ("Abs", "abs"), ("sign", "sign"))},
@@ -52,7 +52,7 @@ def elementwise(name_or_expr: str):
     expr = activation(name_or_expr)
     if expr == act_var:
         return lambda v: v
-    fn = sp.lambdify(act_var, expr, modules=[_TORCH_FUNCS])
+    fn = sp.lambdify(act_var, expr, modules=[TORCH_FUNCS])
 
     def apply(v: torch.Tensor) -> torch.Tensor:
         r = fn(v)

@@ -140,7 +140,7 @@ class Figures:
     min_abs_gamma: float = math.inf
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+def rel_error(a: torch.Tensor, b: torch.Tensor) -> float:
     """Max over tokens of |a - b| / |b| (computed in float64)."""
     a, b = a.to(torch.float64), b.to(torch.float64)
     return float((torch.linalg.vector_norm(a - b, dim=-1) / torch.linalg.vector_norm(b, dim=-1)).max())
@@ -160,7 +160,7 @@ def patched_run(spec: BlockSpec, layers: list[dict], x: torch.Tensor, ctx: list[
         if len(fig.patch_norms) < len(layers):
             fig.patch_norms.append(norms)
         x = kernel.apply(params, patches, u, **extra)
-        err = _rel(x, ctx[n]["y"][c:])
+        err = rel_error(x, ctx[n]["y"][c:])
         fig.max_rel_error = max(fig.max_rel_error, err)
         if len(fig.per_layer_error) <= n:
             fig.per_layer_error.append(err)
@@ -213,7 +213,7 @@ def validate(spec: BlockSpec, setup: Setup = Setup(), trials: int = 3, seed: int
         ctx = contextual_run(spec, layers, x, setup)
         patched_run(spec, layers, x[c:], ctx, c, setup, fig, kernel)
         plain = unpatched_run(spec, layers, x[c:], setup)
-        fig.unpatched_rel_error = min(fig.unpatched_rel_error, _rel(plain, ctx[-1]["y"][c:]))
+        fig.unpatched_rel_error = min(fig.unpatched_rel_error, rel_error(plain, ctx[-1]["y"][c:]))
     # inf: nothing to measure (no rank-1 patch, no norm scale)
     figures = {k: (None if isinstance(v, float) and math.isinf(v) else v) for k, v in asdict(fig).items()}
     out = {"arch": spec.name, "dtype": setup.dtype, "trials": trials, "layers": setup.layers, **figures}

@@ -50,9 +50,22 @@ def parse_custom(text: str) -> sp.Expr:
     extra = expr.free_symbols - {x}
     if extra:
         raise ValueError(f"it may use only the variable x, but uses {sorted(map(str, extra))}")
-    if isinstance(expr.func, sp.core.function.UndefinedFunction) or expr.atoms(sp.core.function.AppliedUndef):
-        raise ValueError("it calls a function SymPy does not know")
+    if x not in expr.free_symbols:
+        raise ValueError("it does not depend on x (a constant activation forgets its input)")
+    for node in sp.preorder_traversal(expr):
+        if not node.is_Atom and not isinstance(node, _SAFE_NODES):
+            raise ValueError(f"it uses {node.func.__name__}, which ctxpatch can neither differentiate "
+                             "reliably nor print into kernels")
     return expr
+
+
+#: What a custom activation may be built of: arithmetic, the functions of _SAFE_FUNCTIONS, and the
+#: pieces of a Piecewise (conditions and their boolean connectives).
+_SAFE_NODES = (
+    sp.Add, sp.Mul, sp.Pow, sp.exp, sp.log, sp.tanh, sp.sinh, sp.cosh, sp.sin, sp.cos, sp.atan, sp.erf, sp.Abs,
+    sp.Max, sp.Min, sp.sign, sp.Piecewise, sp.Heaviside, sp.functions.elementary.piecewise.ExprCondPair,
+    sp.core.relational.Relational, sp.And, sp.Or, sp.Not,
+)
 
 
 @cache

@@ -18,15 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cache
 
-from symbolic.derive import (
-    INPUT_ORDER,
-    OUTPUT_ORDER,
-    STRATEGY_DOC,
-    Derivation,
-    Deriver,
-    Restriction,
-    Unavailable,
-)
+from symbolic.derive import STRATEGIES, Derivation, Deriver, Restriction, Unavailable
 from symbolic.errors import SpecError
 from symbolic.spec import BlockSpec, allowed_parameters
 
@@ -37,13 +29,6 @@ DEFAULT_REASON = (
     "otherwise rank-1 on W_down (each selected expert's share for MoE). Combined strategies "
     "(rank-1 + scalar scale, the stable bfloat16 update) on request with --strategy."
 )
-
-
-COUNTER_PRIORITY = {
-    "input": ("gate_only", "up_only", "pre_norm_vector", "pre_norm_bias", "rank1", "bias"),
-    "output": ("down_rank1_norm_scalar", "down_bias_norm_scalar", "stable", "norm_scalar", "down_rank1",
-               "down_bias", "shared_down_rank1"),
-}
 
 
 @dataclass
@@ -58,7 +43,7 @@ class SideResult:
 
     def strongest_restriction(self, side: str) -> Restriction | None:
         """The restriction of the strategy with the most freedom: its invariant binds every allowed patch."""
-        for name in COUNTER_PRIORITY[side]:
+        for name in STRATEGIES.counter_order(side):
             if name in self.restrictions:
                 return self.restrictions[name]
         return next(iter(self.restrictions.values()), None)
@@ -72,7 +57,15 @@ class Verdict:
     input_strategy: str | None
     output_strategy: str | None
     derivation: Derivation | None
-    counterexample: dict | None
+    restriction: Restriction | None  # the invariant that rules out a perfect patch, when none exists
+    witness: dict | None = None  # concrete numbers for the counterexample (added by `ctxpatch.check`)
+
+    @property
+    def counterexample(self) -> dict | None:
+        """The counterexample: invariant, stage, strategy, and the numeric witness when attached."""
+        if self.restriction is None:
+            return None
+        return counterexample(self.restriction) | (self.witness or {})
 
     @property
     def input_controllable(self) -> bool:
@@ -119,7 +112,7 @@ class Verdict:
 
 def _try_side(spec: BlockSpec, side: str) -> SideResult:
     res = SideResult()
-    for name in INPUT_ORDER if side == "input" else OUTPUT_ORDER:
+    for name in STRATEGIES.names(side):
         deriver, steps = Deriver(spec), []
         try:
             deriver.input_side(name, steps) if side == "input" else deriver.output_side(name, steps)
@@ -137,11 +130,7 @@ def _pick(spec: BlockSpec, side: str, res: SideResult, wanted: str | None) -> st
         return res.ok[0] if res.ok else None
     if wanted in res.ok:
         return wanted
-    order = INPUT_ORDER if side == "input" else OUTPUT_ORDER
-    if wanted not in order:
-        from symbolic.errors import bad_value
-
-        raise bad_value(spec.name, f"{side} strategy", wanted, order)
+    STRATEGIES.get(side, wanted, spec.name)  # an unknown name: a SpecError listing the known ones
     why = res.restrictions.get(wanted) or res.unavailable.get(wanted)
     raise SpecError(
         f"{spec.name}: the {side} strategy {wanted!r} does not give an exact patch here ({why}). "
@@ -156,14 +145,13 @@ def check(spec: BlockSpec, strategy: str | None = None, input_strategy: str | No
     ins = _pick(spec, "input", inp, input_strategy or spec.patch.input_strategy)
     outs = _pick(spec, "output", out, strategy or spec.patch.strategy)
     derivation = Deriver(spec).derive(ins, outs) if ins and outs else None
-    counter = None
+    restriction = None
     if not inp.controllable:
-        counter = counterexample(spec, inp.strongest_restriction("input") or _fixed("input", spec))
+        restriction = inp.strongest_restriction("input") or _fixed("input", spec)
     elif not out.controllable:
         restriction = out.strongest_restriction("output") or _fixed("output", spec)
         _refuse_undecided(spec, restriction)
-        counter = counterexample(spec, restriction)
-    return Verdict(spec, inp, out, ins, outs, derivation, counter)
+    return Verdict(spec, inp, out, ins, outs, derivation, restriction)
 
 
 def _refuse_undecided(spec: BlockSpec, r: Restriction) -> None:
@@ -195,23 +183,22 @@ def _fixed(side: str, spec: BlockSpec) -> Restriction:
 # --------------------------------------------------------------------------- counterexamples
 
 
-def counterexample(spec: BlockSpec, r: Restriction) -> dict:
-    """Concrete numbers (d = 3) whose contextual target no allowed patch reaches, with the invariant."""
-    from numeric.counterexample import witness
+def counterexample(r: Restriction) -> dict:
+    """The invariant that every allowed patch preserves, and the strategy whose restriction it is.
 
-    out = {
-        "side": r.side, "reason": r.reason, "stage": r.stage, "strategy": r.strategy,
-        "invariant": r.invariant, "strategy_doc": STRATEGY_DOC.get(r.strategy, ""),
-    }
-    out.update(witness(spec, r))
-    return out
+    The numeric witness (concrete numbers whose target violates the invariant) is added by
+    `numeric.counterexample.witness`; the symbolic verdict stands without it.
+    """
+    doc = STRATEGIES.get(r.side, r.strategy).doc
+    return {"side": r.side, "reason": r.reason, "stage": r.stage, "strategy": r.strategy,
+            "invariant": r.invariant, "strategy_doc": doc}
 
 
 def strategies_table(v: Verdict) -> list[tuple[str, str, str]]:
     """(side, strategy, status) rows for the human-readable output."""
     rows = []
     for side, res in (("input", v.input), ("output", v.output)):
-        for name in INPUT_ORDER if side == "input" else OUTPUT_ORDER:
+        for name in STRATEGIES.names(side):
             if name in res.ok:
                 rows.append((side, name, "exact"))
             elif name in res.restrictions:
@@ -219,4 +206,12 @@ def strategies_table(v: Verdict) -> list[tuple[str, str, str]]:
     return rows
 
 
-__all__ = ["check", "Verdict", "counterexample", "strategies_table"]
+def derive(spec: BlockSpec, strategy: str | None = None, input_strategy: str | None = None) -> Derivation:
+    """Derive the patches of `spec` for the given (or default) strategies.
+
+    Raises `SpecError` for an unknown or inapplicable strategy name (or a block without a perfect patch).
+    """
+    return check(spec).derivation_for(strategy, input_strategy)
+
+
+__all__ = ["check", "derive", "Verdict", "counterexample", "strategies_table"]

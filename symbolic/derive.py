@@ -1,17 +1,10 @@
 r"""Patch formulas, solved by SymPy from an ansatz: the one source of truth for every formula.
 
-A *strategy* names which parameters absorb the context and with which ansatz:
-
-- input side (make the inner function see $z_C$ while it is fed $z$):
-  ``rank1`` $W \to W + x z^\top$ on every input map (bias as fall-back),
-  ``bias`` $b \to b + x$ (rank-1 as fall-back), ``pre_norm_bias`` $\beta \to \beta + x$,
-  ``pre_norm_vector`` $w \to w + x$, ``none`` (parallel block: the MLP never sees the context);
-- output side (add $\delta = u_C - u$ on top of the contextual branch output):
-  ``down_bias``, ``down_rank1`` (for MoE: every selected expert takes the share
-  $\delta / \sum_j s_j$), ``shared_down_rank1``, ``norm_bias``, ``norm_vector`` (the paper's
-  Theorem 1), ``down_rank1_norm_scalar`` and ``down_bias_norm_scalar`` (rank-1 / bias towards
-  $v = t \oslash \gamma$ plus a scalar scale), ``stable`` (the paper's Appendix B),
-  ``post_ln_bias``, ``post_ln_vector``, ``none`` (no skip: nothing to add).
+A *strategy* names which parameters absorb the context and with which ansatz: the input side
+makes the inner function see $z_C$ while it is fed $z$; the output side adds $\delta = u_C - u$ on
+top of the contextual branch output. Every strategy is declared once, in `STRATEGIES` at the end
+of this module (a `symbolic.strategies.Registry`), in preference order, each with its one-line
+formula and its source; `ctxpatch check ARCH` lists them with their status for a block.
 
 Each strategy writes the matching equation of one stage (the stages after it are then fed
 their contextual inputs), and `sympy.solve` finds the unknown. A strategy whose solution
@@ -20,9 +13,9 @@ target outside the range of a bounded stage, no patchable parameter at all) rais
 `Restriction`: the block is then not controllable that way, and `symbolic.controllability`
 turns the restriction into a counterexample.
 
-Default (see `OUTPUT_ORDER`): bias patches first, because they need no side condition at all;
-then the elementwise post-norm scale, the paper's Theorem 1 (W_down untouched, d numbers per
-token); then rank-1 on W_down; the combined strategies only on request.
+Output-side preference: bias patches first, because they need no side condition at all; then the
+elementwise post-norm scale, the paper's Theorem 1 (W_down untouched, d numbers per token); then
+rank-1 on W_down; the combined strategies only on request.
 """
 
 from __future__ import annotations
@@ -49,34 +42,7 @@ from symbolic.model import Block, Params, expert
 from symbolic.printing import pstr
 from symbolic.ranges import elementwise_range
 from symbolic.spec import BlockSpec, allowed_kinds
-
-INPUT_ORDER = ("none", "rank1", "bias", "pre_norm_bias", "pre_norm_vector", "up_only", "gate_only")
-OUTPUT_ORDER = (
-    "none", "down_bias", "post_ln_bias", "norm_bias", "norm_vector", "down_rank1",
-    "shared_down_rank1", "down_rank1_norm_scalar", "down_bias_norm_scalar", "stable",
-    "post_ln_vector", "norm_scalar",
-)
-STRATEGY_DOC = {
-    "none": "no patch needed on this side",
-    "rank1": "rank-1 patch W -> W + W(z_C - z) z^T / (z^T z) on every input map (Dherin et al.; 2511.17864 lemma)",
-    "bias": "bias patch b -> b + W(z_C - z) on every input map",
-    "pre_norm_bias": "pre-norm bias patch: the norm outputs z_C",
-    "pre_norm_vector": "pre-norm elementwise scale patch: the norm outputs z_C",
-    "up_only": "gated MLP, gate frozen: the up map (rank-1 or bias) aims at a_C / sigma(W_gate z)",
-    "gate_only": "gated MLP, up frozen: the gate map aims at sigma^-1(a_C / (W_up z)) (needs sigma onto R)",
-    "down_bias": "output bias patch b_down -> b_down + delta (Innocenti & Achour)",
-    "down_rank1": "rank-1 patch of W_down adding delta (for MoE: each selected expert takes delta / sum of gates)",
-    "shared_down_rank1": "rank-1 patch of the shared expert's W_down adding delta",
-    "norm_bias": "post-norm bias patch beta -> beta + delta",
-    "norm_vector": "elementwise post-norm scale patch gamma -> gamma + delta / f(h_C) (2511.17864 Theorem 1)",
-    "down_rank1_norm_scalar": "rank-1 on W_down towards v = t / gamma plus a scalar scale s = sqrt(mean(v^2) + eps)",
-    "down_bias_norm_scalar": "bias on W_down towards v = t / gamma plus a scalar scale s = sqrt(mean(v^2) + eps)",
-    "stable": "numerically stable update (2511.17864 Appendix B): constrained RMSNorm inverse, "
-              "rank-1 on W_down, remainder in the scale",
-    "post_ln_bias": "bias patch of the LayerNorm after the residual add",
-    "post_ln_vector": "elementwise scale patch of the LayerNorm after the residual add",
-    "norm_scalar": "scalar rescaling of the post-norm scale alone (never generic: a lemma for negative verdicts)",
-}
+from symbolic.strategies import Registry, Strategy
 
 
 class Unavailable(Exception):
@@ -193,17 +159,19 @@ class Deriver:
     # ----------------------------------------------------------------- input side
 
     def input_side(self, strategy: str, steps: list[Step]) -> tuple[list[PatchFormula], Params]:
-        b = self.block
+        ansatz = STRATEGIES.get("input", strategy).ansatz
         if self.spec.residual == "parallel":
             if strategy != "none":
                 raise Unavailable("a parallel block's MLP input does not see the context")
             return [], self.P
-        if strategy == "none":
-            raise Unavailable("a sequential block needs an input-side patch")
-        if strategy in ("pre_norm_bias", "pre_norm_vector"):
-            return self._pre_norm(strategy, steps)
-        if strategy in ("up_only", "gate_only"):
-            return self._one_map(strategy, steps)
+        return ansatz(self, steps)
+
+    def _in_none(self, steps: list[Step]) -> tuple[list[PatchFormula], Params]:
+        raise Unavailable("a sequential block needs an input-side patch")
+
+    def _in_maps(self, strategy: str, steps: list[Step]) -> tuple[list[PatchFormula], Params]:
+        """Every input map patched (rank-1 on its matrix, or its bias), each falling back on the other."""
+        b = self.block
         if strategy == "bias" and not any(p.role == "bias_in" and self.ok(n, "bias") for n, p in b.params.items()):
             raise Unavailable("no input map has a bias that may be patched")
         patches, changes = [], {}
@@ -392,11 +360,9 @@ class Deriver:
         return sols[0]
 
     def output_side(self, strategy: str, steps: list[Step]) -> tuple[list[PatchFormula], Params]:
-        handler = getattr(self, "_out_" + strategy, None)
-        if handler is None:
-            raise Unavailable(f"unknown output strategy {strategy!r}")
+        ansatz = STRATEGIES.get("output", strategy).ansatz
         self.start_output()
-        return handler(steps)
+        return ansatz(self, steps)
 
     def _need(self, *items: str) -> None:
         """Each item is 'param:kind'; raise Unavailable unless every one may be patched so."""
@@ -675,21 +641,50 @@ def _norm_range_text(norm) -> str:
     return "a LayerNorm output gamma * n(h) + beta always has mean((o - beta) / gamma) = 0"
 
 
-# --------------------------------------------------------------------------- public API
+# --------------------------------------------------------------------------- the registry
 
-
-def derive(spec: BlockSpec, strategy: str | None = None, input_strategy: str | None = None) -> Derivation:
-    """Derive the patches of `spec` for the given (or default) strategies.
-
-    Raises `SpecError` for an unknown or inapplicable strategy name, and `Restriction` when the
-    requested strategy cannot give a perfect patch.
-    """
-    from symbolic.controllability import check
-
-    verdict = check(spec)
-    return verdict.derivation_for(strategy, input_strategy)
-
-
+P1, P2 = "arXiv:2507.16003", "arXiv:2511.17864"
+STRATEGIES = Registry((
+    # Input side, in preference order.
+    Strategy("none", "input", "no patch: a parallel block's MLP input does not see the context",
+             Deriver._in_none, f"{P2} (parallel blocks)"),
+    Strategy("rank1", "input", "rank-1 patch W -> W + W(z_C - z) z^T / (z^T z) on every input map (bias as "
+             "fall-back)", lambda d, steps: d._in_maps("rank1", steps), f"{P1} Theorem; {P2} lemma", counter=4),
+    Strategy("bias", "input", "bias patch b -> b + W(z_C - z) on every input map (rank-1 as fall-back)",
+             lambda d, steps: d._in_maps("bias", steps), "arXiv:2512.11255", counter=5),
+    Strategy("pre_norm_bias", "input", "pre-norm bias patch: the norm outputs z_C",
+             lambda d, steps: d._pre_norm("pre_norm_bias", steps), counter=3),
+    Strategy("pre_norm_vector", "input", "pre-norm elementwise scale patch: the norm outputs z_C",
+             lambda d, steps: d._pre_norm("pre_norm_vector", steps), counter=2),
+    Strategy("up_only", "input", "gated MLP, gate frozen: the up map (rank-1 or bias) aims at a_C / sigma(W_gate z)",
+             lambda d, steps: d._one_map("up_only", steps), counter=1),
+    Strategy("gate_only", "input", "gated MLP, up frozen: the gate map aims at sigma^-1(a_C / (W_up z)) (needs "
+             "sigma onto R)", lambda d, steps: d._one_map("gate_only", steps), counter=0),
+    # Output side, in preference order: bias patches need no side condition; then Theorem 1's scale;
+    # then rank-1 on W_down; the combined strategies only on request.
+    Strategy("none", "output", "no patch: without a residual skip there is nothing to add", Deriver._out_none),
+    Strategy("down_bias", "output", "output bias patch b_down -> b_down + delta", Deriver._out_down_bias,
+             "arXiv:2512.11255", counter=5),
+    Strategy("post_ln_bias", "output", "bias patch of the LayerNorm after the residual add",
+             Deriver._out_post_ln_bias),
+    Strategy("norm_bias", "output", "post-norm bias patch beta -> beta + delta", Deriver._out_norm_bias),
+    Strategy("norm_vector", "output", "elementwise post-norm scale patch gamma -> gamma + delta / f(h_C)",
+             Deriver._out_norm_vector, f"{P2} Theorem 1"),
+    Strategy("down_rank1", "output", "rank-1 patch of W_down adding delta (for MoE: each selected expert takes "
+             "delta / sum of gates)", Deriver._out_down_rank1, f"{P2} lemmas", counter=4),
+    Strategy("shared_down_rank1", "output", "rank-1 patch of the shared expert's W_down adding delta",
+             Deriver._out_shared_down_rank1, counter=6),
+    Strategy("down_rank1_norm_scalar", "output", "rank-1 on W_down towards v = t / gamma plus a scalar scale "
+             "s = sqrt(mean(v^2) + eps)", Deriver._out_down_rank1_norm_scalar, counter=0),
+    Strategy("down_bias_norm_scalar", "output", "bias on W_down towards v = t / gamma plus a scalar scale "
+             "s = sqrt(mean(v^2) + eps)", Deriver._out_down_bias_norm_scalar, counter=1),
+    Strategy("stable", "output", "numerically stable update: constrained RMSNorm inverse, rank-1 on W_down, "
+             "remainder in the scale", Deriver._out_stable, f"{P2} Appendix B", counter=2),
+    Strategy("post_ln_vector", "output", "elementwise scale patch of the LayerNorm after the residual add",
+             Deriver._out_post_ln_vector),
+    Strategy("norm_scalar", "output", "scalar rescaling of the post-norm scale alone (never generic: a lemma for "
+             "negative verdicts)", Deriver._out_norm_scalar, counter=3),
+))
 
 
 # --------------------------------------------------------------------------- presentation

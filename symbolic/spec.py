@@ -302,6 +302,9 @@ def _read_norm(tab: _Table, key: str, defaults: dict[str, Any]) -> NormSpec | No
     sub.finish(NORM_FIELDS)
     if "kind" not in sub.data:
         raise SpecError(f"{tab.source}: field `{tab.path(key)}.kind` is missing; allowed: 'rms', 'layer'.")
+    if sub.data.get("bias") is True and values["kind"] == "rms":
+        raise SpecError(f"{tab.source}: field `{tab.path(key)}.bias` is true, but an RMSNorm has no bias. Allowed: "
+                        "bias = false, or kind = 'layer' for a LayerNorm with a bias.")
     return _make_norm(tab.source, tab.path(key), values)
 
 
@@ -328,7 +331,7 @@ def _make_norm(source: str, where: str, v: dict[str, Any]) -> NormSpec:
         raise SpecError(f"{source}: field `{where}.eps` must be a finite number >= 0, got {eps!r}.")
     if not isinstance(v.get("bias"), bool):
         raise SpecError(f"{source}: field `{where}.bias` must be true or false, got {v.get('bias')!r}.")
-    bias = bool(v["bias"]) and v["kind"] == "layer"
+    bias = bool(v["bias"]) and v["kind"] == "layer"  # a [norm] default `bias = true` concerns LayerNorms only
     return NormSpec(kind=v["kind"], eps=float(eps), scale=v["scale"], bias=bias)
 
 
@@ -374,6 +377,10 @@ def parse_spec(data: dict[str, Any], source: str) -> BlockSpec:
     name = root.get("name", str, None)
     if not name:
         raise SpecError(f"{source}: field `name` is missing; give the block a name, e.g. name = \"my_block\".")
+    if not name.isidentifier():
+        raise SpecError(f"{source}: field `name` has the value {name!r}, which is not allowed: it names the "
+                        "generated kernel module and the report files. Allowed: letters, digits and underscores, "
+                        "not starting with a digit (e.g. \"my_block\").")
     attention = AttentionSpec()
     if (att := root.sub("attention")) is not None:
         attention = AttentionSpec(*(_read_norm(att, k, defaults) for k in ("pre_norm", "post_norm", "post_ln")))
@@ -385,11 +392,15 @@ def parse_spec(data: dict[str, Any], source: str) -> BlockSpec:
     moe = _read_moe(root.sub("moe"))
     patch = _read_patch(root.sub("patch"))
     types = root.get("hf_model_types", list, [])
+    for i, t in enumerate(types):
+        if not isinstance(t, str):
+            raise SpecError(f"{source}: field `hf_model_types[{i}]` must be a string (a transformers model type "
+                            f"such as \"llama\"), got {type(t).__name__} {t!r}.")
     top = dict(
         name=name,
         description=root.get("description", str, ""),
         reference=root.get("reference", str, ""),
-        hf_model_types=tuple(str(t) for t in types),
+        hf_model_types=tuple(types),
         residual=root.choice("residual", get_args(Residual), "sequential"),
         skip=root.get("skip", bool, True),
         shared_pre_norm=root.get("shared_pre_norm", bool, False),
@@ -474,14 +485,23 @@ def _check_allow(spec: BlockSpec, source: str) -> None:
             )
 
 
-def load_toml(path: str | Path) -> BlockSpec:
-    """Read a spec file. Raises `SpecError` with the file name on any problem."""
+def read_text(path: str | Path) -> str:
+    """The text of a spec file (UTF-8). Raises `SpecError` with the file name on any problem."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
+    except IsADirectoryError:
+        raise SpecError(f"{path}: is a folder, not a spec file. Allowed: a catalog name or a .toml file.") from None
     except OSError as exc:
         raise SpecError(f"{path}: cannot read the spec file ({exc.strerror}).") from None
-    return loads_toml(text, str(path))
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+                        "TOML spec files must be UTF-8.") from None
+
+
+def load_toml(path: str | Path) -> BlockSpec:
+    """Read a spec file. Raises `SpecError` with the file name on any problem."""
+    return loads_toml(read_text(path), str(path))
 
 
 def loads_toml(text: str, source: str = "<string>") -> BlockSpec:

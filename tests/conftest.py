@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from ctxpatch.api import check
 from symbolic import catalog
-from symbolic.controllability import check
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.toml"))
@@ -17,7 +17,7 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.toml"))
 @cache
 def verdict(arch: str):
     """The controllability verdict of a catalog name or spec path, computed once per session."""
-    return check(catalog.resolve(arch))
+    return check(arch)
 
 
 @pytest.fixture(params=catalog.names())

@@ -106,10 +106,10 @@ def test_vector_constructs_match_numpy_reference(backend):
         EMatVec(Mat("E", "m", "d"), Vec("ee", "d")): np.einsum("eoi,tei->teo", E, ee),
         ExpertSum(Vec("ee", "d")): ee.sum(1, keepdims=True),
     }
-    from symbolic.codegen.lower import _depends
+    from symbolic.codegen.lower import depends_on
 
     for expr, want in cases.items():
-        printer = BACKENDS[backend](per_expert=lambda e: _depends(e, e_pred))
+        printer = BACKENDS[backend](per_expert=lambda e: depends_on(e, e_pred))
         got = _run(backend, printer.doprint(expr), printer, env)
         np.testing.assert_allclose(np.asarray(got), want, rtol=1e-13, err_msg=str(expr))
     # Routing: softmax over all experts, kept on the top-2 (ties: lower index), zero elsewhere.

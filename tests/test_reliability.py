@@ -11,6 +11,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from ctxpatch.api import check
 from ctxpatch.cli import main
 from numeric import kernels
 from numeric.counterexample import best_residual
@@ -18,7 +19,6 @@ from numeric.kernels.runtime import IllConditionedPatchWarning
 from numeric.reference import forward, random_params
 from numeric.validate import Setup, precision, validate
 from symbolic import catalog
-from symbolic.controllability import check
 from symbolic.errors import PatchConditionError, SpecError
 from symbolic.spec import loads_toml
 

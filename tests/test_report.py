@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("matplotlib")
 pytest.importorskip("latex2mathml")
 
-from ctxpatch import report
+from ctxpatch import reporting as report
 from ctxpatch.cli import main  # noqa: E402
 from symbolic import catalog  # noqa: E402
 

@@ -11,7 +11,7 @@ from importlib import resources
 from pathlib import Path
 
 from symbolic.errors import SpecError, suggest
-from symbolic.spec import BlockSpec, load_toml, loads_toml
+from symbolic.spec import BlockSpec, load_toml, loads_toml, read_text
 
 
 def names() -> list[str]:
@@ -34,8 +34,17 @@ def load(name: str) -> BlockSpec:
     return loads_toml(text(name), f"catalog/{name}.toml")
 
 
+def is_path(arg: str) -> bool:
+    """Whether ARCH_OR_TOML names a file: it ends in .toml, or it is an existing file that is not a
+    catalog name (a folder, or a file without a suffix, never hides a catalog entry)."""
+    return arg.endswith(".toml") or (Path(arg).is_file() and arg not in names())
+
+
 def resolve(arg: str) -> BlockSpec:
-    """A catalog name, or a path to a TOML spec (anything ending in .toml or existing on disk)."""
-    if arg.endswith(".toml") or Path(arg).exists():
-        return load_toml(arg)
-    return load(arg)
+    """A catalog name, or a path to a TOML spec (see `is_path`)."""
+    return load_toml(arg) if is_path(arg) else load(arg)
+
+
+def resolve_text(arg: str) -> str:
+    """The TOML text behind ARCH_OR_TOML, as written."""
+    return read_text(arg) if is_path(arg) else text(arg)

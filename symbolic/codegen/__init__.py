@@ -20,7 +20,7 @@ import jinja2
 import sympy as sp
 
 from symbolic import catalog
-from symbolic.codegen.lower import Function, KernelIR, PatchOut, _depends, build
+from symbolic.codegen.lower import Function, KernelIR, PatchOut, build, depends_on
 from symbolic.codegen.printers import BACKENDS
 from symbolic.derive import Derivation, formula_text
 from symbolic.spec import BlockSpec
@@ -47,7 +47,7 @@ def _template_hash() -> str:
 
 
 def _printer(backend: str, fn: Function):
-    return BACKENDS[backend](per_expert=lambda e: _depends(e, fn.per_expert))
+    return BACKENDS[backend](per_expert=lambda e: depends_on(e, fn.per_expert))
 
 
 def _used_params(ir: KernelIR, fn: Function) -> list[tuple[str, str]]:

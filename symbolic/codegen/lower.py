@@ -125,7 +125,7 @@ def lower(expr: sp.Expr) -> sp.Expr:
     return expr
 
 
-def _depends(expr: sp.Expr, names: set[str]) -> bool:
+def depends_on(expr: sp.Expr, names: set[str]) -> bool:
     """Whether `expr` is an array over the expert axis (an expert sum removes that axis)."""
     if isinstance(expr, ExpertSum):
         return False
@@ -133,7 +133,7 @@ def _depends(expr: sp.Expr, names: set[str]) -> bool:
         return True
     if isinstance(expr, sp.Symbol):
         return expr.name in names
-    return any(_depends(a, names) for a in expr.args)
+    return any(depends_on(a, names) for a in expr.args)
 
 
 def straight_line(outputs: list[Assign], expert_names: set[str], temps=None,
@@ -161,7 +161,7 @@ def straight_line(outputs: list[Assign], expert_names: set[str], temps=None,
         emit(t)
     fn = Function([Assign(n, assigns[n]) for n in order], set(expert_names))
     for a in fn.body:
-        if _depends(a.expr, fn.per_expert):
+        if depends_on(a.expr, fn.per_expert):
             fn.per_expert.add(a.target)
     return fn
 

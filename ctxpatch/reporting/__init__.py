@@ -44,7 +44,7 @@ def mathml(tex: str, display: bool = False) -> str:
 
 @cache
 def _env() -> jinja2.Environment:
-    env = jinja2.Environment(loader=jinja2.PackageLoader("ctxpatch.report", "templates"), trim_blocks=True,
+    env = jinja2.Environment(loader=jinja2.PackageLoader("ctxpatch.reporting", "templates"), trim_blocks=True,
                              lstrip_blocks=True, undefined=jinja2.StrictUndefined, autoescape=False)
     env.filters.update(wrap=_wrap, tex=tex_escape, html=html.escape, mathml=mathml,
                        mathml_block=lambda t: mathml(t, display=True), sci=lambda v: "n/a" if v is None else f"{v:.2e}")
@@ -188,7 +188,7 @@ def _def_name(name: str) -> str:
 
 def render(spec: BlockSpec, fmt: str, out_dir: Path, data: dict | None = None, quick: bool = False) -> list[Path]:
     """Write the report of `spec` in `fmt` (latex, pdf or html) into `out_dir`; return the files."""
-    from ctxpatch.report.plots import figures
+    from ctxpatch.reporting.plots import figures
 
     if fmt not in FORMATS:
         raise SpecError(f"--format {fmt!r} is not allowed. Allowed: {', '.join(FORMATS)}.")

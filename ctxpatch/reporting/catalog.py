@@ -1,6 +1,6 @@
 """`make reports`: render the HTML and PDF report of every catalog architecture, and an index page.
 
-Usage: ``python -m ctxpatch.report.catalog [OUT_DIR] [--only NAME ...]`` (default ``reports/``).
+Usage: ``python -m ctxpatch.reporting.catalog [OUT_DIR] [--only NAME ...]`` (default ``reports/``).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import Progress
 
-from ctxpatch import report
+from ctxpatch import reporting as report
 from symbolic import catalog
 
 

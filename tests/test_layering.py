@@ -1,0 +1,115 @@
+"""The layering of the pipeline, read from the source (every import, also those inside functions).
+
+spec -> symbolic -> codegen/kernels -> numeric -> ctxpatch (the face): `symbolic` imports neither torch
+nor `numeric` nor the face; `numeric` does not import the face; no import cycle anywhere; no module
+imports another module's private name.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("ctxpatch", "symbolic", "numeric")
+FORBIDDEN = {
+    "symbolic": ("torch", "numeric", "ctxpatch", "transformers", "numpy"),
+    "numeric": ("ctxpatch",),
+}
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def project_modules() -> dict[str, Path]:
+    return {module_name(p): p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}
+
+
+def imports(path: Path, known: dict[str, Path]) -> list[tuple[str, tuple[str, ...], int]]:
+    """(imported module, names taken from it, line) for every import statement in the file."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out += [(a.name, (), node.lineno) for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = tuple(a.name for a in node.names)
+            subs = [f"{node.module}.{n}" for n in names if f"{node.module}.{n}" in known]
+            out += [(s, (), node.lineno) for s in subs]
+            rest = tuple(n for n in names if f"{node.module}.{n}" not in known)
+            if rest or not subs:
+                out.append((node.module, rest, node.lineno))
+    return out
+
+
+MODULES = project_modules()
+GRAPH = {m: {t for t, _, _ in imports(p, MODULES) if t in MODULES and t != m} for m, p in MODULES.items()}
+
+
+@pytest.mark.parametrize("layer", sorted(FORBIDDEN))
+def test_layers_import_only_downwards(layer):
+    bad = [f"{m}:{line} imports {target}" for m, p in MODULES.items() if m.split(".")[0] == layer
+           for target, _, line in imports(p, MODULES) if target.split(".")[0] in FORBIDDEN[layer]]
+    assert not bad, "\n".join(bad)
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on, out, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_cycles():
+    assert cycles(GRAPH) == []
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_no_private_names_cross_modules():
+    files = [*MODULES.values(), *(p for d in ("tests", "proofs", "benchmarks") for p in (ROOT / d).rglob("*.py"))]
+    bad = [f"{f.relative_to(ROOT)}:{line} imports {n} from {target}" for f in files
+           for target, names, line in imports(f, MODULES) if target in MODULES
+           for n in names if n.startswith("_") and not n.startswith("__")]
+    assert not bad, "\n".join(bad)
+
+
+def test_import_ctxpatch_is_light_and_complete():
+    import subprocess
+    import sys
+
+    code = ("import sys, ctxpatch; assert 'torch' not in sys.modules, 'import ctxpatch loaded torch'; "
+            "from ctxpatch import (check, derive, prove, codegen, validate, absorb_context, "
+            "generate_without_context, report, PatchSet, load_spec)")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert run.returncode == 0, run.stderr
