@@ -303,7 +303,7 @@ def test_codegen_bad_inputs_exit_2(tmp_path, capsys):
     bad = tmp_path / "b.toml"
     bad.write_text(catalog.text("llama").replace('name = "llama"', 'name = "my-block"'))
     assert main(["codegen", "--spec", str(bad), "-o", str(tmp_path)]) == 2
-    assert "cannot name a Python module" in capsys.readouterr().err
+    assert "names the generated kernel module" in capsys.readouterr().err
     negative = ROOT / "examples" / "tanh_output.toml"
     assert main(["codegen", "--spec", str(negative), "-o", str(tmp_path)]) == 1
     assert "no perfect patch" in capsys.readouterr().err
