@@ -127,13 +127,28 @@ def base(spec: BlockSpec) -> dict:
                         f"kernel or validation to report; `ctxpatch check` shows the counterexample.")
     symbols = dict(der.symbols)
     return {
-        "spec": spec, "toml": dump_toml(spec), "verdict": verdict.to_json(),
+        "spec": spec, "toml": dump_toml(spec), "verdict": verdict.to_json(), "strategies": strategy_rows(verdict),
         "conditions": [c.latex() for c in der.conditions],
         "patches": [{"param": p.param, "kind": p.kind, "latex": formula_latex(p, symbols.get(p.param))}
                     for p in der.patches],
         "definitions": [(_def_name(n), _tex(e)) for n, e in der.definitions if "(" not in n and "A(" not in str(e)],
         "kernel": _kernel(spec, der), "date": time.strftime("%Y-%m-%d"),
     }
+
+
+def strategy_rows(verdict) -> list[dict]:
+    """Every strategy of the registry with its status for this block (exact, not generic, unavailable)."""
+    from symbolic.derive import STRATEGIES
+
+    rows = []
+    for s in STRATEGIES:
+        res = verdict.input if s.side == "input" else verdict.output
+        status = "exact" if s.name in res.ok else (
+            f"not generic ({res.restrictions[s.name].reason})" if s.name in res.restrictions else "not applicable")
+        chosen = s.name == (verdict.input_strategy if s.side == "input" else verdict.output_strategy)
+        rows.append({"side": s.side, "name": s.name, "doc": s.doc, "source": s.source, "status": status,
+                     "chosen": chosen})
+    return rows
 
 
 def validation(spec: BlockSpec, quick: bool = False) -> list[dict]:
