@@ -35,6 +35,7 @@ FLOAT_DIGITS = 50  # the precision of the fallback instances (nested radicals)
 SIZES = ({"d": 2, "m": 3, "m_s": 2, "n_E": 3, "k": 2}, {"d": 3, "m": 2, "m_s": 3, "n_E": 4, "k": 2},
          {"d": 4, "m": 4, "m_s": 2, "n_E": 3, "k": 1})
 DEFAULT_SIZE = 3  # a dimension name not in SIZES
+SWELL = 150  # nodes of an exact irrational value before the instance falls back to 50-digit floats
 REDRAWS = 12  # draws per size before the hypotheses are declared unsatisfiable
 DIGITS = 40  # first precision of the sign test of an exact difference (then 100)
 
@@ -117,6 +118,8 @@ class Instance:
         out = self._ev(e)
         if _bad(out):
             raise Degenerate(f"a division by zero in {e}")
+        if self.exact and _swollen(out):
+            raise Nested(f"the exact value of {type(e).__name__} grows beyond {SWELL} nodes")
         self.memo[e] = out
         return out
 
@@ -267,6 +270,16 @@ def _unsupported(inst: Instance, e):
 _HANDLERS: dict[type, Callable] = {MatVec: _matvec, Dot: _dot, Mean: _mean, Frob: _frob, EVec: _evec,
                                    Sel: Instance.selected, Gate: Instance.gate, sp.Sum: Instance.sum_,
                                    Outer: _unsupported, EMat: _unsupported, RmsInverse: _unsupported}
+
+
+def _swollen(v) -> bool:
+    """Whether an exact value has grown into a large tree of radicals (its zero test would be slow)."""
+    for x in entries(v):
+        if isinstance(x, sp.Basic) and not x.is_Rational:
+            for n, _ in enumerate(sp.preorder_traversal(x)):
+                if n > SWELL:
+                    return True
+    return False
 
 
 def _bad(v) -> bool:
