@@ -19,260 +19,41 @@ expression ever fixes a dimension, every identity proved here holds for all size
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 import sympy as sp
 from sympy.solvers.solvers import denoms
 
-
-class DimensionError(TypeError):
-    """Two vectors of different (symbolic) lengths met in one elementwise or linear operation."""
-
-
-class Vec(sp.Symbol):
-    """A real vector of symbolic length `dim`; arithmetic on it is elementwise.
-
-    The length is part of the symbol's identity: ``Vec("x", "d") != Vec("x", "m")``.
-    """
-
-    dim: str
-
-    def __new__(cls, name: str, dim: str):
-        obj = sp.Symbol.__xnew__(cls, name, real=True)
-        obj.dim = dim
-        return obj
-
-    def __getnewargs_ex__(self):
-        return (self.name, self.dim), {}
-
-    def _hashable_content(self):
-        return super()._hashable_content() + (self.dim,)
-
-
-class Mat(sp.Symbol):
-    """A matrix of symbolic shape (rows, cols); only meaningful inside `MatVec` and `Outer`."""
-
-    rows: str
-    cols: str
-
-    def __new__(cls, name: str, rows: str, cols: str):
-        obj = sp.Symbol.__xnew__(cls, name, commutative=True)
-        obj.rows, obj.cols = rows, cols
-        return obj
-
-    def __getnewargs_ex__(self):
-        return (self.name, self.rows, self.cols), {}
-
-    def _hashable_content(self):
-        return super()._hashable_content() + (self.rows, self.cols)
-
-
-class MatVec(sp.Function):
-    """$W z$."""
-
-    nargs = 2
-
-    @classmethod
-    def eval(cls, W, z):
-        if z.is_zero:
-            return sp.S.Zero
-        return None
-
-    def _eval_is_real(self):
-        return True
-
-
-class Dot(sp.Function):
-    r"""$a^\top b$, a scalar. Arguments are kept in canonical order."""
-
-    nargs = 2
-
-    @classmethod
-    def eval(cls, a, b):
-        if a.is_zero or b.is_zero:
-            return sp.S.Zero
-        if sp.default_sort_key(b) < sp.default_sort_key(a):
-            return cls(b, a)
-        return None
-
-    def _eval_is_real(self):
-        return True
-
-    def _eval_is_nonnegative(self):
-        a, b = self.args
-        return True if a == b and a.is_real else None
-
-
-class Mean(sp.Function):
-    r"""$\mathrm{mean}(v) = \frac1n\sum_i v_i$, a scalar."""
-
-    nargs = 1
-
-    @classmethod
-    def eval(cls, v):
-        if is_scalar(v):
-            return v
-        return None
-
-    def _eval_is_real(self):
-        return self.args[0].is_real
-
-    def _eval_is_nonnegative(self):
-        return self.args[0].is_nonnegative
-
-
-class Outer(sp.Function):
-    r"""$x y^\top$, a matrix."""
-
-    nargs = 2
-
-
-class Frob(sp.Function):
-    r"""$\langle A, B\rangle_F = \operatorname{tr}(A^\top B)$, the Frobenius product of two matrices."""
-
-    nargs = 2
-
-    @classmethod
-    def eval(cls, A, B):
-        if sp.default_sort_key(B) < sp.default_sort_key(A):
-            return cls(B, A)
-        return None
-
-    def _eval_is_real(self):
-        return True
-
-    def _eval_is_nonnegative(self):
-        return True if self.args[0] == self.args[1] else None
-
-
-class EMat(sp.Function):
-    """Matrix `W` of expert `e` (a slice of a stacked expert tensor)."""
-
-    nargs = 2
-
-
-class EVec(sp.Function):
-    """Vector `v` of expert `e` (e.g. the hidden activation of expert e)."""
-
-    nargs = 2
-
-    def _eval_is_real(self):
-        return True
-
-
-class Sel(sp.Function):
-    r"""The index of the expert ranked `j`-th by router logits $\ell$ (top-k selection)."""
-
-    nargs = 2
-
-
-class Gate(sp.Function):
-    r"""The routing weight of the `j`-th selected expert: $\mathrm{softmax}(\ell)_{\mathrm{Sel}(\ell, j)}$."""
-
-    nargs = 2
-
-    def _eval_is_positive(self):
-        return True
-
-
-class RmsInverse(sp.Function):
-    r"""$\arg\min_{y:\ \mathrm{mean}(y^2)=1} \lVert \gamma \odot y - t \rVert^2$ (the constrained RMSNorm inverse)."""
-
-    nargs = 2
-
-    def _eval_is_real(self):
-        return True
-
-
-MATRIX_FUNCS = (Outer, EMat)
-SCALAR_FUNCS = (Dot, Mean, Gate, Sel, Frob)
-VECTOR_FUNCS = (MatVec, EVec, RmsInverse)
-
-
-# --------------------------------------------------------------------------- shapes
-
-
-def is_matrix(e: sp.Basic) -> bool:
-    if isinstance(e, Mat) or isinstance(e, MATRIX_FUNCS):
-        return True
-    if isinstance(e, (sp.Add, sp.Mul)):
-        return any(is_matrix(a) for a in e.args)
-    return False
-
-
-def is_scalar(e: sp.Basic) -> bool:
-    """Whether `e` denotes a scalar (broadcast over coordinates) rather than a vector."""
-    if isinstance(e, Vec) or isinstance(e, VECTOR_FUNCS):
-        return False
-    if isinstance(e, SCALAR_FUNCS):
-        return True
-    if is_matrix(e):
-        raise DimensionError(f"a matrix is used as a value: {e}")
-    if isinstance(e, sp.Sum):
-        return is_scalar(e.function)
-    if e.is_Atom:
-        return True
-    return all(is_scalar(a) for a in e.args if not isinstance(a, sp.Tuple))
-
-
-def dim_of(e: sp.Basic) -> str | None:
-    """The symbolic length of vector expression `e` (None for a scalar). Raises DimensionError."""
-    if isinstance(e, Vec):
-        return e.dim
-    if isinstance(e, MatVec):
-        W, z = e.args
-        rows, cols = matrix_shape(W)
-        zd = dim_of(z)
-        if zd is not None and zd != cols:
-            raise DimensionError(f"{W} has {cols} columns but multiplies a vector of length {zd}: {e}")
-        return rows
-    if isinstance(e, EVec):
-        return dim_of(e.args[0])
-    if isinstance(e, RmsInverse):
-        return _same(dim_of(a) for a in e.args)
-    if isinstance(e, Dot):
-        a, b = e.args
-        _same([dim_of(a), dim_of(b)])
-        return None
-    if isinstance(e, (Mean, Gate, Sel)):
-        for a in e.args:
-            dim_of(a)
-        return None
-    if isinstance(e, sp.Sum):
-        return dim_of(e.function)
-    if e.is_Atom:
-        return None
-    return _same(dim_of(a) for a in e.args if not isinstance(a, sp.Tuple))
-
-
-def matrix_shape(W: sp.Basic) -> tuple[str, str]:
-    if isinstance(W, Mat):
-        return W.rows, W.cols
-    if isinstance(W, EMat):
-        return matrix_shape(W.args[0])
-    if isinstance(W, Outer):
-        x, y = W.args
-        return dim_of(x), dim_of(y)
-    if isinstance(W, sp.Add):
-        shapes = {matrix_shape(a) for a in W.args}
-        if len(shapes) != 1:
-            raise DimensionError(f"matrices of different shapes added: {W}")
-        return shapes.pop()
-    if isinstance(W, sp.Mul):
-        mats = [a for a in W.args if is_matrix(a)]
-        if len(mats) != 1 or not all(is_scalar(a) for a in W.args if a is not mats[0]):
-            raise DimensionError(f"not a scalar multiple of one matrix: {W}")
-        return matrix_shape(mats[0])
-    raise DimensionError(f"not a matrix: {W}")
-
-
-def _same(dims: Iterable[str | None]) -> str | None:
-    found = {d for d in dims if d is not None}
-    if len(found) > 1:
-        raise DimensionError(f"vectors of lengths {sorted(found)} combined elementwise")
-    return found.pop() if found else None
-
+from symbolic.instances import probe_nonzero
+from symbolic.printing import latex, pstr
+from symbolic.terms import (
+    EXPERT,
+    SCALAR_FUNCS,
+    VECTOR_FUNCS,
+    DimensionError,
+    Dot,
+    EMat,
+    EVec,
+    Frob,
+    Gate,
+    Mat,
+    MatVec,
+    Mean,
+    Outer,
+    RmsInverse,
+    Sel,
+    Vec,
+    dim_of,
+    is_matrix,
+    is_scalar,
+    matrix_shape,
+    shape,
+)
+
+__all__ = ["BOUND", "EXPERT", "SCALAR_FUNCS", "VECTOR_FUNCS", "Condition", "DimensionError", "Dot", "EMat", "EVec",
+           "Frob", "Gate", "Mat", "MatVec", "Mean", "Outer", "RmsInverse", "Sel", "Vec", "collect_matvec", "dim_of",
+           "is_matrix", "is_scalar", "is_zero", "linear_terms", "matrix_shape", "normalize", "shape",
+           "side_conditions", "tidy"]
 
 # --------------------------------------------------------------------------- rewriting
 
@@ -341,15 +122,33 @@ def _mean(v: sp.Expr) -> sp.Expr:
     return sp.Add(*(c * Mean(w) for c, w in terms))
 
 
-#: The canonical bound variable of a top-k sum; sums are renamed to it (alpha-equivalence).
+#: The canonical bound variable of an innermost sum; a sum around it gets `bound(2)`, and so on.
 BOUND = sp.Symbol("j", integer=True, positive=True)
 
 
+def bound(level: int) -> sp.Symbol:
+    r"""The canonical name of a bound variable at nesting `level` (1 = innermost): $j, j_2, j_3, \dots$"""
+    return BOUND if level == 1 else sp.Symbol(f"j_{level}", integer=True, positive=True)
+
+
+def _level(e: sp.Basic) -> int:
+    """How deeply sums nest inside `e` (0: no sum)."""
+    return max([_level(a) for a in e.args] + [0]) + (1 if isinstance(e, sp.Sum) else 0)
+
+
 def _sum(s: sp.Sum) -> sp.Expr:
+    r"""Linearity of a one-index sum, after renaming its index canonically (alpha-equivalence).
+
+    The new name depends on how many sums nest inside, so it never occurs in the summand, free or
+    bound: renaming cannot capture a variable ($\sum_i i \sum_l (i + l)^2$ stays two sums).
+    """
     (j, lo, hi), = s.limits
-    if j != BOUND and BOUND not in s.function.free_symbols:
-        s = sp.Sum(s.function.xreplace({j: BOUND}), (BOUND, lo, hi))
-        j = BOUND
+    new = bound(_level(s.function) + 1)
+    if j != new:
+        if new in s.function.atoms(sp.Symbol) or new in (lo.free_symbols | hi.free_symbols):
+            return s  # keep the user's name rather than capture
+        s = sp.Sum(s.function.xreplace({j: new}), (new, lo, hi))
+        j = new
     out = []
     for term in sp.Add.make_args(sp.expand_mul(s.function, deep=False)):
         indep, dep = term.as_independent(j, as_Add=False)
@@ -417,8 +216,6 @@ def is_zero(e: sp.Expr) -> bool | None:
     e = normalize(sp.expand(normalize(e)))
     if e == 0:
         return True
-    from symbolic.instances import probe_nonzero
-
     if probe_nonzero(e):
         return None
     if sp.cancel(sp.together(e)) == 0:  # rational in its generators (functions, roots): often enough
@@ -448,8 +245,6 @@ class Condition:
     kind: str
 
     def text(self) -> str:
-        from symbolic.printing import pstr
-
         if self.kind == "vector":
             return f"{pstr(self.expr)} != 0"
         if self.kind == "coords":
@@ -457,8 +252,6 @@ class Condition:
         return f"{pstr(self.expr)} != 0"
 
     def latex(self) -> str:
-        from symbolic.printing import latex
-
         if self.kind == "coords":
             return rf"\left({latex(self.expr)}\right)_i \neq 0 \ \forall i"
         return rf"{latex(self.expr)} \neq 0"

@@ -25,13 +25,13 @@ import sympy as sp
 
 from symbolic.activations import activation
 from symbolic.activations import x as act_var
-from symbolic.algebra import Dot, EMat, EVec, Gate, Mat, MatVec, Mean, Sel, Vec
 from symbolic.spec import BlockSpec, NormSpec, patchable_parameters
+from symbolic.terms import EXPERT, Dot, EMat, EVec, Gate, Mat, MatVec, Mean, Sel, Vec
 
 D, M, NE, MS = "d", "m", "n_E", "m_s"  # model width, MLP width, number of experts, shared width
 
 #: The generic expert index in per-expert patch formulas and the rank in the top-k sum.
-expert = sp.Symbol("e", integer=True, positive=True)
+expert = EXPERT
 rank = sp.Symbol("j", integer=True, positive=True)
 top_k = sp.Symbol("k", integer=True, positive=True)
 
@@ -128,6 +128,11 @@ class Block:
         if norm.eps == 0:
             return sp.S.Zero
         return sp.Symbol(f"epsilon_{NORM_SYMBOLS[name]}", positive=True)
+
+    def scaled_norm_weight(self, P: Params, s: sp.Expr) -> sp.Expr:
+        r"""The stored post-norm weight after $\gamma \to s\,\gamma$ (Gemma stores w with $\gamma = 1 + w$)."""
+        w = P["mlp_post_norm.scale"]
+        return s * (1 + w) - 1 if self.spec.mlp.post_norm.scale == "one_plus" else s * w
 
     def gamma(self, P: Params, norm_name: str) -> sp.Expr:
         norm = self.spec.norms[norm_name]

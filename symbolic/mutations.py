@@ -14,8 +14,9 @@ import sympy as sp
 
 from symbolic import catalog
 from symbolic import theorems as T
-from symbolic.algebra import Dot, MatVec, Outer, Vec
-from symbolic.proof import Hypothesis, Step, Theorem
+from symbolic.algebra import Dot, MatVec, Outer, Vec, side_conditions
+from symbolic.derive import PatchFormula
+from symbolic.proof import Hypothesis, Step, Theorem, covered
 
 z, z_C = Vec("z", "d"), Vec("z_C", "d")
 
@@ -51,8 +52,6 @@ def _rank1_lemma_with(fn):
 
 
 def _scale_without_offset(patches, hyps):
-    from symbolic.derive import PatchFormula
-
     # Gemma stores w with gamma = 1 + w; rescaling gamma by s must give w' = s (1 + w) - 1, not s w - ... :
     # express the wrong update as an additive vector patch w' = s w.
     w = Vec("w_post", "d")
@@ -66,15 +65,13 @@ def _scale_without_offset(patches, hyps):
 
 
 def _multilayer_off_by_one():
-    th = T.multilayer_theorem("gemma3")
-    Mlp, Patch, A, AC = (sp.Function(n) for n in ("Mlp", "Patch", "A", "A_C"))
+    """The patches of layer l aim at the contextual MLP input of layer l - 1."""
+    th = T.multilayer_theorem(catalog.load("gemma3"))
     lyr = sp.Symbol("l", integer=True, positive=True)
-    s_prev, c_prev = Vec("s_prev", "d"), Vec("c_prev", "d")
-    wrong = Mlp(lyr, Patch(lyr, A(lyr, s_prev), AC(lyr - 1, c_prev)), A(lyr, s_prev))  # patch from layer l-1
-    hyps = tuple(Hypothesis(h.kind, h.expr, wrong) if h.kind == "definition" and h.expr.name == "s_l" else h
-                 for h in th.hypotheses)
-    steps = (replace(th.steps[0], rhs=wrong), replace(th.steps[1], lhs=wrong)) + th.steps[2:]
-    return replace(th, hypotheses=hyps, steps=steps)
+    wrong = {Vec("u_C_l", "d"): T.ATTN_C(lyr - 1, Vec("c_prev", "d"))}
+    hyps = tuple(Hypothesis(h.kind, h.expr, h.rhs.xreplace(wrong)) if h.kind == "definition" and "'" in str(h.expr)
+                 else h for h in th.hypotheses)
+    return replace(th, hypotheses=hyps)
 
 
 def _missing_hypothesis():
@@ -132,13 +129,10 @@ def mutated(name: str) -> Theorem:
 
 
 def _cover(th: Theorem) -> Theorem:
-    from symbolic.algebra import side_conditions
-    from symbolic.proof import _covered
-
     extra = []
     exprs = [e for st in th.steps for e in (st.lhs, st.rhs)] + [h.rhs for h in th.hypotheses if h.kind == "definition"]
     for e in exprs:
         for c in side_conditions(e):
-            if not _covered(c, th) and all(h.expr != c.expr for h in extra):
+            if not covered(c, th) and all(h.expr != c.expr for h in extra):
                 extra.append(Hypothesis("coords" if c.kind == "coords" else "nonzero", c.expr))
     return replace(th, hypotheses=th.hypotheses + tuple(extra))

@@ -12,7 +12,7 @@ import sympy as sp
 from sympy.printing.latex import LatexPrinter
 from sympy.printing.str import StrPrinter
 
-from symbolic.algebra import EVec, is_scalar
+from symbolic.terms import EVec, is_scalar
 
 
 class PlainPrinter(StrPrinter):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from functools import cache
 from pathlib import Path
 
 from rich.console import Console
@@ -18,6 +19,8 @@ from symbolic import catalog
 from symbolic import theorems as T
 from symbolic.controllability import check as check_spec
 from symbolic.errors import SpecError, suggest
+from symbolic.mutations import MUTATIONS, mutated
+from symbolic.printing import pstr
 from symbolic.proof import VERIFIED, Result, Theorem, check
 from symbolic.spec import BlockSpec
 
@@ -54,12 +57,13 @@ def arch_builders(spec: BlockSpec, every_strategy: bool | None = None) -> dict[s
         return {}
     if every_strategy is None:
         every_strategy = spec.name in ALL_STRATEGIES
-    out: dict[str, Builder] = {f"block_{spec.name}": lambda: T.block_theorem(spec)}
+    block = cache(lambda: T.block_theorem(spec))
+    out: dict[str, Builder] = {"rank1_lemma": T.rank1_lemma, f"block_{spec.name}": block}
     for outs in verdict.output.ok if every_strategy else ():
         if outs != verdict.output_strategy:
             out[f"block_{spec.name}_{outs}"] = lambda o=outs: T.block_theorem(spec, output_strategy=o,
                                                                                 name=f"block_{spec.name}_{o}")
-    out[f"multilayer_{spec.name}"] = lambda: T.multilayer_theorem(spec.name)
+    out[f"multilayer_{spec.name}"] = lambda: T.multilayer_theorem(spec, block())
     return out
 
 
@@ -93,19 +97,20 @@ def theorems_for(target: str) -> dict[str, Builder]:
 
 
 def _with_lemmas(builders: dict[str, Builder], target: str) -> dict[str, Builder]:
+    """The target and the lemmas it cites, lemmas first."""
+    out = {"rank1_lemma": builders["rank1_lemma"]}
     if target.startswith("multilayer_"):
         block = "block_" + target[len("multilayer_"):]
-        return {block: builders[block], target: builders[target]}
-    return {target: builders[target]}
+        out[block] = builders[block]
+    out[target] = builders[target]
+    return out
 
 
 def run(builders: dict[str, Builder], instances: bool = True) -> list[Result]:
+    """Check the theorems in order; each may cite the results of those before it."""
     results: dict[str, Result] = {}
     for name, build in builders.items():
-        t0 = time.perf_counter()
-        res = check(build(), results, instances)
-        res.seconds = time.perf_counter() - t0
-        results[name] = res
+        results[name] = check(build(), results, instances)
     return list(results.values())
 
 
@@ -118,8 +123,6 @@ def summary(results: list[Result], seconds: float) -> dict:
 
 def report(results: list[Result], console: Console, steps: bool = True) -> None:
     """Print each theorem with its hypotheses and checked steps."""
-    from symbolic.printing import pstr
-
     for res in results:
         th = res.theorem
         mark = "[green]verified[/green]" if res.status == VERIFIED else f"[red]{res.status}[/red]"
@@ -129,9 +132,10 @@ def report(results: list[Result], console: Console, steps: bool = True) -> None:
             console.print(f"  [red]{res.message}[/red]", markup=True)
         if not steps:
             continue
-        if th.hypotheses:
-            console.print("  hypotheses: " + "; ".join(h.text() for h in th.hypotheses if h.kind != "definition"),
-                          markup=False)
+        if th.definitions:
+            console.print("  where " + "; ".join(_short(h.text(), 110) for h in th.definitions), markup=False)
+        if th.assumptions:
+            console.print("  hypotheses: " + "; ".join(h.text() for h in th.assumptions), markup=False)
         table = Table("#", "claim", "justification", "status", "instances", show_lines=False)
         for i, (st, sr) in enumerate(zip(th.steps, res.steps, strict=True), 1):
             claim = f"{_short(pstr(st.lhs))} {st.relation} {_short(pstr(st.rhs))}"
@@ -148,8 +152,6 @@ def script_main(names: list[str], argv: list[str] | None = None) -> int:
     steps, exit 0 if all are verified. `--mutate NAME` checks a deliberately wrong variant instead."""
     import argparse
 
-    from symbolic.mutations import MUTATIONS, mutated
-
     parser = argparse.ArgumentParser()
     parser.add_argument("--mutate", choices=sorted(MUTATIONS), help="check a deliberately wrong variant")
     parser.add_argument("--json", action="store_true")
@@ -160,9 +162,9 @@ def script_main(names: list[str], argv: list[str] | None = None) -> int:
     for n in names:
         builders.update(theorems_for(n))
     if args.mutate:
-        lemmas = {"block_gemma3": lambda: T.block_theorem(catalog.load("gemma3"))}
-        builders = lemmas if args.mutate == "multilayer_off_by_one" else {}
-        builders[f"{args.mutate} (mutated)"] = lambda: mutated(args.mutate)
+        th = mutated(args.mutate)
+        builders = {k: b for lemma in th.uses for k, b in theorems_for(lemma).items()}
+        builders[th.name] = lambda: th
     results = run(builders)
     if args.json:
         import json

@@ -16,7 +16,7 @@ from symbolic import theorems as T
 from symbolic.algebra import Dot, MatVec, Vec
 from symbolic.mutations import MUTATIONS, mutated
 from symbolic.proof import VERIFIED, Step, Theorem, check, nonzero
-from symbolic.prover import GENERAL
+from symbolic.prover import GENERAL, run, theorems_for
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,14 +45,41 @@ def test_prove_all_verifies_every_theorem(prove_all):
     print(f"prove all: {len(out['theorems'])} theorems in {out['seconds']} s")
 
 
+def test_multilayer_carries_the_block_side_conditions():
+    """The induction step cites the block theorem and lists its side conditions at layer l."""
+    block = T.block_theorem(catalog.load("gemma3"))
+    multi = T.multilayer_theorem(catalog.load("gemma3"), block)
+    texts = {h.text() for h in multi.assumptions}
+    assert {"z_l != 0", "every coordinate of f_C_l != 0"} <= texts, texts
+    assert multi.steps[0].lemma == "block_gemma3" and multi.uses == ("block_gemma3",)
+    lemmas = {"rank1_lemma": check(T.rank1_lemma(), instances=False)}
+    lemmas["block_gemma3"] = check(block, lemmas, instances=False)
+    assert check(multi, lemmas, instances=False).status == VERIFIED
+    weaker = replace(multi, hypotheses=tuple(h for h in multi.hypotheses if h.text() != "z_l != 0"))
+    res = check(weaker, lemmas, instances=False)
+    assert res.status != VERIFIED and "z_l" in res.message
+
+
+def test_negative_results_have_concrete_bounds():
+    th = T.negative_bounded_activation()
+    assert not th.rhs.free_symbols and check(th).status == VERIFIED
+
+
+def test_block_theorems_keep_sigma_opaque():
+    th = T.block_theorem(catalog.load("gemma3"))
+    text = " ".join(h.text() for h in th.hypotheses)
+    assert "sigma(" in text and "tanh" not in text and "every elementwise sigma" in th.title
+
+
 @pytest.mark.parametrize("name", sorted(MUTATIONS))
 def test_every_mutation_is_rejected(name):
-    lemmas = {}
-    if name == "multilayer_off_by_one":
-        lemmas["block_gemma3"] = check(T.block_theorem(catalog.load("gemma3")))
-    res = check(mutated(name), lemmas)
-    assert res.status != VERIFIED, (name, res.message)
-    assert res.message  # names the failing step
+    th = mutated(name)
+    builders = {k: b for lemma in th.uses for k, b in theorems_for(lemma).items()}
+    lemmas = {r.theorem.name: r for r in run(builders, instances=False)}
+    assert all(r.status == VERIFIED for r in lemmas.values())  # a kill must come from the mutation itself
+    res = check(th, lemmas)
+    assert res.status not in (VERIFIED, "unchecked"), (name, res.message)
+    assert res.message.startswith("step ") or res.message.startswith("ill-formed")  # names the failing step
 
 
 def test_at_least_ten_mutations():
@@ -101,6 +128,7 @@ def test_inequality_relations_must_compose():
     th = T.negative_rmsnorm_ball()
     assert check(th).status == VERIFIED
     assert check(replace(th, relation="=")).status != VERIFIED
+    assert check(replace(th, relation="<=")).status == VERIFIED  # < entails <=
 
 
 def test_every_script_runs_and_exits_0():
