@@ -177,6 +177,18 @@ def relative_sizes(patches: dict, references: dict) -> dict:
     return out
 
 
+def ill_conditioned(patches: dict, references: dict, dtype=None) -> bool:
+    r"""Whether some patch has $\lVert\Delta P\rVert / \lVert P\rVert \cdot \epsilon > 10^{-3}$
+    (`warn_ill_conditioned`'s test), with $\epsilon$ of `dtype` (the dtype the patched parameters are
+    stored in; default: the references')."""
+    for name, size in relative_sizes(patches, references).items():
+        xp = array_namespace(size)
+        eps = float(xp.finfo(dtype).eps) if dtype is not None else _eps(references[name])
+        if float(xp.max(size)) * eps > ILL_CONDITIONED:
+            return True
+    return False
+
+
 def warn_ill_conditioned(patches: dict, references: dict, layer: str = "") -> None:
     r"""Warn when $\lVert\Delta P\rVert / \lVert P\rVert \cdot \epsilon > 10^{-3}$ at some token: the rounding of
     the patched parameter (or of the signal it multiplies) can then cost up to that relative error."""
