@@ -560,7 +560,10 @@ class Deriver:
         solve_for("Lagrange: d/dy_k [(gamma_k y_k - t_k)^2 - mu (y_k^2 - 1)] = 0",
                   sp.diff(lagrangian, yk), sp.S.Zero, yk, steps, "output", "mlp_post_norm", "stable")
         t = self.t_atom()
-        y = self.define("y", RmsInverse(t, gamma))
+        # gamma_i = 0 (real Gemma 3 270M): the minimizer has y_i = 0, so f*_i = 0 and no remainder
+        # reaches t_i. Invert against gamma with those coordinates set to RMS(gamma): the remainder
+        # formula below is unchanged (exact for every unit-RMS y), and gives them their scale entry.
+        y = self.define("y", RmsInverse(t, self._nonzero_scale(gamma)))
         h_star = self.define("h_star", sp.sqrt(Mean(self.h_C**2)) * y)
         first, P2 = self._down("W_down", h_star, "stable", steps)
         # mean(y^2) = 1 by construction, so f(h*) = RMS(h_C) y / sqrt(RMS(h_C)^2 + eps).
@@ -572,6 +575,13 @@ class Deriver:
         sym = self.P["mlp_post_norm.scale"]
         return [first, PatchFormula("mlp_post_norm.scale", "vector", d_sol)], \
             P2.patched(**{"mlp_post_norm.scale": sym + d_sol})
+
+    def _nonzero_scale(self, gamma: sp.Expr) -> Vec:
+        r"""$\tilde\gamma_i = \gamma_i$ where $\gamma_i \ne 0$, else $\sqrt{\mathrm{mean}(\gamma^2)}$: a scale with no
+        zero coordinate, for the strategies that aim at the target through $\gamma$."""
+        # 1 - H(gamma^2) (H(0) = 0) is 1 exactly where gamma_i = 0 and 0 exactly elsewhere.
+        zero = 1 - sp.Heaviside(gamma**2, 0)
+        return self.define("gamma_nz", gamma + sp.sqrt(Mean(gamma**2)) * zero)
 
     def patched_output(self, P: Params) -> sp.Expr:
         """y of the run with parameters P, fed the contextual hidden activations (atoms kept)."""

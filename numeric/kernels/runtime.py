@@ -41,11 +41,21 @@ def rms_inverse(t, gamma):
     Stationarity gives $y_k = \gamma_k t_k / (\gamma_k^2 - \mu)$ with $\mu < \min_k \gamma_k^2$
     solving $\mathrm{mean}\big((\gamma_k t_k)^2 / (\gamma_k^2 - \mu)^2\big) = 1$ (increasing in
     $\mu$: bisection). Hard case (on real Gemma activations): no pull on the coordinates of minimal
-    $\gamma_k^2$ and the secular function below 1 at $\min\gamma^2$: take $\mu = \min\gamma^2$ and
-    spread the missing norm over the minimal coordinates. arXiv:2511.17864, Appendix B.
+    $\gamma_k^2$ and the secular function below 1 at $\min\gamma^2$ (no root below it): take
+    $\mu = \min\gamma^2$, the regular formula elsewhere, and spread the missing norm
+    $d\,(1 - \mathrm{mean}_{k \notin K}(\gamma_k t_k / (\gamma_k^2 - \mu))^2)$ equally over the minimal
+    coordinates K (the trust-region "hard case"). arXiv:2511.17864, Appendix B. Solved in float64
+    (as the paper prescribes), returned in t's dtype.
     """
     xp = array_namespace(t)
-    g = xp.broadcast_to(xp.astype(gamma, t.dtype) if hasattr(gamma, "dtype") else gamma, t.shape)
+    wide = xp.astype(t, xp.float64)
+    g = xp.broadcast_to(xp.astype(gamma, xp.float64) if hasattr(gamma, "dtype") else gamma, t.shape)
+    return xp.astype(_rms_inverse_wide(wide, g), t.dtype)
+
+
+def _rms_inverse_wide(t, g):
+    """`rms_inverse` on float64 arrays, g already broadcast to t's shape."""
+    xp = array_namespace(t)
     n = t.shape[-1]
     c2 = (g * t) ** 2
     g2 = g**2
@@ -72,7 +82,10 @@ def rms_inverse(t, gamma):
     y = g * t / xp.where(regular | ~hard, g2 - mu, ones)
     missing = xp.clip(n * (1 - at_min), min=0.0)
     fill = xp.sqrt(missing / xp.sum(xp.astype(minimal, t.dtype), axis=-1, keepdims=True))
-    return xp.where(hard & minimal, fill * ones, y)
+    y = xp.where(hard & minimal, fill * ones, y)
+    # Near the hard case gamma_k^2 - mu cancels (mu within ulps of min gamma^2): mean(y^2) = 1 only to
+    # ~1e-7. Every unit-RMS y makes the stable patch exact, so restore the constraint to round-off.
+    return y / xp.sqrt(xp.mean(y**2, axis=-1, keepdims=True))
 
 
 # --------------------------------------------------------------------------- checks
