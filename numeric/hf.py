@@ -481,6 +481,7 @@ COMPUTED_IN = ("model", "kernel")
 PROBES = 2  # random input directions of the amplification measure
 FD_STEP = 1e-3  # relative step of the central differences of `amplification`
 TIE = 1.1  # amplifications within 10% are equal (random directions): the checker's order decides
+ACCEPT = 1.5  # a layer's previous choice is kept while it amplifies perturbations at most this much
 
 
 def resolve(model, strategy: str | None = None, input_strategy: str | None = None):
@@ -552,7 +553,9 @@ class Patcher:
     """Computes one layer's patches for a few tokens: each token's exact strategy of least amplification.
 
     ``kernels`` are the candidate strategies (one when a strategy is named); ``patch_dtype`` computes
-    the patches in a wider dtype and stores them in the model's.
+    the patches in a wider dtype and stores them in the model's. To save time, the strategy a layer
+    chose for the previous token is tried first and kept, without trying the others, while its
+    patch is well conditioned and its amplification at most `ACCEPT` (``memory``).
     """
 
     model: object
@@ -560,6 +563,7 @@ class Patcher:
     spec: BlockSpec
     kernels: dict
     patch_dtype: torch.dtype | None = None
+    memory: dict = field(default_factory=dict)  # layer -> the strategy its previous token chose
 
     def layer(self, n: int, u: torch.Tensor, target: torch.Tensor, x: torch.Tensor | None) -> LayerPatches:
         """LayerPatches of layer n for u, target (T, d) (x: the MLP input of a parallel block)."""
@@ -585,7 +589,8 @@ class Patcher:
         from numeric.kernels.runtime import warn_ill_conditioned
 
         found, first_error, reference = [], None, None
-        for name, kernel in self.kernels.items():
+        last = self.memory.get(n)
+        for name, kernel in sorted(self.kernels.items(), key=lambda item: item[0] != last):  # last choice first
             try:
                 patches = _quiet(kernel.block_patches, params, u, target, layer=str(n), **_x(x))
             except PatchConditionError as exc:
@@ -596,9 +601,12 @@ class Patcher:
             amp = float(amplification(kernel, params, patches, u, x, self.adapter.mode, reference)[0])
             ill = self._ill(kernel, params, patches)
             found.append((ill, amp, name, patches))
+            if name == last and not ill and amp <= ACCEPT:
+                break  # the layer's previous choice still does not amplify: keep it
         if not found:
             raise PatchConditionError(first_error.condition, [j], first_error.layer)
         ill, amp, name, patches = _choose(found)
+        self.memory[n] = name
         warn_ill_conditioned(patches, self.kernels[name].references(params), str(n))
         return name, amp, patches
 
@@ -662,7 +670,8 @@ def _combine(layer, tokens: list[LayerPatches]) -> LayerPatches:
 @torch.no_grad()
 def absorb_context(model, context_ids: torch.Tensor, query_ids: torch.Tensor, keep_positions: bool = False,
                    strategy: str | None = None, input_strategy: str | None = None,
-                   patch_dtype: torch.dtype | None = None, computed_in: str | None = None) -> PatchSet:
+                   patch_dtype: torch.dtype | None = None, computed_in: str | None = None,
+                   memory: dict | None = None) -> PatchSet:
     """Per-token, per-layer patches that make the query-alone run reproduce the run with the context.
 
     ``keep_positions=True`` runs each query token alone at its absolute position (the paper's
@@ -677,6 +686,8 @@ def absorb_context(model, context_ids: torch.Tensor, query_ids: torch.Tensor, ke
     written into its weights, and layer n's patches are computed from the u those modules produce,
     so `PatchSet.materialized_logits()` reproduces the contextual run. ``"kernel"`` (the default for
     encoders): one pass in which the kernels apply the patches factored (`PatchSet.logits()`).
+    ``memory``: {layer: strategy} the default tries first, updated with its choices; pass the same
+    dict to successive calls (one token each, as the paper's protocol does) to save their time.
     """
     _check_ids(context_ids, query_ids, model)
     adapter, spec, kernel = resolve(model, strategy, input_strategy)
@@ -686,7 +697,8 @@ def absorb_context(model, context_ids: torch.Tensor, query_ids: torch.Tensor, ke
     if computed_in == "model" and adapter.encoder and not keep_positions:
         raise SpecError("computed_in='model' runs the query token by token, which an encoder (every token sees "
                         "the later ones) cannot do; use keep_positions=True or computed_in='kernel'")
-    patcher = Patcher(model, adapter, spec, candidate_kernels(spec, strategy, input_strategy), patch_dtype)
+    patcher = Patcher(model, adapter, spec, candidate_kernels(spec, strategy, input_strategy), patch_dtype,
+                      {} if memory is None else memory)
     c, q = context_ids.shape[1], query_ids.shape[1]
     bases, _ = contextual_bases(model, adapter, torch.cat([context_ids, query_ids], 1))
     targets = [b[c:] for b in bases]

@@ -73,11 +73,13 @@ def _rms_inverse_wide(t, g):
     hard = (c2_min == 0) & (at_min < 1)
     lo = g2min - xp.sqrt(xp.mean(c2, axis=-1, keepdims=True)) - 1.0
     hi = g2min
-    for _ in range(RMS_INVERSE_ITERATIONS):
+    for i in range(RMS_INVERSE_ITERATIONS):
         mid = (lo + hi) / 2
         big = secular(mid) > 1
         hi = xp.where(big, mid, hi)
         lo = xp.where(big, lo, mid)
+        if i % 16 == 15 and not bool(xp.any((lo < (lo + hi) / 2) & ((lo + hi) / 2 < hi))):
+            break  # every bracket is down to adjacent floats
     mu = xp.where(hard, g2min, lo)
     y = g * t / xp.where(regular | ~hard, g2 - mu, ones)
     missing = xp.clip(n * (1 - at_min), min=0.0)
