@@ -484,6 +484,13 @@ TIE = 1.1  # amplifications within 10% are equal (random directions): the checke
 ACCEPT = 1.5  # a layer's previous choice is kept while it amplifies perturbations at most this much
 
 
+def last_logits_only(model) -> dict:
+    """Ask a causal LM for the last position's logits only (the contextual pass needs the states)."""
+    import inspect
+
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+
+
 def resolve(model, strategy: str | None = None, input_strategy: str | None = None):
     adapter = adapter_for(model)
     spec = spec_for(model, adapter)
@@ -700,7 +707,7 @@ def absorb_context(model, context_ids: torch.Tensor, query_ids: torch.Tensor, ke
     patcher = Patcher(model, adapter, spec, candidate_kernels(spec, strategy, input_strategy), patch_dtype,
                       {} if memory is None else memory)
     c, q = context_ids.shape[1], query_ids.shape[1]
-    bases, _ = contextual_bases(model, adapter, torch.cat([context_ids, query_ids], 1))
+    bases, _ = contextual_bases(model, adapter, torch.cat([context_ids, query_ids], 1), **last_logits_only(model))
     targets = [b[c:] for b in bases]
     positions = torch.arange(c, c + q)[None] if keep_positions else None
     if computed_in == "kernel" and not keep_positions:
