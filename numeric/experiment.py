@@ -95,7 +95,7 @@ def _patched_logits(model, prefix, strategy, patch_dtype, applied: str, memory: 
     """The last token alone at its absolute position, patched: its next-token logits (float32)."""
     computed_in = "model" if applied == "materialized" else "kernel"
     ps = absorb_context(model, prefix[:, :-1], prefix[:, -1:], keep_positions=True, strategy=strategy,
-                        patch_dtype=patch_dtype, computed_in=computed_in, memory=memory)
+                        patch_dtype=patch_dtype, computed_in=computed_in, memory=memory, measure=False)
     logits = ps.materialized_logits() if applied == "materialized" else ps.logits()
     return logits[0, -1].float(), ps
 

@@ -262,7 +262,7 @@ class PatchSet:
         return out.last_hidden_state
 
     @torch.no_grad()
-    def materialized_logits(self) -> torch.Tensor:
+    def materialized_logits(self, layers: int | None = None) -> torch.Tensor:
         r"""(1, q, vocab): the query run by the model's own modules with the patches written into its weights.
 
         For query token $j$ every patched parameter $P$ of every layer becomes
@@ -271,16 +271,21 @@ class PatchSet:
         (from position 0), so token $j$ attends to the states the earlier query tokens produced
         with *their own* patched weights; with ``keep_positions`` each token runs alone at its
         absolute position. Every parameter is restored afterwards. Decoders only (an encoder's
-        tokens see later tokens, which a per-token weight cannot express).
+        tokens see later tokens, which a per-token weight cannot express). ``layers``: write the
+        patches of the first `layers` layers only (the others keep their weights; a depth study).
         """
-        return torch.cat([o.logits for o in self._materialized()], 1)
+        if self.adapter.encoder and self.positions is None:
+            raise SpecError("materialized_logits runs the query token by token, which an encoder cannot do "
+                            "(every token sees the later ones); absorb with keep_positions=True")
+        return torch.cat([o.logits for o in self._materialized(layers)], 1)
 
-    def _materialized(self) -> list:
+    def _materialized(self, upto: int | None = None) -> list:
         layers = _get(self.model, self.adapter.layers)
+        upto = len(layers) if upto is None else upto
         outs, cache = [], None
         for j in range(self.query_ids.shape[1]):
             def dense(n, u, x, j=j):
-                return dense_parameters(layers[n], self.layers[n], j)
+                return dense_parameters(layers[n], self.layers[n], j) if n < upto else {}
 
             ids = self.query_ids[:, j:j + 1]
             if self.positions is None:
@@ -571,6 +576,7 @@ class Patcher:
     kernels: dict
     patch_dtype: torch.dtype | None = None
     memory: dict = field(default_factory=dict)  # layer -> the strategy its previous token chose
+    measure: bool = True  # the amplification of a single candidate too (a choice always measures)
 
     def layer(self, n: int, u: torch.Tensor, target: torch.Tensor, x: torch.Tensor | None) -> LayerPatches:
         """LayerPatches of layer n for u, target (T, d) (x: the MLP input of a parallel block)."""
@@ -584,7 +590,8 @@ class Patcher:
         if len(self.kernels) == 1:
             name, kernel = next(iter(self.kernels.items()))
             patches = kernel.block_patches(params, cast(u), cast(target), layer=str(n), **_x(cast(x)))
-            amp = amplification(kernel, params, patches, cast(u), cast(x), self.adapter.mode)
+            amp = amplification(kernel, params, patches, cast(u), cast(x), self.adapter.mode) if self.measure \
+                else torch.full((u.shape[0],), float("nan"))
             return self._store(layer, params, [name] * u.shape[0], amp.tolist(), [patches], u.dtype, batched=True)
         chosen = [self._best(n, params, cast(u[j:j + 1]), cast(target[j:j + 1]),
                              None if x is None else cast(x[j:j + 1]), j) for j in range(u.shape[0])]
@@ -678,7 +685,7 @@ def _combine(layer, tokens: list[LayerPatches]) -> LayerPatches:
 def absorb_context(model, context_ids: torch.Tensor, query_ids: torch.Tensor, keep_positions: bool = False,
                    strategy: str | None = None, input_strategy: str | None = None,
                    patch_dtype: torch.dtype | None = None, computed_in: str | None = None,
-                   memory: dict | None = None) -> PatchSet:
+                   memory: dict | None = None, measure: bool = True) -> PatchSet:
     """Per-token, per-layer patches that make the query-alone run reproduce the run with the context.
 
     ``keep_positions=True`` runs each query token alone at its absolute position (the paper's
@@ -695,6 +702,7 @@ def absorb_context(model, context_ids: torch.Tensor, query_ids: torch.Tensor, ke
     encoders): one pass in which the kernels apply the patches factored (`PatchSet.logits()`).
     ``memory``: {layer: strategy} the default tries first, updated with its choices; pass the same
     dict to successive calls (one token each, as the paper's protocol does) to save their time.
+    ``measure=False`` skips the `amplification` of a strategy named explicitly (NaN is recorded).
     """
     _check_ids(context_ids, query_ids, model)
     adapter, spec, kernel = resolve(model, strategy, input_strategy)
@@ -705,7 +713,7 @@ def absorb_context(model, context_ids: torch.Tensor, query_ids: torch.Tensor, ke
         raise SpecError("computed_in='model' runs the query token by token, which an encoder (every token sees "
                         "the later ones) cannot do; use keep_positions=True or computed_in='kernel'")
     patcher = Patcher(model, adapter, spec, candidate_kernels(spec, strategy, input_strategy), patch_dtype,
-                      {} if memory is None else memory)
+                      {} if memory is None else memory, measure)
     c, q = context_ids.shape[1], query_ids.shape[1]
     bases, _ = contextual_bases(model, adapter, torch.cat([context_ids, query_ids], 1), **last_logits_only(model))
     targets = [b[c:] for b in bases]
