@@ -161,12 +161,20 @@ def real_pair_check(model, ctx: torch.Tensor, q: torch.Tensor, strategy: str | N
 
 @torch.no_grad()
 def greedy_with_context(model, ids: torch.Tensor, tokens: int) -> torch.Tensor:
-    """(1, tokens): `model.generate`, greedy, exactly `tokens` new ids (no stop at end of sequence)."""
-    from transformers import GenerationConfig
+    """(1, tokens): `model.generate`, greedy, exactly `tokens` new ids: the model's own generation config
+    minus sampling and minus its end-of-sequence ids (a stop would end the comparison early; the logits
+    are untouched, unlike with ``min_new_tokens``)."""
+    import copy
 
-    cfg = GenerationConfig(max_new_tokens=tokens, min_new_tokens=0, do_sample=False, eos_token_id=None,
-                           pad_token_id=model.config.pad_token_id or 0)
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=cfg)
+    cfg = copy.deepcopy(model.generation_config)
+    cfg.update(max_new_tokens=tokens, do_sample=False, top_k=None, top_p=None, temperature=None,
+               pad_token_id=model.config.pad_token_id or 0)
+    saved, model.generation_config.eos_token_id = model.generation_config.eos_token_id, None
+    cfg.eos_token_id = None
+    try:
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=cfg)
+    finally:
+        model.generation_config.eos_token_id = saved
     return out[:, ids.shape[1]:]
 
 
