@@ -224,16 +224,29 @@ def cmd_hf_check(args) -> int:
         from numeric.hfcheck import hf_check
     except ImportError as exc:  # transformers is the `hf` extra
         raise SpecError(f"hf-check needs transformers ({exc}); install it with `pip install -e '.[hf]'`.") from None
-    out = hf_check(args.model_type, layers=args.layers, context_len=args.context_len, query_len=args.query_len,
-                   dtype=args.dtype, generate=args.generate, keep_positions=args.keep_positions,
-                   strategy=args.strategy, seed=args.seed)
+    from numeric.models import is_model_name
+
+    if is_model_name(args.model_type):  # real pretrained weights: natural-text pairs
+        from numeric.hfcheck import real_check
+
+        out = real_check(args.model_type, dtype=args.dtype, generate=args.generate, strategy=args.strategy)
+    else:
+        out = hf_check(args.model_type, layers=args.layers, context_len=args.context_len, query_len=args.query_len,
+                       dtype=args.dtype, generate=args.generate, keep_positions=args.keep_positions,
+                       strategy=args.strategy, seed=args.seed)
     if args.json:
         _emit(out)
     else:
-        title = f"{out['model_type']} ({out['arch']}), {args.layers} layers, {args.dtype}"
+        title = f"{out['model_type']} ({out['arch']}), {len(out['strategies'])} layers, {args.dtype}"
         table = Table(title=title, show_header=False)
-        table.add_row("patched vs contextual, max relative error",
+        table.add_row("patched vs contextual, max relative error (factored)",
                       f"{out['max_rel_error']:.3e}  (bound {out['bound']:.0e})")
+        if out.get("materialized_rel_error") is not None:
+            table.add_row("written into the model's modules (materialized)", f"{out['materialized_rel_error']:.3e}")
+        for n, (used, amp) in enumerate(zip(out["strategies"], out.get("amplification") or
+                                            [float("nan")] * len(out["strategies"]), strict=True)):
+            table.add_row(f"layer {n} strategy (tokens)", ", ".join(f"{k} ({v})" for k, v in used.items()) +
+                          (f"; amplification {amp:.3g}" if amp == amp else ""))
         table.add_row("unpatched vs contextual", f"{out['unpatched_rel_error']:.3e}")
         if "generation_identical" in out:
             table.add_row(f"greedy generation of {args.generate} tokens identical", str(out["generation_identical"]))
@@ -306,15 +319,24 @@ def cmd_mutate(args) -> int:
 def cmd_experiment(args) -> int:
     """The seed paper's generation experiment on the trained fixture or any local causal LM."""
     try:
-        from numeric.experiment import FIXTURE, run
+        from numeric.experiment import FIXTURE, run, run_all
+        from numeric.models import MODELS, is_model_name
     except ImportError as exc:
         raise SpecError(f"experiment needs transformers ({exc}); install it with `pip install -e '.[hf]'`.") from None
-    path = Path(args.model) if args.model else FIXTURE
-    if not (path / "config.json").exists():
+    name = args.model if args.model and is_model_name(args.model) else None
+    path = None if name else (Path(args.model) if args.model else FIXTURE)
+    if path is not None and not (path / "config.json").exists():
         raise SpecError(f"--model {path}: no config.json there. Allowed: a local folder saved with "
-                        "`save_pretrained` (weights, config and tokenizer); downloads are not attempted.")
-    patch_dtype = args.patch_dtype or ("float32" if args.strategy == "stable" and args.dtype == "bfloat16" else None)
-    out = run(model_path=path, dtype=args.dtype, strategy=args.strategy, tokens=args.tokens, patch_dtype=patch_dtype)
+                        f"`save_pretrained` (weights, config and tokenizer), or a name: {', '.join(MODELS)}; "
+                        "downloads are not attempted.")
+    if args.json and args.dtype is None and args.strategy is None:  # every setting, factored and materialized
+        _emit(run_all(tokens=args.tokens, model_path=path, model_name=name))
+        return EXIT_OK
+    dtype = args.dtype or "float32"
+    patch_dtype = args.patch_dtype or ("float32" if args.strategy == "stable" and dtype == "bfloat16" else None)
+    out = run(model_path=path, model_name=name, dtype=dtype, strategy=args.strategy, tokens=args.tokens,
+              patch_dtype=patch_dtype)
+    args.dtype = dtype
     if args.json:
         _emit(out)
         return EXIT_OK
@@ -324,7 +346,9 @@ def cmd_experiment(args) -> int:
     for r in out["prompts"]:
         table.add_row(repr(r["prompt"])[:40], f"{r['agreement']:.0%}", f"{r['max_linf']:.2e}", f"{r['mean_linf']:.2e}",
                       "-" if r["first_divergence"] is None else str(r["first_divergence"]))
-    table.add_row("all", f"{out['agreement']:.1%}", f"{out['max_linf']:.2e}", f"{out['mean_linf']:.2e}", "")
+    for how in out["applied"]:
+        f = out[how]
+        table.add_row(f"all, {how}", f"{f['agreement']:.1%}", f"{f['max_linf']:.2e}", f"{f['mean_linf']:.2e}", "")
     console.print(table)
     w = out["largest_scale_patch"]
     if w["layer"] is not None:
@@ -524,9 +548,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kv-heads", type=positive, default=2, help="grouped-query attention when fewer than --heads")
     p.add_argument("--no-rope", action="store_true", help="attention without rotary position embeddings")
     p.add_argument("--seed", type=int, default=0)
-    p = verb("hf-check", cmd_hf_check, "absorb a random context on a tiny random transformers model (no downloads)",
-             "strategy")
-    p.add_argument("model_type", metavar="MODEL_TYPE", help="a transformers model type, e.g. gemma3_text, llama, gpt2")
+    p = verb("hf-check", cmd_hf_check, "absorb a context on a tiny random transformers model (no downloads) or on a "
+             "real pretrained model by name", "strategy")
+    p.add_argument("model_type", metavar="MODEL_TYPE", help="a transformers model type, e.g. gemma3_text, llama, "
+                   "gpt2, or a real model by name: gemma3-270m, smollm2-135m")
     p.add_argument("--layers", type=positive, default=2)
     p.add_argument("--context-len", type=positive, default=6)
     p.add_argument("--query-len", type=positive, default=5)
@@ -548,8 +573,10 @@ def build_parser() -> argparse.ArgumentParser:
     verb("mutate", cmd_mutate, "mutation testing: wrong formulas, proofs and kernels that prove/validate must catch")
     p = verb("experiment", cmd_experiment, "the paper's generation experiment: each token alone at its absolute "
              "position, patched, vs the model with the prompt (greedy, forced on the baseline history)", "strategy")
-    p.add_argument("--model", metavar="PATH", help="a local causal LM folder (default: the trained fixture)")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float64"], default="float32")
+    p.add_argument("--model", metavar="NAME_OR_PATH", help="gemma3-270m, smollm2-135m or a local causal LM "
+                   "folder (default: the trained fixture)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float64"],
+                   help="default float32; with --json and neither --dtype nor --strategy: every setting")
     p.add_argument("--patch-dtype", choices=["float32", "bfloat16", "float64"],
                    help="dtype the patches are computed in (default: the model's; float32 for stable in bfloat16)")
     p.add_argument("--tokens", type=positive, default=20)

@@ -5,7 +5,11 @@ current last token is run ALONE at its absolute position, without the prompt and
 with per-layer patches recomputed for that token (`absorb_context(..., keep_positions=True)`), and its
 next-token logits are compared with the baseline's: top-1 agreement and the L-infinity difference
 of the logits. After a mismatch the continuation is forced on the baseline's history, as the paper
-does, so every step is measured on the same prefix.
+does, so every step is measured on the same prefix. Every step is measured twice: the patches
+applied by the kernels (``factored``, computed in the kernels' arithmetic) and written into the
+model's own modules (``materialized``, computed in the model's arithmetic: Algorithm 1).
+`run_all` runs the paper's three settings (float32, naive and stable bfloat16) both ways; the seed
+(`SEED`) and torch's thread count are recorded with the figures.
 
 `run(model, tokenizer, ...)` works for any transformers causal LM with an adapter (`numeric.hf`),
 e.g. Gemma 3 1B on disk; the committed fixture `numeric/fixtures/tiny_gemma3` is a small Gemma 3
@@ -19,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from numeric.hf import absorb_context
+from numeric.hf import absorb_context, last_logits_only
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "tiny_gemma3"
 PROMPTS = (
@@ -48,34 +52,71 @@ def _ids(tokenizer, prompt: str) -> torch.Tensor:
     return ids
 
 
+APPLIED = ("factored", "materialized")
+#: Natural text for real pretrained models: facts, code, a short story, a list, a dialogue.
+REAL_PROMPTS = (
+    "The capital of France is Paris, and the capital of Japan is",
+    "def fibonacci(n):\n    if n < 2:\n        return n\n    return",
+    "Once upon a time, a little fox lived at the edge of a dark forest. One morning she",
+    "Shopping list:\n1. Milk\n2. Eggs\n3.",
+    "Alice: Hi Bob, how was your weekend?\nBob:",
+)
+#: The paper's three settings: float32, naive bfloat16 (Theorem 1 computed in bfloat16), stable
+#: bfloat16 (Appendix B, patches computed in float32); (dtype, strategy, patch dtype).
+SETTINGS = (("float32", None, None), ("bfloat16", "norm_vector", None), ("bfloat16", "stable", "float32"))
+SEED = 0
+
+
 @torch.no_grad()
-def run_prompt(model, ids: torch.Tensor, tokens: int, strategy: str | None, patch_dtype) -> dict:
-    prefix = ids
+def run_prompt(model, ids: torch.Tensor, tokens: int, strategy: str | None, patch_dtype,
+               applied: tuple[str, ...] = APPLIED) -> dict:
+    """Greedy baseline WITH the prompt; each step's last token alone, patched, applied as asked."""
+    prefix, memory = ids, {}
     steps = []
     for _ in range(tokens):
-        full = model(prefix).logits[0, -1].float()
+        full = model(prefix, **last_logits_only(model)).logits[0, -1].float()
         base = int(full.argmax())
-        ps = absorb_context(model, prefix[:, :-1], prefix[:, -1:], keep_positions=True, strategy=strategy,
-                            patch_dtype=patch_dtype)
-        patched = ps.logits()[0, -1].float()
-        steps.append({"token": base, "patched_token": int(patched.argmax()), "agree": int(patched.argmax()) == base,
-                      "linf": float((patched - full).abs().max()), "patch": _largest_scale_patch(ps)})
+        step = {"token": base}
+        for how in applied:
+            patched, ps = _patched_logits(model, prefix, strategy, patch_dtype, how, memory)
+            step[how] = {"patched_token": int(patched.argmax()), "agree": int(patched.argmax()) == base,
+                         "linf": float((patched - full).abs().max())}
+        step["patch"] = _largest_scale_patch(ps)
+        steps.append(step)
         prefix = torch.cat([prefix, torch.tensor([[base]])], 1)  # forced on the baseline's history
+    out = {"steps": steps}
+    for how in applied:
+        out[how] = _figures([s[how] for s in steps])
+    out.update(out[applied[-1]])  # the flat figures: the materialized run when it was measured
+    return out
+
+
+def _patched_logits(model, prefix, strategy, patch_dtype, applied: str, memory: dict):
+    """The last token alone at its absolute position, patched: its next-token logits (float32)."""
+    computed_in = "model" if applied == "materialized" else "kernel"
+    ps = absorb_context(model, prefix[:, :-1], prefix[:, -1:], keep_positions=True, strategy=strategy,
+                        patch_dtype=patch_dtype, computed_in=computed_in, memory=memory, measure=False)
+    logits = ps.materialized_logits() if applied == "materialized" else ps.logits()
+    return logits[0, -1].float(), ps
+
+
+def _figures(steps: list[dict]) -> dict:
     agree = [s["agree"] for s in steps]
     return {"agreement": sum(agree) / len(agree), "max_linf": max(s["linf"] for s in steps),
             "mean_linf": sum(s["linf"] for s in steps) / len(steps),
-            "first_divergence": next((i for i, a in enumerate(agree) if not a), None), "steps": steps}
+            "first_divergence": next((i for i, a in enumerate(agree) if not a), None)}
 
 
 def _largest_scale_patch(ps) -> dict:
-    """Where a scale patch is largest against its scale: |dw_i| / |gamma_i|, with layer and coordinate."""
+    """Where a scale patch is largest against its scale: |dw_i| / |gamma_i|, with layer and coordinate
+    (the last query token's patches)."""
     from numeric.hf import layer_params
 
     best = {"ratio": 0.0, "layer": None, "coordinate": None, "param": None}
     layers = ps.model.get_submodule(ps.adapter.layers)
     for n, lp in enumerate(ps.layers):
         references = ps.kernel.references(layer_params(layers[n], ps.adapter))  # gamma = 1 + w where stored so
-        for canon, fields in lp.factored.items():
+        for canon, fields in lp.token(len(lp.strategies) - 1).items():
             if "delta" not in fields or not canon.endswith(".scale"):
                 continue
             gamma = references[canon].float()
@@ -87,13 +128,18 @@ def _largest_scale_patch(ps) -> dict:
 
 
 def run(model=None, tokenizer=None, dtype: str = "float32", strategy: str | None = None, tokens: int = 20,
-        prompts=PROMPTS, model_path: str | Path | None = None, patch_dtype: str | None = None) -> dict:
-    """The protocol on every prompt; per prompt and overall figures (see the module docstring)."""
+        prompts=None, model_path: str | Path | None = None, patch_dtype: str | None = None,
+        applied: tuple[str, ...] = APPLIED, model_name: str | None = None) -> dict:
+    """The protocol on every prompt; per prompt and overall figures (see the module docstring).
+
+    The model: `model` (moved to `dtype`), a real model by name (``model_name``, `numeric.models`;
+    its prompts default to `REAL_PROMPTS`), a local folder (``model_path``) or the committed
+    fixture. ``applied``: patches applied by the kernels (``factored``) and/or written into the
+    model's own modules (``materialized``); the flat figures are those of the last one.
+    """
     t0 = time.perf_counter()
-    if model is None:
-        model, tokenizer = load(model_path, dtype)
-    else:
-        model = model.to(DTYPES[dtype])
+    torch.manual_seed(SEED)
+    model, tokenizer, label, prompts = _model(model, tokenizer, dtype, model_path, model_name, prompts)
     import warnings
 
     from numeric.kernels.runtime import IllConditionedPatchWarning
@@ -103,16 +149,76 @@ def run(model=None, tokenizer=None, dtype: str = "float32", strategy: str | None
     with warnings.catch_warnings(record=True) as caught:  # counted and reported, not printed per token
         warnings.simplefilter("always", IllConditionedPatchWarning)
         for prompt in prompts:
-            r = run_prompt(model, _ids(tokenizer, prompt), tokens, strategy, pd)
+            r = run_prompt(model, _ids(tokenizer, prompt), tokens, strategy, pd, applied)
             r["prompt"] = prompt
             r["baseline_text"] = tokenizer.decode([s["token"] for s in r["steps"]])
             rows.append(r)
     ill = sum(issubclass(w.category, IllConditionedPatchWarning) for w in caught)
     steps = [s for r in rows for s in r["steps"]]
     worst = max((s["patch"] for s in steps), key=lambda p: p["ratio"])
-    return {"model": str(model_path or FIXTURE), "model_type": model.config.model_type, "dtype": dtype,
-            "strategy": strategy or "default", "patch_dtype": patch_dtype or dtype, "tokens": tokens,
-            "agreement": sum(s["agree"] for s in steps) / len(steps), "max_linf": max(s["linf"] for s in steps),
-            "mean_linf": sum(s["linf"] for s in steps) / len(steps), "prompts": rows,
-            "largest_scale_patch": worst, "ill_conditioned_warnings": ill,
+    out = {"model": label, "model_type": model.config.model_type, "dtype": dtype,
+           "strategy": strategy or "default", "patch_dtype": patch_dtype or dtype, "tokens": tokens,
+           "applied": list(applied), "prompts": rows, "largest_scale_patch": worst,
+           "ill_conditioned_warnings": ill, "seed": SEED, "torch_threads": torch.get_num_threads()}
+    for how in applied:
+        out[how] = _figures([s[how] for s in steps])
+    out.update(out[applied[-1]])
+    out["seconds"] = round(time.perf_counter() - t0, 2)
+    return out
+
+
+def _model(model, tokenizer, dtype: str, model_path, model_name, prompts):
+    """(model, tokenizer, label, prompts) from whichever source `run` was given."""
+    if model is not None:
+        return model.to(DTYPES[dtype]), tokenizer, model.config.model_type, prompts or PROMPTS
+    if model_name is not None:
+        from numeric import models
+
+        model, tokenizer = models.load(model_name, dtype)
+        return model, tokenizer, model_name, prompts or REAL_PROMPTS
+    model, tokenizer = load(model_path, dtype)
+    return model, tokenizer, str(model_path or FIXTURE), prompts or PROMPTS
+
+
+def settings_for(model) -> tuple[tuple[str, str | None, str | None], ...]:
+    """`SETTINGS` as far as the model's block offers them: naive bfloat16 falls back to the default
+    strategy without Theorem 1's `norm_vector`; stable bfloat16 is left out without `stable`."""
+    from numeric.hf import resolve
+    from symbolic.controllability import check
+
+    offered = set(check(resolve(model)[1]).output.ok)
+    out = []
+    for dtype, strategy, patch_dtype in SETTINGS:
+        if strategy is None or strategy in offered:
+            out.append((dtype, strategy, patch_dtype))
+        elif strategy == "norm_vector":
+            out.append((dtype, None, patch_dtype))
+    return tuple(out)
+
+
+def run_all(tokens: int = 20, model_path: str | Path | None = None, model_name: str | None = None,
+            prompts=None, applied: tuple[str, ...] = APPLIED) -> dict:
+    """Every setting of `settings_for` (float32, naive and stable bfloat16), each applied factored and
+    materialized: ``runs`` is a list of {dtype, strategy, applied, agreement, max_logit_linf, ...}
+    (DESIGN.md), ``results`` the full figures of every setting. The model is loaded afresh per dtype."""
+    import gc
+
+    t0 = time.perf_counter()
+    results, runs = [], []
+    model, _, _, _ = _model(None, None, "float32", model_path, model_name, prompts)
+    settings = settings_for(model)
+    del model
+    gc.collect()
+    for dtype, strategy, patch_dtype in settings:
+        r = run(dtype=dtype, strategy=strategy, tokens=tokens, prompts=prompts, model_path=model_path,
+                patch_dtype=patch_dtype, applied=applied, model_name=model_name)
+        results.append(r)
+        for how in applied:
+            f = r[how]
+            runs.append({"dtype": dtype, "strategy": r["strategy"], "patch_dtype": r["patch_dtype"], "applied": how,
+                         "agreement": f["agreement"], "max_logit_linf": f["max_linf"],
+                         "mean_logit_linf": f["mean_linf"], "first_divergence": [p[how]["first_divergence"]
+                                                                                 for p in r["prompts"]]})
+    return {"model": results[0]["model"], "model_type": results[0]["model_type"], "tokens": tokens, "runs": runs,
+            "results": results, "seed": SEED, "torch_threads": torch.get_num_threads(),
             "seconds": round(time.perf_counter() - t0, 2)}

@@ -202,16 +202,30 @@ def spec_for(model, adapter: Adapter) -> BlockSpec:
 
 @dataclass
 class LayerPatches:
-    """Patches of one layer for every query token (DESIGN.md, `PatchSet.layers`)."""
+    """Patches of one layer for every query token (DESIGN.md, `PatchSet.layers`).
+
+    ``strategies[j]`` is the output strategy token j's patches were derived with (the default picks,
+    per layer and token, the exact strategy with the smallest amplification, `amplification[j]`).
+    ``factored`` holds the kernel's patches by canonical name, (q, ...) arrays, when every token used
+    the same strategy; ``per_token[j]`` holds token j's alone when they were computed token by token.
+    """
 
     rank1: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
     values: dict[str, torch.Tensor] = field(default_factory=dict)
     factored: dict = field(default_factory=dict)  # the kernel's patches, by canonical name
+    strategies: list[str] = field(default_factory=list)
+    amplification: list[float] = field(default_factory=list)
+    per_token: list[dict] = field(default_factory=list)
+
+    def token(self, j: int) -> dict:
+        """The kernel's factored patches of token j alone, (1, ...) arrays."""
+        return self.per_token[j] if self.per_token else _slice(self.factored, j)
 
 
 @dataclass
 class PatchSet:
-    """Per-layer patches of a query; `logits()` runs the query alone with them (factored)."""
+    """Per-layer patches of a query; `logits()` runs the query alone with them (factored) and
+    `materialized_logits()` with them written into the model's own modules (dense, per token)."""
 
     model: object
     query_ids: torch.Tensor
@@ -220,17 +234,16 @@ class PatchSet:
     spec: BlockSpec
     kernel: object
     positions: torch.Tensor | None = None  # keep_positions: each token alone at its absolute position
+    kernels: dict = field(default_factory=dict)  # output strategy -> kernel module (the default's included)
 
     def _run(self):
+        apply = _LayerKernel(self)
         if self.positions is None:
-            with _patched(self.model, self.adapter, self.kernel, lambda n, u, x: self.layers[n].factored):
+            with _patched(self.model, self.adapter, apply, lambda n, u, x: self.layers[n]):
                 return self.model(self.query_ids)
         outs = []
         for j in range(self.query_ids.shape[1]):
-            def one(n, u, x, j=j):
-                return _slice(self.layers[n].factored, j)
-
-            with _patched(self.model, self.adapter, self.kernel, one):
+            with _patched(self.model, self.adapter, apply, lambda n, u, x, j=j: (self.layers[n], j)):
                 outs.append(self.model(self.query_ids[:, j:j + 1], position_ids=self.positions[:, j:j + 1]))
         return outs
 
@@ -247,6 +260,136 @@ class PatchSet:
         if isinstance(out, list):
             return torch.cat([o.last_hidden_state for o in out], 1)
         return out.last_hidden_state
+
+    @torch.no_grad()
+    def materialized_logits(self, layers: int | None = None) -> torch.Tensor:
+        r"""(1, q, vocab): the query run by the model's own modules with the patches written into its weights.
+
+        For query token $j$ every patched parameter $P$ of every layer becomes
+        $P + U_j V_j^\top$ (`rank1`) or `values[j]`, densely, in the model's own storage and dtype;
+        the model's forward runs unchanged. Tokens go one at a time through the key/value cache
+        (from position 0), so token $j$ attends to the states the earlier query tokens produced
+        with *their own* patched weights; with ``keep_positions`` each token runs alone at its
+        absolute position. Every parameter is restored afterwards. Decoders only (an encoder's
+        tokens see later tokens, which a per-token weight cannot express). ``layers``: write the
+        patches of the first `layers` layers only (the others keep their weights; a depth study).
+        """
+        if self.adapter.encoder and self.positions is None:
+            raise SpecError("materialized_logits runs the query token by token, which an encoder cannot do "
+                            "(every token sees the later ones); absorb with keep_positions=True")
+        return torch.cat([o.logits for o in self._materialized(layers)], 1)
+
+    def _materialized(self, upto: int | None = None) -> list:
+        layers = _get(self.model, self.adapter.layers)
+        upto = len(layers) if upto is None else upto
+        outs, cache = [], None
+        for j in range(self.query_ids.shape[1]):
+            def dense(n, u, x, j=j):
+                return dense_parameters(layers[n], self.layers[n], j) if n < upto else {}
+
+            ids = self.query_ids[:, j:j + 1]
+            if self.positions is None:
+                out = _token_pass(self.model, self.adapter, ids, dense, past_key_values=cache, use_cache=True)
+                cache = out.past_key_values
+            else:
+                out = _token_pass(self.model, self.adapter, ids, dense, position_ids=self.positions[:, j:j + 1])
+            outs.append(out)
+        return outs
+
+
+class _LayerKernel:
+    """`apply` of a layer's factored patches with each token's own strategy kernel (for `_patched`)."""
+
+    def __init__(self, ps: PatchSet):
+        self.ps = ps
+
+    def apply(self, params, which, u, **extra):
+        lp, only = which if isinstance(which, tuple) else (which, None)
+        if only is not None:
+            return self._one(params, lp, only, u, extra)
+        if lp.factored and len(set(lp.strategies)) <= 1:
+            kernel = self.ps.kernels.get(lp.strategies[0], self.ps.kernel) if lp.strategies else self.ps.kernel
+            return kernel.apply(params, lp.factored, u, **extra)
+        rows = [self._one(params, lp, j, u[j:j + 1], {k: v[j:j + 1] for k, v in extra.items()})
+                for j in range(u.shape[0])]
+        return torch.cat(rows)
+
+    def _one(self, params, lp, j, u, extra):
+        kernel = self.ps.kernels.get(lp.strategies[j], self.ps.kernel) if lp.strategies else self.ps.kernel
+        return kernel.apply(params, lp.token(j), u, **extra)
+
+
+def dense_parameters(layer, lp: LayerPatches, j: int) -> dict[str, torch.Tensor]:
+    r"""Token j's patched parameters of one layer, dense: $P + U_j V_j^\top$ for every `rank1` entry
+    (a stacked-expert slice ``name[e]`` included) and ``values[j]``; the sum is formed in at least
+    float32 and rounded once to the parameter's dtype."""
+    out = {}
+    for name, (U, V) in lp.rank1.items():
+        P = parameter_view(layer, name)
+        wide = torch.promote_types(P.dtype, torch.float32)
+        out[name] = (P.to(wide) + torch.outer(U[j].to(wide), V[j].to(wide))).to(P.dtype)  # (a, b)
+    for name, value in lp.values.items():
+        out[name] = value[j].to(parameter_view(layer, name).dtype)
+    return out
+
+
+def parameter_view(layer, name: str) -> torch.Tensor:
+    """The parameter (or the stacked-expert slice ``path[e]``) a patch name refers to, as a view."""
+    path, _, index = name.partition("[")
+    p = layer.get_parameter(path)
+    return p[int(index[:-1])] if index else p
+
+
+def _write(layer, dense: dict[str, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Copy dense values into the layer's parameters; returns (view, original) pairs to restore."""
+    saved = []
+    for name, value in dense.items():
+        view = parameter_view(layer, name)
+        saved.append((view, view.detach().clone()))
+        view.detach().copy_(value)
+    return saved
+
+
+def _restore(saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    for view, original in reversed(saved):
+        view.detach().copy_(original)
+
+
+def _token_pass(model, adapter: Adapter, ids: torch.Tensor, dense_for, **kwargs):
+    """One forward pass of the model's own modules with per-layer dense patches written in.
+
+    At every layer, as soon as the MLP's input u is known (the pre-hook of the u module; of the
+    branch module for a parallel block, once attention has run), ``dense_for(n, u, x)`` gives the
+    dense parameters, which are written into the layer and restored after the branch module. All
+    parameters are restored on exit, also when a patch fails.
+    """
+    state: dict = {}
+    handles = _input_hooks(model, adapter, state)
+    layers = _get(model, adapter.layers)
+    saved: dict[int, list] = {}
+
+    def write(n):
+        def hook(_mod, _args):
+            u, x = _base(state.pop(n), adapter)
+            saved[n] = _write(layers[n], dense_for(n, u, x))
+        return hook
+
+    def restore(n):
+        def hook(_mod, _args, _out):
+            _restore(saved.pop(n, []))
+        return hook
+
+    point = adapter.branch_module if adapter.mode == "parallel" else adapter.u_module
+    for n, layer in enumerate(layers):
+        handles.append(_get(layer, point).register_forward_pre_hook(write(n)))
+        handles.append(_get(layer, adapter.branch_module).register_forward_hook(restore(n)))
+    try:
+        return model(ids, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+        for n in list(saved):
+            _restore(saved.pop(n))
 
 
 def _slice(patches: dict, j: int) -> dict:
@@ -338,98 +481,342 @@ def contextual_bases(model, adapter: Adapter, ids: torch.Tensor, **kwargs) -> tu
     return [_base(record[n], adapter)[0] for n in range(len(record))], out
 
 
+DEFAULT = "default"  # per layer and token: the exact output strategy with the smallest amplification
+COMPUTED_IN = ("model", "kernel")
+PROBES = 2  # random input directions of the amplification measure
+FD_STEP = 1e-3  # relative step of the central differences of `amplification`
+TIE = 1.1  # amplifications within 10% are equal (random directions): the checker's order decides
+ACCEPT = 1.5  # a layer's previous choice is kept while it amplifies perturbations at most this much
+
+
+def last_logits_only(model) -> dict:
+    """Ask a causal LM for the last position's logits only (the contextual pass needs the states)."""
+    import inspect
+
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+
+
 def resolve(model, strategy: str | None = None, input_strategy: str | None = None):
     adapter = adapter_for(model)
     spec = spec_for(model, adapter)
-    return adapter, spec, kernels.load(spec, "torch", strategy, input_strategy)
+    name = None if strategy == DEFAULT else strategy
+    return adapter, spec, kernels.load(spec, "torch", name, input_strategy)
+
+
+def candidate_kernels(spec: BlockSpec, strategy: str | None, input_strategy: str | None = None) -> dict:
+    """{output strategy: kernel}: every exact output strategy of `spec` for the default (``None`` or
+    ``"default"``; the checker's own default first), or the one strategy asked for."""
+    from symbolic.controllability import check
+
+    if strategy not in (None, DEFAULT):
+        k = kernels.load(spec, "torch", strategy, input_strategy)
+        return {k.OUTPUT_STRATEGY: k}
+    verdict = check(spec)
+    first = verdict.output_strategy
+    names = [first] + [n for n in verdict.output.ok if n != first] if first else []
+    return {n: kernels.load(spec, "torch", n, input_strategy) for n in names}
+
+
+def amplification(kernel, params: dict, patches: dict, u: torch.Tensor, x: torch.Tensor | None,
+                  mode: str, reference: torch.Tensor | None = None) -> torch.Tensor:
+    r"""(T,): how much more the patched MLP branch amplifies a perturbation of its input than the original.
+
+    $$ A = \max_k \frac{\lVert J_{\theta+\Delta\theta}(u)\,\eta_k \rVert}{\lVert J_\theta(u)\,\eta_k \rVert} $$
+    with $J_\theta$ the Jacobian of the branch (the sub-block minus the skip; w.r.t. x for a parallel
+    block) and $\eta_k$ fixed random directions, by central differences with a step of $10^{-3}$ of
+    the input's norm (all probes in one batched call; no Jacobian is formed). In Algorithm 1 an error
+    $e_\ell$ of layer $\ell$'s input reaches layer $\ell+1$ as about $(I + J_{\theta+\Delta\theta}) e_\ell$:
+    a patch with a large $A$ (Theorem 1 where $f(h_C)$ has tiny coordinates:
+    $A \approx \max_i |\gamma_i + \Delta\gamma_i| / \max_i|\gamma_i|$) multiplies every rounding
+    difference below it; the default strategy minimizes $A$. ``reference``: the unpatched
+    differences (`branch_response` of ``kernel.forward``), shared by every candidate strategy.
+    """
+    reps = 2 * PROBES
+    rep = {k: {f: torch.cat([v] * reps) for f, v in fs.items()} for k, fs in patches.items()}
+    new = branch_response(kernel.apply, (params, rep), u, x, mode)
+    if reference is None:
+        reference = branch_response(kernel.forward, (params,), u, x, mode)
+    return (new.double().norm(dim=-1) / reference.double().norm(dim=-1).clamp_min(1e-300)).max(0).values  # (T,)
+
+
+def branch_response(fn, args, u: torch.Tensor, x: torch.Tensor | None, mode: str) -> torch.Tensor:
+    """(K, T, d): central differences of the branch `fn(*args, ...)` along K fixed random directions."""
+    base = x if mode == "parallel" else u  # (T, d)
+    T, reps = base.shape[0], 2 * PROBES
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    eta = torch.randn((PROBES, *base.shape), generator=gen, dtype=torch.float64).to(base)  # (K, T, d)
+    eta = eta / eta.norm(dim=-1, keepdim=True) * (FD_STEP * base.norm(dim=-1, keepdim=True))
+    probes = torch.cat([base + eta, base - eta]).reshape(-1, base.shape[-1])  # (2K T, d)
+    others = torch.cat([u] * reps) if mode == "parallel" else (None if x is None else torch.cat([x] * reps))
+    out = _branch(fn, args, others, probes, mode).reshape(2, PROBES, T, -1)
+    return out[0] - out[1]
+
+
+def _branch(fn, args, other, v, mode: str) -> torch.Tensor:
+    """The MLP branch as a function of its perturbed input v (u for sequential blocks, x for parallel)."""
+    if mode == "parallel":
+        return fn(*args, other, x=v)
+    y = fn(*args, v, **_x(other))
+    return y if mode == "post_ln" else y - v
+
+
+@dataclass
+class Patcher:
+    """Computes one layer's patches for a few tokens: each token's exact strategy of least amplification.
+
+    ``kernels`` are the candidate strategies (one when a strategy is named); ``patch_dtype`` computes
+    the patches in a wider dtype and stores them in the model's. To save time, the strategy a layer
+    chose for the previous token is tried first and kept, without trying the others, while its
+    patch is well conditioned and its amplification at most `ACCEPT` (``memory``).
+    """
+
+    model: object
+    adapter: Adapter
+    spec: BlockSpec
+    kernels: dict
+    patch_dtype: torch.dtype | None = None
+    memory: dict = field(default_factory=dict)  # layer -> the strategy its previous token chose
+    measure: bool = True  # the amplification of a single candidate too (a choice always measures)
+
+    def layer(self, n: int, u: torch.Tensor, target: torch.Tensor, x: torch.Tensor | None) -> LayerPatches:
+        """LayerPatches of layer n for u, target (T, d) (x: the MLP input of a parallel block)."""
+        layer = _get(self.model, self.adapter.layers)[n]
+        params = layer_params(layer, self.adapter)
+        target = target.to(device=u.device, dtype=u.dtype)  # accelerate may place layers on several devices
+        wide = self.patch_dtype if self.patch_dtype is not None and self.patch_dtype != u.dtype else None
+        if wide is not None:
+            params = {k: v.to(wide) for k, v in params.items()}
+        cast = (lambda t: t) if wide is None else (lambda t: None if t is None else t.to(wide))  # noqa: E731
+        if len(self.kernels) == 1:
+            name, kernel = next(iter(self.kernels.items()))
+            patches = kernel.block_patches(params, cast(u), cast(target), layer=str(n), **_x(cast(x)))
+            amp = amplification(kernel, params, patches, cast(u), cast(x), self.adapter.mode) if self.measure \
+                else torch.full((u.shape[0],), float("nan"))
+            return self._store(layer, params, [name] * u.shape[0], amp.tolist(), [patches], u.dtype, batched=True)
+        chosen = [self._best(n, params, cast(u[j:j + 1]), cast(target[j:j + 1]),
+                             None if x is None else cast(x[j:j + 1]), j) for j in range(u.shape[0])]
+        return self._store(layer, params, [c[0] for c in chosen], [c[1] for c in chosen], [c[2] for c in chosen],
+                           u.dtype, batched=False)
+
+    def _best(self, n, params, u, target, x, j) -> tuple[str, float, dict]:
+        """Token j's patches by every candidate; the best by (ill-conditioned, amplification)."""
+        from numeric.kernels.runtime import warn_ill_conditioned
+
+        found, first_error, reference = [], None, None
+        last = self.memory.get(n)
+        for name, kernel in sorted(self.kernels.items(), key=lambda item: item[0] != last):  # last choice first
+            try:
+                patches = _quiet(kernel.block_patches, params, u, target, layer=str(n), **_x(x))
+            except PatchConditionError as exc:
+                first_error = first_error or exc
+                continue
+            if reference is None:  # the unpatched branch is the same for every candidate
+                reference = branch_response(kernel.forward, (params,), u, x, self.adapter.mode)
+            amp = float(amplification(kernel, params, patches, u, x, self.adapter.mode, reference)[0])
+            ill = self._ill(kernel, params, patches)
+            found.append((ill, amp, name, patches))
+            if name == last and not ill and amp <= ACCEPT:
+                break  # the layer's previous choice still does not amplify: keep it
+        if not found:
+            raise PatchConditionError(first_error.condition, [j], first_error.layer)
+        ill, amp, name, patches = _choose(found)
+        self.memory[n] = name
+        warn_ill_conditioned(patches, self.kernels[name].references(params), str(n))
+        return name, amp, patches
+
+    def _ill(self, kernel, params, patches) -> bool:
+        """Whether the patch, stored in the model's dtype, is ill-conditioned (`runtime.ILL_CONDITIONED`)."""
+        from numeric.kernels.runtime import ill_conditioned
+
+        return ill_conditioned(patches, kernel.references(params), self.model.dtype)
+
+    def _store(self, layer, params, names, amps, parts, dtype, batched: bool) -> LayerPatches:
+        params = layer_params(layer, self.adapter)  # the stored values are in the model's dtype
+        parts = [{k: {f: v.to(dtype) for f, v in fs.items()} for k, fs in p.items()} for p in parts]
+        if batched:
+            out = _layer_patches(self.adapter, params, self.spec, parts[0])
+        else:
+            out = _combine(layer, [_layer_patches(self.adapter, params, self.spec, p) for p in parts])
+            out.per_token = parts
+            out.factored = _concat(parts) if len(set(names)) == 1 else {}
+        out.strategies, out.amplification = list(names), [float(a) for a in amps]
+        return out
+
+
+def _quiet(fn, *args, **kwargs):
+    """`fn` with `IllConditionedPatchWarning` silenced: a candidate warns only if it is chosen."""
+    import warnings
+
+    from numeric.kernels.runtime import IllConditionedPatchWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", IllConditionedPatchWarning)
+        return fn(*args, **kwargs)
+
+
+def _choose(found: list[tuple[bool, float, str, dict]]) -> tuple[bool, float, str, dict]:
+    """Among (ill, amplification, name, patches): the well-conditioned ones if any, then the least
+    amplification; amplifications within `TIE` of the least count as equal (the checker's order)."""
+    pool = [f for f in found if not f[0]] or found
+    least = min(f[1] for f in pool)
+    return next(f for f in pool if f[1] <= TIE * least)
+
+
+def _x(x) -> dict:
+    return {} if x is None else {"x": x}
+
+
+def _combine(layer, tokens: list[LayerPatches]) -> LayerPatches:
+    """One LayerPatches from per-token ones whose strategies may differ: a token without a rank-1 patch
+    of some parameter gets zero factors, one without a value gets the parameter itself."""
+    out = LayerPatches()
+    for name in dict.fromkeys(k for t in tokens for k in t.rank1):
+        shapes = next(t.rank1[name] for t in tokens if name in t.rank1)
+        pairs = [t.rank1.get(name, (torch.zeros_like(shapes[0]), torch.zeros_like(shapes[1]))) for t in tokens]
+        out.rank1[name] = (torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs]))
+    for name in dict.fromkeys(k for t in tokens for k in t.values):
+        dtype = next(t.values[name].dtype for t in tokens if name in t.values)
+        own = parameter_view(layer, name).detach()[None].to(dtype)  # (1, *shape): the unpatched value
+        out.values[name] = torch.cat([t.values.get(name, own) for t in tokens])
+    return out
 
 
 @torch.no_grad()
 def absorb_context(model, context_ids: torch.Tensor, query_ids: torch.Tensor, keep_positions: bool = False,
                    strategy: str | None = None, input_strategy: str | None = None,
-                   patch_dtype: torch.dtype | None = None) -> PatchSet:
+                   patch_dtype: torch.dtype | None = None, computed_in: str | None = None,
+                   memory: dict | None = None, measure: bool = True) -> PatchSet:
     """Per-token, per-layer patches that make the query-alone run reproduce the run with the context.
 
     ``keep_positions=True`` runs each query token alone at its absolute position (the paper's
     reduced run); the default runs the query alone from position 0. ``patch_dtype`` computes the
     patches in a wider dtype than the model's (e.g. float32 for a bfloat16 model) and stores them in
-    the model's dtype.
+    the model's dtype. ``strategy``: an output strategy by name (``norm_vector`` is the paper's
+    Theorem 1), or ``None``/``"default"``: per layer and token, the exact strategy of least
+    `amplification` (recorded in ``layer.strategies``).
+
+    ``computed_in="model"`` (the default for decoders): Algorithm 1 in the model's arithmetic. The
+    query goes token by token through the model's own modules with each lower layer's patches
+    written into its weights, and layer n's patches are computed from the u those modules produce,
+    so `PatchSet.materialized_logits()` reproduces the contextual run. ``"kernel"`` (the default for
+    encoders): one pass in which the kernels apply the patches factored (`PatchSet.logits()`).
+    ``memory``: {layer: strategy} the default tries first, updated with its choices; pass the same
+    dict to successive calls (one token each, as the paper's protocol does) to save their time.
+    ``measure=False`` skips the `amplification` of a strategy named explicitly (NaN is recorded).
     """
     _check_ids(context_ids, query_ids, model)
     adapter, spec, kernel = resolve(model, strategy, input_strategy)
+    computed_in = computed_in or ("kernel" if adapter.encoder and not keep_positions else "model")
+    if computed_in not in COMPUTED_IN:
+        raise SpecError(f"computed_in must be one of {', '.join(COMPUTED_IN)}, got {computed_in!r}")
+    if computed_in == "model" and adapter.encoder and not keep_positions:
+        raise SpecError("computed_in='model' runs the query token by token, which an encoder (every token sees "
+                        "the later ones) cannot do; use keep_positions=True or computed_in='kernel'")
+    patcher = Patcher(model, adapter, spec, candidate_kernels(spec, strategy, input_strategy), patch_dtype,
+                      {} if memory is None else memory, measure)
     c, q = context_ids.shape[1], query_ids.shape[1]
-    bases, _ = contextual_bases(model, adapter, torch.cat([context_ids, query_ids], 1))
-    n_layers = len(_get(model, adapter.layers))
-    if not keep_positions:
-        stored, _ = _patch_pass(model, adapter, spec, kernel, query_ids, [b[c:] for b in bases],
-                                patch_dtype=patch_dtype)
-        return PatchSet(model, query_ids, stored, adapter, spec, kernel)
-    positions = torch.arange(c, c + q)[None]
-    per_token = []
+    bases, _ = contextual_bases(model, adapter, torch.cat([context_ids, query_ids], 1), **last_logits_only(model))
+    targets = [b[c:] for b in bases]
+    positions = torch.arange(c, c + q)[None] if keep_positions else None
+    if computed_in == "kernel" and not keep_positions:
+        stored, _ = _patch_pass(model, patcher, query_ids, targets)
+        return PatchSet(model, query_ids, stored, adapter, spec, kernel, kernels=patcher.kernels)
+    per_token, cache = [], None
     for j in range(q):
+        kwargs = {"position_ids": positions[:, j:j + 1]} if keep_positions else \
+            {"past_key_values": cache, "use_cache": True}
         try:
-            per_token.append(_patch_pass(model, adapter, spec, kernel, query_ids[:, j:j + 1],
-                                         [b[c + j:c + j + 1] for b in bases], patch_dtype=patch_dtype,
-                                         position_ids=positions[:, j:j + 1])[0])
+            if computed_in == "kernel":
+                lps, _ = _patch_pass(model, patcher, query_ids[:, j:j + 1], [t[j:j + 1] for t in targets], **kwargs)
+            else:
+                lps, out = _materialized_pass(model, patcher, query_ids[:, j:j + 1], [t[j:j + 1] for t in targets],
+                                              **kwargs)
+                cache = out.past_key_values if not keep_positions else None
         except PatchConditionError as exc:  # the run held one token: name it by its index in the query
             raise PatchConditionError(exc.condition, [j], exc.layer) from None
-    layers = []
-    for n in range(n_layers):
-        factored = _concat([t[n].factored for t in per_token])
-        params = layer_params(_get(model, adapter.layers)[n], adapter)
-        layers.append(_layer_patches(adapter, params, spec, factored))
-    return PatchSet(model, query_ids, layers, adapter, spec, kernel, positions)
+        per_token.append(lps)
+    layers = [_merge_tokens(_get(model, adapter.layers)[n], [t[n] for t in per_token])
+              for n in range(len(per_token[0]))]
+    return PatchSet(model, query_ids, layers, adapter, spec, kernel, positions, kernels=patcher.kernels)
 
 
-def _patch_pass(model, adapter, spec, kernel, ids, targets, patch_dtype=None, **kwargs) -> list[LayerPatches]:
-    layers = _get(model, adapter.layers)
-    stored = [LayerPatches() for _ in layers]
+def _merge_tokens(layer, tokens: list[LayerPatches]) -> LayerPatches:
+    """The LayerPatches of q single-token runs as one (q tokens)."""
+    out = _combine(layer, tokens)
+    out.per_token = [t.token(0) for t in tokens]
+    out.strategies = [s for t in tokens for s in t.strategies]
+    out.amplification = [a for t in tokens for a in t.amplification]
+    out.factored = _concat(out.per_token) if len(set(out.strategies)) == 1 else {}
+    return out
+
+
+def _patch_pass(model, patcher: Patcher, ids, targets, **kwargs) -> tuple[list[LayerPatches], object]:
+    """One pass with the kernels applying the patches factored; layer n's from the u this run produces."""
+    stored = [LayerPatches() for _ in _get(model, patcher.adapter.layers)]
 
     def compute(n, u, x):
-        params = layer_params(layers[n], adapter)
-        extra = {} if x is None else {"x": x}
-        target = targets[n].to(device=u.device, dtype=u.dtype)  # accelerate may place layers on several devices
-        if patch_dtype is not None and patch_dtype != u.dtype:  # computed wide, stored in the model's dtype
-            wide = {k: v.to(patch_dtype) for k, v in params.items()}
-            extra = {k: v.to(patch_dtype) for k, v in extra.items()}
-            patches = kernel.block_patches(wide, u.to(patch_dtype), target.to(patch_dtype), layer=str(n), **extra)
-            patches = {k: {f: v.to(u.dtype) for f, v in fs.items()} for k, fs in patches.items()}
-        else:
-            patches = kernel.block_patches(params, u, target, layer=str(n), **extra)
-        stored[n] = _layer_patches(adapter, params, spec, patches)
-        return patches
+        stored[n] = patcher.layer(n, u, targets[n], x)
+        return stored[n]
 
-    with _patched(model, adapter, kernel, compute):
+    apply = _LayerKernel(PatchSet(model, ids, stored, patcher.adapter, patcher.spec, None, kernels=patcher.kernels))
+    with _patched(model, patcher.adapter, apply, compute):
         out = model(ids, **kwargs)
+    return stored, out
+
+
+def _materialized_pass(model, patcher: Patcher, ids, targets, **kwargs) -> tuple[list[LayerPatches], object]:
+    """One token through the model's own modules: layer n's patches computed from the u they produce
+    with the dense patches of the layers below written in, then written into layer n itself."""
+    layers = _get(model, patcher.adapter.layers)
+    stored = [LayerPatches() for _ in layers]
+
+    def dense(n, u, x):
+        stored[n] = patcher.layer(n, u, targets[n], x)
+        return dense_parameters(layers[n], stored[n], 0)
+
+    out = _token_pass(model, patcher.adapter, ids, dense, **kwargs)
     return stored, out
 
 
 @torch.no_grad()
 def generate_without_context(model, context_ids: torch.Tensor, query_ids: torch.Tensor, max_new_tokens: int,
-                             strategy: str | None = None) -> torch.Tensor:
+                             strategy: str | None = None, applied: str = "materialized") -> torch.Tensor:
     """Greedy generation by the model WITHOUT the context, patched afresh for every new token.
 
     Two key/value caches advance one token per step: the contextual run's (to read $u_C$ of the new
     token at every layer) and the patched run's; the new token's patches depend only on its own
     $u$ and $u_C$, so no earlier token is recomputed and a step costs two one-token passes.
+    ``applied="materialized"`` (default): every token's patches are written into the model's own
+    modules (Algorithm 1 in the model's arithmetic); ``"factored"``: the kernels apply them.
     Returns the generated ids, shape (1, max_new_tokens).
     """
     _check_ids(context_ids, query_ids, model)
     if max_new_tokens < 1:
         raise SpecError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
-    adapter, spec, kernel = resolve(model, strategy)
+    if applied not in ("materialized", "factored"):
+        raise SpecError(f"applied must be 'materialized' or 'factored', got {applied!r}")
+    adapter, spec, _ = resolve(model, strategy)
+    patcher = Patcher(model, adapter, spec, candidate_kernels(spec, strategy))
+    step = _materialized_pass if applied == "materialized" else _patch_pass
     c = context_ids.shape[1]
     bases, out_C = contextual_bases(model, adapter, torch.cat([context_ids, query_ids], 1), use_cache=True)
-    _, out_P = _patch_pass(model, adapter, spec, kernel, query_ids, [b[c:] for b in bases], use_cache=True)
-    cache_C, cache_P = out_C.past_key_values, out_P.past_key_values
+    cache_C, cache_P = out_C.past_key_values, None
+    if applied == "factored":
+        _, out_P = step(model, patcher, query_ids, [b[c:] for b in bases], use_cache=True)
+    else:
+        for j in range(query_ids.shape[1]):
+            _, out_P = step(model, patcher, query_ids[:, j:j + 1], [b[c + j:c + j + 1] for b in bases],
+                            past_key_values=cache_P, use_cache=True)
+            cache_P = out_P.past_key_values
+    cache_P = out_P.past_key_values
     tokens = []
-    for step in range(max_new_tokens):
+    for i in range(max_new_tokens):
         nxt = out_P.logits[:, -1].argmax(-1, keepdim=True)  # (1, 1)
         tokens.append(nxt)
-        if step == max_new_tokens - 1:
+        if i == max_new_tokens - 1:
             break
         bases, out_C = contextual_bases(model, adapter, nxt, past_key_values=cache_C, use_cache=True)
-        _, out_P = _patch_pass(model, adapter, spec, kernel, nxt, bases, past_key_values=cache_P, use_cache=True)
+        _, out_P = step(model, patcher, nxt, bases, past_key_values=cache_P, use_cache=True)
         cache_C, cache_P = out_C.past_key_values, out_P.past_key_values
     return torch.cat(tokens, 1)
 

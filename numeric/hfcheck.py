@@ -9,6 +9,7 @@ avoid 0 (a padding row of some embeddings is zero, which makes a lone token's $z
 from __future__ import annotations
 
 import time
+from collections import Counter
 
 import torch
 
@@ -85,13 +86,118 @@ def hf_check(model_type: str, layers: int = 2, context_len: int = 6, query_len: 
     out = {"model_type": model_type, "dtype": dtype, "layers": layers, "context_len": context_len,
            "query_len": query_len, "keep_positions": keep_positions, "arch": ps.spec.name,
            "max_rel_error": rel_error(patched[0], want[0]), "unpatched_rel_error": rel_error(plain[0], want[0]),
-           "bound": BOUNDS[dtype]}
+           "bound": BOUNDS[dtype], **choices(ps)}
+    if model_type not in ENCODERS or keep_positions:
+        materialized = ps.materialized_logits() if model_type not in ENCODERS else None
+        out["materialized_rel_error"] = rel_error(materialized[0], want[0]) if materialized is not None else None
     if generate and model_type not in ENCODERS:
         ours = generate_without_context(model, ctx, q, generate, strategy=strategy)
         ref = model.generate(torch.cat([ctx, q], 1), max_new_tokens=generate, do_sample=False)
         ref = ref[:, context_len + query_len:]
         out["generation_identical"] = bool(torch.equal(ours, ref))
         out["generated"] = ours[0].tolist()
-    out["ok"] = out["max_rel_error"] <= out["bound"] and out.get("generation_identical", True)
+    out["ok"] = out["max_rel_error"] <= out["bound"] and out.get("generation_identical", True) and \
+        (out.get("materialized_rel_error") or 0.0) <= out["bound"]
     out["seconds"] = round(time.perf_counter() - t0, 3)
     return out
+
+
+def choices(ps) -> dict:
+    """What the patches were derived with, per layer: ``strategies`` ({strategy: tokens}) and
+    ``amplification`` (the largest over the tokens; `numeric.hf.amplification`)."""
+    return {"strategies": [dict(Counter(lp.strategies)) for lp in ps.layers],
+            "amplification": [max(lp.amplification, default=float("nan")) for lp in ps.layers]}
+
+
+# --------------------------------------------------------------------------- real pretrained models
+
+#: (context, query) pairs of natural text: a fact, code, a story (contexts of 40-90 tokens, queries
+#: of 5-11 tokens with either tokenizer).
+REAL_PAIRS = (
+    ("The capital of France is Paris. The capital of Italy is Rome. The capital of Spain is Madrid. "
+     "The capital of Portugal is Lisbon. The capital of Austria is Vienna. The capital of Poland is Warsaw.",
+     " The capital of Germany is"),
+    ("def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n    a, b = 0, 1\n    for _ in range(n):\n"
+     "        a, b = b, a + b\n    return a\n\n\ndef factorial(n):\n    result = 1\n    for i in range(2, n + 1):\n"
+     "        result *= i\n    return result\n", "\n\nprint(fibonacci(10), factorial("),
+    ("Once upon a time, in a small village by the sea, there lived an old fisherman named Tomas. Every "
+     "morning he rowed his little blue boat past the lighthouse, singing the songs his mother had taught him.",
+     " One morning, a storm came and Tomas"),
+)
+REAL_BOUNDS = {"float64": 1e-5, "float32": 1e-4}
+
+
+def logit_error(a: torch.Tensor, b: torch.Tensor) -> float:
+    r"""$\max |a - b| / \max |b|$ over every position and vocabulary entry (the issue's measure)."""
+    return float((a.double() - b.double()).abs().max() / b.double().abs().max())
+
+
+def pair_ids(tokenizer, context: str, query: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1, c) and (1, q) token ids: the context with the tokenizer's specials, the query without."""
+    ctx = tokenizer(context, return_tensors="pt").input_ids
+    q = tokenizer(query, return_tensors="pt", add_special_tokens=False).input_ids
+    return ctx, q
+
+
+@torch.no_grad()
+def real_pair_check(model, ctx: torch.Tensor, q: torch.Tensor, strategy: str | None = None,
+                    generate: int = 0) -> dict:
+    """Factored, materialized and unpatched logit errors of one (context, query) pair; with
+    ``generate`` > 0, greedy generation without the context (patched per token, written into the
+    model's modules) against ``model.generate`` with it."""
+    want = model(torch.cat([ctx, q], 1)).logits[0, ctx.shape[1]:]
+    ps = absorb_context(model, ctx, q, strategy=strategy)
+    out = {"context_len": ctx.shape[1], "query_len": q.shape[1],
+           "max_rel_error": logit_error(ps.logits()[0], want),
+           "materialized_rel_error": logit_error(ps.materialized_logits()[0], want),
+           "unpatched_rel_error": logit_error(model(q).logits[0], want), **choices(ps)}
+    if generate:
+        ours = generate_without_context(model, ctx, q, generate, strategy=strategy)
+        ref = greedy_with_context(model, torch.cat([ctx, q], 1), generate)
+        out["generation_identical"] = bool(torch.equal(ours, ref))
+        out["generated"] = ours[0].tolist()
+    return out
+
+
+@torch.no_grad()
+def greedy_with_context(model, ids: torch.Tensor, tokens: int) -> torch.Tensor:
+    """(1, tokens): `model.generate`, greedy, exactly `tokens` new ids: the model's own generation config
+    minus sampling and minus its end-of-sequence ids (a stop would end the comparison early; the logits
+    are untouched, unlike with ``min_new_tokens``)."""
+    import copy
+
+    cfg = copy.deepcopy(model.generation_config)
+    cfg.update(max_new_tokens=tokens, do_sample=False, top_k=None, top_p=None, temperature=None,
+               pad_token_id=model.config.pad_token_id or 0)
+    saved, model.generation_config.eos_token_id = model.generation_config.eos_token_id, None
+    cfg.eos_token_id = None
+    try:
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=cfg)
+    finally:
+        model.generation_config.eos_token_id = saved
+    return out[:, ids.shape[1]:]
+
+
+def real_check(name: str, dtype: str = "float32", generate: int = 0, strategy: str | None = None,
+               pairs=REAL_PAIRS) -> dict:
+    """`real_pair_check` on every pair of a real model (`numeric.models`): the figures and the worst."""
+    from numeric import models
+
+    t0 = time.perf_counter()
+    model, tokenizer = models.load(name, dtype)
+    rows = [real_pair_check(model, *pair_ids(tokenizer, c, q), strategy, generate) for c, q in pairs]
+    out = {"model_type": name, "arch": model.config.model_type, "dtype": dtype, "bound": REAL_BOUNDS[dtype],
+           "pairs": rows, "max_rel_error": max(r["max_rel_error"] for r in rows),
+           "materialized_rel_error": max(r["materialized_rel_error"] for r in rows),
+           "unpatched_rel_error": min(r["unpatched_rel_error"] for r in rows),
+           "strategies": _merged([r["strategies"] for r in rows]), "torch_threads": torch.get_num_threads()}
+    if generate:
+        out["generation_identical"] = all(r["generation_identical"] for r in rows)
+    out["ok"] = out["materialized_rel_error"] <= out["bound"] and out.get("generation_identical", True)
+    out["seconds"] = round(time.perf_counter() - t0, 3)
+    return out
+
+
+def _merged(per_pair: list[list[dict]]) -> list[dict]:
+    """Per layer, the strategy counts summed over the pairs."""
+    return [dict(sum((Counter(p[n]) for p in per_pair), Counter())) for n in range(len(per_pair[0]))]

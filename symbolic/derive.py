@@ -495,21 +495,25 @@ class Deriver:
         b = self.block
         strategy = "down_rank1_norm_scalar" if down == "W_down" else "down_bias_norm_scalar"
         self._require_norm("mlp_post_norm")
-        self._need(f"{down}:{'rank1' if down == 'W_down' else 'bias'}", "mlp_post_norm.scale:scale")
+        self._need(f"{down}:{'rank1' if down == 'W_down' else 'bias'}", "mlp_post_norm.scale:vector")
         if self.spec.moe is not None:
             raise Unavailable("combined norm strategies are derived for dense and gated MLPs")
         gamma = b.gamma(self.P, "mlp_post_norm")
         beta = b.value(self.P, "mlp_post_norm.bias")
+        # gamma_i = 0 (real Gemma 3 270M) cannot reach t_i: aim through gamma_nz (no zero coordinate),
+        # and the patched scale is s * gamma_nz, i.e. s * gamma plus an entry s * gamma_nz_i there.
+        gamma_nz = self._nonzero_scale(gamma)
         v_, s = Vec("v_", "d"), sp.Symbol("s")
-        v_sol = solve_for("choose the MLP output v with gamma * v + beta = t", gamma * v_ + beta, self.t_atom(), v_,
-                          steps, "output", "mlp_post_norm", strategy)
+        v_sol = solve_for("choose the MLP output v with gamma_nz * v + beta = t", gamma_nz * v_ + beta,
+                          self.t_atom(), v_, steps, "output", "mlp_post_norm", strategy)
         v = self.define("v", v_sol)
-        s_sol = solve_for("scalar scale s with s * gamma * f(v) = gamma * v",
-                          s * gamma * b.normalized("mlp_post_norm", v), gamma * v, s, steps,
+        s_sol = solve_for("scalar scale s with s * gamma_nz * f(v) = gamma_nz * v",
+                          s * gamma_nz * b.normalized("mlp_post_norm", v), gamma_nz * v, s, steps,
                           "output", "mlp_post_norm", strategy)
         first, P2 = self._down(down, self._invert_phi(v, strategy), strategy, steps)
-        scale = PatchFormula("mlp_post_norm.scale", "scale", s_sol)
-        return [first, scale], P2.patched(**{"mlp_post_norm.scale": _scaled(b, self.P, s_sol)})
+        scale = PatchFormula("mlp_post_norm.scale", "vector", s_sol * gamma_nz - gamma)
+        sym = self.P["mlp_post_norm.scale"]
+        return [first, scale], P2.patched(**{"mlp_post_norm.scale": sym + scale.value})
 
     def _out_stable(self, steps):
         r"""Strategy (c), the paper's Appendix B: $y = \mathrm{RMSinv}_\gamma(t)$, $h^* = \mathrm{RMS}(h_C)\,y$."""
@@ -526,7 +530,10 @@ class Deriver:
         solve_for("Lagrange: d/dy_k [(gamma_k y_k - t_k)^2 - mu (y_k^2 - 1)] = 0",
                   sp.diff(lagrangian, yk), sp.S.Zero, yk, steps, "output", "mlp_post_norm", "stable")
         t = self.t_atom()
-        y = self.define("y", RmsInverse(t, gamma))
+        # gamma_i = 0 (real Gemma 3 270M): the minimizer has y_i = 0, so f*_i = 0 and no remainder
+        # reaches t_i. Invert against gamma with those coordinates set to RMS(gamma): the remainder
+        # formula below is unchanged (exact for every unit-RMS y), and gives them their scale entry.
+        y = self.define("y", RmsInverse(t, self._nonzero_scale(gamma)))
         h_star = self.define("h_star", sp.sqrt(Mean(self.h_C**2)) * y)
         first, P2 = self._down("W_down", h_star, "stable", steps)
         # mean(y^2) = 1 by construction, so f(h*) = RMS(h_C) y / sqrt(RMS(h_C)^2 + eps).
@@ -538,6 +545,13 @@ class Deriver:
         sym = self.P["mlp_post_norm.scale"]
         return [first, PatchFormula("mlp_post_norm.scale", "vector", d_sol)], \
             P2.patched(**{"mlp_post_norm.scale": sym + d_sol})
+
+    def _nonzero_scale(self, gamma: sp.Expr) -> Vec:
+        r"""$\tilde\gamma_i = \gamma_i$ where $\gamma_i \ne 0$, else $\sqrt{\mathrm{mean}(\gamma^2)}$: a scale with no
+        zero coordinate, for the strategies that aim at the target through $\gamma$."""
+        # 1 - H(gamma^2) (H(0) = 0) is 1 exactly where gamma_i = 0 and 0 exactly elsewhere.
+        zero = 1 - sp.Heaviside(gamma**2, 0)
+        return self.define("gamma_nz", gamma + sp.sqrt(Mean(gamma**2)) * zero)
 
     def patched_output(self, P: Params) -> sp.Expr:
         """y of the run with parameters P, fed the contextual hidden activations (atoms kept)."""

@@ -53,12 +53,15 @@ def _rank1_lemma_with(fn):
 
 def _scale_without_offset(patches, hyps):
     # Gemma stores w with gamma = 1 + w; rescaling gamma by s must give w' = s (1 + w) - 1, not s w - ... :
-    # express the wrong update as an additive vector patch w' = s w.
+    # express the wrong update as an additive vector patch w' = s w. The additive form of the
+    # derivation (gamma -> s gamma_nz, i.e. w' = s gamma_nz - 1) forgets the same offset: w' = s gamma_nz.
     w = Vec("w_post", "d")
     out = []
     for p in patches:
         if p.param == "mlp_post_norm.scale" and p.kind == "scale":
             out.append(PatchFormula(p.param, "vector", p.value * w - w))
+        elif p.param == "mlp_post_norm.scale" and p.kind == "vector":
+            out.append(PatchFormula(p.param, "vector", p.value + 1))
         else:
             out.append(p)
     return out, hyps

@@ -41,7 +41,7 @@ def test_gemma3_is_the_papers_theorem_1(capsys):
 
 
 @pytest.mark.parametrize(("strategy", "expected"), [
-    ("down_rank1_norm_scalar", {("W_down", "rank1"), ("mlp_post_norm.scale", "scale")}),
+    ("down_rank1_norm_scalar", {("W_down", "rank1"), ("mlp_post_norm.scale", "vector")}),  # s gamma_nz - gamma
     ("stable", {("W_down", "rank1"), ("mlp_post_norm.scale", "vector")}),
 ])
 def test_gemma3_alternative_strategies(strategy, expected, capsys):

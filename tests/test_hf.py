@@ -89,9 +89,10 @@ def test_patch_shapes_follow_the_design():
     assert lp.rank1["mlp.gate.weight"][0].shape == (5, 4)
     assert set(lp.values) == set()
     gemma = tiny_model("gemma3_text", layers=1)
-    lp = absorb_context(gemma, random_ids(4, 64, gen), random_ids(5, 64, gen)).layers[0]
+    lp = absorb_context(gemma, random_ids(4, 64, gen), random_ids(5, 64, gen), strategy="norm_vector").layers[0]
     assert lp.values["post_feedforward_layernorm.weight"].shape == (5, 32)  # w, with gamma = 1 + w
-    assert set(lp.rank1) == {"mlp.gate_proj.weight", "mlp.up_proj.weight"}
+    assert set(lp.rank1) == {"mlp.gate_proj.weight", "mlp.up_proj.weight"}  # Theorem 1: W_down untouched
+    assert lp.strategies == ["norm_vector"] * 5
 
 
 def test_generation_reuses_caches_and_matches_generate():

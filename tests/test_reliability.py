@@ -45,17 +45,20 @@ def test_h_equal_zero_names_the_condition():
     assert exc.value.condition == "a_C != 0" and exc.value.tokens == list(range(T)) and exc.value.layer == "2"
 
 
-def test_zero_gamma_where_the_target_needs_it():
-    """down_rank1_norm_scalar aims at v = t / gamma: gamma_i = 0 (w_i = -1 with gamma = 1 + w) is refused."""
+@pytest.mark.parametrize("strategy", ["down_rank1_norm_scalar", "stable"])
+def test_zero_gamma_where_the_target_needs_it(strategy):
+    """gamma_i = 0 (w_i = -1 with gamma = 1 + w, as in real Gemma 3 270M): the strategies that aim through
+    gamma invert against gamma_nz (zeros set to RMS(gamma)) and give that coordinate a scale entry: exact."""
     spec, params, u, u_ctx = _setup("gemma3", "gamma0")
     params["mlp_post_norm.scale"][3] = -1.0
-    k = kernels.load("gemma3", strategy="down_rank1_norm_scalar")
-    with pytest.raises(PatchConditionError) as exc:
-        k.block_patches(params, u, u_ctx)
-    assert "1 + w_post" in exc.value.condition and exc.value.tokens == list(range(T))
+    k = kernels.load("gemma3", strategy=strategy)
+    patches = k.block_patches(params, u, u_ctx)
+    assert bool((params["mlp_post_norm.scale"] + patches["mlp_post_norm.scale"]["delta"] != -1)[:, 3].all())
+    want = forward(spec, params, u_ctx, u_ctx).y
+    assert torch.allclose(k.apply(params, patches, u), want, rtol=0, atol=1e-10)
     # The paper's Theorem 1 does not divide by gamma: the same parameters are fine there.
     y = kernels.load("gemma3").apply(params, kernels.load("gemma3").block_patches(params, u, u_ctx), u)
-    assert torch.allclose(y, forward(spec, params, u_ctx, u_ctx).y, rtol=0, atol=1e-10)
+    assert torch.allclose(y, want, rtol=0, atol=1e-10)
 
 
 def test_eps_zero_adds_the_input_condition():

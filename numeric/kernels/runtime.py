@@ -41,11 +41,21 @@ def rms_inverse(t, gamma):
     Stationarity gives $y_k = \gamma_k t_k / (\gamma_k^2 - \mu)$ with $\mu < \min_k \gamma_k^2$
     solving $\mathrm{mean}\big((\gamma_k t_k)^2 / (\gamma_k^2 - \mu)^2\big) = 1$ (increasing in
     $\mu$: bisection). Hard case (on real Gemma activations): no pull on the coordinates of minimal
-    $\gamma_k^2$ and the secular function below 1 at $\min\gamma^2$: take $\mu = \min\gamma^2$ and
-    spread the missing norm over the minimal coordinates. arXiv:2511.17864, Appendix B.
+    $\gamma_k^2$ and the secular function below 1 at $\min\gamma^2$ (no root below it): take
+    $\mu = \min\gamma^2$, the regular formula elsewhere, and spread the missing norm
+    $d\,(1 - \mathrm{mean}_{k \notin K}(\gamma_k t_k / (\gamma_k^2 - \mu))^2)$ equally over the minimal
+    coordinates K (the trust-region "hard case"). arXiv:2511.17864, Appendix B. Solved in float64
+    (as the paper prescribes), returned in t's dtype.
     """
     xp = array_namespace(t)
-    g = xp.broadcast_to(xp.astype(gamma, t.dtype) if hasattr(gamma, "dtype") else gamma, t.shape)
+    wide = xp.astype(t, xp.float64)
+    g = xp.broadcast_to(xp.astype(gamma, xp.float64) if hasattr(gamma, "dtype") else gamma, t.shape)
+    return xp.astype(_rms_inverse_wide(wide, g), t.dtype)
+
+
+def _rms_inverse_wide(t, g):
+    """`rms_inverse` on float64 arrays, g already broadcast to t's shape."""
+    xp = array_namespace(t)
     n = t.shape[-1]
     c2 = (g * t) ** 2
     g2 = g**2
@@ -63,16 +73,21 @@ def rms_inverse(t, gamma):
     hard = (c2_min == 0) & (at_min < 1)
     lo = g2min - xp.sqrt(xp.mean(c2, axis=-1, keepdims=True)) - 1.0
     hi = g2min
-    for _ in range(RMS_INVERSE_ITERATIONS):
+    for i in range(RMS_INVERSE_ITERATIONS):
         mid = (lo + hi) / 2
         big = secular(mid) > 1
         hi = xp.where(big, mid, hi)
         lo = xp.where(big, lo, mid)
+        if i % 16 == 15 and not bool(xp.any((lo < (lo + hi) / 2) & ((lo + hi) / 2 < hi))):
+            break  # every bracket is down to adjacent floats
     mu = xp.where(hard, g2min, lo)
     y = g * t / xp.where(regular | ~hard, g2 - mu, ones)
     missing = xp.clip(n * (1 - at_min), min=0.0)
     fill = xp.sqrt(missing / xp.sum(xp.astype(minimal, t.dtype), axis=-1, keepdims=True))
-    return xp.where(hard & minimal, fill * ones, y)
+    y = xp.where(hard & minimal, fill * ones, y)
+    # Near the hard case gamma_k^2 - mu cancels (mu within ulps of min gamma^2): mean(y^2) = 1 only to
+    # ~1e-7. Every unit-RMS y makes the stable patch exact, so restore the constraint to round-off.
+    return y / xp.sqrt(xp.mean(y**2, axis=-1, keepdims=True))
 
 
 # --------------------------------------------------------------------------- checks
@@ -175,6 +190,18 @@ def relative_sizes(patches: dict, references: dict) -> dict:
             size = xp.linalg.vector_norm(fields["delta"], axis=-1) / base
         out[name] = xp.max(xp.reshape(size, (size.shape[0], -1)), axis=-1)
     return out
+
+
+def ill_conditioned(patches: dict, references: dict, dtype=None) -> bool:
+    r"""Whether some patch has $\lVert\Delta P\rVert / \lVert P\rVert \cdot \epsilon > 10^{-3}$
+    (`warn_ill_conditioned`'s test), with $\epsilon$ of `dtype` (the dtype the patched parameters are
+    stored in; default: the references')."""
+    for name, size in relative_sizes(patches, references).items():
+        xp = array_namespace(size)
+        eps = float(xp.finfo(dtype).eps) if dtype is not None else _eps(references[name])
+        if float(xp.max(size)) * eps > ILL_CONDITIONED:
+            return True
+    return False
 
 
 def warn_ill_conditioned(patches: dict, references: dict, layer: str = "") -> None:
