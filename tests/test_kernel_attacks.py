@@ -14,7 +14,7 @@ import sympy as sp
 
 from symbolic import theorems as T
 from symbolic.activations import x as X
-from symbolic.algebra import Dot, Mat, MatVec, Mean, Vec
+from symbolic.algebra import Dot, Mat, MatVec, Vec
 from symbolic.proof import (
     _TOKEN,
     VERIFIED,
