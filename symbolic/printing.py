@@ -69,12 +69,14 @@ def _powered(method):
 class VecLatexPrinter(LatexPrinter):
     def _print_Symbol(self, e, style="plain"):
         name, _, sub = e.name.partition("_")
-        head = rf"\{name}" if name in _GREEK else name
-        if not sub:
-            return head
-        sub = sub.replace("_", ",")
-        sub = sub if len(sub) == 1 or sub in ("C",) else rf"\mathrm{{{sub}}}"
-        return f"{head}_{{{sub}}}"
+        prime = "'" * name.count("'")
+        name = name.replace("'", "")
+        head = (rf"\{name}" if name in _GREEK else name) + prime
+        if sub:
+            sub = sub.replace("_", ",")
+            sub = sub if len(sub) == 1 or sub in ("C",) else rf"\mathrm{{{sub}}}"
+            head = f"{head}_{{{sub}}}"
+        return f"{{{head}}}" if prime else head  # a prime is a superscript: keep ^2 outside it
 
     _print_Vec = _print_Symbol
     _print_Mat = _print_Symbol

@@ -638,8 +638,9 @@ def _with_instances(th: Theorem, ctx: Context, results: list[StepResult]) -> tup
         return [_note(r, f"n/a: {type(exc).__name__}") for r in results], ""
     wild = [(lhs, rhs) for lhs, rhs in ctx.equations if lhs.atoms(sp.Wild)]
     out = []
-    for st, r in zip(th.steps, results, strict=True):
-        out.append(_step_instances(st, r, found, redrawn, wild, exact))
+    for i, (st, r) in enumerate(zip(th.steps, results, strict=True)):
+        last = i == len(th.steps) - 1  # the redraw count is said once, on the last step
+        out.append(_step_instances(st, r, found, redrawn if last else 0, wild, exact))
     return out, ""
 
 
@@ -681,7 +682,7 @@ def _step_instances(st: Step, r: StepResult, found, redrawn: int, wild, exact_va
         numeric += not exact
     notes = [f"{redrawn} degenerate draws redrawn"] * bool(redrawn) + [
         f"{numeric} zero tests to 100 digits"] * bool(numeric and exact_values)
-    kind = "exact instances" if exact_values else "instances in 50-digit floats (nested radicals)"
+    kind = "exact instances" if exact_values else "instances in 50-digit floats"
     return _note(r, f"{ok}/{len(found)} {kind}" + (f" ({'; '.join(notes)})" if notes else ""))
 
 

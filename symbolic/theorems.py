@@ -312,8 +312,7 @@ def _input_steps(b: Block, d: Deriver, P2: Params, ins: str, patches) -> list[St
     if ins == "none":
         return []
     if ins.startswith("pre_norm"):
-        u, delta = s["u"], s["delta"]
-        return [Step(b.pre(P2, u), s["z_C"], "the patched pre-norm outputs z_C")]
+        return [Step(b.pre(P2, s["u"]), s["z_C"], "the patched pre-norm outputs z_C")]
     rank1 = {p.param for p in patches if p.kind == "rank1" and p.param != "shared.w_gate"}
     steps = []
     for name in b.input_maps():

@@ -96,3 +96,22 @@ def test_numeric_evaluation_matches_the_meaning():
     value = evaluate(expr, {W: Wn, z: zn, zc: zcn})
     assert torch.allclose(value, Wn @ zcn, rtol=0, atol=1e-13)
     assert float(evaluate(Mean(z**2), {z: zn})) == pytest.approx(float((zn**2).mean()), rel=1e-15)
+
+
+def test_sum_normalisation_is_hygienic():
+    """Renaming bound variables never captures: sum_i i sum_l (i + l)^2 keeps i and l apart."""
+    i, l_, k = (sp.Symbol(n, integer=True, positive=True) for n in ("i", "l", "k"))
+    nested = sp.Sum(i * sp.Sum((i + l_) ** 2, (l_, 1, k)), (i, 1, k))
+    wrong = sp.Sum(4 * BOUND**2, (BOUND, 1, k)) * sp.Sum(BOUND, (BOUND, 1, k))
+    assert is_zero(nested - wrong) is not True
+    renamed = sp.Sum(l_ * sp.Sum((l_ + i) ** 2, (i, 1, k)), (l_, 1, k))  # alpha-equivalent
+    assert is_zero(nested - renamed) is True
+
+
+def test_shapes_type_every_construct():
+    from symbolic.algebra import shape
+
+    assert shape(Outer(x, z)) == ("matrix", "m", "d") and shape(Dot(z, zc)) == ("scalar",)
+    for bad in (lambda: Dot(z, x), lambda: MatVec(x * W, z), lambda: W + z, lambda: Mean(W)):
+        with pytest.raises(DimensionError):
+            shape(bad())

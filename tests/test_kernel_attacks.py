@@ -14,7 +14,7 @@ import sympy as sp
 
 from symbolic import theorems as T
 from symbolic.activations import x as X
-from symbolic.algebra import Dot, Mat, MatVec, Mean, Vec
+from symbolic.algebra import Dot, Mat, MatVec, Vec
 from symbolic.proof import (
     _TOKEN,
     VERIFIED,
@@ -146,7 +146,8 @@ ATTACKS = [
      "must define a fresh symbol"),
     ("sum_normaliser_captures", lambda L: (toy([Step(sp.Sum(i * sp.Sum((i + l_) ** 2, (l_, 1, k)), (i, 1, k)),
                                                      sp.Sum(4 * j**2, (j, 1, k)) * sp.Sum(j, (j, 1, k)),
-                                                     "rename bound variables")]), {}), "step 1"),
+                                                     "rename bound variables")]), {}),
+     "does not normalize to zero"),
     ("dot_of_d_and_m_vectors", lambda L: (toy([Step(Dot(z, y), Dot(y, z), "symmetry")]), {}),
      "dotted with one of length"),
     ("vector_times_matrix", lambda L: (toy([Step(MatVec(y * A, z), y * MatVec(A, z), "pull x out")]), {}),

@@ -24,8 +24,15 @@ from pathlib import Path
 
 import jinja2
 
+from symbolic import prover
+from symbolic.activations import activation
+from symbolic.activations import x as act_x
+from symbolic.derive import Deriver
 from symbolic.errors import SpecError
+from symbolic.printing import latex
+from symbolic.proof import RELATIONS, VERIFIED
 from symbolic.spec import BlockSpec, dump_toml
+from symbolic.theorems import SIGMA, SIGMA_FREE
 
 FORMATS = ("latex", "pdf", "html")
 _TEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -65,9 +72,8 @@ def _wrap(text: str, width: int = 96) -> str:
 
 
 def theorems(spec: BlockSpec) -> list[dict]:
-    from symbolic import prover
-    from symbolic.proof import VERIFIED
-
+    """Each theorem of `spec` as the kernel checked it: definitions (the named intermediates),
+    hypotheses, statement and steps in LaTeX, with every step's status and instance evidence."""
     out = []
     for res in prover.run(prover.arch_builders(spec)):
         th = res.theorem
@@ -76,20 +82,35 @@ def theorems(spec: BlockSpec) -> list[dict]:
                   "residual": sr.residual} for i, (st, sr) in enumerate(zip(th.steps, res.steps, strict=True), 1)]
         out.append({"name": th.name, "title": th.title, "status": res.status, "verified": res.status == VERIFIED,
                     "reference": th.reference, "generic": th.generic, "seconds": res.seconds,
-                    "hypotheses": [h.latex() for h in th.hypotheses],
+                    "block": th.name.startswith("block_"),
+                    "definitions": [h.latex() for h in th.definitions],
+                    "hypotheses": [h.latex() for h in th.assumptions],
                     "statement": f"{_tex(th.lhs)} {_rel(th.relation)} {_tex(th.rhs)}", "steps": steps,
                     "verified_steps": res.verified_steps})
     return out
 
 
 def _tex(e) -> str:
-    from symbolic.printing import latex
-
     return latex(e)
 
 
 def _rel(relation: str) -> str:
-    return {"=": "=", "<": "<", "<=": r"\le", ">=": r"\ge"}[relation]
+    return RELATIONS[relation].latex
+
+
+def activation_latex(spec: BlockSpec) -> str:
+    r"""The block's activation, defined once: $\sigma(x) = \dots$ (every formula writes $\sigma$)."""
+    act = activation(spec.mlp.activation)
+    return rf"\sigma(x) = {latex(act)}"
+
+
+def named_definitions(spec: BlockSpec, der) -> list[tuple[str, object]]:
+    """The derivation's definitions with the activation kept as sigma where the patches never look at it."""
+    d = Deriver(spec)
+    d.derive(der.input_strategy, der.output_strategy)
+    if der.input_strategy in SIGMA_FREE:
+        d.block.sigma = SIGMA(act_x)
+    return list(d.definitions().items())
 
 
 def _kernel(spec: BlockSpec, der) -> dict:
@@ -131,7 +152,9 @@ def base(spec: BlockSpec) -> dict:
         "conditions": [c.latex() for c in der.conditions],
         "patches": [{"param": p.param, "kind": p.kind, "latex": formula_latex(p, symbols.get(p.param))}
                     for p in der.patches],
-        "definitions": [(_def_name(n), _tex(e)) for n, e in der.definitions if "(" not in n and "A(" not in str(e)],
+        "definitions": [(_def_name(n), _tex(e)) for n, e in named_definitions(spec, der)
+                        if "(" not in n and "A(" not in str(e)],
+        "activation": activation_latex(spec),
         "kernel": _kernel(spec, der), "date": time.strftime("%Y-%m-%d"),
     }
 
@@ -191,8 +214,6 @@ def collect(spec: BlockSpec, hf: bool = True, quick: bool = False) -> dict:
 
 def _def_name(name: str) -> str:
     import sympy as sp
-
-    from symbolic.printing import latex
 
     base = name.replace("[e]", "")
     return latex(sp.Symbol(base)) + (r"^{(e)}" if name.endswith("[e]") else "")
