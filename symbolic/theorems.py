@@ -396,6 +396,7 @@ def multilayer_theorem(arch: str, block: Theorem | None = None) -> Theorem:
         sub[sig["z_C"]] = zc_l
     sub = {k: v for k, v in sub.items() if k in free}  # a block without skip has no residual u
     rename = {a: _layer(a) for a in defined}
+    rename.update({block.lhs: Vec("s_l", "d"), block.rhs: Vec("c_l", "d")})  # the states after layer l
     for h in block.hypotheses:
         hyps.append(_layered(h, sub, rename))
     lhs, rhs = rename[block.lhs], rename[block.rhs]
