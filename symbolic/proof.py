@@ -637,11 +637,29 @@ def _with_instances(th: Theorem, ctx: Context, results: list[StepResult]) -> tup
     except (TypeError, ValueError, NotImplementedError) as exc:
         return [_note(r, f"n/a: {type(exc).__name__}") for r in results], ""
     wild = [(lhs, rhs) for lhs, rhs in ctx.equations if lhs.atoms(sp.Wild)]
+    broken = _patterns_fail(th, found, wild)
+    if broken:
+        return [_note(r, "n/a: vacuous") for r in results], broken
     out = []
     for i, (st, r) in enumerate(zip(th.steps, results, strict=True)):
         last = i == len(th.steps) - 1  # the redraw count is said once, on the last step
-        out.append(_step_instances(st, r, found, redrawn if last else 0, wild, exact))
+        out.append(_step_instances(st, r, found, redrawn if last else 0, exact))
     return out, ""
+
+
+def _patterns_fail(th: Theorem, found, wild) -> str:
+    """A universally quantified equation must hold on the instances wherever the steps use it; else no
+    instance satisfying the hypotheses was found (give the theorem a model of its opaque maps)."""
+    for lhs, rhs in wild:
+        for inst in found:
+            try:
+                for st in th.steps:
+                    _check_pattern(inst, lhs, rhs, st)
+            except NotInstantiable:
+                return f"no instance satisfies the hypothesis {pstr(lhs)} = {pstr(rhs)}"
+            except (Degenerate, Nested, TypeError, ValueError, ZeroDivisionError):
+                continue
+    return ""
 
 
 def _draw_instances(th: Theorem, ctx: Context) -> tuple[list, int, bool]:
@@ -662,12 +680,10 @@ def _note(r: StepResult, text: str) -> StepResult:
     return StepResult(r.status, r.message, r.residual, text)
 
 
-def _step_instances(st: Step, r: StepResult, found, redrawn: int, wild, exact_values: bool) -> StepResult:
+def _step_instances(st: Step, r: StepResult, found, redrawn: int, exact_values: bool) -> StepResult:
     rel, ok, numeric = RELATIONS[st.relation], 0, 0
     for inst in found:
         try:
-            for lhs, rhs in wild:
-                _check_pattern(inst, lhs, rhs, st)
             verdict, exact = compare(inst.ev(st.rhs), inst.ev(st.lhs))
         except NotInstantiable as exc:
             return _note(r, f"n/a: {exc} is not instantiated")

@@ -10,8 +10,13 @@ derivation (`symbolic.derive`), never written by hand per architecture.
 - `controllability`: input-controllable inner + output-controllable outer give a perfect patch
   (arXiv:2511.17864, Theorem 5).
 - `block_<arch>[_<strategy>]`: the perfect-patch theorem of an architecture (Theorem 1 for gemma3).
-- `multilayer_<arch>`: the layer-by-layer algorithm reproduces every layer (Theorem 2 / Algorithm 1).
-- `negative_*`: the invariants behind the negative verdicts.
+- `multilayer_<arch>`: the layer-by-layer algorithm reproduces every layer (Theorem 2 / Algorithm 1),
+  citing the block theorem under its side conditions at layer l.
+- `negative_*`: the invariants behind the negative verdicts, with concrete bounds.
+
+Block theorems are written as the paper's appendix writes them: named intermediates (z, z_C, a_C,
+h_C, f_C, delta, the patched W', a', h', y') are conservative definitions, the statement is
+$y' = y_C$, and $\sigma$ is an opaque elementwise function wherever the theorem holds for every $\sigma$.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
+from symbolic import catalog
 from symbolic.activations import x as act_x
 from symbolic.algebra import Dot, EMat, EVec, Frob, Mat, MatVec, Mean, Outer, Vec
 from symbolic.controllability import check as check_spec
@@ -142,12 +148,10 @@ def negative_scalar_ray() -> Theorem:
 
 def negative_bounded_activation() -> Theorem:
     r"""$\tanh(x) < 1$ for every real $x$: the exact range of tanh is $(-1, 1)$."""
-    from symbolic.activations import x
-
-    steps = (Step(sp.tanh(x), sp.S.One, "range of tanh on R (SymPy's function_range)", relation="<",
-                  range_check=sp.tanh(x)),)
+    steps = (Step(sp.tanh(act_x), sp.S.One, "range of tanh on R (SymPy's function_range)", relation="<",
+                  range_check=sp.tanh(act_x)),)
     return Theorem("negative_bounded_activation", "An outer function ending in tanh has outputs below 1: "
-                   "targets >= 1 are unreachable", (), sp.tanh(x), sp.S.One, steps, relation="<")
+                   "targets >= 1 are unreachable", (), sp.tanh(act_x), sp.S.One, steps, relation="<")
 
 
 # --------------------------------------------------------------------------- block theorems
@@ -367,8 +371,6 @@ def multilayer_theorem(arch: str, block: Theorem | None = None) -> Theorem:
     parallel block's MLP sees the layer input itself: there the induction hypothesis
     $s_{l-1} = c_{l-1}$ is a hypothesis.
     """
-    from symbolic import catalog
-
     spec = catalog.resolve(arch) if not isinstance(arch, BlockSpec) else arch
     block = block or block_theorem(spec)
     lyr = sp.Symbol("l", integer=True, positive=True)
@@ -394,6 +396,7 @@ def multilayer_theorem(arch: str, block: Theorem | None = None) -> Theorem:
         sub[sig["z_C"]] = zc_l
     sub = {k: v for k, v in sub.items() if k in free}  # a block without skip has no residual u
     rename = {a: _layer(a) for a in defined}
+    rename.update({block.lhs: Vec("s_l", "d"), block.rhs: Vec("c_l", "d")})  # the states after layer l
     for h in block.hypotheses:
         hyps.append(_layered(h, sub, rename))
     lhs, rhs = rename[block.lhs], rename[block.rhs]

@@ -37,6 +37,7 @@ a, c = sp.symbols("a c", real=True)
 i, l_, j = (sp.Symbol(n, integer=True, positive=True) for n in ("i", "l", "j"))
 k = sp.Symbol("k", integer=True, positive=True)
 w = sp.Symbol("w")  # no assumptions: possibly complex
+F, P_ = sp.Function("F"), sp.Wild("P")
 
 
 def toy(steps, hyps=(), lhs=None, rhs=None, relation="=", chain=True, name="attack"):
@@ -165,6 +166,9 @@ ATTACKS = [
     ("contradictory_hypotheses", lambda L: (toy([Step(MatVec(W, z), sp.S.Zero, "z = 0 since |z|^2 = 0?")],
                                                 hyps=(nonzero(z), equation(Dot(z, z), sp.S.Zero),
                                                       equation(MatVec(W, z), sp.S.Zero))), {}), "vacuous"),
+    ("contradictory_pattern_hypotheses", lambda L: (toy([Step(F(a) + F(c), F(a) + F(c), "reflexivity")],
+                                                        hyps=(equation(F(P_), sp.S.Zero), equation(F(P_), sp.S.One))),
+                                                    {}), "vacuous: no instance satisfies the hypothesis"),
     ("unknown_hypothesis_kind", lambda L: (toy([Step(a, sp.S.Zero, "by axiom")],
                                                hyps=(Hypothesis("axiom", a, sp.S.Zero),)), {}), "unknown kind"),
     ("positive_condition_on_a_vector", lambda L: (toy([Step(z, z, "reflexivity")], hyps=(positive(z),)), {}),

@@ -75,7 +75,9 @@ def theorems(spec: BlockSpec) -> list[dict]:
     """Each theorem of `spec` as the kernel checked it: definitions (the named intermediates),
     hypotheses, statement and steps in LaTeX, with every step's status and instance evidence."""
     out = []
-    for res in prover.run(prover.arch_builders(spec)):
+    results = prover.run(prover.arch_builders(spec))
+    arch = [r for r in results if r.theorem.name.endswith(spec.name) or f"_{spec.name}_" in r.theorem.name]
+    for res in arch + [r for r in results if r not in arch]:  # the architecture's theorems, then the lemmas
         th = res.theorem
         steps = [{"n": i, "claim": f"{_tex(st.lhs)} {_rel(st.relation)} {_tex(st.rhs)}",
                   "justification": st.justification, "status": sr.status, "instances": sr.instances,
