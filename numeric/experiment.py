@@ -76,10 +76,12 @@ def run_prompt(model, ids: torch.Tensor, tokens: int, strategy: str | None, patc
     for _ in range(tokens):
         full = model(prefix, **last_logits_only(model)).logits[0, -1].float()
         base = int(full.argmax())
-        step = {"token": base}
+        tied = [int(t) for t in torch.nonzero(full == full.max())[:, 0]]  # an exact tie in the model's dtype
+        step = {"token": base, "tied": tied}
         for how in applied:
             patched, ps = _patched_logits(model, prefix, strategy, patch_dtype, how, memory)
-            step[how] = {"patched_token": int(patched.argmax()), "agree": int(patched.argmax()) == base,
+            token = int(patched.argmax())
+            step[how] = {"patched_token": token, "agree": token == base, "agree_up_to_ties": token in tied,
                          "linf": float((patched - full).abs().max())}
         step["patch"] = _largest_scale_patch(ps)
         steps.append(step)
@@ -101,8 +103,14 @@ def _patched_logits(model, prefix, strategy, patch_dtype, applied: str, memory: 
 
 
 def _figures(steps: list[dict]) -> dict:
+    r"""Top-1 agreement, and agreement up to ties: where the baseline's largest logits are exactly equal in
+    the model's dtype (bfloat16 logits are multiples of $2^{-3}$ near 20), its argmax is the lower token
+    id, not the model's choice, and any of the tied tokens counts."""
     agree = [s["agree"] for s in steps]
-    return {"agreement": sum(agree) / len(agree), "max_linf": max(s["linf"] for s in steps),
+    return {"agreement": sum(agree) / len(agree),
+            "agreement_up_to_ties": sum(s["agree_up_to_ties"] for s in steps) / len(steps),
+            "ties": sum(s["agree_up_to_ties"] and not s["agree"] for s in steps),
+            "max_linf": max(s["linf"] for s in steps),
             "mean_linf": sum(s["linf"] for s in steps) / len(steps),
             "first_divergence": next((i for i, a in enumerate(agree) if not a), None)}
 
@@ -216,7 +224,8 @@ def run_all(tokens: int = 20, model_path: str | Path | None = None, model_name: 
         for how in applied:
             f = r[how]
             runs.append({"dtype": dtype, "strategy": r["strategy"], "patch_dtype": r["patch_dtype"], "applied": how,
-                         "agreement": f["agreement"], "max_logit_linf": f["max_linf"],
+                         "agreement": f["agreement"], "agreement_up_to_ties": f["agreement_up_to_ties"],
+                         "max_logit_linf": f["max_linf"],
                          "mean_logit_linf": f["mean_linf"], "first_divergence": [p[how]["first_divergence"]
                                                                                  for p in r["prompts"]]})
     return {"model": results[0]["model"], "model_type": results[0]["model_type"], "tokens": tokens, "runs": runs,

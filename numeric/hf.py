@@ -4,10 +4,18 @@ r"""Hugging Face transformers models: absorb a context into per-token, per-layer
 ``[context; query]`` and records, at every layer, the residual stream $u_C$ that the MLP branch is
 added to, at the query positions. The query is then run alone (positions from 0, or each token
 alone at its absolute position with ``keep_positions=True``, the paper's reduced run); at every
-layer a hook reads the actual patched state $u$ below it, computes the patches of every query
-token at once with the generated torch kernel (`block_patches`), and replaces the MLP branch by the
-kernel's patched sub-block (`apply`, factored: no dense weight per token). That is the
-self-correcting layer-by-layer algorithm of arXiv:2511.17864 (Algorithm 1), in one forward pass.
+layer a hook reads the actual patched state $u$ below it and computes that layer's patches with the
+generated torch kernel (`block_patches`): the self-correcting layer-by-layer algorithm of
+arXiv:2511.17864 (Algorithm 1). By default it runs in the model's own arithmetic: the query goes
+token by token (key/value cache) through the model's own modules, each layer's dense patched
+weights written in per token (`PatchSet.materialized_logits` replays exactly that), because a patch
+computed in one arithmetic and applied in another drifts apart with depth (THEORY.md section 5).
+``computed_in="kernel"`` runs one pass with the kernels' factored `apply` instead (no dense
+weight per token; `PatchSet.logits`).
+
+The default output strategy is chosen per layer and token among the block's exact strategies:
+the well-conditioned one with the least `amplification` of input perturbations (Theorem 1 is
+kept by name, ``strategy="norm_vector"``); ``layer.strategies`` records the choice.
 
 An `Adapter` per model family declares which catalog spec its layers are, where the layers and
 the MLP-side modules live, and how the canonical parameters (`W_gate`, `experts.W_down`, ...) map

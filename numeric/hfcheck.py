@@ -129,7 +129,8 @@ REAL_BOUNDS = {"float64": 1e-5, "float32": 1e-4}
 
 def logit_error(a: torch.Tensor, b: torch.Tensor) -> float:
     r"""$\max |a - b| / \max |b|$ over every position and vocabulary entry (the issue's measure)."""
-    return float((a.double() - b.double()).abs().max() / b.double().abs().max())
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).abs().max() / b.abs().max())
 
 
 def pair_ids(tokenizer, context: str, query: str) -> tuple[torch.Tensor, torch.Tensor]:
