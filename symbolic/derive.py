@@ -478,11 +478,11 @@ class Deriver:
         self._require_norm("mlp_post_norm")
         self._need("mlp_post_norm.scale:scale")
         s = sp.Symbol("s")
-        P2 = self.P.patched(**{"mlp_post_norm.scale": _scaled(b, self.P, s)})
+        P2 = self.P.patched(**{"mlp_post_norm.scale": b.scaled_norm_weight(self.P, s)})
         sol = solve_for("scalar scale alone: s gamma f_C + beta = t", self._norm_out(P2, "mlp_post_norm", self.f_C),
                         self.t, s, steps, "output", "mlp_post_norm", "norm_scalar")
         return [PatchFormula("mlp_post_norm.scale", "scale", sol)], P2.patched(
-            **{"mlp_post_norm.scale": _scaled(b, self.P, sol)})
+            **{"mlp_post_norm.scale": b.scaled_norm_weight(self.P, sol)})
 
     def _out_down_rank1_norm_scalar(self, steps):
         return self._norm_scalar("W_down", steps)
@@ -640,12 +640,6 @@ def interval_text(rng: sp.Set) -> str:
 
 def _act_x() -> sp.Symbol:
     return _ACT_X
-
-
-def _scaled(b: Block, P: Params, s: sp.Expr) -> sp.Expr:
-    """The stored post-norm weight after scaling gamma by s (Gemma stores w with gamma = 1 + w)."""
-    w = P["mlp_post_norm.scale"]
-    return s * (1 + w) - 1 if b.spec.mlp.post_norm.scale == "one_plus" else s * w
 
 
 def _norm_range_text(norm) -> str:

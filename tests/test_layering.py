@@ -96,11 +96,20 @@ def test_the_cycle_finder_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
+# Deliberate exceptions, each with its reason.
+PRIVATE_ALLOWED = {
+    # An attack that reaches into the proof kernel's private token, as a hostile proof script could, to show
+    # that a result the kernel did not issue is refused all the same (it is not in the kernel's registry).
+    ("tests/test_kernel_attacks.py", "symbolic.proof", "_TOKEN"),
+}
+
+
 def test_no_private_names_cross_modules():
     files = [*MODULES.values(), *(p for d in ("tests", "proofs", "benchmarks") for p in (ROOT / d).rglob("*.py"))]
     bad = [f"{f.relative_to(ROOT)}:{line} imports {n} from {target}" for f in files
            for target, names, line in imports(f, MODULES) if target in MODULES
-           for n in names if n.startswith("_") and not n.startswith("__")]
+           for n in names if n.startswith("_") and not n.startswith("__")
+           and (str(f.relative_to(ROOT)), target, n) not in PRIVATE_ALLOWED]
     assert not bad, "\n".join(bad)
 
 
