@@ -81,9 +81,9 @@ class DenseLoop:
 @torch.no_grad()
 def dense_loop_logits(model, ps) -> torch.Tensor:
     """PatchSet.logits() computed with dense per-token patched weights (the baseline of the speedup)."""
-    from numeric.hf import _patched
+    from numeric.hf import swapped_branches
 
-    with _patched(model, ps.adapter, DenseLoop(ps.kernel), lambda n, u, x: ps.layers[n].factored):
+    with swapped_branches(model, ps.adapter, DenseLoop(ps.kernel), lambda n, u, x: ps.layers[n].factored):
         return model(ps.query_ids).logits
 
 

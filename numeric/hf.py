@@ -247,11 +247,11 @@ class PatchSet:
     def _run(self):
         apply = _LayerKernel(self)
         if self.positions is None:
-            with _patched(self.model, self.adapter, apply, lambda n, u, x: self.layers[n]):
+            with swapped_branches(self.model, self.adapter, apply, lambda n, u, x: self.layers[n]):
                 return self.model(self.query_ids)
         outs = []
         for j in range(self.query_ids.shape[1]):
-            with _patched(self.model, self.adapter, apply, lambda n, u, x, j=j: (self.layers[n], j)):
+            with swapped_branches(self.model, self.adapter, apply, lambda n, u, x, j=j: (self.layers[n], j)):
                 outs.append(self.model(self.query_ids[:, j:j + 1], position_ids=self.positions[:, j:j + 1]))
         return outs
 
@@ -306,7 +306,7 @@ class PatchSet:
 
 
 class _LayerKernel:
-    """`apply` of a layer's factored patches with each token's own strategy kernel (for `_patched`)."""
+    """`apply` of a layer's factored patches with each token's own strategy kernel (for `swapped_branches`)."""
 
     def __init__(self, ps: PatchSet):
         self.ps = ps
@@ -437,7 +437,7 @@ def _base(r: dict, adapter: Adapter) -> tuple[torch.Tensor, torch.Tensor | None]
 
 
 @contextmanager
-def _patched(model, adapter: Adapter, kernel, patches_for):
+def swapped_branches(model, adapter: Adapter, kernel, patches_for):
     """Swap every layer's MLP branch for the kernel's patched sub-block (factored patches).
 
     The branch module's forward is replaced (so the model's own MLP never runs), modules in
@@ -767,7 +767,7 @@ def _patch_pass(model, patcher: Patcher, ids, targets, **kwargs) -> tuple[list[L
         return stored[n]
 
     apply = _LayerKernel(PatchSet(model, ids, stored, patcher.adapter, patcher.spec, None, kernels=patcher.kernels))
-    with _patched(model, patcher.adapter, apply, compute):
+    with swapped_branches(model, patcher.adapter, apply, compute):
         out = model(ids, **kwargs)
     return stored, out
 
