@@ -682,12 +682,13 @@ STRATEGIES = Registry((
              "delta / sum of gates)", Deriver._out_down_rank1, f"{P2} lemmas", counter=4),
     Strategy("shared_down_rank1", "output", "rank-1 patch of the shared expert's W_down adding delta",
              Deriver._out_shared_down_rank1, counter=6),
-    Strategy("down_rank1_norm_scalar", "output", "rank-1 on W_down towards v = t / gamma plus a scalar scale "
-             "s = sqrt(mean(v^2) + eps)", Deriver._out_down_rank1_norm_scalar, counter=0),
-    Strategy("down_bias_norm_scalar", "output", "bias on W_down towards v = t / gamma plus a scalar scale "
-             "s = sqrt(mean(v^2) + eps)", Deriver._out_down_bias_norm_scalar, counter=1),
-    Strategy("stable", "output", "numerically stable update: constrained RMSNorm inverse, rank-1 on W_down, "
-             "remainder in the scale", Deriver._out_stable, f"{P2} Appendix B", counter=2),
+    Strategy("down_rank1_norm_scalar", "output", "rank-1 on W_down towards v = t / gamma_nz, scale gamma -> "
+             "s gamma_nz with s = sqrt(mean(v^2) + eps) (gamma_nz: zero coordinates of gamma set to RMS(gamma))",
+             Deriver._out_down_rank1_norm_scalar, counter=0),
+    Strategy("down_bias_norm_scalar", "output", "bias on W_down towards v = t / gamma_nz, scale gamma -> s gamma_nz "
+             "with s = sqrt(mean(v^2) + eps)", Deriver._out_down_bias_norm_scalar, counter=1),
+    Strategy("stable", "output", "numerically stable update: constrained RMSNorm inverse against gamma_nz, rank-1 "
+             "on W_down, remainder in the scale", Deriver._out_stable, f"{P2} Appendix B", counter=2),
     Strategy("post_ln_vector", "output", "elementwise scale patch of the LayerNorm after the residual add",
              Deriver._out_post_ln_vector),
     Strategy("norm_scalar", "output", "scalar rescaling of the post-norm scale alone (never generic: a lemma for "
