@@ -83,6 +83,7 @@ def run_prompt(model, ids: torch.Tensor, tokens: int, strategy: str | None, patc
             token = int(patched.argmax())
             step[how] = {"patched_token": token, "agree": token == base, "agree_up_to_ties": token in tied,
                          "linf": float((patched - full).abs().max())}
+        step.update(step[applied[-1]])  # the flat figures of a step: the last application measured
         step["patch"] = _largest_scale_patch(ps)
         steps.append(step)
         prefix = torch.cat([prefix, torch.tensor([[base]])], 1)  # forced on the baseline's history

@@ -24,9 +24,8 @@ def test_fixture_is_committed_small_and_documented():
 
 
 def test_float32_reproduces_the_model_with_the_prompt():
-    out = run(dtype="float32")
-    for how in ("factored", "materialized"):  # the kernels, and the model's own modules with dense weights
-        assert out[how]["agreement"] == 1.0 and out[how]["max_linf"] <= 1e-3, (how, out[how])
+    out = run(dtype="float32", applied=("factored",))  # materialized: the bfloat16 test and the real models
+    assert out["factored"]["agreement"] == 1.0 and out["factored"]["max_linf"] <= 1e-3, out["factored"]
     assert len(out["prompts"]) == 5 and all(len(r["steps"]) == 20 for r in out["prompts"])
     assert all(r["first_divergence"] is None for r in out["prompts"])
     assert out["seed"] == 0 and out["torch_threads"] >= 1
