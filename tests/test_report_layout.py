@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("matplotlib")
 pytest.importorskip("latex2mathml")
 
-from ctxpatch import report  # noqa: E402
+from ctxpatch import reporting as report  # noqa: E402
 from symbolic import catalog  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
