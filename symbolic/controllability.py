@@ -194,8 +194,9 @@ def counterexample(r: Restriction) -> dict:
             "invariant": r.invariant, "strategy_doc": doc}
 
 
-def strategies_table(v: Verdict) -> list[tuple[str, str, str]]:
-    """(side, strategy, status) rows for the human-readable output."""
+def strategies_table(v: Verdict, every: bool = False) -> list[tuple[str, str, str]]:
+    """(side, strategy, status) rows, in registry order: the strategies that are exact or restricted
+    here, and with `every` also those that do not apply to the block ("not applicable")."""
     rows = []
     for side, res in (("input", v.input), ("output", v.output)):
         for name in STRATEGIES.names(side):
@@ -203,6 +204,8 @@ def strategies_table(v: Verdict) -> list[tuple[str, str, str]]:
                 rows.append((side, name, "exact"))
             elif name in res.restrictions:
                 rows.append((side, name, f"not generic: {res.restrictions[name].reason}"))
+            elif every:
+                rows.append((side, name, "not applicable"))
     return rows
 
 

@@ -162,17 +162,16 @@ def base(spec: BlockSpec) -> dict:
 
 
 def strategy_rows(verdict) -> list[dict]:
-    """Every strategy of the registry with its status for this block (exact, not generic, unavailable)."""
+    """Every strategy of the registry with its status for this block, its formula and its source."""
+    from symbolic.controllability import strategies_table
     from symbolic.derive import STRATEGIES
 
+    chosen = {("input", verdict.input_strategy), ("output", verdict.output_strategy)}
     rows = []
-    for s in STRATEGIES:
-        res = verdict.input if s.side == "input" else verdict.output
-        status = "exact" if s.name in res.ok else (
-            f"not generic ({res.restrictions[s.name].reason})" if s.name in res.restrictions else "not applicable")
-        chosen = s.name == (verdict.input_strategy if s.side == "input" else verdict.output_strategy)
-        rows.append({"side": s.side, "name": s.name, "doc": s.doc, "source": s.source, "status": status,
-                     "chosen": chosen})
+    for side, name, status in strategies_table(verdict, every=True):
+        s = STRATEGIES.get(side, name)
+        rows.append({"side": side, "name": name, "doc": s.doc, "source": s.source, "status": status,
+                     "chosen": (side, name) in chosen})
     return rows
 
 
