@@ -83,7 +83,8 @@ def dense_loop_logits(model, ps) -> torch.Tensor:
     """PatchSet.logits() computed with dense per-token patched weights (the baseline of the speedup)."""
     from numeric.hf import swapped_branches
 
-    with swapped_branches(model, ps.adapter, DenseLoop(ps.kernel), lambda n, u, x: ps.layers[n].factored):
+    with swapped_branches(model, ps.layout, lambda n: DenseLoop(ps.kernel_for(n)),
+                          lambda n, u, x: ps.layers[n].factored):
         return model(ps.query_ids).logits
 
 
@@ -92,7 +93,7 @@ def _bytes(t: torch.Tensor) -> int:
 
 
 def memory_ratio(model, ps) -> float:
-    layers = model.get_submodule(ps.adapter.layers)
+    layers = model.get_submodule(ps.layout.layers)
     q = ps.query_ids.shape[1]
     dense = factored = 0
     for n, lp in enumerate(ps.layers):

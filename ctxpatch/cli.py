@@ -233,7 +233,7 @@ def cmd_hf_check(args) -> int:
     else:
         out = hf_check(args.model_type, layers=args.layers, context_len=args.context_len, query_len=args.query_len,
                        dtype=args.dtype, generate=args.generate, keep_positions=args.keep_positions,
-                       strategy=args.strategy, seed=args.seed)
+                       strategy=args.strategy, seed=args.seed, spec=args.spec, params=_params(args))
     if args.json:
         _emit(out)
     else:
@@ -253,6 +253,72 @@ def cmd_hf_check(args) -> int:
         table.add_row("result", "[green]ok[/green]" if out["ok"] else "[red]FAILED[/red]")
         console.print(table)
     return EXIT_OK if out["ok"] else EXIT_FAILED
+
+
+def cmd_models(args) -> int:
+    """Every causal-LM model type of the installed transformers, tiny: supported (with figures) or refused."""
+    try:
+        from numeric import zoo
+        from numeric.hfcheck import SUPPORT, models_table
+    except ImportError as exc:
+        raise SpecError(f"models needs transformers ({exc}); install it with `pip install -e '.[hf]'`.") from None
+    known = zoo.causal_lm_types()
+    unknown = [t for t in args.types or () if t not in known]
+    if unknown:
+        raise SpecError(f"--types: {', '.join(unknown)} not causal-LM types of the installed transformers. "
+                        f"Allowed: {', '.join(known)}")
+
+    def progress(row):
+        if not args.json:
+            mark = "[green]supported[/green]" if row["status"] == "supported" else "[yellow]refused[/yellow]"
+            console.print(f"{row['model_type']:<28} {mark} {escape(row['reason'])}", highlight=False)
+    rows = models_table(args.types or None, progress)
+    summary = {"types": len(rows), "supported": sum(r["status"] == "supported" for r in rows),
+               "refused": sum(r["status"] == "refused" for r in rows), "bounds": SUPPORT}
+    if args.markdown:
+        Path(args.markdown).write_text(models_markdown(rows, summary), encoding="utf-8")
+    if args.json:
+        _emit({"models": rows, "summary": summary})
+    else:
+        console.print(f"{summary['supported']} of {summary['types']} types supported, {summary['refused']} refused")
+    return EXIT_OK
+
+
+def models_markdown(rows: list[dict], summary: dict) -> str:
+    """The `models` table as Markdown (MODELS.md)."""
+    def num(v):
+        return "" if v is None else f"{v:.1e}"
+    lines = [f"# Model types ({summary['supported']} supported of {summary['types']})", "",
+             "Written by `ctxpatch models --markdown MODELS.md`: every causal-LM model type of the installed "
+             "transformers, built tiny from its config (2 layers, random weights). `supported`: float64 factored "
+             f"error <= {summary['bounds']['factored']:.0e} and materialized error <= "
+             f"{summary['bounds']['materialized']:.0e} (relative, max over the query logits), unpatched error >= "
+             f"{summary['bounds']['unpatched']:.0e}, greedy generation of {summary['bounds']['generate']} tokens "
+             "identical in float32.", "",
+             "| model type | status | factored | materialized | unpatched | generation | layer kinds | reason |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        gen = "" if r["generation_identical"] is None else ("identical" if r["generation_identical"] else "differs")
+        reason = r["reason"].replace("|", "\\|")
+        lines.append(f"| {r['model_type']} | {r['status']} | {num(r['factored_error'])} | "
+                     f"{num(r['materialized_error'])} | {num(r['unpatched_error'])} | {gen} | "
+                     f"{r['layer_kinds'] or ''} | {reason} |")
+    return "\n".join(lines) + "\n"
+
+
+def _params(args) -> dict[str, str] | None:
+    """--param CANON=PATH pairs as a dict (None without --spec)."""
+    if args.spec is None:
+        if args.param:
+            raise SpecError("--param needs --spec (the inferred spec maps its own parameters)")
+        return None
+    out = {}
+    for item in args.param:
+        canon, eq, path = item.partition("=")
+        if not eq or not canon or not path:
+            raise SpecError(f"--param {item!r}: expected CANON=PATH, e.g. W_up=mlp.up_proj.weight")
+        out[canon] = path
+    return out
 
 
 def cmd_report(args) -> int:
@@ -560,6 +626,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also generate N tokens greedily without the context and compare with model.generate")
     p.add_argument("--keep-positions", action="store_true", help="each query token alone at its absolute position")
     p.add_argument("--seed", type=int, default=0, help="seed of the random model and of the random token ids")
+    p.add_argument("--spec", metavar="ARCH_OR_TOML", help="check the model against this spec instead of the inferred "
+                   "one (needs --param for every canonical parameter)")
+    p.add_argument("--param", action="append", default=[], metavar="CANON=PATH",
+                   help="with --spec: where a canonical parameter lives in a layer, e.g. W_up=mlp.up_proj.weight "
+                   "(PATH:conv1d for (in, out) storage); repeat for each")
+    p = verb("models", cmd_models, "every causal-LM type of the installed transformers, tiny and random: supported "
+             "(errors, generation) or refused (why)")
+    p.add_argument("--types", nargs="+", metavar="TYPE", help="only these model types")
+    p.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown")
     p = verb("report", cmd_report, "render the proof report: spec, verdict, checked proofs, formulas, kernel, "
              "validation and plots", "arch")
     p.add_argument("--format", action="append", choices=FORMATS, metavar="latex|pdf|html",

@@ -21,12 +21,12 @@ from collections import Counter
 
 import torch
 
-from numeric.hf import absorb_context, adapter_for
+from numeric.hf import absorb_context, layout_for
 from numeric.hfcheck import REAL_PAIRS, logit_error, pair_ids
 
 
 def _layer_list(model):
-    return model.get_submodule(adapter_for(model).layers)
+    return model.get_submodule(layout_for(model).layers)
 
 
 @torch.no_grad()

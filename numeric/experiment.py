@@ -122,9 +122,9 @@ def _largest_scale_patch(ps) -> dict:
     from numeric.hf import layer_params
 
     best = {"ratio": 0.0, "layer": None, "coordinate": None, "param": None}
-    layers = ps.model.get_submodule(ps.adapter.layers)
+    layers = ps.model.get_submodule(ps.layout.layers)
     for n, lp in enumerate(ps.layers):
-        references = ps.kernel.references(layer_params(layers[n], ps.adapter))  # gamma = 1 + w where stored so
+        references = ps.kernel_for(n).references(layer_params(layers[n], ps.layout[n]))  # gamma = 1 + w where stored so
         for canon, fields in lp.token(len(lp.strategies) - 1).items():
             if "delta" not in fields or not canon.endswith(".scale"):
                 continue
@@ -195,7 +195,7 @@ def settings_for(model) -> tuple[tuple[str, str | None, str | None], ...]:
     from numeric.hf import resolve
     from symbolic.controllability import check
 
-    offered = set(check(resolve(model)[1]).output.ok)
+    offered = set.intersection(*(set(check(s).output.ok) for s in resolve(model)[0].specs))
     out = []
     for dtype, strategy, patch_dtype in SETTINGS:
         if strategy is None or strategy in offered:

@@ -17,192 +17,73 @@ The default output strategy is chosen per layer and token among the block's exac
 the well-conditioned one with the least `amplification` of input perturbations (Theorem 1 is
 kept by name, ``strategy="norm_vector"``); ``layer.strategies`` records the choice.
 
-An `Adapter` per model family declares which catalog spec its layers are, where the layers and
-the MLP-side modules live, and how the canonical parameters (`W_gate`, `experts.W_down`, ...) map
-onto the model's parameters (stored transposed for GPT-2's Conv1D, fused gate/up rows, stacked
-expert tensors). Sizes, eps, activation and MoE routing options come from the model's config.
+What the layers are is inferred from the model (`numeric.infer`): a `Layout` holds, per layer, an
+`Adapter` with the layer's `BlockSpec`, where the MLP-side modules live, and how the canonical
+parameters (`W_gate`, `experts.W_down`, ...) map onto the model's parameters (stored transposed for
+GPT-2's Conv1D, fused gate/up rows, stacked expert tensors); every layer's spec is checked against
+the module numerically before any patch. ``spec=`` and ``params=`` declare what inference cannot.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 
 from numeric import kernels
+from numeric.infer import Adapter, Layout, Param, get, infer
 from symbolic import catalog
 from symbolic.errors import PatchConditionError, SpecError
-from symbolic.spec import BlockSpec, MoESpec
+from symbolic.spec import BlockSpec
 
-HF_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh",
-                  "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh", "relu": "relu"}
-
-
-@dataclass(frozen=True)
-class Param:
-    """Where a canonical parameter lives in a layer: a path, and how it is stored.
-
-    ``layout``: ``linear`` (out, in) as the canonical matrix; ``conv1d`` (in, out), GPT-2;
-    ``rows0``/``rows1``: the first/second half of the rows of a fused matrix (gate_up), per expert
-    when the tensor is stacked (E, out, in); ``vector`` a 1-D parameter; ``row`` a (1, d) matrix used
-    as a vector (a shared-expert gate).
-    """
-
-    path: str
-    layout: str = "linear"
-
-    def read(self, layer) -> torch.Tensor:
-        t = _get(layer, self.path).detach()
-        if self.layout == "conv1d":
-            return t.T
-        if self.layout in ("rows0", "rows1"):
-            half = t.shape[-2] // 2
-            return t[..., :half, :] if self.layout == "rows0" else t[..., half:, :]
-        if self.layout == "row":
-            return t[0]
-        return t
+#: Encoders keep a declared layout: BERT's output LayerNorm follows the residual add (``post_ln``), a data
+#: flow the decoder inference (`numeric.infer`) does not read; the layout is still checked numerically.
+ENCODER_PARAMS = {"bert": ("encoder.layer", "intermediate", "output", {
+    "W_up": Param("intermediate.dense.weight"), "b_up": Param("intermediate.dense.bias"),
+    "W_down": Param("output.dense.weight"), "b_down": Param("output.dense.bias"),
+    "post_ln.scale": Param("output.LayerNorm.weight"), "post_ln.bias": Param("output.LayerNorm.bias")})}
 
 
-@dataclass(frozen=True)
-class Adapter:
-    """How one transformers family maps onto a catalog spec.
-
-    ``mode`` says how the MLP branch meets the residual stream:
-    ``sequential``: u is the input of ``u_module``; the output of ``branch_module`` is added to u.
-    ``parallel``: x (the layer input) is the input of ``u_module`` (the MLP's pre-norm), the
-    attention output is the output of ``attn_module``, u = x + attention; ``branch_module``'s output
-    is added to both. ``post_ln``: u is the input of ``u_module``; ``branch_module`` returns the
-    sub-block's output y itself (BERT's output LayerNorm after the add).
-    """
-
-    arch: str
-    mode: str
-    u_module: str
-    branch_module: str
-    params: dict[str, Param]
-    layers: str = "model.layers"
-    attn_module: str = ""
-    skip: tuple[str, ...] = ()  # modules before the branch module that the patched run does not need
-    encoder: bool = False
-    config_check: Callable[[object], str] | None = None
+def layout_for(model, spec: BlockSpec | str | None = None, params: dict[str, str] | None = None) -> Layout:
+    """The model's `Layout`: inferred and checked layer by layer (`numeric.infer.infer`), or the user's
+    ``spec`` (a catalog name, TOML path or `BlockSpec`) with its parameter map ``params``, checked the same
+    way. Cached on the model until its modules change (a swapped module is checked again)."""
+    if isinstance(spec, str):
+        spec = catalog.resolve(spec)
+    key = (spec, tuple(sorted((params or {}).items())), _module_ids(model))
+    cached = _LAYOUTS.get(model)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    if model.config.model_type in ENCODER_PARAMS and spec is None:
+        layout = _encoder_layout(model)
+    else:
+        layout = infer(model, spec, params)
+    _LAYOUTS[model] = (key, layout)
+    return layout
 
 
-def _linear(**paths: str) -> dict[str, Param]:
-    return {canon.replace("__", "."): Param(path) for canon, path in paths.items()}
+_LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-_GATED = _linear(W_gate="mlp.gate_proj.weight", W_up="mlp.up_proj.weight", W_down="mlp.down_proj.weight")
-_LLAMA = Adapter("llama", "sequential", "post_attention_layernorm", "mlp",
-                 {**_GATED, **_linear(mlp_pre_norm__scale="post_attention_layernorm.weight")})
-_SANDWICH = {**_GATED, **_linear(mlp_pre_norm__scale="pre_feedforward_layernorm.weight",
-                                 mlp_post_norm__scale="post_feedforward_layernorm.weight")}
-_EXPERTS = {"experts.W_gate": Param("mlp.experts.gate_up_proj", "rows0"),
-            "experts.W_up": Param("mlp.experts.gate_up_proj", "rows1"),
-            "experts.W_down": Param("mlp.experts.down_proj"), "W_router": Param("mlp.gate.weight"),
-            "mlp_pre_norm.scale": Param("post_attention_layernorm.weight")}
+def _module_ids(model) -> tuple:
+    return tuple((id(m), id(getattr(m, "forward", None).__func__) if hasattr(getattr(m, "forward", None), "__func__")
+                  else id(getattr(m, "forward", None))) for m in model.modules())
 
 
-def _falcon_check(cfg) -> str:
-    ok = cfg.parallel_attn and not cfg.new_decoder_architecture and not cfg.bias
-    return "" if ok else "only parallel_attn = True, new_decoder_architecture = False, bias = False is mapped"
-
-
-def _neox_check(cfg) -> str:
-    return "" if cfg.use_parallel_residual else "only use_parallel_residual = True is mapped"
-
-
-ADAPTERS: dict[str, Adapter] = {
-    "llama": _LLAMA,
-    "mistral": dataclasses.replace(_LLAMA, arch="mistral"),
-    "qwen2": dataclasses.replace(_LLAMA, arch="qwen2"),
-    "qwen3": dataclasses.replace(_LLAMA, arch="qwen3"),
-    "gemma": dataclasses.replace(_LLAMA, arch="gemma"),
-    "gemma2": Adapter("gemma2", "sequential", "pre_feedforward_layernorm", "post_feedforward_layernorm", _SANDWICH,
-                      skip=("mlp",)),
-    "gemma3_text": Adapter("gemma3", "sequential", "pre_feedforward_layernorm", "post_feedforward_layernorm",
-                           _SANDWICH, skip=("mlp",)),
-    "olmo2": Adapter("olmo2", "sequential", "mlp", "post_feedforward_layernorm",
-                     {**_GATED, **_linear(mlp_post_norm__scale="post_feedforward_layernorm.weight")}, skip=("mlp",)),
-    "mixtral": Adapter("mixtral", "sequential", "post_attention_layernorm", "mlp", _EXPERTS),
-    "qwen3_moe": Adapter("qwen3_moe", "sequential", "post_attention_layernorm", "mlp", _EXPERTS),
-    "olmoe": Adapter("olmoe", "sequential", "post_attention_layernorm", "mlp", _EXPERTS),
-    "qwen2_moe": Adapter("qwen2_moe", "sequential", "post_attention_layernorm", "mlp", {
-        **_EXPERTS, **_linear(shared__W_gate="mlp.shared_expert.gate_proj.weight",
-                              shared__W_up="mlp.shared_expert.up_proj.weight",
-                              shared__W_down="mlp.shared_expert.down_proj.weight"),
-        "shared.w_gate": Param("mlp.shared_expert_gate.weight", "row")}),
-    "gpt2": Adapter("gpt2", "sequential", "ln_2", "mlp", {
-        "W_up": Param("mlp.c_fc.weight", "conv1d"), "b_up": Param("mlp.c_fc.bias"),
-        "W_down": Param("mlp.c_proj.weight", "conv1d"), "b_down": Param("mlp.c_proj.bias"),
-        "mlp_pre_norm.scale": Param("ln_2.weight"), "mlp_pre_norm.bias": Param("ln_2.bias")},
-        layers="transformer.h"),
-    "gptj": Adapter("gptj", "parallel", "ln_1", "mlp", _linear(
-        W_up="mlp.fc_in.weight", b_up="mlp.fc_in.bias", W_down="mlp.fc_out.weight", b_down="mlp.fc_out.bias",
-        mlp_pre_norm__scale="ln_1.weight", mlp_pre_norm__bias="ln_1.bias"), layers="transformer.h",
-        attn_module="attn"),
-    "phi": Adapter("phi", "parallel", "input_layernorm", "mlp", _linear(
-        W_up="mlp.fc1.weight", b_up="mlp.fc1.bias", W_down="mlp.fc2.weight", b_down="mlp.fc2.bias",
-        mlp_pre_norm__scale="input_layernorm.weight", mlp_pre_norm__bias="input_layernorm.bias"),
-        attn_module="self_attn"),
-    "falcon": Adapter("falcon", "parallel", "input_layernorm", "mlp", _linear(
-        W_up="mlp.dense_h_to_4h.weight", W_down="mlp.dense_4h_to_h.weight",
-        mlp_pre_norm__scale="input_layernorm.weight", mlp_pre_norm__bias="input_layernorm.bias"),
-        layers="transformer.h", attn_module="self_attention", config_check=_falcon_check),
-    "gpt_neox": Adapter("gpt_neox", "parallel", "post_attention_layernorm", "mlp", _linear(
-        W_up="mlp.dense_h_to_4h.weight", b_up="mlp.dense_h_to_4h.bias", W_down="mlp.dense_4h_to_h.weight",
-        b_down="mlp.dense_4h_to_h.bias", mlp_pre_norm__scale="post_attention_layernorm.weight",
-        mlp_pre_norm__bias="post_attention_layernorm.bias"), layers="gpt_neox.layers", attn_module="attention",
-        config_check=_neox_check),
-    "bert": Adapter("bert", "post_ln", "intermediate", "output", _linear(
-        W_up="intermediate.dense.weight", b_up="intermediate.dense.bias", W_down="output.dense.weight",
-        b_down="output.dense.bias", post_ln__scale="output.LayerNorm.weight", post_ln__bias="output.LayerNorm.bias"),
-        layers="encoder.layer", skip=("intermediate",), encoder=True),
-}
-
-
-def _get(root, path: str):
-    for part in path.split("."):
-        root = root[int(part)] if part.isdigit() else getattr(root, part)
-    return root
-
-
-def adapter_for(model) -> Adapter:
-    model_type = model.config.model_type
-    if model_type not in ADAPTERS:
-        raise SpecError(f"model type {model_type!r} has no adapter. Allowed: {', '.join(sorted(ADAPTERS))}.")
-    adapter = ADAPTERS[model_type]
-    problem = adapter.config_check(model.config) if adapter.config_check else ""
-    if problem:
-        raise SpecError(f"model type {model_type!r}: {problem}.")
-    return adapter
-
-
-def spec_for(model, adapter: Adapter) -> BlockSpec:
-    """The family's catalog spec with the config's eps, activation and MoE routing."""
+def _encoder_layout(model) -> Layout:
     cfg = model.config
-    spec = catalog.load(adapter.arch)
-    act_name = next((getattr(cfg, k) for k in ("hidden_activation", "hidden_act", "activation_function", "activation")
-                     if getattr(cfg, k, None)), None)
-    if act_name not in HF_ACTIVATIONS:
-        raise SpecError(f"config activation {act_name!r} is not mapped; allowed: {sorted(HF_ACTIVATIONS)}")
-    eps = next(getattr(cfg, k) for k in ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon")
-               if getattr(cfg, k, None) is not None)
-
-    def with_eps(n):
-        return None if n is None else dataclasses.replace(n, eps=float(eps))
-
-    mlp = dataclasses.replace(spec.mlp, activation=HF_ACTIVATIONS[act_name], pre_norm=with_eps(spec.mlp.pre_norm),
-                              post_norm=with_eps(spec.mlp.post_norm), post_ln=with_eps(spec.mlp.post_ln))
-    moe = spec.moe
-    if moe is not None:
-        experts = getattr(cfg, "num_local_experts", None) or cfg.num_experts
-        renorm = True if cfg.model_type == "mixtral" else bool(getattr(cfg, "norm_topk_prob", False))
-        moe = MoESpec(experts=experts, top_k=cfg.num_experts_per_tok, softmax="before_topk", renormalize=renorm,
-                      shared_expert=moe.shared_expert, expert=moe.expert)
-    return dataclasses.replace(spec, mlp=mlp, moe=moe)
+    path, u_module, branch, params = ENCODER_PARAMS[cfg.model_type]
+    base = catalog.load(cfg.model_type)
+    ln = dataclasses.replace(base.mlp.post_ln, eps=float(cfg.layer_norm_eps))
+    act = {"gelu": "gelu", "gelu_new": "gelu_tanh", "relu": "relu"}.get(cfg.hidden_act)
+    if act is None:
+        raise SpecError(f"{cfg.model_type}: activation {cfg.hidden_act!r} is not mapped; allowed: gelu, gelu_new, relu")
+    spec = dataclasses.replace(base, mlp=dataclasses.replace(base.mlp, post_ln=ln, activation=act))
+    adapter = Adapter(spec, "post_ln", u_module, branch, params, skip=(u_module,))
+    return Layout(cfg.model_type, path, tuple(adapter for _ in get(model, path)), encoder=True)
 
 
 # --------------------------------------------------------------------------- patch sets
@@ -238,20 +119,34 @@ class PatchSet:
     model: object
     query_ids: torch.Tensor
     layers: list[LayerPatches]
-    adapter: Adapter
-    spec: BlockSpec
-    kernel: object
+    layout: Layout
     positions: torch.Tensor | None = None  # keep_positions: each token alone at its absolute position
-    kernels: dict = field(default_factory=dict)  # output strategy -> kernel module (the default's included)
+    kernels: dict = field(default_factory=dict)  # spec -> {output strategy: kernel module}, the default first
+
+    @property
+    def spec(self) -> BlockSpec:
+        """The spec of the first layer (`layout` has every layer's)."""
+        return self.layout[0].spec
+
+    def kernel_for(self, n: int, strategy: str | None = None):
+        """Layer n's kernel of an output strategy (its spec's default when None)."""
+        candidates = self.kernels[self.layout[n].spec]
+        return candidates.get(strategy) if strategy in candidates else next(iter(candidates.values()))
+
+    @property
+    def kernel(self):
+        """The first layer's default kernel."""
+        return self.kernel_for(0)
 
     def _run(self):
-        apply = _LayerKernel(self)
+        def apply(n):
+            return _LayerKernel(self, n)
         if self.positions is None:
-            with swapped_branches(self.model, self.adapter, apply, lambda n, u, x: self.layers[n]):
+            with swapped_branches(self.model, self.layout, apply, lambda n, u, x: self.layers[n]):
                 return self.model(self.query_ids)
         outs = []
         for j in range(self.query_ids.shape[1]):
-            with swapped_branches(self.model, self.adapter, apply, lambda n, u, x, j=j: (self.layers[n], j)):
+            with swapped_branches(self.model, self.layout, apply, lambda n, u, x, j=j: (self.layers[n], j)):
                 outs.append(self.model(self.query_ids[:, j:j + 1], position_ids=self.positions[:, j:j + 1]))
         return outs
 
@@ -282,13 +177,13 @@ class PatchSet:
         tokens see later tokens, which a per-token weight cannot express). ``layers``: write the
         patches of the first `layers` layers only (the others keep their weights; a depth study).
         """
-        if self.adapter.encoder and self.positions is None:
+        if self.layout.encoder and self.positions is None:
             raise SpecError("materialized_logits runs the query token by token, which an encoder cannot do "
                             "(every token sees the later ones); absorb with keep_positions=True")
         return torch.cat([o.logits for o in self._materialized(layers)], 1)
 
     def _materialized(self, upto: int | None = None) -> list:
-        layers = _get(self.model, self.adapter.layers)
+        layers = get(self.model, self.layout.layers)
         upto = len(layers) if upto is None else upto
         outs, cache = [], None
         for j in range(self.query_ids.shape[1]):
@@ -297,10 +192,10 @@ class PatchSet:
 
             ids = self.query_ids[:, j:j + 1]
             if self.positions is None:
-                out = _token_pass(self.model, self.adapter, ids, dense, past_key_values=cache, use_cache=True)
+                out = _token_pass(self.model, self.layout, ids, dense, past_key_values=cache, use_cache=True)
                 cache = out.past_key_values
             else:
-                out = _token_pass(self.model, self.adapter, ids, dense, position_ids=self.positions[:, j:j + 1])
+                out = _token_pass(self.model, self.layout, ids, dense, position_ids=self.positions[:, j:j + 1])
             outs.append(out)
         return outs
 
@@ -308,22 +203,22 @@ class PatchSet:
 class _LayerKernel:
     """`apply` of a layer's factored patches with each token's own strategy kernel (for `swapped_branches`)."""
 
-    def __init__(self, ps: PatchSet):
-        self.ps = ps
+    def __init__(self, ps: PatchSet, n: int):
+        self.ps, self.n = ps, n
 
     def apply(self, params, which, u, **extra):
         lp, only = which if isinstance(which, tuple) else (which, None)
         if only is not None:
             return self._one(params, lp, only, u, extra)
         if lp.factored and len(set(lp.strategies)) <= 1:
-            kernel = self.ps.kernels.get(lp.strategies[0], self.ps.kernel) if lp.strategies else self.ps.kernel
+            kernel = self.ps.kernel_for(self.n, lp.strategies[0] if lp.strategies else None)
             return kernel.apply(params, lp.factored, u, **extra)
         rows = [self._one(params, lp, j, u[j:j + 1], {k: v[j:j + 1] for k, v in extra.items()})
                 for j in range(u.shape[0])]
         return torch.cat(rows)
 
     def _one(self, params, lp, j, u, extra):
-        kernel = self.ps.kernels.get(lp.strategies[j], self.ps.kernel) if lp.strategies else self.ps.kernel
+        kernel = self.ps.kernel_for(self.n, lp.strategies[j] if lp.strategies else None)
         return kernel.apply(params, lp.token(j), u, **extra)
 
 
@@ -363,7 +258,7 @@ def _restore(saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         view.detach().copy_(original)
 
 
-def _token_pass(model, adapter: Adapter, ids: torch.Tensor, dense_for, **kwargs):
+def _token_pass(model, layout: Layout, ids: torch.Tensor, dense_for, **kwargs):
     """One forward pass of the model's own modules with per-layer dense patches written in.
 
     At every layer, as soon as the MLP's input u is known (the pre-hook of the u module; of the
@@ -372,13 +267,13 @@ def _token_pass(model, adapter: Adapter, ids: torch.Tensor, dense_for, **kwargs)
     parameters are restored on exit, also when a patch fails.
     """
     state: dict = {}
-    handles = _input_hooks(model, adapter, state)
-    layers = _get(model, adapter.layers)
+    handles = _input_hooks(model, layout, state)
+    layers = get(model, layout.layers)
     saved: dict[int, list] = {}
 
     def write(n):
         def hook(_mod, _args):
-            u, x = _base(state.pop(n), adapter)
+            u, x = _base(state.pop(n), layout[n])
             saved[n] = _write(layers[n], dense_for(n, u, x))
         return hook
 
@@ -387,10 +282,11 @@ def _token_pass(model, adapter: Adapter, ids: torch.Tensor, dense_for, **kwargs)
             _restore(saved.pop(n, []))
         return hook
 
-    point = adapter.branch_module if adapter.mode == "parallel" else adapter.u_module
     for n, layer in enumerate(layers):
-        handles.append(_get(layer, point).register_forward_pre_hook(write(n)))
-        handles.append(_get(layer, adapter.branch_module).register_forward_hook(restore(n)))
+        adapter = layout[n]
+        point = adapter.branch_module if adapter.mode == "parallel" else adapter.u_module
+        handles.append(get(layer, point).register_forward_pre_hook(write(n)))
+        handles.append(get(layer, adapter.branch_module).register_forward_hook(restore(n)))
     try:
         return model(ids, **kwargs)
     finally:
@@ -412,20 +308,22 @@ def layer_params(layer, adapter: Adapter) -> dict[str, torch.Tensor]:
     return {canon: p.read(layer) for canon, p in adapter.params.items()}
 
 
-def _input_hooks(model, adapter: Adapter, store: dict) -> list:
+def _input_hooks(model, layout: Layout, store: dict) -> list:
     """Hooks that store, per layer n, the input of the u module (`store[n]["first"]`) and, for a
     parallel block, the attention output (`store[n]["attn"]`); they do not change the run."""
     handles = []
-    for n, layer in enumerate(_get(model, adapter.layers)):
+    for n, layer in enumerate(get(model, layout.layers)):
+        adapter = layout[n]
+
         def grab(_mod, args, n=n):
             store.setdefault(n, {})["first"] = args[0][0].detach()
 
         def grab_attn(_mod, _args, output, n=n):
             store.setdefault(n, {})["attn"] = (output[0] if isinstance(output, tuple) else output)[0].detach()
 
-        handles.append(_get(layer, adapter.u_module).register_forward_pre_hook(grab))
+        handles.append(get(layer, adapter.u_module).register_forward_pre_hook(grab))
         if adapter.mode == "parallel":
-            handles.append(_get(layer, adapter.attn_module).register_forward_hook(grab_attn))
+            handles.append(get(layer, adapter.attn_module).register_forward_hook(grab_attn))
     return handles
 
 
@@ -437,7 +335,7 @@ def _base(r: dict, adapter: Adapter) -> tuple[torch.Tensor, torch.Tensor | None]
 
 
 @contextmanager
-def swapped_branches(model, adapter: Adapter, kernel, patches_for):
+def swapped_branches(model, layout: Layout, kernel_for, patches_for):
     """Swap every layer's MLP branch for the kernel's patched sub-block (factored patches).
 
     The branch module's forward is replaced (so the model's own MLP never runs), modules in
@@ -445,23 +343,24 @@ def swapped_branches(model, adapter: Adapter, kernel, patches_for):
     parallel block). Everything is restored on exit.
     """
     state: dict = {}
-    handles, swapped = _input_hooks(model, adapter, state), []
-    for n, layer in enumerate(_get(model, adapter.layers)):
+    handles, swapped = _input_hooks(model, layout, state), []
+    for n, layer in enumerate(get(model, layout.layers)):
+        adapter = layout[n]
         params = layer_params(layer, adapter)
 
-        def branch(*args, n=n, params=params, **kwargs):
+        def branch(*args, n=n, params=params, adapter=adapter, **kwargs):
             r = state.pop(n)
             u, x = _base(r, adapter)
             extra = {} if x is None else {"x": x}
-            y = kernel.apply(params, patches_for(n, u, x), u, **extra)
+            y = kernel_for(n).apply(params, patches_for(n, u, x), u, **extra)
             out = y if adapter.mode == "post_ln" else y - u
             return out[None].to(r["first"].dtype)
 
         for path in adapter.skip:
-            module = _get(layer, path)
+            module = get(layer, path)
             module.forward = _passthrough
             swapped.append(module)
-        module = _get(layer, adapter.branch_module)
+        module = get(layer, adapter.branch_module)
         module.forward = branch
         swapped.append(module)
     try:
@@ -477,16 +376,16 @@ def _passthrough(hidden, *args, **kwargs):
     return hidden
 
 
-def contextual_bases(model, adapter: Adapter, ids: torch.Tensor, **kwargs) -> tuple[list[torch.Tensor], object]:
+def contextual_bases(model, layout: Layout, ids: torch.Tensor, **kwargs) -> tuple[list[torch.Tensor], object]:
     """u_C of every layer (all positions) and the output of the run with the context."""
     record: dict = {}
-    handles = _input_hooks(model, adapter, record)
+    handles = _input_hooks(model, layout, record)
     try:
         out = model(ids, **kwargs)
     finally:
         for h in handles:
             h.remove()
-    return [_base(record[n], adapter)[0] for n in range(len(record))], out
+    return [_base(record[n], layout[n])[0] for n in range(len(record))], out
 
 
 DEFAULT = "default"  # per layer and token: the exact output strategy with the smallest amplification
@@ -504,11 +403,11 @@ def last_logits_only(model) -> dict:
     return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
 
 
-def resolve(model, strategy: str | None = None, input_strategy: str | None = None):
-    adapter = adapter_for(model)
-    spec = spec_for(model, adapter)
-    name = None if strategy == DEFAULT else strategy
-    return adapter, spec, kernels.load(spec, "torch", name, input_strategy)
+def resolve(model, strategy: str | None = None, input_strategy: str | None = None, spec=None,
+            params: dict[str, str] | None = None) -> tuple[Layout, dict]:
+    """The model's checked `Layout` and, per distinct spec, its candidate kernels (`candidate_kernels`)."""
+    layout = layout_for(model, spec, params)
+    return layout, {s: candidate_kernels(s, strategy, input_strategy) for s in layout.specs}
 
 
 def candidate_kernels(spec: BlockSpec, strategy: str | None, input_strategy: str | None = None) -> dict:
@@ -579,31 +478,32 @@ class Patcher:
     """
 
     model: object
-    adapter: Adapter
-    spec: BlockSpec
-    kernels: dict
+    layout: Layout
+    kernels: dict  # spec -> {output strategy: kernel}
     patch_dtype: torch.dtype | None = None
     memory: dict = field(default_factory=dict)  # layer -> the strategy its previous token chose
     measure: bool = True  # the amplification of a single candidate too (a choice always measures)
 
     def layer(self, n: int, u: torch.Tensor, target: torch.Tensor, x: torch.Tensor | None) -> LayerPatches:
         """LayerPatches of layer n for u, target (T, d) (x: the MLP input of a parallel block)."""
-        layer = _get(self.model, self.adapter.layers)[n]
-        params = layer_params(layer, self.adapter)
+        adapter = self.layout[n]
+        layer = get(self.model, self.layout.layers)[n]
+        params = layer_params(layer, adapter)
+        kernels_n = self.kernels[adapter.spec]
         target = target.to(device=u.device, dtype=u.dtype)  # accelerate may place layers on several devices
         wide = self.patch_dtype if self.patch_dtype is not None and self.patch_dtype != u.dtype else None
         if wide is not None:
             params = {k: v.to(wide) for k, v in params.items()}
         cast = (lambda t: t) if wide is None else (lambda t: None if t is None else t.to(wide))  # noqa: E731
-        if len(self.kernels) == 1:
-            name, kernel = next(iter(self.kernels.items()))
+        if len(kernels_n) == 1:
+            name, kernel = next(iter(kernels_n.items()))
             patches = kernel.block_patches(params, cast(u), cast(target), layer=str(n), **_x(cast(x)))
-            amp = amplification(kernel, params, patches, cast(u), cast(x), self.adapter.mode) if self.measure \
+            amp = amplification(kernel, params, patches, cast(u), cast(x), adapter.mode) if self.measure \
                 else torch.full((u.shape[0],), float("nan"))
-            return self._store(layer, params, [name] * u.shape[0], amp.tolist(), [patches], u.dtype, batched=True)
+            return self._store(n, params, [name] * u.shape[0], amp.tolist(), [patches], u.dtype, batched=True)
         chosen = [self._best(n, params, cast(u[j:j + 1]), cast(target[j:j + 1]),
                              None if x is None else cast(x[j:j + 1]), j) for j in range(u.shape[0])]
-        return self._store(layer, params, [c[0] for c in chosen], [c[1] for c in chosen], [c[2] for c in chosen],
+        return self._store(n, params, [c[0] for c in chosen], [c[1] for c in chosen], [c[2] for c in chosen],
                            u.dtype, batched=False)
 
     def _best(self, n, params, u, target, x, j) -> tuple[str, float, dict]:
@@ -612,15 +512,17 @@ class Patcher:
 
         found, first_error, reference = [], None, None
         last = self.memory.get(n)
-        for name, kernel in sorted(self.kernels.items(), key=lambda item: item[0] != last):  # last choice first
+        adapter = self.layout[n]
+        kernels_n = self.kernels[adapter.spec]
+        for name, kernel in sorted(kernels_n.items(), key=lambda item: item[0] != last):  # last choice first
             try:
                 patches = _quiet(kernel.block_patches, params, u, target, layer=str(n), **_x(x))
             except PatchConditionError as exc:
                 first_error = first_error or exc
                 continue
             if reference is None:  # the unpatched branch is the same for every candidate
-                reference = branch_response(kernel.forward, (params,), u, x, self.adapter.mode)
-            amp = float(amplification(kernel, params, patches, u, x, self.adapter.mode, reference)[0])
+                reference = branch_response(kernel.forward, (params,), u, x, adapter.mode)
+            amp = float(amplification(kernel, params, patches, u, x, adapter.mode, reference)[0])
             ill = self._ill(kernel, params, patches)
             found.append((ill, amp, name, patches))
             if name == last and not ill and amp <= ACCEPT:
@@ -629,7 +531,7 @@ class Patcher:
             raise PatchConditionError(first_error.condition, [j], first_error.layer)
         ill, amp, name, patches = _choose(found)
         self.memory[n] = name
-        warn_ill_conditioned(patches, self.kernels[name].references(params), str(n))
+        warn_ill_conditioned(patches, kernels_n[name].references(params), str(n))
         return name, amp, patches
 
     def _ill(self, kernel, params, patches) -> bool:
@@ -638,13 +540,14 @@ class Patcher:
 
         return ill_conditioned(patches, kernel.references(params), self.model.dtype)
 
-    def _store(self, layer, params, names, amps, parts, dtype, batched: bool) -> LayerPatches:
-        params = layer_params(layer, self.adapter)  # the stored values are in the model's dtype
+    def _store(self, n, params, names, amps, parts, dtype, batched: bool) -> LayerPatches:
+        adapter, layer = self.layout[n], get(self.model, self.layout.layers)[n]
+        params = layer_params(layer, adapter)  # the stored values are in the model's dtype
         parts = [{k: {f: v.to(dtype) for f, v in fs.items()} for k, fs in p.items()} for p in parts]
         if batched:
-            out = _layer_patches(self.adapter, params, self.spec, parts[0])
+            out = _layer_patches(adapter, params, parts[0])
         else:
-            out = _combine(layer, [_layer_patches(self.adapter, params, self.spec, p) for p in parts])
+            out = _combine(layer, [_layer_patches(adapter, params, p) for p in parts])
             out.per_token = parts
             out.factored = _concat(parts) if len(set(names)) == 1 else {}
         out.strategies, out.amplification = list(names), [float(a) for a in amps]
@@ -693,7 +596,8 @@ def _combine(layer, tokens: list[LayerPatches]) -> LayerPatches:
 def absorb_context(model, context_ids: torch.Tensor, query_ids: torch.Tensor, keep_positions: bool = False,
                    strategy: str | None = None, input_strategy: str | None = None,
                    patch_dtype: torch.dtype | None = None, computed_in: str | None = None,
-                   memory: dict | None = None, measure: bool = True) -> PatchSet:
+                   memory: dict | None = None, measure: bool = True, spec: BlockSpec | str | None = None,
+                   params: dict[str, str] | None = None) -> PatchSet:
     """Per-token, per-layer patches that make the query-alone run reproduce the run with the context.
 
     ``keep_positions=True`` runs each query token alone at its absolute position (the paper's
@@ -711,24 +615,26 @@ def absorb_context(model, context_ids: torch.Tensor, query_ids: torch.Tensor, ke
     ``memory``: {layer: strategy} the default tries first, updated with its choices; pass the same
     dict to successive calls (one token each, as the paper's protocol does) to save their time.
     ``measure=False`` skips the `amplification` of a strategy named explicitly (NaN is recorded).
+    ``spec``/``params``: the user's spec (catalog name, TOML path or `BlockSpec`) and its parameter map
+    {canonical name: parameter path in a layer, ``path:layout`` for a non-(out, in) storage}, instead of
+    the inferred ones; either way every layer is checked against the model first (`layout_for`).
     """
     _check_ids(context_ids, query_ids, model)
-    adapter, spec, kernel = resolve(model, strategy, input_strategy)
-    computed_in = computed_in or ("kernel" if adapter.encoder and not keep_positions else "model")
+    layout, candidates = resolve(model, strategy, input_strategy, spec, params)
+    computed_in = computed_in or ("kernel" if layout.encoder and not keep_positions else "model")
     if computed_in not in COMPUTED_IN:
         raise SpecError(f"computed_in must be one of {', '.join(COMPUTED_IN)}, got {computed_in!r}")
-    if computed_in == "model" and adapter.encoder and not keep_positions:
+    if computed_in == "model" and layout.encoder and not keep_positions:
         raise SpecError("computed_in='model' runs the query token by token, which an encoder (every token sees "
                         "the later ones) cannot do; use keep_positions=True or computed_in='kernel'")
-    patcher = Patcher(model, adapter, spec, candidate_kernels(spec, strategy, input_strategy), patch_dtype,
-                      {} if memory is None else memory, measure)
+    patcher = Patcher(model, layout, candidates, patch_dtype, {} if memory is None else memory, measure)
     c, q = context_ids.shape[1], query_ids.shape[1]
-    bases, _ = contextual_bases(model, adapter, torch.cat([context_ids, query_ids], 1), **last_logits_only(model))
+    bases, _ = contextual_bases(model, layout, torch.cat([context_ids, query_ids], 1), **last_logits_only(model))
     targets = [b[c:] for b in bases]
     positions = torch.arange(c, c + q)[None] if keep_positions else None
     if computed_in == "kernel" and not keep_positions:
         stored, _ = _patch_pass(model, patcher, query_ids, targets)
-        return PatchSet(model, query_ids, stored, adapter, spec, kernel, kernels=patcher.kernels)
+        return PatchSet(model, query_ids, stored, layout, kernels=candidates)
     per_token, cache = [], None
     for j in range(q):
         kwargs = {"position_ids": positions[:, j:j + 1]} if keep_positions else \
@@ -743,9 +649,9 @@ def absorb_context(model, context_ids: torch.Tensor, query_ids: torch.Tensor, ke
         except PatchConditionError as exc:  # the run held one token: name it by its index in the query
             raise PatchConditionError(exc.condition, [j], exc.layer) from None
         per_token.append(lps)
-    layers = [_merge_tokens(_get(model, adapter.layers)[n], [t[n] for t in per_token])
+    layers = [_merge_tokens(get(model, layout.layers)[n], [t[n] for t in per_token])
               for n in range(len(per_token[0]))]
-    return PatchSet(model, query_ids, layers, adapter, spec, kernel, positions, kernels=patcher.kernels)
+    return PatchSet(model, query_ids, layers, layout, positions, kernels=candidates)
 
 
 def _merge_tokens(layer, tokens: list[LayerPatches]) -> LayerPatches:
@@ -760,14 +666,14 @@ def _merge_tokens(layer, tokens: list[LayerPatches]) -> LayerPatches:
 
 def _patch_pass(model, patcher: Patcher, ids, targets, **kwargs) -> tuple[list[LayerPatches], object]:
     """One pass with the kernels applying the patches factored; layer n's from the u this run produces."""
-    stored = [LayerPatches() for _ in _get(model, patcher.adapter.layers)]
+    stored = [LayerPatches() for _ in get(model, patcher.layout.layers)]
 
     def compute(n, u, x):
         stored[n] = patcher.layer(n, u, targets[n], x)
         return stored[n]
 
-    apply = _LayerKernel(PatchSet(model, ids, stored, patcher.adapter, patcher.spec, None, kernels=patcher.kernels))
-    with swapped_branches(model, patcher.adapter, apply, compute):
+    ps = PatchSet(model, ids, stored, patcher.layout, kernels=patcher.kernels)
+    with swapped_branches(model, patcher.layout, lambda n: _LayerKernel(ps, n), compute):
         out = model(ids, **kwargs)
     return stored, out
 
@@ -775,20 +681,21 @@ def _patch_pass(model, patcher: Patcher, ids, targets, **kwargs) -> tuple[list[L
 def _materialized_pass(model, patcher: Patcher, ids, targets, **kwargs) -> tuple[list[LayerPatches], object]:
     """One token through the model's own modules: layer n's patches computed from the u they produce
     with the dense patches of the layers below written in, then written into layer n itself."""
-    layers = _get(model, patcher.adapter.layers)
+    layers = get(model, patcher.layout.layers)
     stored = [LayerPatches() for _ in layers]
 
     def dense(n, u, x):
         stored[n] = patcher.layer(n, u, targets[n], x)
         return dense_parameters(layers[n], stored[n], 0)
 
-    out = _token_pass(model, patcher.adapter, ids, dense, **kwargs)
+    out = _token_pass(model, patcher.layout, ids, dense, **kwargs)
     return stored, out
 
 
 @torch.no_grad()
 def generate_without_context(model, context_ids: torch.Tensor, query_ids: torch.Tensor, max_new_tokens: int,
-                             strategy: str | None = None, applied: str = "materialized") -> torch.Tensor:
+                             strategy: str | None = None, applied: str = "materialized",
+                             spec: BlockSpec | str | None = None, params: dict[str, str] | None = None) -> torch.Tensor:
     """Greedy generation by the model WITHOUT the context, patched afresh for every new token.
 
     Two key/value caches advance one token per step: the contextual run's (to read $u_C$ of the new
@@ -803,11 +710,11 @@ def generate_without_context(model, context_ids: torch.Tensor, query_ids: torch.
         raise SpecError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if applied not in ("materialized", "factored"):
         raise SpecError(f"applied must be 'materialized' or 'factored', got {applied!r}")
-    adapter, spec, _ = resolve(model, strategy)
-    patcher = Patcher(model, adapter, spec, candidate_kernels(spec, strategy))
+    layout, candidates = resolve(model, strategy, spec=spec, params=params)
+    patcher = Patcher(model, layout, candidates)
     step = _materialized_pass if applied == "materialized" else _patch_pass
     c = context_ids.shape[1]
-    bases, out_C = contextual_bases(model, adapter, torch.cat([context_ids, query_ids], 1), use_cache=True)
+    bases, out_C = contextual_bases(model, layout, torch.cat([context_ids, query_ids], 1), use_cache=True)
     cache_C, cache_P = out_C.past_key_values, None
     if applied == "factored":
         _, out_P = step(model, patcher, query_ids, [b[c:] for b in bases], use_cache=True)
@@ -823,20 +730,20 @@ def generate_without_context(model, context_ids: torch.Tensor, query_ids: torch.
         tokens.append(nxt)
         if i == max_new_tokens - 1:
             break
-        bases, out_C = contextual_bases(model, adapter, nxt, past_key_values=cache_C, use_cache=True)
+        bases, out_C = contextual_bases(model, layout, nxt, past_key_values=cache_C, use_cache=True)
         _, out_P = step(model, patcher, nxt, bases, past_key_values=cache_P, use_cache=True)
         cache_C, cache_P = out_C.past_key_values, out_P.past_key_values
     return torch.cat(tokens, 1)
 
 
-def _layer_patches(adapter: Adapter, params: dict, spec: BlockSpec, patches: dict) -> LayerPatches:
+def _layer_patches(adapter: Adapter, params: dict, patches: dict) -> LayerPatches:
     """The kernel's factored patches in the model's own names and storage layouts."""
     out = LayerPatches(factored=patches)
     fused: dict[str, dict[str, tuple]] = {}
     for canon, fields in patches.items():
         p = adapter.params[canon]
         if "left" not in fields:
-            out.values[p.path] = _value(spec, canon, params[canon], fields)
+            out.values[p.path] = _value(adapter.spec, canon, params[canon], fields)
         elif p.layout in ("rows0", "rows1"):
             fused.setdefault(p.path, {})[p.layout] = (fields["left"], fields["right"])
         elif canon.startswith("experts."):

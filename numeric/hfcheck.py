@@ -1,9 +1,8 @@
 r"""Tiny random Hugging Face models of every supported type, and the check behind ``ctxpatch hf-check``.
 
-No weights are downloaded: a model is built from a config (`AutoModelForCausalLM.from_config`)
-with random weights; every 1-D parameter (norm weights, biases) is perturbed too, because
-Gemma's norm weights start at zero and a missing ``1 +`` would otherwise go unnoticed. Token ids
-avoid 0 (a padding row of some embeddings is zero, which makes a lone token's $z = 0$).
+No weights are downloaded: a model is built from a config (`numeric.zoo.tiny_model`) with random
+weights, every 1-D parameter perturbed. Token ids avoid 0 (a padding row of some embeddings is zero,
+which makes a lone token's $z = 0$).
 """
 
 from __future__ import annotations
@@ -15,53 +14,27 @@ import torch
 
 from numeric.hf import absorb_context, generate_without_context
 from numeric.validate import rel_error
+from symbolic.errors import SpecError
 
 BOUNDS = {"float64": 1e-6, "float32": 1e-4}
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
-_LLAMA_LIKE = dict(hidden_size=32, intermediate_size=48, num_attention_heads=4, num_key_value_heads=2, head_dim=8)
-_MOE = dict(hidden_size=32, intermediate_size=48, moe_intermediate_size=16, num_attention_heads=4,
-            num_key_value_heads=2, head_dim=8, num_experts=4, num_experts_per_tok=2)
-#: Config keyword arguments of a tiny model per type ("{layers}" is filled in).
-TINY: dict[str, dict] = {
-    "llama": _LLAMA_LIKE, "mistral": {**_LLAMA_LIKE, "sliding_window": 4}, "qwen2": _LLAMA_LIKE,
-    "qwen3": _LLAMA_LIKE, "gemma": _LLAMA_LIKE,
-    "gemma2": {**_LLAMA_LIKE, "sliding_window": 4}, "gemma3_text": {**_LLAMA_LIKE, "sliding_window": 4},
-    "olmo2": _LLAMA_LIKE,
-    "mixtral": {**_LLAMA_LIKE, "num_local_experts": 4, "num_experts_per_tok": 2},
-    "qwen2_moe": {**_MOE, "shared_expert_intermediate_size": 24},
-    "qwen3_moe": {**_MOE, "norm_topk_prob": True}, "olmoe": {**_MOE, "norm_topk_prob": False},
-    "gpt2": dict(n_embd=32, n_head=4), "gptj": dict(n_embd=32, n_head=4, rotary_dim=4),
-    "gpt_neox": dict(hidden_size=32, intermediate_size=48, num_attention_heads=4),
-    "phi": dict(hidden_size=32, intermediate_size=48, num_attention_heads=4),
-    "falcon": dict(hidden_size=32, num_attention_heads=4),
-    "bert": dict(hidden_size=32, intermediate_size=48, num_attention_heads=4),
-}
 ENCODERS = {"bert"}
-_LAYER_KEY = {"gpt2": "n_layer", "gptj": "n_layer"}
+#: The types the test suite runs end to end (any causal-LM type of `numeric.zoo.causal_lm_types` works).
+TINY = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo2", "mixtral", "qwen2_moe",
+        "qwen3_moe", "olmoe", "gpt2", "gptj", "gpt_neox", "phi", "falcon", "bert")
 
 
 def tiny_model(model_type: str, layers: int = 2, dtype: str = "float64", seed: int = 0):
-    """A small random model of `model_type` (eager attention and experts, so float64 works)."""
-    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+    """A small random model of `model_type` (`numeric.zoo.tiny_model`; eager attention and experts, so
+    float64 works)."""
+    from numeric import zoo
 
-    if model_type not in TINY:
-        from symbolic.errors import SpecError
-
-        raise SpecError(f"no tiny model for type {model_type!r}. Allowed: {', '.join(sorted(TINY))}.")
-    kwargs = {**TINY[model_type], _LAYER_KEY.get(model_type, "num_hidden_layers"): layers}
-    # Special ids inside the vocabulary, and no end-of-sequence token: `generate` must not stop early.
-    cfg = AutoConfig.for_model(model_type, vocab_size=64, max_position_embeddings=128, bos_token_id=0,
-                               pad_token_id=0, eos_token_id=None, **kwargs)
-    torch.manual_seed(seed)
-    cls = AutoModel if model_type in ENCODERS else AutoModelForCausalLM
-    extra = {"experts_implementation": "eager"} if "num_experts_per_tok" in kwargs else {}
-    model = cls.from_config(cfg, dtype=DTYPES[dtype], attn_implementation="eager", **extra).eval()
-    gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for _name, p in model.named_parameters():
-            if p.dim() == 1:
-                p.add_((0.3 * torch.randn(p.shape, generator=gen, dtype=torch.float64)).to(p.dtype))
-    return model
+    if dtype not in DTYPES:
+        raise SpecError(f"dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
+    if model_type not in ENCODERS and model_type not in zoo.causal_lm_types():
+        raise SpecError(f"no tiny model for type {model_type!r}: not a causal-LM type of the installed "
+                        f"transformers. Allowed: {', '.join(zoo.causal_lm_types())}, {', '.join(sorted(ENCODERS))}.")
+    return zoo.tiny_model(model_type, layers, DTYPES[dtype], seed, encoder=model_type in ENCODERS)
 
 
 def random_ids(n: int, vocab: int, gen: torch.Generator) -> torch.Tensor:
@@ -70,13 +43,15 @@ def random_ids(n: int, vocab: int, gen: torch.Generator) -> torch.Tensor:
 
 @torch.no_grad()
 def hf_check(model_type: str, layers: int = 2, context_len: int = 6, query_len: int = 5, dtype: str = "float64",
-             generate: int = 0, keep_positions: bool = False, strategy: str | None = None, seed: int = 0) -> dict:
-    """Patched query-alone run vs the run with the context on a tiny random model: the figures."""
+             generate: int = 0, keep_positions: bool = False, strategy: str | None = None, seed: int = 0,
+             spec=None, params: dict[str, str] | None = None) -> dict:
+    """Patched query-alone run vs the run with the context on a tiny random model: the figures. ``spec`` and
+    ``params``: the user's spec and parameter map instead of the inferred ones (`numeric.hf.layout_for`)."""
     t0 = time.perf_counter()
     model = tiny_model(model_type, layers, dtype, seed)
     gen = torch.Generator().manual_seed(seed + 2)
     ctx, q = random_ids(context_len, 64, gen), random_ids(query_len, 64, gen)
-    ps = absorb_context(model, ctx, q, keep_positions=keep_positions, strategy=strategy)
+    ps = absorb_context(model, ctx, q, keep_positions=keep_positions, strategy=strategy, spec=spec, params=params)
     full = model(torch.cat([ctx, q], 1))
     alone = model(q)
     if model_type in ENCODERS:
@@ -85,15 +60,15 @@ def hf_check(model_type: str, layers: int = 2, context_len: int = 6, query_len: 
         patched, want, plain = ps.logits(), full.logits[:, context_len:], alone.logits
     out = {"model_type": model_type, "dtype": dtype, "layers": layers, "context_len": context_len,
            "query_len": query_len, "keep_positions": keep_positions, "arch": ps.spec.name,
+           "layer_kinds": len(ps.layout.specs),
            "max_rel_error": rel_error(patched[0], want[0]), "unpatched_rel_error": rel_error(plain[0], want[0]),
            "bound": BOUNDS[dtype], **choices(ps)}
     if model_type not in ENCODERS or keep_positions:
         materialized = ps.materialized_logits() if model_type not in ENCODERS else None
         out["materialized_rel_error"] = rel_error(materialized[0], want[0]) if materialized is not None else None
     if generate and model_type not in ENCODERS:
-        ours = generate_without_context(model, ctx, q, generate, strategy=strategy)
-        ref = model.generate(torch.cat([ctx, q], 1), max_new_tokens=generate, do_sample=False)
-        ref = ref[:, context_len + query_len:]
+        ours = generate_without_context(model, ctx, q, generate, strategy=strategy, spec=spec, params=params)
+        ref = greedy_with_context(model, torch.cat([ctx, q], 1), generate)
         out["generation_identical"] = bool(torch.equal(ours, ref))
         out["generated"] = ours[0].tolist()
     out["ok"] = out["max_rel_error"] <= out["bound"] and out.get("generation_identical", True) and \
@@ -202,3 +177,65 @@ def real_check(name: str, dtype: str = "float32", generate: int = 0, strategy: s
 def _merged(per_pair: list[list[dict]]) -> list[dict]:
     """Per layer, the strategy counts summed over the pairs."""
     return [dict(sum((Counter(p[n]) for p in per_pair), Counter())) for n in range(len(per_pair[0]))]
+
+
+# --------------------------------------------------------------------------- every model type
+
+#: `ctxpatch models`: the bounds of a `supported` type (float64 factored and materialized errors; the
+#: materialized one is looser because transformers computes some norms in float32), the least effect of
+#: the context, and the greedy tokens generated in float32.
+SUPPORT = {"factored": 1e-6, "materialized": 1e-5, "unpatched": 1e-3, "generate": 16}
+
+
+def refusal(exc: BaseException) -> str:
+    """One line: why a type is refused."""
+    text = " ".join(str(exc).split())
+    return text if isinstance(exc, SpecError) else f"{type(exc).__name__}: {text}"[:300]
+
+
+def model_status(model_type: str, layers: int = 2, seed: int = 0) -> dict:
+    """`supported` (with its figures) or `refused` (with the reason) for one causal-LM model type."""
+    from numeric import zoo
+
+    t0 = time.perf_counter()
+    row = {"model_type": model_type, "status": "refused", "reason": "", "factored_error": None,
+           "materialized_error": None, "unpatched_error": None, "generation_identical": None, "layer_kinds": None}
+    try:
+        cfg = zoo.tiny_config(model_type, layers)
+        if getattr(cfg, "is_encoder_decoder", False):
+            raise SpecError("encoder-decoder model (the theory is stated for one decoder stack)")
+        out = hf_check(model_type, layers=layers, dtype="float64", seed=seed)
+        row.update(factored_error=out["max_rel_error"], materialized_error=out["materialized_rel_error"],
+                   unpatched_error=out["unpatched_rel_error"], layer_kinds=out["layer_kinds"])
+        gen = hf_check(model_type, layers=layers, dtype="float32", generate=SUPPORT["generate"], seed=seed,
+                       query_len=3)
+        row["generation_identical"] = gen["generation_identical"]
+        problems = [f"{name} error {row[key]:.1e} > {SUPPORT[name]:.0e}"
+                    for name, key in (("factored", "factored_error"), ("materialized", "materialized_error"))
+                    if not row[key] <= SUPPORT[name]]
+        if not row["unpatched_error"] >= SUPPORT["unpatched"]:
+            problems.append(f"the context barely matters (unpatched error {row['unpatched_error']:.1e})")
+        if not row["generation_identical"]:
+            problems.append("greedy generation differs")
+        row["status"] = "refused" if problems else "supported"
+        row["reason"] = "; ".join(problems)
+    except Exception as exc:  # noqa: BLE001 - every failure of a type is its refusal, with the reason
+        row["reason"] = refusal(exc)
+    row["seconds"] = round(time.perf_counter() - t0, 2)
+    return row
+
+
+def models_table(types: list[str] | None = None, progress=None) -> list[dict]:
+    """`model_status` of every causal-LM type of the installed transformers (or of ``types``)."""
+    import warnings
+
+    from numeric import zoo
+
+    rows = []
+    for model_type in types or zoo.causal_lm_types():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            rows.append(model_status(model_type))
+        if progress is not None:
+            progress(rows[-1])
+    return rows

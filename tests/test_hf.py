@@ -13,7 +13,7 @@ import torch
 pytest.importorskip("transformers")
 
 from ctxpatch.cli import main  # noqa: E402
-from numeric.hf import ADAPTERS, absorb_context, generate_without_context  # noqa: E402
+from numeric.hf import absorb_context, generate_without_context, layout_for  # noqa: E402
 from numeric.hfcheck import BOUNDS, ENCODERS, TINY, hf_check, random_ids, tiny_model  # noqa: E402
 from symbolic.errors import PatchConditionError, SpecError  # noqa: E402
 
@@ -21,8 +21,25 @@ TYPES = sorted(TINY)
 CAUSAL = [t for t in TYPES if t not in ENCODERS]
 
 
-def test_every_adapter_has_a_tiny_model():
-    assert set(ADAPTERS) == set(TINY) and len(TYPES) == 18
+#: What inference must find in each family: residual mode, MLP kind, norms (pre, post) as kind/scale.
+EXPECTED = {"llama": ("sequential", "gated", "rms/plain", None), "gemma": ("sequential", "gated", "rms/one_plus", None),
+            "gemma3_text": ("sequential", "gated", "rms/one_plus", "rms/one_plus"),
+            "olmo2": ("sequential", "gated", None, "rms/plain"), "gpt2": ("sequential", "dense", "layer/plain", None),
+            "gptj": ("parallel", "dense", "layer/plain", None), "falcon": ("parallel", "dense", "layer/plain", None),
+            "gpt_neox": ("parallel", "dense", "layer/plain", None), "mixtral": ("sequential", "moe", "rms/plain", None),
+            "qwen2_moe": ("sequential", "moe", "rms/plain", None)}
+
+
+@pytest.mark.parametrize("model_type", sorted(EXPECTED))
+def test_inference_reads_the_structure(model_type):
+    layout = layout_for(tiny_model(model_type, layers=2))
+    spec = layout.specs[0]
+
+    def norm(n):
+        return None if n is None else f"{n.kind}/{n.scale}"
+    got = (spec.residual, spec.mlp.kind, norm(spec.mlp.pre_norm), norm(spec.mlp.post_norm))
+    assert got == EXPECTED[model_type]
+    assert all(c["error"] <= c["bound"] for c in layout.checks) and len(layout.checks) == 2
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -61,7 +78,7 @@ def test_keep_positions_and_the_dense_storage_format(model_type):
         assert float((got - want).norm() / want.norm()) <= 1e-6
         for j in (0, 2):
             dense = copy.deepcopy(model)
-            layers = dense.get_submodule(ps.adapter.layers)
+            layers = dense.get_submodule(ps.layout.layers)
             for n, lp in enumerate(ps.layers):
                 layer = layers[n]
                 for name, (U, V) in lp.rank1.items():
@@ -121,8 +138,8 @@ def test_bad_inputs_are_clear_errors():
         absorb_context(model, torch.tensor([1, 2]), torch.tensor([[3]]))
     with pytest.raises(SpecError, match="outside"):
         absorb_context(model, torch.tensor([[1, 200]]), torch.tensor([[3]]))
-    model.config.model_type = "t5"
-    with pytest.raises(SpecError, match="no adapter"):
+    model.model.layers[0].mlp = torch.nn.Identity()  # a layer without the maps of an MLP: refused, named
+    with pytest.raises(SpecError, match="mlp.*linear maps"):
         absorb_context(model, torch.tensor([[1]]), torch.tensor([[3]]))
 
 
@@ -131,7 +148,7 @@ def test_hf_check_command(capsys):
     out = json.loads(capsys.readouterr().out)
     for key in ("model_type", "max_rel_error", "unpatched_rel_error", "generation_identical"):
         assert key in out
-    assert out["generation_identical"] is True and out["arch"] == "gemma3"
+    assert out["generation_identical"] is True and out["arch"] == "gemma3_text"
     assert main(["hf-check", "t5"]) == 2
     assert main(["hf-check", "llama", "--layers", "0"]) == 2
     assert "--layers" in capsys.readouterr().err

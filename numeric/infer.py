@@ -1,0 +1,806 @@
+r"""What a Hugging Face model's layers are, inferred: a `Layout` of per-layer `Adapter`\ s and `BlockSpec`\ s.
+
+No table of model families: the layout is read from the model itself.
+
+1. **The decoder layers**: the `nn.ModuleList` whose items are of a class the model declares in
+   ``_no_split_modules`` (transformers' unit of placement), else the longest list of identical blocks.
+2. **One layer, in float64, by probing**: the model runs once on random token ids with hooks that record
+   every layer's call; each layer is then copied to float64 and re-run on what it was given with hooks on
+   all its submodules. From what each submodule received and returned:
+
+   - the MLP branch: the layer's child named like an MLP (``mlp``, ``feed_forward``, ``ffn``, ``moe``,
+     ... or a class named ``*MLP``/``*MoE``/``*FeedForward``), or the parent of the output map
+     transformers' tensor-parallel plan marks ``rowwise``;
+   - the norms around it: a norm whose output *is* the MLP's input (pre-norm), one whose input is the
+     MLP's output (post-norm inside the branch); each norm identified by evaluating the candidates
+     (RMSNorm or LayerNorm, scale $w$ or $1 + w$, with or without bias, the module's eps) on inputs
+     of several magnitudes, small ones included where eps decides;
+   - the residual: $y = u + c\,b$ (sequential; $u$ the pre-norm's input) or $y = x + a + c\,b$
+     (parallel; $x$ the layer input, $a$ the attention output), the branch multiplier $c$ fitted and
+     recognised in the config (granite's ``residual_multiplier``);
+   - the MLP's maps: the linear submodules that received the MLP input (gate/up, or a fused gate_up)
+     and the one whose output is the MLP output (down), stacked expert tensors, routers, shared experts;
+     biases where the modules have them; storage (out, in) or transposed (GPT-2's Conv1D);
+   - the activation: the MLP's activation module's class, else the config's name.
+
+3. **The mandatory equivalence check** (`check_layer`): the spec's generated kernel (`forward`) must
+   reproduce the layer's own output on what the layer was given in the probe run, and the composed
+   modules on random inputs of several magnitudes, at every layer, to $10^{-12}$ relative in float64
+   (``FLOAT64_BOUND``); where the modules themselves compute in float32 (Gemma's norms, float32 router
+   softmaxes: seen by a `torch.overrides.TorchFunctionMode` that records every result's dtype), to
+   ``FLOAT32_INSIDE_BOUND``, and the report says so. Where candidates remain (which input map is the
+   gate, MoE routing options), the check picks the one that reproduces the module. Nothing else is
+   accepted: a failure names the layer, what differs and the closest spec tried.
+
+A user's spec (``spec=``) with a parameter map (``params={canonical name: path in the layer}``)
+replaces steps 2's spec and map; the check runs all the same.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from symbolic.errors import SpecError
+from symbolic.spec import ACTIVATIONS, Biases, BlockSpec, MLPSpec, MoESpec, NormSpec
+
+FLOAT64_BOUND = 1e-12
+FLOAT32_INSIDE_BOUND = 2e-5
+PROBE_TOKENS = 6
+PROBE_SCALES = (1.0, 1e-3)  # times sqrt(eps) too: where eps decides the norm
+
+#: transformers' activation classes and config names -> the spec's names.
+ACTIVATION_CLASSES = {"SiLU": "silu", "SiLUActivation": "silu", "GELUActivation": "gelu", "GELU": "gelu",
+                      "PytorchGELUTanh": "gelu_tanh", "GELUTanh": "gelu_tanh", "NewGELUActivation": "gelu_tanh",
+                      "FastGELUActivation": "gelu_tanh", "GeluTanh": "gelu_tanh", "ReLU": "relu",
+                      "ReLUSquaredActivation": "relu2", "Sigmoid": "sigmoid", "Tanh": "tanh"}
+ACTIVATION_NAMES = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh",
+                    "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh", "gelu_python": "gelu", "relu": "relu",
+                    "relu2": "relu2", "sigmoid": "sigmoid", "tanh": "tanh"}
+MLP_NAMES = ("mlp", "feed_forward", "ffn", "block_sparse_moe", "moe", "mlp_block", "feedforward")
+MLP_CLASS_MARKS = ("MLP", "MoE", "Moe", "FeedForward", "Ffn", "FFN")
+ATTENTION_MARKS = ("attn", "attention", "self_attention")
+ACT_ATTRS = ("act_fn", "act", "activation_fn", "activation", "act_func", "activation_function")
+EPS_ATTRS = ("eps", "variance_epsilon", "epsilon", "variance_eps")
+MULTIPLIER_KEYS = ("residual_multiplier", "residual_scale", "mlp_residual_multiplier")
+
+
+# --------------------------------------------------------------------------- the records
+
+
+@dataclass(frozen=True)
+class Param:
+    """Where a canonical parameter lives in a layer: a path, and how it is stored.
+
+    ``layout``: ``linear`` (out, in) as the canonical matrix; ``conv1d`` (in, out), GPT-2;
+    ``rows0``/``rows1``: the first/second half of the rows of a fused matrix (gate_up), per expert
+    when the tensor is stacked (E, out, in); ``vector`` a 1-D parameter; ``row`` a (1, d) matrix used
+    as a vector (a shared-expert gate).
+    """
+
+    path: str
+    layout: str = "linear"
+
+    def read(self, layer) -> torch.Tensor:
+        t = get(layer, self.path).detach()
+        if self.layout == "conv1d":
+            return t.T
+        if self.layout in ("rows0", "rows1"):
+            half = t.shape[-2] // 2
+            return t[..., :half, :] if self.layout == "rows0" else t[..., half:, :]
+        if self.layout == "row":
+            return t[0]
+        return t
+
+
+@dataclass(frozen=True)
+class Adapter:
+    """How one kind of layer maps onto a spec.
+
+    ``mode`` says how the MLP branch meets the residual stream:
+    ``sequential``: u is the input of ``u_module``; the output of ``branch_module`` is added to u.
+    ``parallel``: x (the layer input) is the input of ``u_module`` (the MLP's pre-norm), the
+    attention output is the output of ``attn_module``, u = x + attention; ``branch_module``'s output
+    is added to both. ``post_ln``: u is the input of ``u_module``; ``branch_module`` returns the
+    sub-block's output y itself (BERT's output LayerNorm after the add).
+    """
+
+    spec: BlockSpec
+    mode: str
+    u_module: str
+    branch_module: str
+    params: dict[str, Param]
+    attn_module: str = ""
+    skip: tuple[str, ...] = ()  # modules before the branch module that the patched run does not need
+
+
+@dataclass(frozen=True)
+class Layout:
+    """A model's decoder layers (``layers``: their path) and, per layer, its `Adapter`."""
+
+    model_type: str
+    layers: str
+    kinds: tuple[Adapter, ...]
+    encoder: bool = False
+    checks: tuple[dict, ...] = ()  # the equivalence check of every layer (`check_layer`)
+
+    def __getitem__(self, n: int) -> Adapter:
+        return self.kinds[n]
+
+    def __len__(self) -> int:
+        return len(self.kinds)
+
+    @property
+    def specs(self) -> list[BlockSpec]:
+        """The distinct specs, in layer order."""
+        return list(dict.fromkeys(k.spec for k in self.kinds))
+
+    @property
+    def modes(self) -> set[str]:
+        return {k.mode for k in self.kinds}
+
+
+def get(root, path: str):
+    """The submodule or parameter at a dotted path (list items by index)."""
+    for part in path.split("."):
+        root = root[int(part)] if part.isdigit() else getattr(root, part)
+    return root
+
+
+# --------------------------------------------------------------------------- finding the layers
+
+
+def decoder_layers(model) -> str:
+    """The path of the model's list of decoder layers."""
+    declared = set(getattr(model, "_no_split_modules", None) or ())
+    best, best_key = None, None
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.ModuleList) or len(module) == 0:
+            continue
+        classes = {type(m).__name__ for m in module}
+        key = (bool(classes & declared), len(module), -name.count("."))
+        if best_key is None or key > best_key:
+            best, best_key = name, key
+    if best is None:
+        raise SpecError(f"model type {model.config.model_type!r}: no list of layers found")
+    return best
+
+
+# --------------------------------------------------------------------------- probing
+
+
+@dataclass
+class Call:
+    """What one module received (its first tensor argument) and returned (its first tensor output)."""
+
+    inp: torch.Tensor | None
+    out: torch.Tensor | None
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+
+
+def first_tensor(value):
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (tuple, list)):
+        return next((v for v in value if isinstance(v, torch.Tensor)), None)
+    if hasattr(value, "last_hidden_state"):
+        return value.last_hidden_state
+    return None
+
+
+def _input_of(args, kwargs):
+    if args and isinstance(args[0], torch.Tensor):
+        return args[0]
+    for key in ("hidden_states", "hidden_state", "x", "input", "inputs"):
+        if isinstance(kwargs.get(key), torch.Tensor):
+            return kwargs[key]
+    return first_tensor(args)
+
+
+@torch.no_grad()
+def layer_calls(model, layers_path: str, ids: torch.Tensor) -> list[Call]:
+    """Every layer's first call (arguments, output) in one run of the model on ``ids``."""
+    layers = get(model, layers_path)
+    calls: dict[int, Call] = {}
+    handles = []
+    for n, layer in enumerate(layers):
+        def hook(_m, args, kwargs, out, n=n):
+            if n not in calls:
+                calls[n] = Call(_input_of(args, kwargs), first_tensor(out), args, dict(kwargs))
+        handles.append(layer.register_forward_hook(hook, with_kwargs=True))
+    try:
+        model(ids, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [n for n in range(len(layers)) if n not in calls]
+    if missing:
+        raise SpecError(f"layers {missing} of {layers_path} were not called in a forward pass")
+    return [calls[n] for n in range(len(layers))]
+
+
+def _double(value):
+    if isinstance(value, torch.Tensor):
+        return value.double() if value.is_floating_point() else value
+    if isinstance(value, tuple):
+        return tuple(_double(v) for v in value)
+    if isinstance(value, list):
+        return [_double(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _double(v) for k, v in value.items()}
+    return value
+
+
+def float64_copy(layer):
+    """A float64 copy of one layer (the model is left as it is)."""
+    return copy.deepcopy(layer).double().eval()
+
+
+@torch.no_grad()
+def trace(layer64, call: Call) -> tuple[dict[str, Call], torch.Tensor, torch.Tensor]:
+    """Run a float64 layer copy on its recorded call with hooks on every submodule:
+    ({path: Call}, layer input, layer output)."""
+    record: dict[str, Call] = {}
+    handles = []
+    for name, module in layer64.named_modules():
+        if not name:
+            continue
+
+        def hook(_m, args, kwargs, out, name=name):
+            if name not in record:  # copies: a layer may add into a submodule's output in place (Falcon)
+                record[name] = Call(_clone(_input_of(args, kwargs)), _clone(first_tensor(out)))
+        handles.append(module.register_forward_hook(hook, with_kwargs=True))
+    args, kwargs = _double(call.args), _double(call.kwargs)
+    mode = Float64Mode()
+    try:
+        with mode:
+            out = first_tensor(layer64(*args, **kwargs))
+    finally:
+        for h in handles:
+            h.remove()
+    record["__narrow__"] = Call(None, None, tuple(sorted(mode.narrow)))
+    return record, _input_of(args, kwargs), out
+
+
+def _clone(t):
+    return t.detach().clone() if isinstance(t, torch.Tensor) else t
+
+
+def _same(a, b) -> bool:
+    return a is not None and b is not None and a.shape == b.shape and bool(torch.equal(a, b))
+
+
+# --------------------------------------------------------------------------- norms
+
+
+def is_norm(module) -> bool:
+    name = type(module).__name__
+    return ("Norm" in name or "LayerNorm" in name) and "Group" not in name and "Batch" not in name
+
+
+def _norm_value(v, kind, scale, w, b, eps):
+    v = v.double()
+    if kind == "layer":
+        v = v - v.mean(-1, keepdim=True)
+    out = v / torch.sqrt((v * v).mean(-1, keepdim=True) + eps)
+    if scale == "plain":
+        out = out * w
+    elif scale == "one_plus":
+        out = out * (1 + w)
+    return out + b if b is not None else out
+
+
+def _eps_candidates(module, cfg) -> list[float]:
+    found = [float(getattr(module, a)) for a in EPS_ATTRS if isinstance(getattr(module, a, None), (int, float))]
+    found += [float(getattr(cfg, k)) for k in ("rms_norm_eps", "layer_norm_eps", "layer_norm_epsilon", "norm_eps",
+                                                "epsilon") if isinstance(getattr(cfg, k, None), (int, float))]
+    return list(dict.fromkeys(found + [1e-5, 1e-6]))
+
+
+@torch.no_grad()
+def identify_norm(module, cfg, d: int) -> tuple[NormSpec, dict[str, str]]:
+    """The norm's spec and its parameters ({'scale'|'bias': attribute}), from its outputs on random inputs
+    of several magnitudes (evaluated in float64 on a copy)."""
+    m = copy.deepcopy(module).double()
+    params = dict(m.named_parameters(recurse=False))
+    w = params.get("weight")
+    b = params.get("bias")
+    if w is not None and w.shape != (d,) or b is not None and b.shape != (d,):
+        raise SpecError(f"{type(module).__name__}: parameters of shape {[tuple(p.shape) for p in params.values()]}, "
+                        f"not ({d},)")
+    gen = torch.Generator().manual_seed(11)
+    tries = []
+    for eps in _eps_candidates(module, cfg):
+        xs = [torch.randn(3, d, generator=gen, dtype=torch.float64) * s
+              for s in (1.0, 3.0, math.sqrt(eps) if eps > 0 else 1e-4)]
+        xs[-1] = xs[-1] + 0.1 * xs[-1].mean()  # a mean, for LayerNorm vs RMSNorm at small scale
+        outs = [m(x) for x in xs]
+        for kind in ("rms", "layer"):
+            for scale in (("plain", "one_plus") if w is not None else ("none",)):
+                errs = [float((_norm_value(x, kind, scale, w, b, eps) - o).norm() / o.norm().clamp_min(1e-300))
+                        for x, o in zip(xs, outs, strict=True)]
+                tries.append((max(errs), kind, scale, eps))
+    err, kind, scale, eps = min(tries)
+    if err > FLOAT32_INSIDE_BOUND:
+        raise SpecError(f"{type(module).__name__} is none of RMSNorm/LayerNorm with scale w or 1 + w "
+                        f"(closest: {kind}, {scale}, eps={eps:g}, relative error {err:.1e})")
+    names = {}
+    if w is not None:
+        names["scale"] = "weight"
+    if b is not None:
+        names["bias"] = "bias"
+    return NormSpec(kind=kind, eps=eps, scale=scale, bias=b is not None), names
+
+
+# --------------------------------------------------------------------------- the MLP
+
+
+def find_mlp(layer) -> str:
+    for name, _child in layer.named_children():
+        if name in MLP_NAMES:
+            return name
+    for name, child in layer.named_children():
+        if any(mark in type(child).__name__ for mark in MLP_CLASS_MARKS):
+            return name
+    raise SpecError(f"{type(layer).__name__}: no MLP branch (no child named {'/'.join(MLP_NAMES)} or of an "
+                    "MLP/MoE/FeedForward class)")
+
+
+def _activation(mlp, cfg) -> list[str]:
+    """Candidate activations: the MLP's activation module's, the config's, then every named one."""
+    found = []
+    for module in mlp.modules():
+        for attr in ACT_ATTRS:
+            act = getattr(module, attr, None)
+            if isinstance(act, torch.nn.Module) and type(act).__name__ in ACTIVATION_CLASSES:
+                found.append(ACTIVATION_CLASSES[type(act).__name__])
+    for key in ("hidden_activation", "hidden_act", "activation_function", "activation", "hidden_activation_fn"):
+        name = getattr(cfg, key, None)
+        if isinstance(name, str) and name in ACTIVATION_NAMES:
+            found.append(ACTIVATION_NAMES[name])
+    rest = [a for a in ACTIVATIONS if a != "identity"]
+    return list(dict.fromkeys(found + rest))
+
+
+def _linears(mlp, mlp_path: str, record: dict[str, Call]) -> list[tuple[str, torch.nn.Module, Call]]:
+    out = []
+    for name, module in mlp.named_modules():
+        w = getattr(module, "weight", None)
+        if name and isinstance(w, torch.Tensor) and w.dim() == 2 and not is_norm(module):
+            call = record.get(f"{mlp_path}.{name}")
+            if call is not None:
+                out.append((name, module, call))
+    return out
+
+
+def _matrix(path: str, module, call: Call) -> Param:
+    w = module.weight
+    d_in, d_out = call.inp.shape[-1], call.out.shape[-1]
+    if "Conv1D" in type(module).__name__ or (w.shape == (d_in, d_out) and d_in != d_out):
+        return Param(f"{path}.weight", "conv1d")
+    return Param(f"{path}.weight")
+
+
+def dense_maps(mlp, mlp_path: str, record: dict[str, Call]) -> list[tuple[str, dict[str, Param], Biases]]:
+    """Candidate (kind, parameter map, biases) of a dense or gated MLP, the gate/up order both ways."""
+    mcall = record[mlp_path]
+    lin = _linears(mlp, mlp_path, record)
+    ins = [x for x in lin if _same(x[2].inp, mcall.inp)]
+    outs = [x for x in lin if _same(x[2].out, mcall.out)]
+    if len(outs) != 1 or not ins:
+        raise SpecError(f"{mlp_path} ({type(mlp).__name__}): expected linear maps fed by its input and one whose "
+                        f"output is its output; found {len(ins)} input and {len(outs)} output maps")
+    down_name, down, dcall = outs[0]
+    m = dcall.inp.shape[-1]
+    base = {"W_down": _matrix(f"{mlp_path}.{down_name}", down, dcall)}
+    bias = {"down": getattr(down, "bias", None) is not None}
+    if bias["down"]:
+        base["b_down"] = Param(f"{mlp_path}.{down_name}.bias")
+    candidates = []
+    if len(ins) == 1:
+        name, mod, call = ins[0]
+        width = call.out.shape[-1]
+        if width == m:
+            params = {**base, "W_up": _matrix(f"{mlp_path}.{name}", mod, call)}
+            if mod.bias is not None:
+                params["b_up"] = Param(f"{mlp_path}.{name}.bias")
+            return [("dense", params, Biases(up=mod.bias is not None, down=bias["down"]))]
+        if width == 2 * m and mod.bias is None:  # fused gate_up
+            for gate, up in (("rows0", "rows1"), ("rows1", "rows0")):
+                params = {**base, "W_gate": Param(f"{mlp_path}.{name}.weight", gate),
+                          "W_up": Param(f"{mlp_path}.{name}.weight", up)}
+                candidates.append(("gated", params, Biases(down=bias["down"])))
+            return candidates
+        raise SpecError(f"{mlp_path}.{name}: output width {width}, neither the hidden width {m} nor twice it")
+    if len(ins) == 2:
+        ordered = sorted(ins, key=lambda x: 0 if any(k in x[0] for k in ("gate", "w1", "wi_0")) else 1)
+        for g, u in (ordered, ordered[::-1]):
+            params = {**base, "W_gate": _matrix(f"{mlp_path}.{g[0]}", g[1], g[2]),
+                      "W_up": _matrix(f"{mlp_path}.{u[0]}", u[1], u[2])}
+            if g[1].bias is not None:
+                params["b_gate"] = Param(f"{mlp_path}.{g[0]}.bias")
+            if u[1].bias is not None:
+                params["b_up"] = Param(f"{mlp_path}.{u[0]}.bias")
+            candidates.append(("gated", params, Biases(gate=g[1].bias is not None, up=u[1].bias is not None,
+                                                       down=bias["down"])))
+        return candidates
+    raise SpecError(f"{mlp_path}: {len(ins)} linear maps read the MLP input; 1 (dense or fused) or 2 (gated) "
+                    "are modelled")
+
+
+def moe_maps(mlp, mlp_path: str, record: dict[str, Call], cfg) -> list[tuple[MoESpec, dict[str, Param]]]:
+    """Candidate (MoE spec, parameter map) of a mixture of experts with stacked expert tensors."""
+    experts = next(((n, m) for n, m in mlp.named_children()
+                    if any(p.dim() == 3 for p in m.parameters(recurse=False))), None)
+    if experts is None:
+        raise SpecError(f"{mlp_path}: a mixture of experts without stacked expert tensors is not modelled")
+    ename, emod = experts
+    stacked = {n: p for n, p in emod.named_parameters(recurse=False)}
+    if set(stacked) != {"gate_up_proj", "down_proj"}:
+        raise SpecError(f"{mlp_path}.{ename}: expert tensors {sorted(stacked)}; modelled: gate_up_proj, down_proj "
+                        "without biases")
+    E, two_m, d = stacked["gate_up_proj"].shape
+    if stacked["down_proj"].shape != (E, d, two_m // 2):
+        raise SpecError(f"{mlp_path}.{ename}: down_proj of shape {tuple(stacked['down_proj'].shape)}, expected "
+                        f"{(E, d, two_m // 2)} (experts stored (out, in))")
+    router = next(((n, m) for n, m in mlp.named_children() if n != ename and
+                   isinstance(getattr(m, "weight", None), torch.Tensor) and tuple(m.weight.shape) == (E, d)), None)
+    if router is None:
+        raise SpecError(f"{mlp_path}: no router of shape ({E}, {d}) found")
+    rname, rmod = router
+    if getattr(rmod, "bias", None) is not None:
+        raise SpecError(f"{mlp_path}.{rname}: a router bias is not modelled")
+    extra = [n for n, _ in rmod.named_parameters(recurse=False) if n != "weight"] + \
+        [n for n, _ in rmod.named_buffers(recurse=False)]
+    if extra:
+        raise SpecError(f"{mlp_path}.{rname}: router parameters/buffers {extra} are not modelled")
+    params = {"experts.W_gate": Param(f"{mlp_path}.{ename}.gate_up_proj", "rows0"),
+              "experts.W_up": Param(f"{mlp_path}.{ename}.gate_up_proj", "rows1"),
+              "experts.W_down": Param(f"{mlp_path}.{ename}.down_proj"),
+              "W_router": Param(f"{mlp_path}.{rname}.weight")}
+    shared = "none"
+    for n, m in mlp.named_children():
+        if n in (ename, rname):
+            continue
+        w = getattr(m, "weight", None)
+        if isinstance(w, torch.Tensor) and tuple(w.shape) == (1, d):
+            params["shared.w_gate"] = Param(f"{mlp_path}.{n}.weight", "row")
+            shared = "gated" if shared != "none" else "gated"
+            continue
+        sub = {k: v for k, v in m.named_modules() if isinstance(getattr(v, "weight", None), torch.Tensor)}
+        names = {k.split(".")[-1] for k in sub if k}
+        if {"gate_proj", "up_proj", "down_proj"} <= names:
+            for canon, key in (("shared.W_gate", "gate_proj"), ("shared.W_up", "up_proj"),
+                               ("shared.W_down", "down_proj")):
+                if getattr(sub[key], "bias", None) is not None:
+                    raise SpecError(f"{mlp_path}.{n}.{key}: a shared-expert bias is not modelled")
+                params[canon] = Param(f"{mlp_path}.{n}.{key}.weight")
+            shared = "gated" if "shared.w_gate" in params else "plain"
+        elif list(m.parameters()):
+            raise SpecError(f"{mlp_path}.{n} ({type(m).__name__}): a part of the mixture that is not modelled")
+    if "shared.w_gate" in params and "shared.W_gate" not in params:
+        raise SpecError(f"{mlp_path}: a shared-expert gate without a shared expert")
+    if "shared.W_gate" in params:
+        shared = "gated" if "shared.w_gate" in params else "plain"
+    top_k = getattr(cfg, "num_experts_per_tok", None) or getattr(cfg, "moe_topk", None) or \
+        getattr(cfg, "top_k", None)
+    if not isinstance(top_k, int):
+        raise SpecError(f"{mlp_path}: the config names no top-k (num_experts_per_tok)")
+    out = []
+    for softmax, renorm in (("before_topk", bool(getattr(cfg, "norm_topk_prob", False))),
+                            ("before_topk", not bool(getattr(cfg, "norm_topk_prob", False))),
+                            ("after_topk", False)):
+        out.append((MoESpec(experts=E, top_k=top_k, softmax=softmax, renormalize=renorm, shared_expert=shared,
+                            expert="gated"), params))
+    return out
+
+
+# --------------------------------------------------------------------------- one layer
+
+
+@dataclass
+class Flow:
+    """The data flow around the MLP branch of one layer (paths relative to the layer)."""
+
+    mlp: str
+    pre: str | None
+    post: str | None
+    mode: str
+    scale: float
+    attn: str = ""
+    shared_pre_norm: bool = False
+
+
+def _fit(r: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """(c, relative residual) of r ≈ c b."""
+    c = float((r * b).sum() / (b * b).sum().clamp_min(1e-300))
+    return c, float((r - c * b).norm() / r.norm().clamp_min(1e-300))
+
+
+def _recognise(c: float, cfg) -> float:
+    if abs(c - 1.0) <= 1e-9:
+        return 1.0
+    for key in MULTIPLIER_KEYS:
+        v = getattr(cfg, key, None)
+        if isinstance(v, (int, float)) and abs(v - c) <= 1e-9 * max(1.0, abs(v)):
+            return float(v)
+    return c
+
+
+def flow(layer64, record: dict[str, Call], x: torch.Tensor, y: torch.Tensor, cfg) -> Flow:
+    mlp = find_mlp(layer64)
+    mcall = record.get(mlp)
+    if mcall is None or mcall.inp is None or mcall.out is None:
+        raise SpecError(f"{mlp} was not called with a tensor in the layer's forward")
+    norms = {n: c for n, c in record.items() if is_norm(get(layer64, n)) and not n.startswith(mlp + ".")}
+    pre = next((n for n, c in norms.items() if _same(c.out, mcall.inp)), None)
+    post = next((n for n, c in norms.items() if _same(c.inp, mcall.out)), None)
+    b = norms[post].out if post else mcall.out
+    u = norms[pre].inp if pre else mcall.inp
+    c, err = _fit(y - u, b)
+    if err <= 1e-12:
+        return Flow(mlp, pre, post, "sequential", _recognise(c, cfg))
+    if _same(u, x):
+        attn = [n for n in record if "." not in n and any(k in n.lower() for k in ATTENTION_MARKS)]
+        for a in attn:
+            c, err = _fit(y - x - record[a].out, b)
+            if err <= 1e-12:
+                shared = pre is not None and _same(record[a].inp, mcall.inp)
+                return Flow(mlp, pre, post, "parallel", _recognise(c, cfg), a, shared)
+    raise SpecError(f"the output of {mlp} is not added to the residual stream as y = u + c * branch (sequential) "
+                    f"or y = x + attention + c * branch (parallel): relative residual {err:.1e}")
+
+
+def layer_adapters(layer64, record, x, y, cfg, model_type: str, name: str) -> tuple[Flow, list[Adapter]]:
+    """Every candidate Adapter (with its spec) of one layer, most likely first."""
+    fl = flow(layer64, record, x, y, cfg)
+    d = x.shape[-1]
+    norm_params: dict[str, Param] = {}
+    pre_spec = post_spec = None
+    if fl.pre:
+        pre_spec, names = identify_norm(get(layer64, fl.pre), cfg, d)
+        norm_params.update({f"mlp_pre_norm.{k}": Param(f"{fl.pre}.{v}") for k, v in names.items()})
+    if fl.post:
+        post_spec, names = identify_norm(get(layer64, fl.post), cfg, d)
+        norm_params.update({f"mlp_post_norm.{k}": Param(f"{fl.post}.{v}") for k, v in names.items()})
+    if fl.scale != 1.0:
+        raise SpecError(f"the MLP branch is scaled by {fl.scale:g} before the residual add; the spec language has "
+                        "no branch multiplier yet")
+    mlp = get(layer64, fl.mlp)
+    acts = _activation(mlp, cfg)
+    is_moe = any(p.dim() == 3 for p in mlp.parameters())
+    attention = dataclasses.replace(BlockSpec.__dataclass_fields__["attention"].default_factory(),
+                                    pre_norm=pre_spec if fl.shared_pre_norm else None)
+    out = []
+    if is_moe:
+        for moe, params in moe_maps(mlp, fl.mlp, record, cfg):
+            for act in acts[:1] if len(acts) else acts:
+                mspec = MLPSpec(kind="moe", activation=act, pre_norm=pre_spec, post_norm=post_spec)
+                spec = BlockSpec(name=name, mlp=mspec, residual=fl.mode, shared_pre_norm=fl.shared_pre_norm,
+                                 attention=attention, moe=moe, hf_model_types=(model_type,))
+                out.append(_adapter(spec, fl, {**params, **norm_params}))
+        return fl, out
+    for kind, params, biases in dense_maps(mlp, fl.mlp, record):
+        for act in acts:
+            mspec = MLPSpec(kind=kind, activation=act, bias=biases, pre_norm=pre_spec, post_norm=post_spec)
+            spec = BlockSpec(name=name, mlp=mspec, residual=fl.mode, shared_pre_norm=fl.shared_pre_norm,
+                             attention=attention, hf_model_types=(model_type,))
+            out.append(_adapter(spec, fl, {**params, **norm_params}))
+    # most likely first: the named activation with each map order before the other activations
+    first = [a for a in out if a.spec.mlp.activation == acts[0]]
+    return fl, first + [a for a in out if a.spec.mlp.activation != acts[0]]
+
+
+def _adapter(spec: BlockSpec, fl: Flow, params: dict[str, Param]) -> Adapter:
+    if fl.mode == "parallel":
+        return Adapter(spec, "parallel", fl.pre, fl.post or fl.mlp, params, attn_module=fl.attn,
+                       skip=(fl.mlp,) if fl.post else ())
+    u_module = fl.pre or fl.mlp
+    return Adapter(spec, "sequential", u_module, fl.post or fl.mlp, params, skip=(fl.mlp,) if fl.post else ())
+
+
+# --------------------------------------------------------------------------- the check
+
+
+_CASTS = {torch.Tensor.to, torch.Tensor.float, torch.Tensor.half, torch.Tensor.bfloat16, torch.Tensor.type,
+          torch.Tensor.type_as}
+
+
+class Float64Mode(torch.overrides.TorchFunctionMode):
+    """Runs modules in float64 throughout: a cast of a float64 tensor to a narrower float dtype (the float32
+    upcasts inside transformers' norms and routers, written for half precision) returns the tensor unchanged.
+    ``widened``: the casts it suppressed; ``narrow``: calls that still returned a narrower float tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.widened: set[str] = set()
+        self.narrow: set[str] = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        wanted = kwargs.get("dtype")
+        if isinstance(wanted, torch.dtype) and wanted.is_floating_point and wanted != torch.float64 and \
+                any(isinstance(a, torch.Tensor) and a.dtype == torch.float64 for a in args):
+            kwargs["dtype"] = torch.float64
+            self.widened.add(f"{getattr(func, '__name__', func)}(dtype=)")
+        out = func(*args, **kwargs)
+        t = first_tensor(out)
+        if not (isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64):
+            return out
+        if func in _CASTS and isinstance(args[0], torch.Tensor) and args[0].dtype == torch.float64:
+            self.widened.add(func.__name__)
+            return args[0]
+        self.narrow.add(getattr(func, "__name__", str(func)))
+        return out
+
+
+def _branch_modules(layer64, adapter: Adapter, u: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
+    """The layer's own modules composed as the adapter says: y (sequential) from u, or y - u + u for a
+    parallel block (the attention part is u itself)."""
+    spec = adapter.spec
+    if adapter.mode == "parallel":
+        z = get(layer64, adapter.u_module)(x)
+    else:
+        z = get(layer64, adapter.u_module)(u) if adapter.u_module not in adapter.skip and \
+            adapter.u_module != adapter.branch_module else u
+    mlp_path = adapter.skip[0] if adapter.skip else adapter.branch_module
+    h = first_tensor(get(layer64, mlp_path)(z))
+    if adapter.skip:
+        h = get(layer64, adapter.branch_module)(h)
+    del spec
+    return u + h
+
+
+def _kernel_forward(adapter: Adapter, layer64, u, x):
+    from numeric import kernels
+
+    kernel = kernels.load(adapter.spec, "torch")
+    params = {canon: p.read(layer64) for canon, p in adapter.params.items()}
+    return kernel.forward(params, u, **({"x": x} if adapter.mode == "parallel" else {}))
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).norm() / b.norm().clamp_min(1e-300))
+
+
+@torch.no_grad()
+def check_adapter(layer64, adapter: Adapter, u: torch.Tensor, x: torch.Tensor | None, y: torch.Tensor) -> dict:
+    """The spec's kernel against the layer: on the probe run's own (u, x) -> y, and against the composed
+    modules on random inputs of several magnitudes. Errors relative to the branch (y - u)."""
+    gen = torch.Generator().manual_seed(5)
+    branch = y - u
+    try:
+        ours = _kernel_forward(adapter, layer64, u[0], None if x is None else x[0])
+    except Exception as exc:  # noqa: BLE001 - a candidate that cannot even run is a failed candidate
+        return {"error": float("inf"), "bound": FLOAT64_BOUND, "float32_inside": [], "why": f"{exc}"[:200]}
+    errors = [_rel(ours - u[0], branch[0])]
+    mode = Float64Mode()
+    eps = min((n.eps for n in adapter.spec.norms.values() if n.eps > 0), default=1e-6)
+    for s in PROBE_SCALES + (math.sqrt(eps),):
+        ru = torch.randn(u[0].shape, generator=gen, dtype=torch.float64) * s
+        rx = None if x is None else torch.randn(x[0].shape, generator=gen, dtype=torch.float64) * s
+        with mode:
+            theirs = _branch_modules(layer64, adapter, ru[None], None if rx is None else rx[None])[0]
+        ours = _kernel_forward(adapter, layer64, ru, rx)
+        errors.append(_rel(ours - ru, theirs - ru))
+    narrow = sorted(mode.narrow)
+    bound = FLOAT32_INSIDE_BOUND if narrow else FLOAT64_BOUND
+    return {"error": max(errors), "bound": bound, "float32_inside": narrow, "widened": sorted(mode.widened)}
+
+
+# --------------------------------------------------------------------------- the layout
+
+
+def spec_name(model_type: str) -> str:
+    name = "".join(ch if ch.isalnum() else "_" for ch in model_type)
+    return name if name[:1].isalpha() else "m_" + name
+
+
+@torch.no_grad()
+def infer(model, spec: BlockSpec | None = None, params: dict[str, str] | None = None, seed: int = 0) -> Layout:
+    """The model's `Layout`, every layer checked (`check_adapter`); a SpecError otherwise."""
+    cfg = model.config
+    model_type = cfg.model_type
+    path = decoder_layers(model)
+    vocab = int(getattr(cfg, "vocab_size", 0) or 0)
+    if vocab < 2:
+        raise SpecError(f"model type {model_type!r}: no vocabulary size in the config")
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, vocab, (1, PROBE_TOKENS), generator=gen)
+    device = next((p.device for p in model.parameters() if p.device.type != "meta"), torch.device("cpu"))
+    calls = layer_calls(model, path, ids.to(device))
+    layers = get(model, path)
+    kinds, checks, seen = [], [], {}
+    for n, call in enumerate(calls):
+        layer64 = float64_copy(layers[n])
+        record, x, y = trace(layer64, call)
+        record.pop("__narrow__")
+        signature = _signature(layers[n])
+        tried = []
+        candidates = seen.get(signature)
+        if candidates is None:
+            if spec is not None:
+                fl = flow(layer64, record, x, y, cfg)
+                candidates = [_user_adapter(spec, fl, params)]
+            else:
+                _, candidates = layer_adapters(layer64, record, x, y, cfg, model_type, spec_name(model_type))
+        chosen = None
+        for cand in candidates:
+            u = _u_of(cand, record, x)
+            result = check_adapter(layer64, cand, u, x if cand.mode == "parallel" else None, y)
+            tried.append((result["error"], cand, result))
+            if result["error"] <= result["bound"]:
+                chosen = (cand, result)
+                break
+        if chosen is None:
+            err, cand, result = min(tried, key=lambda t: t[0])
+            raise SpecError(f"layer {n} ({path}.{n}): no spec reproduces the module's MLP branch; closest: "
+                            f"{describe(cand.spec)}, relative error {err:.1e} > {result['bound']:.0e}"
+                            + (f" ({result['why']})" if result.get("why") else ""))
+        cand, result = chosen
+        seen[signature] = [cand] + [c for c in candidates if c is not cand]
+        kinds.append(cand)
+        checks.append({"layer": n, **result})
+        del layer64
+    kinds = _named(kinds, model_type)
+    return Layout(model_type, path, tuple(kinds), checks=tuple(checks))
+
+
+def _named(kinds: list[Adapter], model_type: str) -> list[Adapter]:
+    """Distinct specs get distinct names (``<type>``, ``<type>_k1``, ...) so kernels do not collide."""
+    distinct = list(dict.fromkeys(k.spec for k in kinds))
+    if len(distinct) <= 1:
+        return kinds
+    rename = {s: dataclasses.replace(s, name=f"{s.name}_k{i}" if i else s.name) for i, s in enumerate(distinct)}
+    return [dataclasses.replace(k, spec=rename[k.spec]) for k in kinds]
+
+
+def _u_of(adapter: Adapter, record: dict[str, Call], x: torch.Tensor) -> torch.Tensor:
+    """u of the probe run: the u module's input (sequential), x + attention (parallel)."""
+    if adapter.mode == "parallel":
+        return x + record[adapter.attn_module].out
+    return record[adapter.u_module].inp
+
+
+def _signature(layer) -> tuple:
+    return tuple((n, type(m).__name__, tuple((k, tuple(p.shape)) for k, p in m.named_parameters(recurse=False)))
+                 for n, m in layer.named_modules())
+
+
+def _user_adapter(spec: BlockSpec, fl: Flow, params: dict[str, str] | None) -> Adapter:
+    if not params:
+        raise SpecError("a spec for a Hugging Face model needs params={canonical name: parameter path in the layer}")
+    from symbolic.spec import patchable_parameters
+
+    allowed = set(patchable_parameters(spec))
+    unknown = sorted(set(params) - allowed)
+    missing = sorted(allowed - set(params))
+    if unknown or missing:
+        raise SpecError(f"params: unknown canonical names {unknown}, missing {missing}; the spec's names: "
+                        f"{', '.join(sorted(allowed))}")
+    layouts = {}
+    for canon, where in params.items():
+        path, _, layout = where.partition(":")
+        layouts[canon] = Param(path, layout or "linear")
+    return _adapter(spec, fl, layouts)
+
+
+def describe(spec: BlockSpec) -> str:
+    m = spec.mlp
+    parts = [spec.residual, m.kind, m.activation]
+    if m.pre_norm:
+        parts.append(f"pre {m.pre_norm.kind}/{m.pre_norm.scale}")
+    if m.post_norm:
+        parts.append(f"post {m.post_norm.kind}/{m.post_norm.scale}")
+    b = [k for k in ("gate", "up", "down") if getattr(m.bias, k)]
+    if b:
+        parts.append("bias " + "+".join(b))
+    if spec.moe:
+        parts.append(f"moe E={spec.moe.experts} k={spec.moe.top_k} {spec.moe.softmax}"
+                     f"{' renorm' if spec.moe.renormalize else ''} shared={spec.moe.shared_expert}")
+    return ", ".join(parts)

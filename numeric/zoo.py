@@ -1,0 +1,101 @@
+"""Every causal-LM model type of the installed transformers, built tiny from its config (no downloads).
+
+`tiny_config` shrinks a type's default config by the names transformers uses for sizes (hidden size,
+intermediate sizes, heads, experts, layers, vocabulary), leaving every other option at its default; a
+config that cannot be made small (a multimodal composite, a default of billions of parameters) is
+reported, not built. `tiny_model` builds the model in a dtype with eager attention and experts (so
+float64 works) and perturbs every 1-D parameter, because norm weights that start at zero (Gemma) or
+at one would hide a missing ``1 +`` or a swapped scale.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+
+from symbolic.errors import SpecError
+
+SIZES = {"hidden_size": 32, "n_embd": 32, "d_model": 32, "n_embed": 32,
+         "intermediate_size": 48, "ffn_hidden_size": 48, "n_inner": 48, "ffn_dim": 48, "d_ff": 48,
+         "moe_intermediate_size": 16, "shared_expert_intermediate_size": 24, "expert_intermediate_size": 16,
+         "num_attention_heads": 4, "n_head": 4, "num_heads": 4, "n_heads": 4,
+         "num_key_value_heads": 2, "n_kv_heads": 2, "num_kv_heads": 2, "head_dim": 8,
+         "vocab_size": 64, "max_position_embeddings": 128, "n_positions": 128,
+         "num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4, "moe_num_experts": 4,
+         "num_experts_per_tok": 2, "moe_topk": 2, "n_group": 2, "topk_group": 1,
+         "kv_lora_rank": 16, "q_lora_rank": 16, "qk_rope_head_dim": 4, "qk_nope_head_dim": 4, "v_head_dim": 8,
+         "sliding_window": 4, "rotary_dim": 4, "first_k_dense_replace": 1}
+LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+PER_LAYER_LISTS = ("layer_types", "mlp_layer_types", "layers_block_type")
+MAX_PARAMETERS = 3_000_000
+
+
+def _fixes(model_type: str, layers: int) -> dict:
+    """Options a type's config derives per layer from a default of its own (not from the layer count)."""
+    if model_type == "gpt_neo":  # attention_types expands to one entry per layer
+        return {"attention_types": [[["global"], layers]]}
+    return {}
+VOCAB = 64
+
+
+def causal_lm_types() -> list[str]:
+    """Every model type transformers maps to a causal-LM class, sorted."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
+
+
+def tiny_config(model_type: str, layers: int = 2):
+    """The type's default config with small sizes (see `SIZES`), ``layers`` layers, special ids inside
+    the vocabulary and no end-of-sequence token (generation must not stop early)."""
+    from transformers import AutoConfig
+
+    try:
+        base = AutoConfig.for_model(model_type)
+    except Exception as exc:  # noqa: BLE001
+        raise SpecError(f"model type {model_type!r}: no default config ({' '.join(str(exc).split())[:200]})") from None
+    cls = type(base)
+
+    def settable(key):
+        return hasattr(base, key) and not isinstance(getattr(cls, key, None), property) and \
+            not isinstance(getattr(base, key), (list, dict))
+
+    kwargs = {k: v for k, v in SIZES.items() if settable(k)}
+    if "qk_rope_head_dim" in kwargs and "head_dim" in kwargs:  # multi-head latent attention: head_dim is the rope part
+        kwargs["head_dim"] = kwargs["qk_rope_head_dim"]
+    for key in LAYER_KEYS:
+        if settable(key):
+            kwargs[key] = layers
+    for key in PER_LAYER_LISTS:
+        if isinstance(getattr(base, key, None), list) and not isinstance(getattr(cls, key, None), property):
+            kwargs[key] = None
+    kwargs.update(bos_token_id=0, pad_token_id=0, eos_token_id=None, **_fixes(model_type, layers))
+    try:
+        return AutoConfig.for_model(model_type, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - transformers' validators raise many kinds
+        raise SpecError(f"model type {model_type!r}: its config refuses small sizes: "
+                        f"{' '.join(str(exc).split())[:200]}") from None
+
+
+def tiny_model(model_type: str, layers: int = 2, dtype: torch.dtype = torch.float64, seed: int = 0,
+               encoder: bool = False):
+    """A small random model of `model_type`; a SpecError when its config cannot be made small."""
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    cfg = tiny_config(model_type, layers)
+    cls = AutoModel if encoder else AutoModelForCausalLM
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        size = sum(p.numel() for p in cls.from_config(cfg).parameters())
+    if size > MAX_PARAMETERS:
+        raise SpecError(f"model type {model_type!r}: its config could not be made small ({size:,} parameters "
+                        "with the sizes transformers names; a composite or multimodal config)")
+    torch.manual_seed(seed)
+    model = cls.from_config(cfg, dtype=dtype, attn_implementation="eager", experts_implementation="eager").eval()
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for _name, p in model.named_parameters():
+            if p.dim() == 1:
+                p.add_((0.3 * torch.randn(p.shape, generator=gen, dtype=torch.float64)).to(p.dtype))
+    return model

@@ -1,0 +1,188 @@
+"""Adapter inference (numeric.infer): the layout of any transformers decoder read from the model, the
+mandatory equivalence check before any patch, user specs in the Hugging Face path, `ctxpatch models`."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from ctxpatch.cli import main  # noqa: E402
+from numeric import zoo  # noqa: E402
+from numeric.hf import absorb_context, layout_for  # noqa: E402
+from numeric.hfcheck import model_status, random_ids, tiny_model  # noqa: E402
+from numeric.infer import FLOAT64_BOUND, Float64Mode, infer  # noqa: E402
+from symbolic import catalog  # noqa: E402
+from symbolic.errors import SpecError  # noqa: E402
+
+#: Types with no hand-written record anywhere: inference alone must read them, and the check must pass at
+#: float64 round-off (the float32 casts inside transformers' norms are widened by `Float64Mode`).
+INFERRED = ["phi3", "cohere", "stablelm", "granite", "nemotron", "glm4", "starcoder2", "exaone4", "olmo",
+            "helium", "smollm3", "arcee", "apertus", "ministral", "seed_oss", "hunyuan_v1_dense", "glm",
+            "persimmon", "gpt_bigcode", "codegen", "biogpt", "opt", "bloom", "mpt", "gpt_neo",
+            "qwen3_moe", "olmoe", "phimoe", "granitemoe", "ernie4_5", "dots1"]
+
+
+@pytest.mark.parametrize("model_type", INFERRED)
+def test_inference_checks_every_layer_in_float64(model_type):
+    try:
+        model = tiny_model(model_type, layers=2)
+    except SpecError as exc:  # a config that cannot be made small is a refusal, not a pass
+        pytest.fail(f"{model_type}: {exc}")
+    try:
+        layout = layout_for(model)
+    except SpecError as exc:
+        pytest.skip(f"refused with a reason: {exc}")  # listed by `ctxpatch models`; the test below counts them
+    assert len(layout.checks) == len(layout) == 2
+    for check in layout.checks:
+        assert check["error"] <= check["bound"], check
+        if not check["float32_inside"]:
+            assert check["bound"] == FLOAT64_BOUND
+
+
+def test_most_listed_types_are_inferred():
+    """The skips above are refusals; at least 25 of the 32 listed types must be read and checked."""
+    ok = 0
+    for model_type in INFERRED:
+        try:
+            layout_for(tiny_model(model_type, layers=2))
+            ok += 1
+        except SpecError:
+            pass
+    assert ok >= 25, ok
+
+
+def test_biases_are_read_from_the_modules():
+    """llama with mlp_bias=True: inferred with its biases, patched exactly (once a silent error of 0.65)."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = zoo.tiny_config("llama")
+    cfg.mlp_bias = True
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float64, attn_implementation="eager").eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(0.3 * torch.randn_like(p))
+    spec = layout_for(model).specs[0]
+    assert (spec.mlp.bias.gate, spec.mlp.bias.up, spec.mlp.bias.down) == (True, True, True)
+    gen = torch.Generator().manual_seed(3)
+    ctx, q = random_ids(5, 64, gen), random_ids(3, 64, gen)
+    ps = absorb_context(model, ctx, q)
+    with torch.no_grad():
+        want = model(torch.cat([ctx, q], 1)).logits[0, 5:]
+        got = ps.materialized_logits()[0]
+    assert float((got - want).norm() / want.norm()) <= 1e-5
+
+
+def test_a_spec_without_the_biases_is_refused_by_the_check():
+    """The user's llama spec (no biases) on a llama with mlp_bias=True: the check refuses, naming the layer."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = zoo.tiny_config("llama")
+    cfg.mlp_bias = True
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float64, attn_implementation="eager").eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(0.3 * torch.randn_like(p))
+    params = {"W_gate": "mlp.gate_proj.weight", "W_up": "mlp.up_proj.weight", "W_down": "mlp.down_proj.weight",
+              "mlp_pre_norm.scale": "post_attention_layernorm.weight"}
+    spec = dataclasses.replace(catalog.load("llama"), name="llama_user")
+    spec = dataclasses.replace(spec, mlp=dataclasses.replace(
+        spec.mlp, pre_norm=dataclasses.replace(spec.mlp.pre_norm, eps=cfg.rms_norm_eps)))
+    with pytest.raises(SpecError, match=r"layer 0 \(model\.layers\.0\).*relative error"):
+        absorb_context(model, torch.tensor([[1, 2, 3]]), torch.tensor([[4, 5]]), spec=spec, params=params)
+
+
+def test_a_user_spec_that_matches_is_accepted():
+    model = tiny_model("llama")
+    params = {"W_gate": "mlp.gate_proj.weight", "W_up": "mlp.up_proj.weight", "W_down": "mlp.down_proj.weight",
+              "mlp_pre_norm.scale": "post_attention_layernorm.weight"}
+    spec = catalog.load("llama")
+    spec = dataclasses.replace(spec, mlp=dataclasses.replace(
+        spec.mlp, pre_norm=dataclasses.replace(spec.mlp.pre_norm, eps=model.config.rms_norm_eps)))
+    layout = infer(model, spec, params)
+    assert layout.specs == [spec] and all(c["error"] <= FLOAT64_BOUND for c in layout.checks)
+    with pytest.raises(SpecError, match="missing.*W_down"):
+        infer(model, spec, {k: v for k, v in params.items() if k != "W_down"})
+
+
+def test_a_swapped_activation_is_refused():
+    """A module changed after loading (SiLU -> ReLU in one layer): the check compares the module itself,
+    so the layer is checked again and read as what it now is, or refused; never patched as before."""
+    model = tiny_model("llama")
+    before = layout_for(model)
+    model.model.layers[1].mlp.act_fn = torch.nn.Tanh()
+    after = layout_for(model)
+    assert after is not before
+    assert after[1].spec.mlp.activation == "tanh" and after[0].spec.mlp.activation == "silu"
+    assert len(after.specs) == 2
+
+    class Odd(torch.nn.Module):
+        def forward(self, x):
+            return torch.sin(x)
+    model.model.layers[0].mlp.act_fn = Odd()
+    with pytest.raises(SpecError, match=r"layer 0 .*no spec reproduces"):
+        layout_for(model)
+
+
+def test_mixed_layer_kinds_get_one_spec_each():
+    """qwen2_moe with decoder_sparse_step=2: dense and MoE layers alternate (once an AttributeError)."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = zoo.tiny_config("qwen2_moe", layers=2)
+    cfg.decoder_sparse_step = 2
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float64, attn_implementation="eager",
+                                             experts_implementation="eager").eval()
+    layout = layout_for(model)
+    assert [k.spec.mlp.kind for k in layout.kinds] == ["gated", "moe"]
+    assert len({s.name for s in layout.specs}) == 2
+    gen = torch.Generator().manual_seed(1)
+    ctx, q = random_ids(5, 64, gen), random_ids(3, 64, gen)
+    ps = absorb_context(model, ctx, q)
+    with torch.no_grad():
+        want = model(torch.cat([ctx, q], 1)).logits[0, 5:]
+    assert float((ps.logits()[0] - want).norm() / want.norm()) <= 1e-6
+
+
+def test_float64_mode_widens_casts_and_reports_them():
+    x = torch.randn(3, dtype=torch.float64)
+    with Float64Mode() as mode:
+        y = x.float() * 2
+        z = torch.softmax(x, -1, dtype=torch.float32)
+    assert y.dtype == torch.float64 and z.dtype == torch.float64
+    assert "float" in mode.widened and not mode.narrow
+
+
+def test_models_command_reports_supported_and_refused(capsys, tmp_path):
+    md = tmp_path / "MODELS.md"
+    assert main(["models", "--types", "llama", "mamba", "--json", "--markdown", str(md)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    rows = {r["model_type"]: r for r in out["models"]}
+    assert rows["llama"]["status"] == "supported" and rows["llama"]["generation_identical"] is True
+    assert rows["llama"]["factored_error"] <= 1e-6 and rows["llama"]["unpatched_error"] >= 1e-3
+    assert rows["mamba"]["status"] == "refused" and rows["mamba"]["reason"]
+    assert out["summary"] == {**out["summary"], "types": 2, "supported": 1, "refused": 1}
+    assert "| llama | supported |" in md.read_text()
+    assert main(["models", "--types", "no_such_type"]) == 2
+
+
+def test_model_status_names_an_encoder_decoder():
+    row = model_status("bart")
+    assert row["status"] == "refused" and row["reason"]
+
+
+def test_hf_check_with_a_user_spec(capsys):
+    argv = ["hf-check", "gpt2", "--json", "--spec", "gpt2", "--param", "W_up=mlp.c_fc.weight:conv1d",
+            "--param", "b_up=mlp.c_fc.bias", "--param", "W_down=mlp.c_proj.weight:conv1d",
+            "--param", "b_down=mlp.c_proj.bias", "--param", "mlp_pre_norm.scale=ln_2.weight",
+            "--param", "mlp_pre_norm.bias=ln_2.bias"]
+    # the catalog gpt2 spec has eps 1e-5 and gelu_tanh, as the tiny gpt2 config
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["max_rel_error"] <= 1e-12
+    assert main(["hf-check", "gpt2", "--param", "W_up=x"]) == 2
