@@ -34,6 +34,8 @@ D, M, NE, MS = "d", "m", "n_E", "m_s"  # model width, MLP width, number of exper
 expert = EXPERT
 rank = sp.Symbol("j", integer=True, positive=True)
 top_k = sp.Symbol("k", integer=True, positive=True)
+#: The routed experts' scale (DeepSeek-V3's routed_scaling_factor): multiplies the routed sum, not the shared expert.
+ROUTED_SCALE = sp.Symbol("rho", real=True, nonzero=True)
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,7 @@ class Param:
 
     name: str
     symbol: sp.Symbol
-    role: str  # input | output | bias_in | bias_out | norm_scale | norm_bias
+    role: str  # input | output | bias_in | bias_out | norm_scale | norm_bias | constant (read, never patched)
     stage: str  # pre | inner | outer | post | post_ln
     per_expert: bool = False
 
@@ -74,6 +76,16 @@ class Block:
         self.sigma = activation(spec.mlp.activation)
         self.phi = activation(spec.mlp.out_activation)
         self.eps = {name: self._eps(name, n) for name, n in spec.norms.items()}
+        moe = spec.moe
+        self.routed_scale = sp.S.One if moe is None or moe.routed_scale == 1 else ROUTED_SCALE
+
+    @property
+    def constants(self) -> list[tuple[sp.Symbol, float]]:
+        """The block's named constants and their values: the norms' eps, the routed experts' scale."""
+        out = [(eps, float(self.spec.norms[n].eps)) for n, eps in self.eps.items() if eps != 0]
+        if self.routed_scale != 1:
+            out.append((self.routed_scale, float(self.spec.moe.routed_scale)))
+        return out
 
     # ----------------------------------------------------------------- parameters
 
@@ -98,6 +110,8 @@ class Block:
         suffix = "_s" if group == "shared" else ""
         if base == "W_router":
             return Param(name, Mat("W_router", NE, D), "input", "inner")
+        if base == "b_select":  # only the router's choice reads it (lowered into the routing; see outer)
+            return Param(name, Vec("b_select", NE), "constant", "inner")
         if base == "w_gate":
             return Param(name, Vec("w_sg", D), "input", "inner")
         if base in ("W_gate", "W_up"):
@@ -213,13 +227,17 @@ class Block:
 
     def outer(self, P: Params, hidden: dict[str, sp.Expr], ell: sp.Expr | None = None,
               shared_gate: sp.Expr = sp.S.One) -> sp.Expr:
-        """h = W_down a + b_down; for MoE sum_j s_j W_down^(e_j) a^(e_j) (+ gated shared expert)."""
+        r"""h = W_down a + b_down; for MoE $\rho \sum_j s_j W_\mathrm{down}^{(e_j)} a^{(e_j)}$ (+ gated shared expert).
+
+        `Sel` and `Gate` are the spec's router as functions of the logits alone (scores, the constant
+        selection bias, groups): equal logits give equal choices and weights, whatever the router.
+        """
         if self.spec.moe is None:
             return MatVec(P["W_down"], hidden[""]) + self.value(P, "b_down")
         e_j = Sel(ell, rank)
         routed = self.gate(ell, rank) * MatVec(
             self.expert_matrix(P, "W_down", e_j), hidden["experts"].subs(expert, e_j))
-        h = sp.Sum(routed, (rank, 1, top_k))
+        h = self.routed_scale * sp.Sum(routed, (rank, 1, top_k))
         if "shared" in hidden:
             h += shared_gate * MatVec(P["shared.W_down"], hidden["shared"])
         return h

@@ -1,0 +1,201 @@
+"""The spec language where real models need it (issue 14, item 4): each extension's spec fields, and
+its generated kernel against the transformers module it models, in float64, with an explicit map
+from canonical parameter names to the module's own parameters.
+
+Module comparisons feed the MLP sub-block's input z (after the pre-norm) to the module and compare with
+the kernel's branch output ``forward(params, u) - u`` with ``z = pre_norm(u)``: transformers computes its
+RMSNorms in float32 even in a float64 model, and the norm is not what these tests are about.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import warnings
+
+import pytest
+import torch
+
+from numeric import kernels
+from numeric.kernels import runtime
+from numeric.reference import norm, select
+from symbolic import catalog
+from symbolic.controllability import check
+from symbolic.errors import PatchConditionError, SpecError
+from symbolic.spec import MoESpec, dump_toml, loads_toml
+
+transformers = pytest.importorskip("transformers")
+
+
+def _rel(a, b) -> float:
+    return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b))
+
+
+def _seeded(seed: int) -> torch.Generator:
+    print(f"seed {seed}")
+    return torch.Generator().manual_seed(seed)
+
+
+@contextlib.contextmanager
+def float64_routers(model_type: str):
+    """Run the module's own code with its router's float32 casts made float64.
+
+    The DeepSeek-V3 family computes router logits and scores in float32 even in a float64 model
+    (``F.linear(hidden_states.type(torch.float32), ...)``): the module's output then agrees with any
+    float64 computation to ~1e-7 only. To compare the rest bit for bit, the module's `torch` global is
+    replaced by a proxy whose `float32` is `float64` (everything else is torch itself).
+    """
+    module = importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
+
+    class Torch64:
+        float32 = torch.float64
+        float = torch.float64
+
+        def __getattr__(self, name):
+            return getattr(torch, name)
+
+    saved = module.torch
+    module.torch = Torch64()
+    try:
+        yield
+    finally:
+        module.torch = saved
+
+
+# --------------------------------------------------------------------------- 1. DeepSeek-V3 routing
+
+
+DEEPSEEK_TEXT = catalog.text("deepseek_v3")
+
+
+def test_deepseek_fields_round_trip_and_defaults():
+    spec = catalog.load("deepseek_v3")
+    m = spec.moe
+    assert (m.scoring, m.selection_bias, m.groups, m.topk_groups, m.routed_scale) == ("sigmoid", True, 8, 4, 2.5)
+    assert loads_toml(dump_toml(spec)) == spec
+    plain = catalog.load("qwen3_moe")
+    assert "scoring" not in dump_toml(plain) and loads_toml(dump_toml(plain)) == plain
+
+
+@pytest.mark.parametrize(("old", "new", "words"), [
+    ("groups = 8", "groups = 7", "divide experts"),
+    ("topk_groups = 4", "topk_groups = 9", "topk_groups"),
+    ("routed_scale = 2.5", "routed_scale = 0.0", "routed_scale"),
+    ('scoring = "sigmoid"', 'scoring = "tanh"', "scoring"),
+    ('softmax = "before_topk"', 'softmax = "after_topk"', "after_topk"),
+    ("top_k = 8", "top_k = 200", "exceeds"),
+    ("selection_bias = true", "selection_bias = 1", "selection_bias"),
+])
+def test_deepseek_fields_bad_values_are_named(old, new, words):
+    assert old in DEEPSEEK_TEXT
+    with pytest.raises(SpecError) as exc:
+        loads_toml(DEEPSEEK_TEXT.replace(old, new), "ds.toml")
+    assert "ds.toml" in str(exc.value) and words in str(exc.value)
+
+
+def test_groups_need_two_experts_each():
+    with pytest.raises(ValueError, match="two best experts"):
+        MoESpec(experts=8, top_k=2, groups=8, topk_groups=4)
+
+
+def test_routed_scale_divides_the_routed_share_and_not_the_shared_expert():
+    """delta / (rho |a_C^(e)|^2): the renormalized gates sum to one, rho scales only the routed sum."""
+    d = check(catalog.load("deepseek_v3")).derivation
+    text = str(d.formula("experts.W_down").value)
+    assert "rho" in text and "delta" in text
+    assert "shared.W_down" not in {p.param for p in d.patches}
+
+
+def test_routing_runtime_matches_the_reference_router():
+    """The kernels' runtime router (both back ends) chooses and weighs as `numeric.reference.select`."""
+    spec = catalog.load("deepseek_v3")
+    gen = _seeded(11)
+    E = 24
+    logits = torch.randn(50, E, generator=gen, dtype=torch.float64)
+    bias = 0.3 * torch.randn(E, generator=gen, dtype=torch.float64)
+    routing = runtime.Routing("sigmoid", spec.moe.groups, spec.moe.topk_groups)
+    idx, scores = select(spec, logits, bias)
+    want = torch.zeros(50, E, dtype=torch.float64).scatter_(1, idx, scores)
+    got = runtime.route(logits[:, None, :], spec.moe.top_k, routing, bias)[..., 0]
+    assert torch.equal(got > 0, want > 0) and torch.allclose(got, want, rtol=1e-15, atol=0)
+    got_np = torch.from_numpy(runtime.route(logits[:, None, :].numpy(), spec.moe.top_k, routing, bias.numpy())[..., 0])
+    assert torch.equal(got_np > 0, want > 0) and torch.allclose(got_np, want, rtol=1e-15, atol=0)
+    no_groups = torch.zeros(50, E, dtype=torch.float64).scatter_(1, (torch.sigmoid(logits) + bias).topk(8)[1], 1.0)
+    assert not torch.equal((got > 0).double(), no_groups)  # the group limit changes the choice
+
+
+def test_a_near_tie_between_groups_is_refused():
+    """Two groups whose scores tie decide the choice by round-off: the token is refused, naming groups."""
+    routing = runtime.Routing("sigmoid", groups=4, topk_groups=2)
+    zero = torch.zeros(8, dtype=torch.float64)
+    logits = torch.tensor([[3.0, 2.0, -1, -1, 1.0, 0.5, 0.0, 0.0]], dtype=torch.float64)[:, None, :]
+    runtime.require_topk_margin(logits, 3, "0", routing, zero)  # groups 1 and 3, then experts 0, 1, 4: clear
+    tied = torch.tensor([[3.0, 2.0, 1.0, 0.5, -1, -1, 1.0, 0.5]], dtype=torch.float64)[:, None, :]
+    with pytest.raises(PatchConditionError) as exc:  # groups 2 and 4 tie for the second place
+        runtime.require_topk_margin(tied, 3, "0", routing, zero)
+    assert "group" in str(exc.value) and exc.value.tokens == [0]
+
+
+#: Model types whose MoE block is DeepSeek-V3's (sigmoid router with selection bias, groups, scaled routed
+#: sum, ungated shared expert), checked module against kernel below; `hf_model_types` of the catalog entry.
+DEEPSEEK_TYPES = catalog.load("deepseek_v3").hf_model_types
+
+TINY = dict(hidden_size=32, intermediate_size=48, moe_intermediate_size=16, n_routed_experts=24, num_local_experts=24,
+            num_experts=24, num_experts_per_tok=8, n_group=8, topk_group=4, n_shared_experts=1,
+            routed_scaling_factor=2.5, norm_topk_prob=True, first_k_dense_replace=0, num_hidden_layers=1,
+            num_attention_heads=4, num_key_value_heads=4, head_dim=8, vocab_size=64, hidden_act="silu",
+            kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=4, v_head_dim=8, rms_norm_eps=1e-6)
+
+
+def _tiny_layer(model_type: str, **overrides):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.for_model(model_type, **{**TINY, **overrides})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float64, attn_implementation="eager",
+                                                 experts_implementation="eager")
+    return model.model.layers[0]
+
+
+def _randomize(module: torch.nn.Module, gen: torch.Generator) -> None:
+    with torch.no_grad():
+        for _, t in [*module.named_parameters(), *module.named_buffers()]:
+            t.copy_(torch.randn(t.shape, generator=gen, dtype=t.dtype) * t.shape[-1] ** -0.5)
+
+
+def deepseek_params(layer) -> dict[str, torch.Tensor]:
+    """Canonical names -> the DeepSeek-V3 decoder layer's tensors (gate_up_proj: gate rows first)."""
+    moe, m = layer.mlp, layer.mlp.experts.down_proj.shape[-1]
+    return {
+        "mlp_pre_norm.scale": layer.post_attention_layernorm.weight,
+        "W_router": moe.gate.weight,
+        "b_select": moe.gate.e_score_correction_bias,
+        "experts.W_gate": moe.experts.gate_up_proj[:, :m],
+        "experts.W_up": moe.experts.gate_up_proj[:, m:],
+        "experts.W_down": moe.experts.down_proj,
+        "shared.W_gate": moe.shared_experts.gate_proj.weight,
+        "shared.W_up": moe.shared_experts.up_proj.weight,
+        "shared.W_down": moe.shared_experts.down_proj.weight,
+    }
+
+
+@pytest.mark.parametrize("model_type", DEEPSEEK_TYPES)
+def test_deepseek_kernel_is_the_transformers_moe_block(model_type):
+    spec = catalog.load("deepseek_v3")
+    layer = _tiny_layer(model_type)
+    _randomize(layer, _seeded(len(model_type)))
+    params = {k: v.detach() for k, v in deepseek_params(layer).items()}
+    u = torch.randn(6, 32, generator=_seeded(5), dtype=torch.float64)
+    z = norm(spec.mlp.pre_norm, params["mlp_pre_norm.scale"], None, u)
+    k = kernels.load("deepseek_v3", "torch")
+    branch = k.forward(params, u) - u
+    with torch.no_grad(), float64_routers(model_type):
+        exact = layer.mlp(z[None])[0]
+    assert _rel(branch, exact) <= 1e-12, _rel(branch, exact)
+    with torch.no_grad():
+        as_shipped = layer.mlp(z[None])[0]
+        assert _rel(layer.post_attention_layernorm(u), z) <= 1e-6  # the pre-norm is a plain RMSNorm (float32 inside)
+    assert _rel(branch, as_shipped) <= 1e-6  # the float32 router is the floor
+    unbiased = k.forward({**params, "b_select": torch.zeros_like(params["b_select"])}, u) - u
+    assert _rel(unbiased, exact) > 1e-3  # the selection bias is modelled, not ignored
