@@ -157,7 +157,7 @@ def forward(spec: BlockSpec, params: dict, u: torch.Tensor, base: torch.Tensor,
         h = _moe(spec, params, z, tr)
     phi = elementwise(spec.mlp.out_activation)
     tr.h = h
-    tr.o = _norm_of(spec, params, "mlp_post_norm", phi(h))
+    tr.o = spec.mlp.branch_scale * _norm_of(spec, params, "mlp_post_norm", phi(h))
     r = base + tr.o if spec.skip else tr.o
     tr.y = _norm_of(spec, params, "post_ln", r)
     return tr

@@ -6,7 +6,7 @@ The MLP sub-block of one token is split as DESIGN.md does:
     q = inner(z)               pre-activations: the input maps W_gate, W_up, router, ...
     a = sigma(q)               hidden activations (the MLP's "inner function" ends here)
     h = outer(a)               W_down a + b_down (for MoE: the gated sum over selected experts)
-    o = post(phi(h))           output activation, then the post-norm inside the branch
+    o = c post(phi(h))         output activation, the post-norm inside the branch, the branch scale c
     r = base + o               the residual add (base = u; 0 without skip)
     y = post_ln(r)             the LayerNorm after the add (BERT), or identity
 
@@ -36,6 +36,8 @@ rank = sp.Symbol("j", integer=True, positive=True)
 top_k = sp.Symbol("k", integer=True, positive=True)
 #: The routed experts' scale (DeepSeek-V3's routed_scaling_factor): multiplies the routed sum, not the shared expert.
 ROUTED_SCALE = sp.Symbol("rho", real=True, nonzero=True)
+#: The MLP branch's output multiplier (Granite's residual_multiplier): r = u + c_branch o.
+BRANCH_SCALE = sp.Symbol("c_branch", real=True, nonzero=True)
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ class Block:
         self.eps = {name: self._eps(name, n) for name, n in spec.norms.items()}
         moe = spec.moe
         self.routed_scale = sp.S.One if moe is None or moe.routed_scale == 1 else ROUTED_SCALE
+        self.branch_scale = sp.S.One if spec.mlp.branch_scale == 1 else BRANCH_SCALE
 
     @property
     def constants(self) -> list[tuple[sp.Symbol, float]]:
@@ -85,6 +88,8 @@ class Block:
         out = [(eps, float(self.spec.norms[n].eps)) for n, eps in self.eps.items() if eps != 0]
         if self.routed_scale != 1:
             out.append((self.routed_scale, float(self.spec.moe.routed_scale)))
+        if self.branch_scale != 1:
+            out.append((self.branch_scale, float(self.spec.mlp.branch_scale)))
         return out
 
     # ----------------------------------------------------------------- parameters
@@ -243,8 +248,8 @@ class Block:
         return h
 
     def branch_out(self, P: Params, h: sp.Expr) -> sp.Expr:
-        """o = post(phi(h))."""
-        return self.norm(P, "mlp_post_norm", self.phi.subs(act_var, h))
+        """o = c_branch post(phi(h)) (c_branch = 1 unless the spec scales the branch)."""
+        return self.branch_scale * self.norm(P, "mlp_post_norm", self.phi.subs(act_var, h))
 
     def residual(self, base: sp.Expr, o: sp.Expr) -> sp.Expr:
         return base + o if self.spec.skip else o

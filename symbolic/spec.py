@@ -75,7 +75,11 @@ class Biases:
 
 @dataclass(frozen=True)
 class MLPSpec:
-    """The MLP sub-block: pre-norm -> inner maps -> activation -> outer map -> post-norm."""
+    r"""The MLP sub-block: pre-norm -> inner maps -> activation -> outer map -> post-norm, times `branch_scale`.
+
+    `branch_scale` $c$ multiplies the branch output before the residual add, $r = u + c\,o$ (Granite's
+    ``residual_multiplier``); it must be nonzero (the output strategies aim at $(o_C + \delta) / c$).
+    """
 
     kind: MLPKind
     activation: str = "gelu"
@@ -84,10 +88,13 @@ class MLPSpec:
     pre_norm: NormSpec | None = None
     post_norm: NormSpec | None = None  # inside the residual branch (Gemma 2/3, OLMo-2)
     post_ln: NormSpec | None = None  # after the residual add (BERT)
+    branch_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.kind not in get_args(MLPKind):
             raise ValueError(f"mlp kind {self.kind!r}; allowed: {get_args(MLPKind)}")
+        if not (math.isfinite(self.branch_scale) and self.branch_scale != 0):
+            raise ValueError(f"mlp.branch_scale must be a finite nonzero number, got {self.branch_scale!r}")
         if self.kind != "gated" and self.bias.gate:
             raise ValueError("only a gated MLP has a gate projection, so bias.gate must be false")
 
@@ -408,7 +415,7 @@ def _read_activation(tab: _Table, key: str, default: str) -> str:
 
 TOP_FIELDS = ("name", "description", "reference", "hf_model_types", "residual", "skip",
               "shared_pre_norm", "norm", "attention", "mlp", "moe", "patch")
-MLP_FIELDS = ("kind", "activation", "out_activation", "bias", "pre_norm", "post_norm", "post_ln")
+MLP_FIELDS = ("kind", "activation", "out_activation", "bias", "pre_norm", "post_norm", "post_ln", "branch_scale")
 MOE_FIELDS = ("experts", "top_k", "softmax", "renormalize", "shared_expert", "expert", "scoring", "selection_bias",
               "groups", "topk_groups", "routed_scale")
 
@@ -467,6 +474,7 @@ def _read_mlp(tab: _Table, defaults: dict[str, Any]) -> MLPSpec:
         out_activation=_read_activation(tab, "out_activation", "identity"),
         bias=_read_biases(tab, kind),
         **{k: _read_norm(tab, k, defaults) for k in ("pre_norm", "post_norm", "post_ln")},
+        branch_scale=float(tab.get("branch_scale", (float, int), 1.0)),
     )
     tab.finish(MLP_FIELDS)
     try:
@@ -589,6 +597,8 @@ def dump_toml(spec: BlockSpec) -> str:
     lines.append(f"bias = {_bias_toml(mlp)}")
     for key in ("pre_norm", "post_norm", "post_ln"):
         lines.append(f"{key} = {_norm_toml(getattr(mlp, key), default)}")
+    if mlp.branch_scale != 1:
+        lines.append(f"branch_scale = {mlp.branch_scale!r}")
     if spec.moe is not None:
         m = spec.moe
         lines += ["", "[moe]", f"experts = {m.experts}", f"top_k = {m.top_k}",

@@ -199,3 +199,90 @@ def test_deepseek_kernel_is_the_transformers_moe_block(model_type):
     assert _rel(branch, as_shipped) <= 1e-6  # the float32 router is the floor
     unbiased = k.forward({**params, "b_select": torch.zeros_like(params["b_select"])}, u) - u
     assert _rel(unbiased, exact) > 1e-3  # the selection bias is modelled, not ignored
+
+
+# --------------------------------------------------------------------------- 2. the branch multiplier
+
+
+def test_branch_scale_round_trips_and_must_be_nonzero():
+    spec = catalog.load("granite")
+    assert spec.mlp.branch_scale == 0.22 and loads_toml(dump_toml(spec)) == spec
+    with pytest.raises(SpecError) as exc:
+        loads_toml(catalog.text("granite").replace("branch_scale = 0.22", "branch_scale = 0"), "g.toml")
+    assert "g.toml" in str(exc.value) and "branch_scale" in str(exc.value) and "nonzero" in str(exc.value)
+
+
+def test_branch_scale_is_solved_for_not_special_cased():
+    """The output strategies aim at t with c_branch t = o_C + delta: a derivation step, and 1 / c_branch in
+    every output patch (W_down here; the post-norm scale of a Gemma block with a branch scale)."""
+    d = check(catalog.load("granite")).derivation
+    assert any(st.what.startswith("branch scale") for st in d.steps)
+    assert "c_branch" in str(d.formula("W_down").value)
+    gemma = loads_toml(catalog.text("gemma3").replace("[mlp]\n", "[mlp]\nbranch_scale = -3.0\n"))
+    assert gemma.mlp.branch_scale == -3.0
+    v = check(gemma)
+    assert v.perfect_patch and str(v.derivation.formula("mlp_post_norm.scale").value) == "delta/(c_branch*f_C)"
+
+
+def test_branch_scale_with_a_post_norm_reproduces_the_contextual_run():
+    from numeric.lambdified import check_instance, random_instance
+    from numeric.reference import random_params
+    from symbolic.derive import Deriver
+
+    text = catalog.text("gemma3").replace('name = "gemma3"', 'name = "scaled_gemma"')
+    text = text.replace("[mlp]\n", "[mlp]\nbranch_scale = -3.0\n")
+    spec = loads_toml(text)
+    gen = _seeded(3)
+    params = random_params(spec, 5, 7, gen)
+    for outs in check(spec).output.ok:
+        der = Deriver(spec).derive("rank1", outs)
+        err = check_instance(spec, der, params, random_instance(spec, 5, gen))
+        assert err["output"] < 1e-12 and err["unpatched"] > 1e-2, (outs, err)
+
+
+def _granite_layer(model_type: str, **overrides):
+    return _tiny_layer(model_type, **{"residual_multiplier": 0.22, "num_local_experts": 8, "num_experts_per_tok": 3,
+                                      **overrides})
+
+
+def test_granite_kernel_is_the_transformers_mlp_branch():
+    """residual + mlp(post_attention_layernorm(residual)) * residual_multiplier, in float64 to round-off."""
+    layer = _granite_layer("granite", rms_norm_eps=1e-5)
+    _randomize(layer, _seeded(21))
+    params = {"mlp_pre_norm.scale": layer.post_attention_layernorm.weight, "W_gate": layer.mlp.gate_proj.weight,
+              "W_up": layer.mlp.up_proj.weight, "W_down": layer.mlp.down_proj.weight}
+    params = {k: v.detach() for k, v in params.items()}
+    u = torch.randn(6, 32, generator=_seeded(22), dtype=torch.float64)
+    z = norm(catalog.load("granite").mlp.pre_norm, params["mlp_pre_norm.scale"], None, u)
+    with torch.no_grad():
+        want = layer.mlp(z[None])[0] * layer.residual_multiplier
+    got = kernels.load("granite", "torch").forward(params, u) - u
+    assert layer.residual_multiplier == catalog.load("granite").mlp.branch_scale
+    assert _rel(got, want) <= 1e-12, _rel(got, want)
+
+
+def test_granitemoe_kernel_is_the_transformers_moe_branch():
+    """GraniteMoE rounds its router logits to float32 (``.float()``) even in float64: 1e-6 is the floor;
+    the rest (softmax over the top-k, stacked experts, the multiplier) is checked through it."""
+    from dataclasses import replace
+
+    from symbolic.codegen import render
+
+    layer = _granite_layer("granitemoe")
+    _randomize(layer, _seeded(23))
+    moe = layer.block_sparse_moe
+    m = moe.experts.down_proj.shape[-1]
+    params = {"mlp_pre_norm.scale": layer.post_attention_layernorm.weight, "W_router": moe.router.weight,
+              "experts.W_gate": moe.experts.gate_up_proj[:, :m], "experts.W_up": moe.experts.gate_up_proj[:, m:],
+              "experts.W_down": moe.experts.down_proj}
+    params = {k: v.detach() for k, v in params.items()}
+    spec = catalog.load("granitemoe")
+    spec = replace(spec, moe=replace(spec.moe, experts=8, top_k=3))  # the tiny module's routing
+    ns: dict = {}
+    exec(compile(render(spec, "torch"), "granitemoe_tiny", "exec"), ns)  # noqa: S102 - the generated kernel
+    u = torch.randn(6, 32, generator=_seeded(24), dtype=torch.float64)
+    z = norm(spec.mlp.pre_norm, params["mlp_pre_norm.scale"], None, u)
+    with torch.no_grad():
+        want = moe(z[None])[0] * layer.residual_multiplier
+    got = ns["forward"](params, u) - u
+    assert _rel(got, want) <= 1e-6, _rel(got, want)
