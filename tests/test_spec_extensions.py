@@ -286,3 +286,26 @@ def test_granitemoe_kernel_is_the_transformers_moe_branch():
         want = moe(z[None])[0] * layer.residual_multiplier
     got = ns["forward"](params, u) - u
     assert _rel(got, want) <= 1e-6, _rel(got, want)
+
+
+# --------------------------------------------------------------------------- 3. LayerNorm with 1 + w
+
+
+def test_nemotron_kernel_is_the_transformers_mlp_branch():
+    """NemotronLayerNorm1P is a LayerNorm with bias and gamma = 1 + w (computed in the input's dtype): the
+    whole branch, norm included, agrees to float64 round-off."""
+    spec = catalog.load("nemotron")
+    assert (spec.mlp.pre_norm.kind, spec.mlp.pre_norm.scale, spec.mlp.pre_norm.bias) == ("layer", "one_plus", True)
+    layer = _tiny_layer("nemotron", norm_eps=1e-5, hidden_act="relu2")
+    _randomize(layer, _seeded(31))
+    ln = layer.post_attention_layernorm
+    params = {"mlp_pre_norm.scale": ln.weight, "mlp_pre_norm.bias": ln.bias, "W_up": layer.mlp.up_proj.weight,
+              "W_down": layer.mlp.down_proj.weight}
+    params = {k: v.detach() for k, v in params.items()}
+    u = torch.randn(6, 32, generator=_seeded(32), dtype=torch.float64)
+    with torch.no_grad():
+        want = u + layer.mlp(ln(u))
+    k = kernels.load("nemotron", "torch")
+    assert _rel(k.forward(params, u), want) <= 1e-12, _rel(k.forward(params, u), want)
+    plain_w = {**params, "mlp_pre_norm.scale": params["mlp_pre_norm.scale"] + 1}  # gamma = w would be wrong
+    assert _rel(k.forward(plain_w, u), want) > 1e-3
