@@ -164,7 +164,7 @@ def forward(spec: BlockSpec, params: dict, u: torch.Tensor, base: torch.Tensor,
 
 
 def _moe(spec: BlockSpec, params: dict, z: torch.Tensor, tr: Trace) -> torch.Tensor:
-    tr.logits = z @ params["W_router"].T  # (T, E)
+    tr.logits = z @ params["W_router"].T + params.get("b_router", 0.0)  # (T, E)
     tr.selected, tr.gates = route(spec, tr.logits, params.get("b_select"))
     experts = {k[len("experts."):]: v for k, v in params.items() if k.startswith("experts.")}
     h = torch.zeros_like(z)
@@ -205,7 +205,7 @@ def random_params(spec: BlockSpec, d: int, m: int, generator: torch.Generator,
 
     shapes = {
         "W_gate": (m, d), "W_up": (m, d), "W_down": (d, m), "b_gate": (m,), "b_up": (m,), "b_down": (d,),
-        "W_router": (E, d), "b_select": (E,),
+        "W_router": (E, d), "b_router": (E,), "b_select": (E,),
         "experts.W_gate": (E, m, d), "experts.W_up": (E, m, d), "experts.W_down": (E, d, m),
         "shared.W_gate": (m, d), "shared.W_up": (m, d), "shared.W_down": (d, m), "shared.w_gate": (d,),
     }

@@ -38,7 +38,7 @@ from symbolic.algebra import (
     side_conditions,
     tidy,
 )
-from symbolic.model import Block, Params, expert
+from symbolic.model import Block, Params, expert, input_bias
 from symbolic.printing import pstr
 from symbolic.ranges import elementwise_range
 from symbolic.spec import BlockSpec, allowed_kinds
@@ -183,7 +183,7 @@ class Deriver:
         return patches, self.P.replace(changes)
 
     def _map_method(self, name: str, strategy: str) -> str:
-        bias = "b_" + name.split("_")[1] if name in ("W_gate", "W_up") else None
+        bias = input_bias(name)
         has_bias = bias in self.block.params
         order = [name, bias] if strategy == "rank1" else [bias, name]
         for p in order:

@@ -123,7 +123,7 @@ class Block:
             return Param(name, Mat(base + suffix, mlp_width, D), "input", "inner", group == "experts")
         if base == "W_down":
             return Param(name, Mat(base + suffix, D, mlp_width), "output", "outer", group == "experts")
-        width = D if base == "b_down" else M
+        width = {"b_down": D, "b_router": NE}.get(base, M)
         role = "bias_out" if base == "b_down" else "bias_in"
         return Param(name, Vec(base, width), role, "outer" if base == "b_down" else "inner")
 
@@ -187,7 +187,7 @@ class Block:
             return Dot(P[name], z)
         if name.startswith("experts."):
             return MatVec(self.expert_matrix(P, name.split(".")[1], e), z)
-        bias = self.value(P, "b_" + name.split("_")[1]) if name in ("W_gate", "W_up") else 0
+        bias = self.value(P, input_bias(name)) if input_bias(name) else 0
         return MatVec(P[name], z) + bias
 
     def act(self, v: sp.Expr) -> sp.Expr:
@@ -216,7 +216,7 @@ class Block:
         return ["experts"] + (["shared"] if self.spec.moe.shared_expert != "none" else [])
 
     def logits(self, P: Params, z: sp.Expr) -> sp.Expr:
-        return MatVec(P["W_router"], z)
+        return self.preact(P, "W_router", z)
 
     def gate(self, ell: sp.Expr, j: sp.Expr) -> sp.Expr:
         """Routing weight of the j-th selected expert; renormalized over the top-k if the spec says so."""
@@ -292,6 +292,11 @@ class Block:
         if group == "shared":
             return s["a_s_C" if ctx else "a_s"]
         return s["a_C" if ctx else "a"]
+
+
+def input_bias(name: str) -> str | None:
+    """The bias of input map `name` (`W_gate` -> `b_gate`, `W_router` -> `b_router`), if it can have one."""
+    return "b_" + name.split("_")[1] if name in ("W_gate", "W_up", "W_router") else None
 
 
 def _norm_stage(norm_name: str) -> str:

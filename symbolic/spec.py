@@ -111,7 +111,8 @@ class MoESpec:
     weighted by their uncorrected $s$, renormalized over the top-k if `renormalize`, and the routed
     sum is multiplied by `routed_scale` (shared experts are not). `softmax` says whether the
     softmax is taken before or after the top-k (after: over the selected logits only, the same as
-    renormalizing the softmax; meaningless for sigmoid scores).
+    renormalizing the softmax; meaningless for sigmoid scores). `router_bias`: the logits are
+    $W_\mathrm{router} z + b_\mathrm{router}$ (gpt-oss), a patchable input bias like `b_up`.
     """
 
     experts: int
@@ -125,6 +126,7 @@ class MoESpec:
     groups: int = 1
     topk_groups: int = 1
     routed_scale: float = 1.0
+    router_bias: bool = False
 
     def __post_init__(self) -> None:
         if self.experts < 1:
@@ -215,7 +217,7 @@ def patchable_parameters(spec: BlockSpec) -> tuple[str, ...]:
     """Canonical names of every MLP-side parameter of the block, in pipeline order.
 
     The vocabulary is shared by specs, SymPy symbols, kernels and reports: `W_gate`, `W_up`,
-    `W_down`, `b_*`; for mixtures of experts `W_router`, `b_select` (the selection-only correction
+    `W_down`, `b_*`; for mixtures of experts `W_router`, `b_router`, `b_select` (the selection-only correction
     bias, a constant no strategy patches), `experts.W_*` (one per selected expert), `shared.W_*`
     and `shared.w_gate`; norms `<norm>.scale` and `<norm>.bias`.
     """
@@ -228,6 +230,8 @@ def patchable_parameters(spec: BlockSpec) -> tuple[str, ...]:
     if mlp.kind == "moe":
         assert spec.moe is not None
         names.append("W_router")
+        if spec.moe.router_bias:
+            names.append("b_router")
         if spec.moe.selection_bias:
             names.append("b_select")
         names += [f"experts.{n}" for n in _map_names(spec.moe.expert)]
@@ -417,7 +421,7 @@ TOP_FIELDS = ("name", "description", "reference", "hf_model_types", "residual", 
               "shared_pre_norm", "norm", "attention", "mlp", "moe", "patch")
 MLP_FIELDS = ("kind", "activation", "out_activation", "bias", "pre_norm", "post_norm", "post_ln", "branch_scale")
 MOE_FIELDS = ("experts", "top_k", "softmax", "renormalize", "shared_expert", "expert", "scoring", "selection_bias",
-              "groups", "topk_groups", "routed_scale")
+              "groups", "topk_groups", "routed_scale", "router_bias")
 
 
 def parse_spec(data: dict[str, Any], source: str) -> BlockSpec:
@@ -502,6 +506,7 @@ def _read_moe(tab: _Table | None) -> MoESpec | None:
         groups=tab.get("groups", int, 1),
         topk_groups=tab.get("topk_groups", int, 1),
         routed_scale=float(tab.get("routed_scale", (float, int), 1.0)),
+        router_bias=tab.get("router_bias", bool, False),
     )
     tab.finish(MOE_FIELDS)
     try:
@@ -606,7 +611,8 @@ def dump_toml(spec: BlockSpec) -> str:
                   f"shared_expert = {_q(m.shared_expert)}", f"expert = {_q(m.expert)}"]
         if m != MoESpec(m.experts, m.top_k, m.softmax, m.renormalize, m.shared_expert, m.expert):
             lines += [f"scoring = {_q(m.scoring)}", f"selection_bias = {_b(m.selection_bias)}",
-                      f"groups = {m.groups}", f"topk_groups = {m.topk_groups}", f"routed_scale = {m.routed_scale!r}"]
+                      f"groups = {m.groups}", f"topk_groups = {m.topk_groups}", f"routed_scale = {m.routed_scale!r}",
+                      f"router_bias = {_b(m.router_bias)}"]
     p = spec.patch
     lines += ["", "[patch]", f"allow = [{', '.join(_q(a) for a in p.allow)}]"]
     if p.strategy:

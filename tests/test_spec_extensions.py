@@ -309,3 +309,27 @@ def test_nemotron_kernel_is_the_transformers_mlp_branch():
     assert _rel(k.forward(params, u), want) <= 1e-12, _rel(k.forward(params, u), want)
     plain_w = {**params, "mlp_pre_norm.scale": params["mlp_pre_norm.scale"] + 1}  # gamma = w would be wrong
     assert _rel(k.forward(plain_w, u), want) > 1e-3
+
+
+# --------------------------------------------------------------------------- 4. a router bias
+
+
+def _router_bias_spec():
+    text = catalog.text("mixtral").replace('name = "mixtral"', 'name = "mixtral_router_bias"')
+    return loads_toml(text.replace('expert = "gated"', 'expert = "gated"\nrouter_bias = true'))
+
+
+def test_router_bias_is_an_input_bias_of_the_router():
+    """logits = W_router z + b_router: rank-1 on W_router leaves b_router alone; the bias strategy patches
+    b_router by W_router (z_C - z). Both validate on 4-layer stacks (the reference adds b_router itself)."""
+    from numeric.validate import Setup, validate
+
+    spec = _router_bias_spec()
+    assert loads_toml(dump_toml(spec)) == spec and "b_router" in dict(check(spec).derivation.symbols)
+    v = check(spec)
+    assert {"rank1", "bias"} <= set(v.input.ok)
+    bias = v.derivation_for(None, "bias")
+    assert bias.formula("b_router").kind == "bias" and "W_router" in str(bias.formula("b_router").value)
+    for ins in ("rank1", "bias"):
+        out = validate(spec, Setup(layers=2, input_strategy=ins), trials=1)
+        assert out["max_rel_error"] <= 1e-12 and out["unpatched_rel_error"] > 1e-2, (ins, out)
