@@ -13,7 +13,7 @@ import sympy as sp
 import torch
 
 from numeric.numeval import evaluate
-from numeric.reference import forward
+from numeric.reference import forward, select
 from symbolic.derive import Derivation
 from symbolic.model import Block
 from symbolic.spec import BlockSpec
@@ -50,9 +50,8 @@ def atom_values(spec: BlockSpec, der: Derivation, params: dict, inst: Instance) 
     }
     for name, p in block.params.items():
         vals[p.symbol.name] = params[name]
-    for eps_name, eps in block.eps.items():
-        if eps != 0:
-            vals[eps.name] = spec.norms[eps_name].eps
+    for sym, value in block.constants:
+        vals[sym.name] = value
     if spec.moe is None:
         vals["a_C"] = tr_C.hidden[""][0]
     else:
@@ -70,14 +69,19 @@ def _moe_atoms(spec, params, tr_C, vals) -> None:
     for slot in range(spec.moe.top_k):
         a[int(tr_C.selected[0, slot])] = tr_C.hidden["experts"][0, slot]
     vals.update({"a_C": a, "ell_C": tr_C.logits[0], "k": spec.moe.top_k})
+    bias = params.get("b_select")
+    vals[ROUTER] = lambda ell: tuple(v[0] for v in select(spec, ell[None], bias))
     if "shared" in tr_C.hidden:
         vals["a_s_C"] = tr_C.hidden["shared"][0]
     if tr_C.shared_gate is not None:
         vals["sigma_sg_C"] = tr_C.shared_gate[0, 0]
 
 
+ROUTER = "(router)"  # the key of the spec's router in the values (no symbol has this name)
+
+
 def _eval(expr: sp.Expr, vals: dict[str, object]) -> torch.Tensor:
-    return evaluate(expr, {s: vals[s.name] for s in expr.free_symbols})
+    return evaluate(expr, {s: vals[s.name] for s in expr.free_symbols}, router=vals.get(ROUTER))
 
 
 def patched_params(spec: BlockSpec, der: Derivation, params: dict, inst: Instance) -> dict:

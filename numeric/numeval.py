@@ -19,8 +19,10 @@ def _rank_order(ell: torch.Tensor) -> torch.Tensor:
     return torch.argsort(ell, descending=True, stable=True)
 
 
-def namespace() -> dict:
-    return {
+def namespace(router=None) -> dict:
+    """Implementations of the algebra's functions. `router`: ell -> (indices, scores) of the selected
+    experts in rank order (default: softmax scores of the top logits, which is what a plain router does)."""
+    ns = {
         **TORCH_FUNCS,
         "MatVec": lambda W, z: W @ z,
         "Dot": lambda a, b: (a * b).sum(),
@@ -32,14 +34,19 @@ def namespace() -> dict:
         "Gate": lambda ell, j: torch.softmax(ell, -1)[_rank_order(ell)[int(j) - 1]],
         "RmsInverse": lambda t, g: rms_inverse(t[None], g)[0],
     }
+    if router is not None:
+        ns["Sel"] = lambda ell, j: router(ell)[0][int(j) - 1]
+        ns["Gate"] = lambda ell, j: router(ell)[1][int(j) - 1]
+    return ns
 
 
-def evaluate(expr: sp.Expr, values: dict[sp.Symbol, object]) -> torch.Tensor:
-    """The value of `expr` given numeric values (tensors or numbers) of its free symbols."""
+def evaluate(expr: sp.Expr, values: dict[sp.Symbol, object], router=None) -> torch.Tensor:
+    """The value of `expr` given numeric values (tensors or numbers) of its free symbols (`router`: see
+    `namespace`)."""
     symbols = sorted(expr.free_symbols, key=sp.default_sort_key)
     missing = [s for s in symbols if s not in values]
     if missing:
         raise KeyError(f"no numeric value for {missing} in {expr}")
-    fn = sp.lambdify(symbols, expr, modules=[namespace()])
+    fn = sp.lambdify(symbols, expr, modules=[namespace(router)])
     out = fn(*(values[s] for s in symbols))
     return out if isinstance(out, torch.Tensor) else torch.tensor(float(out), dtype=torch.float64)

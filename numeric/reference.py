@@ -102,17 +102,47 @@ def hidden_of(spec: BlockSpec, params: dict, z: torch.Tensor, prefix: str = "") 
     return sigma(up)
 
 
-def route(spec: BlockSpec, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k expert indices and routing weights, as the spec's router computes them."""
+def select(spec: BlockSpec, logits: torch.Tensor, selection_bias: torch.Tensor | None = None
+           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(T, k) indices of the chosen experts and (T, k) their scores (before renormalization and scale).
+
+    DeepSeek-V3 style (transformers' DeepseekV3TopkRouter): sigmoid scores, the correction bias
+    for the choice only, the best `topk_groups` of `groups` groups (a group scores the sum of its
+    top-2); the scores returned are the uncorrected ones.
+    """
     moe = spec.moe
+    scores = torch.sigmoid(logits) if moe.scoring == "sigmoid" else torch.softmax(logits, dim=-1)
+    choice = scores + selection_bias if selection_bias is not None else scores
+    if moe.groups > 1:
+        T, E = choice.shape
+        group_scores = choice.view(T, moe.groups, E // moe.groups).topk(2, dim=-1)[0].sum(-1)  # (T, G)
+        group_idx = group_scores.topk(moe.topk_groups, dim=-1)[1]
+        group_mask = torch.zeros_like(group_scores).scatter_(1, group_idx, 1).bool()
+        expert_mask = group_mask[:, :, None].expand(T, moe.groups, E // moe.groups).reshape(T, E)
+        choice = choice.masked_fill(~expert_mask, float("-inf"))
+    idx = choice.topk(moe.top_k, dim=-1)[1]
+    return idx, scores.gather(1, idx)
+
+
+def route(spec: BlockSpec, logits: torch.Tensor, selection_bias: torch.Tensor | None = None
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k expert indices and routing weights (renormalized if the spec says so, times `routed_scale`)."""
+    moe = spec.moe
+    idx, w = select(spec, logits, selection_bias)
     if moe.softmax == "after_topk":
-        top, idx = logits.topk(moe.top_k, dim=-1)
-        return idx, torch.softmax(top, dim=-1)
-    probs = torch.softmax(logits, dim=-1)
-    w, idx = probs.topk(moe.top_k, dim=-1)
-    if moe.renormalize:
+        w = torch.softmax(logits.gather(1, idx), dim=-1)
+    elif moe.renormalize:
         w = w / w.sum(-1, keepdim=True)
-    return idx, w
+    return idx, w * moe.routed_scale
+
+
+def small_expert_count(spec: BlockSpec) -> int:
+    """The fewest experts that keep the spec's routing a real choice (tests and validation use it)."""
+    moe = spec.moe
+    if moe.groups == 1:
+        return moe.top_k + 2
+    per_group = max(2, -(-moe.top_k // moe.topk_groups) + 1)
+    return moe.groups * per_group
 
 
 def forward(spec: BlockSpec, params: dict, u: torch.Tensor, base: torch.Tensor,
@@ -127,15 +157,15 @@ def forward(spec: BlockSpec, params: dict, u: torch.Tensor, base: torch.Tensor,
         h = _moe(spec, params, z, tr)
     phi = elementwise(spec.mlp.out_activation)
     tr.h = h
-    tr.o = _norm_of(spec, params, "mlp_post_norm", phi(h))
+    tr.o = spec.mlp.branch_scale * _norm_of(spec, params, "mlp_post_norm", phi(h))
     r = base + tr.o if spec.skip else tr.o
     tr.y = _norm_of(spec, params, "post_ln", r)
     return tr
 
 
 def _moe(spec: BlockSpec, params: dict, z: torch.Tensor, tr: Trace) -> torch.Tensor:
-    tr.logits = z @ params["W_router"].T  # (T, E)
-    tr.selected, tr.gates = route(spec, tr.logits)
+    tr.logits = z @ params["W_router"].T + params.get("b_router", 0.0)  # (T, E)
+    tr.selected, tr.gates = route(spec, tr.logits, params.get("b_select"))
     experts = {k[len("experts."):]: v for k, v in params.items() if k.startswith("experts.")}
     h = torch.zeros_like(z)
     hidden = []
@@ -175,7 +205,8 @@ def random_params(spec: BlockSpec, d: int, m: int, generator: torch.Generator,
 
     shapes = {
         "W_gate": (m, d), "W_up": (m, d), "W_down": (d, m), "b_gate": (m,), "b_up": (m,), "b_down": (d,),
-        "W_router": (E, d), "experts.W_gate": (E, m, d), "experts.W_up": (E, m, d), "experts.W_down": (E, d, m),
+        "W_router": (E, d), "b_router": (E,), "b_select": (E,),
+        "experts.W_gate": (E, m, d), "experts.W_up": (E, m, d), "experts.W_down": (E, d, m),
         "shared.W_gate": (m, d), "shared.W_up": (m, d), "shared.W_down": (d, m), "shared.w_gate": (d,),
     }
     out = {}

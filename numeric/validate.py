@@ -49,6 +49,7 @@ class Setup:
     dtype: str = "float64"
     strategy: str | None = None
     input_strategy: str | None = None
+    experts: int | None = None  # a mixture of experts' expert count (None: the spec's)
 
 
 # --------------------------------------------------------------------------- attention
@@ -94,7 +95,7 @@ def attention_sublayer(spec: BlockSpec, p: dict, x: torch.Tensor, positions: tor
 def random_layer(spec: BlockSpec, s: Setup, gen: torch.Generator) -> dict:
     """Random parameters of one layer: the MLP sub-block's (canonical names) and attention's."""
     dtype = DTYPES[s.dtype]
-    n_exp = None if spec.moe is None else spec.moe.experts
+    n_exp = None if spec.moe is None else (s.experts or spec.moe.experts)
     mlp = {k: v.to(dtype) for k, v in random_params(spec, s.d, s.m, gen, n_experts=n_exp).items()}
     hd = s.d // s.heads
 

@@ -38,7 +38,7 @@ from symbolic.algebra import (
     side_conditions,
     tidy,
 )
-from symbolic.model import Block, Params, expert
+from symbolic.model import Block, Params, expert, input_bias
 from symbolic.printing import pstr
 from symbolic.ranges import elementwise_range
 from symbolic.spec import BlockSpec, allowed_kinds
@@ -183,7 +183,7 @@ class Deriver:
         return patches, self.P.replace(changes)
 
     def _map_method(self, name: str, strategy: str) -> str:
-        bias = "b_" + name.split("_")[1] if name in ("W_gate", "W_up") else None
+        bias = input_bias(name)
         has_bias = bias in self.block.params
         order = [name, bias] if strategy == "rank1" else [bias, name]
         for p in order:
@@ -300,8 +300,13 @@ class Deriver:
         moe = self.spec.moe
         return sp.Symbol("sigma_sg_C", positive=True) if moe and moe.shared_expert == "gated" else sp.S.One
 
-    def start_output(self) -> None:
-        """Atoms for the contextual MLP output (and its normalized form) and the branch target."""
+    def start_output(self, steps: list[Step], strategy: str) -> None:
+        r"""Atoms for the contextual MLP output (and its normalized form) and the branch target.
+
+        `self.o_C` is the contextual branch output $c\,\mathrm{post}(\phi(h_C))$; `self.t` the target of
+        $\mathrm{post}(\phi(h))$, the stage every output strategy patches: with a branch scale $c \ne 1$ it
+        is solved from $c\,t = o_C + \delta$.
+        """
         b = self.block
         self.defs = {}
         self.define("h_C", self._h_def())
@@ -311,8 +316,13 @@ class Deriver:
             o_C = self._norm_out(self.P, "mlp_post_norm", self.f_C)
         else:
             o_C = phi_h
-        self.o_C = o_C
-        self.t = o_C + self.delta if self.spec.skip else o_C
+        self.o_C = b.branch_scale * o_C
+        target = self.o_C + self.delta if self.spec.skip else self.o_C
+        self.t = target
+        if b.branch_scale != 1:
+            t_ = Vec("t_", "d")
+            self.t = solve_for("branch scale: c_branch t = the branch target", b.branch_scale * t_, target, t_,
+                               steps, "output", "branch_scale", strategy)
 
     def t_atom(self) -> Vec:
         """The branch target as an atom t (used by the combined strategies)."""
@@ -361,7 +371,7 @@ class Deriver:
 
     def output_side(self, strategy: str, steps: list[Step]) -> tuple[list[PatchFormula], Params]:
         ansatz = STRATEGIES.get("output", strategy).ansatz
-        self.start_output()
+        self.start_output(steps, strategy)
         return ansatz(self, steps)
 
     def _need(self, *items: str) -> None:

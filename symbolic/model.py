@@ -6,7 +6,7 @@ The MLP sub-block of one token is split as DESIGN.md does:
     q = inner(z)               pre-activations: the input maps W_gate, W_up, router, ...
     a = sigma(q)               hidden activations (the MLP's "inner function" ends here)
     h = outer(a)               W_down a + b_down (for MoE: the gated sum over selected experts)
-    o = post(phi(h))           output activation, then the post-norm inside the branch
+    o = c post(phi(h))         output activation, the post-norm inside the branch, the branch scale c
     r = base + o               the residual add (base = u; 0 without skip)
     y = post_ln(r)             the LayerNorm after the add (BERT), or identity
 
@@ -34,6 +34,10 @@ D, M, NE, MS = "d", "m", "n_E", "m_s"  # model width, MLP width, number of exper
 expert = EXPERT
 rank = sp.Symbol("j", integer=True, positive=True)
 top_k = sp.Symbol("k", integer=True, positive=True)
+#: The routed experts' scale (DeepSeek-V3's routed_scaling_factor): multiplies the routed sum, not the shared expert.
+ROUTED_SCALE = sp.Symbol("rho", real=True, nonzero=True)
+#: The MLP branch's output multiplier (Granite's residual_multiplier): r = u + c_branch o.
+BRANCH_SCALE = sp.Symbol("c_branch", real=True, nonzero=True)
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,7 @@ class Param:
 
     name: str
     symbol: sp.Symbol
-    role: str  # input | output | bias_in | bias_out | norm_scale | norm_bias
+    role: str  # input | output | bias_in | bias_out | norm_scale | norm_bias | constant (read, never patched)
     stage: str  # pre | inner | outer | post | post_ln
     per_expert: bool = False
 
@@ -74,6 +78,19 @@ class Block:
         self.sigma = activation(spec.mlp.activation)
         self.phi = activation(spec.mlp.out_activation)
         self.eps = {name: self._eps(name, n) for name, n in spec.norms.items()}
+        moe = spec.moe
+        self.routed_scale = sp.S.One if moe is None or moe.routed_scale == 1 else ROUTED_SCALE
+        self.branch_scale = sp.S.One if spec.mlp.branch_scale == 1 else BRANCH_SCALE
+
+    @property
+    def constants(self) -> list[tuple[sp.Symbol, float]]:
+        """The block's named constants and their values: the norms' eps, the routed experts' scale."""
+        out = [(eps, float(self.spec.norms[n].eps)) for n, eps in self.eps.items() if eps != 0]
+        if self.routed_scale != 1:
+            out.append((self.routed_scale, float(self.spec.moe.routed_scale)))
+        if self.branch_scale != 1:
+            out.append((self.branch_scale, float(self.spec.mlp.branch_scale)))
+        return out
 
     # ----------------------------------------------------------------- parameters
 
@@ -98,13 +115,15 @@ class Block:
         suffix = "_s" if group == "shared" else ""
         if base == "W_router":
             return Param(name, Mat("W_router", NE, D), "input", "inner")
+        if base == "b_select":  # only the router's choice reads it (lowered into the routing; see outer)
+            return Param(name, Vec("b_select", NE), "constant", "inner")
         if base == "w_gate":
             return Param(name, Vec("w_sg", D), "input", "inner")
         if base in ("W_gate", "W_up"):
             return Param(name, Mat(base + suffix, mlp_width, D), "input", "inner", group == "experts")
         if base == "W_down":
             return Param(name, Mat(base + suffix, D, mlp_width), "output", "outer", group == "experts")
-        width = D if base == "b_down" else M
+        width = {"b_down": D, "b_router": NE}.get(base, M)
         role = "bias_out" if base == "b_down" else "bias_in"
         return Param(name, Vec(base, width), role, "outer" if base == "b_down" else "inner")
 
@@ -168,7 +187,7 @@ class Block:
             return Dot(P[name], z)
         if name.startswith("experts."):
             return MatVec(self.expert_matrix(P, name.split(".")[1], e), z)
-        bias = self.value(P, "b_" + name.split("_")[1]) if name in ("W_gate", "W_up") else 0
+        bias = self.value(P, input_bias(name)) if input_bias(name) else 0
         return MatVec(P[name], z) + bias
 
     def act(self, v: sp.Expr) -> sp.Expr:
@@ -197,7 +216,7 @@ class Block:
         return ["experts"] + (["shared"] if self.spec.moe.shared_expert != "none" else [])
 
     def logits(self, P: Params, z: sp.Expr) -> sp.Expr:
-        return MatVec(P["W_router"], z)
+        return self.preact(P, "W_router", z)
 
     def gate(self, ell: sp.Expr, j: sp.Expr) -> sp.Expr:
         """Routing weight of the j-th selected expert; renormalized over the top-k if the spec says so."""
@@ -213,20 +232,24 @@ class Block:
 
     def outer(self, P: Params, hidden: dict[str, sp.Expr], ell: sp.Expr | None = None,
               shared_gate: sp.Expr = sp.S.One) -> sp.Expr:
-        """h = W_down a + b_down; for MoE sum_j s_j W_down^(e_j) a^(e_j) (+ gated shared expert)."""
+        r"""h = W_down a + b_down; for MoE $\rho \sum_j s_j W_\mathrm{down}^{(e_j)} a^{(e_j)}$ (+ gated shared expert).
+
+        `Sel` and `Gate` are the spec's router as functions of the logits alone (scores, the constant
+        selection bias, groups): equal logits give equal choices and weights, whatever the router.
+        """
         if self.spec.moe is None:
             return MatVec(P["W_down"], hidden[""]) + self.value(P, "b_down")
         e_j = Sel(ell, rank)
         routed = self.gate(ell, rank) * MatVec(
             self.expert_matrix(P, "W_down", e_j), hidden["experts"].subs(expert, e_j))
-        h = sp.Sum(routed, (rank, 1, top_k))
+        h = self.routed_scale * sp.Sum(routed, (rank, 1, top_k))
         if "shared" in hidden:
             h += shared_gate * MatVec(P["shared.W_down"], hidden["shared"])
         return h
 
     def branch_out(self, P: Params, h: sp.Expr) -> sp.Expr:
-        """o = post(phi(h))."""
-        return self.norm(P, "mlp_post_norm", self.phi.subs(act_var, h))
+        """o = c_branch post(phi(h)) (c_branch = 1 unless the spec scales the branch)."""
+        return self.branch_scale * self.norm(P, "mlp_post_norm", self.phi.subs(act_var, h))
 
     def residual(self, base: sp.Expr, o: sp.Expr) -> sp.Expr:
         return base + o if self.spec.skip else o
@@ -269,6 +292,11 @@ class Block:
         if group == "shared":
             return s["a_s_C" if ctx else "a_s"]
         return s["a_C" if ctx else "a"]
+
+
+def input_bias(name: str) -> str | None:
+    """The bias of input map `name` (`W_gate` -> `b_gate`, `W_router` -> `b_router`), if it can have one."""
+    return "b_" + name.split("_")[1] if name in ("W_gate", "W_up", "W_router") else None
 
 
 def _norm_stage(norm_name: str) -> str:

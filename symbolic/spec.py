@@ -26,6 +26,7 @@ MLPKind = Literal["dense", "gated", "moe"]
 ExpertKind = Literal["dense", "gated"]
 SoftmaxOrder = Literal["before_topk", "after_topk"]
 SharedExpert = Literal["none", "plain", "gated"]
+Scoring = Literal["softmax", "sigmoid"]
 
 #: Named elementwise functions. Anything else is read as a SymPy expression in `x`.
 ACTIVATIONS = ("identity", "relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh", "relu2")
@@ -74,7 +75,11 @@ class Biases:
 
 @dataclass(frozen=True)
 class MLPSpec:
-    """The MLP sub-block: pre-norm -> inner maps -> activation -> outer map -> post-norm."""
+    r"""The MLP sub-block: pre-norm -> inner maps -> activation -> outer map -> post-norm, times `branch_scale`.
+
+    `branch_scale` $c$ multiplies the branch output before the residual add, $r = u + c\,o$ (Granite's
+    ``residual_multiplier``); it must be nonzero (the output strategies aim at $(o_C + \delta) / c$).
+    """
 
     kind: MLPKind
     activation: str = "gelu"
@@ -83,17 +88,32 @@ class MLPSpec:
     pre_norm: NormSpec | None = None
     post_norm: NormSpec | None = None  # inside the residual branch (Gemma 2/3, OLMo-2)
     post_ln: NormSpec | None = None  # after the residual add (BERT)
+    branch_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.kind not in get_args(MLPKind):
             raise ValueError(f"mlp kind {self.kind!r}; allowed: {get_args(MLPKind)}")
+        if not (math.isfinite(self.branch_scale) and self.branch_scale != 0):
+            raise ValueError(f"mlp.branch_scale must be a finite nonzero number, got {self.branch_scale!r}")
         if self.kind != "gated" and self.bias.gate:
             raise ValueError("only a gated MLP has a gate projection, so bias.gate must be false")
 
 
 @dataclass(frozen=True)
 class MoESpec:
-    """Routed experts: softmax router, top-k selection, optional shared expert."""
+    r"""Routed experts: a router, top-k selection, optional shared expert.
+
+    The router's logits $\ell = W_\mathrm{router} z$ give scores $s = \mathrm{softmax}(\ell)$ or
+    $s = \sigma(\ell)$ (`scoring`). The experts are chosen by the largest $s + b_\mathrm{select}$
+    (`selection_bias`: a constant correction bias used for the choice only, DeepSeek-V3's
+    ``e_score_correction_bias``), among the `topk_groups` best of `groups` equal groups of experts
+    (a group scores the sum of its two largest $s + b_\mathrm{select}$); the chosen experts are
+    weighted by their uncorrected $s$, renormalized over the top-k if `renormalize`, and the routed
+    sum is multiplied by `routed_scale` (shared experts are not). `softmax` says whether the
+    softmax is taken before or after the top-k (after: over the selected logits only, the same as
+    renormalizing the softmax; meaningless for sigmoid scores). `router_bias`: the logits are
+    $W_\mathrm{router} z + b_\mathrm{router}$ (gpt-oss), a patchable input bias like `b_up`.
+    """
 
     experts: int
     top_k: int
@@ -101,12 +121,40 @@ class MoESpec:
     renormalize: bool = False
     shared_expert: SharedExpert = "none"
     expert: ExpertKind = "gated"
+    scoring: Scoring = "softmax"
+    selection_bias: bool = False
+    groups: int = 1
+    topk_groups: int = 1
+    routed_scale: float = 1.0
+    router_bias: bool = False
 
     def __post_init__(self) -> None:
         if self.experts < 1:
             raise ValueError(f"moe.experts must be >= 1, got {self.experts}")
         if not 1 <= self.top_k <= self.experts:
             raise ValueError(f"moe.top_k must be in [1, experts={self.experts}], got {self.top_k}")
+        if self.scoring not in get_args(Scoring):
+            raise ValueError(f"moe.scoring {self.scoring!r}; allowed: {get_args(Scoring)}")
+        if self.scoring == "sigmoid" and self.softmax == "after_topk":
+            raise ValueError("moe.softmax = 'after_topk' takes a softmax over the selected logits, but "
+                             "moe.scoring = 'sigmoid' has none; use softmax = 'before_topk' (and renormalize = "
+                             "true to normalize the selected sigmoid scores)")
+        self._check_groups()
+        if not (math.isfinite(self.routed_scale) and self.routed_scale != 0):
+            raise ValueError(f"moe.routed_scale must be a finite nonzero number, got {self.routed_scale!r}")
+
+    def _check_groups(self) -> None:
+        if self.groups < 1 or self.experts % self.groups:
+            raise ValueError(f"moe.groups must be >= 1 and divide experts={self.experts}, got {self.groups}")
+        if not 1 <= self.topk_groups <= self.groups:
+            raise ValueError(f"moe.topk_groups must be in [1, groups={self.groups}], got {self.topk_groups}")
+        size = self.experts // self.groups
+        if self.groups > 1 and size < 2:
+            raise ValueError(f"a group scores the sum of its two best experts, so it needs >= 2 experts; "
+                             f"experts={self.experts} in groups={self.groups} gives {size}")
+        if self.top_k > self.topk_groups * size:
+            raise ValueError(f"moe.top_k={self.top_k} exceeds the experts of the topk_groups={self.topk_groups} "
+                             f"chosen groups ({self.topk_groups} x {size})")
 
     @property
     def gates_sum_to_one(self) -> bool:
@@ -169,8 +217,9 @@ def patchable_parameters(spec: BlockSpec) -> tuple[str, ...]:
     """Canonical names of every MLP-side parameter of the block, in pipeline order.
 
     The vocabulary is shared by specs, SymPy symbols, kernels and reports: `W_gate`, `W_up`,
-    `W_down`, `b_*`; for mixtures of experts `W_router` and `experts.W_*` (one per selected
-    expert), `shared.W_*` and `shared.w_gate`; norms `<norm>.scale` and `<norm>.bias`.
+    `W_down`, `b_*`; for mixtures of experts `W_router`, `b_router`, `b_select` (the selection-only correction
+    bias, a constant no strategy patches), `experts.W_*` (one per selected expert), `shared.W_*`
+    and `shared.w_gate`; norms `<norm>.scale` and `<norm>.bias`.
     """
     names: list[str] = []
     for norm_name, norm in spec.norms.items():
@@ -181,6 +230,10 @@ def patchable_parameters(spec: BlockSpec) -> tuple[str, ...]:
     if mlp.kind == "moe":
         assert spec.moe is not None
         names.append("W_router")
+        if spec.moe.router_bias:
+            names.append("b_router")
+        if spec.moe.selection_bias:
+            names.append("b_select")
         names += [f"experts.{n}" for n in _map_names(spec.moe.expert)]
         if spec.moe.shared_expert != "none":
             names += [f"shared.{n}" for n in _map_names("gated")]
@@ -366,8 +419,9 @@ def _read_activation(tab: _Table, key: str, default: str) -> str:
 
 TOP_FIELDS = ("name", "description", "reference", "hf_model_types", "residual", "skip",
               "shared_pre_norm", "norm", "attention", "mlp", "moe", "patch")
-MLP_FIELDS = ("kind", "activation", "out_activation", "bias", "pre_norm", "post_norm", "post_ln")
-MOE_FIELDS = ("experts", "top_k", "softmax", "renormalize", "shared_expert", "expert")
+MLP_FIELDS = ("kind", "activation", "out_activation", "bias", "pre_norm", "post_norm", "post_ln", "branch_scale")
+MOE_FIELDS = ("experts", "top_k", "softmax", "renormalize", "shared_expert", "expert", "scoring", "selection_bias",
+              "groups", "topk_groups", "routed_scale", "router_bias")
 
 
 def parse_spec(data: dict[str, Any], source: str) -> BlockSpec:
@@ -424,6 +478,7 @@ def _read_mlp(tab: _Table, defaults: dict[str, Any]) -> MLPSpec:
         out_activation=_read_activation(tab, "out_activation", "identity"),
         bias=_read_biases(tab, kind),
         **{k: _read_norm(tab, k, defaults) for k in ("pre_norm", "post_norm", "post_ln")},
+        branch_scale=float(tab.get("branch_scale", (float, int), 1.0)),
     )
     tab.finish(MLP_FIELDS)
     try:
@@ -446,6 +501,12 @@ def _read_moe(tab: _Table | None) -> MoESpec | None:
         renormalize=tab.get("renormalize", bool, False),
         shared_expert=tab.choice("shared_expert", get_args(SharedExpert), "none"),
         expert=tab.choice("expert", get_args(ExpertKind), "gated"),
+        scoring=tab.choice("scoring", get_args(Scoring), "softmax"),
+        selection_bias=tab.get("selection_bias", bool, False),
+        groups=tab.get("groups", int, 1),
+        topk_groups=tab.get("topk_groups", int, 1),
+        routed_scale=float(tab.get("routed_scale", (float, int), 1.0)),
+        router_bias=tab.get("router_bias", bool, False),
     )
     tab.finish(MOE_FIELDS)
     try:
@@ -541,11 +602,17 @@ def dump_toml(spec: BlockSpec) -> str:
     lines.append(f"bias = {_bias_toml(mlp)}")
     for key in ("pre_norm", "post_norm", "post_ln"):
         lines.append(f"{key} = {_norm_toml(getattr(mlp, key), default)}")
+    if mlp.branch_scale != 1:
+        lines.append(f"branch_scale = {mlp.branch_scale!r}")
     if spec.moe is not None:
         m = spec.moe
         lines += ["", "[moe]", f"experts = {m.experts}", f"top_k = {m.top_k}",
                   f"softmax = {_q(m.softmax)}", f"renormalize = {_b(m.renormalize)}",
                   f"shared_expert = {_q(m.shared_expert)}", f"expert = {_q(m.expert)}"]
+        if m != MoESpec(m.experts, m.top_k, m.softmax, m.renormalize, m.shared_expert, m.expert):
+            lines += [f"scoring = {_q(m.scoring)}", f"selection_bias = {_b(m.selection_bias)}",
+                      f"groups = {m.groups}", f"topk_groups = {m.topk_groups}", f"routed_scale = {m.routed_scale!r}",
+                      f"router_bias = {_b(m.router_bias)}"]
     p = spec.patch
     lines += ["", "[patch]", f"allow = [{', '.join(_q(a) for a in p.allow)}]"]
     if p.strategy:

@@ -18,7 +18,7 @@ from ctxpatch.cli import main
 from numeric import kernels
 from numeric.kernels import runtime
 from numeric.lambdified import Instance, patched_params
-from numeric.reference import forward, random_params
+from numeric.reference import forward, random_params, small_expert_count
 from symbolic import catalog, codegen
 from symbolic.algebra import Dot, Mat, MatVec, Mean, Vec
 from symbolic.codegen.printers import BACKENDS, EMatVec, ExpertSum, RouteWeight
@@ -114,11 +114,23 @@ def test_vector_constructs_match_numpy_reference(backend):
         np.testing.assert_allclose(np.asarray(got), want, rtol=1e-13, err_msg=str(expr))
     # Routing: softmax over all experts, kept on the top-2 (ties: lower index), zero elsewhere.
     printer = BACKENDS[backend]()
-    got = np.asarray(_run(backend, printer.doprint(RouteWeight(Vec("ell", "n_E"))), printer, {**env, "TOP_K": 2}))
+    routing = {"TOP_K": 2, "ROUTING": runtime.Routing()}
+    got = np.asarray(_run(backend, printer.doprint(RouteWeight(Vec("ell", "n_E"))), printer, {**env, **routing}))
     p = np.exp(ell[:, 0]) / np.exp(ell[:, 0]).sum(-1, keepdims=True)
     top = np.argsort(-ell[:, 0], axis=-1, kind="stable")[:, :2]
     want = np.zeros_like(p)
     np.put_along_axis(want, top, np.take_along_axis(p, top, -1), -1)
+    np.testing.assert_allclose(got[..., 0], want, rtol=1e-13)
+    # Sigmoid scores, the choice by score + selection bias, the weight the uncorrected score.
+    b = rng.normal(size=5)
+    routing = {"TOP_K": 2, "ROUTING": runtime.Routing(scoring="sigmoid"), **_arrays(backend, b=b)}
+    code = printer.doprint(RouteWeight(Vec("ell", "n_E"), Vec("b", "n_E")))
+    assert code.endswith("(ell, TOP_K, ROUTING, b)")
+    got = np.asarray(_run(backend, code, printer, {**env, **routing}))
+    s = 1 / (1 + np.exp(-ell[:, 0]))
+    top = np.argsort(-(s + b), axis=-1, kind="stable")[:, :2]
+    want = np.zeros_like(s)
+    np.put_along_axis(want, top, np.take_along_axis(s, top, -1), -1)
     np.testing.assert_allclose(got[..., 0], want, rtol=1e-13)
 
 
@@ -145,7 +157,7 @@ def _to(backend, value):
 
 
 def _params(spec, gen):
-    n_exp = spec.moe.top_k + 2 if spec.moe else None
+    n_exp = small_expert_count(spec) if spec.moe else None
     return random_params(spec, D, M, gen, n_experts=n_exp)
 
 

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from ctxpatch.cli import main
 from numeric import kernels
+from numeric.reference import small_expert_count
 from numeric.validate import BOUNDS, MIN_UNPATCHED, Setup, validate
 from symbolic import catalog
 
@@ -19,7 +20,12 @@ from symbolic import catalog
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
 @pytest.mark.parametrize("arch", catalog.names())
 def test_four_layer_stacks_match_the_contextual_run(arch, dtype):
-    out = validate(catalog.load(arch), Setup(layers=4, dtype=dtype), trials=1)
+    spec = catalog.load(arch)
+    # float32: the router's choice must beat 1e3 ulps; hundreds of experts behind a rank-16 router tie that
+    # closely often enough that tokens are refused (by design), so float32 uses the fewest experts that keep
+    # the routing a real choice.
+    experts = small_expert_count(spec) if spec.moe is not None and dtype == "float32" else None
+    out = validate(spec, Setup(layers=4, dtype=dtype, experts=experts), trials=1)
     assert out["max_rel_error"] <= BOUNDS[dtype], out
     assert out["unpatched_rel_error"] >= MIN_UNPATCHED, out
     assert out["ok"]

@@ -10,6 +10,8 @@ It must not know any architecture: it receives arrays and names only.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from array_api_compat import array_namespace
 
 from symbolic.errors import PatchConditionError
@@ -18,21 +20,83 @@ RMS_INVERSE_ITERATIONS = 200
 ILL_CONDITIONED = 1e-3  # warn when |patch| / |parameter| * eps(dtype) exceeds this
 
 
-def topk_mask(ell, k: int):
-    """(T, 1, E) router logits -> (T, E, 1) boolean mask of the k largest (ties: lower index first)."""
-    xp = array_namespace(ell)
-    order = xp.argsort(ell[..., 0, :], axis=-1, descending=True, stable=True)
-    rank = xp.argsort(order, axis=-1, stable=True)  # rank of every expert
-    return (rank < k)[..., None]
+@dataclass(frozen=True)
+class Routing:
+    r"""How a router turns logits into a choice of experts and their weights (`symbolic.spec.MoESpec`).
+
+    Scores $s = \mathrm{softmax}(\ell)$ or $\sigma(\ell)$ (`scoring`); the choice ranks $s + b$ (the
+    selection bias $b$, when given) among the `topk_groups` best of `groups` equal groups, a group
+    scoring the sum of its two largest $s + b$ (DeepSeek-V3); the weights are the uncorrected $s$.
+    """
+
+    scoring: str = "softmax"
+    groups: int = 1
+    topk_groups: int = 1
 
 
-def route(ell, k: int):
-    r"""$\mathrm{softmax}(\ell)_e$ on the top-k experts, 0 elsewhere: (T, 1, E) -> (T, E, 1)."""
+PLAIN = Routing()
+
+#: How far a score can move per unit change of the logits (max norm): sigmoid' <= 1/4; a softmax score
+#: moves by s_i |dl_i - sum_j s_j dl_j| <= 2 max |dl|.
+SCORE_LIPSCHITZ = {"sigmoid": 0.25, "softmax": 2.0}
+
+
+def scores(ell, routing: Routing = PLAIN):
+    """(T, 1, E) router logits -> (T, E) scores: softmax over the experts, or the elementwise sigmoid."""
     xp = array_namespace(ell)
     logits = ell[..., 0, :]
+    if routing.scoring == "sigmoid":
+        return 1 / (1 + xp.exp(-logits))
     p = xp.exp(logits - xp.max(logits, axis=-1, keepdims=True))
-    p = p / xp.sum(p, axis=-1, keepdims=True)
-    return xp.where(topk_mask(ell, k), p[..., None], xp.zeros_like(p[..., None]))
+    return p / xp.sum(p, axis=-1, keepdims=True)
+
+
+def _choice(ell, routing: Routing, bias):
+    """(T, E) what the top-k ranks: the logits themselves where that ranks as the scores do (no bias,
+    no groups: softmax and sigmoid are increasing), else the scores plus the selection bias, -inf
+    outside the chosen groups."""
+    xp = array_namespace(ell)
+    if bias is None and routing.groups == 1:
+        return ell[..., 0, :]
+    choice = scores(ell, routing) + (0 if bias is None else bias)
+    if routing.groups == 1:
+        return choice
+    allowed = _group_rank(choice, routing) < routing.topk_groups  # (T, G)
+    size = choice.shape[-1] // routing.groups
+    mask = xp.reshape(xp.broadcast_to(allowed[..., None], (*allowed.shape, size)), choice.shape)
+    return xp.where(mask, choice, xp.full_like(choice, -float("inf")))
+
+
+def _group_scores(choice, routing: Routing):
+    """(T, G): each group's sum of its two largest choice scores."""
+    xp = array_namespace(choice)
+    grouped = xp.reshape(choice, (*choice.shape[:-1], routing.groups, choice.shape[-1] // routing.groups))
+    top = xp.sort(grouped, axis=-1, descending=True)
+    return top[..., 0] + top[..., 1]
+
+
+def _group_rank(choice, routing: Routing):
+    return _rank(_group_scores(choice, routing))
+
+
+def _rank(v):
+    """The rank of every entry along the last axis, largest first (ties: lower index first)."""
+    xp = array_namespace(v)
+    order = xp.argsort(v, axis=-1, descending=True, stable=True)
+    return xp.argsort(order, axis=-1, stable=True)
+
+
+def topk_mask(ell, k: int, routing: Routing = PLAIN, bias=None):
+    """(T, 1, E) router logits -> (T, E, 1) boolean mask of the k chosen experts (ties: lower index first)."""
+    return (_rank(_choice(ell, routing, bias)) < k)[..., None]
+
+
+def route(ell, k: int, routing: Routing = PLAIN, bias=None):
+    r"""The chosen experts' scores ($\mathrm{softmax}(\ell)_e$ or $\sigma(\ell_e)$), 0 elsewhere:
+    (T, 1, E) -> (T, E, 1)."""
+    xp = array_namespace(ell)
+    p = scores(ell, routing)[..., None]
+    return xp.where(topk_mask(ell, k, routing, bias), p, xp.zeros_like(p))
 
 
 def rms_inverse(t, gamma):
@@ -147,25 +211,42 @@ def _eps(value) -> float:
     return float(xp.finfo(value.dtype).eps)
 
 
-def require_topk_margin(ell, k: int, layer: str = "") -> None:
-    """The contextual top-k must be decided by a margin the patched router logits cannot cross.
+def require_topk_margin(ell, k: int, layer: str = "", routing: Routing = PLAIN, bias=None) -> None:
+    """The contextual choice of experts must be decided by a margin the patched router logits cannot cross.
 
     The patched run reproduces the router logits only to round-off; if the k-th and (k+1)-th
-    largest logits are closer than ~1e3 ulps of the logit scale (a tie, or nearly), the patched
-    run may select other experts and be silently wrong, so the token is refused.
+    largest ranking values are closer than ~1e3 ulps of their scale (a tie, or nearly), the patched
+    run may select other experts and be silently wrong, so the token is refused. Ranking values: the
+    logits (no selection bias, no groups), else the scores plus the bias (`SCORE_LIPSCHITZ`); with
+    groups, the chosen groups' margin too (a sum of two scores: twice the tolerance).
     """
     xp = array_namespace(ell)
     logits = ell[..., 0, :]
-    if k >= logits.shape[-1]:
-        return
-    s = xp.sort(logits, axis=-1, descending=True)
-    gap = s[..., k - 1] - s[..., k]
+    choice = _choice(ell, routing, bias)
     tol = 1e3 * _eps(ell) * (xp.max(xp.abs(logits), axis=-1) + 1.0)
-    bad = gap <= tol
+    if not (bias is None and routing.groups == 1):  # scores move by <= SCORE_LIPSCHITZ x the logits, + rounding
+        finite = xp.where(xp.isfinite(choice), xp.abs(choice), xp.zeros_like(choice))
+        tol = SCORE_LIPSCHITZ[routing.scoring] * tol + 8 * _eps(ell) * xp.max(finite, axis=-1)
+    bad = _gap(choice, k) <= tol
+    what = f"the router's top-{k} has a margin above round-off (a tie between the {k}-th and {k + 1}-th expert"
+    if routing.groups > 1:
+        plain = scores(ell, routing) + (0 if bias is None else bias)
+        group_bad = _gap(_group_scores(plain, routing), routing.topk_groups) <= 2 * tol
+        bad = bad | group_bad
+        what += f", or between the {routing.topk_groups}-th and {routing.topk_groups + 1}-th group"
     if bool(xp.any(bad)):
         tokens = [int(i) for i in xp.nonzero(bad)[0]]
-        raise PatchConditionError(f"the router's top-{k} has a margin above round-off (a tie between the "
-                                  f"{k}-th and {k + 1}-th expert decides the selection)", tokens, layer)
+        raise PatchConditionError(what + ", decides the selection)", tokens, layer)
+
+
+def _gap(v, k: int):
+    """(T,) the k-th largest entry minus the (k+1)-th (inf when there is none, or it is -inf)."""
+    xp = array_namespace(v)
+    if k >= v.shape[-1]:
+        return xp.full_like(v[..., 0], float("inf"))
+    s = xp.sort(v, axis=-1, descending=True)
+    below = s[..., k]
+    return xp.where(xp.isfinite(below), s[..., k - 1] - below, xp.full_like(below, float("inf")))
 
 
 def relative_sizes(patches: dict, references: dict) -> dict:

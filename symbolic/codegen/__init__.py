@@ -20,7 +20,7 @@ import jinja2
 import sympy as sp
 
 from symbolic import catalog
-from symbolic.codegen.lower import Function, KernelIR, PatchOut, build, depends_on
+from symbolic.codegen.lower import Function, KernelIR, PatchOut, build, depends_on, route_args
 from symbolic.codegen.printers import BACKENDS
 from symbolic.derive import Derivation, formula_text
 from symbolic.spec import BlockSpec
@@ -52,6 +52,8 @@ def _printer(backend: str, fn: Function):
 
 def _used_params(ir: KernelIR, fn: Function) -> list[tuple[str, str]]:
     names = {s.name for a in fn.body for s in a.expr.free_symbols}
+    if fn is ir.patch_fn:  # the top-k mask and margin check read the router's own arguments
+        names |= {str(a) for a in route_args(ir.spec)}
     return [(var, name) for var, name in ir.params if var in names]
 
 
@@ -114,6 +116,7 @@ def render(spec: BlockSpec, backend: str, derivation: Derivation | None = None) 
         one_plus=lambda name: spec.norms[name.split(".")[0]].scale == "one_plus",
         patch_lines=[f"{p.param} ({p.kind}): {formula_text(p)}" for p in der.patches], shapes_doc=_shapes_doc(ir),
         inputs=["u", "u_ctx"] + (["x"] if ir.parallel else []), imports=[], references=_references(ir),
+        route_extra="".join(f", {a}" for a in route_args(spec)),
     )
     template.render(**context)
     context["imports"] = sorted(imports)

@@ -103,16 +103,24 @@ def ident(param: str) -> str:
 # --------------------------------------------------------------------------- lowering
 
 
-def _lower_sum(s: sp.Sum) -> sp.Expr:
+def _lower_sum(s: sp.Sum, route: tuple[sp.Expr, ...]) -> sp.Expr:
     (j, _lo, _hi), = s.limits
     f = s.function.replace(lambda e: isinstance(e, Sel) and e.args[1] == j, lambda e: expert)
-    f = f.replace(lambda e: isinstance(e, Gate) and e.args[1] == j, lambda e: RouteWeight(e.args[0]))
+    f = f.replace(lambda e: isinstance(e, Gate) and e.args[1] == j, lambda e: RouteWeight(e.args[0], *route))
     return ExpertSum(f)
 
 
-def lower(expr: sp.Expr) -> sp.Expr:
-    """Rewrite an expression of the algebra into printable batched form (see the module docstring)."""
-    expr = expr.replace(lambda e: isinstance(e, sp.Sum), _lower_sum)
+def route_args(spec: BlockSpec) -> tuple[sp.Expr, ...]:
+    """What the router reads besides its logits: the selection bias, when the spec has one."""
+    return (Block(spec).params["b_select"].symbol,) if spec.moe is not None and spec.moe.selection_bias else ()
+
+
+def lower(expr: sp.Expr, route: tuple[sp.Expr, ...] = ()) -> sp.Expr:
+    """Rewrite an expression of the algebra into printable batched form (see the module docstring).
+
+    `route`: the router's arguments besides the logits (`route_args`), passed on to `RouteWeight`.
+    """
+    expr = expr.replace(lambda e: isinstance(e, sp.Sum), lambda e: _lower_sum(e, route))
     expr = normalize(expr)
     expr = expr.replace(lambda e: isinstance(e, MatVec) and isinstance(e.args[0], EMat),
                         lambda e: EMatVec(e.args[0].args[0], e.args[1]))
@@ -123,6 +131,9 @@ def lower(expr: sp.Expr) -> sp.Expr:
     if leftover or expert in expr.free_symbols:
         raise ValueError(f"cannot lower {pstr(expr)}: {leftover or 'a free expert index'} left")
     return expr
+
+
+lower_expr = lower
 
 
 def depends_on(expr: sp.Expr, names: set[str]) -> bool:
@@ -179,6 +190,11 @@ def _def_target(name: str) -> str:
 
 def patch_function(spec: BlockSpec, der: Derivation) -> tuple[Function, list[PatchOut], list[Check]]:
     s = Block(spec).signals
+    route = route_args(spec)
+
+    def lower(expr: sp.Expr) -> sp.Expr:
+        return lower_expr(expr, route)
+
     outputs: list[Assign] = []
     for name, expr in der.definitions:
         if name == "delta":  # delta = u_C - u: the contextual residual base minus the plain one
@@ -234,6 +250,11 @@ def _patched_params(spec: BlockSpec, der: Derivation) -> Params:
 def stage_function(spec: BlockSpec, P: Params, per_expert_patch: set[str]) -> Function:
     """z, a, (ell, sigma_sg), h, o, r, y of one run with parameters P, one assignment per stage."""
     b, s = Block(spec), Block(spec).signals
+    route = route_args(spec)
+
+    def lower(expr: sp.Expr) -> sp.Expr:
+        return lower_expr(expr, route)
+
     z = Vec("z", "d")
     mlp_in = s["x"] if spec.residual == "parallel" else s["u"]
     out = [Assign("z", lower(b.pre(P, mlp_in)))]
@@ -271,7 +292,7 @@ def _stages(out: list[Assign], per_expert: set[str]) -> Function:
 def build(spec: BlockSpec, der: Derivation) -> KernelIR:
     """The kernel of one derivation, ready for the templates."""
     b = Block(spec)
-    constants = sorted((str(eps), float(spec.norms[n].eps)) for n, eps in b.eps.items() if eps != 0)
+    constants = sorted((str(sym), value) for sym, value in b.constants)
     params = [(p.symbol.name, name) for name, p in b.params.items()]
     patch_fn, patches, checks = patch_function(spec, der)
     per_expert_patch = {f"{ident(p.param)}_{k}" for p in der.patches if p.per_expert for k in ("left", "right")}

@@ -32,9 +32,10 @@ class ExpertSum(sp.Function):
 
 
 class RouteWeight(sp.Function):
-    r"""The routing weight of every expert: $\mathrm{softmax}(\ell)_e$ on the top-k, 0 elsewhere, shape (T, E, 1)."""
+    r"""The routing weight of every expert: its score ($\mathrm{softmax}(\ell)_e$ or $\sigma(\ell_e)$) on the
+    top-k, 0 elsewhere, shape (T, E, 1). Arguments: the logits, then the selection bias if the router has one."""
 
-    nargs = 1
+    nargs = (1, 2)
 
 
 class EMatVec(sp.Function):
@@ -104,7 +105,8 @@ class _Batched:
         return self._reduce("sum", self._print(e.args[0]), -2)
 
     def _print_RouteWeight(self, e):
-        return f"{self._runtime}.route({self._print(e.args[0])}, TOP_K)"
+        extra = "".join(f", {self._print(a)}" for a in e.args[1:])
+        return f"{self._runtime}.route({self._print(e.args[0])}, TOP_K, ROUTING{extra})"
 
     def _print_RmsInverse(self, e):
         return f"{self._runtime}.rms_inverse({self._print(e.args[0])}, {self._print(e.args[1])})"

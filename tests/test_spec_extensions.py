@@ -1,0 +1,335 @@
+"""The spec language where real models need it (issue 14, item 4): each extension's spec fields, and
+its generated kernel against the transformers module it models, in float64, with an explicit map
+from canonical parameter names to the module's own parameters.
+
+Module comparisons feed the MLP sub-block's input z (after the pre-norm) to the module and compare with
+the kernel's branch output ``forward(params, u) - u`` with ``z = pre_norm(u)``: transformers computes its
+RMSNorms in float32 even in a float64 model, and the norm is not what these tests are about.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import warnings
+
+import pytest
+import torch
+
+from numeric import kernels
+from numeric.kernels import runtime
+from numeric.reference import norm, select
+from symbolic import catalog
+from symbolic.controllability import check
+from symbolic.errors import PatchConditionError, SpecError
+from symbolic.spec import MoESpec, dump_toml, loads_toml
+
+transformers = pytest.importorskip("transformers")
+
+
+def _rel(a, b) -> float:
+    return float(torch.linalg.vector_norm(a - b) / torch.linalg.vector_norm(b))
+
+
+def _seeded(seed: int) -> torch.Generator:
+    print(f"seed {seed}")
+    return torch.Generator().manual_seed(seed)
+
+
+@contextlib.contextmanager
+def float64_routers(model_type: str):
+    """Run the module's own code with its router's float32 casts made float64.
+
+    The DeepSeek-V3 family computes router logits and scores in float32 even in a float64 model
+    (``F.linear(hidden_states.type(torch.float32), ...)``): the module's output then agrees with any
+    float64 computation to ~1e-7 only. To compare the rest bit for bit, the module's `torch` global is
+    replaced by a proxy whose `float32` is `float64` (everything else is torch itself).
+    """
+    module = importlib.import_module(f"transformers.models.{model_type}.modeling_{model_type}")
+
+    class Torch64:
+        float32 = torch.float64
+        float = torch.float64
+
+        def __getattr__(self, name):
+            return getattr(torch, name)
+
+    saved = module.torch
+    module.torch = Torch64()
+    try:
+        yield
+    finally:
+        module.torch = saved
+
+
+# --------------------------------------------------------------------------- 1. DeepSeek-V3 routing
+
+
+DEEPSEEK_TEXT = catalog.text("deepseek_v3")
+
+
+def test_deepseek_fields_round_trip_and_defaults():
+    spec = catalog.load("deepseek_v3")
+    m = spec.moe
+    assert (m.scoring, m.selection_bias, m.groups, m.topk_groups, m.routed_scale) == ("sigmoid", True, 8, 4, 2.5)
+    assert loads_toml(dump_toml(spec)) == spec
+    plain = catalog.load("qwen3_moe")
+    assert "scoring" not in dump_toml(plain) and loads_toml(dump_toml(plain)) == plain
+
+
+@pytest.mark.parametrize(("old", "new", "words"), [
+    ("groups = 8", "groups = 7", "divide experts"),
+    ("topk_groups = 4", "topk_groups = 9", "topk_groups"),
+    ("routed_scale = 2.5", "routed_scale = 0.0", "routed_scale"),
+    ('scoring = "sigmoid"', 'scoring = "tanh"', "scoring"),
+    ('softmax = "before_topk"', 'softmax = "after_topk"', "after_topk"),
+    ("top_k = 8", "top_k = 200", "exceeds"),
+    ("selection_bias = true", "selection_bias = 1", "selection_bias"),
+])
+def test_deepseek_fields_bad_values_are_named(old, new, words):
+    assert old in DEEPSEEK_TEXT
+    with pytest.raises(SpecError) as exc:
+        loads_toml(DEEPSEEK_TEXT.replace(old, new), "ds.toml")
+    assert "ds.toml" in str(exc.value) and words in str(exc.value)
+
+
+def test_groups_need_two_experts_each():
+    with pytest.raises(ValueError, match="two best experts"):
+        MoESpec(experts=8, top_k=2, groups=8, topk_groups=4)
+
+
+def test_routed_scale_divides_the_routed_share_and_not_the_shared_expert():
+    """delta / (rho |a_C^(e)|^2): the renormalized gates sum to one, rho scales only the routed sum."""
+    d = check(catalog.load("deepseek_v3")).derivation
+    text = str(d.formula("experts.W_down").value)
+    assert "rho" in text and "delta" in text
+    assert "shared.W_down" not in {p.param for p in d.patches}
+
+
+def test_routing_runtime_matches_the_reference_router():
+    """The kernels' runtime router (both back ends) chooses and weighs as `numeric.reference.select`."""
+    spec = catalog.load("deepseek_v3")
+    gen = _seeded(11)
+    E = 24
+    logits = torch.randn(50, E, generator=gen, dtype=torch.float64)
+    bias = 0.3 * torch.randn(E, generator=gen, dtype=torch.float64)
+    routing = runtime.Routing("sigmoid", spec.moe.groups, spec.moe.topk_groups)
+    idx, scores = select(spec, logits, bias)
+    want = torch.zeros(50, E, dtype=torch.float64).scatter_(1, idx, scores)
+    got = runtime.route(logits[:, None, :], spec.moe.top_k, routing, bias)[..., 0]
+    assert torch.equal(got > 0, want > 0) and torch.allclose(got, want, rtol=1e-15, atol=0)
+    got_np = torch.from_numpy(runtime.route(logits[:, None, :].numpy(), spec.moe.top_k, routing, bias.numpy())[..., 0])
+    assert torch.equal(got_np > 0, want > 0) and torch.allclose(got_np, want, rtol=1e-15, atol=0)
+    no_groups = torch.zeros(50, E, dtype=torch.float64).scatter_(1, (torch.sigmoid(logits) + bias).topk(8)[1], 1.0)
+    assert not torch.equal((got > 0).double(), no_groups)  # the group limit changes the choice
+
+
+def test_a_near_tie_between_groups_is_refused():
+    """Two groups whose scores tie decide the choice by round-off: the token is refused, naming groups."""
+    routing = runtime.Routing("sigmoid", groups=4, topk_groups=2)
+    zero = torch.zeros(8, dtype=torch.float64)
+    logits = torch.tensor([[3.0, 2.0, -1, -1, 1.0, 0.5, 0.0, 0.0]], dtype=torch.float64)[:, None, :]
+    runtime.require_topk_margin(logits, 3, "0", routing, zero)  # groups 1 and 3, then experts 0, 1, 4: clear
+    tied = torch.tensor([[3.0, 2.0, 1.0, 0.5, -1, -1, 1.0, 0.5]], dtype=torch.float64)[:, None, :]
+    with pytest.raises(PatchConditionError) as exc:  # groups 2 and 4 tie for the second place
+        runtime.require_topk_margin(tied, 3, "0", routing, zero)
+    assert "group" in str(exc.value) and exc.value.tokens == [0]
+
+
+#: Model types whose MoE block is DeepSeek-V3's (sigmoid router with selection bias, groups, scaled routed
+#: sum, ungated shared expert), checked module against kernel below; `hf_model_types` of the catalog entry.
+DEEPSEEK_TYPES = catalog.load("deepseek_v3").hf_model_types
+
+TINY = dict(hidden_size=32, intermediate_size=48, moe_intermediate_size=16, n_routed_experts=24, num_local_experts=24,
+            num_experts=24, num_experts_per_tok=8, n_group=8, topk_group=4, n_shared_experts=1,
+            routed_scaling_factor=2.5, norm_topk_prob=True, first_k_dense_replace=0, num_hidden_layers=1,
+            num_attention_heads=4, num_key_value_heads=4, head_dim=8, vocab_size=64, hidden_act="silu",
+            kv_lora_rank=16, q_lora_rank=16, qk_rope_head_dim=4, qk_nope_head_dim=4, v_head_dim=8, rms_norm_eps=1e-6)
+
+
+def _tiny_layer(model_type: str, **overrides):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    cfg = AutoConfig.for_model(model_type, **{**TINY, **overrides})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float64, attn_implementation="eager",
+                                                 experts_implementation="eager")
+    return model.model.layers[0]
+
+
+def _randomize(module: torch.nn.Module, gen: torch.Generator) -> None:
+    with torch.no_grad():
+        for _, t in [*module.named_parameters(), *module.named_buffers()]:
+            t.copy_(torch.randn(t.shape, generator=gen, dtype=t.dtype) * t.shape[-1] ** -0.5)
+
+
+def deepseek_params(layer) -> dict[str, torch.Tensor]:
+    """Canonical names -> the DeepSeek-V3 decoder layer's tensors (gate_up_proj: gate rows first)."""
+    moe, m = layer.mlp, layer.mlp.experts.down_proj.shape[-1]
+    return {
+        "mlp_pre_norm.scale": layer.post_attention_layernorm.weight,
+        "W_router": moe.gate.weight,
+        "b_select": moe.gate.e_score_correction_bias,
+        "experts.W_gate": moe.experts.gate_up_proj[:, :m],
+        "experts.W_up": moe.experts.gate_up_proj[:, m:],
+        "experts.W_down": moe.experts.down_proj,
+        "shared.W_gate": moe.shared_experts.gate_proj.weight,
+        "shared.W_up": moe.shared_experts.up_proj.weight,
+        "shared.W_down": moe.shared_experts.down_proj.weight,
+    }
+
+
+@pytest.mark.parametrize("model_type", DEEPSEEK_TYPES)
+def test_deepseek_kernel_is_the_transformers_moe_block(model_type):
+    spec = catalog.load("deepseek_v3")
+    layer = _tiny_layer(model_type)
+    _randomize(layer, _seeded(len(model_type)))
+    params = {k: v.detach() for k, v in deepseek_params(layer).items()}
+    u = torch.randn(6, 32, generator=_seeded(5), dtype=torch.float64)
+    z = norm(spec.mlp.pre_norm, params["mlp_pre_norm.scale"], None, u)
+    k = kernels.load("deepseek_v3", "torch")
+    branch = k.forward(params, u) - u
+    with torch.no_grad(), float64_routers(model_type):
+        exact = layer.mlp(z[None])[0]
+    assert _rel(branch, exact) <= 1e-12, _rel(branch, exact)
+    with torch.no_grad():
+        as_shipped = layer.mlp(z[None])[0]
+        assert _rel(layer.post_attention_layernorm(u), z) <= 1e-6  # the pre-norm is a plain RMSNorm (float32 inside)
+    assert _rel(branch, as_shipped) <= 1e-6  # the float32 router is the floor
+    unbiased = k.forward({**params, "b_select": torch.zeros_like(params["b_select"])}, u) - u
+    assert _rel(unbiased, exact) > 1e-3  # the selection bias is modelled, not ignored
+
+
+# --------------------------------------------------------------------------- 2. the branch multiplier
+
+
+def test_branch_scale_round_trips_and_must_be_nonzero():
+    spec = catalog.load("granite")
+    assert spec.mlp.branch_scale == 0.22 and loads_toml(dump_toml(spec)) == spec
+    with pytest.raises(SpecError) as exc:
+        loads_toml(catalog.text("granite").replace("branch_scale = 0.22", "branch_scale = 0"), "g.toml")
+    assert "g.toml" in str(exc.value) and "branch_scale" in str(exc.value) and "nonzero" in str(exc.value)
+
+
+def test_branch_scale_is_solved_for_not_special_cased():
+    """The output strategies aim at t with c_branch t = o_C + delta: a derivation step, and 1 / c_branch in
+    every output patch (W_down here; the post-norm scale of a Gemma block with a branch scale)."""
+    d = check(catalog.load("granite")).derivation
+    assert any(st.what.startswith("branch scale") for st in d.steps)
+    assert "c_branch" in str(d.formula("W_down").value)
+    gemma = loads_toml(catalog.text("gemma3").replace("[mlp]\n", "[mlp]\nbranch_scale = -3.0\n"))
+    assert gemma.mlp.branch_scale == -3.0
+    v = check(gemma)
+    assert v.perfect_patch and str(v.derivation.formula("mlp_post_norm.scale").value) == "delta/(c_branch*f_C)"
+
+
+def test_branch_scale_with_a_post_norm_reproduces_the_contextual_run():
+    from numeric.lambdified import check_instance, random_instance
+    from numeric.reference import random_params
+    from symbolic.derive import Deriver
+
+    text = catalog.text("gemma3").replace('name = "gemma3"', 'name = "scaled_gemma"')
+    text = text.replace("[mlp]\n", "[mlp]\nbranch_scale = -3.0\n")
+    spec = loads_toml(text)
+    gen = _seeded(3)
+    params = random_params(spec, 5, 7, gen)
+    for outs in check(spec).output.ok:
+        der = Deriver(spec).derive("rank1", outs)
+        err = check_instance(spec, der, params, random_instance(spec, 5, gen))
+        assert err["output"] < 1e-12 and err["unpatched"] > 1e-2, (outs, err)
+
+
+def _granite_layer(model_type: str, **overrides):
+    return _tiny_layer(model_type, **{"residual_multiplier": 0.22, "num_local_experts": 8, "num_experts_per_tok": 3,
+                                      **overrides})
+
+
+def test_granite_kernel_is_the_transformers_mlp_branch():
+    """residual + mlp(post_attention_layernorm(residual)) * residual_multiplier, in float64 to round-off."""
+    layer = _granite_layer("granite", rms_norm_eps=1e-5)
+    _randomize(layer, _seeded(21))
+    params = {"mlp_pre_norm.scale": layer.post_attention_layernorm.weight, "W_gate": layer.mlp.gate_proj.weight,
+              "W_up": layer.mlp.up_proj.weight, "W_down": layer.mlp.down_proj.weight}
+    params = {k: v.detach() for k, v in params.items()}
+    u = torch.randn(6, 32, generator=_seeded(22), dtype=torch.float64)
+    z = norm(catalog.load("granite").mlp.pre_norm, params["mlp_pre_norm.scale"], None, u)
+    with torch.no_grad():
+        want = layer.mlp(z[None])[0] * layer.residual_multiplier
+    got = kernels.load("granite", "torch").forward(params, u) - u
+    assert layer.residual_multiplier == catalog.load("granite").mlp.branch_scale
+    assert _rel(got, want) <= 1e-12, _rel(got, want)
+
+
+def test_granitemoe_kernel_is_the_transformers_moe_branch():
+    """GraniteMoE rounds its router logits to float32 (``.float()``) even in float64: 1e-6 is the floor;
+    the rest (softmax over the top-k, stacked experts, the multiplier) is checked through it."""
+    from dataclasses import replace
+
+    from symbolic.codegen import render
+
+    layer = _granite_layer("granitemoe")
+    _randomize(layer, _seeded(23))
+    moe = layer.block_sparse_moe
+    m = moe.experts.down_proj.shape[-1]
+    params = {"mlp_pre_norm.scale": layer.post_attention_layernorm.weight, "W_router": moe.router.weight,
+              "experts.W_gate": moe.experts.gate_up_proj[:, :m], "experts.W_up": moe.experts.gate_up_proj[:, m:],
+              "experts.W_down": moe.experts.down_proj}
+    params = {k: v.detach() for k, v in params.items()}
+    spec = catalog.load("granitemoe")
+    spec = replace(spec, moe=replace(spec.moe, experts=8, top_k=3))  # the tiny module's routing
+    ns: dict = {}
+    exec(compile(render(spec, "torch"), "granitemoe_tiny", "exec"), ns)  # noqa: S102 - the generated kernel
+    u = torch.randn(6, 32, generator=_seeded(24), dtype=torch.float64)
+    z = norm(spec.mlp.pre_norm, params["mlp_pre_norm.scale"], None, u)
+    with torch.no_grad():
+        want = moe(z[None])[0] * layer.residual_multiplier
+    got = ns["forward"](params, u) - u
+    assert _rel(got, want) <= 1e-6, _rel(got, want)
+
+
+# --------------------------------------------------------------------------- 3. LayerNorm with 1 + w
+
+
+def test_nemotron_kernel_is_the_transformers_mlp_branch():
+    """NemotronLayerNorm1P is a LayerNorm with bias and gamma = 1 + w (computed in the input's dtype): the
+    whole branch, norm included, agrees to float64 round-off."""
+    spec = catalog.load("nemotron")
+    assert (spec.mlp.pre_norm.kind, spec.mlp.pre_norm.scale, spec.mlp.pre_norm.bias) == ("layer", "one_plus", True)
+    layer = _tiny_layer("nemotron", norm_eps=1e-5, hidden_act="relu2")
+    _randomize(layer, _seeded(31))
+    ln = layer.post_attention_layernorm
+    params = {"mlp_pre_norm.scale": ln.weight, "mlp_pre_norm.bias": ln.bias, "W_up": layer.mlp.up_proj.weight,
+              "W_down": layer.mlp.down_proj.weight}
+    params = {k: v.detach() for k, v in params.items()}
+    u = torch.randn(6, 32, generator=_seeded(32), dtype=torch.float64)
+    with torch.no_grad():
+        want = u + layer.mlp(ln(u))
+    k = kernels.load("nemotron", "torch")
+    assert _rel(k.forward(params, u), want) <= 1e-12, _rel(k.forward(params, u), want)
+    plain_w = {**params, "mlp_pre_norm.scale": params["mlp_pre_norm.scale"] + 1}  # gamma = w would be wrong
+    assert _rel(k.forward(plain_w, u), want) > 1e-3
+
+
+# --------------------------------------------------------------------------- 4. a router bias
+
+
+def _router_bias_spec():
+    text = catalog.text("mixtral").replace('name = "mixtral"', 'name = "mixtral_router_bias"')
+    return loads_toml(text.replace('expert = "gated"', 'expert = "gated"\nrouter_bias = true'))
+
+
+def test_router_bias_is_an_input_bias_of_the_router():
+    """logits = W_router z + b_router: rank-1 on W_router leaves b_router alone; the bias strategy patches
+    b_router by W_router (z_C - z). Both validate on 4-layer stacks (the reference adds b_router itself)."""
+    from numeric.validate import Setup, validate
+
+    spec = _router_bias_spec()
+    assert loads_toml(dump_toml(spec)) == spec and "b_router" in dict(check(spec).derivation.symbols)
+    v = check(spec)
+    assert {"rank1", "bias"} <= set(v.input.ok)
+    bias = v.derivation_for(None, "bias")
+    assert bias.formula("b_router").kind == "bias" and "W_router" in str(bias.formula("b_router").value)
+    for ins in ("rank1", "bias"):
+        out = validate(spec, Setup(layers=2, input_strategy=ins), trials=1)
+        assert out["max_rel_error"] <= 1e-12 and out["unpatched_rel_error"] > 1e-2, (ins, out)
