@@ -453,16 +453,19 @@ def moe_maps(mlp, mlp_path: str, record: dict[str, Call], cfg) -> list[tuple[MoE
     if router is None:
         raise SpecError(f"{mlp_path}: no router of shape ({E}, {d}) found")
     rname, rmod = router
-    if getattr(rmod, "bias", None) is not None:
-        raise SpecError(f"{mlp_path}.{rname}: a router bias is not modelled")
-    extra = [n for n, _ in rmod.named_parameters(recurse=False) if n != "weight"] + \
-        [n for n, _ in rmod.named_buffers(recurse=False)]
+    own = {n: t for n, t in [*rmod.named_parameters(recurse=False), *rmod.named_buffers(recurse=False)]}
+    extra = sorted(set(own) - {"weight", "bias", "e_score_correction_bias"})
     if extra:
         raise SpecError(f"{mlp_path}.{rname}: router parameters/buffers {extra} are not modelled")
+    router_params = {}
+    if own.get("bias") is not None:
+        router_params["b_router"] = Param(f"{mlp_path}.{rname}.bias")
+    if own.get("e_score_correction_bias") is not None:
+        router_params["b_select"] = Param(f"{mlp_path}.{rname}.e_score_correction_bias")
     params = {"experts.W_gate": Param(f"{mlp_path}.{ename}.gate_up_proj", "rows0"),
               "experts.W_up": Param(f"{mlp_path}.{ename}.gate_up_proj", "rows1"),
               "experts.W_down": Param(f"{mlp_path}.{ename}.down_proj"),
-              "W_router": Param(f"{mlp_path}.{rname}.weight")}
+              "W_router": Param(f"{mlp_path}.{rname}.weight"), **router_params}
     shared = "none"
     for n, m in mlp.named_children():
         if n in (ename, rname):
@@ -491,12 +494,26 @@ def moe_maps(mlp, mlp_path: str, record: dict[str, Call], cfg) -> list[tuple[MoE
         getattr(cfg, "top_k", None)
     if not isinstance(top_k, int):
         raise SpecError(f"{mlp_path}: the config names no top-k (num_experts_per_tok)")
+    renorm = bool(getattr(cfg, "norm_topk_prob", False))
+    sigmoid = "b_select" in params or getattr(cfg, "scoring_func", "") == "sigmoid"
+    groups = (getattr(cfg, "n_group", None) or 1, getattr(cfg, "topk_group", None) or 1)
+    scale = float(getattr(cfg, "routed_scaling_factor", None) or 1.0)
+    routings = [("sigmoid" if sigmoid else "softmax", "before_topk", renorm),
+                ("sigmoid" if sigmoid else "softmax", "before_topk", not renorm)]
+    if not sigmoid:
+        routings.append(("softmax", "after_topk", False))
+    routings += [("softmax" if sigmoid else "sigmoid", "before_topk", r) for r in (renorm, not renorm)]
     out = []
-    for softmax, renorm in (("before_topk", bool(getattr(cfg, "norm_topk_prob", False))),
-                            ("before_topk", not bool(getattr(cfg, "norm_topk_prob", False))),
-                            ("after_topk", False)):
-        out.append((MoESpec(experts=E, top_k=top_k, softmax=softmax, renormalize=renorm, shared_expert=shared,
-                            expert="gated"), params))
+    for g in dict.fromkeys([groups, (1, 1)]):
+        for rs in dict.fromkeys([scale, 1.0]):
+            for scoring, softmax, rn in routings:
+                try:
+                    moe = MoESpec(experts=E, top_k=top_k, softmax=softmax, renormalize=rn, shared_expert=shared,
+                                  expert="gated", scoring=scoring, selection_bias="b_select" in params,
+                                  groups=g[0], topk_groups=g[1], routed_scale=rs, router_bias="b_router" in params)
+                except ValueError:
+                    continue
+                out.append((moe, params))
     return out
 
 
@@ -568,9 +585,6 @@ def layer_adapters(layer64, record, x, y, cfg, model_type: str, name: str) -> tu
     if fl.post:
         post_spec, names = identify_norm(get(layer64, fl.post), cfg, d)
         norm_params.update({f"mlp_post_norm.{k}": Param(f"{fl.post}.{v}") for k, v in names.items()})
-    if fl.scale != 1.0:
-        raise SpecError(f"the MLP branch is scaled by {fl.scale:g} before the residual add; the spec language has "
-                        "no branch multiplier yet")
     mlp = get(layer64, fl.mlp)
     acts = _activation(mlp, cfg)
     is_moe = any(p.dim() == 3 for p in mlp.parameters())
@@ -580,14 +594,16 @@ def layer_adapters(layer64, record, x, y, cfg, model_type: str, name: str) -> tu
     if is_moe:
         for moe, params in moe_maps(mlp, fl.mlp, record, cfg):
             for act in acts[:1] if len(acts) else acts:
-                mspec = MLPSpec(kind="moe", activation=act, pre_norm=pre_spec, post_norm=post_spec)
+                mspec = MLPSpec(kind="moe", activation=act, pre_norm=pre_spec, post_norm=post_spec,
+                                branch_scale=fl.scale)
                 spec = BlockSpec(name=name, mlp=mspec, residual=fl.mode, shared_pre_norm=fl.shared_pre_norm,
                                  attention=attention, moe=moe, hf_model_types=(model_type,))
                 out.append(_adapter(spec, fl, {**params, **norm_params}))
         return fl, out
     for kind, params, biases in dense_maps(mlp, fl.mlp, record):
         for act in acts:
-            mspec = MLPSpec(kind=kind, activation=act, bias=biases, pre_norm=pre_spec, post_norm=post_spec)
+            mspec = MLPSpec(kind=kind, activation=act, bias=biases, pre_norm=pre_spec, post_norm=post_spec,
+                            branch_scale=fl.scale)
             spec = BlockSpec(name=name, mlp=mspec, residual=fl.mode, shared_pre_norm=fl.shared_pre_norm,
                              attention=attention, hf_model_types=(model_type,))
             out.append(_adapter(spec, fl, {**params, **norm_params}))
@@ -800,7 +816,12 @@ def describe(spec: BlockSpec) -> str:
     b = [k for k in ("gate", "up", "down") if getattr(m.bias, k)]
     if b:
         parts.append("bias " + "+".join(b))
+    if m.branch_scale != 1.0:
+        parts.append(f"branch x{m.branch_scale:g}")
     if spec.moe:
-        parts.append(f"moe E={spec.moe.experts} k={spec.moe.top_k} {spec.moe.softmax}"
-                     f"{' renorm' if spec.moe.renormalize else ''} shared={spec.moe.shared_expert}")
+        e = spec.moe
+        parts.append(f"moe E={e.experts} k={e.top_k} {e.scoring} {e.softmax}{' renorm' if e.renormalize else ''}"
+                     f"{' select-bias' if e.selection_bias else ''}{' router-bias' if e.router_bias else ''}"
+                     f"{f' groups {e.topk_groups}/{e.groups}' if e.groups > 1 else ''}"
+                     f"{f' scale {e.routed_scale:g}' if e.routed_scale != 1 else ''} shared={e.shared_expert}")
     return ", ".join(parts)
