@@ -29,6 +29,15 @@ from symbolic.errors import PatchConditionError, SpecError
 
 #: Exceptions that accelerate's loading (files, maps, devices) raises; ours pass through unchanged.
 ACCELERATE_FAILURES = (RuntimeError, OSError, KeyError, ValueError)
+
+
+def failures() -> tuple[type[BaseException], ...]:
+    """`ACCELERATE_FAILURES` and safetensors' error (a checkpoint file that went missing or changed)."""
+    try:
+        from safetensors import SafetensorError
+    except ImportError:
+        return ACCELERATE_FAILURES
+    return (*ACCELERATE_FAILURES, SafetensorError)
 HINT = ("the model was dispatched by accelerate; check that its offload folder and checkpoint files still "
         "exist and that device_map / max_memory place every module")
 
@@ -86,7 +95,7 @@ def read(layer, path: str) -> torch.Tensor:
     try:
         with align_module_device(owner):
             return _get(owner, key).detach()
-    except ACCELERATE_FAILURES as exc:
+    except failures() as exc:
         raise OffloadError(f"{path}: accelerate could not load it ({type(exc).__name__}: {exc}); {HINT}") from exc
 
 
@@ -177,9 +186,9 @@ def dispatched(model) -> bool:
 def located(model, layers: str):
     """Run model passes so that a failure inside accelerate's machinery names the layer it happened in.
 
-    Forward hooks on every layer remember where the pass is; an `ACCELERATE_FAILURES` exception
-    becomes an `OffloadError` ``layer n (model.layers.n): ...`` (``after layer n`` for the final norm
-    and head). Ours (`SpecError`, `PatchConditionError`, an `OffloadError` that names its layer)
+    Forward pre-hooks on every layer and its submodules remember where the pass is; an exception of
+    `failures` becomes an `OffloadError` ``layer n (model.layers.n.mlp.up_proj): ...`` (``after layer
+    n`` for the final norm and head). Ours (`SpecError`, `PatchConditionError`, an `OffloadError` that names its layer)
     pass through. A no-op for a model accelerate did not dispatch."""
     if not dispatched(model):
         yield
@@ -187,18 +196,43 @@ def located(model, layers: str):
     where = ["before layer 0 (the embeddings)"]
     handles = []
     for n, block in enumerate(_get(model, layers)):
-        handles.append(block.register_forward_pre_hook(lambda _m, _a, n=n: where.__setitem__(0, f"layer {n}")))
+        for name, module in block.named_modules(prefix=f"{layers}.{n}"):
+            handles.append(module.register_forward_pre_hook(
+                lambda _m, _a, place=f"layer {n} ({name})": where.__setitem__(0, place)))
         handles.append(block.register_forward_hook(lambda _m, _a, _o, n=n: where.__setitem__(0, f"after layer {n}")))
     try:
         yield
     except (SpecError, PatchConditionError):
         raise
-    except ACCELERATE_FAILURES as exc:
+    except failures() as exc:
         if isinstance(exc, OffloadError) and exc.layer:
             raise
-        place = where[0] + (f" ({layers}.{where[0].split()[-1]})" if where[0].startswith("layer") else "")
+        place = where[0]
         shown = str(exc) if isinstance(exc, OffloadError) else f"{type(exc).__name__}: {exc}; {HINT}"
         raise OffloadError(f"{place}: {shown}", layer=place) from exc
     finally:
         for h in handles:
             h.remove()
+
+
+def reload_dispatched(model, folder, max_memory: dict | None = None, device_map="auto"):
+    """`model` saved to `folder` (safetensors) and loaded back dispatched by accelerate: layers placed
+    by ``device_map`` under ``max_memory`` ({device: "150MB", "cpu": ...}), the rest offloaded to
+    disk under ``folder/offload``; eager attention, the same dtype, eval mode."""
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM
+
+    folder = Path(folder)
+    model.save_pretrained(folder, safe_serialization=True)
+    return AutoModelForCausalLM.from_pretrained(
+        folder, dtype=model.dtype, attn_implementation="eager", device_map=device_map, max_memory=max_memory,
+        offload_folder=folder / "offload").eval()
+
+
+def placement(model) -> dict[str, int]:
+    """How many of the model's parameters accelerate left where: {"meta": offloaded, "cpu": ..., "cuda:0": ...}."""
+    counts: dict[str, int] = {}
+    for p in model.parameters():
+        counts[str(p.device)] = counts.get(str(p.device), 0) + 1
+    return counts
