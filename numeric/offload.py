@@ -215,10 +215,11 @@ def located(model, layers: str):
             h.remove()
 
 
-def reload_dispatched(model, folder, max_memory: dict | None = None, device_map="auto"):
+def reload_dispatched(model, folder, max_memory: dict | None = None, device_map="auto", **kwargs):
     """`model` saved to `folder` (safetensors) and loaded back dispatched by accelerate: layers placed
     by ``device_map`` under ``max_memory`` ({device: "150MB", "cpu": ...}), the rest offloaded to
-    disk under ``folder/offload``; eager attention, the same dtype, eval mode."""
+    disk under ``folder/offload``; eager attention, the same dtype, eval mode. ``kwargs`` go to
+    ``from_pretrained`` (``experts_implementation="eager"`` for a float64 MoE model)."""
     from pathlib import Path
 
     from transformers import AutoModelForCausalLM
@@ -227,7 +228,7 @@ def reload_dispatched(model, folder, max_memory: dict | None = None, device_map=
     model.save_pretrained(folder, safe_serialization=True)
     return AutoModelForCausalLM.from_pretrained(
         folder, dtype=model.dtype, attn_implementation="eager", device_map=device_map, max_memory=max_memory,
-        offload_folder=folder / "offload").eval()
+        offload_folder=folder / "offload", **kwargs).eval()
 
 
 def placement(model) -> dict[str, int]:
