@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from numeric import kernels
+from numeric import kernels, offload
 from numeric.infer import Adapter, Layout, Param, get, infer
 from symbolic import catalog
 from symbolic.errors import PatchConditionError, SpecError
@@ -142,11 +142,13 @@ class PatchSet:
         def apply(n):
             return _LayerKernel(self, n)
         if self.positions is None:
-            with swapped_branches(self.model, self.layout, apply, lambda n, u, x: self.layers[n]):
+            with swapped_branches(self.model, self.layout, apply, lambda n, u, x: self.layers[n]), \
+                    offload.located(self.model, self.layout.layers):
                 return self.model(self.query_ids)
         outs = []
         for j in range(self.query_ids.shape[1]):
-            with swapped_branches(self.model, self.layout, apply, lambda n, u, x, j=j: (self.layers[n], j)):
+            with swapped_branches(self.model, self.layout, apply, lambda n, u, x, j=j: (self.layers[n], j)), \
+                    offload.located(self.model, self.layout.layers):
                 outs.append(self.model(self.query_ids[:, j:j + 1], position_ids=self.positions[:, j:j + 1]))
         return outs
 
@@ -237,25 +239,20 @@ def dense_parameters(layer, lp: LayerPatches, j: int) -> dict[str, torch.Tensor]
 
 
 def parameter_view(layer, name: str) -> torch.Tensor:
-    """The parameter (or the stacked-expert slice ``path[e]``) a patch name refers to, as a view."""
+    """The parameter (or the stacked-expert slice ``path[e]``) a patch name refers to, detached, for
+    reading: a view of a resident parameter; one loaded by accelerate's hook for an offloaded one."""
     path, _, index = name.partition("[")
-    p = layer.get_parameter(path)
+    p = offload.read(layer, path)
     return p[int(index[:-1])] if index else p
 
 
-def _write(layer, dense: dict[str, torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Copy dense values into the layer's parameters; returns (view, original) pairs to restore."""
-    saved = []
-    for name, value in dense.items():
-        view = parameter_view(layer, name)
-        saved.append((view, view.detach().clone()))
-        view.detach().copy_(value)
-    return saved
+def _write(layer, dense: dict[str, torch.Tensor]) -> list:
+    """Make the layer compute with dense values (`offload.write`); returns what `_restore` undoes."""
+    return offload.write(layer, dense)
 
 
-def _restore(saved: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-    for view, original in reversed(saved):
-        view.detach().copy_(original)
+def _restore(saved: list) -> None:
+    offload.restore(saved)
 
 
 def _token_pass(model, layout: Layout, ids: torch.Tensor, dense_for, **kwargs):
@@ -288,7 +285,8 @@ def _token_pass(model, layout: Layout, ids: torch.Tensor, dense_for, **kwargs):
         handles.append(get(layer, point).register_forward_pre_hook(write(n)))
         handles.append(get(layer, adapter.branch_module).register_forward_hook(restore(n)))
     try:
-        return model(ids, **kwargs)
+        with offload.located(model, layout.layers):
+            return model(ids, **kwargs)
     finally:
         for h in handles:
             h.remove()
@@ -340,36 +338,41 @@ def swapped_branches(model, layout: Layout, kernel_for, patches_for):
 
     The branch module's forward is replaced (so the model's own MLP never runs), modules in
     `adapter.skip` become pass-throughs, and the input hooks read u (and x, the attention output, for a
-    parallel block). Everything is restored on exit.
+    parallel block). Each layer's parameters are read when its branch runs (loaded just in time by
+    accelerate's hooks on a dispatched model). Every ``forward`` attribute is restored on exit to
+    exactly what it was (accelerate's own wrapper on a dispatched model).
     """
     state: dict = {}
     handles, swapped = _input_hooks(model, layout, state), []
     for n, layer in enumerate(get(model, layout.layers)):
         adapter = layout[n]
-        params = layer_params(layer, adapter)
 
-        def branch(*args, n=n, params=params, adapter=adapter, **kwargs):
+        def branch(*args, n=n, layer=layer, adapter=adapter, **kwargs):
             r = state.pop(n)
             u, x = _base(r, adapter)
+            params = layer_params(layer, adapter)
             extra = {} if x is None else {"x": x}
             y = kernel_for(n).apply(params, patches_for(n, u, x), u, **extra)
             out = y if adapter.mode == "post_ln" else y - u
             return out[None].to(r["first"].dtype)
 
-        for path in adapter.skip:
+        for path, forward in [(p, _passthrough) for p in adapter.skip] + [(adapter.branch_module, branch)]:
             module = get(layer, path)
-            module.forward = _passthrough
-            swapped.append(module)
-        module = get(layer, adapter.branch_module)
-        module.forward = branch
-        swapped.append(module)
+            swapped.append((module, module.__dict__.get("forward", _CLASS_FORWARD)))
+            module.forward = forward
     try:
         yield
     finally:
         for h in handles:
             h.remove()
-        for module in swapped:
-            del module.forward  # back to the class's forward
+        for module, forward in reversed(swapped):
+            if forward is _CLASS_FORWARD:
+                del module.forward  # back to the class's forward
+            else:
+                module.forward = forward  # the instance's own (accelerate's hook wrapper)
+
+
+_CLASS_FORWARD = object()  # a module whose forward is its class's (no instance attribute)
 
 
 def _passthrough(hidden, *args, **kwargs):
@@ -381,7 +384,8 @@ def contextual_bases(model, layout: Layout, ids: torch.Tensor, **kwargs) -> tupl
     record: dict = {}
     handles = _input_hooks(model, layout, record)
     try:
-        out = model(ids, **kwargs)
+        with offload.located(model, layout.layers):
+            out = model(ids, **kwargs)
     finally:
         for h in handles:
             h.remove()
@@ -673,7 +677,8 @@ def _patch_pass(model, patcher: Patcher, ids, targets, **kwargs) -> tuple[list[L
         return stored[n]
 
     ps = PatchSet(model, ids, stored, patcher.layout, kernels=patcher.kernels)
-    with swapped_branches(model, patcher.layout, lambda n: _LayerKernel(ps, n), compute):
+    with swapped_branches(model, patcher.layout, lambda n: _LayerKernel(ps, n), compute), \
+            offload.located(model, patcher.layout.layers):
         out = model(ids, **kwargs)
     return stored, out
 

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from numeric import offload
 from symbolic.errors import SpecError
 from symbolic.spec import ACTIVATIONS, Biases, BlockSpec, MLPSpec, MoESpec, NormSpec
 
@@ -86,7 +87,7 @@ class Param:
     layout: str = "linear"
 
     def read(self, layer) -> torch.Tensor:
-        t = get(layer, self.path).detach()
+        t = offload.read(layer, self.path)  # loaded by accelerate's hook when the model offloads it
         if self.layout == "conv1d":
             return t.T
         if self.layout in ("rows0", "rows1"):
