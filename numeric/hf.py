@@ -693,7 +693,7 @@ def _combine(layer, tokens: list[LayerPatches]) -> LayerPatches:
 def absorb_context(model, context_ids: torch.Tensor, query_ids: torch.Tensor, keep_positions: bool = False,
                    strategy: str | None = None, input_strategy: str | None = None,
                    patch_dtype: torch.dtype | None = None, computed_in: str | None = None,
-                   memory: dict | None = None, measure: bool = True) -> PatchSet:
+                   memory: dict | None = None, measure: bool = True, mode: str = "token") -> PatchSet:
     """Per-token, per-layer patches that make the query-alone run reproduce the run with the context.
 
     ``keep_positions=True`` runs each query token alone at its absolute position (the paper's
@@ -711,7 +711,16 @@ def absorb_context(model, context_ids: torch.Tensor, query_ids: torch.Tensor, ke
     ``memory``: {layer: strategy} the default tries first, updated with its choices; pass the same
     dict to successive calls (one token each, as the paper's protocol does) to save their time.
     ``measure=False`` skips the `amplification` of a strategy named explicitly (NaN is recorded).
+    ``mode="sequence"``: one patch per layer for all query tokens at once, a PEFT LoRA adapter
+    (`numeric.sequence.absorb_sequence`; the other options do not apply).
     """
+    if mode != "token":
+        if mode != "sequence":
+            raise SpecError(f"mode must be 'token' (per-token patches) or 'sequence' (one patch per layer), "
+                            f"got {mode!r}")
+        from numeric.sequence import absorb_sequence
+
+        return absorb_sequence(model, context_ids, query_ids)
     _check_ids(context_ids, query_ids, model)
     adapter, spec, kernel = resolve(model, strategy, input_strategy)
     computed_in = computed_in or ("kernel" if adapter.encoder and not keep_positions else "model")
