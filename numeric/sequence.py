@@ -37,6 +37,7 @@ import torch
 from numeric.hf import Adapter, adapter_for, last_logits_only, parameter_view, spec_for
 from symbolic.errors import PatchConditionError, SpecError
 
+APPLIED = ("lora", "weights")
 RANK_TOL = 1e-12  # sigma_min / sigma_max below this: the columns are numerically dependent
 NEWTON_STEPS = 60  # the shared-scale dual: Newton converges in about 8 where feasible
 NEWTON_TOL = 1e-13  # relative residual of the shared-scale constraints
@@ -167,6 +168,25 @@ def _gamma(norm, site: Site) -> torch.Tensor:
     return 1 + w if site.one_plus else w
 
 
+def adapter_dtype(weight: torch.Tensor) -> torch.dtype:
+    """The dtype peft gives LoRA factors: the base weight's, float32 for a half-precision base."""
+    return torch.float32 if weight.dtype in (torch.float16, torch.bfloat16) else weight.dtype
+
+
+def lora_hook(factors):
+    r"""A forward hook adding $B (A x)$ as peft's LoRA layer does (``result + lora_B(lora_A(x)) * scaling``,
+    scaling 1, in the factors' dtype, then cast back); ``factors()`` gives (B, A) or None, contiguous as
+    peft's weights are (a transposed layout takes another GEMM kernel, which rounds differently)."""
+    def hook(_module, args, out):
+        f = factors()
+        if f is None:
+            return None
+        B, A = f
+        x = args[0].to(A.dtype)
+        return (out + torch.nn.functional.linear(torch.nn.functional.linear(x, A), B) * 1.0).to(out.dtype)
+    return hook
+
+
 @dataclass
 class SequencePatch:
     """The per-layer sequence patches of one query (see the module docstring)."""
@@ -176,6 +196,7 @@ class SequencePatch:
     layers: list[SequenceLayer]
     adapter: Adapter
     site: Site
+    applied: str = "lora"  # how the induction applied the patches, and how `logits` applies them
 
     @property
     def rank(self) -> int:
@@ -202,10 +223,31 @@ class SequencePatch:
                     parameter_view(layer, name).detach().copy_(value)
             yield self.model
 
+    @contextmanager
+    def factored(self):
+        """The patches applied as peft applies a LoRA adapter (`lora_hook`), a replaced norm scale written in."""
+        layers = self.model.get_submodule(self.adapter.layers)
+        handles = []
+        with _saved(_touched(self.model, self.adapter, self.site)):
+            for n, layer in enumerate(layers):
+                for path, (B, A) in self.layers[n].lora.items():
+                    module = layer.get_submodule(path)
+                    dt = adapter_dtype(module.weight)
+                    cast = (B.to(dt).contiguous(), A.to(dt).contiguous())
+                    handles.append(module.register_forward_hook(lora_hook(lambda c=cast: c)))
+                for name, value in self.layers[n].scale.items():
+                    parameter_view(layer, name).detach().copy_(value)
+            try:
+                yield self.model
+            finally:
+                for h in handles:
+                    h.remove()
+
     @torch.no_grad()
     def logits(self, ids: torch.Tensor | None = None) -> torch.Tensor:
-        """(1, q, vocab): the query (or `ids`) alone, the patches written into the model's modules."""
-        with self.written() as model:
+        """(1, q, vocab): the query (or `ids`) alone with the patches applied the way they were computed
+        (``applied``: ``"lora"`` factored as peft does, ``"weights"`` written into the model's modules)."""
+        with (self.factored() if self.applied == "lora" else self.written()) as model:
             return model(self.query_ids if ids is None else ids).logits
 
     def lora_config(self):
@@ -307,9 +349,10 @@ def _u(rec: dict) -> torch.Tensor:
 class _Induction:
     """Forward hooks of the query-alone pass: each map's patch from its actual input, written in at once."""
 
-    def __init__(self, model, adapter: Adapter, site: Site, ctx: dict):
-        self.model, self.adapter, self.site, self.ctx = model, adapter, site, ctx
+    def __init__(self, model, adapter: Adapter, site: Site, ctx: dict, applied: str):
+        self.model, self.adapter, self.site, self.ctx, self.applied = model, adapter, site, ctx, applied
         self.now: dict[int, dict] = {}
+        self.cast: dict[int, tuple] = {}  # id(module) -> (B, A) in peft's dtype, applied by `lora_hook`
         self.layers = [SequenceLayer() for _ in model.get_submodule(adapter.layers)]
 
     def hooks(self) -> list:
@@ -318,6 +361,9 @@ class _Induction:
             self.now[n] = {}
             for p in self.site.inputs:
                 handles.append(layer.get_submodule(p).register_forward_pre_hook(self._input(n, p)))
+            for p in (*self.site.inputs, self.site.down) if self.applied == "lora" else ():
+                key = id(layer.get_submodule(p))
+                handles.append(layer.get_submodule(p).register_forward_hook(lora_hook(lambda k=key: self.cast.get(k))))
             handles.append(layer.get_submodule(self.adapter.u_module).register_forward_pre_hook(self._grab(n, "x")))
             if self.adapter.mode == "parallel":
                 handles.append(layer.get_submodule(self.adapter.attn_module).register_forward_hook(
@@ -331,8 +377,13 @@ class _Induction:
             self.now[n][key] = (t[0] if isinstance(t, tuple) else t)[0].detach().double().clone()
         return hook
 
-    def _write(self, module, delta: torch.Tensor) -> None:
+    def _write(self, module, B: torch.Tensor, A: torch.Tensor) -> None:
         w = module.weight
+        if self.applied == "lora":
+            dt = adapter_dtype(w)
+            self.cast[id(module)] = (B.to(dt).contiguous(), A.to(dt).contiguous())
+            return
+        delta = B @ A
         w.detach().copy_((w.detach().double() + (delta.T if self.site.conv1d else delta)).to(w.dtype))
 
     def _input(self, n: int, path: str):
@@ -342,7 +393,7 @@ class _Induction:
             W = _weight(module, self.site)  # (out, d)
             A, cond = left_inverse(Z, f"Z:{path}", n)
             B = W @ (ZC - Z)  # (out, q)
-            self._write(module, B @ A)
+            self._write(module, B, A)
             lp = self.layers[n]
             lp.lora[path], lp.condition[f"Z:{path}"] = (B, A), cond
             lp.rank = max(lp.rank, A.shape[0])
@@ -361,7 +412,7 @@ class _Induction:
                 target = self._post_norm(n, target, rec["h"], lp)
             A, cond = left_inverse(a, "A", n)
             B = (target - Y).T  # (d, q)
-            self._write(module, B @ A)
+            self._write(module, B, A)
             lp.lora[self.site.down], lp.condition["A"] = (B, A), cond
             lp.rank = max(lp.rank, A.shape[0])
             miss = ((W + B @ A) @ a).T + _bias(module) - target
@@ -402,22 +453,29 @@ def _run(model, handles: list, ids: torch.Tensor, **kwargs):
 
 
 @torch.no_grad()
-def absorb_sequence(model, context_ids: torch.Tensor, query_ids: torch.Tensor) -> SequencePatch:
+def absorb_sequence(model, context_ids: torch.Tensor, query_ids: torch.Tensor, applied: str = "lora") -> SequencePatch:
     r"""One patch per layer (rank $\le q$) that makes the query alone reproduce the contextual run on all
     q query tokens; see the module docstring. Raises SpecError for blocks it does not cover and
     PatchConditionError (naming the layer) where a side condition fails (q larger than a map's
     input size, dependent inputs, an infeasible shared post-norm scale).
+
+    ``applied="lora"`` (default): during the induction the patches act as peft's LoRA layers compute
+    them ($W x + B(Ax)$ in the model's dtype), so each layer's patch corrects the rounding of the saved
+    adapter below it and `save_peft` writes exactly what was computed. ``"weights"``: written densely
+    into the model's own modules ($W + BA$ rounded once), the arithmetic of `SequencePatch.written`.
 
     >>> sp = absorb_sequence(model, context_ids, query_ids)   # doctest: +SKIP
     >>> sp.logits()          # (1, q, vocab), as with the context
     >>> sp.save_peft("adapter")   # peft.PeftModel.from_pretrained(model, "adapter")
     """
     _check(model, context_ids, query_ids)
+    if applied not in APPLIED:
+        raise SpecError(f"applied must be one of {', '.join(map(repr, APPLIED))}, got {applied!r}")
     adapter, site = site_for(model)
     ctx: dict = {}
     _run(model, _record(model, adapter, site, ctx, context_ids.shape[1]), torch.cat([context_ids, query_ids], 1),
          **last_logits_only(model))
-    ind = _Induction(model, adapter, site, ctx)
+    ind = _Induction(model, adapter, site, ctx, applied)
     with _saved(_touched(model, adapter, site)):
         _run(model, ind.hooks(), query_ids)
-    return SequencePatch(model, query_ids, ind.layers, adapter, site)
+    return SequencePatch(model, query_ids, ind.layers, adapter, site, applied)
