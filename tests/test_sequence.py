@@ -102,7 +102,8 @@ def test_left_inverse_is_the_pseudo_inverse_and_refuses_dependent_columns():
     gen = torch.Generator().manual_seed(0)
     Z = torch.randn(7, 4, generator=gen, dtype=torch.float64)
     A, cond = left_inverse(Z, "Z", 3)
-    assert torch.allclose(A, torch.linalg.pinv(Z), atol=1e-13) and torch.allclose(A @ Z, torch.eye(4, dtype=torch.float64), atol=1e-13)
+    assert torch.allclose(A, torch.linalg.pinv(Z), atol=1e-13)
+    assert torch.allclose(A @ Z, torch.eye(4, dtype=torch.float64), atol=1e-13)
     assert cond >= 1
     Z[:, 3] = Z[:, 0] - 2 * Z[:, 1]
     with pytest.raises(PatchConditionError, match="rank Z = q"):
@@ -172,3 +173,27 @@ def test_real_model_adapter_without_context(real32, q_len, tmp_path):
     assert logit_error(model(q).logits[0].detach(), want) >= 1e-2  # the context matters
     assert logit_error(got, want) <= 1e-3, name
     assert torch.equal(got.argmax(-1), want.argmax(-1)), name
+
+
+# --------------------------------------------------------------------------- the theorems
+
+
+def test_sequence_theorems_verify_and_a_wrong_one_does_not():
+    import dataclasses
+
+    from symbolic import sequence as S
+    from symbolic.algebra import Vec
+    from symbolic.proof import VERIFIED, check, definition
+    from symbolic.prover import GENERAL, run
+
+    assert set(S.THEOREMS) <= set(GENERAL)  # in `prove all`
+    results = run(dict(S.THEOREMS))
+    assert [r.status for r in results] == [VERIFIED] * len(S.THEOREMS), [r.message for r in results]
+    th = S.sequence_postnorm_scale()  # h' = c t gamma' instead of c t / gamma'
+    wrong = tuple(definition(h.expr, h.rhs * Vec("gamma'", "d") ** 2) if h.kind == "definition" else h
+                  for h in th.hypotheses)
+    assert check(dataclasses.replace(th, hypotheses=wrong)).status != VERIFIED
+    lemma = S.sequence_lemma()  # B c = y + W Z c: the sign of the correction flipped
+    y, Wzc = lemma.rhs, lemma.rhs - lemma.hypotheses[1].rhs
+    flipped = (lemma.hypotheses[0], dataclasses.replace(lemma.hypotheses[1], rhs=y + Wzc))
+    assert check(dataclasses.replace(lemma, hypotheses=flipped)).status != VERIFIED
