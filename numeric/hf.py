@@ -720,7 +720,8 @@ def absorb_context(model, context_ids: torch.Tensor, query_ids: torch.Tensor, ke
                             f"got {mode!r}")
         from numeric.sequence import absorb_sequence
 
-        return absorb_sequence(model, context_ids, query_ids)
+        adapter = adapter_for(model)
+        return absorb_sequence(model, context_ids, query_ids, adapter, spec_for(model, adapter))
     _check_ids(context_ids, query_ids, model)
     adapter, spec, kernel = resolve(model, strategy, input_strategy)
     computed_in = computed_in or ("kernel" if adapter.encoder and not keep_positions else "model")

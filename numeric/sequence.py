@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from numeric.hf import Adapter, adapter_for, last_logits_only, parameter_view, spec_for
 from symbolic.errors import PatchConditionError, SpecError
+from symbolic.spec import BlockSpec
 
 APPLIED = ("lora", "weights")
 RANK_TOL = 1e-12  # sigma_min / sigma_max below this: the columns are numerically dependent
@@ -73,10 +73,9 @@ class SequenceLayer:
     residual: float = 0.0
 
 
-def site_for(model) -> tuple[Adapter, Site]:
-    """The model's adapter and MLP site; SpecError for what the sequence patch does not cover."""
-    adapter = adapter_for(model)
-    spec = spec_for(model, adapter)
+def site_for(model, adapter, spec: BlockSpec) -> Site:
+    """The MLP site of a model's layers (its `numeric.hf.Adapter` and spec); SpecError for what the sequence
+    patch does not cover."""
     if spec.moe is not None or adapter.encoder or adapter.mode == "post_ln":
         raise SpecError(f"mode='sequence' covers decoder blocks with a dense or gated MLP; {model.config.model_type!r} "
                         "is an MoE or encoder block (use the per-token mode='token').")
@@ -89,7 +88,7 @@ def site_for(model) -> tuple[Adapter, Site]:
     site = Site(tuple(path[n] for n in names), path["W_down"], adapter.params["W_down"].layout == "conv1d",
                 path.get("mlp_post_norm.scale") if post is not None else None,
                 post is not None and post.scale == "one_plus", eps)
-    return adapter, site
+    return site
 
 
 # --------------------------------------------------------------------------- the linear algebra (float64)
@@ -211,7 +210,7 @@ class SequencePatch:
     model: object
     query_ids: torch.Tensor
     layers: list[SequenceLayer]
-    adapter: Adapter
+    adapter: object  # numeric.hf.Adapter (not imported: numeric.hf dispatches mode="sequence" here)
     site: Site
     applied: str = "lora"  # how the induction applied the patches, and how `logits` applies them
 
@@ -318,7 +317,7 @@ class SequencePatch:
                 wrapper.modules_to_save["default"].weight.copy_(value)
 
 
-def _touched(model, adapter: Adapter, site: Site) -> list[torch.Tensor]:
+def _touched(model, adapter, site: Site) -> list[torch.Tensor]:
     """The parameters a sequence patch writes: the MLP maps' weights and the post-norm's scale."""
     paths = [*site.inputs, site.down] + ([site.post_norm] if site.post_norm else [])
     return [layer.get_submodule(p).weight for layer in model.get_submodule(adapter.layers) for p in paths]
@@ -334,7 +333,7 @@ def _saved(params: list[torch.Tensor]):
             p.detach().copy_(v)
 
 
-def _record(model, adapter: Adapter, site: Site, store: dict, start: int) -> list:
+def _record(model, adapter, site: Site, store: dict, start: int) -> list:
     """Hooks storing, per layer, positions start.. of: each map's input, the down map's output, u and the
     branch output (u = the MLP input's residual; x + attention for a parallel block)."""
     handles = []
@@ -366,7 +365,7 @@ def _u(rec: dict) -> torch.Tensor:
 class _Induction:
     """Forward hooks of the query-alone pass: each map's patch from its actual input, written in at once."""
 
-    def __init__(self, model, adapter: Adapter, site: Site, ctx: dict, applied: str):
+    def __init__(self, model, adapter, site: Site, ctx: dict, applied: str):
         self.model, self.adapter, self.site, self.ctx, self.applied = model, adapter, site, ctx, applied
         self.now: dict[int, dict] = {}
         self.cast: dict[int, tuple] = {}  # id(module) -> (B, A) in peft's dtype, applied by `lora_hook`
@@ -461,6 +460,16 @@ def _check(model, context_ids, query_ids) -> None:
             raise SpecError(f"{name} holds token ids outside [0, {model.config.vocab_size})")
 
 
+def _last_logits_only(model) -> dict:
+    import inspect
+
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+
+
+def parameter_view(layer, name: str) -> torch.Tensor:
+    return layer.get_parameter(name)  # the sequence patch never patches a stacked-expert slice
+
+
 def _run(model, handles: list, ids: torch.Tensor, **kwargs):
     try:
         return model(ids, **kwargs)
@@ -470,7 +479,8 @@ def _run(model, handles: list, ids: torch.Tensor, **kwargs):
 
 
 @torch.no_grad()
-def absorb_sequence(model, context_ids: torch.Tensor, query_ids: torch.Tensor, applied: str = "lora") -> SequencePatch:
+def absorb_sequence(model, context_ids: torch.Tensor, query_ids: torch.Tensor, adapter, spec: BlockSpec,
+                    applied: str = "lora") -> SequencePatch:
     r"""One patch per layer (rank $\le q$) that makes the query alone reproduce the contextual run on all
     q query tokens; see the module docstring. Raises SpecError for blocks it does not cover and
     PatchConditionError (naming the layer) where a side condition fails (q larger than a map's
@@ -488,10 +498,10 @@ def absorb_sequence(model, context_ids: torch.Tensor, query_ids: torch.Tensor, a
     _check(model, context_ids, query_ids)
     if applied not in APPLIED:
         raise SpecError(f"applied must be one of {', '.join(map(repr, APPLIED))}, got {applied!r}")
-    adapter, site = site_for(model)
+    site = site_for(model, adapter, spec)
     ctx: dict = {}
     _run(model, _record(model, adapter, site, ctx, context_ids.shape[1]), torch.cat([context_ids, query_ids], 1),
-         **last_logits_only(model))
+         **_last_logits_only(model))
     ind = _Induction(model, adapter, site, ctx, applied)
     with _saved(_touched(model, adapter, site)):
         _run(model, ind.hooks(), query_ids)

@@ -14,7 +14,7 @@ pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
 from numeric import models  # noqa: E402
-from numeric.hf import absorb_context  # noqa: E402
+from numeric.hf import absorb_context, adapter_for, spec_for  # noqa: E402
 from numeric.hfcheck import ENCODERS, TINY, logit_error, random_ids, tiny_model  # noqa: E402
 from numeric.sequence import absorb_sequence, left_inverse, shared_scale  # noqa: E402
 from symbolic.errors import PatchConditionError, SpecError  # noqa: E402
@@ -31,6 +31,12 @@ PEFT_LOAD = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is de
 def _pair(seed: int = 2, c: int = 6, q: int = 5):
     gen = torch.Generator().manual_seed(seed)
     return random_ids(c, 64, gen), random_ids(q, 64, gen)
+
+
+def _absorb(model, ctx, q, **kwargs):
+    """`absorb_sequence` with the model's adapter and spec (what absorb_context(mode="sequence") passes)."""
+    adapter = adapter_for(model)
+    return absorb_sequence(model, ctx, q, adapter, spec_for(model, adapter), **kwargs)
 
 
 @torch.no_grad()
@@ -59,7 +65,7 @@ def test_peft_adapter_round_trip(model_type, tmp_path):
     model = tiny_model(model_type, layers=2, dtype="float64")
     ctx, q = _pair(seed=4)
     want = _contextual(model, ctx, q)
-    sp = absorb_sequence(model, ctx, q)
+    sp = absorb_context(model, ctx, q, mode="sequence")
     sp.save_peft(tmp_path)
     assert torch.equal(_contextual(model, ctx, q), want)  # saving left the model exactly as it was
     cfg = json.loads((tmp_path / "adapter_config.json").read_text())
@@ -75,7 +81,7 @@ def test_peft_adapter_round_trip(model_type, tmp_path):
 def test_written_into_the_weights():
     model = tiny_model("qwen3", layers=2, dtype="float64")
     ctx, q = _pair(seed=5)
-    sp = absorb_sequence(model, ctx, q, applied="weights")
+    sp = _absorb(model, ctx, q, applied="weights")
     assert logit_error(sp.logits()[0], _contextual(model, ctx, q)) <= 1e-8
 
 
@@ -83,7 +89,7 @@ def test_more_tokens_than_the_input_size_are_refused():
     model = tiny_model("llama", layers=1, dtype="float64")  # d = 32
     ctx, q = _pair(q=33)
     with pytest.raises(PatchConditionError, match=r"q <= Z size \(q = 33 tokens, size 32\)") as info:
-        absorb_sequence(model, ctx, q)
+        absorb_context(model, ctx, q, mode="sequence")
     assert info.value.layer == "0"
 
 
@@ -93,9 +99,9 @@ def test_bad_choices_are_clear_errors():
     with pytest.raises(SpecError, match="mode must be 'token'.*or 'sequence'"):
         absorb_context(model, ctx, q, mode="sequense")
     with pytest.raises(SpecError, match="applied must be one of 'lora', 'weights'"):
-        absorb_sequence(model, ctx, q, applied="dense")
+        _absorb(model, ctx, q, applied="dense")
     with pytest.raises(SpecError, match="MoE or encoder"):
-        absorb_sequence(tiny_model("mixtral", layers=1), ctx, q)
+        absorb_context(tiny_model("mixtral", layers=1), ctx, q, mode="sequence")
 
 
 def test_left_inverse_is_the_pseudo_inverse_and_refuses_dependent_columns():
@@ -161,7 +167,7 @@ def test_real_model_adapter_without_context(real32, q_len, tmp_path):
     q = torch.cat([q0, greedy_with_context(model, torch.cat([ctx, q0], 1), q_len)], 1)[:, :q_len]
     assert 30 <= ctx.shape[1] <= 200
     want = _contextual(model, ctx, q)
-    sp = absorb_sequence(model, ctx, q)
+    sp = absorb_context(model, ctx, q, mode="sequence")
     assert sp.rank <= q_len
     sp.save_peft(tmp_path)
     loaded = peft.PeftModel.from_pretrained(model, str(tmp_path))
