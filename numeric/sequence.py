@@ -506,3 +506,43 @@ def absorb_sequence(model, context_ids: torch.Tensor, query_ids: torch.Tensor, a
     with _saved(_touched(model, adapter, site)):
         _run(model, ind.hooks(), query_ids)
     return SequencePatch(model, query_ids, ind.layers, adapter, site, applied)
+
+
+# --------------------------------------------------------------------------- beyond the fitted tokens
+
+
+@torch.no_grad()
+def greedy(model, ids: torch.Tensor, tokens: int) -> torch.Tensor:
+    """(1, tokens): greedy continuation of `ids` by the model (key/value cache, no stop token)."""
+    out, new = model(ids, use_cache=True), []
+    for _ in range(tokens):
+        new.append(out.logits[:, -1:].argmax(-1))
+        out = model(new[-1], past_key_values=out.past_key_values, use_cache=True)
+    return torch.cat(new, 1)
+
+
+@torch.no_grad()
+def frozen_study(model, adapter, spec: BlockSpec, context_ids: torch.Tensor, prompt_ids: torch.Tensor,
+                 fit: int, ahead: int) -> dict:
+    r"""How a sequence patch fitted on `fit` teacher-forced tokens does on the next `ahead` ones, frozen.
+
+    The continuation is the model's own greedy generation WITH the context; the patch is fitted on its
+    first `fit` tokens (the prompt, then generated ones), then the query-alone run with the patch
+    continues along the same tokens (teacher-forced). Per position: top-1 agreement with the
+    contextual run and the logit error $\max|\ell - \ell_C| / \max|\ell_C|$; the unpatched
+    query-alone run is the baseline. Returns the figures as a dict (lists per position).
+    """
+    ids = torch.cat([prompt_ids, greedy(model, torch.cat([context_ids, prompt_ids], 1), fit + ahead)], 1)
+    seq = ids[:, :fit + ahead]
+    sp = absorb_sequence(model, context_ids, seq[:, :fit], adapter, spec)
+    want = model(torch.cat([context_ids, seq], 1)).logits[0, context_ids.shape[1]:].double()
+    runs = {"patched": sp.logits(seq)[0].double(), "unpatched": model(seq).logits[0].double()}
+    scale = want.abs().amax(-1)  # (T,)
+    out = {"context_len": context_ids.shape[1], "fit": fit, "ahead": ahead, "rank": sp.rank}
+    for name, got in runs.items():
+        err = ((got - want).abs().amax(-1) / scale).tolist()
+        agree = (got.argmax(-1) == want.argmax(-1)).tolist()
+        out[name] = {"error": err, "agree": agree, "fit_error": max(err[:fit]),
+                     "fit_agreement": sum(agree[:fit]) / fit, "ahead_agreement": sum(agree[fit:]) / ahead,
+                     "ahead_median_error": sorted(err[fit:])[ahead // 2]}
+    return out

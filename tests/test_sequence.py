@@ -203,3 +203,16 @@ def test_sequence_theorems_verify_and_a_wrong_one_does_not():
     y, Wzc = lemma.rhs, lemma.rhs - lemma.hypotheses[1].rhs
     flipped = (lemma.hypotheses[0], dataclasses.replace(lemma.hypotheses[1], rhs=y + Wzc))
     assert check(dataclasses.replace(lemma, hypotheses=flipped)).status != VERIFIED
+
+
+def test_frozen_study_reports_the_fitted_and_the_following_tokens():
+    from numeric.sequence import frozen_study
+
+    model = tiny_model("gpt2", layers=2, dtype="float64")  # LayerNorms in float64: round-off comparisons
+    ctx, prompt = _pair(seed=6, q=3)
+    adapter = adapter_for(model)
+    out = frozen_study(model, adapter, spec_for(model, adapter), ctx, prompt, fit=6, ahead=4)
+    patched, plain = out["patched"], out["unpatched"]
+    assert len(patched["error"]) == len(patched["agree"]) == 10 and out["rank"] == 6
+    assert patched["fit_error"] <= 1e-8 and patched["fit_agreement"] == 1.0  # exact where it was fitted
+    assert plain["fit_error"] >= 1e-3  # the context matters there
