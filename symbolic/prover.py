@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from symbolic import catalog
+from symbolic import sequence as S
 from symbolic import theorems as T
 from symbolic.controllability import check as check_spec
 from symbolic.errors import SpecError, suggest
@@ -35,6 +36,7 @@ GENERAL: dict[str, Builder] = {
     "negative_layernorm_mean": T.negative_layernorm_mean,
     "negative_scalar_ray": T.negative_scalar_ray,
     "negative_bounded_activation": T.negative_bounded_activation,
+    **S.THEOREMS,
 }
 ALIASES = {"dherin_vanilla": "block_vanilla", "dherin_vanilla_skip": "block_vanilla_skip",
            "gemma_theorem1": "block_gemma3"}
