@@ -26,7 +26,6 @@ the module numerically before any patch. ``spec=`` and ``params=`` declare what 
 
 from __future__ import annotations
 
-import dataclasses
 import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,17 +33,10 @@ from dataclasses import dataclass, field
 import torch
 
 from numeric import kernels, offload
-from numeric.infer import Adapter, Layout, Param, get, infer
+from numeric.infer import Adapter, Layout, get, infer
 from symbolic import catalog
 from symbolic.errors import PatchConditionError, SpecError
 from symbolic.spec import BlockSpec
-
-#: Encoders keep a declared layout: BERT's output LayerNorm follows the residual add (``post_ln``), a data
-#: flow the decoder inference (`numeric.infer`) does not read; the layout is still checked numerically.
-ENCODER_PARAMS = {"bert": ("encoder.layer", "intermediate", "output", {
-    "W_up": Param("intermediate.dense.weight"), "b_up": Param("intermediate.dense.bias"),
-    "W_down": Param("output.dense.weight"), "b_down": Param("output.dense.bias"),
-    "post_ln.scale": Param("output.LayerNorm.weight"), "post_ln.bias": Param("output.LayerNorm.bias")})}
 
 
 def layout_for(model, spec: BlockSpec | str | None = None, params: dict[str, str] | None = None) -> Layout:
@@ -57,10 +49,7 @@ def layout_for(model, spec: BlockSpec | str | None = None, params: dict[str, str
     cached = _LAYOUTS.get(model)
     if cached is not None and cached[0] == key:
         return cached[1]
-    if model.config.model_type in ENCODER_PARAMS and spec is None:
-        layout = _encoder_layout(model)
-    else:
-        layout = infer(model, spec, params)
+    layout = infer(model, spec, params)
     _LAYOUTS[model] = (key, layout)
     return layout
 
@@ -71,19 +60,6 @@ _LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def _module_ids(model) -> tuple:
     return tuple((id(m), id(getattr(m, "forward", None).__func__) if hasattr(getattr(m, "forward", None), "__func__")
                   else id(getattr(m, "forward", None))) for m in model.modules())
-
-
-def _encoder_layout(model) -> Layout:
-    cfg = model.config
-    path, u_module, branch, params = ENCODER_PARAMS[cfg.model_type]
-    base = catalog.load(cfg.model_type)
-    ln = dataclasses.replace(base.mlp.post_ln, eps=float(cfg.layer_norm_eps))
-    act = {"gelu": "gelu", "gelu_new": "gelu_tanh", "relu": "relu"}.get(cfg.hidden_act)
-    if act is None:
-        raise SpecError(f"{cfg.model_type}: activation {cfg.hidden_act!r} is not mapped; allowed: gelu, gelu_new, relu")
-    spec = dataclasses.replace(base, mlp=dataclasses.replace(base.mlp, post_ln=ln, activation=act))
-    adapter = Adapter(spec, "post_ln", u_module, branch, params, skip=(u_module,))
-    return Layout(cfg.model_type, path, tuple(adapter for _ in get(model, path)), encoder=True)
 
 
 # --------------------------------------------------------------------------- patch sets
@@ -353,7 +329,7 @@ def swapped_branches(model, layout: Layout, kernel_for, patches_for):
             params = layer_params(layer, adapter)
             extra = {} if x is None else {"x": x}
             y = kernel_for(n).apply(params, patches_for(n, u, x), u, **extra)
-            out = y if adapter.mode == "post_ln" else y - u
+            out = y if adapter.returns_sum else y - u
             return out[None].to(r["first"].dtype)
 
         for path, forward in [(p, _passthrough) for p in adapter.skip] + [(adapter.branch_module, branch)]:

@@ -58,7 +58,9 @@ PROBE_SCALES = (1.0, 1e-3)  # times sqrt(eps) too: where eps decides the norm
 ACTIVATION_CLASSES = {"SiLU": "silu", "SiLUActivation": "silu", "GELUActivation": "gelu", "GELU": "gelu",
                       "PytorchGELUTanh": "gelu_tanh", "GELUTanh": "gelu_tanh", "NewGELUActivation": "gelu_tanh",
                       "FastGELUActivation": "gelu_tanh", "GeluTanh": "gelu_tanh", "ReLU": "relu",
-                      "ReLUSquaredActivation": "relu2", "Sigmoid": "sigmoid", "Tanh": "tanh"}
+                      "ReLUSquaredActivation": "relu2", "Sigmoid": "sigmoid", "Tanh": "tanh",
+                      # BLOOM's own tanh GELU rounds sqrt(2/pi) to 0.79788456: declared as it computes
+                      "BloomGelu": "x*0.5*(1 + tanh(0.79788456*x*(1 + 0.044715*x*x)))"}
 ACTIVATION_NAMES = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh",
                     "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh", "gelu_python": "gelu", "relu": "relu",
                     "relu2": "relu2", "sigmoid": "sigmoid", "tanh": "tanh"}
@@ -117,6 +119,12 @@ class Adapter:
     params: dict[str, Param]
     attn_module: str = ""
     skip: tuple[str, ...] = ()  # modules before the branch module that the patched run does not need
+    adds_residual: bool = False  # the branch module returns u + branch itself (BLOOM's, MPT's MLP(h, residual))
+
+    @property
+    def returns_sum(self) -> bool:
+        """Whether the branch module's output is the sub-block's output y (not y - u)."""
+        return self.mode == "post_ln" or self.adds_residual
 
 
 @dataclass(frozen=True)
@@ -354,7 +362,7 @@ def find_mlp(layer) -> str:
 
 def _activation(mlp, cfg) -> list[str]:
     """Candidate activations: the MLP's activation module's, the config's, then every named one."""
-    found = []
+    found = [ACTIVATION_CLASSES[type(m).__name__] for m in mlp.modules() if type(m).__name__ in ACTIVATION_CLASSES]
     for module in mlp.modules():
         for attr in ACT_ATTRS:
             act = getattr(module, attr, None)
@@ -387,12 +395,16 @@ def _matrix(path: str, module, call: Call) -> Param:
     return Param(f"{path}.weight")
 
 
-def dense_maps(mlp, mlp_path: str, record: dict[str, Call]) -> list[tuple[str, dict[str, Param], Biases]]:
+def dense_maps(mlp, mlp_path: str, record: dict[str, Call],
+               residual: torch.Tensor | None = None) -> list[tuple[str, dict[str, Param], Biases]]:
     """Candidate (kind, parameter map, biases) of a dense or gated MLP, the gate/up order both ways."""
     mcall = record[mlp_path]
     lin = _linears(mlp, mlp_path, record)
     ins = [x for x in lin if _same(x[2].inp, mcall.inp)]
     outs = [x for x in lin if _same(x[2].out, mcall.out)]
+    if not outs and residual is not None:  # MLP(z, u) = u + down(...): the down map's output is the difference
+        outs = [x for x in lin if x[2].out is not None and x[2].out.shape == mcall.out.shape and
+                float((mcall.out - residual - x[2].out).norm()) <= 1e-12 * float(mcall.out.norm())]
     if len(outs) != 1 or not ins:
         raise SpecError(f"{mlp_path} ({type(mlp).__name__}): expected linear maps fed by its input and one whose "
                         f"output is its output; found {len(ins)} input and {len(outs)} output maps")
@@ -532,6 +544,7 @@ class Flow:
     scale: float
     attn: str = ""
     shared_pre_norm: bool = False
+    adds_residual: bool = False
 
 
 def _fit(r: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
@@ -550,7 +563,22 @@ def _recognise(c: float, cfg) -> float:
     return c
 
 
+def _post_ln_flow(layer64, record: dict[str, Call], y: torch.Tensor) -> Flow | None:
+    """BERT's split MLP: ``intermediate`` (up map, activation) and ``output`` (down map, then a LayerNorm of the
+    sum with the residual), the layer's output being ``output``'s: y = LN(u + W_down a)."""
+    inter, out = getattr(layer64, "intermediate", None), getattr(layer64, "output", None)
+    if inter is None or out is None or not hasattr(inter, "dense") or not hasattr(out, "dense"):
+        return None
+    norm = next((f"output.{n}" for n, m in out.named_children() if is_norm(m)), None)
+    if norm is None or "intermediate" not in record or "output" not in record or not _same(record["output"].out, y):
+        return None
+    return Flow("intermediate", None, norm, "post_ln", 1.0)
+
+
 def flow(layer64, record: dict[str, Call], x: torch.Tensor, y: torch.Tensor, cfg) -> Flow:
+    split = _post_ln_flow(layer64, record, y)
+    if split is not None:
+        return split
     mlp = find_mlp(layer64)
     mcall = record.get(mlp)
     if mcall is None or mcall.inp is None or mcall.out is None:
@@ -563,6 +591,10 @@ def flow(layer64, record: dict[str, Call], x: torch.Tensor, y: torch.Tensor, cfg
     c, err = _fit(y - u, b)
     if err <= 1e-12:
         return Flow(mlp, pre, post, "sequential", _recognise(c, cfg))
+    if post is None and _same(mcall.out, y):  # the MLP adds the residual itself: MLP(z, u) = u + branch
+        c, err = _fit(y - u, mcall.out - u)
+        if err <= 1e-12 and abs(c - 1) <= 1e-12:
+            return Flow(mlp, pre, post, "sequential", 1.0, adds_residual=True)
     if _same(u, x):
         attn = [n for n in record if "." not in n and any(k in n.lower() for k in ATTENTION_MARKS)]
         for a in attn:
@@ -585,7 +617,10 @@ def layer_adapters(layer64, record, x, y, cfg, model_type: str, name: str) -> tu
         norm_params.update({f"mlp_pre_norm.{k}": Param(f"{fl.pre}.{v}") for k, v in names.items()})
     if fl.post:
         post_spec, names = identify_norm(get(layer64, fl.post), cfg, d)
-        norm_params.update({f"mlp_post_norm.{k}": Param(f"{fl.post}.{v}") for k, v in names.items()})
+        canon = "post_ln" if fl.mode == "post_ln" else "mlp_post_norm"
+        norm_params.update({f"{canon}.{k}": Param(f"{fl.post}.{v}") for k, v in names.items()})
+    if fl.mode == "post_ln":
+        return fl, _post_ln_adapters(layer64, fl, post_spec, norm_params, cfg, model_type, name)
     mlp = get(layer64, fl.mlp)
     acts = _activation(mlp, cfg)
     is_moe = any(p.dim() == 3 for p in mlp.parameters())
@@ -601,7 +636,10 @@ def layer_adapters(layer64, record, x, y, cfg, model_type: str, name: str) -> tu
                                  attention=attention, moe=moe, hf_model_types=(model_type,))
                 out.append(_adapter(spec, fl, {**params, **norm_params}))
         return fl, out
-    for kind, params, biases in dense_maps(mlp, fl.mlp, record):
+    residual = None
+    if fl.adds_residual:
+        residual = record[fl.pre].inp if fl.pre else record[fl.mlp].inp
+    for kind, params, biases in dense_maps(mlp, fl.mlp, record, residual):
         for act in acts:
             mspec = MLPSpec(kind=kind, activation=act, bias=biases, pre_norm=pre_spec, post_norm=post_spec,
                             branch_scale=fl.scale)
@@ -613,12 +651,29 @@ def layer_adapters(layer64, record, x, y, cfg, model_type: str, name: str) -> tu
     return fl, first + [a for a in out if a.spec.mlp.activation != acts[0]]
 
 
+def _post_ln_adapters(layer64, fl: Flow, ln: NormSpec, norm_params, cfg, model_type: str, name: str) -> list[Adapter]:
+    up, down = layer64.intermediate.dense, layer64.output.dense
+    params = {"W_up": Param("intermediate.dense.weight"), "W_down": Param("output.dense.weight"), **norm_params}
+    if up.bias is not None:
+        params["b_up"] = Param("intermediate.dense.bias")
+    if down.bias is not None:
+        params["b_down"] = Param("output.dense.bias")
+    biases = Biases(up=up.bias is not None, down=down.bias is not None)
+    out = []
+    for act in _activation(layer64.intermediate, cfg):
+        mspec = MLPSpec(kind="dense", activation=act, bias=biases, post_ln=ln)
+        spec = BlockSpec(name=name, mlp=mspec, hf_model_types=(model_type,))
+        out.append(Adapter(spec, "post_ln", "intermediate", "output", params, skip=("intermediate",)))
+    return out
+
+
 def _adapter(spec: BlockSpec, fl: Flow, params: dict[str, Param]) -> Adapter:
     if fl.mode == "parallel":
         return Adapter(spec, "parallel", fl.pre, fl.post or fl.mlp, params, attn_module=fl.attn,
                        skip=(fl.mlp,) if fl.post else ())
     u_module = fl.pre or fl.mlp
-    return Adapter(spec, "sequential", u_module, fl.post or fl.mlp, params, skip=(fl.mlp,) if fl.post else ())
+    return Adapter(spec, "sequential", u_module, fl.post or fl.mlp, params, skip=(fl.mlp,) if fl.post else (),
+                   adds_residual=fl.adds_residual)
 
 
 # --------------------------------------------------------------------------- the check
@@ -660,12 +715,16 @@ def _branch_modules(layer64, adapter: Adapter, u: torch.Tensor, x: torch.Tensor 
     """The layer's own modules composed as the adapter says: y (sequential) from u, or y - u + u for a
     parallel block (the attention part is u itself)."""
     spec = adapter.spec
+    if adapter.mode == "post_ln":  # the output module adds the residual and normalises: y itself
+        return get(layer64, adapter.branch_module)(first_tensor(get(layer64, adapter.u_module)(u)), u)
     if adapter.mode == "parallel":
         z = get(layer64, adapter.u_module)(x)
     else:
         z = get(layer64, adapter.u_module)(u) if adapter.u_module not in adapter.skip and \
             adapter.u_module != adapter.branch_module else u
     mlp_path = adapter.skip[0] if adapter.skip else adapter.branch_module
+    if adapter.adds_residual:
+        return first_tensor(get(layer64, mlp_path)(z, u))
     h = first_tensor(get(layer64, mlp_path)(z))
     if adapter.skip:
         h = get(layer64, adapter.branch_module)(h)
@@ -765,7 +824,9 @@ def infer(model, spec: BlockSpec | None = None, params: dict[str, str] | None = 
         checks.append({"layer": n, **result})
         del layer64
     kinds = _named(kinds, model_type)
-    return Layout(model_type, path, tuple(kinds), checks=tuple(checks))
+    can_generate = getattr(model, "can_generate", lambda: False)()
+    encoder = not (can_generate or getattr(cfg, "is_decoder", False))  # every token sees the later ones
+    return Layout(model_type, path, tuple(kinds), encoder=encoder, checks=tuple(checks))
 
 
 def _named(kinds: list[Adapter], model_type: str) -> list[Adapter]:
@@ -810,6 +871,8 @@ def _user_adapter(spec: BlockSpec, fl: Flow, params: dict[str, str] | None) -> A
 def describe(spec: BlockSpec) -> str:
     m = spec.mlp
     parts = [spec.residual, m.kind, m.activation]
+    if m.post_ln:
+        parts.append(f"post-LN {m.post_ln.kind}/{m.post_ln.scale} after the add")
     if m.pre_norm:
         parts.append(f"pre {m.pre_norm.kind}/{m.pre_norm.scale}")
     if m.post_norm:

@@ -86,6 +86,7 @@ class Uniform:
     branch_module: str
     params: dict
     attn_module: str = ""
+    adds_residual: bool = False
 
 
 def uniform(layout) -> Uniform:
@@ -96,13 +97,13 @@ def uniform(layout) -> Uniform:
         raise SpecError(f"mode='sequence' needs layers of one kind; {layout.model_type!r} has several "
                         f"({', '.join(names)}); use mode='token'")
     return Uniform(layout.layers, layout.encoder, k.spec, k.mode, k.u_module, k.branch_module, k.params,
-                   k.attn_module)
+                   k.attn_module, k.adds_residual)
 
 
 def site_for(model, adapter: Uniform) -> Site:
     """The MLP site of a model's layers; SpecError for what the sequence patch does not cover."""
     spec = adapter.spec
-    if spec.moe is not None or adapter.encoder or adapter.mode == "post_ln":
+    if spec.moe is not None or adapter.encoder or adapter.mode == "post_ln" or adapter.adds_residual:
         raise SpecError(f"mode='sequence' covers decoder blocks with a dense or gated MLP; {model.config.model_type!r} "
                         "is an MoE or encoder block (use the per-token mode='token').")
     names = ("W_gate", "W_up") if spec.mlp.kind == "gated" else ("W_up",)

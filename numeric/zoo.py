@@ -46,9 +46,10 @@ def causal_lm_types() -> list[str]:
     return sorted(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES)
 
 
-def tiny_config(model_type: str, layers: int = 2):
+def tiny_config(model_type: str, layers: int = 2, decoder: bool = True):
     """The type's default config with small sizes (see `SIZES`), ``layers`` layers, special ids inside
-    the vocabulary and no end-of-sequence token (generation must not stop early)."""
+    the vocabulary and no end-of-sequence token (generation must not stop early). ``decoder``: an encoder
+    family's causal-LM head needs ``is_decoder`` (causal attention)."""
     from transformers import AutoConfig
 
     try:
@@ -62,8 +63,12 @@ def tiny_config(model_type: str, layers: int = 2):
             not isinstance(getattr(base, key), (list, dict))
 
     kwargs = {k: v for k, v in SIZES.items() if settable(k)}
-    if "qk_rope_head_dim" in kwargs and "head_dim" in kwargs:  # multi-head latent attention: head_dim is the rope part
-        kwargs["head_dim"] = kwargs["qk_rope_head_dim"]
+    if "qk_rope_head_dim" in kwargs:  # multi-head latent attention: head_dim is the rope part, no grouped keys
+        if "head_dim" in kwargs:
+            kwargs["head_dim"] = kwargs["qk_rope_head_dim"]
+        for key in ("num_key_value_heads", "n_kv_heads", "num_kv_heads"):
+            if key in kwargs:
+                kwargs[key] = SIZES["num_attention_heads"]
     for key in LAYER_KEYS:
         if settable(key):
             kwargs[key] = layers
@@ -71,6 +76,8 @@ def tiny_config(model_type: str, layers: int = 2):
         if isinstance(getattr(base, key, None), list) and not isinstance(getattr(cls, key, None), property):
             kwargs[key] = None
     kwargs.update(bos_token_id=0, pad_token_id=0, eos_token_id=None, **_fixes(model_type, layers))
+    if decoder and not getattr(base, "is_encoder_decoder", False):
+        kwargs["is_decoder"] = True
     try:
         return AutoConfig.for_model(model_type, **kwargs)
     except Exception as exc:  # noqa: BLE001 - transformers' validators raise many kinds
@@ -83,7 +90,7 @@ def tiny_model(model_type: str, layers: int = 2, dtype: torch.dtype = torch.floa
     """A small random model of `model_type`; a SpecError when its config cannot be made small."""
     from transformers import AutoModel, AutoModelForCausalLM
 
-    cfg = tiny_config(model_type, layers)
+    cfg = tiny_config(model_type, layers, decoder=not encoder)
     cls = AutoModel if encoder else AutoModelForCausalLM
     with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
