@@ -369,6 +369,7 @@ def contextual_bases(model, layout: Layout, ids: torch.Tensor, **kwargs) -> tupl
 
 
 DEFAULT = "default"  # per layer and token: the exact output strategy with the smallest amplification
+CHECKER = "checker"  # every layer's spec with the controllability checker's own choice (one kernel per spec)
 COMPUTED_IN = ("model", "kernel")
 PROBES = 2  # random input directions of the amplification measure
 FD_STEP = 1e-3  # relative step of the central differences of `amplification`
@@ -392,9 +393,13 @@ def resolve(model, strategy: str | None = None, input_strategy: str | None = Non
 
 def candidate_kernels(spec: BlockSpec, strategy: str | None, input_strategy: str | None = None) -> dict:
     """{output strategy: kernel}: every exact output strategy of `spec` for the default (``None`` or
-    ``"default"``; the checker's own default first), or the one strategy asked for."""
+    ``"default"``; the checker's own default first), the checker's choice alone (``"checker"``: a model
+    whose layers have different specs gets each spec's), or the one strategy asked for."""
     from symbolic.controllability import check
 
+    if strategy == CHECKER:
+        k = kernels.load(spec, "torch", None, input_strategy)
+        return {k.OUTPUT_STRATEGY: k}
     if strategy not in (None, DEFAULT):
         k = kernels.load(spec, "torch", strategy, input_strategy)
         return {k.OUTPUT_STRATEGY: k}
@@ -727,29 +732,42 @@ def generate_without_context(model, context_ids: torch.Tensor, query_ids: torch.
 
 
 def _layer_patches(adapter: Adapter, params: dict, patches: dict) -> LayerPatches:
-    """The kernel's factored patches in the model's own names and storage layouts."""
+    """The kernel's factored patches in the model's own names and storage layouts.
+
+    A canonical (out, in) patch ``left right^T`` is stored as such (``linear``), transposed (``conv1d``,
+    ``t``: factors swapped), per expert (``experts.*``: one patch per slice ``path[e]``), or as half of a
+    fused gate/up matrix (``rows0``/``rows1``, transposed ``tcols0``/``tcols1``): gate and up share the
+    right factor z, so the fused matrix gets one rank-1 patch with the two left factors concatenated.
+    """
     out = LayerPatches(factored=patches)
     fused: dict[str, dict[str, tuple]] = {}
     for canon, fields in patches.items():
         p = adapter.params[canon]
         if "left" not in fields:
             out.values[p.path] = _value(adapter.spec, canon, params[canon], fields)
-        elif p.layout in ("rows0", "rows1"):
-            fused.setdefault(p.path, {})[p.layout] = (fields["left"], fields["right"])
-        elif canon.startswith("experts."):
-            for e in range(fields["left"].shape[1]):
-                out.rank1[f"{p.path}[{e}]"] = (fields["left"][:, e], fields["right"][:, e])
-        elif p.layout == "conv1d":  # stored (in, out): the transpose of left right^T
-            out.rank1[p.path] = (fields["right"], fields["left"])
+            continue
+        left, right = fields["left"], fields["right"]
+        if p.layout in ("rows0", "rows1", "tcols0", "tcols1"):
+            fused.setdefault(p.path, {})[p.layout[-1]] = (left, right, p.layout.startswith("t"),
+                                                          canon.startswith("experts."))
+            continue
+        if p.layout in ("conv1d", "t"):  # stored (in, out): the transpose of left right^T
+            left, right = right, left
+        if canon.startswith("experts."):
+            for e in range(left.shape[1]):
+                out.rank1[f"{p.path}[{e}]"] = (left[:, e], right[:, e])
         else:
-            out.rank1[p.path] = (fields["left"], fields["right"])
-    for path, halves in fused.items():  # gate and up rows share the right factor z: one rank-1 patch
-        (lg, rg), (lu, ru) = halves["rows0"], halves["rows1"]
+            out.rank1[p.path] = (left, right)
+    for path, halves in fused.items():
+        (lg, rg, transposed, experts), (lu, ru, _, _) = halves["0"], halves["1"]
         if not torch.equal(rg, ru):
             raise SpecError(f"{path}: the gate and up patches have different right factors, so their fused "
                             "matrix gets a rank-2 patch; use the rank1 input strategy")
-        for e in range(lg.shape[1]):
-            out.rank1[f"{path}[{e}]"] = (torch.cat([lg[:, e], lu[:, e]], -1), rg[:, e])
+        for e in range(lg.shape[1]) if experts else [None]:
+            pick = (lambda t: t) if e is None else (lambda t, e=e: t[:, e])  # noqa: E731
+            both = torch.cat([pick(lg), pick(lu)], -1)
+            pair = (pick(rg), both) if transposed else (both, pick(rg))
+            out.rank1[path if e is None else f"{path}[{e}]"] = pair
     return out
 
 

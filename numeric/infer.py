@@ -79,10 +79,11 @@ MULTIPLIER_KEYS = ("residual_multiplier", "residual_scale", "mlp_residual_multip
 class Param:
     """Where a canonical parameter lives in a layer: a path, and how it is stored.
 
-    ``layout``: ``linear`` (out, in) as the canonical matrix; ``conv1d`` (in, out), GPT-2;
-    ``rows0``/``rows1``: the first/second half of the rows of a fused matrix (gate_up), per expert
-    when the tensor is stacked (E, out, in); ``vector`` a 1-D parameter; ``row`` a (1, d) matrix used
-    as a vector (a shared-expert gate).
+    ``layout``: ``linear`` (out, in) as the canonical matrix; ``conv1d`` (in, out), GPT-2; ``t``
+    (…, in, out) stacked experts stored transposed; ``rows0``/``rows1``: the first/second half of the
+    rows of a fused matrix (gate_up), per expert when the tensor is stacked (E, out, in);
+    ``tcols0``/``tcols1`` the same halves of a transposed (E, in, 2 out) storage; ``row`` a (1, d)
+    matrix used as a vector (a shared-expert gate).
     """
 
     path: str
@@ -95,6 +96,11 @@ class Param:
         if self.layout in ("rows0", "rows1"):
             half = t.shape[-2] // 2
             return t[..., :half, :] if self.layout == "rows0" else t[..., half:, :]
+        if self.layout == "t":
+            return t.transpose(-1, -2)
+        if self.layout in ("tcols0", "tcols1"):
+            half = t.shape[-1] // 2
+            return (t[..., :half] if self.layout == "tcols0" else t[..., half:]).transpose(-1, -2)
         if self.layout == "row":
             return t[0]
         return t
@@ -446,6 +452,11 @@ def dense_maps(mlp, mlp_path: str, record: dict[str, Call],
                     "are modelled")
 
 
+def mcall_width(record: dict[str, Call], mlp_path: str) -> int:
+    """The model width: the last dimension of the MLP's input."""
+    return record[mlp_path].inp.shape[-1]
+
+
 def moe_maps(mlp, mlp_path: str, record: dict[str, Call], cfg) -> list[tuple[MoESpec, dict[str, Param]]]:
     """Candidate (MoE spec, parameter map) of a mixture of experts with stacked expert tensors."""
     experts = next(((n, m) for n, m in mlp.named_children()
@@ -457,11 +468,17 @@ def moe_maps(mlp, mlp_path: str, record: dict[str, Call], cfg) -> list[tuple[MoE
     if set(stacked) != {"gate_up_proj", "down_proj"}:
         raise SpecError(f"{mlp_path}.{ename}: expert tensors {sorted(stacked)}; modelled: gate_up_proj, down_proj "
                         "without biases")
-    E, two_m, d = stacked["gate_up_proj"].shape
-    if stacked["down_proj"].shape != (E, d, two_m // 2):
-        raise SpecError(f"{mlp_path}.{ename}: down_proj of shape {tuple(stacked['down_proj'].shape)}, expected "
-                        f"{(E, d, two_m // 2)} (experts stored (out, in))")
-    router = next(((n, m) for n, m in mlp.named_children() if n != ename and
+    d = mcall_width(record, mlp_path)
+    E = stacked["gate_up_proj"].shape[0]
+    gu, dn = tuple(stacked["gate_up_proj"].shape[1:]), tuple(stacked["down_proj"].shape[1:])
+    if gu[1] == d and dn[0] == d and gu[0] == 2 * dn[1]:
+        orient = ("rows0", "rows1", "linear")  # (E, 2m, d) and (E, d, m): stored (out, in)
+    elif gu[0] == d and dn[1] == d and gu[1] == 2 * dn[0]:
+        orient = ("tcols0", "tcols1", "t")  # (E, d, 2m) and (E, m, d): stored (in, out)
+    else:
+        raise SpecError(f"{mlp_path}.{ename}: gate_up_proj {gu} and down_proj {dn} per expert fit neither "
+                        f"(2m, {d}) with ({d}, m) nor ({d}, 2m) with (m, {d})")
+    router = next(((n, m) for n, m in mlp.named_modules() if n and n != ename and not n.startswith(ename + ".") and
                    isinstance(getattr(m, "weight", None), torch.Tensor) and tuple(m.weight.shape) == (E, d)), None)
     if router is None:
         raise SpecError(f"{mlp_path}: no router of shape ({E}, {d}) found")
@@ -475,13 +492,17 @@ def moe_maps(mlp, mlp_path: str, record: dict[str, Call], cfg) -> list[tuple[MoE
         router_params["b_router"] = Param(f"{mlp_path}.{rname}.bias")
     if own.get("e_score_correction_bias") is not None:
         router_params["b_select"] = Param(f"{mlp_path}.{rname}.e_score_correction_bias")
-    params = {"experts.W_gate": Param(f"{mlp_path}.{ename}.gate_up_proj", "rows0"),
-              "experts.W_up": Param(f"{mlp_path}.{ename}.gate_up_proj", "rows1"),
-              "experts.W_down": Param(f"{mlp_path}.{ename}.down_proj"),
+    params = {"experts.W_gate": Param(f"{mlp_path}.{ename}.gate_up_proj", orient[0]),
+              "experts.W_up": Param(f"{mlp_path}.{ename}.gate_up_proj", orient[1]),
+              "experts.W_down": Param(f"{mlp_path}.{ename}.down_proj", orient[2]),
               "W_router": Param(f"{mlp_path}.{rname}.weight"), **router_params}
     shared = "none"
     for n, m in mlp.named_children():
         if n in (ename, rname):
+            continue
+        if rname.startswith(n + "."):  # the router sits inside this child: nothing else may
+            if sum(p.numel() for p in m.parameters()) != sum(p.numel() for p in rmod.parameters()):
+                raise SpecError(f"{mlp_path}.{n}: parameters besides the router {rname} are not modelled")
             continue
         w = getattr(m, "weight", None)
         if isinstance(w, torch.Tensor) and tuple(w.shape) == (1, d):
