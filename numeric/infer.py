@@ -52,6 +52,7 @@ from symbolic.spec import ACTIVATIONS, Biases, BlockSpec, MLPSpec, MoESpec, Norm
 FLOAT64_BOUND = 1e-12
 FLOAT32_INSIDE_BOUND = 2e-5
 PROBE_TOKENS = 6
+MAX_CANDIDATES = 16  # specs tried per layer kind before refusing (each new one costs a derivation)
 PROBE_SCALES = (1.0, 1e-3)  # times sqrt(eps) too: where eps decides the norm
 
 #: transformers' activation classes and config names -> the spec's names.
@@ -60,7 +61,7 @@ ACTIVATION_CLASSES = {"SiLU": "silu", "SiLUActivation": "silu", "GELUActivation"
                       "FastGELUActivation": "gelu_tanh", "GeluTanh": "gelu_tanh", "ReLU": "relu",
                       "ReLUSquaredActivation": "relu2", "Sigmoid": "sigmoid", "Tanh": "tanh",
                       # BLOOM's own tanh GELU rounds sqrt(2/pi) to 0.79788456: declared as it computes
-                      "BloomGelu": "x*0.5*(1 + tanh(0.79788456*x*(1 + 0.044715*x*x)))"}
+                      "BloomGelu": "x*(1 + tanh(79788456/100000000*x*(1 + 44715/1000000*x*x)))/2"}
 ACTIVATION_NAMES = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh",
                     "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh", "gelu_python": "gelu", "relu": "relu",
                     "relu2": "relu2", "sigmoid": "sigmoid", "tanh": "tanh"}
@@ -367,7 +368,8 @@ def find_mlp(layer) -> str:
 
 
 def _activation(mlp, cfg) -> list[str]:
-    """Candidate activations: the MLP's activation module's, the config's, then every named one."""
+    """Candidate activations: the MLP's activation modules' (by class), the config's; every named one if
+    neither names one (each candidate costs a derivation, so the list stays short)."""
     found = [ACTIVATION_CLASSES[type(m).__name__] for m in mlp.modules() if type(m).__name__ in ACTIVATION_CLASSES]
     for module in mlp.modules():
         for attr in ACT_ATTRS:
@@ -378,8 +380,9 @@ def _activation(mlp, cfg) -> list[str]:
         name = getattr(cfg, key, None)
         if isinstance(name, str) and name in ACTIVATION_NAMES:
             found.append(ACTIVATION_NAMES[name])
-    rest = [a for a in ACTIVATIONS if a != "identity"]
-    return list(dict.fromkeys(found + rest))
+    if found:  # what the module or the config names; every named activation only when neither does
+        return list(dict.fromkeys(found))
+    return [a for a in ACTIVATIONS if a != "identity"]
 
 
 def _linears(mlp, mlp_path: str, record: dict[str, Call]) -> list[tuple[str, torch.nn.Module, Call]]:
@@ -827,7 +830,7 @@ def infer(model, spec: BlockSpec | None = None, params: dict[str, str] | None = 
             else:
                 _, candidates = layer_adapters(layer64, record, x, y, cfg, model_type, spec_name(model_type))
         chosen = None
-        for cand in candidates:
+        for cand in candidates[:MAX_CANDIDATES]:
             u = _u_of(cand, record, x)
             result = check_adapter(layer64, cand, u, x if cand.mode == "parallel" else None, y)
             tried.append((result["error"], cand, result))
