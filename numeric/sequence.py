@@ -880,3 +880,47 @@ def frozen_study(model, layout, context_ids: torch.Tensor, prompt_ids: torch.Ten
                      "fit_agreement": sum(agree[:fit]) / fit, "ahead_agreement": sum(agree[fit:]) / ahead,
                      "ahead_median_error": sorted(err[fit:])[ahead // 2]}
     return out
+
+
+def _scores(got: torch.Tensor, want: torch.Tensor) -> dict:
+    """Per position: the logit error max|l - l_C| / max|l_C| and top-1 agreement."""
+    got, want = got.double(), want.double()
+    return {"error": ((got - want).abs().amax(-1) / want.abs().amax(-1)).tolist(),
+            "agree": (got.argmax(-1) == want.argmax(-1)).tolist()}
+
+
+@torch.no_grad()
+def grown_study(model, layout, context_ids: torch.Tensor, seq: torch.Tensor, fit: int, rescale: bool = True) -> dict:
+    r"""(b): a `GrowingSequence` fitted on the first `fit` tokens of `seq`, then grown by one rank per token
+    along the rest. Per later position k: ``before`` is the prediction of the patch grown through token
+    k-1 (what it gives for token k before token k is absorbed; a frozen patch one token ahead),
+    ``grown`` the logits once token k is absorbed (exact along the cached run); ``rerun``: the final
+    patch run on the whole sequence at once (float32 rounding of the earlier tokens is no longer
+    corrected by the layers above, unlike `absorb_sequence`'s induction). ``rescaled``: post-norm
+    layers that needed a new shared scale (``rescale``), per token."""
+    g = GrowingSequence(model, context_ids, seq[:, :fit], layout, rescale=rescale)
+    steps = [g.step(int(seq[0, k]), before=True) for k in range(fit, seq.shape[1])]
+    want = torch.stack([s["contextual"] for s in steps])
+    full = model(torch.cat([context_ids, seq], 1)).logits[0, context_ids.shape[1]:]
+    return {"rank": g.patch.rank, "rescaled": len(g.rescaled),
+            "before": _scores(torch.stack([s["before"] for s in steps]), want),
+            "grown": _scores(torch.stack([s["grown"] for s in steps]), want),
+            "rerun": _scores(g.patch.logits(seq)[0], full)}
+
+
+@torch.no_grad()
+def shared_study(model, layout, context_ids: torch.Tensor, train: list[torch.Tensor], test: list[torch.Tensor],
+                 fit: int, rank: int = 8) -> dict:
+    r"""(c) against (a): a token-independent rank-`rank` patch (`shared_patch`) fitted on the `train` queries,
+    on each HELD-OUT query of `test`, per position, against the contextual run; with the exact sequence
+    patch fitted on that query's first `fit` tokens and frozen (`absorb_sequence`, as `frozen_study`) and
+    no patch. Returns per test query {"shared", "frozen", "unpatched"} scores over all its positions."""
+    sp = shared_patch(model, context_ids, train, layout, rank=rank)
+    rows = []
+    for seq in test:
+        want = model(torch.cat([context_ids, seq], 1)).logits[0, context_ids.shape[1]:]
+        frozen = absorb_sequence(model, context_ids, seq[:, :fit], layout)
+        rows.append({"shared": _scores(sp.logits(seq)[0], want), "frozen": _scores(frozen.logits(seq)[0], want),
+                     "unpatched": _scores(model(seq).logits[0], want)})
+    return {"rank": sp.rank, "train_tokens": sum(q.shape[1] for q in train), "rows": rows,
+            "train_residual": max(lp.residual for lp in sp.layers)}
