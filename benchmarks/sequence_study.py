@@ -1,58 +1,131 @@
 """How a sequence patch (one LoRA patch per layer, numeric.sequence) does beyond the tokens it was fitted on.
 
-(a) frozen: fitted on the first `fit` tokens of a teacher-forced continuation (the model's own greedy
-tokens WITH the context), evaluated on the next `ahead` tokens without the context, against the
-contextual run: top-1 agreement and logit error (max|l - l_C| / max|l_C| per position).
+For one context and several queries (prompts continued by the model's own greedy tokens WITH the context,
+`--fit` + `--ahead` tokens each), on HELD-OUT queries, against the contextual run, per position past the
+first `fit` tokens: top-1 agreement and logit error (max|l - l_C| / max|l_C|) of
+ (a) frozen: the exact sequence patch fitted on the query's first `fit` tokens (absorb_sequence), frozen;
+ (b) grown: the same patch grown by one rank per token (Greville's update, GrowingSequence), scored on
+     each token BEFORE it is absorbed (its next-token prediction; after absorbing it is exact);
+ (c) shared: a token-independent rank-`--rank` patch fitted by least squares over all tokens of the
+     TRAINING queries (shared_patch);
+ and no patch.
 
-Run: python benchmarks/sequence_study.py [--models gemma3-270m smollm2-135m] [--fit 8 16 32] [--ahead 16]
-     [--json] [--plot FILE.png]
+Run: python benchmarks/sequence_study.py [--models smollm2-135m gemma3-270m] [--fit 16] [--ahead 12]
+     [--rank 8] [--grown 2] [--json] [--plot FILE.png]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 
 import torch
 
+#: Queries of the fact and story contexts of numeric.hfcheck.REAL_PAIRS (0 and 2): the first `--train` fit
+#: the shared patch, the rest are held out.
+QUERIES = {
+    0: (" The capital of Germany is", " The capital of Spain is", " Rome is the capital of",
+        " The capital of Portugal is", " Question: what is the capital of Poland? Answer:",
+        " Vienna is a city in", " The capital of France is", " Madrid is the capital of",
+        " List the capitals: France,", " Which country has Warsaw as its capital?",
+        " The capital of Italy is", " Lisbon is the capital of"),
+    2: (" One morning, a storm came and Tomas", " The old fisherman", " Every evening Tomas",
+        " The lighthouse", " Tomas rowed his boat", " His mother had taught him",
+        " The village by the sea", " One day a stranger came to the village and", " The little blue boat",
+        " When the storm ended, Tomas", " Tomas looked at the sea and", " The songs he sang"),
+}
+
 
 def main(argv: list[str] | None = None) -> int:
     from numeric import models
     from numeric.hf import layout_for
-    from numeric.hfcheck import REAL_PAIRS, pair_ids
-    from numeric.sequence import frozen_study
+    from numeric.hfcheck import REAL_PAIRS, greedy_with_context, pair_ids
+    from numeric.sequence import grown_study, shared_study
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma3-270m"], choices=sorted(models.MODELS))
-    p.add_argument("--fit", nargs="+", type=int, default=[8, 16, 32])
-    p.add_argument("--ahead", type=int, default=16)
-    p.add_argument("--pairs", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--pairs", nargs="+", type=int, default=sorted(QUERIES), choices=sorted(QUERIES))
+    p.add_argument("--fit", type=int, default=16)
+    p.add_argument("--ahead", type=int, default=12)
+    p.add_argument("--rank", type=int, default=8)
+    p.add_argument("--train", type=int, default=9, help="queries fitting the shared patch; the rest are held out")
+    p.add_argument("--grown", type=int, default=2, help="held-out queries also grown token by token")
     p.add_argument("--json", action="store_true")
     p.add_argument("--plot", help="write a PNG of agreement and error per position")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    rows = []
+    rows, T = [], args.fit + args.ahead
     for name in args.models:
         model, tok = models.load(name, "float32")
         layout = layout_for(model)
         for i in args.pairs:
-            ctx, prompt = pair_ids(tok, *REAL_PAIRS[i])
-            for fit in args.fit:
-                t0 = time.perf_counter()
-                r = frozen_study(model, layout, ctx, prompt, fit, args.ahead)
-                rows.append({"model": name, "pair": i, **r, "seconds": round(time.perf_counter() - t0, 1)})
-                if not args.json:
-                    print(f"{name} pair {i} fit {fit}: fit error {r['patched']['fit_error']:.1e}, ahead agreement "
-                          f"{r['patched']['ahead_agreement']:.2f} (unpatched {r['unpatched']['ahead_agreement']:.2f}), "
-                          f"ahead median error {r['patched']['ahead_median_error']:.2f} "
-                          f"(unpatched {r['unpatched']['ahead_median_error']:.2f})", flush=True)
+            t0 = time.perf_counter()
+            ctx = pair_ids(tok, REAL_PAIRS[i][0], "")[0]
+            seqs = []
+            for text in QUERIES[i]:
+                prompt = pair_ids(tok, REAL_PAIRS[i][0], text)[1]
+                cont = greedy_with_context(model, torch.cat([ctx, prompt], 1), T)
+                seqs.append(torch.cat([prompt, cont], 1)[:, :T])
+            train, test = seqs[:args.train], seqs[args.train:]
+            out = shared_study(model, layout, ctx, train, test, args.fit, args.rank)
+            grown = [grown_study(model, layout, ctx, s, args.fit) for s in test[:args.grown]]
+            row = {"model": name, "pair": i, "context_len": ctx.shape[1], "fit": args.fit, "ahead": args.ahead,
+                   **out, "grown": grown, "seconds": round(time.perf_counter() - t0, 1)}
+            rows.append(row)
+            if not args.json:
+                print(summary_line(row), flush=True)
     if args.json:
         print(json.dumps({"rows": rows}, indent=1))
+    else:
+        print(table(rows))
     if args.plot:
         plot(rows, args.plot)
     return 0
+
+
+def curves(row: dict) -> dict[str, tuple[list[float], list[float]]]:
+    """Per approach, (agreement, median error) per position past the fitted tokens (held-out queries)."""
+    fit, ahead = row["fit"], row["ahead"]
+    out = {}
+    for key in ("frozen", "shared", "unpatched"):
+        agree = [sum(r[key]["agree"][fit + k] for r in row["rows"]) / len(row["rows"]) for k in range(ahead)]
+        err = [statistics.median(r[key]["error"][fit + k] for r in row["rows"]) for k in range(ahead)]
+        out[key] = (agree, err)
+    if row["grown"]:
+        g = [r["before"] for r in row["grown"]]
+        out["grown"] = ([sum(s["agree"][k] for s in g) / len(g) for k in range(ahead)],
+                        [statistics.median(s["error"][k] for s in g) for k in range(ahead)])
+    return out
+
+
+def summary(row: dict) -> dict[str, tuple[float, float]]:
+    """Per approach: mean agreement and median error over all positions past the fitted tokens."""
+    return {k: (sum(a) / len(a), statistics.median(e)) for k, (a, e) in curves(row).items()}
+
+
+def summary_line(row: dict) -> str:
+    s = summary(row)
+    parts = ", ".join(f"{k} {a:.2f} / {e:.2f}" for k, (a, e) in s.items())
+    g = row["grown"]
+    extra = (f"; grown: exact after absorbing (max error {max(max(r['grown']['error']) for r in g):.1e}), rerun "
+             f"at once {max(max(r['rerun']['error']) for r in g):.1e}, rescaled {sum(r['rescaled'] for r in g)}"
+             if g else "")
+    return (f"{row['model']} pair {row['pair']} (context {row['context_len']}, {len(row['rows'])} held-out queries): "
+            f"agreement / median error {parts}; shared fitted on {row['train_tokens']} tokens{extra} "
+            f"[{row['seconds']}s]")
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| model | pair (context) | frozen (a) | grown (b) | shared (c) | no patch |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        s = summary(row)
+        cell = {k: f"{a:.2f} / {e:.2f}" for k, (a, e) in s.items()}
+        lines.append(f"| {row['model']} | {row['pair']} ({row['context_len']}) | {cell['frozen']} | "
+                     f"{cell.get('grown', '-')} | {cell['shared']} | {cell['unpatched']} |")
+    return "\n".join(lines)
 
 
 def plot(rows: list[dict], path: str) -> None:
@@ -61,18 +134,23 @@ def plot(rows: list[dict], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-    for name in dict.fromkeys(r["model"] for r in rows):
-        for fit in sorted({r["fit"] for r in rows}):
-            sel = [r for r in rows if r["model"] == name and r["fit"] == fit]
-            ahead = sel[0]["ahead"]
-            agree = [sum(r["patched"]["agree"][fit + k] for r in sel) / len(sel) for k in range(ahead)]
-            err = [sorted(r["patched"]["error"][fit + k] for r in sel)[len(sel) // 2] for k in range(ahead)]
-            axes[0].plot(range(1, ahead + 1), agree, marker=".", label=f"{name}, fit {fit}")
-            axes[1].semilogy(range(1, ahead + 1), err, marker=".", label=f"{name}, fit {fit}")
-    axes[0].set(xlabel="tokens past the fitted ones", ylabel="top-1 agreement (mean over pairs)")
-    axes[1].set(xlabel="tokens past the fitted ones", ylabel="logit error (median over pairs)")
-    axes[0].legend(fontsize=7)
+    names = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(2, len(names), figsize=(5 * len(names), 6.4), squeeze=False)
+    style = {"frozen": "C0", "grown": "C1", "shared": "C2", "unpatched": "0.5"}
+    for col, name in enumerate(names):
+        sel = [r for r in rows if r["model"] == name]
+        for key, color in style.items():
+            cs = [curves(r)[key] for r in sel if key in curves(r)]
+            if not cs:
+                continue
+            ahead = len(cs[0][0])
+            agree = [sum(c[0][k] for c in cs) / len(cs) for k in range(ahead)]
+            err = [statistics.median(c[1][k] for c in cs) for k in range(ahead)]
+            axes[0][col].plot(range(1, ahead + 1), agree, marker=".", color=color, label=key)
+            axes[1][col].semilogy(range(1, ahead + 1), err, marker=".", color=color, label=key)
+        axes[0][col].set(title=name, ylabel="top-1 agreement (held-out queries)", ylim=(-0.05, 1.05))
+        axes[1][col].set(xlabel=f"tokens past the first {sel[0]['fit']}", ylabel="logit error (median)")
+        axes[0][col].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

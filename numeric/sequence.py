@@ -27,6 +27,8 @@ Refused with a clear error: MoE blocks, encoders, q larger than a map's input si
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 import warnings
 from contextlib import contextmanager
@@ -397,6 +399,12 @@ class _Induction:
         self.now: dict[int, dict] = {}
         self.cast: dict[int, tuple] = {}  # id(module) -> (B, A) in peft's dtype, applied by `lora_hook`
         self.layers = [SequenceLayer() for _ in model.get_submodule(adapter.layers)]
+        #: per layer: each map's inputs (path -> (size, q), float64) and the post-norm's (sign, w), for `grow`
+        self.kept: dict[int, dict] = {n: {} for n in range(len(self.layers))}
+
+    def rows(self, t: torch.Tensor) -> torch.Tensor:
+        """The query tokens' rows (q, size) of a batch-first activation."""
+        return t[0]
 
     def hooks(self) -> list:
         handles = []
@@ -417,7 +425,7 @@ class _Induction:
     def _grab(self, n, key, out=False):
         def hook(_m, args, output=None):
             t = output if out else args[0]
-            self.now[n][key] = (t[0] if isinstance(t, tuple) else t)[0].detach().double().clone()
+            self.now[n][key] = self.rows(t[0] if isinstance(t, tuple) else t).detach().double().clone()
         return hook
 
     def _write(self, module, B: torch.Tensor, A: torch.Tensor) -> None:
@@ -431,7 +439,8 @@ class _Induction:
 
     def _input(self, n: int, path: str):
         def hook(module, args):
-            Z = args[0][0].detach().double().T  # (d, q)
+            Z = self.rows(args[0]).detach().double().T  # (d, q)
+            self.kept[n][path] = Z
             ZC = self.ctx[n][("in", path)].T  # (d, q)
             W = _weight(module, self.site)  # (out, d)
             A, cond = left_inverse(Z, f"Z:{path}", n)
@@ -446,7 +455,8 @@ class _Induction:
 
     def _output(self, n: int):
         def hook(module, args):
-            a = args[0][0].detach().double().T  # (m, q)
+            a = self.rows(args[0]).detach().double().T  # (m, q)
+            self.kept[n][self.site.down] = a
             rec, lp = self.ctx[n], self.layers[n]
             target = _u(rec) + rec["b"] - _u(self.now[n])  # (q, d): what the branch must output
             W = _weight(module, self.site)  # (d, m)
@@ -470,6 +480,7 @@ class _Induction:
         w, c = shared_scale(T, c0, gamma, eps, n)
         sign = torch.where(gamma < 0, -1.0, 1.0).double()
         new = sign / w.sqrt()  # gamma'
+        self.kept[n].update(w=(sign, w), T=T, c0=c0, gamma=gamma)
         stored = new - 1 if self.site.one_plus else new
         lp.scale[self.site.post_norm + ".weight"] = stored.to(norm.weight.dtype)
         norm.weight.detach().copy_(stored.to(norm.weight.dtype))
@@ -538,6 +549,300 @@ def absorb_sequence(model, context_ids: torch.Tensor, query_ids: torch.Tensor, l
     return SequencePatch(model, query_ids, ind.layers, adapter, site, applied)
 
 
+# --------------------------------------------------------------------------- grown by one rank per token
+
+
+def greville(X: torch.Tensor, P: torch.Tensor, x: torch.Tensor, what: str, layer: int,
+             token: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+    r"""Greville's rank-one update of a left inverse: $X' = [X\ x]$ and $X'^{+} = [P - d\,b^\top;\ b^\top]$.
+
+    $P = X^{+}$ (q, n), $d = P x$, $c = x - X d$ (the new column's part outside the old span; computed
+    twice, Gram-Schmidt style, so that it is accurate when small), $b = c / c^\top c$. The old rows change
+    by the rank-one correction $-d\,b^\top$ (with $b^\top X = 0$ they still invert the old columns), the new
+    row $b^\top$ inverts the new one. Returns $(X', X'^{+}, \mathrm{cond}(X'))$; refuses (naming the layer
+    and the token) when the new column depends on the old ones or the size is exhausted, as `left_inverse`.
+    """
+    n, q = X.shape
+    if q + 1 > n:
+        raise PatchConditionError(f"q <= {what.split(':')[0]} size (q = {q + 1} tokens, size {n})", [token],
+                                  str(layer))
+    d = P @ x
+    c = x - X @ d
+    e = P @ c  # the re-orthogonalisation: c loses what rounding left of the old span
+    d, c = d + e, c - X @ e
+    X2 = torch.cat([X, x[:, None]], 1)
+    s = torch.linalg.svdvals(X2)
+    cond = float(s[0] / s[-1]) if s[-1] > 0 else math.inf
+    if not cond < 1 / RANK_TOL:
+        raise PatchConditionError(f"rank {what} = q (token {token}'s column depends on the earlier ones: "
+                                  f"condition {cond:.3g})", [token], str(layer))
+    b = c / (c @ c)
+    return X2, torch.cat([P - torch.outer(d, b), b[None]], 0), cond
+
+
+def scale_for(t: torch.Tensor, w: torch.Tensor, eps: float, layer: int, token: int) -> torch.Tensor:
+    r"""The new token's pre-norm RMS $c$ under a KEPT shared post-norm scale $\gamma' = \pm 1/\sqrt{w}$:
+    $\mathrm{mean}(t^2 w) = 1 - \epsilon / c^2$ (`shared_scale`), so $c = \sqrt{\epsilon / (1 - \mathrm{mean}(t^2 w))}$.
+    PatchConditionError (naming the layer) when $\mathrm{mean}(t^2 w) \ge 1$: no $c$ exists, the shared scale
+    would have to change (and with it every earlier token's down output)."""
+    m = float((t**2 * w).mean())
+    if not m < 1:
+        raise PatchConditionError(f"mean(t^2 w) < 1 under the kept shared post-norm scale (token {token}'s target "
+                                  f"gives {m:.6g}; a new scale gamma' would change every earlier token's patch)",
+                                  [token], str(layer))
+    return torch.tensor(math.sqrt(eps / (1 - m)), dtype=t.dtype)
+
+
+class _Growth(_Induction):
+    """Forward hooks of a ONE-token pass (the key/value cache of the patched run holds the earlier tokens):
+    each map's factors gain the new token by `greville`, from its actual input, before the map runs."""
+
+    def __init__(self, base: _Induction, ctx: dict, token: int, rescale: bool):
+        self.__dict__.update(base.__dict__)
+        self.ctx, self.token, self.now, self.rescale, self.rescaled = ctx, token, {}, rescale, []
+
+    def _input(self, n: int, path: str):
+        def hook(module, args):
+            z = self.rows(args[0])[-1].detach().double()  # (d,)
+            zC = self.ctx[n][("in", path)][-1]
+            W = _weight(module, self.site)
+            lp = self.layers[n]
+            B, A = lp.lora[path]
+            self.kept[n][path], A, cond = greville(self.kept[n][path], A, z, f"Z:{path}", n, self.token)
+            B = torch.cat([B, (W @ (zC - z))[:, None]], 1)
+            self._write(module, B, A)
+            lp.lora[path], lp.condition[f"Z:{path}"], lp.rank = (B, A), cond, max(lp.rank, A.shape[0])
+            miss = W @ z + B @ (A @ z) - W @ zC
+            lp.residual = max(lp.residual, float(miss.abs().max() / (W @ zC).abs().max().clamp_min(1e-300)))
+        return hook
+
+    def _output(self, n: int):
+        def hook(module, args):
+            a = self.rows(args[0])[-1].detach().double()  # (m,)
+            rec, lp, kept, down = self.ctx[n], self.layers[n], self.kept[n], self.site.down
+            target = (_u(rec) + rec["b"] - _u(self.now[n]))[-1]  # (d,)
+            W = _weight(module, self.site)
+            B, A = lp.lora[down]
+            kept[down], A, cond = greville(kept[down], A, a, "A", n, self.token)
+            if self.site.post_norm is not None:
+                sign, w = kept["w"]
+                kept["T"] = torch.cat([kept["T"], target[None]])
+                kept["c0"] = torch.cat([kept["c0"], (rec["h"][-1].pow(2).mean() + self.site.eps).sqrt()[None]])
+                try:
+                    target = scale_for(target, w, self.site.eps, n, self.token) * target * (sign * w.sqrt())
+                except PatchConditionError:
+                    if not self.rescale:
+                        raise
+                    H = self._rescale(n, kept, lp)  # (q+1, d): every token's down output under the new scale
+                    B = (H - (W @ kept[down]).T - _bias(module)).T  # all columns: their targets moved
+                    target = H[-1]
+            if B.shape[1] < A.shape[0]:
+                B = torch.cat([B, (target - W @ a - _bias(module))[:, None]], 1)
+            self._write(module, B, A)
+            lp.lora[down], lp.condition["A"], lp.rank = (B, A), cond, max(lp.rank, A.shape[0])
+            miss = W @ a + B @ (A @ a) + _bias(module) - target
+            lp.residual = max(lp.residual, float(miss.abs().max() / target.abs().max().clamp_min(1e-300)))
+        return hook
+
+    def _rescale(self, n: int, kept: dict, lp: SequenceLayer) -> torch.Tensor:
+        """A new shared scale for layer n's post-norm (`shared_scale` over all q+1 targets), written in; the down
+        outputs (d, q+1) every token then needs. Only this layer's scale and W_down's B change: every earlier
+        token's post-norm output, hence every state above, stays what it was."""
+        norm = self.model.get_submodule(self.adapter.layers)[n].get_submodule(self.site.post_norm)
+        w, c = shared_scale(kept["T"], kept["c0"], kept["gamma"], self.site.eps, n)
+        sign = kept["w"][0]
+        stored = sign / w.sqrt() - (1 if self.site.one_plus else 0)
+        lp.scale[self.site.post_norm + ".weight"] = stored.to(norm.weight.dtype)
+        norm.weight.detach().copy_(stored.to(norm.weight.dtype))
+        lp.condition["gamma'"] = float(w.max().sqrt() / w.min().sqrt())
+        kept["w"] = (sign, w)
+        self.rescaled.append(n)
+        return c[:, None] * kept["T"] * (sign * w.sqrt())
+
+
+class GrowingSequence:
+    r"""A sequence patch grown by one rank per token: exact for the sequence so far, updated, not refitted.
+
+    Starts as `absorb_sequence` on the first tokens (q0); `step(token)` appends one token: one pass of the
+    contextual run and one of the patched run, each of that ONE token with its own key/value cache (the
+    earlier tokens are not rerun). Layer by layer (Algorithm 1's induction), each map's LoRA factors gain
+    the token by Greville's update (`greville`): A gains a row (its old rows get a rank-one correction
+    $-d\,b^\top$ with $b^\top Z = 0$), B gains a column (its old columns are kept as they are), so
+    $\Delta W' = \Delta W + (W z_C - (W + \Delta W) z)\, b^\top$: the earlier tokens' map outputs, hence
+    their states and the cached keys and values, do not change. A Gemma post-norm keeps its shared scale
+    $\gamma'$; the new token's pre-norm RMS $c$ comes from its own condition (`scale_for`), which refuses
+    with PatchConditionError (naming the layer) where no $c$ exists, unless ``rescale=True``: then that
+    layer alone gets a new shared scale (`shared_scale` over all its tokens' targets) and its W_down's B
+    is recomputed for every token (A is still updated); the other layers and every earlier token's states
+    are untouched (``rescaled`` lists where). Dependent inputs and q beyond a map's input size are
+    refused (`greville`). The factors are applied as peft applies LoRA (``applied="lora"``). A refused
+    step leaves the patch as it was.
+
+    >>> g = GrowingSequence(model, context_ids, query_ids[:, :8], layout)   # doctest: +SKIP
+    >>> out = g.step(int(query_ids[0, 8]))    # {"contextual", "grown", "before"} logits of that token
+    >>> g.patch.save_peft("adapter")          # rank 9 now, exact on all 9 tokens
+    """
+
+    @torch.no_grad()
+    def __init__(self, model, context_ids: torch.Tensor, query_ids: torch.Tensor, layout, rescale: bool = False):
+        _check(model, context_ids, query_ids)
+        self.rescale, self.rescaled = rescale, []  # rescaled: (token, layer) where a new shared scale was solved
+        self.model, self.adapter = model, uniform(layout)
+        self.site = site_for(model, self.adapter)
+        ctx: dict = {}
+        out = _run(model, _record(model, self.adapter, self.site, ctx, context_ids.shape[1]),
+                   torch.cat([context_ids, query_ids], 1), use_cache=True, **_last_logits_only(model))
+        self.context_cache = out.past_key_values
+        self.ind = _Induction(model, self.adapter, self.site, ctx, "lora")
+        with _saved(_touched(model, self.adapter, self.site)):
+            self.cache = _run(model, self.ind.hooks(), query_ids, use_cache=True).past_key_values
+        self.ids = query_ids
+
+    @property
+    def patch(self) -> SequencePatch:
+        """The patch as it stands (shares the factors; later steps grow it)."""
+        return SequencePatch(self.model, self.ids, self.ind.layers, self.adapter, self.site, "lora")
+
+    @torch.no_grad()
+    def step(self, token: int, before: bool = False) -> dict:
+        """Grow by one token: the contextual and the grown patch's logits of it ((vocab,), float64), and with
+        ``before`` those of the patch as it was (the next-token prediction a frozen patch would give)."""
+        ids = torch.tensor([[int(token)]], dtype=self.ids.dtype)
+        _check(self.model, ids, ids)
+        out = {}
+        if before:
+            with self.patch.factored() as model:
+                out["before"] = model(ids, past_key_values=copy.deepcopy(self.cache), use_cache=True).logits[0, -1]
+        rec: dict = {}
+        ctx = _run(self.model, _record(self.model, self.adapter, self.site, rec, 0), ids,
+                   past_key_values=copy.deepcopy(self.context_cache), use_cache=True)
+        out["contextual"] = ctx.logits[0, -1]
+        grow = _Growth(self.ind, rec, self.ids.shape[1], self.rescale)
+        saved = ([dataclasses.replace(lp, lora=dict(lp.lora), condition=dict(lp.condition),
+                                       scale=dict(lp.scale)) for lp in self.ind.layers],
+                 {n: dict(k) for n, k in self.ind.kept.items()}, dict(self.ind.cast))
+        layers = self.model.get_submodule(self.adapter.layers)
+        try:
+            with _saved(_touched(self.model, self.adapter, self.site)):
+                for n, lp in enumerate(self.ind.layers):  # the kept shared post-norm scales
+                    for name, value in lp.scale.items():
+                        parameter_view(layers[n], name).detach().copy_(value)
+                res = _run(self.model, grow.hooks(), ids, past_key_values=copy.deepcopy(self.cache), use_cache=True)
+        except PatchConditionError:  # the patch stays as it was, exact for the tokens before
+            self.ind.layers[:], kept, cast = saved
+            self.ind.kept.update(kept)
+            self.ind.cast.clear()
+            self.ind.cast.update(cast)
+            raise
+        self.context_cache, self.cache, out["grown"] = ctx.past_key_values, res.past_key_values, res.logits[0, -1]
+        self.ids = torch.cat([self.ids, ids], 1)
+        self.rescaled += [(self.ids.shape[1] - 1, n) for n in grow.rescaled]
+        return {k: v.double() for k, v in out.items()}
+
+
+# --------------------------------------------------------------------------- token-independent, least squares
+
+
+def reduced_rank(Y: torch.Tensor, X: torch.Tensor, rank: int, rcond: float) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""$(B, A)$, $B A$ of rank $\le$ `rank`, minimising $\lVert B A X - Y\rVert_F$ (reduced-rank regression).
+
+    With $X = U S V^\top$ (singular values below ``rcond`` times the largest dropped: the least-squares
+    solution $Y X^{+}$ is the minimum-norm one, and plain least squares where X has full row rank), the
+    fitted values are $Y V V^\top$; their best rank-r approximation (Eckart-Young) is $U_r U_r^\top Y V V^\top$
+    with $U_r$ the top left singular vectors of $M = Y V$, reached by $B = U_r$, $A = U_r^\top M S^{-1} U^\top$.
+    (Truncating $Y X^{+}$ itself would not minimise the residual unless X were whitened.)"""
+    U, S, Vh = torch.linalg.svd(X, full_matrices=False)
+    keep = S > rcond * S[0]
+    U, S, Vh = U[:, keep], S[keep], Vh[keep]
+    M = Y @ Vh.T  # (out, k)
+    Um = torch.linalg.svd(M, full_matrices=False)[0][:, :rank]
+    return Um, (Um.T @ M) / S @ U.T
+
+
+class _Shared(_Induction):
+    """Forward hooks of ONE batched pass of all queries (right-padded; ``mask`` marks their tokens): each
+    map's rank-r least-squares patch over all their tokens, from the inputs the patched layers below give."""
+
+    def __init__(self, model, adapter, site: Site, ctx: dict, mask: torch.Tensor, rank: int, rcond: float):
+        super().__init__(model, adapter, site, ctx, "lora")
+        self.mask, self.r, self.rcond = mask, rank, rcond
+
+    def rows(self, t: torch.Tensor) -> torch.Tensor:
+        return t[self.mask]
+
+    def _fit(self, module, n: int, path: str, Y: torch.Tensor, X: torch.Tensor) -> None:
+        B, A = reduced_rank(Y, X, self.r, self.rcond)
+        self._write(module, B, A)
+        lp = self.layers[n]
+        lp.lora[path], lp.rank = (B, A), max(lp.rank, A.shape[0])
+        lp.residual = max(lp.residual, float((B @ (A @ X) - Y).norm() / Y.norm().clamp_min(1e-300)))
+
+    def _input(self, n: int, path: str):
+        def hook(module, args):
+            Z = self.rows(args[0]).detach().double().T  # (d, N): every query's tokens
+            W = _weight(module, self.site)
+            self._fit(module, n, path, W @ (self.ctx[n][("in", path)].T - Z), Z)
+        return hook
+
+    def _output(self, n: int):
+        def hook(module, args):
+            a = self.rows(args[0]).detach().double().T  # (m, N)
+            rec = self.ctx[n]
+            target = _u(rec) + rec["b"] - _u(self.now[n])  # (N, d)
+            if self.site.post_norm is not None:  # the norm's own scale kept: aim at a pre-norm value
+                norm = self.model.get_submodule(self.adapter.layers)[n].get_submodule(self.site.post_norm)
+                gamma = _gamma(norm, self.site)
+                inv = torch.where(gamma.abs() > SCALE_FLOOR * gamma.pow(2).mean().sqrt(), 1 / gamma, 0.0)
+                h = target * inv
+                target = h * (rec["h"].pow(2).mean(-1, keepdim=True).sqrt() / h.pow(2).mean(-1, keepdim=True).sqrt()
+                              .clamp_min(1e-300))
+            W = _weight(module, self.site)
+            Y = W @ a + (_bias(module)[:, None] if isinstance(_bias(module), torch.Tensor) else 0.0)
+            self._fit(module, n, self.site.down, target.T - Y, a)
+        return hook
+
+
+@torch.no_grad()
+def shared_patch(model, context_ids: torch.Tensor, queries: list[torch.Tensor], layout, rank: int = 8,
+                 rcond: float = 1e-6) -> SequencePatch:
+    r"""ONE token-independent patch per layer (rank $\le$ `rank`), fitted by least squares over all tokens of
+    many queries of one context (in the spirit of arXiv:2510.08734's context "thought" patches).
+
+    Layer by layer as `absorb_sequence`: one contextual pass per query records the targets; one batched
+    pass of all queries (right-padded) fits each map, from the inputs the fitted layers below give, by
+    `reduced_rank` over the stacked inputs of every query token (the minimum-norm least-squares patch
+    where the tokens are fewer than the input size, plain least squares where more, then truncated to
+    rank r optimally for the residual). Not exact anywhere: it is the rank-r fit of the targets. A Gemma
+    post-norm keeps its own scale; W_down aims at $t / \gamma$ rescaled to the contextual pre-norm RMS
+    (exact where $\mathrm{RMS}(t/\gamma) = 1$; zero where $\gamma$ is). Applied as a LoRA adapter to any
+    token sequence: ``shared_patch(...).logits(ids)``.
+    """
+    if not queries:
+        raise SpecError("shared_patch needs at least one query")
+    if not (isinstance(rank, int) and rank >= 1):
+        raise SpecError(f"rank must be a positive integer, got {rank!r}")
+    for q in queries:
+        _check(model, context_ids, q)
+    adapter = uniform(layout)
+    site = site_for(model, adapter)
+    records = []
+    for q in queries:
+        rec: dict = {}
+        _run(model, _record(model, adapter, site, rec, context_ids.shape[1]), torch.cat([context_ids, q], 1),
+             **_last_logits_only(model))
+        records.append(rec)
+    ctx = {n: {k: torch.cat([r[n][k] for r in records], 0) for k in records[0][n]} for n in records[0]}
+    width = max(q.shape[1] for q in queries)
+    ids = torch.zeros(len(queries), width, dtype=queries[0].dtype)
+    mask = torch.zeros(len(queries), width, dtype=torch.bool)
+    for i, q in enumerate(queries):
+        ids[i, :q.shape[1]], mask[i, :q.shape[1]] = q[0], True
+    ind = _Shared(model, adapter, site, ctx, mask, rank, rcond)
+    with _saved(_touched(model, adapter, site)):
+        _run(model, ind.hooks(), ids, attention_mask=mask.long())
+    return SequencePatch(model, queries[0], ind.layers, adapter, site, "lora")
+
+
 # --------------------------------------------------------------------------- beyond the fitted tokens
 
 
@@ -576,3 +881,47 @@ def frozen_study(model, layout, context_ids: torch.Tensor, prompt_ids: torch.Ten
                      "fit_agreement": sum(agree[:fit]) / fit, "ahead_agreement": sum(agree[fit:]) / ahead,
                      "ahead_median_error": sorted(err[fit:])[ahead // 2]}
     return out
+
+
+def _scores(got: torch.Tensor, want: torch.Tensor) -> dict:
+    """Per position: the logit error max|l - l_C| / max|l_C| and top-1 agreement."""
+    got, want = got.double(), want.double()
+    return {"error": ((got - want).abs().amax(-1) / want.abs().amax(-1)).tolist(),
+            "agree": (got.argmax(-1) == want.argmax(-1)).tolist()}
+
+
+@torch.no_grad()
+def grown_study(model, layout, context_ids: torch.Tensor, seq: torch.Tensor, fit: int, rescale: bool = True) -> dict:
+    r"""(b): a `GrowingSequence` fitted on the first `fit` tokens of `seq`, then grown by one rank per token
+    along the rest. Per later position k: ``before`` is the prediction of the patch grown through token
+    k-1 (what it gives for token k before token k is absorbed; a frozen patch one token ahead),
+    ``grown`` the logits once token k is absorbed (exact along the cached run); ``rerun``: the final
+    patch run on the whole sequence at once (float32 rounding of the earlier tokens is no longer
+    corrected by the layers above, unlike `absorb_sequence`'s induction). ``rescaled``: post-norm
+    layers that needed a new shared scale (``rescale``), per token."""
+    g = GrowingSequence(model, context_ids, seq[:, :fit], layout, rescale=rescale)
+    steps = [g.step(int(seq[0, k]), before=True) for k in range(fit, seq.shape[1])]
+    want = torch.stack([s["contextual"] for s in steps])
+    full = model(torch.cat([context_ids, seq], 1)).logits[0, context_ids.shape[1]:]
+    return {"rank": g.patch.rank, "rescaled": len(g.rescaled),
+            "before": _scores(torch.stack([s["before"] for s in steps]), want),
+            "grown": _scores(torch.stack([s["grown"] for s in steps]), want),
+            "rerun": _scores(g.patch.logits(seq)[0], full)}
+
+
+@torch.no_grad()
+def shared_study(model, layout, context_ids: torch.Tensor, train: list[torch.Tensor], test: list[torch.Tensor],
+                 fit: int, rank: int = 8) -> dict:
+    r"""(c) against (a): a token-independent rank-`rank` patch (`shared_patch`) fitted on the `train` queries,
+    on each HELD-OUT query of `test`, per position, against the contextual run; with the exact sequence
+    patch fitted on that query's first `fit` tokens and frozen (`absorb_sequence`, as `frozen_study`) and
+    no patch. Returns per test query {"shared", "frozen", "unpatched"} scores over all its positions."""
+    sp = shared_patch(model, context_ids, train, layout, rank=rank)
+    rows = []
+    for seq in test:
+        want = model(torch.cat([context_ids, seq], 1)).logits[0, context_ids.shape[1]:]
+        frozen = absorb_sequence(model, context_ids, seq[:, :fit], layout)
+        rows.append({"shared": _scores(sp.logits(seq)[0], want), "frozen": _scores(frozen.logits(seq)[0], want),
+                     "unpatched": _scores(model(seq).logits[0], want)})
+    return {"rank": sp.rank, "train_tokens": sum(q.shape[1] for q in train), "rows": rows,
+            "train_residual": max(lp.residual for lp in sp.layers)}

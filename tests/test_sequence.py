@@ -214,3 +214,124 @@ def test_frozen_study_reports_the_fitted_and_the_following_tokens():
     assert len(patched["error"]) == len(patched["agree"]) == 10 and out["rank"] == 6
     assert patched["fit_error"] <= 1e-8 and patched["fit_agreement"] == 1.0  # exact where it was fitted
     assert plain["fit_error"] >= 1e-3  # the context matters there
+
+
+# --------------------------------------------------------------------------- grown by one rank per token
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gemma3_text"])
+def test_grown_token_by_token_equals_the_patch_fitted_on_all_tokens(model_type):
+    """Greville's update from q0 = 3 to q = 9 tokens: the logits of all q tokens as absorb_sequence's on the q
+    tokens, factors of rank q, and the update did not refit: every step runs ONE token through the model
+    (the key/value cache holds the earlier ones), B's earlier columns are kept bit for bit, A's earlier rows
+    move by a rank-one correction, and a Gemma post-norm keeps its shared scale."""
+    from numeric.sequence import GrowingSequence
+
+    model = tiny_model(model_type, layers=2, dtype="float64")
+    gen = torch.Generator().manual_seed(2)
+    ctx, q = random_ids(6, 64, gen), random_ids(9, 64, gen)
+    g = GrowingSequence(model, ctx, q[:, :3], layout_for(model))
+    scales = [dict(lp.scale) for lp in g.ind.layers]
+    seen = []
+    hook = model.get_input_embeddings().register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[1]))
+    try:
+        for j in range(3, 9):
+            before = {(n, p): f for n, lp in enumerate(g.ind.layers) for p, f in lp.lora.items()}
+            out = g.step(int(q[0, j]))
+            assert logit_error(out["grown"][None], out["contextual"][None]) <= (1e-6 if model_type in FLOAT32_NORMS
+                                                                               else 1e-8)
+            for (n, p), (B, A) in before.items():
+                B2, A2 = g.ind.layers[n].lora[p]
+                assert B2.shape[1] == A2.shape[0] == j + 1
+                assert torch.equal(B2[:, :j], B)  # B gains a column; the others are kept
+                s = torch.linalg.svdvals(A2[:j] - A)
+                assert s[0] > 0 and s[1] <= 1e-12 * s[0]  # A's old rows: a rank-one correction
+    finally:
+        hook.remove()
+    assert seen == [1, 1] * 6  # the contextual and the patched pass of the new token alone
+    assert [dict(lp.scale) for lp in g.ind.layers] == scales
+    assert all(lp.rank == 9 for lp in g.ind.layers) and max(lp.residual for lp in g.ind.layers) <= 1e-12
+    fitted = absorb_sequence(model, ctx, q, layout_for(model))
+    err = logit_error(g.patch.logits(q)[0], fitted.logits()[0])
+    assert err <= (1e-6 if model_type in FLOAT32_NORMS else 1e-8), err  # Gemma: another shared scale, f32 norms
+    assert logit_error(g.patch.logits(q)[0], _contextual(model, ctx, q)) <= (1e-6 if model_type in FLOAT32_NORMS
+                                                                          else 1e-8)
+    if model_type == "llama":  # no post-norm: the very same patch
+        for lp, lf in zip(g.ind.layers, fitted.layers, strict=True):
+            for p, (B, A) in lp.lora.items():
+                delta = lf.lora[p][0] @ lf.lora[p][1]
+                assert float((B @ A - delta).abs().max() / delta.abs().max()) <= 1e-12
+
+
+def test_greville_is_the_pseudo_inverse_and_refuses_dependent_columns():
+    from numeric.sequence import greville
+
+    gen = torch.Generator().manual_seed(3)
+    X = torch.randn(7, 3, generator=gen, dtype=torch.float64)
+    x = torch.randn(7, generator=gen, dtype=torch.float64)
+    X2, P2, cond = greville(X, torch.linalg.pinv(X), x, "Z", 4, 3)
+    assert torch.equal(X2[:, :3], X) and torch.equal(X2[:, 3], x)
+    assert torch.allclose(P2, torch.linalg.pinv(X2), atol=1e-13) and cond >= 1
+    with pytest.raises(PatchConditionError, match=r"layer 4, token 3: .*rank Z = q"):
+        greville(X, torch.linalg.pinv(X), X @ torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64), "Z", 4, 3)
+    Xfull = torch.randn(3, 3, generator=gen, dtype=torch.float64)
+    with pytest.raises(PatchConditionError, match=r"q <= Z size \(q = 4 tokens, size 3\)"):
+        greville(Xfull, torch.linalg.inv(Xfull), x[:3], "Z", 0, 3)
+
+
+def test_growing_past_a_kept_post_norm_scale_is_refused_and_leaves_the_patch_as_it_was():
+    """mean(t^2 w) >= 1: no pre-norm RMS c reproduces the target under the kept scale (scale_for); the
+    grower refuses naming the layer, and its patch stays exact for the tokens before."""
+    from numeric.sequence import GrowingSequence, scale_for
+
+    w = torch.full((8,), 0.5, dtype=torch.float64)
+    assert float(scale_for(torch.ones(8, dtype=torch.float64), w, 1e-6, 0, 0)) == pytest.approx((1e-6 / 0.5) ** 0.5)
+    with pytest.raises(PatchConditionError, match=r"layer 3, token 5: .*mean\(t\^2 w\) < 1 .*gives 2"):
+        scale_for(torch.full((8,), 2.0, dtype=torch.float64), w, 1e-6, 3, 5)
+    model = tiny_model("gemma3_text", layers=2, dtype="float64")
+    gen = torch.Generator().manual_seed(2)
+    ctx, q = random_ids(6, 64, gen), random_ids(5, 64, gen)
+    g = GrowingSequence(model, ctx, q[:, :4], layout_for(model))
+    sign, w = g.ind.kept[0]["w"]
+    g.ind.kept[0]["w"] = (sign, w * 1e3)  # a scale 30x smaller: every new target overshoots mean(t^2 w) = 1
+    before = [dict(lp.lora) for lp in g.ind.layers]
+    with pytest.raises(PatchConditionError, match="layer 0, token 4: .*mean\\(t\\^2 w\\) < 1"):
+        g.step(int(q[0, 4]))
+    assert g.ids.shape[1] == 4 and [dict(lp.lora) for lp in g.ind.layers] == before  # the same factors
+    assert logit_error(g.patch.logits(q[:, :4])[0], _contextual(model, ctx, q[:, :4])) <= 1e-6
+    g.rescale = True  # or: that layer alone gets a new shared scale over all its tokens
+    g.step(int(q[0, 4]))
+    assert (4, 0) in g.rescaled and g.patch.rank == 5
+    assert logit_error(g.patch.logits(q)[0], _contextual(model, ctx, q)) <= 1e-6
+
+
+# --------------------------------------------------------------------------- token-independent, least squares
+
+
+def test_shared_patch_is_exact_where_the_rank_allows_and_a_least_squares_fit_otherwise():
+    """rank >= all the queries' tokens (15 <= d = 32, queries of unequal length batched): the least-squares
+    patch interpolates every query; rank 2: not exact, but it is the best rank-2 fit of the targets."""
+    from numeric.sequence import reduced_rank, shared_patch
+
+    model = tiny_model("llama", layers=2, dtype="float64")
+    gen = torch.Generator().manual_seed(7)
+    ctx = random_ids(6, 64, gen)
+    queries = [random_ids(n, 64, gen) for n in (4, 5, 6)]
+    sp = shared_patch(model, ctx, queries, layout_for(model), rank=15)
+    for q in queries:
+        assert logit_error(sp.logits(q)[0], _contextual(model, ctx, q)) <= 1e-8
+    low = shared_patch(model, ctx, queries, layout_for(model), rank=2)
+    assert low.rank == 2
+    errs = [logit_error(low.logits(q)[0], _contextual(model, ctx, q)) for q in queries]
+    plain = [logit_error(model(q).logits[0].detach(), _contextual(model, ctx, q)) for q in queries]
+    assert 1e-6 < max(errs) and sum(errs) < sum(plain)
+    Y = torch.randn(9, 12, generator=gen, dtype=torch.float64)
+    X = torch.randn(6, 12, generator=gen, dtype=torch.float64)
+    B, A = reduced_rank(Y, X, 2, 1e-12)
+    best = float((B @ A @ X - Y).norm())
+    for _ in range(20):  # no rank-2 perturbation does better
+        dB, dA = 1e-3 * torch.randn(9, 2, generator=gen, dtype=torch.float64), \
+            1e-3 * torch.randn(2, 6, generator=gen, dtype=torch.float64)
+        assert float(((B + dB) @ (A + dA) @ X - Y).norm()) >= best - 1e-12
+    with pytest.raises(SpecError, match="rank must be a positive integer"):
+        shared_patch(model, ctx, queries, layout_for(model), rank=0)
