@@ -152,7 +152,8 @@ def forward(spec: BlockSpec, params: dict, u: torch.Tensor, base: torch.Tensor,
     tr = Trace(z=z, hidden={}, h=None, o=None, y=None)
     if spec.moe is None:
         tr.hidden[""] = hidden_of(spec, params, z) if hidden_override is None else hidden_override[""]
-        h = tr.hidden[""] @ params["W_down"].T + params.get("b_down", 0.0)
+        a_hat = _norm_of(spec, params, "mlp_mid_norm", tr.hidden[""])  # (T, m): BitNet's ffn_sub_norm, or a itself
+        h = a_hat @ params["W_down"].T + params.get("b_down", 0.0)
     else:
         h = _moe(spec, params, z, tr)
     phi = elementwise(spec.mlp.out_activation)
@@ -211,10 +212,11 @@ def random_params(spec: BlockSpec, d: int, m: int, generator: torch.Generator,
     }
     out = {}
     for name in patchable_parameters(spec):
+        width = m if name.startswith("mlp_mid_norm.") else d
         if name.endswith(".scale"):
-            out[name] = 1 + 0.3 * rnd(d) if not _one_plus(spec, name) else 0.3 * rnd(d)
+            out[name] = 1 + 0.3 * rnd(width) if not _one_plus(spec, name) else 0.3 * rnd(width)
         elif name.endswith(".bias"):
-            out[name] = 0.3 * rnd(d)
+            out[name] = 0.3 * rnd(width)
         else:
             shape = shapes[name]
             fan_in = shape[-1]

@@ -5,7 +5,8 @@ The MLP sub-block of one token is split as DESIGN.md does:
     z = pre(u)                 pre-norm (or identity)
     q = inner(z)               pre-activations: the input maps W_gate, W_up, router, ...
     a = sigma(q)               hidden activations (the MLP's "inner function" ends here)
-    h = outer(a)               W_down a + b_down (for MoE: the gated sum over selected experts)
+    h = outer(a)               W_down mid(a) + b_down (mid: the mid-norm or identity; for MoE: the gated
+                               sum over selected experts)
     o = c post(phi(h))         output activation, the post-norm inside the branch, the branch scale c
     r = base + o               the residual add (base = u; 0 without skip)
     y = post_ln(r)             the LayerNorm after the add (BERT), or identity
@@ -67,7 +68,8 @@ class Params:
         return Params({**self.values, **changes})
 
 
-NORM_SYMBOLS = {"mlp_pre_norm": "pre", "mlp_post_norm": "post", "post_ln": "ln"}
+NORM_SYMBOLS = {"mlp_pre_norm": "pre", "mlp_mid_norm": "mid", "mlp_post_norm": "post", "post_ln": "ln"}
+NORM_WIDTHS = {"mlp_mid_norm": M}  # the others act on the model width
 
 
 class Block:
@@ -105,11 +107,11 @@ class Block:
         if "." in name and name.split(".")[0] in NORM_SYMBOLS:
             norm_name, what = name.split(".")
             tag = NORM_SYMBOLS[norm_name]
-            norm = self.spec.norms[norm_name]
+            norm, width = self.spec.norms[norm_name], NORM_WIDTHS.get(norm_name, D)
             if what == "scale":
-                sym = Vec(("w_" if norm.scale == "one_plus" else "gamma_") + tag, D)
+                sym = Vec(("w_" if norm.scale == "one_plus" else "gamma_") + tag, width)
                 return Param(name, sym, "norm_scale", _norm_stage(norm_name))
-            return Param(name, Vec("beta_" + tag, D), "norm_bias", _norm_stage(norm_name))
+            return Param(name, Vec("beta_" + tag, width), "norm_bias", _norm_stage(norm_name))
         group, _, base = name.rpartition(".")
         mlp_width = MS if group == "shared" else M
         suffix = "_s" if group == "shared" else ""
@@ -230,15 +232,21 @@ class Block:
             return sp.S.One
         return 1 / (1 + sp.exp(-self.preact(P, "shared.w_gate", z)))
 
+    def down_input(self, P: Params, a: sp.Expr) -> sp.Expr:
+        r"""What W_down acts on: $N_\mathrm{mid}(a)$ with a mid-norm (BitNet's ``ffn_sub_norm``), else $a$."""
+        return self.norm(P, "mlp_mid_norm", a)
+
     def outer(self, P: Params, hidden: dict[str, sp.Expr], ell: sp.Expr | None = None,
-              shared_gate: sp.Expr = sp.S.One) -> sp.Expr:
-        r"""h = W_down a + b_down; for MoE $\rho \sum_j s_j W_\mathrm{down}^{(e_j)} a^{(e_j)}$ (+ gated shared expert).
+              shared_gate: sp.Expr = sp.S.One, normed: bool = False) -> sp.Expr:
+        r"""h = W_down mid(a) + b_down; for MoE $\rho \sum_j s_j W_\mathrm{down}^{(e_j)} a^{(e_j)}$ (+ gated shared
+        expert). `normed`: `hidden` already holds mid(a) (the output side's atom $\hat a_C$).
 
         `Sel` and `Gate` are the spec's router as functions of the logits alone (scores, the constant
         selection bias, groups): equal logits give equal choices and weights, whatever the router.
         """
         if self.spec.moe is None:
-            return MatVec(P["W_down"], hidden[""]) + self.value(P, "b_down")
+            a = hidden[""] if normed else self.down_input(P, hidden[""])
+            return MatVec(P["W_down"], a) + self.value(P, "b_down")
         e_j = Sel(ell, rank)
         routed = self.gate(ell, rank) * MatVec(
             self.expert_matrix(P, "W_down", e_j), hidden["experts"].subs(expert, e_j))
@@ -281,6 +289,7 @@ class Block:
         out = {n: Vec(n, dim) for n, dim in names.items()}
         out.update({n + "_C": Vec(n + "_C", dim) for n, dim in names.items() if n not in ("x", "delta")})
         out["a_s"], out["a_s_C"] = Vec("a_s", MS), Vec("a_s_C", MS)
+        out["ahat"], out["ahat_C"] = Vec("ahat", M), Vec("ahat_C", M)  # mid(a): what W_down acts on
         out["ell"], out["ell_C"] = Vec("ell", NE), Vec("ell_C", NE)
         return out
 
@@ -300,4 +309,4 @@ def input_bias(name: str) -> str | None:
 
 
 def _norm_stage(norm_name: str) -> str:
-    return {"mlp_pre_norm": "pre", "mlp_post_norm": "post", "post_ln": "post_ln"}[norm_name]
+    return {"mlp_pre_norm": "pre", "mlp_mid_norm": "outer", "mlp_post_norm": "post", "post_ln": "post_ln"}[norm_name]

@@ -71,7 +71,10 @@ class VecLatexPrinter(LatexPrinter):
         name, _, sub = e.name.partition("_")
         prime = "'" * name.count("'")
         name = name.replace("'", "")
-        head = (rf"\{name}" if name in _GREEK else name) + prime
+        hat = name.endswith("hat") and len(name) > 3  # ahat -> \hat{a} (the mid-normed hidden activations)
+        name = name[:-3] if hat else name
+        head = (rf"\{name}" if name in _GREEK else name)
+        head = (rf"\hat{{{head}}}" if hat else head) + prime
         if sub:
             sub = sub.replace("_", ",")
             sub = sub if len(sub) == 1 or sub in ("C",) else rf"\mathrm{{{sub}}}"

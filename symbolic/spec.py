@@ -75,10 +75,13 @@ class Biases:
 
 @dataclass(frozen=True)
 class MLPSpec:
-    r"""The MLP sub-block: pre-norm -> inner maps -> activation -> outer map -> post-norm, times `branch_scale`.
+    r"""The MLP sub-block: pre-norm -> inner maps -> activation -> mid-norm -> outer map -> post-norm, times
+    `branch_scale`.
 
-    `branch_scale` $c$ multiplies the branch output before the residual add, $r = u + c\,o$ (Granite's
-    ``residual_multiplier``); it must be nonzero (the output strategies aim at $(o_C + \delta) / c$).
+    `mid_norm` normalizes the hidden activations before the outer map, $h = W_\mathrm{down} N(a) + b_\mathrm{down}$
+    (BitNet's ``ffn_sub_norm``); dense and gated MLPs only. `branch_scale` $c$ multiplies the branch output
+    before the residual add, $r = u + c\,o$ (Granite's ``residual_multiplier``); it must be nonzero (the output
+    strategies aim at $(o_C + \delta) / c$).
     """
 
     kind: MLPKind
@@ -89,6 +92,7 @@ class MLPSpec:
     post_norm: NormSpec | None = None  # inside the residual branch (Gemma 2/3, OLMo-2)
     post_ln: NormSpec | None = None  # after the residual add (BERT)
     branch_scale: float = 1.0
+    mid_norm: NormSpec | None = None  # on the hidden activations, before W_down (BitNet)
 
     def __post_init__(self) -> None:
         if self.kind not in get_args(MLPKind):
@@ -97,6 +101,9 @@ class MLPSpec:
             raise ValueError(f"mlp.branch_scale must be a finite nonzero number, got {self.branch_scale!r}")
         if self.kind != "gated" and self.bias.gate:
             raise ValueError("only a gated MLP has a gate projection, so bias.gate must be false")
+        if self.mid_norm is not None and self.kind == "moe":
+            raise ValueError("mlp.mid_norm (a norm on the hidden activations before W_down) is supported for "
+                             "kind = 'dense' or 'gated', not for 'moe'; set mid_norm = 'none'")
 
 
 @dataclass(frozen=True)
@@ -204,6 +211,7 @@ class BlockSpec:
         """The MLP-side norms that exist, by canonical name."""
         named = {
             "mlp_pre_norm": self.mlp.pre_norm,
+            "mlp_mid_norm": self.mlp.mid_norm,
             "mlp_post_norm": self.mlp.post_norm,
             "post_ln": self.mlp.post_ln,
         }
@@ -419,7 +427,8 @@ def _read_activation(tab: _Table, key: str, default: str) -> str:
 
 TOP_FIELDS = ("name", "description", "reference", "hf_model_types", "residual", "skip",
               "shared_pre_norm", "norm", "attention", "mlp", "moe", "patch")
-MLP_FIELDS = ("kind", "activation", "out_activation", "bias", "pre_norm", "post_norm", "post_ln", "branch_scale")
+MLP_FIELDS = ("kind", "activation", "out_activation", "bias", "pre_norm", "mid_norm", "post_norm", "post_ln",
+              "branch_scale")
 MOE_FIELDS = ("experts", "top_k", "softmax", "renormalize", "shared_expert", "expert", "scoring", "selection_bias",
               "groups", "topk_groups", "routed_scale", "router_bias")
 
@@ -477,7 +486,7 @@ def _read_mlp(tab: _Table, defaults: dict[str, Any]) -> MLPSpec:
         activation=_read_activation(tab, "activation", "gelu"),
         out_activation=_read_activation(tab, "out_activation", "identity"),
         bias=_read_biases(tab, kind),
-        **{k: _read_norm(tab, k, defaults) for k in ("pre_norm", "post_norm", "post_ln")},
+        **{k: _read_norm(tab, k, defaults) for k in ("pre_norm", "mid_norm", "post_norm", "post_ln")},
         branch_scale=float(tab.get("branch_scale", (float, int), 1.0)),
     )
     tab.finish(MLP_FIELDS)
@@ -602,6 +611,8 @@ def dump_toml(spec: BlockSpec) -> str:
     lines.append(f"bias = {_bias_toml(mlp)}")
     for key in ("pre_norm", "post_norm", "post_ln"):
         lines.append(f"{key} = {_norm_toml(getattr(mlp, key), default)}")
+    if mlp.mid_norm is not None:
+        lines.append(f"mid_norm = {_norm_toml(mlp.mid_norm, default)}")
     if mlp.branch_scale != 1:
         lines.append(f"branch_scale = {mlp.branch_scale!r}")
     if spec.moe is not None:

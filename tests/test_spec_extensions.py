@@ -333,3 +333,119 @@ def test_router_bias_is_an_input_bias_of_the_router():
     for ins in ("rank1", "bias"):
         out = validate(spec, Setup(layers=2, input_strategy=ins), trials=1)
         assert out["max_rel_error"] <= 1e-12 and out["unpatched_rel_error"] > 1e-2, (ins, out)
+
+
+# --------------------------------------------------------------------------- 5. a norm before W_down
+
+
+def _float64_module_call(fn, *args):
+    """Call a transformers module with its float32 upcasts widened to float64 (`numeric.infer.Float64Mode`)."""
+    from numeric.infer import Float64Mode
+
+    with torch.no_grad(), Float64Mode():
+        return fn(*args)
+
+
+def _zoo_layer(model_type: str, gen: torch.Generator, **overrides):
+    """Layer 0 of a tiny float64 `model_type` (numeric.zoo's sizes) with every parameter randomized."""
+    from transformers import AutoModelForCausalLM
+
+    from numeric.zoo import tiny_config
+
+    cfg = tiny_config(model_type, layers=1)
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float64, attn_implementation="eager",
+                                                 experts_implementation="eager")
+    layer = model.model.layers[0]
+    with torch.no_grad():
+        for _, t in layer.named_parameters():
+            t.copy_(torch.randn(t.shape, generator=gen, dtype=t.dtype) * (t.shape[-1] ** -0.5 if t.dim() > 1 else 0.3)
+                    + (1.0 if t.dim() == 1 else 0.0))
+    return layer
+
+
+def test_mid_norm_round_trips_and_is_refused_for_moe():
+    spec = catalog.load("bitnet")
+    assert spec.mlp.mid_norm is not None and spec.mlp.mid_norm.kind == "rms"
+    assert loads_toml(dump_toml(spec)) == spec and "mid_norm" not in dump_toml(catalog.load("llama"))
+    with pytest.raises(SpecError) as exc:
+        loads_toml(catalog.text("mixtral").replace("[mlp]\n", '[mlp]\nmid_norm = "rms"\n'), "m.toml")
+    assert "m.toml" in str(exc.value) and "mid_norm" in str(exc.value) and "'gated'" in str(exc.value)
+    with pytest.raises(SpecError) as exc:
+        loads_toml(catalog.text("bitnet").replace('mid_norm = "rms"', 'mid_norm = "batch"'), "b.toml")
+    assert "mlp.mid_norm" in str(exc.value) and "'layer'" in str(exc.value)
+
+
+def test_mid_norm_parameters_have_the_mlp_width_and_w_down_acts_on_the_normalized_activations():
+    from symbolic.model import Block
+
+    spec = catalog.load("bitnet")
+    assert Block(spec).params["mlp_mid_norm.scale"].symbol.dim == "m"
+    d = check(spec).derivation
+    down = d.formula("W_down")
+    assert str(down.right) == "ahat_C" and "ahat_C" in str(down.value)
+    assert dict(d.definitions)["ahat_C"].has(Block(spec).params["mlp_mid_norm.scale"].symbol)
+    assert [c.text() for c in d.conditions] == ["z != 0", "ahat_C != 0"]
+    no_eps = loads_toml(catalog.text("bitnet").replace('mid_norm = "rms"', 'mid_norm = { kind = "rms", eps = 0.0 }'))
+    assert "a_C != 0" in [c.text() for c in check(no_eps).derivation.conditions]
+
+
+def test_mid_norm_alone_on_the_output_side_is_undecided_not_refuted():
+    """With W_down and b_down frozen, only the mid-norm's scale acts after a_C: exact iff W_down diag(f(a_C)) has
+    rank d (m >= d, weights permitting). ctxpatch says undecided; with W_down allowed it patches W_down."""
+    text = catalog.text("bitnet") + '\n[patch]\nallow = ["W_gate", "W_up", "mlp_mid_norm.scale"]\n'
+    with pytest.raises(SpecError) as exc:
+        check(loads_toml(text, "frozen_down.toml"))
+    assert "undecided" in str(exc.value) and "mlp_mid_norm.scale" in str(exc.value)
+    frozen = loads_toml(text.replace('"mlp_mid_norm.scale"', '"W_down"'))
+    assert check(frozen).perfect_patch
+    no_output = loads_toml(catalog.text("bitnet") + '\n[patch]\nallow = ["W_gate", "W_up"]\n')
+    v = check(no_output)
+    assert not v.output_controllable and v.counterexample["reason"] == "fixed"
+
+
+def test_mid_norm_layernorm_with_bias_validates_on_layer_stacks():
+    """A dense MLP with a LayerNorm (bias) on its hidden activations, down bias and W_down strategies."""
+    from numeric.validate import Setup, validate
+
+    text = catalog.text("gpt2").replace('name = "gpt2"', 'name = "gpt2_mid"')
+    spec = loads_toml(text.replace("[mlp]\n", '[mlp]\nmid_norm = { kind = "layer", eps = 1e-5, bias = true }\n'))
+    assert {"mlp_mid_norm.scale", "mlp_mid_norm.bias"} <= set(dict(check(spec).derivation.symbols))
+    for outs in ("down_bias", "down_rank1"):
+        out = validate(spec, Setup(layers=2, strategy=outs), trials=1)
+        assert out["max_rel_error"] <= 1e-12 and out["unpatched_rel_error"] > 1e-2, (outs, out)
+
+
+def bitnet_params(layer) -> dict[str, torch.Tensor]:
+    """Canonical names -> BitNetDecoderLayer's tensors (nn.Linear weights, (out, in))."""
+    mlp = layer.mlp
+    return {"mlp_pre_norm.scale": layer.post_attention_layernorm.weight, "W_gate": mlp.gate_proj.weight,
+            "W_up": mlp.up_proj.weight, "W_down": mlp.down_proj.weight, "mlp_mid_norm.scale": mlp.ffn_sub_norm.weight}
+
+
+def test_bitnet_kernel_is_the_transformers_mlp_branch():
+    """u + mlp(post_attention_layernorm(u)) with ffn_sub_norm before down_proj, in float64 to round-off (the
+    unquantized BitNet's linears are plain nn.Linear: no weight quantization in forward)."""
+    layer = _zoo_layer("bitnet", _seeded(41))
+    assert type(layer.mlp.down_proj) is torch.nn.Linear
+    params = {k: v.detach() for k, v in bitnet_params(layer).items()}
+    u = torch.randn(6, 32, generator=_seeded(42), dtype=torch.float64)
+    want = _float64_module_call(lambda v: v + layer.mlp(layer.post_attention_layernorm(v)), u)
+    k = kernels.load("bitnet", "torch")
+    assert _rel(k.forward(params, u), want) <= 1e-12, _rel(k.forward(params, u), want)
+    flat = {**params, "mlp_mid_norm.scale": torch.ones_like(params["mlp_mid_norm.scale"])}
+    assert _rel(k.forward(flat, u), want) > 1e-3  # the mid-norm's scale is read, not ignored
+    ctx = torch.randn(6, 32, generator=_seeded(43), dtype=torch.float64)
+    patches = k.block_patches(params, u, ctx)
+    assert _rel(k.apply(params, patches, u), k.forward(params, ctx)) <= 1e-12
+
+
+def test_up_only_is_not_generic_for_a_relu_gate():
+    """a_C / sigma(W_gate z) needs every gate coordinate nonzero: a null-set condition for SiLU, but ReLU^2
+    vanishes on a half-line (half the coordinates of a random token), so the strategy is restricted there."""
+    r = check(catalog.load("bitnet")).input.restrictions["up_only"]
+    assert r.reason == "unsolvable" and "vanishes on" in r.invariant and "0" in r.invariant
+    assert "up_only" in check(catalog.load("llama")).input.ok
