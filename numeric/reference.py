@@ -93,12 +93,12 @@ def _norm_of(spec: BlockSpec, params: dict, name: str, v: torch.Tensor) -> torch
 
 
 def hidden_of(spec: BlockSpec, params: dict, z: torch.Tensor, prefix: str = "") -> torch.Tensor:
-    """a = sigma(W_gate z + b_gate) * (W_up z + b_up), or sigma(W_up z + b_up)."""
-    sigma = elementwise(spec.mlp.activation)
+    """a = sigma(W_gate z + b_gate) * psi(W_up z + b_up), or sigma(W_up z + b_up)."""
+    sigma, psi = elementwise(spec.mlp.activation), elementwise(spec.mlp.up_activation)
     kind = spec.mlp.kind if not prefix else (spec.moe.expert if prefix == "experts." else "gated")
     up = z @ params[prefix + "W_up"].transpose(-1, -2) + params.get(prefix + "b_up", 0.0)
     if kind == "gated":
-        return sigma(z @ params[prefix + "W_gate"].transpose(-1, -2) + params.get(prefix + "b_gate", 0.0)) * up
+        return sigma(z @ params[prefix + "W_gate"].transpose(-1, -2) + params.get(prefix + "b_gate", 0.0)) * psi(up)
     return sigma(up)
 
 
@@ -175,7 +175,8 @@ def _moe(spec: BlockSpec, params: dict, z: torch.Tensor, tr: Trace) -> torch.Ten
         sub = {name: w[e] for name, w in experts.items()}  # (T, rows, cols)
         a = _batched_hidden(spec, sub, z)  # (T, m)
         hidden.append(a)
-        h = h + tr.gates[:, slot, None] * torch.einsum("tdm,tm->td", sub["W_down"], a)
+        out = torch.einsum("tdm,tm->td", sub["W_down"], a) + sub.get("b_down", 0.0)  # (T, d): expert e's output
+        h = h + tr.gates[:, slot, None] * out
     tr.hidden["experts"] = torch.stack(hidden, 1)  # (T, k, m)
     if spec.moe.shared_expert != "none":
         a_s = hidden_of(spec, params, z, "shared.")
@@ -187,10 +188,11 @@ def _moe(spec: BlockSpec, params: dict, z: torch.Tensor, tr: Trace) -> torch.Ten
 
 
 def _batched_hidden(spec: BlockSpec, sub: dict, z: torch.Tensor) -> torch.Tensor:
-    sigma = elementwise(spec.mlp.activation)
-    up = torch.einsum("tmd,td->tm", sub["W_up"], z)
+    """Each token's selected expert: sub holds (T, m, d) matrices and (T, m) biases (gpt-oss)."""
+    sigma, psi = elementwise(spec.mlp.activation), elementwise(spec.mlp.up_activation)
+    up = torch.einsum("tmd,td->tm", sub["W_up"], z) + sub.get("b_up", 0.0)
     if spec.moe.expert == "gated":
-        return sigma(torch.einsum("tmd,td->tm", sub["W_gate"], z)) * up
+        return sigma(torch.einsum("tmd,td->tm", sub["W_gate"], z) + sub.get("b_gate", 0.0)) * psi(up)
     return sigma(up)
 
 
@@ -208,6 +210,7 @@ def random_params(spec: BlockSpec, d: int, m: int, generator: torch.Generator,
         "W_gate": (m, d), "W_up": (m, d), "W_down": (d, m), "b_gate": (m,), "b_up": (m,), "b_down": (d,),
         "W_router": (E, d), "b_router": (E,), "b_select": (E,),
         "experts.W_gate": (E, m, d), "experts.W_up": (E, m, d), "experts.W_down": (E, d, m),
+        "experts.b_gate": (E, m), "experts.b_up": (E, m), "experts.b_down": (E, d),
         "shared.W_gate": (m, d), "shared.W_up": (m, d), "shared.W_down": (d, m), "shared.w_gate": (d,),
     }
     out = {}

@@ -229,11 +229,12 @@ class Deriver:
         name = "W_up" if strategy == "up_only" else "W_gate"
         other = "W_gate" if strategy == "up_only" else "W_up"
         o = b.preact(self.P, other, self.z)
-        if strategy == "up_only":
-            self._require_sparse_zeros(b.sigma, strategy)
-            target = a_C / b.act(o)
-        else:
-            target = self._invert(b.sigma, a_C / o, "input", "activation", strategy)
+        if strategy == "up_only":  # a_C = sigma(g) * psi(p'): p' = psi^-1(a_C / sigma(g))
+            self._require_sparse_zeros(b.sigma, "W_gate", strategy)
+            target = self._invert(b.psi, a_C / b.act(o), "input", "up_activation", strategy)
+        else:  # g' = sigma^-1(a_C / psi(p))
+            self._require_sparse_zeros(b.psi, "W_up", strategy)
+            target = self._invert(b.sigma, a_C / b.up_act(o), "input", "activation", strategy)
         param = self._map_method(name, "rank1")
         x = Vec("x_" + param, b.params[param].symbol.rows if param.startswith("W") else "m")
         value = self.P[param] + (Outer(x, self.z) if param.startswith("W") else x)
@@ -243,8 +244,8 @@ class Deriver:
             param, "bias", sol)
         return [formula], self.P.replace({param: value.subs(x, sol)})
 
-    def _require_sparse_zeros(self, f: sp.Expr, strategy: str) -> None:
-        """Dividing by sigma(g) is generic only if sigma vanishes on a null set (not ReLU's half-line)."""
+    def _require_sparse_zeros(self, f: sp.Expr, frozen: str, strategy: str) -> None:
+        """Dividing by f(frozen map's output) is generic only if f vanishes on a null set (not ReLU's half-line)."""
         w = sp.Symbol("w", real=True)
         zeros = sp.solveset(f.subs(_act_x(), w), w, sp.S.Reals)
         if isinstance(zeros, sp.ConditionSet):
@@ -252,8 +253,8 @@ class Deriver:
                               strategy)
         if zeros.measure != 0:
             raise Restriction("input", "unsolvable", "activation",
-                              f"{pstr(f)} vanishes on {interval_text(zeros)}: where W_gate z falls there, a = 0 "
-                              "whatever W_up is, while a_C need not be", strategy, {"zeros": zeros})
+                              f"{pstr(f)} vanishes on {interval_text(zeros)}: where {frozen} z falls there, a = 0 "
+                              "whatever the other map is, while a_C need not be", strategy, {"zeros": zeros})
 
     def _pre_norm(self, strategy: str, steps: list[Step]) -> tuple[list[PatchFormula], Params]:
         b, s = self.block, self.block.signals

@@ -78,6 +78,7 @@ class Block:
     def __init__(self, spec: BlockSpec):
         self.spec = spec
         self.sigma = activation(spec.mlp.activation)
+        self.psi = activation(spec.mlp.up_activation)
         self.phi = activation(spec.mlp.out_activation)
         self.eps = {name: self._eps(name, n) for name, n in spec.norms.items()}
         moe = spec.moe
@@ -119,6 +120,9 @@ class Block:
             return Param(name, Mat("W_router", NE, D), "input", "inner")
         if base == "b_select":  # only the router's choice reads it (lowered into the routing; see outer)
             return Param(name, Vec("b_select", NE), "constant", "inner")
+        if group == "experts" and base.startswith("b_"):  # expert biases: read, never patched
+            width = D if base == "b_down" else M
+            return Param(name, Vec(base, width), "constant", "outer" if base == "b_down" else "inner", True)
         if base == "w_gate":
             return Param(name, Vec("w_sg", D), "input", "inner")
         if base in ("W_gate", "W_up"):
@@ -135,6 +139,11 @@ class Block:
     def value(self, P: Params, name: str, fallback: sp.Expr = sp.S.Zero) -> sp.Expr:
         """A parameter's value in `P`, or `fallback` if the block has no such parameter."""
         return P.values.get(name, fallback)
+
+    def expert_bias(self, P: Params, name: str, e: sp.Expr) -> sp.Expr:
+        """Row e of the stacked expert bias `experts.<name>` (0 if the experts have no biases)."""
+        key = f"experts.{name}"
+        return EVec(P[key], e) if key in P.values else sp.S.Zero
 
     def expert_matrix(self, P: Params, name: str, e: sp.Expr) -> sp.Expr:
         """The (possibly patched) matrix `experts.<name>` of expert `e`."""
@@ -188,20 +197,25 @@ class Block:
         if name == "shared.w_gate":
             return Dot(P[name], z)
         if name.startswith("experts."):
-            return MatVec(self.expert_matrix(P, name.split(".")[1], e), z)
+            base = name.split(".")[1]
+            return MatVec(self.expert_matrix(P, base, e), z) + self.expert_bias(P, "b_" + base.split("_")[1], e)
         bias = self.value(P, input_bias(name)) if input_bias(name) else 0
         return MatVec(P[name], z) + bias
 
     def act(self, v: sp.Expr) -> sp.Expr:
         return self.sigma.subs(act_var, v)
 
+    def up_act(self, v: sp.Expr) -> sp.Expr:
+        """psi(v): the up map's activation of a gated map (identity unless the spec names one)."""
+        return self.psi.subs(act_var, v)
+
     def hidden(self, P: Params, z: sp.Expr, group: str = "", e: sp.Expr = expert) -> sp.Expr:
-        """Hidden activations a = sigma(W_gate z) * (W_up z) (gated) or sigma(W_up z) (dense)."""
+        """Hidden activations a = sigma(W_gate z) * psi(W_up z) (gated) or sigma(W_up z) (dense)."""
         prefix = f"{group}." if group else ""
         kind = self._kind(group)
         up = self.preact(P, prefix + "W_up", z, e)
         if kind == "gated":
-            return self.act(self.preact(P, prefix + "W_gate", z, e)) * up
+            return self.act(self.preact(P, prefix + "W_gate", z, e)) * self.up_act(up)
         return self.act(up)
 
     def _kind(self, group: str) -> str:
@@ -248,8 +262,8 @@ class Block:
             a = hidden[""] if normed else self.down_input(P, hidden[""])
             return MatVec(P["W_down"], a) + self.value(P, "b_down")
         e_j = Sel(ell, rank)
-        routed = self.gate(ell, rank) * MatVec(
-            self.expert_matrix(P, "W_down", e_j), hidden["experts"].subs(expert, e_j))
+        routed = self.gate(ell, rank) * (MatVec(self.expert_matrix(P, "W_down", e_j), hidden["experts"].subs(
+            expert, e_j)) + self.expert_bias(P, "b_down", e_j))
         h = self.routed_scale * sp.Sum(routed, (rank, 1, top_k))
         if "shared" in hidden:
             h += shared_gate * MatVec(P["shared.W_down"], hidden["shared"])

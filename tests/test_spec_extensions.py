@@ -449,3 +449,71 @@ def test_up_only_is_not_generic_for_a_relu_gate():
     r = check(catalog.load("bitnet")).input.restrictions["up_only"]
     assert r.reason == "unsolvable" and "vanishes on" in r.invariant and "0" in r.invariant
     assert "up_only" in check(catalog.load("llama")).input.ok
+
+
+# --------------------------------------------------------------------------- 6. gpt-oss
+
+
+def gpt_oss_params(layer) -> dict[str, torch.Tensor]:
+    """Canonical names -> GptOssDecoderLayer's tensors. The experts store x @ W (E, in, out) with gate and up
+    interleaved in the last axis: gate_up_proj (E, d, 2m), gate = [..., ::2], up = [..., 1::2] (biases likewise,
+    gate_up_proj_bias (E, 2m)); down_proj (E, m, d), down_proj_bias (E, d). Canonical layout: (E, out, in)."""
+    mlp = layer.mlp
+    gu, gub = mlp.experts.gate_up_proj, mlp.experts.gate_up_proj_bias
+    return {"mlp_pre_norm.scale": layer.post_attention_layernorm.weight,
+            "W_router": mlp.router.weight, "b_router": mlp.router.bias,
+            "experts.W_gate": gu[..., ::2].transpose(1, 2), "experts.b_gate": gub[..., ::2],
+            "experts.W_up": gu[..., 1::2].transpose(1, 2), "experts.b_up": gub[..., 1::2],
+            "experts.W_down": mlp.experts.down_proj.transpose(1, 2), "experts.b_down": mlp.experts.down_proj_bias}
+
+
+def test_gpt_oss_fields_round_trip_and_are_checked():
+    spec = catalog.load("gpt_oss")
+    assert spec.moe.expert_bias and spec.moe.router_bias and spec.mlp.up_activation != "identity"
+    assert loads_toml(dump_toml(spec)) == spec
+    assert {"experts.b_gate", "experts.b_up", "experts.b_down"} <= set(dict(check(spec).derivation.symbols))
+    with pytest.raises(SpecError) as exc:
+        loads_toml(catalog.text("gpt2").replace("[mlp]\n", '[mlp]\nup_activation = "tanh"\n'), "g.toml")
+    assert "g.toml" in str(exc.value) and "up_activation" in str(exc.value) and "gated" in str(exc.value)
+    with pytest.raises(SpecError) as exc:
+        loads_toml(catalog.text("mixtral").replace("bias = false", "bias = true"), "x.toml")
+    assert "moe.expert_bias" in str(exc.value)
+
+
+def test_up_activation_is_inverted_or_refused_by_the_one_map_strategies():
+    """psi(p) = clamp(p, -7, 7) + 1 is bounded, so W_up alone cannot reach a generic a_C (up_only restricted
+    by psi's range); gate_only still divides by psi(p), whose zero set {-1} is null."""
+    text = catalog.text("llama").replace("[mlp]\n", '[mlp]\nup_activation = "Max(-7.0, Min(x, 7.0)) + 1"\n')
+    v = check(loads_toml(text))
+    r = v.input.restrictions["up_only"]
+    assert r.reason == "range" and r.stage == "up_activation"
+    assert v.perfect_patch and "rank1" in v.input.ok
+    tanh_up = check(loads_toml(catalog.text("llama").replace("[mlp]\n", '[mlp]\nup_activation = "x**3"\n')))
+    assert "up_only" in tanh_up.input.ok  # x**3 is onto: up_only inverts it
+
+
+def test_gpt_oss_kernel_is_the_transformers_moe_branch():
+    """u + GptOssMLP(post_attention_layernorm(u)) in float64 to round-off: router bias, softmax over the top-4
+    logits, interleaved gate/up with biases, the clamped GLU (exercised: the weights are scaled so that the
+    clamps at +-7 bind), expert down biases."""
+    spec = catalog.load("gpt_oss")
+    layer = _zoo_layer("gpt_oss", _seeded(51), num_local_experts=8, num_experts_per_tok=spec.moe.top_k)
+    assert (layer.mlp.experts.alpha, layer.mlp.experts.limit) == (1.702, 7.0)
+    with torch.no_grad():
+        layer.mlp.experts.gate_up_proj.mul_(12.0)  # pre-activations ~ N(0, 12^2): many beyond +-7
+    params = {k: v.detach() for k, v in gpt_oss_params(layer).items()}
+    u = torch.randn(6, 32, generator=_seeded(52), dtype=torch.float64)
+    z = norm(spec.mlp.pre_norm, params["mlp_pre_norm.scale"], None, u)
+    gate = torch.einsum("emd,td->tem", params["experts.W_gate"], z) + params["experts.b_gate"]
+    up = torch.einsum("emd,td->tem", params["experts.W_up"], z) + params["experts.b_up"]
+    assert float((gate > 7).double().mean()) > 0.1 and float((up.abs() > 7).double().mean()) > 0.1
+    want = _float64_module_call(lambda v: v + layer.mlp(layer.post_attention_layernorm(v)[None])[0][0], u)
+    k = kernels.load("gpt_oss", "torch")
+    assert _rel(k.forward(params, u), want) <= 1e-12, _rel(k.forward(params, u), want)
+    m = params["experts.b_up"].shape[-1]
+    halves = {**params, "experts.W_gate": layer.mlp.experts.gate_up_proj[..., :m].transpose(1, 2).detach()}
+    assert _rel(k.forward(halves, u), want) > 1e-3  # the interleaving is what the module reads
+    no_bias = {**params, "experts.b_down": torch.zeros_like(params["experts.b_down"])}
+    assert _rel(k.forward(no_bias, u), want) > 1e-3
+    ctx = torch.randn(6, 32, generator=_seeded(53), dtype=torch.float64)
+    assert _rel(k.apply(params, k.block_patches(params, u, ctx), u), k.forward(params, ctx)) <= 1e-12
