@@ -173,10 +173,12 @@ def _moe(spec: BlockSpec, params: dict, z: torch.Tensor, tr: Trace) -> torch.Ten
     for slot in range(spec.moe.top_k):
         e = tr.selected[:, slot]  # (T,)
         sub = {name: w[e] for name, w in experts.items()}  # (T, rows, cols)
-        a = _batched_hidden(spec, sub, z)  # (T, m)
+        weight = tr.gates[:, slot, None]  # (T, 1)
+        inputs = weight * z if spec.moe.weighting == "input" else z  # Llama 4 scales the expert's input
+        a = _batched_hidden(spec, sub, inputs)  # (T, m)
         hidden.append(a)
         out = torch.einsum("tdm,tm->td", sub["W_down"], a) + sub.get("b_down", 0.0)  # (T, d): expert e's output
-        h = h + tr.gates[:, slot, None] * out
+        h = h + (out if spec.moe.weighting == "input" else weight * out)
     tr.hidden["experts"] = torch.stack(hidden, 1)  # (T, k, m)
     if spec.moe.shared_expert != "none":
         a_s = hidden_of(spec, params, z, "shared.")

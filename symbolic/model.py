@@ -27,7 +27,7 @@ import sympy as sp
 from symbolic.activations import activation
 from symbolic.activations import x as act_var
 from symbolic.spec import BlockSpec, NormSpec, patchable_parameters
-from symbolic.terms import EXPERT, Dot, EMat, EVec, Gate, Mat, MatVec, Mean, Sel, Vec
+from symbolic.terms import EXPERT, Dot, EMat, EVec, ExpertGate, Gate, Mat, MatVec, Mean, Sel, Vec
 
 D, M, NE, MS = "d", "m", "n_E", "m_s"  # model width, MLP width, number of experts, shared width
 
@@ -87,12 +87,15 @@ class Block:
 
     @property
     def constants(self) -> list[tuple[sp.Symbol, float]]:
-        """The block's named constants and their values: the norms' eps, the routed experts' scale."""
+        """The block's named constants and their values: the norms' eps, the routed experts' scale, the branch
+        scale, the top-k count where formulas use it."""
         out = [(eps, float(self.spec.norms[n].eps)) for n, eps in self.eps.items() if eps != 0]
         if self.routed_scale != 1:
             out.append((self.routed_scale, float(self.spec.moe.routed_scale)))
         if self.branch_scale != 1:
             out.append((self.branch_scale, float(self.spec.mlp.branch_scale)))
+        if self.input_weighted():  # the top-k sum has no weights to sum: its formulas count the experts, k
+            out.append((top_k, float(self.spec.moe.top_k)))
         return out
 
     # ----------------------------------------------------------------- parameters
@@ -209,9 +212,19 @@ class Block:
         """psi(v): the up map's activation of a gated map (identity unless the spec names one)."""
         return self.psi.subs(act_var, v)
 
-    def hidden(self, P: Params, z: sp.Expr, group: str = "", e: sp.Expr = expert) -> sp.Expr:
-        """Hidden activations a = sigma(W_gate z) * psi(W_up z) (gated) or sigma(W_up z) (dense)."""
+    def input_weighted(self) -> bool:
+        """Whether the routing weight scales each expert's input (Llama 4) instead of its output."""
+        return self.spec.moe is not None and self.spec.moe.weighting == "input"
+
+    def hidden(self, P: Params, z: sp.Expr, group: str = "", e: sp.Expr = expert,
+               ell: sp.Expr | None = None) -> sp.Expr:
+        """Hidden activations a = sigma(W_gate z) * psi(W_up z) (gated) or sigma(W_up z) (dense).
+
+        With input weighting an expert reads s_e z, s_e = weight(ell, e) by the logits `ell` (default: the
+        router's logits at z with parameters P)."""
         prefix = f"{group}." if group else ""
+        if group == "experts" and self.input_weighted():
+            z = ExpertGate(self.logits(P, z) if ell is None else ell, e) * z
         kind = self._kind(group)
         up = self.preact(P, prefix + "W_up", z, e)
         if kind == "gated":
@@ -262,7 +275,8 @@ class Block:
             a = hidden[""] if normed else self.down_input(P, hidden[""])
             return MatVec(P["W_down"], a) + self.value(P, "b_down")
         e_j = Sel(ell, rank)
-        routed = self.gate(ell, rank) * (MatVec(self.expert_matrix(P, "W_down", e_j), hidden["experts"].subs(
+        weight = sp.S.One if self.input_weighted() else self.gate(ell, rank)  # input weighting: inside a
+        routed = weight * (MatVec(self.expert_matrix(P, "W_down", e_j), hidden["experts"].subs(
             expert, e_j)) + self.expert_bias(P, "b_down", e_j))
         h = self.routed_scale * sp.Sum(routed, (rank, 1, top_k))
         if "shared" in hidden:

@@ -44,6 +44,9 @@ class PlainPrinter(StrPrinter):
     def _print_Gate(self, e):
         return f"gate({self._print(e.args[0])}, {self._print(e.args[1])})"
 
+    def _print_ExpertGate(self, e):
+        return f"weight({self._print(e.args[0])}, {self._print(e.args[1])})"
+
     def _print_RmsInverse(self, e):
         return f"rms_inverse({self._print(e.args[0])}, {self._print(e.args[1])})"
 
@@ -127,6 +130,10 @@ class VecLatexPrinter(LatexPrinter):
     @_powered
     def _print_Gate(self, e):
         return rf"s_{{{self._print(e.args[1])}}}\left({self._print(e.args[0])}\right)"
+
+    @_powered
+    def _print_ExpertGate(self, e):
+        return rf"s^{{({self._print(e.args[1])})}}\left({self._print(e.args[0])}\right)"
 
     @_powered
     def _print_RmsInverse(self, e):

@@ -27,6 +27,7 @@ ExpertKind = Literal["dense", "gated"]
 SoftmaxOrder = Literal["before_topk", "after_topk"]
 SharedExpert = Literal["none", "plain", "gated"]
 Scoring = Literal["softmax", "sigmoid"]
+Weighting = Literal["output", "input"]
 
 #: Named elementwise functions. Anything else is read as a SymPy expression in `x`.
 ACTIVATIONS = ("identity", "relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh", "relu2")
@@ -127,7 +128,8 @@ class MoESpec:
     renormalizing the softmax; meaningless for sigmoid scores). `router_bias`: the logits are
     $W_\mathrm{router} z + b_\mathrm{router}$ (gpt-oss), a patchable input bias like `b_up`. `expert_bias`: every
     routed expert's maps have biases, `experts.b_gate|b_up|b_down` (gpt-oss); the strategies patch the expert
-    matrices and leave them alone.
+    matrices and leave them alone. `weighting`: the routing weight $s_e$ multiplies the expert's output
+    (`output`, the usual $\sum_j s_{e_j} E_{e_j}(z)$) or its input (`input`, Llama 4: $\sum_j E_{e_j}(s_{e_j} z)$).
     """
 
     experts: int
@@ -143,6 +145,7 @@ class MoESpec:
     routed_scale: float = 1.0
     router_bias: bool = False
     expert_bias: bool = False
+    weighting: Weighting = "output"
 
     def __post_init__(self) -> None:
         if self.experts < 1:
@@ -156,6 +159,12 @@ class MoESpec:
                              "moe.scoring = 'sigmoid' has none; use softmax = 'before_topk' (and renormalize = "
                              "true to normalize the selected sigmoid scores)")
         self._check_groups()
+        if self.weighting not in get_args(Weighting):
+            raise ValueError(f"moe.weighting {self.weighting!r}; allowed: {get_args(Weighting)}")
+        if self.weighting == "input" and (self.gates_sum_to_one or self.routed_scale != 1):
+            raise ValueError("moe.weighting = 'input' (the weight scales the expert's input, Llama 4) is supported "
+                             "with unnormalized scores only: set softmax = 'before_topk', renormalize = false and "
+                             "routed_scale = 1")
         if not (math.isfinite(self.routed_scale) and self.routed_scale != 0):
             raise ValueError(f"moe.routed_scale must be a finite nonzero number, got {self.routed_scale!r}")
 
@@ -449,7 +458,7 @@ TOP_FIELDS = ("name", "description", "reference", "hf_model_types", "residual", 
 MLP_FIELDS = ("kind", "activation", "up_activation", "out_activation", "bias", "pre_norm", "mid_norm", "post_norm",
               "post_ln", "branch_scale")
 MOE_FIELDS = ("experts", "top_k", "softmax", "renormalize", "shared_expert", "expert", "scoring", "selection_bias",
-              "groups", "topk_groups", "routed_scale", "router_bias", "expert_bias")
+              "groups", "topk_groups", "routed_scale", "router_bias", "expert_bias", "weighting")
 
 
 def parse_spec(data: dict[str, Any], source: str) -> BlockSpec:
@@ -537,6 +546,7 @@ def _read_moe(tab: _Table | None) -> MoESpec | None:
         routed_scale=float(tab.get("routed_scale", (float, int), 1.0)),
         router_bias=tab.get("router_bias", bool, False),
         expert_bias=tab.get("expert_bias", bool, False),
+        weighting=tab.choice("weighting", get_args(Weighting), "output"),
     )
     tab.finish(MOE_FIELDS)
     try:
@@ -646,7 +656,8 @@ def dump_toml(spec: BlockSpec) -> str:
         if m != MoESpec(m.experts, m.top_k, m.softmax, m.renormalize, m.shared_expert, m.expert):
             lines += [f"scoring = {_q(m.scoring)}", f"selection_bias = {_b(m.selection_bias)}",
                       f"groups = {m.groups}", f"topk_groups = {m.topk_groups}", f"routed_scale = {m.routed_scale!r}",
-                      f"router_bias = {_b(m.router_bias)}", f"expert_bias = {_b(m.expert_bias)}"]
+                      f"router_bias = {_b(m.router_bias)}", f"expert_bias = {_b(m.expert_bias)}",
+                      f"weighting = {_q(m.weighting)}"]
     p = spec.patch
     lines += ["", "[patch]", f"allow = [{', '.join(_q(a) for a in p.allow)}]"]
     if p.strategy:

@@ -517,3 +517,71 @@ def test_gpt_oss_kernel_is_the_transformers_moe_branch():
     assert _rel(k.forward(no_bias, u), want) > 1e-3
     ctx = torch.randn(6, 32, generator=_seeded(53), dtype=torch.float64)
     assert _rel(k.apply(params, k.block_patches(params, u, ctx), u), k.forward(params, ctx)) <= 1e-12
+
+
+# --------------------------------------------------------------------------- 7. Llama 4
+
+
+def llama4_params(layer) -> dict[str, torch.Tensor]:
+    """Canonical names -> Llama4TextDecoderLayer's tensors (an MoE layer). The experts store x @ W (E, in, out):
+    gate_up_proj (E, d, 2m) concatenated, gate = [..., :m], up = [..., m:]; down_proj (E, m, d). Canonical
+    layout: (E, out, in). The router and the shared expert are nn.Linear (out, in)."""
+    ff = layer.feed_forward
+    gu, m = ff.experts.gate_up_proj, ff.experts.down_proj.shape[1]
+    return {"mlp_pre_norm.scale": layer.post_attention_layernorm.weight, "W_router": ff.router.weight,
+            "experts.W_gate": gu[..., :m].transpose(1, 2), "experts.W_up": gu[..., m:].transpose(1, 2),
+            "experts.W_down": ff.experts.down_proj.transpose(1, 2),
+            "shared.W_gate": ff.shared_expert.gate_proj.weight, "shared.W_up": ff.shared_expert.up_proj.weight,
+            "shared.W_down": ff.shared_expert.down_proj.weight}
+
+
+def test_input_weighting_round_trips_and_is_checked():
+    spec = catalog.load("llama4")
+    assert spec.moe.weighting == "input" and loads_toml(dump_toml(spec)) == spec
+    assert "weighting" not in dump_toml(catalog.load("mixtral"))
+    with pytest.raises(SpecError) as exc:
+        loads_toml(catalog.text("llama4").replace("renormalize = false", "renormalize = true"), "l4.toml")
+    assert "l4.toml" in str(exc.value) and "weighting" in str(exc.value) and "renormalize = false" in str(exc.value)
+    with pytest.raises(SpecError) as exc:
+        loads_toml(catalog.text("llama4").replace('weighting = "input"', 'weighting = "inputs"'), "l4.toml")
+    assert "moe.weighting" in str(exc.value) and "'output'" in str(exc.value)
+
+
+def test_input_weighting_puts_the_weight_inside_the_hidden_activations():
+    """a_C^(e) reads weight(ell_C, e) z_C, the routed sum has no weights, so each of the k selected experts takes
+    delta / k; with top_k = 2 the kernels (which mask the expert sum to the top-k) validate on layer stacks."""
+    from numeric.validate import Setup, validate
+
+    d = check(catalog.load("llama4")).derivation
+    assert "ExpertGate(MatVec(W_router, z_C), e)" in str(dict(d.definitions)["a_C[e]"])
+    assert str(d.formula("experts.W_down").value).startswith("delta/(k*")
+    text = catalog.text("llama4").replace('name = "llama4"', 'name = "llama4_top2"').replace("top_k = 1", "top_k = 2")
+    spec = loads_toml(text)
+    for ins in ("rank1", "bias") if "bias" in check(spec).input.ok else ("rank1",):
+        out = validate(spec, Setup(layers=2, input_strategy=ins), trials=1)
+        assert out["max_rel_error"] <= 1e-12 and out["unpatched_rel_error"] > 1e-2, (ins, out)
+    out = validate(spec, Setup(layers=2, strategy="shared_down_rank1"), trials=1)
+    assert out["max_rel_error"] <= 1e-12
+
+
+def test_llama4_kernel_is_the_transformers_moe_branch():
+    """u + Llama4TextMoe(post_attention_layernorm(u)) in float64 to round-off: top-1 sigmoid router scaling the
+    expert's input, concatenated gate/up, the shared expert added."""
+    spec = catalog.load("llama4")
+    layer = _zoo_layer("llama4_text", _seeded(61), num_local_experts=8, num_experts_per_tok=spec.moe.top_k)
+    assert layer.is_moe_layer
+    params = {k: v.detach() for k, v in llama4_params(layer).items()}
+    u = torch.randn(6, 32, generator=_seeded(62), dtype=torch.float64)
+    want = _float64_module_call(lambda v: v + layer.feed_forward(layer.post_attention_layernorm(v))[0], u)
+    k = kernels.load("llama4", "torch")
+    assert _rel(k.forward(params, u), want) <= 1e-12, _rel(k.forward(params, u), want)
+    from dataclasses import replace
+
+    from symbolic.codegen import render
+
+    ns: dict = {}
+    out_weighted = replace(spec, name="llama4_output_weighted", moe=replace(spec.moe, weighting="output"))
+    exec(compile(render(out_weighted, "torch"), "llama4_output_weighted", "exec"), ns)  # noqa: S102 - generated
+    assert _rel(ns["forward"](params, u), want) > 1e-3  # weighting the output instead is a different block
+    ctx = torch.randn(6, 32, generator=_seeded(63), dtype=torch.float64)
+    assert _rel(k.apply(params, k.block_patches(params, u, ctx), u), k.forward(params, ctx)) <= 1e-12
