@@ -19,6 +19,12 @@ def _rank_order(ell: torch.Tensor) -> torch.Tensor:
     return torch.argsort(ell, descending=True, stable=True)
 
 
+def _expert_weight(routed: tuple[torch.Tensor, torch.Tensor], e: int) -> torch.Tensor:
+    """Expert e's routing weight: its score if it is among the selected, else 0."""
+    idx, scores = routed
+    return (scores * (idx == e)).sum()
+
+
 def namespace(router=None) -> dict:
     """Implementations of the algebra's functions. `router`: ell -> (indices, scores) of the selected
     experts in rank order (default: softmax scores of the top logits, which is what a plain router does)."""
@@ -32,11 +38,13 @@ def namespace(router=None) -> dict:
         "EVec": lambda v, e: v[int(e)],
         "Sel": lambda ell, j: _rank_order(ell)[int(j) - 1],
         "Gate": lambda ell, j: torch.softmax(ell, -1)[_rank_order(ell)[int(j) - 1]],
+        "ExpertGate": lambda ell, e: torch.softmax(ell, -1)[int(e)],
         "RmsInverse": lambda t, g: rms_inverse(t[None], g)[0],
     }
     if router is not None:
         ns["Sel"] = lambda ell, j: router(ell)[0][int(j) - 1]
         ns["Gate"] = lambda ell, j: router(ell)[1][int(j) - 1]
+        ns["ExpertGate"] = lambda ell, e: _expert_weight(router(ell), int(e))
     return ns
 
 

@@ -93,12 +93,12 @@ def _norm_of(spec: BlockSpec, params: dict, name: str, v: torch.Tensor) -> torch
 
 
 def hidden_of(spec: BlockSpec, params: dict, z: torch.Tensor, prefix: str = "") -> torch.Tensor:
-    """a = sigma(W_gate z + b_gate) * (W_up z + b_up), or sigma(W_up z + b_up)."""
-    sigma = elementwise(spec.mlp.activation)
+    """a = sigma(W_gate z + b_gate) * psi(W_up z + b_up), or sigma(W_up z + b_up)."""
+    sigma, psi = elementwise(spec.mlp.activation), elementwise(spec.mlp.up_activation)
     kind = spec.mlp.kind if not prefix else (spec.moe.expert if prefix == "experts." else "gated")
     up = z @ params[prefix + "W_up"].transpose(-1, -2) + params.get(prefix + "b_up", 0.0)
     if kind == "gated":
-        return sigma(z @ params[prefix + "W_gate"].transpose(-1, -2) + params.get(prefix + "b_gate", 0.0)) * up
+        return sigma(z @ params[prefix + "W_gate"].transpose(-1, -2) + params.get(prefix + "b_gate", 0.0)) * psi(up)
     return sigma(up)
 
 
@@ -152,7 +152,8 @@ def forward(spec: BlockSpec, params: dict, u: torch.Tensor, base: torch.Tensor,
     tr = Trace(z=z, hidden={}, h=None, o=None, y=None)
     if spec.moe is None:
         tr.hidden[""] = hidden_of(spec, params, z) if hidden_override is None else hidden_override[""]
-        h = tr.hidden[""] @ params["W_down"].T + params.get("b_down", 0.0)
+        a_hat = _norm_of(spec, params, "mlp_mid_norm", tr.hidden[""])  # (T, m): BitNet's ffn_sub_norm, or a itself
+        h = a_hat @ params["W_down"].T + params.get("b_down", 0.0)
     else:
         h = _moe(spec, params, z, tr)
     phi = elementwise(spec.mlp.out_activation)
@@ -172,9 +173,12 @@ def _moe(spec: BlockSpec, params: dict, z: torch.Tensor, tr: Trace) -> torch.Ten
     for slot in range(spec.moe.top_k):
         e = tr.selected[:, slot]  # (T,)
         sub = {name: w[e] for name, w in experts.items()}  # (T, rows, cols)
-        a = _batched_hidden(spec, sub, z)  # (T, m)
+        weight = tr.gates[:, slot, None]  # (T, 1)
+        inputs = weight * z if spec.moe.weighting == "input" else z  # Llama 4 scales the expert's input
+        a = _batched_hidden(spec, sub, inputs)  # (T, m)
         hidden.append(a)
-        h = h + tr.gates[:, slot, None] * torch.einsum("tdm,tm->td", sub["W_down"], a)
+        out = torch.einsum("tdm,tm->td", sub["W_down"], a) + sub.get("b_down", 0.0)  # (T, d): expert e's output
+        h = h + (out if spec.moe.weighting == "input" else weight * out)
     tr.hidden["experts"] = torch.stack(hidden, 1)  # (T, k, m)
     if spec.moe.shared_expert != "none":
         a_s = hidden_of(spec, params, z, "shared.")
@@ -186,10 +190,11 @@ def _moe(spec: BlockSpec, params: dict, z: torch.Tensor, tr: Trace) -> torch.Ten
 
 
 def _batched_hidden(spec: BlockSpec, sub: dict, z: torch.Tensor) -> torch.Tensor:
-    sigma = elementwise(spec.mlp.activation)
-    up = torch.einsum("tmd,td->tm", sub["W_up"], z)
+    """Each token's selected expert: sub holds (T, m, d) matrices and (T, m) biases (gpt-oss)."""
+    sigma, psi = elementwise(spec.mlp.activation), elementwise(spec.mlp.up_activation)
+    up = torch.einsum("tmd,td->tm", sub["W_up"], z) + sub.get("b_up", 0.0)
     if spec.moe.expert == "gated":
-        return sigma(torch.einsum("tmd,td->tm", sub["W_gate"], z)) * up
+        return sigma(torch.einsum("tmd,td->tm", sub["W_gate"], z) + sub.get("b_gate", 0.0)) * psi(up)
     return sigma(up)
 
 
@@ -207,14 +212,16 @@ def random_params(spec: BlockSpec, d: int, m: int, generator: torch.Generator,
         "W_gate": (m, d), "W_up": (m, d), "W_down": (d, m), "b_gate": (m,), "b_up": (m,), "b_down": (d,),
         "W_router": (E, d), "b_router": (E,), "b_select": (E,),
         "experts.W_gate": (E, m, d), "experts.W_up": (E, m, d), "experts.W_down": (E, d, m),
+        "experts.b_gate": (E, m), "experts.b_up": (E, m), "experts.b_down": (E, d),
         "shared.W_gate": (m, d), "shared.W_up": (m, d), "shared.W_down": (d, m), "shared.w_gate": (d,),
     }
     out = {}
     for name in patchable_parameters(spec):
+        width = m if name.startswith("mlp_mid_norm.") else d
         if name.endswith(".scale"):
-            out[name] = 1 + 0.3 * rnd(d) if not _one_plus(spec, name) else 0.3 * rnd(d)
+            out[name] = 1 + 0.3 * rnd(width) if not _one_plus(spec, name) else 0.3 * rnd(width)
         elif name.endswith(".bias"):
-            out[name] = 0.3 * rnd(d)
+            out[name] = 0.3 * rnd(width)
         else:
             shape = shapes[name]
             fan_in = shape[-1]

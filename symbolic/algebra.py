@@ -34,6 +34,7 @@ from symbolic.terms import (
     Dot,
     EMat,
     EVec,
+    ExpertGate,
     Frob,
     Gate,
     Mat,
@@ -51,7 +52,8 @@ from symbolic.terms import (
 )
 
 __all__ = ["BOUND", "EXPERT", "SCALAR_FUNCS", "VECTOR_FUNCS", "Condition", "DimensionError", "Dot", "EMat", "EVec",
-           "Frob", "Gate", "Mat", "MatVec", "Mean", "Outer", "RmsInverse", "Sel", "Vec", "collect_matvec", "dim_of",
+           "ExpertGate", "Frob", "Gate", "Mat", "MatVec", "Mean", "Outer", "RmsInverse", "Sel", "Vec", "collect_matvec",
+           "dim_of",
            "is_matrix", "is_scalar", "is_zero", "linear_terms", "matrix_shape", "normalize", "shape",
            "side_conditions", "tidy"]
 

@@ -151,6 +151,7 @@ def check(spec: BlockSpec, strategy: str | None = None, input_strategy: str | No
     elif not out.controllable:
         restriction = out.strongest_restriction("output") or _fixed("output", spec)
         _refuse_undecided(spec, restriction)
+        _refuse_mid_norm_only(spec, restriction)
     return Verdict(spec, inp, out, ins, outs, derivation, restriction)
 
 
@@ -168,6 +169,23 @@ def _refuse_undecided(spec: BlockSpec, r: Restriction) -> None:
             "mlp.post_ln after the residual add accepts any positive rescaling and shift of its input, so the "
             "restriction does not prove that no patch exists. Allow a parameter that controls the branch output "
             "(e.g. the post-norm's scale or bias, or post_ln's), or drop one of the two norms.")
+
+
+def _refuse_mid_norm_only(spec: BlockSpec, r: Restriction) -> None:
+    r"""An allowed mid-norm parameter is the only thing after the hidden activations: not decided.
+
+    With $\hat a_C = N_\mathrm{mid}(a_C)$ fixed, a mid-norm scale patch moves the output map's result by
+    $W_\mathrm{down}\,\mathrm{diag}(\hat a_C/\gamma)\,\Delta\gamma$ (a bias patch by $W_\mathrm{down}\Delta\beta$):
+    every delta is reachable iff that d x m matrix has rank d, which needs m >= d and depends on the
+    weights. No strategy solves it symbolically, and "not controllable" would be false for m >= d.
+    """
+    allowed = [p for p in allowed_parameters(spec) if p.startswith("mlp_mid_norm.")]
+    if allowed and r.reason == "fixed":
+        raise SpecError(
+            f"{spec.name}: undecided. After the hidden activations only {', '.join(allowed)} may be patched; it "
+            "reaches every delta exactly when W_down diag(mid(a_C)) has full row rank (needs mlp width >= model "
+            "width; depends on the weights), which ctxpatch does not decide. Allow W_down (rank-1 on the "
+            "mid-normed hidden activations) or b_down, or a post-norm parameter.")
 
 
 def _fixed(side: str, spec: BlockSpec) -> Restriction:

@@ -229,10 +229,12 @@ class Deriver:
         name = "W_up" if strategy == "up_only" else "W_gate"
         other = "W_gate" if strategy == "up_only" else "W_up"
         o = b.preact(self.P, other, self.z)
-        if strategy == "up_only":
-            target = a_C / b.act(o)
-        else:
-            target = self._invert(b.sigma, a_C / o, "input", "activation", strategy)
+        if strategy == "up_only":  # a_C = sigma(g) * psi(p'): p' = psi^-1(a_C / sigma(g))
+            self._require_sparse_zeros(b.sigma, "W_gate", strategy)
+            target = self._invert(b.psi, a_C / b.act(o), "input", "up_activation", strategy)
+        else:  # g' = sigma^-1(a_C / psi(p))
+            self._require_sparse_zeros(b.psi, "W_up", strategy)
+            target = self._invert(b.sigma, a_C / b.up_act(o), "input", "activation", strategy)
         param = self._map_method(name, "rank1")
         x = Vec("x_" + param, b.params[param].symbol.rows if param.startswith("W") else "m")
         value = self.P[param] + (Outer(x, self.z) if param.startswith("W") else x)
@@ -241,6 +243,18 @@ class Deriver:
         formula = PatchFormula(param, "rank1", sol, self.z) if param.startswith("W") else PatchFormula(
             param, "bias", sol)
         return [formula], self.P.replace({param: value.subs(x, sol)})
+
+    def _require_sparse_zeros(self, f: sp.Expr, frozen: str, strategy: str) -> None:
+        """Dividing by f(frozen map's output) is generic only if f vanishes on a null set (not ReLU's half-line)."""
+        w = sp.Symbol("w", real=True)
+        zeros = sp.solveset(f.subs(_act_x(), w), w, sp.S.Reals)
+        if isinstance(zeros, sp.ConditionSet):
+            raise Restriction("input", "undecided", "activation", f"SymPy cannot find the zeros of {pstr(f)}",
+                              strategy)
+        if zeros.measure != 0:
+            raise Restriction("input", "unsolvable", "activation",
+                              f"{pstr(f)} vanishes on {interval_text(zeros)}: where {frozen} z falls there, a = 0 "
+                              "whatever the other map is, while a_C need not be", strategy, {"zeros": zeros})
 
     def _pre_norm(self, strategy: str, steps: list[Step]) -> tuple[list[PatchFormula], Params]:
         b, s = self.block, self.block.signals
@@ -279,8 +293,8 @@ class Deriver:
     # the combined strategies. `self.defs` records each atom's definition, in order, so that
     # formulas read like the paper's and verification can expand them back.
 
-    def define(self, name: str, expr: sp.Expr) -> Vec:
-        atom = Vec(name, "d")
+    def define(self, name: str, expr: sp.Expr, dim: str = "d") -> Vec:
+        atom = Vec(name, dim)
         self.defs[atom] = expr
         return atom
 
@@ -292,9 +306,17 @@ class Deriver:
 
     def _h_def(self) -> sp.Expr:
         b, s = self.block, self.block.signals
-        hidden = {g: b.hidden_atom(g) for g in b.hidden_groups()}
         ell = s["ell_C"] if self.spec.moe else None
-        return b.outer(self.P, hidden, ell, self._shared_gate_atom())
+        return b.outer(self.P, self.down_atoms(), ell, self._shared_gate_atom(), normed=True)
+
+    def down_atoms(self) -> dict[str, sp.Expr]:
+        r"""What the output maps act on in the contextual run, per group: $a_C$, or $\hat a_C = N_\mathrm{mid}(a_C)$
+        with a mid-norm (defined by `start_output`; W_down's rank-1 patch is built on it)."""
+        b = self.block
+        out = {g: b.hidden_atom(g) for g in b.hidden_groups()}
+        if "mlp_mid_norm" in self.spec.norms:
+            out[""] = b.signals["ahat_C"]
+        return out
 
     def _shared_gate_atom(self) -> sp.Expr:
         moe = self.spec.moe
@@ -309,6 +331,8 @@ class Deriver:
         """
         b = self.block
         self.defs = {}
+        if "mlp_mid_norm" in self.spec.norms:
+            self.define("ahat_C", b.down_input(self.P, b.hidden_atom("")), "m")
         self.define("h_C", self._h_def())
         phi_h = b.phi.subs(_act_x(), self.h_C)
         if self.spec.mlp.post_norm is not None:
@@ -395,10 +419,10 @@ class Deriver:
     def _patched_h(self, P2: Params) -> sp.Expr:
         """h of the patched run fed the contextual hidden activations, as h_C + (patch effect)."""
         b, s = self.block, self.block.signals
-        hidden = {g: b.hidden_atom(g) for g in b.hidden_groups()}
+        hidden = self.down_atoms()
         ell = s["ell_C"] if self.spec.moe else None
         sg = self._shared_gate_atom()
-        diff = b.outer(P2, hidden, ell, sg) - b.outer(self.P, hidden, ell, sg)
+        diff = b.outer(P2, hidden, ell, sg, normed=True) - b.outer(self.P, hidden, ell, sg, normed=True)
         return self.h_C + normalize(sp.expand(normalize(diff)))
 
     def _down(self, param: str, target: sp.Expr, strategy: str, steps) -> tuple[PatchFormula, Params]:
@@ -415,7 +439,7 @@ class Deriver:
             ansatz = lambda v: base + Outer(v / Dot(right, right), right)  # noqa: E731
             what = "every selected expert: W_down^(e) + (X / |a_C^(e)|^2) a_C^(e)T; the gated sum adds X sum_j s_j"
         else:
-            right = b.hidden_atom("shared" if param.startswith("shared") else "")
+            right = self.down_atoms()["shared" if param.startswith("shared") else ""]
             x = Vec("x_" + param.replace(".", "_"), "d")
             ansatz = lambda v: self.P[param] + Outer(v, right)  # noqa: E731
             what = f"output map: ({param} + x a^T) a, fed the contextual hidden activations, equals the target"
@@ -566,9 +590,9 @@ class Deriver:
     def patched_output(self, P: Params) -> sp.Expr:
         """y of the run with parameters P, fed the contextual hidden activations (atoms kept)."""
         b, s = self.block, self.block.signals
-        hidden = {g: b.hidden_atom(g) for g in b.hidden_groups()}
         ell = s["ell_C"] if self.spec.moe else None
-        return b.final(P, b.residual(self.u, b.branch_out(P, b.outer(P, hidden, ell, self._shared_gate_atom()))))
+        h = b.outer(P, self.down_atoms(), ell, self._shared_gate_atom(), normed=True)
+        return b.final(P, b.residual(self.u, b.branch_out(P, h)))
 
     def norm_input_conditions(self, P2: Params) -> list[Condition]:
         """A norm with eps = 0 divides by the RMS of its input: that input must not vanish."""
@@ -576,6 +600,9 @@ class Deriver:
         zero_eps = {n for n, e in b.eps.items() if e == 0}
         if "mlp_pre_norm" in zero_eps and self.spec.residual == "sequential":
             out += [Condition(s["u"], "vector"), Condition(s["u_C"], "vector")]
+        if "mlp_mid_norm" in zero_eps:  # the patched run feeds it a_C
+            a_C = s["a_C"]
+            out.append(Condition(a_C - Mean(a_C) if self.spec.mlp.mid_norm.kind == "layer" else a_C, "vector"))
         if "mlp_post_norm" in zero_eps:
             h2 = normalize(sp.expand(normalize(self._patched_h(P2))))
             c = b.phi.subs(_act_x(), h2)
@@ -588,12 +615,13 @@ class Deriver:
     def output_matches(self, P2: Params, strategy: str) -> bool | None:
         """Whether the patched run fed the contextual hidden activations gives y_C exactly."""
         b, s = self.block, self.block.signals
-        hidden = {g: b.hidden_atom(g) for g in b.hidden_groups()}
+        hidden = self.down_atoms()
         ell = s["ell_C"] if self.spec.moe else None
         # The stable update is exact for any y with mean(y^2) = 1: keep y atomic, use that property.
         keep = (Vec("y", "d"),) if strategy == "stable" else ()
-        P_full = P2.replace({k: self.expand_defs(v, keep) for k, v in P2.values.items()})
-        h_def = b.outer(self.P, hidden, ell, self._shared_gate_atom())
+        # The output maps' input (a_C, or mid(a_C)) is fed as an atom on both sides: keep it atomic.
+        P_full = P2.replace({k: self.expand_defs(v, keep + (hidden.get("", s["a_C"]),)) for k, v in P2.values.items()})
+        h_def = b.outer(self.P, hidden, ell, self._shared_gate_atom(), normed=True)
         y_C = b.final(self.P, b.residual(self.u + self.delta, b.branch_out(self.P, h_def)))
         diff = self.patched_output(P_full) - y_C
         if keep:

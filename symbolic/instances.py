@@ -29,7 +29,23 @@ from dataclasses import dataclass, field
 import sympy as sp
 from sympy.core.function import AppliedUndef
 
-from symbolic.terms import EXPERT, Dot, EMat, EVec, Frob, Gate, Mat, MatVec, Mean, Outer, RmsInverse, Sel, Vec, shape
+from symbolic.terms import (
+    EXPERT,
+    Dot,
+    EMat,
+    EVec,
+    ExpertGate,
+    Frob,
+    Gate,
+    Mat,
+    MatVec,
+    Mean,
+    Outer,
+    RmsInverse,
+    Sel,
+    Vec,
+    shape,
+)
 
 FLOAT_DIGITS = 50  # the precision of the fallback instances (nested radicals)
 SIZES = ({"d": 2, "m": 3, "m_s": 2, "n_E": 3, "k": 2}, {"d": 3, "m": 2, "m_s": 3, "n_E": 4, "k": 2},
@@ -239,6 +255,14 @@ class Instance:
         exps = [sp.exp(v) for v in ell]
         return exps[i - 1] / sum(exps)
 
+    def expert_gate(self, e: ExpertGate):
+        """The softmax weight of expert e (an opaque positive function of the logits, like `Gate`)."""
+        ell, i = self.ev(e.args[0]), int(self.ev(e.args[1]))
+        if self.exact and not all(v.is_Rational for v in ell):
+            raise Nested("softmax of irrational logits")
+        exps = [sp.exp(v) for v in ell]
+        return exps[i - 1] / sum(exps)
+
 
 def _matvec(inst: Instance, e):
     return inst.mat(e.args[0]) * inst.ev(e.args[1])
@@ -268,7 +292,8 @@ def _unsupported(inst: Instance, e):
 
 
 _HANDLERS: dict[type, Callable] = {MatVec: _matvec, Dot: _dot, Mean: _mean, Frob: _frob, EVec: _evec,
-                                   Sel: Instance.selected, Gate: Instance.gate, sp.Sum: Instance.sum_,
+                                   Sel: Instance.selected, Gate: Instance.gate, ExpertGate: Instance.expert_gate,
+                                   sp.Sum: Instance.sum_,
                                    Outer: _unsupported, EMat: _unsupported, RmsInverse: _unsupported}
 
 

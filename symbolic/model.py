@@ -5,7 +5,8 @@ The MLP sub-block of one token is split as DESIGN.md does:
     z = pre(u)                 pre-norm (or identity)
     q = inner(z)               pre-activations: the input maps W_gate, W_up, router, ...
     a = sigma(q)               hidden activations (the MLP's "inner function" ends here)
-    h = outer(a)               W_down a + b_down (for MoE: the gated sum over selected experts)
+    h = outer(a)               W_down mid(a) + b_down (mid: the mid-norm or identity; for MoE: the gated
+                               sum over selected experts)
     o = c post(phi(h))         output activation, the post-norm inside the branch, the branch scale c
     r = base + o               the residual add (base = u; 0 without skip)
     y = post_ln(r)             the LayerNorm after the add (BERT), or identity
@@ -26,7 +27,7 @@ import sympy as sp
 from symbolic.activations import activation
 from symbolic.activations import x as act_var
 from symbolic.spec import BlockSpec, NormSpec, patchable_parameters
-from symbolic.terms import EXPERT, Dot, EMat, EVec, Gate, Mat, MatVec, Mean, Sel, Vec
+from symbolic.terms import EXPERT, Dot, EMat, EVec, ExpertGate, Gate, Mat, MatVec, Mean, Sel, Vec
 
 D, M, NE, MS = "d", "m", "n_E", "m_s"  # model width, MLP width, number of experts, shared width
 
@@ -67,7 +68,8 @@ class Params:
         return Params({**self.values, **changes})
 
 
-NORM_SYMBOLS = {"mlp_pre_norm": "pre", "mlp_post_norm": "post", "post_ln": "ln"}
+NORM_SYMBOLS = {"mlp_pre_norm": "pre", "mlp_mid_norm": "mid", "mlp_post_norm": "post", "post_ln": "ln"}
+NORM_WIDTHS = {"mlp_mid_norm": M}  # the others act on the model width
 
 
 class Block:
@@ -76,6 +78,7 @@ class Block:
     def __init__(self, spec: BlockSpec):
         self.spec = spec
         self.sigma = activation(spec.mlp.activation)
+        self.psi = activation(spec.mlp.up_activation)
         self.phi = activation(spec.mlp.out_activation)
         self.eps = {name: self._eps(name, n) for name, n in spec.norms.items()}
         moe = spec.moe
@@ -84,12 +87,15 @@ class Block:
 
     @property
     def constants(self) -> list[tuple[sp.Symbol, float]]:
-        """The block's named constants and their values: the norms' eps, the routed experts' scale."""
+        """The block's named constants and their values: the norms' eps, the routed experts' scale, the branch
+        scale, the top-k count where formulas use it."""
         out = [(eps, float(self.spec.norms[n].eps)) for n, eps in self.eps.items() if eps != 0]
         if self.routed_scale != 1:
             out.append((self.routed_scale, float(self.spec.moe.routed_scale)))
         if self.branch_scale != 1:
             out.append((self.branch_scale, float(self.spec.mlp.branch_scale)))
+        if self.input_weighted():  # the top-k sum has no weights to sum: its formulas count the experts, k
+            out.append((top_k, float(self.spec.moe.top_k)))
         return out
 
     # ----------------------------------------------------------------- parameters
@@ -105,11 +111,11 @@ class Block:
         if "." in name and name.split(".")[0] in NORM_SYMBOLS:
             norm_name, what = name.split(".")
             tag = NORM_SYMBOLS[norm_name]
-            norm = self.spec.norms[norm_name]
+            norm, width = self.spec.norms[norm_name], NORM_WIDTHS.get(norm_name, D)
             if what == "scale":
-                sym = Vec(("w_" if norm.scale == "one_plus" else "gamma_") + tag, D)
+                sym = Vec(("w_" if norm.scale == "one_plus" else "gamma_") + tag, width)
                 return Param(name, sym, "norm_scale", _norm_stage(norm_name))
-            return Param(name, Vec("beta_" + tag, D), "norm_bias", _norm_stage(norm_name))
+            return Param(name, Vec("beta_" + tag, width), "norm_bias", _norm_stage(norm_name))
         group, _, base = name.rpartition(".")
         mlp_width = MS if group == "shared" else M
         suffix = "_s" if group == "shared" else ""
@@ -117,6 +123,9 @@ class Block:
             return Param(name, Mat("W_router", NE, D), "input", "inner")
         if base == "b_select":  # only the router's choice reads it (lowered into the routing; see outer)
             return Param(name, Vec("b_select", NE), "constant", "inner")
+        if group == "experts" and base.startswith("b_"):  # expert biases: read, never patched
+            width = D if base == "b_down" else M
+            return Param(name, Vec(base, width), "constant", "outer" if base == "b_down" else "inner", True)
         if base == "w_gate":
             return Param(name, Vec("w_sg", D), "input", "inner")
         if base in ("W_gate", "W_up"):
@@ -133,6 +142,11 @@ class Block:
     def value(self, P: Params, name: str, fallback: sp.Expr = sp.S.Zero) -> sp.Expr:
         """A parameter's value in `P`, or `fallback` if the block has no such parameter."""
         return P.values.get(name, fallback)
+
+    def expert_bias(self, P: Params, name: str, e: sp.Expr) -> sp.Expr:
+        """Row e of the stacked expert bias `experts.<name>` (0 if the experts have no biases)."""
+        key = f"experts.{name}"
+        return EVec(P[key], e) if key in P.values else sp.S.Zero
 
     def expert_matrix(self, P: Params, name: str, e: sp.Expr) -> sp.Expr:
         """The (possibly patched) matrix `experts.<name>` of expert `e`."""
@@ -186,20 +200,35 @@ class Block:
         if name == "shared.w_gate":
             return Dot(P[name], z)
         if name.startswith("experts."):
-            return MatVec(self.expert_matrix(P, name.split(".")[1], e), z)
+            base = name.split(".")[1]
+            return MatVec(self.expert_matrix(P, base, e), z) + self.expert_bias(P, "b_" + base.split("_")[1], e)
         bias = self.value(P, input_bias(name)) if input_bias(name) else 0
         return MatVec(P[name], z) + bias
 
     def act(self, v: sp.Expr) -> sp.Expr:
         return self.sigma.subs(act_var, v)
 
-    def hidden(self, P: Params, z: sp.Expr, group: str = "", e: sp.Expr = expert) -> sp.Expr:
-        """Hidden activations a = sigma(W_gate z) * (W_up z) (gated) or sigma(W_up z) (dense)."""
+    def up_act(self, v: sp.Expr) -> sp.Expr:
+        """psi(v): the up map's activation of a gated map (identity unless the spec names one)."""
+        return self.psi.subs(act_var, v)
+
+    def input_weighted(self) -> bool:
+        """Whether the routing weight scales each expert's input (Llama 4) instead of its output."""
+        return self.spec.moe is not None and self.spec.moe.weighting == "input"
+
+    def hidden(self, P: Params, z: sp.Expr, group: str = "", e: sp.Expr = expert,
+               ell: sp.Expr | None = None) -> sp.Expr:
+        """Hidden activations a = sigma(W_gate z) * psi(W_up z) (gated) or sigma(W_up z) (dense).
+
+        With input weighting an expert reads s_e z, s_e = weight(ell, e) by the logits `ell` (default: the
+        router's logits at z with parameters P)."""
         prefix = f"{group}." if group else ""
+        if group == "experts" and self.input_weighted():
+            z = ExpertGate(self.logits(P, z) if ell is None else ell, e) * z
         kind = self._kind(group)
         up = self.preact(P, prefix + "W_up", z, e)
         if kind == "gated":
-            return self.act(self.preact(P, prefix + "W_gate", z, e)) * up
+            return self.act(self.preact(P, prefix + "W_gate", z, e)) * self.up_act(up)
         return self.act(up)
 
     def _kind(self, group: str) -> str:
@@ -230,18 +259,25 @@ class Block:
             return sp.S.One
         return 1 / (1 + sp.exp(-self.preact(P, "shared.w_gate", z)))
 
+    def down_input(self, P: Params, a: sp.Expr) -> sp.Expr:
+        r"""What W_down acts on: $N_\mathrm{mid}(a)$ with a mid-norm (BitNet's ``ffn_sub_norm``), else $a$."""
+        return self.norm(P, "mlp_mid_norm", a)
+
     def outer(self, P: Params, hidden: dict[str, sp.Expr], ell: sp.Expr | None = None,
-              shared_gate: sp.Expr = sp.S.One) -> sp.Expr:
-        r"""h = W_down a + b_down; for MoE $\rho \sum_j s_j W_\mathrm{down}^{(e_j)} a^{(e_j)}$ (+ gated shared expert).
+              shared_gate: sp.Expr = sp.S.One, normed: bool = False) -> sp.Expr:
+        r"""h = W_down mid(a) + b_down; for MoE $\rho \sum_j s_j W_\mathrm{down}^{(e_j)} a^{(e_j)}$ (+ gated shared
+        expert). `normed`: `hidden` already holds mid(a) (the output side's atom $\hat a_C$).
 
         `Sel` and `Gate` are the spec's router as functions of the logits alone (scores, the constant
         selection bias, groups): equal logits give equal choices and weights, whatever the router.
         """
         if self.spec.moe is None:
-            return MatVec(P["W_down"], hidden[""]) + self.value(P, "b_down")
+            a = hidden[""] if normed else self.down_input(P, hidden[""])
+            return MatVec(P["W_down"], a) + self.value(P, "b_down")
         e_j = Sel(ell, rank)
-        routed = self.gate(ell, rank) * MatVec(
-            self.expert_matrix(P, "W_down", e_j), hidden["experts"].subs(expert, e_j))
+        weight = sp.S.One if self.input_weighted() else self.gate(ell, rank)  # input weighting: inside a
+        routed = weight * (MatVec(self.expert_matrix(P, "W_down", e_j), hidden["experts"].subs(
+            expert, e_j)) + self.expert_bias(P, "b_down", e_j))
         h = self.routed_scale * sp.Sum(routed, (rank, 1, top_k))
         if "shared" in hidden:
             h += shared_gate * MatVec(P["shared.W_down"], hidden["shared"])
@@ -281,6 +317,7 @@ class Block:
         out = {n: Vec(n, dim) for n, dim in names.items()}
         out.update({n + "_C": Vec(n + "_C", dim) for n, dim in names.items() if n not in ("x", "delta")})
         out["a_s"], out["a_s_C"] = Vec("a_s", MS), Vec("a_s_C", MS)
+        out["ahat"], out["ahat_C"] = Vec("ahat", M), Vec("ahat_C", M)  # mid(a): what W_down acts on
         out["ell"], out["ell_C"] = Vec("ell", NE), Vec("ell_C", NE)
         return out
 
@@ -300,4 +337,4 @@ def input_bias(name: str) -> str | None:
 
 
 def _norm_stage(norm_name: str) -> str:
-    return {"mlp_pre_norm": "pre", "mlp_post_norm": "post", "post_ln": "post_ln"}[norm_name]
+    return {"mlp_pre_norm": "pre", "mlp_mid_norm": "outer", "mlp_post_norm": "post", "post_ln": "post_ln"}[norm_name]

@@ -44,6 +44,9 @@ class PlainPrinter(StrPrinter):
     def _print_Gate(self, e):
         return f"gate({self._print(e.args[0])}, {self._print(e.args[1])})"
 
+    def _print_ExpertGate(self, e):
+        return f"weight({self._print(e.args[0])}, {self._print(e.args[1])})"
+
     def _print_RmsInverse(self, e):
         return f"rms_inverse({self._print(e.args[0])}, {self._print(e.args[1])})"
 
@@ -71,7 +74,10 @@ class VecLatexPrinter(LatexPrinter):
         name, _, sub = e.name.partition("_")
         prime = "'" * name.count("'")
         name = name.replace("'", "")
-        head = (rf"\{name}" if name in _GREEK else name) + prime
+        hat = name.endswith("hat") and len(name) > 3  # ahat -> \hat{a} (the mid-normed hidden activations)
+        name = name[:-3] if hat else name
+        head = (rf"\{name}" if name in _GREEK else name)
+        head = (rf"\hat{{{head}}}" if hat else head) + prime
         if sub:
             sub = sub.replace("_", ",")
             sub = sub if len(sub) == 1 or sub in ("C",) else rf"\mathrm{{{sub}}}"
@@ -124,6 +130,10 @@ class VecLatexPrinter(LatexPrinter):
     @_powered
     def _print_Gate(self, e):
         return rf"s_{{{self._print(e.args[1])}}}\left({self._print(e.args[0])}\right)"
+
+    @_powered
+    def _print_ExpertGate(self, e):
+        return rf"s^{{({self._print(e.args[1])})}}\left({self._print(e.args[0])}\right)"
 
     @_powered
     def _print_RmsInverse(self, e):

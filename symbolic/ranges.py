@@ -50,13 +50,43 @@ def continuous_everywhere(f: sp.Expr) -> bool:
     return all(d.is_positive or d.is_number and d != 0 for d in denoms(f))
 
 
+def _eventually(f: sp.Expr, end: sp.Expr) -> sp.Expr | None:
+    """f with every Max/Min replaced by the argument it eventually equals as x -> end (None: a tie).
+
+    Innermost first: when the arguments' limits differ, Max (Min) is eventually the argument with the
+    largest (smallest) limit, so f and the result agree for all x beyond some point.
+    """
+    if f.is_Atom:
+        return f
+    args = [_eventually(a, end) for a in f.args]
+    if any(a is None for a in args):
+        return None
+    g = f.func(*args)
+    if not isinstance(g, (sp.Max, sp.Min)):
+        return g
+    limits = [sp.limit(a, x, end) for a in g.args]
+    best = (max if g.func is sp.Max else min)(limits, key=lambda v: float(v) if v.is_finite else v)
+    return g.args[limits.index(best)] if limits.count(best) == 1 else None
+
+
+def limit_at(f: sp.Expr, end: sp.Expr) -> sp.Expr | None:
+    """The limit of f as x -> end (+-oo); Max/Min first resolved by `_eventually`. None when SymPy fails."""
+    try:
+        g = _eventually(f, end)
+        return None if g is None else sp.limit(g, x, end)
+    except (NotImplementedError, TypeError, ValueError):
+        return None
+
+
 @cache
 def elementwise_range(f: sp.Expr) -> Range:
     if f == x:
         return Range(True, proof="the identity is onto")
     if not continuous_everywhere(f):
         return Range(None, proof="continuity on R could not be established")
-    lo, hi = sp.limit(f, x, -sp.oo), sp.limit(f, x, sp.oo)
+    lo, hi = limit_at(f, -sp.oo), limit_at(f, sp.oo)
+    if lo is None or hi is None:
+        return Range(None, proof="SymPy cannot take the limits at the ends")
     ends = {lo, hi}
     if not all(v in (sp.oo, -sp.oo) or (v.is_real and v.is_finite) for v in ends):
         return Range(None, proof=f"the limits at the ends ({lo}, {hi}) are not determined")

@@ -27,6 +27,7 @@ ExpertKind = Literal["dense", "gated"]
 SoftmaxOrder = Literal["before_topk", "after_topk"]
 SharedExpert = Literal["none", "plain", "gated"]
 Scoring = Literal["softmax", "sigmoid"]
+Weighting = Literal["output", "input"]
 
 #: Named elementwise functions. Anything else is read as a SymPy expression in `x`.
 ACTIVATIONS = ("identity", "relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh", "relu2")
@@ -75,10 +76,15 @@ class Biases:
 
 @dataclass(frozen=True)
 class MLPSpec:
-    r"""The MLP sub-block: pre-norm -> inner maps -> activation -> outer map -> post-norm, times `branch_scale`.
+    r"""The MLP sub-block: pre-norm -> inner maps -> activation -> mid-norm -> outer map -> post-norm, times
+    `branch_scale`.
 
-    `branch_scale` $c$ multiplies the branch output before the residual add, $r = u + c\,o$ (Granite's
-    ``residual_multiplier``); it must be nonzero (the output strategies aim at $(o_C + \delta) / c$).
+    `mid_norm` normalizes the hidden activations before the outer map, $h = W_\mathrm{down} N(a) + b_\mathrm{down}$
+    (BitNet's ``ffn_sub_norm``); dense and gated MLPs only. `branch_scale` $c$ multiplies the branch output
+    before the residual add, $r = u + c\,o$ (Granite's ``residual_multiplier``); it must be nonzero (the output
+    strategies aim at $(o_C + \delta) / c$). `up_activation` $\psi$ acts on the up map of every gated map of the
+    block, $a = \sigma(W_\mathrm{gate} z) \odot \psi(W_\mathrm{up} z)$ (gpt-oss:
+    $\psi(p) = \mathrm{clamp}(p, -L, L) + 1$).
     """
 
     kind: MLPKind
@@ -89,6 +95,8 @@ class MLPSpec:
     post_norm: NormSpec | None = None  # inside the residual branch (Gemma 2/3, OLMo-2)
     post_ln: NormSpec | None = None  # after the residual add (BERT)
     branch_scale: float = 1.0
+    mid_norm: NormSpec | None = None  # on the hidden activations, before W_down (BitNet)
+    up_activation: str = "identity"  # psi in a = sigma(gate) * psi(up) (gated maps only)
 
     def __post_init__(self) -> None:
         if self.kind not in get_args(MLPKind):
@@ -97,6 +105,12 @@ class MLPSpec:
             raise ValueError(f"mlp.branch_scale must be a finite nonzero number, got {self.branch_scale!r}")
         if self.kind != "gated" and self.bias.gate:
             raise ValueError("only a gated MLP has a gate projection, so bias.gate must be false")
+        if self.up_activation != "identity" and self.kind == "dense":
+            raise ValueError("mlp.up_activation acts on the up map of a gated MLP (a = sigma(gate) * psi(up)); a "
+                             "dense MLP has only sigma: use kind = 'gated' (or 'moe' with gated experts), or drop it")
+        if self.mid_norm is not None and self.kind == "moe":
+            raise ValueError("mlp.mid_norm (a norm on the hidden activations before W_down) is supported for "
+                             "kind = 'dense' or 'gated', not for 'moe'; set mid_norm = 'none'")
 
 
 @dataclass(frozen=True)
@@ -112,7 +126,10 @@ class MoESpec:
     sum is multiplied by `routed_scale` (shared experts are not). `softmax` says whether the
     softmax is taken before or after the top-k (after: over the selected logits only, the same as
     renormalizing the softmax; meaningless for sigmoid scores). `router_bias`: the logits are
-    $W_\mathrm{router} z + b_\mathrm{router}$ (gpt-oss), a patchable input bias like `b_up`.
+    $W_\mathrm{router} z + b_\mathrm{router}$ (gpt-oss), a patchable input bias like `b_up`. `expert_bias`: every
+    routed expert's maps have biases, `experts.b_gate|b_up|b_down` (gpt-oss); the strategies patch the expert
+    matrices and leave them alone. `weighting`: the routing weight $s_e$ multiplies the expert's output
+    (`output`, the usual $\sum_j s_{e_j} E_{e_j}(z)$) or its input (`input`, Llama 4: $\sum_j E_{e_j}(s_{e_j} z)$).
     """
 
     experts: int
@@ -127,6 +144,8 @@ class MoESpec:
     topk_groups: int = 1
     routed_scale: float = 1.0
     router_bias: bool = False
+    expert_bias: bool = False
+    weighting: Weighting = "output"
 
     def __post_init__(self) -> None:
         if self.experts < 1:
@@ -140,6 +159,12 @@ class MoESpec:
                              "moe.scoring = 'sigmoid' has none; use softmax = 'before_topk' (and renormalize = "
                              "true to normalize the selected sigmoid scores)")
         self._check_groups()
+        if self.weighting not in get_args(Weighting):
+            raise ValueError(f"moe.weighting {self.weighting!r}; allowed: {get_args(Weighting)}")
+        if self.weighting == "input" and (self.gates_sum_to_one or self.routed_scale != 1):
+            raise ValueError("moe.weighting = 'input' (the weight scales the expert's input, Llama 4) is supported "
+                             "with unnormalized scores only: set softmax = 'before_topk', renormalize = false and "
+                             "routed_scale = 1")
         if not (math.isfinite(self.routed_scale) and self.routed_scale != 0):
             raise ValueError(f"moe.routed_scale must be a finite nonzero number, got {self.routed_scale!r}")
 
@@ -196,6 +221,13 @@ class BlockSpec:
             raise ValueError("shared_pre_norm only makes sense for a parallel block")
         if self.shared_pre_norm and self.mlp.pre_norm != self.attention.pre_norm:
             raise ValueError("shared_pre_norm requires mlp.pre_norm == attention.pre_norm")
+        if self.moe is not None and self.mlp.bias != Biases():
+            raise ValueError("mlp.bias declares the biases of a dense or gated MLP; the experts of kind = 'moe' "
+                             "take theirs from moe.expert_bias = true (set mlp.bias = false)")
+        if self.moe is not None and self.mlp.up_activation != "identity" and self.moe.expert != "gated" and \
+                self.moe.shared_expert == "none":
+            raise ValueError("mlp.up_activation acts on gated maps, but these experts are dense and there is no "
+                             "shared expert: use moe.expert = 'gated', or drop up_activation")
         if not self.skip and (self.mlp.post_ln is not None):
             raise ValueError("mlp.post_ln normalizes the residual sum, so it needs skip = true")
 
@@ -204,6 +236,7 @@ class BlockSpec:
         """The MLP-side norms that exist, by canonical name."""
         named = {
             "mlp_pre_norm": self.mlp.pre_norm,
+            "mlp_mid_norm": self.mlp.mid_norm,
             "mlp_post_norm": self.mlp.post_norm,
             "post_ln": self.mlp.post_ln,
         }
@@ -234,7 +267,10 @@ def patchable_parameters(spec: BlockSpec) -> tuple[str, ...]:
             names.append("b_router")
         if spec.moe.selection_bias:
             names.append("b_select")
-        names += [f"experts.{n}" for n in _map_names(spec.moe.expert)]
+        for n in _map_names(spec.moe.expert):
+            names.append(f"experts.{n}")
+            if spec.moe.expert_bias:
+                names.append(f"experts.b_{n.split('_')[1]}")
         if spec.moe.shared_expert != "none":
             names += [f"shared.{n}" for n in _map_names("gated")]
             if spec.moe.shared_expert == "gated":
@@ -419,9 +455,10 @@ def _read_activation(tab: _Table, key: str, default: str) -> str:
 
 TOP_FIELDS = ("name", "description", "reference", "hf_model_types", "residual", "skip",
               "shared_pre_norm", "norm", "attention", "mlp", "moe", "patch")
-MLP_FIELDS = ("kind", "activation", "out_activation", "bias", "pre_norm", "post_norm", "post_ln", "branch_scale")
+MLP_FIELDS = ("kind", "activation", "up_activation", "out_activation", "bias", "pre_norm", "mid_norm", "post_norm",
+              "post_ln", "branch_scale")
 MOE_FIELDS = ("experts", "top_k", "softmax", "renormalize", "shared_expert", "expert", "scoring", "selection_bias",
-              "groups", "topk_groups", "routed_scale", "router_bias")
+              "groups", "topk_groups", "routed_scale", "router_bias", "expert_bias", "weighting")
 
 
 def parse_spec(data: dict[str, Any], source: str) -> BlockSpec:
@@ -475,9 +512,10 @@ def _read_mlp(tab: _Table, defaults: dict[str, Any]) -> MLPSpec:
     values = dict(
         kind=kind,
         activation=_read_activation(tab, "activation", "gelu"),
+        up_activation=_read_activation(tab, "up_activation", "identity"),
         out_activation=_read_activation(tab, "out_activation", "identity"),
         bias=_read_biases(tab, kind),
-        **{k: _read_norm(tab, k, defaults) for k in ("pre_norm", "post_norm", "post_ln")},
+        **{k: _read_norm(tab, k, defaults) for k in ("pre_norm", "mid_norm", "post_norm", "post_ln")},
         branch_scale=float(tab.get("branch_scale", (float, int), 1.0)),
     )
     tab.finish(MLP_FIELDS)
@@ -507,6 +545,8 @@ def _read_moe(tab: _Table | None) -> MoESpec | None:
         topk_groups=tab.get("topk_groups", int, 1),
         routed_scale=float(tab.get("routed_scale", (float, int), 1.0)),
         router_bias=tab.get("router_bias", bool, False),
+        expert_bias=tab.get("expert_bias", bool, False),
+        weighting=tab.choice("weighting", get_args(Weighting), "output"),
     )
     tab.finish(MOE_FIELDS)
     try:
@@ -597,11 +637,15 @@ def dump_toml(spec: BlockSpec) -> str:
         lines.append(f"{key} = {_norm_toml(norm, default)}")
     mlp = spec.mlp
     lines += ["", "[mlp]", f"kind = {_q(mlp.kind)}", f"activation = {_q(mlp.activation)}"]
+    if mlp.up_activation != "identity":
+        lines.append(f"up_activation = {_q(mlp.up_activation)}")
     if mlp.out_activation != "identity":
         lines.append(f"out_activation = {_q(mlp.out_activation)}")
     lines.append(f"bias = {_bias_toml(mlp)}")
     for key in ("pre_norm", "post_norm", "post_ln"):
         lines.append(f"{key} = {_norm_toml(getattr(mlp, key), default)}")
+    if mlp.mid_norm is not None:
+        lines.append(f"mid_norm = {_norm_toml(mlp.mid_norm, default)}")
     if mlp.branch_scale != 1:
         lines.append(f"branch_scale = {mlp.branch_scale!r}")
     if spec.moe is not None:
@@ -612,7 +656,8 @@ def dump_toml(spec: BlockSpec) -> str:
         if m != MoESpec(m.experts, m.top_k, m.softmax, m.renormalize, m.shared_expert, m.expert):
             lines += [f"scoring = {_q(m.scoring)}", f"selection_bias = {_b(m.selection_bias)}",
                       f"groups = {m.groups}", f"topk_groups = {m.topk_groups}", f"routed_scale = {m.routed_scale!r}",
-                      f"router_bias = {_b(m.router_bias)}"]
+                      f"router_bias = {_b(m.router_bias)}", f"expert_bias = {_b(m.expert_bias)}",
+                      f"weighting = {_q(m.weighting)}"]
     p = spec.patch
     lines += ["", "[patch]", f"allow = [{', '.join(_q(a) for a in p.allow)}]"]
     if p.strategy:

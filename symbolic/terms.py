@@ -167,6 +167,19 @@ class Gate(sp.Function):
         return True
 
 
+class ExpertGate(sp.Function):
+    r"""The routing weight of expert `e` by logits $\ell$: its score on the top-k, 0 off it (Llama 4 scales the
+    expert's input by it)."""
+
+    nargs = 2
+
+    def _eval_is_nonnegative(self):
+        return True
+
+    def _eval_is_real(self):
+        return True
+
+
 class RmsInverse(sp.Function):
     r"""$\arg\min_{y:\ \mathrm{mean}(y^2)=1} \lVert \gamma \odot y - t \rVert^2$ (the constrained RMSNorm inverse)."""
 
@@ -177,7 +190,7 @@ class RmsInverse(sp.Function):
 
 
 MATRIX_FUNCS = (Outer, EMat)
-SCALAR_FUNCS = (Dot, Mean, Gate, Sel, Frob)
+SCALAR_FUNCS = (Dot, Mean, Gate, ExpertGate, Sel, Frob)
 VECTOR_FUNCS = (MatVec, EVec, RmsInverse)
 
 
@@ -345,7 +358,7 @@ def _rms_inverse(e) -> tuple:
 
 _RULES = {Vec: lambda e: ("vector", e.dim), Mat: lambda e: ("matrix", e.rows, e.cols), MatVec: _matvec,
           Outer: _outer, Dot: _dot, Frob: _frob, Mean: _mean, EMat: _indexed, EVec: _indexed,
-          Sel: _routing, Gate: _routing, RmsInverse: _rms_inverse}
+          Sel: _routing, Gate: _routing, ExpertGate: _routing, RmsInverse: _rms_inverse}
 
 
 def dim_of(e: sp.Basic) -> str | None:

@@ -333,3 +333,255 @@ def test_router_bias_is_an_input_bias_of_the_router():
     for ins in ("rank1", "bias"):
         out = validate(spec, Setup(layers=2, input_strategy=ins), trials=1)
         assert out["max_rel_error"] <= 1e-12 and out["unpatched_rel_error"] > 1e-2, (ins, out)
+
+
+# --------------------------------------------------------------------------- 5. a norm before W_down
+
+
+def _float64_module_call(fn, *args):
+    """Call a transformers module with its float32 upcasts widened to float64 (`numeric.infer.Float64Mode`)."""
+    from numeric.infer import Float64Mode
+
+    with torch.no_grad(), Float64Mode():
+        return fn(*args)
+
+
+def _zoo_layer(model_type: str, gen: torch.Generator, **overrides):
+    """Layer 0 of a tiny float64 `model_type` (numeric.zoo's sizes) with every parameter randomized."""
+    from transformers import AutoModelForCausalLM
+
+    from numeric.zoo import tiny_config
+
+    cfg = tiny_config(model_type, layers=1)
+    for k, v in overrides.items():
+        setattr(cfg, k, v)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float64, attn_implementation="eager",
+                                                 experts_implementation="eager")
+    layer = model.model.layers[0]
+    with torch.no_grad():
+        for _, t in layer.named_parameters():
+            t.copy_(torch.randn(t.shape, generator=gen, dtype=t.dtype) * (t.shape[-1] ** -0.5 if t.dim() > 1 else 0.3)
+                    + (1.0 if t.dim() == 1 else 0.0))
+    return layer
+
+
+def test_mid_norm_round_trips_and_is_refused_for_moe():
+    spec = catalog.load("bitnet")
+    assert spec.mlp.mid_norm is not None and spec.mlp.mid_norm.kind == "rms"
+    assert loads_toml(dump_toml(spec)) == spec and "mid_norm" not in dump_toml(catalog.load("llama"))
+    with pytest.raises(SpecError) as exc:
+        loads_toml(catalog.text("mixtral").replace("[mlp]\n", '[mlp]\nmid_norm = "rms"\n'), "m.toml")
+    assert "m.toml" in str(exc.value) and "mid_norm" in str(exc.value) and "'gated'" in str(exc.value)
+    with pytest.raises(SpecError) as exc:
+        loads_toml(catalog.text("bitnet").replace('mid_norm = "rms"', 'mid_norm = "batch"'), "b.toml")
+    assert "mlp.mid_norm" in str(exc.value) and "'layer'" in str(exc.value)
+
+
+def test_mid_norm_parameters_have_the_mlp_width_and_w_down_acts_on_the_normalized_activations():
+    from symbolic.model import Block
+
+    spec = catalog.load("bitnet")
+    assert Block(spec).params["mlp_mid_norm.scale"].symbol.dim == "m"
+    d = check(spec).derivation
+    down = d.formula("W_down")
+    assert str(down.right) == "ahat_C" and "ahat_C" in str(down.value)
+    assert dict(d.definitions)["ahat_C"].has(Block(spec).params["mlp_mid_norm.scale"].symbol)
+    assert [c.text() for c in d.conditions] == ["z != 0", "ahat_C != 0"]
+    no_eps = loads_toml(catalog.text("bitnet").replace('mid_norm = "rms"', 'mid_norm = { kind = "rms", eps = 0.0 }'))
+    assert "a_C != 0" in [c.text() for c in check(no_eps).derivation.conditions]
+
+
+def test_mid_norm_alone_on_the_output_side_is_undecided_not_refuted():
+    """With W_down and b_down frozen, only the mid-norm's scale acts after a_C: exact iff W_down diag(f(a_C)) has
+    rank d (m >= d, weights permitting). ctxpatch says undecided; with W_down allowed it patches W_down."""
+    text = catalog.text("bitnet") + '\n[patch]\nallow = ["W_gate", "W_up", "mlp_mid_norm.scale"]\n'
+    with pytest.raises(SpecError) as exc:
+        check(loads_toml(text, "frozen_down.toml"))
+    assert "undecided" in str(exc.value) and "mlp_mid_norm.scale" in str(exc.value)
+    frozen = loads_toml(text.replace('"mlp_mid_norm.scale"', '"W_down"'))
+    assert check(frozen).perfect_patch
+    no_output = loads_toml(catalog.text("bitnet") + '\n[patch]\nallow = ["W_gate", "W_up"]\n')
+    v = check(no_output)
+    assert not v.output_controllable and v.counterexample["reason"] == "fixed"
+
+
+def test_mid_norm_layernorm_with_bias_validates_on_layer_stacks():
+    """A dense MLP with a LayerNorm (bias) on its hidden activations, down bias and W_down strategies."""
+    from numeric.validate import Setup, validate
+
+    text = catalog.text("gpt2").replace('name = "gpt2"', 'name = "gpt2_mid"')
+    spec = loads_toml(text.replace("[mlp]\n", '[mlp]\nmid_norm = { kind = "layer", eps = 1e-5, bias = true }\n'))
+    assert {"mlp_mid_norm.scale", "mlp_mid_norm.bias"} <= set(dict(check(spec).derivation.symbols))
+    for outs in ("down_bias", "down_rank1"):
+        out = validate(spec, Setup(layers=2, strategy=outs), trials=1)
+        assert out["max_rel_error"] <= 1e-12 and out["unpatched_rel_error"] > 1e-2, (outs, out)
+
+
+def bitnet_params(layer) -> dict[str, torch.Tensor]:
+    """Canonical names -> BitNetDecoderLayer's tensors (nn.Linear weights, (out, in))."""
+    mlp = layer.mlp
+    return {"mlp_pre_norm.scale": layer.post_attention_layernorm.weight, "W_gate": mlp.gate_proj.weight,
+            "W_up": mlp.up_proj.weight, "W_down": mlp.down_proj.weight, "mlp_mid_norm.scale": mlp.ffn_sub_norm.weight}
+
+
+def test_bitnet_kernel_is_the_transformers_mlp_branch():
+    """u + mlp(post_attention_layernorm(u)) with ffn_sub_norm before down_proj, in float64 to round-off (the
+    unquantized BitNet's linears are plain nn.Linear: no weight quantization in forward)."""
+    layer = _zoo_layer("bitnet", _seeded(41))
+    assert type(layer.mlp.down_proj) is torch.nn.Linear
+    params = {k: v.detach() for k, v in bitnet_params(layer).items()}
+    u = torch.randn(6, 32, generator=_seeded(42), dtype=torch.float64)
+    want = _float64_module_call(lambda v: v + layer.mlp(layer.post_attention_layernorm(v)), u)
+    k = kernels.load("bitnet", "torch")
+    assert _rel(k.forward(params, u), want) <= 1e-12, _rel(k.forward(params, u), want)
+    flat = {**params, "mlp_mid_norm.scale": torch.ones_like(params["mlp_mid_norm.scale"])}
+    assert _rel(k.forward(flat, u), want) > 1e-3  # the mid-norm's scale is read, not ignored
+    ctx = torch.randn(6, 32, generator=_seeded(43), dtype=torch.float64)
+    patches = k.block_patches(params, u, ctx)
+    assert _rel(k.apply(params, patches, u), k.forward(params, ctx)) <= 1e-12
+
+
+def test_up_only_is_not_generic_for_a_relu_gate():
+    """a_C / sigma(W_gate z) needs every gate coordinate nonzero: a null-set condition for SiLU, but ReLU^2
+    vanishes on a half-line (half the coordinates of a random token), so the strategy is restricted there."""
+    r = check(catalog.load("bitnet")).input.restrictions["up_only"]
+    assert r.reason == "unsolvable" and "vanishes on" in r.invariant and "0" in r.invariant
+    assert "up_only" in check(catalog.load("llama")).input.ok
+
+
+# --------------------------------------------------------------------------- 6. gpt-oss
+
+
+def gpt_oss_params(layer) -> dict[str, torch.Tensor]:
+    """Canonical names -> GptOssDecoderLayer's tensors. The experts store x @ W (E, in, out) with gate and up
+    interleaved in the last axis: gate_up_proj (E, d, 2m), gate = [..., ::2], up = [..., 1::2] (biases likewise,
+    gate_up_proj_bias (E, 2m)); down_proj (E, m, d), down_proj_bias (E, d). Canonical layout: (E, out, in)."""
+    mlp = layer.mlp
+    gu, gub = mlp.experts.gate_up_proj, mlp.experts.gate_up_proj_bias
+    return {"mlp_pre_norm.scale": layer.post_attention_layernorm.weight,
+            "W_router": mlp.router.weight, "b_router": mlp.router.bias,
+            "experts.W_gate": gu[..., ::2].transpose(1, 2), "experts.b_gate": gub[..., ::2],
+            "experts.W_up": gu[..., 1::2].transpose(1, 2), "experts.b_up": gub[..., 1::2],
+            "experts.W_down": mlp.experts.down_proj.transpose(1, 2), "experts.b_down": mlp.experts.down_proj_bias}
+
+
+def test_gpt_oss_fields_round_trip_and_are_checked():
+    spec = catalog.load("gpt_oss")
+    assert spec.moe.expert_bias and spec.moe.router_bias and spec.mlp.up_activation != "identity"
+    assert loads_toml(dump_toml(spec)) == spec
+    assert {"experts.b_gate", "experts.b_up", "experts.b_down"} <= set(dict(check(spec).derivation.symbols))
+    with pytest.raises(SpecError) as exc:
+        loads_toml(catalog.text("gpt2").replace("[mlp]\n", '[mlp]\nup_activation = "tanh"\n'), "g.toml")
+    assert "g.toml" in str(exc.value) and "up_activation" in str(exc.value) and "gated" in str(exc.value)
+    with pytest.raises(SpecError) as exc:
+        loads_toml(catalog.text("mixtral").replace("bias = false", "bias = true"), "x.toml")
+    assert "moe.expert_bias" in str(exc.value)
+
+
+def test_up_activation_is_inverted_or_refused_by_the_one_map_strategies():
+    """psi(p) = clamp(p, -7, 7) + 1 is bounded, so W_up alone cannot reach a generic a_C (up_only restricted
+    by psi's range); gate_only still divides by psi(p), whose zero set {-1} is null."""
+    text = catalog.text("llama").replace("[mlp]\n", '[mlp]\nup_activation = "Max(-7.0, Min(x, 7.0)) + 1"\n')
+    v = check(loads_toml(text))
+    r = v.input.restrictions["up_only"]
+    assert r.reason == "range" and r.stage == "up_activation"
+    assert v.perfect_patch and "rank1" in v.input.ok
+    tanh_up = check(loads_toml(catalog.text("llama").replace("[mlp]\n", '[mlp]\nup_activation = "x**3"\n')))
+    assert "up_only" in tanh_up.input.ok  # x**3 is onto: up_only inverts it
+
+
+def test_gpt_oss_kernel_is_the_transformers_moe_branch():
+    """u + GptOssMLP(post_attention_layernorm(u)) in float64 to round-off: router bias, softmax over the top-4
+    logits, interleaved gate/up with biases, the clamped GLU (exercised: the weights are scaled so that the
+    clamps at +-7 bind), expert down biases."""
+    spec = catalog.load("gpt_oss")
+    layer = _zoo_layer("gpt_oss", _seeded(51), num_local_experts=8, num_experts_per_tok=spec.moe.top_k)
+    assert (layer.mlp.experts.alpha, layer.mlp.experts.limit) == (1.702, 7.0)
+    with torch.no_grad():
+        layer.mlp.experts.gate_up_proj.mul_(12.0)  # pre-activations ~ N(0, 12^2): many beyond +-7
+    params = {k: v.detach() for k, v in gpt_oss_params(layer).items()}
+    u = torch.randn(6, 32, generator=_seeded(52), dtype=torch.float64)
+    z = norm(spec.mlp.pre_norm, params["mlp_pre_norm.scale"], None, u)
+    gate = torch.einsum("emd,td->tem", params["experts.W_gate"], z) + params["experts.b_gate"]
+    up = torch.einsum("emd,td->tem", params["experts.W_up"], z) + params["experts.b_up"]
+    assert float((gate > 7).double().mean()) > 0.1 and float((up.abs() > 7).double().mean()) > 0.1
+    want = _float64_module_call(lambda v: v + layer.mlp(layer.post_attention_layernorm(v)[None])[0][0], u)
+    k = kernels.load("gpt_oss", "torch")
+    assert _rel(k.forward(params, u), want) <= 1e-12, _rel(k.forward(params, u), want)
+    m = params["experts.b_up"].shape[-1]
+    halves = {**params, "experts.W_gate": layer.mlp.experts.gate_up_proj[..., :m].transpose(1, 2).detach()}
+    assert _rel(k.forward(halves, u), want) > 1e-3  # the interleaving is what the module reads
+    no_bias = {**params, "experts.b_down": torch.zeros_like(params["experts.b_down"])}
+    assert _rel(k.forward(no_bias, u), want) > 1e-3
+    ctx = torch.randn(6, 32, generator=_seeded(53), dtype=torch.float64)
+    assert _rel(k.apply(params, k.block_patches(params, u, ctx), u), k.forward(params, ctx)) <= 1e-12
+
+
+# --------------------------------------------------------------------------- 7. Llama 4
+
+
+def llama4_params(layer) -> dict[str, torch.Tensor]:
+    """Canonical names -> Llama4TextDecoderLayer's tensors (an MoE layer). The experts store x @ W (E, in, out):
+    gate_up_proj (E, d, 2m) concatenated, gate = [..., :m], up = [..., m:]; down_proj (E, m, d). Canonical
+    layout: (E, out, in). The router and the shared expert are nn.Linear (out, in)."""
+    ff = layer.feed_forward
+    gu, m = ff.experts.gate_up_proj, ff.experts.down_proj.shape[1]
+    return {"mlp_pre_norm.scale": layer.post_attention_layernorm.weight, "W_router": ff.router.weight,
+            "experts.W_gate": gu[..., :m].transpose(1, 2), "experts.W_up": gu[..., m:].transpose(1, 2),
+            "experts.W_down": ff.experts.down_proj.transpose(1, 2),
+            "shared.W_gate": ff.shared_expert.gate_proj.weight, "shared.W_up": ff.shared_expert.up_proj.weight,
+            "shared.W_down": ff.shared_expert.down_proj.weight}
+
+
+def test_input_weighting_round_trips_and_is_checked():
+    spec = catalog.load("llama4")
+    assert spec.moe.weighting == "input" and loads_toml(dump_toml(spec)) == spec
+    assert "weighting" not in dump_toml(catalog.load("mixtral"))
+    with pytest.raises(SpecError) as exc:
+        loads_toml(catalog.text("llama4").replace("renormalize = false", "renormalize = true"), "l4.toml")
+    assert "l4.toml" in str(exc.value) and "weighting" in str(exc.value) and "renormalize = false" in str(exc.value)
+    with pytest.raises(SpecError) as exc:
+        loads_toml(catalog.text("llama4").replace('weighting = "input"', 'weighting = "inputs"'), "l4.toml")
+    assert "moe.weighting" in str(exc.value) and "'output'" in str(exc.value)
+
+
+def test_input_weighting_puts_the_weight_inside_the_hidden_activations():
+    """a_C^(e) reads weight(ell_C, e) z_C, the routed sum has no weights, so each of the k selected experts takes
+    delta / k; with top_k = 2 the kernels (which mask the expert sum to the top-k) validate on layer stacks."""
+    from numeric.validate import Setup, validate
+
+    d = check(catalog.load("llama4")).derivation
+    assert "ExpertGate(MatVec(W_router, z_C), e)" in str(dict(d.definitions)["a_C[e]"])
+    assert str(d.formula("experts.W_down").value).startswith("delta/(k*")
+    text = catalog.text("llama4").replace('name = "llama4"', 'name = "llama4_top2"').replace("top_k = 1", "top_k = 2")
+    spec = loads_toml(text)
+    for ins in ("rank1", "bias") if "bias" in check(spec).input.ok else ("rank1",):
+        out = validate(spec, Setup(layers=2, input_strategy=ins), trials=1)
+        assert out["max_rel_error"] <= 1e-12 and out["unpatched_rel_error"] > 1e-2, (ins, out)
+    out = validate(spec, Setup(layers=2, strategy="shared_down_rank1"), trials=1)
+    assert out["max_rel_error"] <= 1e-12
+
+
+def test_llama4_kernel_is_the_transformers_moe_branch():
+    """u + Llama4TextMoe(post_attention_layernorm(u)) in float64 to round-off: top-1 sigmoid router scaling the
+    expert's input, concatenated gate/up, the shared expert added."""
+    spec = catalog.load("llama4")
+    layer = _zoo_layer("llama4_text", _seeded(61), num_local_experts=8, num_experts_per_tok=spec.moe.top_k)
+    assert layer.is_moe_layer
+    params = {k: v.detach() for k, v in llama4_params(layer).items()}
+    u = torch.randn(6, 32, generator=_seeded(62), dtype=torch.float64)
+    want = _float64_module_call(lambda v: v + layer.feed_forward(layer.post_attention_layernorm(v))[0], u)
+    k = kernels.load("llama4", "torch")
+    assert _rel(k.forward(params, u), want) <= 1e-12, _rel(k.forward(params, u), want)
+    from dataclasses import replace
+
+    from symbolic.codegen import render
+
+    ns: dict = {}
+    out_weighted = replace(spec, name="llama4_output_weighted", moe=replace(spec.moe, weighting="output"))
+    exec(compile(render(out_weighted, "torch"), "llama4_output_weighted", "exec"), ns)  # noqa: S102 - generated
+    assert _rel(ns["forward"](params, u), want) > 1e-3  # weighting the output instead is a different block
+    ctx = torch.randn(6, 32, generator=_seeded(63), dtype=torch.float64)
+    assert _rel(k.apply(params, k.block_patches(params, u, ctx), u), k.forward(params, ctx)) <= 1e-12

@@ -25,8 +25,8 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
-from symbolic.algebra import Dot, EMat, EVec, Gate, MatVec, Mean, Outer, Sel, Vec, normalize
-from symbolic.codegen.printers import EMatVec, ExpertSum, KDot, KMean, RouteWeight
+from symbolic.algebra import Dot, EMat, EVec, ExpertGate, Gate, MatVec, Mean, Outer, Sel, Vec, normalize
+from symbolic.codegen.printers import EMatVec, ExpertSum, KDot, KMean, RouteWeight, TopkMask
 from symbolic.derive import Derivation
 from symbolic.model import Block, Params, expert
 from symbolic.printing import pstr
@@ -104,8 +104,13 @@ def ident(param: str) -> str:
 
 
 def _lower_sum(s: sp.Sum, route: tuple[sp.Expr, ...]) -> sp.Expr:
+    """A top-k sum as a sum over the expert axis: the routing weights vanish off the top-k; a sum without
+    them (input weighting, Llama 4) is masked to the top-k explicitly."""
     (j, _lo, _hi), = s.limits
+    logits = {e.args[0] for e in s.function.atoms(Sel) if e.args[1] == j}
     f = s.function.replace(lambda e: isinstance(e, Sel) and e.args[1] == j, lambda e: expert)
+    if not any(g.args[1] == j for g in f.atoms(Gate)) and logits:
+        f = TopkMask(next(iter(logits)), *route) * f
     f = f.replace(lambda e: isinstance(e, Gate) and e.args[1] == j, lambda e: RouteWeight(e.args[0], *route))
     return ExpertSum(f)
 
@@ -121,13 +126,15 @@ def lower(expr: sp.Expr, route: tuple[sp.Expr, ...] = ()) -> sp.Expr:
     `route`: the router's arguments besides the logits (`route_args`), passed on to `RouteWeight`.
     """
     expr = expr.replace(lambda e: isinstance(e, sp.Sum), lambda e: _lower_sum(e, route))
+    expr = expr.replace(lambda e: isinstance(e, ExpertGate) and e.args[1] == expert,
+                        lambda e: RouteWeight(e.args[0], *route))
     expr = normalize(expr)
     expr = expr.replace(lambda e: isinstance(e, MatVec) and isinstance(e.args[0], EMat),
                         lambda e: EMatVec(e.args[0].args[0], e.args[1]))
     expr = expr.replace(lambda e: isinstance(e, EVec) and e.args[1] == expert, lambda e: e.args[0])
     expr = expr.replace(lambda e: isinstance(e, Dot), lambda e: KDot(*e.args))
     expr = expr.replace(lambda e: isinstance(e, Mean), lambda e: KMean(*e.args))
-    leftover = [a for a in sp.preorder_traversal(expr) if isinstance(a, (Sel, Gate, EMat, EVec, sp.Sum))]
+    leftover = [a for a in sp.preorder_traversal(expr) if isinstance(a, (Sel, Gate, ExpertGate, EMat, EVec, sp.Sum))]
     if leftover or expert in expr.free_symbols:
         raise ValueError(f"cannot lower {pstr(expr)}: {leftover or 'a free expert index'} left")
     return expr
@@ -140,7 +147,7 @@ def depends_on(expr: sp.Expr, names: set[str]) -> bool:
     """Whether `expr` is an array over the expert axis (an expert sum removes that axis)."""
     if isinstance(expr, ExpertSum):
         return False
-    if isinstance(expr, (RouteWeight, EMatVec)):
+    if isinstance(expr, (RouteWeight, EMatVec, TopkMask)):
         return True
     if isinstance(expr, sp.Symbol):
         return expr.name in names
@@ -258,16 +265,20 @@ def stage_function(spec: BlockSpec, P: Params, per_expert_patch: set[str]) -> Fu
     z = Vec("z", "d")
     mlp_in = s["x"] if spec.residual == "parallel" else s["u"]
     out = [Assign("z", lower(b.pre(P, mlp_in)))]
+    ell, sg = None, sp.S.One
+    if b.input_weighted():  # the experts read the routing weights: the logits come first
+        ell = Vec("ell", "n_E")
+        out.append(Assign("ell", lower(b.logits(P, z))))
     atoms = {}
     for g in b.hidden_groups():
         name = {"": "a", "experts": "a", "shared": "a_s"}[g]
         dim = "m_s" if g == "shared" else "m"
-        out.append(Assign(name, lower(b.hidden(P, z, g))))
+        out.append(Assign(name, lower(b.hidden(P, z, g, ell=ell))))
         atoms[g] = EVec(Vec(name, dim), expert) if g == "experts" else Vec(name, dim)
-    ell, sg = None, sp.S.One
     if spec.moe is not None:
-        ell = Vec("ell", "n_E")
-        out.append(Assign("ell", lower(b.logits(P, z))))
+        if ell is None:
+            ell = Vec("ell", "n_E")
+            out.append(Assign("ell", lower(b.logits(P, z))))
         if spec.moe.shared_expert == "gated":
             out.append(Assign("sigma_sg", lower(b.shared_gate(P, z))))
             sg = sp.Symbol("sigma_sg", positive=True)

@@ -38,6 +38,12 @@ class RouteWeight(sp.Function):
     nargs = (1, 2)
 
 
+class TopkMask(sp.Function):
+    r"""1 on each token's top-k experts, 0 elsewhere, shape (T, E, 1). Arguments as `RouteWeight`."""
+
+    nargs = (1, 2)
+
+
 class EMatVec(sp.Function):
     r"""$W^{(e)} v$ for every expert e: `W` stacked (E, out, in), `v` shared (T, 1, in) or per expert (T, E, in)."""
 
@@ -107,6 +113,10 @@ class _Batched:
     def _print_RouteWeight(self, e):
         extra = "".join(f", {self._print(a)}" for a in e.args[1:])
         return f"{self._runtime}.route({self._print(e.args[0])}, TOP_K, ROUTING{extra})"
+
+    def _print_TopkMask(self, e):
+        extra = "".join(f", {self._print(a)}" for a in e.args[1:])
+        return f"{self._runtime}.topk_mask({self._print(e.args[0])}, TOP_K, ROUTING{extra})"
 
     def _print_RmsInverse(self, e):
         return f"{self._runtime}.rms_inverse({self._print(e.args[0])}, {self._print(e.args[1])})"
