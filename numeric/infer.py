@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import math
 from dataclasses import dataclass, field
 
@@ -420,6 +421,10 @@ def dense_maps(mlp, mlp_path: str, record: dict[str, Call],
     down_name, down, dcall = outs[0]
     m = dcall.inp.shape[-1]
     base = {"W_down": _matrix(f"{mlp_path}.{down_name}", down, dcall)}
+    mid = next((n for n, mod in mlp.named_modules() if n and is_norm(mod) and
+                _same(record.get(f"{mlp_path}.{n}", Call(None, None)).out, dcall.inp)), None)
+    if mid is not None:  # a norm on the hidden activations before W_down (BitNet's ffn_sub_norm)
+        base["__mid__"] = Param(f"{mlp_path}.{mid}")
     bias = {"down": getattr(down, "bias", None) is not None}
     if bias["down"]:
         base["b_down"] = Param(f"{mlp_path}.{down_name}.bias")
@@ -539,18 +544,21 @@ def moe_maps(mlp, mlp_path: str, record: dict[str, Call], cfg) -> list[tuple[MoE
                 ("sigmoid" if sigmoid else "softmax", "before_topk", not renorm)]
     if not sigmoid:
         routings.append(("softmax", "after_topk", False))
+    weightings = ("output", "input") if getattr(cfg, "model_type", "").startswith("llama4") else ("output",)
     routings += [("softmax" if sigmoid else "sigmoid", "before_topk", r) for r in (renorm, not renorm)]
     out = []
     for g in dict.fromkeys([groups, (1, 1)]):
         for rs in dict.fromkeys([scale, 1.0]):
-            for scoring, softmax, rn in routings:
+            for (scoring, softmax, rn), weighting in itertools.product(routings, weightings):
                 try:
                     moe = MoESpec(experts=E, top_k=top_k, softmax=softmax, renormalize=rn, shared_expert=shared,
                                   expert="gated", scoring=scoring, selection_bias="b_select" in params,
-                                  groups=g[0], topk_groups=g[1], routed_scale=rs, router_bias="b_router" in params)
+                                  groups=g[0], topk_groups=g[1], routed_scale=rs, router_bias="b_router" in params,
+                                  weighting=weighting)
                 except ValueError:
                     continue
                 out.append((moe, params))
+    out.sort(key=lambda c: c[0].weighting != weightings[-1])  # a type that names input weighting: it first
     return out
 
 
@@ -664,9 +672,13 @@ def layer_adapters(layer64, record, x, y, cfg, model_type: str, name: str) -> tu
     if fl.adds_residual:
         residual = record[fl.pre].inp if fl.pre else record[fl.mlp].inp
     for kind, params, biases in dense_maps(mlp, fl.mlp, record, residual):
+        mid_spec, mid = None, params.pop("__mid__", None)
+        if mid is not None:
+            mid_spec, names = identify_norm(get(layer64, mid.path), cfg, record[mid.path].inp.shape[-1])
+            params.update({f"mlp_mid_norm.{k}": Param(f"{mid.path}.{v}") for k, v in names.items()})
         for act in acts:
             mspec = MLPSpec(kind=kind, activation=act, bias=biases, pre_norm=pre_spec, post_norm=post_spec,
-                            branch_scale=fl.scale)
+                            branch_scale=fl.scale, mid_norm=mid_spec)
             spec = BlockSpec(name=name, mlp=mspec, residual=fl.mode, shared_pre_norm=fl.shared_pre_norm,
                              attention=attention, hf_model_types=(model_type,))
             out.append(_adapter(spec, fl, {**params, **norm_params}))
