@@ -128,6 +128,7 @@ class Adapter:
     attn_module: str = ""
     skip: tuple[str, ...] = ()  # modules before the branch module that the patched run does not need
     adds_residual: bool = False  # the branch module returns u + branch itself (BLOOM's, MPT's MLP(h, residual))
+    arity: int = 0  # the branch module returns a tuple of this length (Llama 4's MoE: output, router logits)
 
     @property
     def returns_sum(self) -> bool:
@@ -198,6 +199,7 @@ class Call:
     out: torch.Tensor | None
     args: tuple = ()
     kwargs: dict = field(default_factory=dict)
+    arity: int = 0  # the output was a tuple of this length (0: a tensor)
 
 
 def first_tensor(value):
@@ -270,7 +272,8 @@ def trace(layer64, call: Call) -> tuple[dict[str, Call], torch.Tensor, torch.Ten
 
         def hook(_m, args, kwargs, out, name=name):
             if name not in record:  # copies: a layer may add into a submodule's output in place (Falcon)
-                record[name] = Call(_clone(_input_of(args, kwargs)), _clone(first_tensor(out)))
+                record[name] = Call(_clone(_input_of(args, kwargs)), _clone(first_tensor(out)),
+                                    arity=len(out) if isinstance(out, tuple) else 0)
         handles.append(module.register_forward_hook(hook, with_kwargs=True))
     args, kwargs = _double(call.args), _double(call.kwargs)
     mode = Float64Mode()
@@ -855,6 +858,9 @@ def infer(model, spec: BlockSpec | None = None, params: dict[str, str] | None = 
                             f"{describe(cand.spec)}, relative error {err:.1e} > {result['bound']:.0e}"
                             + (f" ({result['why']})" if result.get("why") else ""))
         cand, result = chosen
+        arity = record[cand.branch_module].arity
+        if arity != cand.arity:
+            cand = dataclasses.replace(cand, arity=arity)
         seen[signature] = [cand] + [c for c in candidates if c is not cand]
         kinds.append(cand)
         checks.append({"layer": n, **result})
