@@ -24,7 +24,8 @@ TINY = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", 
         "qwen3_moe", "olmoe", "gpt2", "gptj", "gpt_neox", "phi", "falcon", "bert")
 
 
-def tiny_model(model_type: str, layers: int = 2, dtype: str = "float64", seed: int = 0):
+def tiny_model(model_type: str, layers: int = 2, dtype: str = "float64", seed: int = 0,
+               encoder: bool | None = None):
     """A small random model of `model_type` (`numeric.zoo.tiny_model`; eager attention and experts, so
     float64 works)."""
     from numeric import zoo
@@ -34,7 +35,8 @@ def tiny_model(model_type: str, layers: int = 2, dtype: str = "float64", seed: i
     if model_type not in ENCODERS and model_type not in zoo.causal_lm_types():
         raise SpecError(f"no tiny model for type {model_type!r}: not a causal-LM type of the installed "
                         f"transformers. Allowed: {', '.join(zoo.causal_lm_types())}, {', '.join(sorted(ENCODERS))}.")
-    return zoo.tiny_model(model_type, layers, DTYPES[dtype], seed, encoder=model_type in ENCODERS)
+    encoder = model_type in ENCODERS if encoder is None else encoder
+    return zoo.tiny_model(model_type, layers, DTYPES[dtype], seed, encoder=encoder)
 
 
 def random_ids(n: int, vocab: int, gen: torch.Generator) -> torch.Tensor:
@@ -44,17 +46,19 @@ def random_ids(n: int, vocab: int, gen: torch.Generator) -> torch.Tensor:
 @torch.no_grad()
 def hf_check(model_type: str, layers: int = 2, context_len: int = 6, query_len: int = 5, dtype: str = "float64",
              generate: int = 0, keep_positions: bool = False, strategy: str | None = None, seed: int = 0,
-             spec=None, params: dict[str, str] | None = None) -> dict:
+             spec=None, params: dict[str, str] | None = None, encoder: bool | None = None) -> dict:
     """Patched query-alone run vs the run with the context on a tiny random model: the figures. ``spec`` and
-    ``params``: the user's spec and parameter map instead of the inferred ones (`numeric.hf.layout_for`)."""
+    ``params``: the user's spec and parameter map instead of the inferred ones (`numeric.hf.layout_for`).
+    ``encoder``: build the bare encoder (default for `ENCODERS`) or the causal-LM head (``False``)."""
     t0 = time.perf_counter()
-    model = tiny_model(model_type, layers, dtype, seed)
+    encoder = model_type in ENCODERS if encoder is None else encoder
+    model = tiny_model(model_type, layers, dtype, seed, encoder)
     gen = torch.Generator().manual_seed(seed + 2)
     ctx, q = random_ids(context_len, 64, gen), random_ids(query_len, 64, gen)
     ps = absorb_context(model, ctx, q, keep_positions=keep_positions, strategy=strategy, spec=spec, params=params)
     full = model(torch.cat([ctx, q], 1))
     alone = model(q)
-    if model_type in ENCODERS:
+    if encoder:
         patched, want, plain = ps.hidden_states(), full.last_hidden_state[:, context_len:], alone.last_hidden_state
     else:
         patched, want, plain = ps.logits(), full.logits[:, context_len:], alone.logits
@@ -63,10 +67,10 @@ def hf_check(model_type: str, layers: int = 2, context_len: int = 6, query_len: 
            "layer_kinds": len(ps.layout.specs),
            "max_rel_error": rel_error(patched[0], want[0]), "unpatched_rel_error": rel_error(plain[0], want[0]),
            "bound": BOUNDS[dtype], **choices(ps)}
-    if model_type not in ENCODERS or keep_positions:
-        materialized = ps.materialized_logits() if model_type not in ENCODERS else None
+    if not encoder or keep_positions:
+        materialized = ps.materialized_logits() if not encoder else None
         out["materialized_rel_error"] = rel_error(materialized[0], want[0]) if materialized is not None else None
-    if generate and model_type not in ENCODERS:
+    if generate and not encoder:
         ours = generate_without_context(model, ctx, q, generate, strategy=strategy, spec=spec, params=params)
         ref = greedy_with_context(model, torch.cat([ctx, q], 1), generate)
         out["generation_identical"] = bool(torch.equal(ours, ref))
@@ -207,11 +211,11 @@ def model_status(model_type: str, layers: int = 2, seed: int = 0) -> dict:
         cfg = zoo.tiny_config(model_type, layers)
         if getattr(cfg, "is_encoder_decoder", False):
             raise SpecError("encoder-decoder model (the theory is stated for one decoder stack)")
-        out = hf_check(model_type, layers=layers, dtype="float64", seed=seed, strategy=STRATEGY)
+        out = hf_check(model_type, layers=layers, dtype="float64", seed=seed, strategy=STRATEGY, encoder=False)
         row.update(factored_error=out["max_rel_error"], materialized_error=out["materialized_rel_error"],
                    unpatched_error=out["unpatched_rel_error"], layer_kinds=out["layer_kinds"])
         gen = hf_check(model_type, layers=layers, dtype="float32", generate=SUPPORT["generate"], seed=seed,
-                       query_len=3, strategy=STRATEGY)
+                       query_len=3, strategy=STRATEGY, encoder=False)
         row["generation_identical"] = gen["generation_identical"]
         problems = [f"{name} error {row[key]:.1e} > {SUPPORT[name]:.0e}"
                     for name, key in (("factored", "factored_error"), ("materialized", "materialized_error"))

@@ -223,15 +223,26 @@ def _input_of(args, kwargs):
 
 @torch.no_grad()
 def layer_calls(model, layers_path: str, ids: torch.Tensor) -> list[Call]:
-    """Every layer's first call (arguments, output) in one run of the model on ``ids``."""
+    """Every layer's call (arguments, output) in one run of the model on ``ids``. Refused: a layer called
+    more than once per forward (a looped or recurrent stack: one patch per layer cannot follow it), a layer
+    not called, and a second stack of the model's decoder-layer classes that runs (its context effect would
+    be left unpatched)."""
     layers = get(model, layers_path)
     calls: dict[int, Call] = {}
+    counts: dict[int, int] = {}
     handles = []
     for n, layer in enumerate(layers):
         def hook(_m, args, kwargs, out, n=n):
+            counts[n] = counts.get(n, 0) + 1
             if n not in calls:
                 calls[n] = Call(_input_of(args, kwargs), first_tensor(out), args, dict(kwargs))
         handles.append(layer.register_forward_hook(hook, with_kwargs=True))
+    declared = set(getattr(model, "_no_split_modules", None) or ())
+    others: set[str] = set()
+    ours = {id(m) for m in layers}
+    for name, module in model.named_modules():
+        if type(module).__name__ in declared and id(module) not in ours:
+            handles.append(module.register_forward_hook(lambda _m, _a, _o, name=name: others.add(name)))
     try:
         model(ids, use_cache=False)
     finally:
@@ -240,6 +251,15 @@ def layer_calls(model, layers_path: str, ids: torch.Tensor) -> list[Call]:
     missing = [n for n in range(len(layers)) if n not in calls]
     if missing:
         raise SpecError(f"layers {missing} of {layers_path} were not called in a forward pass")
+    looped = {n: k for n, k in counts.items() if k > 1}
+    if looped:
+        n, k = next(iter(looped.items()))
+        raise SpecError(f"layer {n} ({layers_path}.{n}) runs {k} times in one forward (a looped or recurrent "
+                        "stack): one patch per layer cannot follow it")
+    inside = [o for o in others if not o.startswith(layers_path + ".")]
+    if inside:
+        raise SpecError(f"a second stack of decoder layers runs ({sorted(inside)[0]}, besides {layers_path}): its "
+                        "share of the context's effect would be left unpatched")
     return [calls[n] for n in range(len(layers))]
 
 
