@@ -24,7 +24,8 @@ from symbolic.errors import SpecError  # noqa: E402
 INFERRED = ["phi3", "cohere", "stablelm", "granite", "nemotron", "glm4", "starcoder2", "exaone4", "olmo",
             "helium", "smollm3", "arcee", "apertus", "ministral", "seed_oss", "hunyuan_v1_dense", "glm",
             "persimmon", "gpt_bigcode", "codegen", "biogpt", "opt", "bloom", "mpt", "gpt_neo",
-            "qwen3_moe", "olmoe", "phimoe", "granitemoe", "ernie4_5", "dots1"]
+            "qwen3_moe", "olmoe", "phimoe", "granitemoe", "ernie4_5", "deepseek_v3", "bitnet", "llama4_text",
+            "roberta", "aria_text"]
 
 
 @pytest.mark.parametrize("model_type", INFERRED)
