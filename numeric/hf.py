@@ -249,9 +249,10 @@ class DenseWriter:
     r"""Writes token j's dense patched parameters into a model's layers and takes them out again.
 
     A resident parameter (the model is not dispatched by accelerate, the name is not a stacked-expert
-    slice) is never overwritten: $P + U_j V_j^\top$ is formed into a buffer kept per parameter
-    (`torch.addr`, one read of P and one write) and the parameter's ``.data`` is pointed at it;
-    restoring points it back at its own storage, so the original is untouched, whatever happens.
+    slice) is never overwritten: $P + U_j V_j^\top$ is formed into a buffer (`torch.addr`, one read of P
+    and one write) and the parameter's ``.data`` is pointed at it; restoring points it back at its
+    own storage, so the original is untouched, whatever happens. Buffers are reused across tokens
+    and layers (a layer is restored before the next one is written): a few matrices of memory.
     Anything else goes through `offload.write` / `offload.restore` with `dense_parameters`.
     Both forms compute the same values.
     """
@@ -259,7 +260,7 @@ class DenseWriter:
     def __init__(self, model, layout: Layout):
         self.layers = get(model, layout.layers)
         self.fast = not offload.dispatched(model)
-        self.buffers: dict[tuple[int, str], torch.Tensor] = {}
+        self.buffers: dict[tuple, list[torch.Tensor]] = {}  # (shape, dtype, device) -> free buffers
 
     def write(self, n: int, lp: LayerPatches, j: int) -> list:
         """Layer n computes with token j's patched parameters; returns what `restore` undoes."""
@@ -270,12 +271,11 @@ class DenseWriter:
                 slow.rank1[name] = (U, V)
                 continue
             own = param.data
-            buf = self.buffers.get((n, name))
-            if buf is None or buf.shape != own.shape or buf.dtype != own.dtype or buf.device != own.device:
-                buf = self.buffers[(n, name)] = torch.empty_like(own, memory_format=torch.contiguous_format)
+            free = self.buffers.setdefault((own.shape, own.dtype, own.device), [])
+            buf = free.pop() if free else torch.empty(own.shape, dtype=own.dtype, device=own.device)
             _patched(own, U[j], V[j], out=buf)
             param.data = buf
-            undo.append((param, own))
+            undo.append((param, own, buf))
         for name, value in lp.values.items():
             param = self._resident(layer, name)
             if param is None:
@@ -283,18 +283,20 @@ class DenseWriter:
                 continue
             own = param.data
             param.data = value[j].to(own.dtype).reshape(own.shape)
-            undo.append((param, own))
+            undo.append((param, own, None))
         saved = offload.write(layer, dense_parameters(layer, slow, j)) if slow.rank1 or slow.values else []
         return [undo, saved]
 
-    @staticmethod
-    def restore(saved: list) -> None:
+    def restore(self, saved: list) -> None:
+        """Undo `write`: every parameter back on its own storage, the buffers free again."""
         if not saved:
             return
         undo, rest = saved
         offload.restore(rest)
-        for param, own in reversed(undo):
+        for param, own, buf in reversed(undo):
             param.data = own
+            if buf is not None:
+                self.buffers[(own.shape, own.dtype, own.device)].append(buf)
 
     def _resident(self, layer, name: str):
         if not self.fast or "[" in name:
@@ -473,6 +475,7 @@ PROBES = 2  # random input directions of the amplification measure
 FD_STEP = 1e-3  # relative step of the central differences of `amplification`
 TIE = 1.1  # amplifications within 10% are equal (random directions): the checker's order decides
 ACCEPT = 1.5  # a layer's previous choice is kept while it amplifies perturbations at most this much
+GROWTH = 2.0  # ... and kept unmeasured while its patch is at most this much larger than when last measured
 
 
 def last_logits_only(model) -> dict:
@@ -572,7 +575,9 @@ class Patcher:
     ``kernels`` are the candidate strategies (one when a strategy is named); ``patch_dtype`` computes
     the patches in a wider dtype and stores them in the model's. To save time, the strategy a layer
     chose for the previous token is tried first and kept, without trying the others, while its
-    patch is well conditioned and its amplification at most `ACCEPT` (``memory``).
+    patch is well conditioned and its amplification at most `ACCEPT` (``memory``); and kept without
+    measuring its amplification (NaN recorded) while the patch is no more than `GROWTH` times as large,
+    relative to the parameters, as when this Patcher last measured it (`_unchanged`).
     """
 
     model: object
@@ -582,6 +587,7 @@ class Patcher:
     memory: dict = field(default_factory=dict)  # layer -> the strategy its previous token chose
     measure: bool = True  # the amplification of a single candidate too (a choice always measures)
     writer: DenseWriter | None = None  # writes the dense patches of the materialized passes (its buffers)
+    measured: dict = field(default_factory=dict)  # layer -> (strategy, amplification, patch sizes) last measured
     cached: dict = field(default_factory=dict, repr=False)  # layer -> its parameters (resident models)
 
     def __post_init__(self):
@@ -621,10 +627,10 @@ class Patcher:
 
     def _best(self, n, params, u, target, x, j) -> tuple[str, float, dict]:
         """Token j's patches by every candidate; the best by (ill-conditioned, amplification)."""
-        from numeric.kernels.runtime import warn_ill_conditioned
+        from numeric.kernels.runtime import relative_sizes, warn_ill_conditioned
 
         found, first_error, reference = [], None, None
-        last = self.memory.get(n)
+        last, record = self.memory.get(n), self.measured.get(n)
         adapter = self.layout[n]
         kernels_n = self.kernels[adapter.spec]
         for name, kernel in sorted(kernels_n.items(), key=lambda item: item[0] != last):  # last choice first
@@ -633,16 +639,23 @@ class Patcher:
             except PatchConditionError as exc:
                 first_error = first_error or exc
                 continue
+            ill = self._ill(kernel, params, patches)
+            sizes = {k: float(v.max()) for k, v in relative_sizes(patches, kernel.references(params)).items()}
+            if name == last and not ill and record is not None and record[0] == name and \
+                    _unchanged(record[1], record[2], sizes):
+                found = [(ill, float("nan"), name, patches)]  # kept without measuring (NaN recorded)
+                break
             amp, reference = _amplification(kernel, params, patches, u, x, adapter.mode, reference)  # the
             amp = float(amp[0])  # unpatched branch is measured once, with the first candidate, for all
-            ill = self._ill(kernel, params, patches)
-            found.append((ill, amp, name, patches))
+            found.append((ill, amp, name, patches, sizes))
             if name == last and not ill and amp <= ACCEPT:
                 break  # the layer's previous choice still does not amplify: keep it
         if not found:
             raise PatchConditionError(first_error.condition, [j], first_error.layer)
-        ill, amp, name, patches = _choose(found)
+        ill, amp, name, patches, *sizes = _choose(found)
         self.memory[n] = name
+        if sizes:
+            self.measured[n] = (name, amp, sizes[0])
         warn_ill_conditioned(patches, kernels_n[name].references(params), str(n))
         return name, amp, patches
 
@@ -680,9 +693,20 @@ def _quiet(fn, *args, **kwargs):
 def _choose(found: list[tuple[bool, float, str, dict]]) -> tuple[bool, float, str, dict]:
     """Among (ill, amplification, name, patches): the well-conditioned ones if any, then the least
     amplification; amplifications within `TIE` of the least count as equal (the checker's order)."""
+    if len(found) == 1:
+        return found[0]
     pool = [f for f in found if not f[0]] or found
     least = min(f[1] for f in pool)
     return next(f for f in pool if f[1] <= TIE * least)
+
+
+def _unchanged(amp: float, then: dict, now: dict) -> bool:
+    r"""Whether a layer's kept strategy needs no new `amplification`: measured at most `ACCEPT` with
+    room to spare, and its patch now at most `GROWTH` times as large (relative to the parameters) as
+    then. The excess $A - 1$ comes from the patch and grows about linearly with its size, so
+    $1 + (A - 1)\,g \le$ `ACCEPT` with g the largest growth bounds the new amplification."""
+    growth = max((now[k] / then[k] if then[k] > 0 else (0.0 if now[k] == 0 else float("inf"))) for k in now)
+    return growth <= GROWTH and 1 + (max(amp, 1.0) - 1) * growth <= ACCEPT
 
 
 def _x(x) -> dict:
