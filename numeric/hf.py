@@ -642,7 +642,7 @@ class Patcher:
             ill = self._ill(kernel, params, patches)
             sizes = {k: float(v.max()) for k, v in relative_sizes(patches, kernel.references(params)).items()}
             if name == last and not ill and record is not None and record[0] == name and \
-                    _unchanged(record[1], record[2], sizes):
+                    set(sizes) == set(patches) and _unchanged(record[1], record[2], sizes):
                 found = [(ill, float("nan"), name, patches)]  # kept without measuring (NaN recorded)
                 break
             amp, reference = _amplification(kernel, params, patches, u, x, adapter.mode, reference)  # the
@@ -704,7 +704,8 @@ def _unchanged(amp: float, then: dict, now: dict) -> bool:
     r"""Whether a layer's kept strategy needs no new `amplification`: measured at most `ACCEPT` with
     room to spare, and its patch now at most `GROWTH` times as large (relative to the parameters) as
     then. The excess $A - 1$ comes from the patch and grows about linearly with its size, so
-    $1 + (A - 1)\,g \le$ `ACCEPT` with g the largest growth bounds the new amplification."""
+    $1 + (A - 1)\,g \le$ `ACCEPT` with g the largest growth bounds the new amplification. Only for
+    patches whose every part has a size (a bias patch has none: it is measured every time)."""
     growth = max((now[k] / then[k] if then[k] > 0 else (0.0 if now[k] == 0 else float("inf"))) for k in now)
     return growth <= GROWTH and 1 + (max(amp, 1.0) - 1) * growth <= ACCEPT
 
