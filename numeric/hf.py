@@ -161,19 +161,18 @@ class PatchSet:
         return torch.cat([o.logits for o in self._materialized(layers)], 1)
 
     def _materialized(self, upto: int | None = None) -> list:
-        layers = get(self.model, self.layout.layers)
-        upto = len(layers) if upto is None else upto
-        outs, cache = [], None
+        upto = len(self.layout) if upto is None else upto
+        outs, cache, writer = [], None, DenseWriter(self.model, self.layout)
         for j in range(self.query_ids.shape[1]):
             def dense(n, u, x, j=j):
-                return dense_parameters(layers[n], self.layers[n], j) if n < upto else {}
+                return (self.layers[n], j) if n < upto else None
 
             ids = self.query_ids[:, j:j + 1]
             if self.positions is None:
-                out = _token_pass(self.model, self.layout, ids, dense, past_key_values=cache, use_cache=True)
+                out = _token_pass(self.model, self.layout, ids, dense, writer, past_key_values=cache, use_cache=True)
                 cache = out.past_key_values
             else:
-                out = _token_pass(self.model, self.layout, ids, dense, position_ids=self.positions[:, j:j + 1])
+                out = _token_pass(self.model, self.layout, ids, dense, writer, position_ids=self.positions[:, j:j + 1])
             outs.append(out)
         return outs
 
@@ -202,16 +201,84 @@ class _LayerKernel:
 
 def dense_parameters(layer, lp: LayerPatches, j: int) -> dict[str, torch.Tensor]:
     r"""Token j's patched parameters of one layer, dense: $P + U_j V_j^\top$ for every `rank1` entry
-    (a stacked-expert slice ``name[e]`` included) and ``values[j]``; the sum is formed in at least
-    float32 and rounded once to the parameter's dtype."""
+    (a stacked-expert slice ``name[e]`` included) and ``values[j]``; the sum is formed by `torch.addr`
+    in at least float32 and rounded to the parameter's dtype (`DenseWriter` forms the same values)."""
     out = {}
     for name, (U, V) in lp.rank1.items():
-        P = parameter_view(layer, name)
-        wide = torch.promote_types(P.dtype, torch.float32)
-        out[name] = (P.to(wide) + torch.outer(U[j].to(wide), V[j].to(wide))).to(P.dtype)  # (a, b)
+        out[name] = _patched(parameter_view(layer, name), U[j], V[j])
     for name, value in lp.values.items():
         out[name] = value[j].to(parameter_view(layer, name).dtype)
     return out
+
+
+def _patched(P: torch.Tensor, u: torch.Tensor, v: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """P + outer(u, v) by `torch.addr`, in at least float32, in P's dtype (into `out` when given)."""
+    wide = torch.promote_types(P.dtype, torch.float32)
+    if wide == P.dtype:
+        u, v = u.to(wide), v.to(wide)
+        return torch.addr(P, u, v) if out is None else torch.addr(P, u, v, out=out)
+    value = torch.addr(P.to(wide), u.to(wide), v.to(wide)).to(P.dtype)
+    return value if out is None else out.copy_(value)
+
+
+class DenseWriter:
+    r"""Writes token j's dense patched parameters into a model's layers and takes them out again.
+
+    A resident parameter (the model is not dispatched by accelerate, the name is not a stacked-expert
+    slice) is never overwritten: $P + U_j V_j^\top$ is formed into a buffer (`torch.addr`, one read of P
+    and one write) and the parameter's ``.data`` is pointed at it; restoring points it back at its
+    own storage, so the original is untouched, whatever happens. Buffers are reused across tokens
+    and layers (a layer is restored before the next one is written): a few matrices of memory.
+    Anything else goes through `offload.write` / `offload.restore` with `dense_parameters`.
+    Both forms compute the same values.
+    """
+
+    def __init__(self, model, layout: Layout):
+        self.layers = get(model, layout.layers)
+        self.fast = not offload.dispatched(model)
+        self.buffers: dict[tuple, list[torch.Tensor]] = {}  # (shape, dtype, device) -> free buffers
+
+    def write(self, n: int, lp: LayerPatches, j: int) -> list:
+        """Layer n computes with token j's patched parameters; returns what `restore` undoes."""
+        layer, undo, slow = self.layers[n], [], LayerPatches()
+        for name, (U, V) in lp.rank1.items():
+            param = self._resident(layer, name)
+            if param is None:
+                slow.rank1[name] = (U, V)
+                continue
+            own = param.data
+            free = self.buffers.setdefault((own.shape, own.dtype, own.device), [])
+            buf = free.pop() if free else torch.empty(own.shape, dtype=own.dtype, device=own.device)
+            _patched(own, U[j], V[j], out=buf)
+            param.data = buf
+            undo.append((param, own, buf))
+        for name, value in lp.values.items():
+            param = self._resident(layer, name)
+            if param is None:
+                slow.values[name] = value
+                continue
+            own = param.data
+            param.data = value[j].to(own.dtype).reshape(own.shape)
+            undo.append((param, own, None))
+        saved = offload.write(layer, dense_parameters(layer, slow, j)) if slow.rank1 or slow.values else []
+        return [undo, saved]
+
+    def restore(self, saved: list) -> None:
+        """Undo `write`: every parameter back on its own storage, the buffers free again."""
+        if not saved:
+            return
+        undo, rest = saved
+        offload.restore(rest)
+        for param, own, buf in reversed(undo):
+            param.data = own
+            if buf is not None:
+                self.buffers[(own.shape, own.dtype, own.device)].append(buf)
+
+    def _resident(self, layer, name: str):
+        if not self.fast or "[" in name:
+            return None
+        p = get(layer, name)
+        return p if isinstance(p, torch.Tensor) and not p.is_meta else None
 
 
 def parameter_view(layer, name: str) -> torch.Tensor:
@@ -222,37 +289,43 @@ def parameter_view(layer, name: str) -> torch.Tensor:
     return p[int(index[:-1])] if index else p
 
 
-def _write(layer, dense: dict[str, torch.Tensor]) -> list:
-    """Make the layer compute with dense values (`offload.write`); returns what `_restore` undoes."""
-    return offload.write(layer, dense)
+def _trunk(model, head: bool):
+    """The model, or without its head (a causal LM's decoder, ``base_model``) for a pass whose logits
+    nobody reads: the head of a large vocabulary costs as much as many layers. A dispatched model
+    always runs whole (accelerate's hooks on the top module place the inputs)."""
+    base = getattr(model, "base_model", model)
+    if head or base is model or not isinstance(base, torch.nn.Module) or offload.dispatched(model):
+        return model
+    return base
 
 
-def _restore(saved: list) -> None:
-    offload.restore(saved)
-
-
-def _token_pass(model, layout: Layout, ids: torch.Tensor, dense_for, **kwargs):
+def _token_pass(model, layout: Layout, ids: torch.Tensor, dense_for, writer: DenseWriter | None = None,
+                head: bool = True, **kwargs):
     """One forward pass of the model's own modules with per-layer dense patches written in.
 
     At every layer, as soon as the MLP's input u is known (the pre-hook of the u module; of the
-    branch module for a parallel block, once attention has run), ``dense_for(n, u, x)`` gives the
-    dense parameters, which are written into the layer and restored after the branch module. All
-    parameters are restored on exit, also when a patch fails.
+    branch module for a parallel block, once attention has run), ``dense_for(n, u, x)`` gives
+    ``(LayerPatches, j)`` (or None: the layer keeps its weights), whose token j is written into the
+    layer (`DenseWriter`) and restored after the branch module. All parameters are restored on exit,
+    also when a patch fails. ``head=False``: the decoder alone (no logits; `_trunk`).
     """
     state: dict = {}
     handles = _input_hooks(model, layout, state)
     layers = get(model, layout.layers)
+    writer = writer or DenseWriter(model, layout)
     saved: dict[int, list] = {}
 
     def write(n):
         def hook(_mod, _args):
             u, x = _base(state.pop(n), layout[n])
-            saved[n] = _write(layers[n], dense_for(n, u, x))
+            which = dense_for(n, u, x)
+            if which is not None:
+                saved[n] = writer.write(n, *which)
         return hook
 
     def restore(n):
         def hook(_mod, _args, _out):
-            _restore(saved.pop(n, []))
+            writer.restore(saved.pop(n, []))
         return hook
 
     for n, layer in enumerate(layers):
@@ -262,12 +335,12 @@ def _token_pass(model, layout: Layout, ids: torch.Tensor, dense_for, **kwargs):
         handles.append(get(layer, adapter.branch_module).register_forward_hook(restore(n)))
     try:
         with offload.located(model, layout.layers):
-            return model(ids, **kwargs)
+            return _trunk(model, head)(ids, **kwargs)
     finally:
         for h in handles:
             h.remove()
         for n in list(saved):
-            _restore(saved.pop(n))
+            writer.restore(saved.pop(n))
 
 
 def _slice(patches: dict, j: int) -> dict:
@@ -355,13 +428,17 @@ def _passthrough(hidden, *args, **kwargs):
     return hidden
 
 
-def contextual_bases(model, layout: Layout, ids: torch.Tensor, **kwargs) -> tuple[list[torch.Tensor], object]:
-    """u_C of every layer (all positions) and the output of the run with the context."""
+def contextual_bases(model, layout: Layout, ids: torch.Tensor, head: bool = True,
+                     **kwargs) -> tuple[list[torch.Tensor], object]:
+    """u_C of every layer (all positions) and the output of the run with the context (``head=False``:
+    of the decoder alone, no logits; `_trunk`)."""
     record: dict = {}
     handles = _input_hooks(model, layout, record)
+    if not head and _trunk(model, head) is model:
+        kwargs = {**last_logits_only(model), **kwargs}
     try:
         with offload.located(model, layout.layers):
-            out = model(ids, **kwargs)
+            out = _trunk(model, head)(ids, **kwargs)
     finally:
         for h in handles:
             h.remove()
@@ -375,6 +452,7 @@ PROBES = 2  # random input directions of the amplification measure
 FD_STEP = 1e-3  # relative step of the central differences of `amplification`
 TIE = 1.1  # amplifications within 10% are equal (random directions): the checker's order decides
 ACCEPT = 1.5  # a layer's previous choice is kept while it amplifies perturbations at most this much
+GROWTH = 2.0  # ... and kept unmeasured while its patch is at most this much larger than when last measured
 
 
 def last_logits_only(model) -> dict:
@@ -421,27 +499,46 @@ def amplification(kernel, params: dict, patches: dict, u: torch.Tensor, x: torch
     a patch with a large $A$ (Theorem 1 where $f(h_C)$ has tiny coordinates:
     $A \approx \max_i |\gamma_i + \Delta\gamma_i| / \max_i|\gamma_i|$) multiplies every rounding
     difference below it; the default strategy minimizes $A$. ``reference``: the unpatched
-    differences (`branch_response` of ``kernel.forward``), shared by every candidate strategy.
+    differences (`branch_response`), shared by every candidate strategy; without it they come from
+    the same call of ``kernel.apply`` as the patched ones (zero patches: one read of the weights).
     """
+    return _amplification(kernel, params, patches, u, x, mode, reference)[0]
+
+
+def _amplification(kernel, params, patches, u, x, mode, reference=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """`amplification` and the unpatched differences it measured against."""
     reps = 2 * PROBES
-    rep = {k: {f: torch.cat([v] * reps) for f, v in fs.items()} for k, fs in patches.items()}
-    new = branch_response(kernel.apply, (params, rep), u, x, mode)
-    if reference is None:
-        reference = branch_response(kernel.forward, (params,), u, x, mode)
-    return (new.double().norm(dim=-1) / reference.double().norm(dim=-1).clamp_min(1e-300)).max(0).values  # (T,)
+    if reference is None:  # one call of apply: the patched rows, then the unpatched ones (zero patches)
+        both = {k: {f: torch.cat([v] * reps + [_unpatched(f, v)] * reps) for f, v in fs.items()}
+                for k, fs in patches.items()}
+        new, reference = branch_response(kernel.apply, (params, both), u, x, mode, copies=2).unbind(0)
+    else:
+        rep = {k: {f: torch.cat([v] * reps) for f, v in fs.items()} for k, fs in patches.items()}
+        new = branch_response(kernel.apply, (params, rep), u, x, mode)
+    amp = (new.double().norm(dim=-1) / reference.double().norm(dim=-1).clamp_min(1e-300)).max(0).values  # (T,)
+    return amp, reference
 
 
-def branch_response(fn, args, u: torch.Tensor, x: torch.Tensor | None, mode: str) -> torch.Tensor:
-    """(K, T, d): central differences of the branch `fn(*args, ...)` along K fixed random directions."""
+def _unpatched(name: str, v: torch.Tensor) -> torch.Tensor:
+    """A patch field that changes nothing: a unit scale, zero factors and deltas."""
+    return torch.ones_like(v) if name == "scale" else torch.zeros_like(v)
+
+
+def branch_response(fn, args, u: torch.Tensor, x: torch.Tensor | None, mode: str, copies: int = 1) -> torch.Tensor:
+    """(K, T, d): central differences of the branch `fn(*args, ...)` along K fixed random directions.
+    ``copies`` > 1: ``fn`` takes that many stacked copies of the probes (rows of its patches that
+    differ); returns (copies, K, T, d)."""
     base = x if mode == "parallel" else u  # (T, d)
-    T, reps = base.shape[0], 2 * PROBES
+    T, reps = base.shape[0], 2 * PROBES * copies
     gen = torch.Generator(device="cpu").manual_seed(0)
     eta = torch.randn((PROBES, *base.shape), generator=gen, dtype=torch.float64).to(base)  # (K, T, d)
     eta = eta / eta.norm(dim=-1, keepdim=True) * (FD_STEP * base.norm(dim=-1, keepdim=True))
     probes = torch.cat([base + eta, base - eta]).reshape(-1, base.shape[-1])  # (2K T, d)
     others = torch.cat([u] * reps) if mode == "parallel" else (None if x is None else torch.cat([x] * reps))
-    out = _branch(fn, args, others, probes, mode).reshape(2, PROBES, T, -1)
-    return out[0] - out[1]
+    probes = torch.cat([probes] * copies) if copies > 1 else probes
+    out = _branch(fn, args, others, probes, mode).reshape(copies, 2, PROBES, T, -1)
+    out = out[:, 0] - out[:, 1]
+    return out if copies > 1 else out[0]
 
 
 def _branch(fn, args, other, v, mode: str) -> torch.Tensor:
@@ -459,7 +556,9 @@ class Patcher:
     ``kernels`` are the candidate strategies (one when a strategy is named); ``patch_dtype`` computes
     the patches in a wider dtype and stores them in the model's. To save time, the strategy a layer
     chose for the previous token is tried first and kept, without trying the others, while its
-    patch is well conditioned and its amplification at most `ACCEPT` (``memory``).
+    patch is well conditioned and its amplification at most `ACCEPT` (``memory``); and kept without
+    measuring its amplification (NaN recorded) while the patch is no more than `GROWTH` times as large,
+    relative to the parameters, as when this Patcher last measured it (`_unchanged`).
     """
 
     model: object
@@ -468,12 +567,28 @@ class Patcher:
     patch_dtype: torch.dtype | None = None
     memory: dict = field(default_factory=dict)  # layer -> the strategy its previous token chose
     measure: bool = True  # the amplification of a single candidate too (a choice always measures)
+    writer: DenseWriter | None = None  # writes the dense patches of the materialized passes (its buffers)
+    measured: dict = field(default_factory=dict)  # layer -> (strategy, amplification, patch sizes) last measured
+    cached: dict = field(default_factory=dict, repr=False)  # layer -> its parameters (resident models)
+
+    def __post_init__(self):
+        self.writer = self.writer or DenseWriter(self.model, self.layout)
+
+    def params(self, n: int) -> dict[str, torch.Tensor]:
+        """Layer n's canonical parameters (`layer_params`), read once per Patcher on a resident model: the
+        views keep the parameters' own storage, which `DenseWriter` never writes. A dispatched model's
+        are loaded by its hooks at every call (holding them would defeat the offload)."""
+        if n in self.cached:
+            return self.cached[n]
+        params = layer_params(get(self.model, self.layout.layers)[n], self.layout[n])
+        if self.writer.fast:
+            self.cached[n] = params
+        return params
 
     def layer(self, n: int, u: torch.Tensor, target: torch.Tensor, x: torch.Tensor | None) -> LayerPatches:
         """LayerPatches of layer n for u, target (T, d) (x: the MLP input of a parallel block)."""
         adapter = self.layout[n]
-        layer = get(self.model, self.layout.layers)[n]
-        params = layer_params(layer, adapter)
+        params = self.params(n)
         kernels_n = self.kernels[adapter.spec]
         target = target.to(device=u.device, dtype=u.dtype)  # accelerate may place layers on several devices
         wide = self.patch_dtype if self.patch_dtype is not None and self.patch_dtype != u.dtype else None
@@ -493,10 +608,10 @@ class Patcher:
 
     def _best(self, n, params, u, target, x, j) -> tuple[str, float, dict]:
         """Token j's patches by every candidate; the best by (ill-conditioned, amplification)."""
-        from numeric.kernels.runtime import warn_ill_conditioned
+        from numeric.kernels.runtime import relative_sizes, warn_ill_conditioned
 
         found, first_error, reference = [], None, None
-        last = self.memory.get(n)
+        last, record = self.memory.get(n), self.measured.get(n)
         adapter = self.layout[n]
         kernels_n = self.kernels[adapter.spec]
         for name, kernel in sorted(kernels_n.items(), key=lambda item: item[0] != last):  # last choice first
@@ -505,17 +620,23 @@ class Patcher:
             except PatchConditionError as exc:
                 first_error = first_error or exc
                 continue
-            if reference is None:  # the unpatched branch is the same for every candidate
-                reference = branch_response(kernel.forward, (params,), u, x, adapter.mode)
-            amp = float(amplification(kernel, params, patches, u, x, adapter.mode, reference)[0])
             ill = self._ill(kernel, params, patches)
-            found.append((ill, amp, name, patches))
+            sizes = {k: float(v.max()) for k, v in relative_sizes(patches, kernel.references(params)).items()}
+            if name == last and not ill and record is not None and record[0] == name and \
+                    set(sizes) == set(patches) and _unchanged(record[1], record[2], sizes):
+                found = [(ill, float("nan"), name, patches)]  # kept without measuring (NaN recorded)
+                break
+            amp, reference = _amplification(kernel, params, patches, u, x, adapter.mode, reference)  # the
+            amp = float(amp[0])  # unpatched branch is measured once, with the first candidate, for all
+            found.append((ill, amp, name, patches, sizes))
             if name == last and not ill and amp <= ACCEPT:
                 break  # the layer's previous choice still does not amplify: keep it
         if not found:
             raise PatchConditionError(first_error.condition, [j], first_error.layer)
-        ill, amp, name, patches = _choose(found)
+        ill, amp, name, patches, *sizes = _choose(found)
         self.memory[n] = name
+        if sizes:
+            self.measured[n] = (name, amp, sizes[0])
         warn_ill_conditioned(patches, kernels_n[name].references(params), str(n))
         return name, amp, patches
 
@@ -527,7 +648,7 @@ class Patcher:
 
     def _store(self, n, params, names, amps, parts, dtype, batched: bool) -> LayerPatches:
         adapter, layer = self.layout[n], get(self.model, self.layout.layers)[n]
-        params = layer_params(layer, adapter)  # the stored values are in the model's dtype
+        params = self.params(n)  # the stored values are in the model's dtype
         parts = [{k: {f: v.to(dtype) for f, v in fs.items()} for k, fs in p.items()} for p in parts]
         if batched:
             out = _layer_patches(adapter, params, parts[0])
@@ -553,9 +674,21 @@ def _quiet(fn, *args, **kwargs):
 def _choose(found: list[tuple[bool, float, str, dict]]) -> tuple[bool, float, str, dict]:
     """Among (ill, amplification, name, patches): the well-conditioned ones if any, then the least
     amplification; amplifications within `TIE` of the least count as equal (the checker's order)."""
+    if len(found) == 1:
+        return found[0]
     pool = [f for f in found if not f[0]] or found
     least = min(f[1] for f in pool)
     return next(f for f in pool if f[1] <= TIE * least)
+
+
+def _unchanged(amp: float, then: dict, now: dict) -> bool:
+    r"""Whether a layer's kept strategy needs no new `amplification`: measured at most `ACCEPT` with
+    room to spare, and its patch now at most `GROWTH` times as large (relative to the parameters) as
+    then. The excess $A - 1$ comes from the patch and grows about linearly with its size, so
+    $1 + (A - 1)\,g \le$ `ACCEPT` with g the largest growth bounds the new amplification. Only for
+    patches whose every part has a size (a bias patch has none: it is measured every time)."""
+    growth = max((now[k] / then[k] if then[k] > 0 else (0.0 if now[k] == 0 else float("inf"))) for k in now)
+    return growth <= GROWTH and 1 + (max(amp, 1.0) - 1) * growth <= ACCEPT
 
 
 def _x(x) -> dict:
@@ -623,7 +756,7 @@ def absorb_context(model, context_ids: torch.Tensor, query_ids: torch.Tensor, ke
                         "the later ones) cannot do; use keep_positions=True or computed_in='kernel'")
     patcher = Patcher(model, layout, candidates, patch_dtype, {} if memory is None else memory, measure)
     c, q = context_ids.shape[1], query_ids.shape[1]
-    bases, _ = contextual_bases(model, layout, torch.cat([context_ids, query_ids], 1), **last_logits_only(model))
+    bases, _ = contextual_bases(model, layout, torch.cat([context_ids, query_ids], 1), head=False)
     targets = [b[c:] for b in bases]
     positions = torch.arange(c, c + q)[None] if keep_positions else None
     if computed_in == "kernel" and not keep_positions:
@@ -635,10 +768,11 @@ def absorb_context(model, context_ids: torch.Tensor, query_ids: torch.Tensor, ke
             {"past_key_values": cache, "use_cache": True}
         try:
             if computed_in == "kernel":
-                lps, _ = _patch_pass(model, patcher, query_ids[:, j:j + 1], [t[j:j + 1] for t in targets], **kwargs)
+                lps, _ = _patch_pass(model, patcher, query_ids[:, j:j + 1], [t[j:j + 1] for t in targets],
+                                     head=False, **kwargs)
             else:
                 lps, out = _materialized_pass(model, patcher, query_ids[:, j:j + 1], [t[j:j + 1] for t in targets],
-                                              **kwargs)
+                                              head=False, **kwargs)
                 cache = out.past_key_values if not keep_positions else None
         except PatchConditionError as exc:  # the run held one token: name it by its index in the query
             raise PatchConditionError(exc.condition, [j], exc.layer) from None
@@ -658,7 +792,8 @@ def _merge_tokens(layer, tokens: list[LayerPatches]) -> LayerPatches:
     return out
 
 
-def _patch_pass(model, patcher: Patcher, ids, targets, **kwargs) -> tuple[list[LayerPatches], object]:
+def _patch_pass(model, patcher: Patcher, ids, targets, head: bool = True,
+                **kwargs) -> tuple[list[LayerPatches], object]:
     """One pass with the kernels applying the patches factored; layer n's from the u this run produces."""
     stored = [LayerPatches() for _ in get(model, patcher.layout.layers)]
 
@@ -669,21 +804,22 @@ def _patch_pass(model, patcher: Patcher, ids, targets, **kwargs) -> tuple[list[L
     ps = PatchSet(model, ids, stored, patcher.layout, kernels=patcher.kernels)
     with swapped_branches(model, patcher.layout, lambda n: _LayerKernel(ps, n), compute), \
             offload.located(model, patcher.layout.layers):
-        out = model(ids, **kwargs)
+        out = _trunk(model, head)(ids, **kwargs)
     return stored, out
 
 
-def _materialized_pass(model, patcher: Patcher, ids, targets, **kwargs) -> tuple[list[LayerPatches], object]:
+def _materialized_pass(model, patcher: Patcher, ids, targets, head: bool = True,
+                       **kwargs) -> tuple[list[LayerPatches], object]:
     """One token through the model's own modules: layer n's patches computed from the u they produce
-    with the dense patches of the layers below written in, then written into layer n itself."""
-    layers = get(model, patcher.layout.layers)
-    stored = [LayerPatches() for _ in layers]
+    with the dense patches of the layers below written in, then written into layer n itself.
+    ``head=False``: no logits (`_trunk`)."""
+    stored = [LayerPatches() for _ in patcher.layout]
 
     def dense(n, u, x):
         stored[n] = patcher.layer(n, u, targets[n], x)
-        return dense_parameters(layers[n], stored[n], 0)
+        return stored[n], 0
 
-    out = _token_pass(model, patcher.layout, ids, dense, **kwargs)
+    out = _token_pass(model, patcher.layout, ids, dense, patcher.writer, head=head, **kwargs)
     return stored, out
 
 
@@ -708,15 +844,15 @@ def generate_without_context(model, context_ids: torch.Tensor, query_ids: torch.
     layout, candidates = resolve(model, strategy, spec=spec, params=params)
     patcher = Patcher(model, layout, candidates)
     step = _materialized_pass if applied == "materialized" else _patch_pass
-    c = context_ids.shape[1]
-    bases, out_C = contextual_bases(model, layout, torch.cat([context_ids, query_ids], 1), use_cache=True)
+    c, q = context_ids.shape[1], query_ids.shape[1]
+    bases, out_C = contextual_bases(model, layout, torch.cat([context_ids, query_ids], 1), head=False, use_cache=True)
     cache_C, cache_P = out_C.past_key_values, None
     if applied == "factored":
         _, out_P = step(model, patcher, query_ids, [b[c:] for b in bases], use_cache=True)
     else:
-        for j in range(query_ids.shape[1]):
+        for j in range(q):
             _, out_P = step(model, patcher, query_ids[:, j:j + 1], [b[c + j:c + j + 1] for b in bases],
-                            past_key_values=cache_P, use_cache=True)
+                            head=j == q - 1, past_key_values=cache_P, use_cache=True)
             cache_P = out_P.past_key_values
     cache_P = out_P.past_key_values
     tokens = []
@@ -725,7 +861,7 @@ def generate_without_context(model, context_ids: torch.Tensor, query_ids: torch.
         tokens.append(nxt)
         if i == max_new_tokens - 1:
             break
-        bases, out_C = contextual_bases(model, layout, nxt, past_key_values=cache_C, use_cache=True)
+        bases, out_C = contextual_bases(model, layout, nxt, head=False, past_key_values=cache_C, use_cache=True)
         _, out_P = step(model, patcher, nxt, bases, past_key_values=cache_P, use_cache=True)
         cache_C, cache_P = out_C.past_key_values, out_P.past_key_values
     return torch.cat(tokens, 1)

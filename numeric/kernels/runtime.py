@@ -261,7 +261,7 @@ def relative_sizes(patches: dict, references: dict) -> dict:
     for name, ref in references.items():
         fields = patches[name]
         xp = array_namespace(ref)
-        base = max(float(xp.linalg.vector_norm(xp.reshape(ref, (-1,)))), 1e-300)
+        base = max(_norm(ref), 1e-300)
         if "left" in fields:
             size = xp.linalg.vector_norm(fields["left"], axis=-1) * xp.linalg.vector_norm(fields["right"], axis=-1)
             size = size / base
@@ -271,6 +271,28 @@ def relative_sizes(patches: dict, references: dict) -> dict:
             size = xp.linalg.vector_norm(fields["delta"], axis=-1) / base
         out[name] = xp.max(xp.reshape(size, (size.shape[0], -1)), axis=-1)
     return out
+
+
+_NORMS: dict = {}  # id(array) -> (weak reference, version, norm): a parameter's norm, read once
+
+
+def _norm(ref) -> float:
+    """The norm of a reference array, remembered while the same (unmodified) array object lives: the
+    patches of every token and candidate are measured against the same parameters."""
+    import weakref
+
+    key = id(ref)
+    version = getattr(ref, "_version", None)
+    hit = _NORMS.get(key)
+    if hit is not None and hit[0]() is ref and hit[1] == version and version is not None:
+        return hit[2]
+    xp = array_namespace(ref)
+    value = float(xp.linalg.vector_norm(xp.reshape(ref, (-1,))))
+    try:
+        _NORMS[key] = (weakref.ref(ref, lambda _r, key=key: _NORMS.pop(key, None)), version, value)
+    except TypeError:  # an array without weak references (NumPy scalars): not remembered
+        pass
+    return value
 
 
 def ill_conditioned(patches: dict, references: dict, dtype=None) -> bool:
