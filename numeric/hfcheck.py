@@ -189,9 +189,8 @@ def _merged(per_pair: list[list[dict]]) -> list[dict]:
 #: materialized one is looser because transformers computes some norms in float32), the least effect of
 #: the context, and the greedy tokens generated in float32.
 SUPPORT = {"factored": 1e-6, "materialized": 1e-5, "unpatched": 1e-3, "generate": 16}
-#: The table patches with each spec's checker-chosen strategy (`numeric.hf.CHECKER`): one kernel per layer and
-#: token, where the default's least-amplification choice would try every exact strategy (issue 18's cost).
-STRATEGY = "checker"
+#: The table patches with the default strategy (per layer and token, the exact strategy of least amplification).
+STRATEGY = None
 
 
 def refusal(exc: BaseException) -> str:
