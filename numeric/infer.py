@@ -240,9 +240,12 @@ def layer_calls(model, layers_path: str, ids: torch.Tensor) -> list[Call]:
     declared = set(getattr(model, "_no_split_modules", None) or ())
     others: set[str] = set()
     ours = {id(m) for m in layers}
-    for name, module in model.named_modules():
-        if type(module).__name__ in declared and id(module) not in ours:
-            handles.append(module.register_forward_hook(lambda _m, _a, _o, name=name: others.add(name)))
+    for name, stack in model.named_modules():  # other lists of the declared layer classes (stacks)
+        if not isinstance(stack, torch.nn.ModuleList) or stack is layers:
+            continue
+        for i, module in enumerate(stack):
+            if type(module).__name__ in declared and id(module) not in ours:
+                handles.append(module.register_forward_hook(lambda _m, _a, _o, n=f"{name}.{i}": others.add(n)))
     try:
         model(ids, use_cache=False)
     finally:
@@ -787,8 +790,7 @@ def _branch_modules(layer64, adapter: Adapter, u: torch.Tensor, x: torch.Tensor 
     h = first_tensor(get(layer64, mlp_path)(z))
     if adapter.skip:
         h = get(layer64, adapter.branch_module)(h)
-    del spec
-    return u + h
+    return u + spec.mlp.branch_scale * h  # the layer's multiplier, fitted from its own output
 
 
 def _kernel_forward(adapter: Adapter, layer64, u, x):

@@ -187,3 +187,22 @@ def test_hf_check_with_a_user_spec(capsys):
     assert main(argv) == 0
     assert json.loads(capsys.readouterr().out)["max_rel_error"] <= 1e-12
     assert main(["hf-check", "gpt2", "--param", "W_up=x"]) == 2
+
+
+def test_a_branch_multiplier_is_read_and_patched_exactly():
+    """granite's residual_multiplier (0.5 here) becomes mlp.branch_scale; the check composes it too."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = zoo.tiny_config("granite")
+    cfg.residual_multiplier = 0.5
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float64, attn_implementation="eager").eval()
+    layout = layout_for(model)
+    assert layout.specs[0].mlp.branch_scale == 0.5
+    assert all(c["error"] <= FLOAT64_BOUND for c in layout.checks)
+    gen = torch.Generator().manual_seed(2)
+    ctx, q = random_ids(5, 64, gen), random_ids(3, 64, gen)
+    ps = absorb_context(model, ctx, q)
+    with torch.no_grad():
+        want = model(torch.cat([ctx, q], 1)).logits[0, 5:]
+    assert float((ps.materialized_logits()[0] - want).norm() / want.norm()) <= 1e-5
