@@ -402,7 +402,8 @@ def swapped_branches(model, layout: Layout, kernel_for, patches_for):
             params = layer_params(layer, adapter)
             extra = {} if x is None else {"x": x}
             y = kernel_for(n).apply(params, patches_for(n, u, x), u, **extra)
-            out = (y if adapter.returns_sum else y - u)[None].to(r["first"].dtype)
+            # the module's own output: the layer multiplies it by its branch multiplier c after the module
+            out = (y if adapter.returns_sum else (y - u) / adapter.spec.mlp.branch_scale)[None].to(r["first"].dtype)
             return out if not adapter.arity else (out,) + (None,) * (adapter.arity - 1)  # the layer reads [0]
 
         for path, forward in [(p, _passthrough) for p in adapter.skip] + [(adapter.branch_module, branch)]:

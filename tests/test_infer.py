@@ -206,3 +206,4 @@ def test_a_branch_multiplier_is_read_and_patched_exactly():
     with torch.no_grad():
         want = model(torch.cat([ctx, q], 1)).logits[0, 5:]
     assert float((ps.materialized_logits()[0] - want).norm() / want.norm()) <= 1e-5
+    assert float((ps.logits()[0] - want).norm() / want.norm()) <= 1e-6  # factored: the module's output is o, not c o
