@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 
 from numeric import kernels, offload
-from numeric.infer import Adapter, Layout, get, infer
+from numeric.infer import Adapter, Layout, check_ids, get, infer
 from symbolic import catalog
 from symbolic.errors import PatchConditionError, SpecError
 from symbolic.spec import BlockSpec
@@ -747,7 +747,7 @@ def absorb_context(model, context_ids: torch.Tensor, query_ids: torch.Tensor, ke
         from numeric.sequence import absorb_sequence
 
         return absorb_sequence(model, context_ids, query_ids, layout_for(model, spec, params))
-    _check_ids(context_ids, query_ids, model)
+    check_ids(context_ids, query_ids, model)
     layout, candidates = resolve(model, strategy, input_strategy, spec, params)
     computed_in = computed_in or ("kernel" if layout.encoder and not keep_positions else "model")
     if computed_in not in COMPUTED_IN:
@@ -837,7 +837,7 @@ def generate_without_context(model, context_ids: torch.Tensor, query_ids: torch.
     modules (Algorithm 1 in the model's arithmetic); ``"factored"``: the kernels apply them.
     Returns the generated ids, shape (1, max_new_tokens).
     """
-    _check_ids(context_ids, query_ids, model)
+    check_ids(context_ids, query_ids, model)
     if max_new_tokens < 1:
         raise SpecError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if applied not in ("materialized", "factored"):
@@ -914,13 +914,3 @@ def _value(spec: BlockSpec, canon: str, param: torch.Tensor, fields: dict) -> to
         return param[None] + fields["delta"]
     one_plus = spec.norms[canon.split(".")[0]].scale == "one_plus"
     return fields["scale"] * (1 + param[None]) - 1 if one_plus else fields["scale"] * param[None]
-
-
-def _check_ids(context_ids, query_ids, model) -> None:
-    for name, ids in (("context_ids", context_ids), ("query_ids", query_ids)):
-        if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.shape[0] != 1 or ids.shape[1] < 1 or \
-                ids.dtype not in (torch.int64, torch.int32):
-            raise SpecError(f"{name} must be an integer tensor of shape (1, n) with n >= 1, got "
-                            f"{getattr(ids, 'shape', type(ids).__name__)} {getattr(ids, 'dtype', '')}")
-        if int(ids.min()) < 0 or int(ids.max()) >= model.config.vocab_size:
-            raise SpecError(f"{name} holds token ids outside [0, {model.config.vocab_size})")

@@ -953,3 +953,14 @@ def describe(spec: BlockSpec) -> str:
                      f"{f' groups {e.topk_groups}/{e.groups}' if e.groups > 1 else ''}"
                      f"{f' scale {e.routed_scale:g}' if e.routed_scale != 1 else ''} shared={e.shared_expert}")
     return ", ".join(parts)
+
+
+def check_ids(context_ids, query_ids, model) -> None:
+    """Refuse ids that are not (1, n >= 1) integer tensors inside the model's vocabulary."""
+    for name, ids in (("context_ids", context_ids), ("query_ids", query_ids)):
+        if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.shape[0] != 1 or ids.shape[1] < 1 or \
+                ids.dtype not in (torch.int64, torch.int32):
+            raise SpecError(f"{name} must be an integer tensor of shape (1, n) with n >= 1, got "
+                            f"{getattr(ids, 'shape', type(ids).__name__)} {getattr(ids, 'dtype', '')}")
+        if int(ids.min()) < 0 or int(ids.max()) >= model.config.vocab_size:
+            raise SpecError(f"{name} holds token ids outside [0, {model.config.vocab_size})")

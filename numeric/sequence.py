@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from numeric.infer import check_ids
 from symbolic.errors import PatchConditionError, SpecError
 from symbolic.spec import BlockSpec
 
@@ -488,14 +489,6 @@ class _Induction:
         return c[:, None] * T * (sign * w.sqrt())  # (q, d): h'_j = c_j t_j / gamma'
 
 
-def _check(model, context_ids, query_ids) -> None:
-    for name, ids in (("context_ids", context_ids), ("query_ids", query_ids)):
-        if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.shape[0] != 1 or ids.shape[1] < 1 or \
-                ids.dtype not in (torch.int64, torch.int32):
-            raise SpecError(f"{name} must be an integer tensor of shape (1, n) with n >= 1, got "
-                            f"{getattr(ids, 'shape', type(ids).__name__)} {getattr(ids, 'dtype', '')}")
-        if int(ids.min()) < 0 or int(ids.max()) >= model.config.vocab_size:
-            raise SpecError(f"{name} holds token ids outside [0, {model.config.vocab_size})")
 
 
 def _last_logits_only(model) -> dict:
@@ -535,7 +528,7 @@ def absorb_sequence(model, context_ids: torch.Tensor, query_ids: torch.Tensor, l
     >>> sp.logits()          # (1, q, vocab), as with the context
     >>> sp.save_peft("adapter")   # peft.PeftModel.from_pretrained(model, "adapter")
     """
-    _check(model, context_ids, query_ids)
+    check_ids(context_ids, query_ids, model)
     if applied not in APPLIED:
         raise SpecError(f"applied must be one of {', '.join(map(repr, APPLIED))}, got {applied!r}")
     adapter = uniform(layout)
@@ -685,7 +678,7 @@ class GrowingSequence:
 
     @torch.no_grad()
     def __init__(self, model, context_ids: torch.Tensor, query_ids: torch.Tensor, layout, rescale: bool = False):
-        _check(model, context_ids, query_ids)
+        check_ids(context_ids, query_ids, model)
         self.rescale, self.rescaled = rescale, []  # rescaled: (token, layer) where a new shared scale was solved
         self.model, self.adapter = model, uniform(layout)
         self.site = site_for(model, self.adapter)
@@ -708,7 +701,7 @@ class GrowingSequence:
         """Grow by one token: the contextual and the grown patch's logits of it ((vocab,), float64), and with
         ``before`` those of the patch as it was (the next-token prediction a frozen patch would give)."""
         ids = torch.tensor([[int(token)]], dtype=self.ids.dtype)
-        _check(self.model, ids, ids)
+        check_ids(ids, ids, self.model)
         out = {}
         if before:
             with self.patch.factored() as model:
@@ -822,7 +815,7 @@ def shared_patch(model, context_ids: torch.Tensor, queries: list[torch.Tensor], 
     if not (isinstance(rank, int) and rank >= 1):
         raise SpecError(f"rank must be a positive integer, got {rank!r}")
     for q in queries:
-        _check(model, context_ids, q)
+        check_ids(context_ids, q, model)
     adapter = uniform(layout)
     site = site_for(model, adapter)
     records = []
