@@ -11,7 +11,7 @@ model's own modules (``materialized``, computed in the model's arithmetic: Algor
 `run_all` runs the paper's three settings (float32, naive and stable bfloat16) both ways; the seed
 (`SEED`) and torch's thread count are recorded with the figures.
 
-`run(model, tokenizer, ...)` works for any transformers causal LM with an adapter (`numeric.hf`),
+`run(model, tokenizer, ...)` works for any transformers causal LM whose layers `numeric.infer` reads (`numeric.hf`),
 e.g. Gemma 3 1B on disk; the committed fixture `numeric/fixtures/tiny_gemma3` is a small Gemma 3
 trained on the Python standard library (`train_tiny_gemma.py`).
 """

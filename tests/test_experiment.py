@@ -47,7 +47,7 @@ def test_naive_bfloat16_is_reported_with_its_loss_of_precision():
 
 
 def test_experiment_command_and_any_local_model(tmp_path, capsys):
-    """`--model PATH` takes any saved causal LM with an adapter: here a small random Llama that uses
+    """`--model PATH` takes any saved causal LM whose layers inference reads: here a small random Llama that uses
     the fixture's byte tokenizer."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
