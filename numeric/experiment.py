@@ -23,7 +23,8 @@ from pathlib import Path
 
 import torch
 
-from numeric.hf import absorb_context, last_logits_only
+from numeric.hf import absorb_context
+from numeric.infer import last_logits_only
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "tiny_gemma3"
 PROMPTS = (

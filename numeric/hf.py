@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 
 from numeric import kernels, offload
-from numeric.infer import Adapter, Layout, check_ids, get, infer
+from numeric.infer import Adapter, Layout, check_ids, get, infer, last_logits_only
 from symbolic import catalog
 from symbolic.errors import PatchConditionError, SpecError
 from symbolic.spec import BlockSpec
@@ -58,8 +58,8 @@ _LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def _module_ids(model) -> tuple:
-    return tuple((id(m), id(getattr(m, "forward", None).__func__) if hasattr(getattr(m, "forward", None), "__func__")
-                  else id(getattr(m, "forward", None))) for m in model.modules())
+    """Every module and any forward set on it (not the class's): what a swapped module or forward changes."""
+    return tuple((id(m), id(m.__dict__.get("forward"))) for m in model.modules())
 
 
 # --------------------------------------------------------------------------- patch sets
@@ -447,20 +447,12 @@ def contextual_bases(model, layout: Layout, ids: torch.Tensor, head: bool = True
 
 
 DEFAULT = "default"  # per layer and token: the exact output strategy with the smallest amplification
-CHECKER = "checker"  # every layer's spec with the controllability checker's own choice (one kernel per spec)
 COMPUTED_IN = ("model", "kernel")
 PROBES = 2  # random input directions of the amplification measure
 FD_STEP = 1e-3  # relative step of the central differences of `amplification`
 TIE = 1.1  # amplifications within 10% are equal (random directions): the checker's order decides
 ACCEPT = 1.5  # a layer's previous choice is kept while it amplifies perturbations at most this much
 GROWTH = 2.0  # ... and kept unmeasured while its patch is at most this much larger than when last measured
-
-
-def last_logits_only(model) -> dict:
-    """Ask a causal LM for the last position's logits only (the contextual pass needs the states)."""
-    import inspect
-
-    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
 
 
 def resolve(model, strategy: str | None = None, input_strategy: str | None = None, spec=None,
@@ -472,13 +464,9 @@ def resolve(model, strategy: str | None = None, input_strategy: str | None = Non
 
 def candidate_kernels(spec: BlockSpec, strategy: str | None, input_strategy: str | None = None) -> dict:
     """{output strategy: kernel}: every exact output strategy of `spec` for the default (``None`` or
-    ``"default"``; the checker's own default first), the checker's choice alone (``"checker"``: a model
-    whose layers have different specs gets each spec's), or the one strategy asked for."""
+    ``"default"``; the checker's own default first), or the one strategy asked for."""
     from symbolic.controllability import check
 
-    if strategy == CHECKER:
-        k = kernels.load(spec, "torch", None, input_strategy)
-        return {k.OUTPUT_STRATEGY: k}
     if strategy not in (None, DEFAULT):
         k = kernels.load(spec, "torch", strategy, input_strategy)
         return {k.OUTPUT_STRATEGY: k}

@@ -187,10 +187,8 @@ def _merged(per_pair: list[list[dict]]) -> list[dict]:
 
 #: `ctxpatch models`: the bounds of a `supported` type (float64 factored and materialized errors; the
 #: materialized one is looser because transformers computes some norms in float32), the least effect of
-#: the context, and the greedy tokens generated in float32.
+#: the context, and the greedy tokens generated in float32; patched with the default strategy.
 SUPPORT = {"factored": 1e-6, "materialized": 1e-5, "unpatched": 1e-3, "generate": 16}
-#: The table patches with the default strategy (per layer and token, the exact strategy of least amplification).
-STRATEGY = None
 
 
 def refusal(exc: BaseException) -> str:
@@ -210,11 +208,11 @@ def model_status(model_type: str, layers: int = 2, seed: int = 0) -> dict:
         cfg = zoo.tiny_config(model_type, layers)
         if getattr(cfg, "is_encoder_decoder", False):
             raise SpecError("encoder-decoder model (the theory is stated for one decoder stack)")
-        out = hf_check(model_type, layers=layers, dtype="float64", seed=seed, strategy=STRATEGY, encoder=False)
+        out = hf_check(model_type, layers=layers, dtype="float64", seed=seed, encoder=False)
         row.update(factored_error=out["max_rel_error"], materialized_error=out["materialized_rel_error"],
                    unpatched_error=out["unpatched_rel_error"], layer_kinds=out["layer_kinds"])
         gen = hf_check(model_type, layers=layers, dtype="float32", generate=SUPPORT["generate"], seed=seed,
-                       query_len=3, strategy=STRATEGY, encoder=False)
+                       query_len=3, encoder=False)
         row["generation_identical"] = gen["generation_identical"]
         problems = [f"{name} error {row[key]:.1e} > {SUPPORT[name]:.0e}"
                     for name, key in (("factored", "factored_error"), ("materialized", "materialized_error"))

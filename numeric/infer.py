@@ -23,7 +23,7 @@ No table of model families: the layout is read from the model itself.
      biases where the modules have them; storage (out, in) or transposed (GPT-2's Conv1D);
    - the activation: the MLP's activation module's class, else the config's name.
 
-3. **The mandatory equivalence check** (`check_layer`): the spec's generated kernel (`forward`) must
+3. **The mandatory equivalence check** (`check_adapter`): the spec's generated kernel (`forward`) must
    reproduce the layer's own output on what the layer was given in the probe run, and the composed
    modules on random inputs of several magnitudes, at every layer, to $10^{-12}$ relative in float64
    (``FLOAT64_BOUND``); where the modules themselves compute in float32 (Gemma's norms, float32 router
@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 import torch
 
 from numeric import offload
+from numeric.offload import get
 from symbolic.errors import SpecError
 from symbolic.spec import ACTIVATIONS, Biases, BlockSpec, MLPSpec, MoESpec, NormSpec
 
@@ -69,7 +70,6 @@ ACTIVATION_NAMES = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_pytor
 MLP_NAMES = ("mlp", "feed_forward", "ffn", "block_sparse_moe", "moe", "mlp_block", "feedforward")
 MLP_CLASS_MARKS = ("MLP", "MoE", "Moe", "FeedForward", "Ffn", "FFN")
 ATTENTION_MARKS = ("attn", "attention", "self_attention")
-ACT_ATTRS = ("act_fn", "act", "activation_fn", "activation", "act_func", "activation_function")
 EPS_ATTRS = ("eps", "variance_epsilon", "epsilon", "variance_eps")
 MULTIPLIER_KEYS = ("residual_multiplier", "residual_scale", "mlp_residual_multiplier")
 
@@ -144,7 +144,7 @@ class Layout:
     layers: str
     kinds: tuple[Adapter, ...]
     encoder: bool = False
-    checks: tuple[dict, ...] = ()  # the equivalence check of every layer (`check_layer`)
+    checks: tuple[dict, ...] = ()  # the equivalence check of every layer (`check_adapter`)
 
     def __getitem__(self, n: int) -> Adapter:
         return self.kinds[n]
@@ -156,17 +156,6 @@ class Layout:
     def specs(self) -> list[BlockSpec]:
         """The distinct specs, in layer order."""
         return list(dict.fromkeys(k.spec for k in self.kinds))
-
-    @property
-    def modes(self) -> set[str]:
-        return {k.mode for k in self.kinds}
-
-
-def get(root, path: str):
-    """The submodule or parameter at a dotted path (list items by index)."""
-    for part in path.split("."):
-        root = root[int(part)] if part.isdigit() else getattr(root, part)
-    return root
 
 
 # --------------------------------------------------------------------------- finding the layers
@@ -299,14 +288,12 @@ def trace(layer64, call: Call) -> tuple[dict[str, Call], torch.Tensor, torch.Ten
                                     arity=len(out) if isinstance(out, tuple) else 0)
         handles.append(module.register_forward_hook(hook, with_kwargs=True))
     args, kwargs = _double(call.args), _double(call.kwargs)
-    mode = Float64Mode()
     try:
-        with mode:
+        with Float64Mode():
             out = first_tensor(layer64(*args, **kwargs))
     finally:
         for h in handles:
             h.remove()
-    record["__narrow__"] = Call(None, None, tuple(sorted(mode.narrow)))
     return record, _input_of(args, kwargs), out
 
 
@@ -397,12 +384,8 @@ def find_mlp(layer) -> str:
 def _activation(mlp, cfg) -> list[str]:
     """Candidate activations: the MLP's activation modules' (by class), the config's; every named one if
     neither names one (each candidate costs a derivation, so the list stays short)."""
+    # an activation held as a module attribute is a registered submodule: the scan by class finds it
     found = [ACTIVATION_CLASSES[type(m).__name__] for m in mlp.modules() if type(m).__name__ in ACTIVATION_CLASSES]
-    for module in mlp.modules():
-        for attr in ACT_ATTRS:
-            act = getattr(module, attr, None)
-            if isinstance(act, torch.nn.Module) and type(act).__name__ in ACTIVATION_CLASSES:
-                found.append(ACTIVATION_CLASSES[type(act).__name__])
     for key in ("hidden_activation", "hidden_act", "activation_function", "activation", "hidden_activation_fn"):
         name = getattr(cfg, key, None)
         if isinstance(name, str) and name in ACTIVATION_NAMES:
@@ -486,11 +469,6 @@ def dense_maps(mlp, mlp_path: str, record: dict[str, Call],
                     "are modelled")
 
 
-def mcall_width(record: dict[str, Call], mlp_path: str) -> int:
-    """The model width: the last dimension of the MLP's input."""
-    return record[mlp_path].inp.shape[-1]
-
-
 def moe_maps(mlp, mlp_path: str, record: dict[str, Call], cfg) -> list[tuple[MoESpec, dict[str, Param]]]:
     """Candidate (MoE spec, parameter map) of a mixture of experts with stacked expert tensors."""
     experts = next(((n, m) for n, m in mlp.named_children()
@@ -502,7 +480,7 @@ def moe_maps(mlp, mlp_path: str, record: dict[str, Call], cfg) -> list[tuple[MoE
     if set(stacked) != {"gate_up_proj", "down_proj"}:
         raise SpecError(f"{mlp_path}.{ename}: expert tensors {sorted(stacked)}; modelled: gate_up_proj, down_proj "
                         "without biases")
-    d = mcall_width(record, mlp_path)
+    d = record[mlp_path].inp.shape[-1]  # the model width
     E = stacked["gate_up_proj"].shape[0]
     gu, dn = tuple(stacked["gate_up_proj"].shape[1:]), tuple(stacked["down_proj"].shape[1:])
     if gu[1] == d and dn[0] == d and gu[0] == 2 * dn[1]:
@@ -530,7 +508,6 @@ def moe_maps(mlp, mlp_path: str, record: dict[str, Call], cfg) -> list[tuple[MoE
               "experts.W_up": Param(f"{mlp_path}.{ename}.gate_up_proj", orient[1]),
               "experts.W_down": Param(f"{mlp_path}.{ename}.down_proj", orient[2]),
               "W_router": Param(f"{mlp_path}.{rname}.weight"), **router_params}
-    shared = "none"
     for n, m in mlp.named_children():
         if n in (ename, rname):
             continue
@@ -541,7 +518,6 @@ def moe_maps(mlp, mlp_path: str, record: dict[str, Call], cfg) -> list[tuple[MoE
         w = getattr(m, "weight", None)
         if isinstance(w, torch.Tensor) and tuple(w.shape) == (1, d):
             params["shared.w_gate"] = Param(f"{mlp_path}.{n}.weight", "row")
-            shared = "gated" if shared != "none" else "gated"
             continue
         sub = {k: v for k, v in m.named_modules() if isinstance(getattr(v, "weight", None), torch.Tensor)}
         names = {k.split(".")[-1] for k in sub if k}
@@ -551,13 +527,11 @@ def moe_maps(mlp, mlp_path: str, record: dict[str, Call], cfg) -> list[tuple[MoE
                 if getattr(sub[key], "bias", None) is not None:
                     raise SpecError(f"{mlp_path}.{n}.{key}: a shared-expert bias is not modelled")
                 params[canon] = Param(f"{mlp_path}.{n}.{key}.weight")
-            shared = "gated" if "shared.w_gate" in params else "plain"
         elif list(m.parameters()):
             raise SpecError(f"{mlp_path}.{n} ({type(m).__name__}): a part of the mixture that is not modelled")
     if "shared.w_gate" in params and "shared.W_gate" not in params:
         raise SpecError(f"{mlp_path}: a shared-expert gate without a shared expert")
-    if "shared.W_gate" in params:
-        shared = "gated" if "shared.w_gate" in params else "plain"
+    shared = "none" if "shared.W_gate" not in params else "gated" if "shared.w_gate" in params else "plain"
     top_k = getattr(cfg, "num_experts_per_tok", None) or getattr(cfg, "moe_topk", None) or \
         getattr(cfg, "top_k", None)
     if not isinstance(top_k, int):
@@ -687,7 +661,7 @@ def layer_adapters(layer64, record, x, y, cfg, model_type: str, name: str) -> tu
     out = []
     if is_moe:
         for moe, params in moe_maps(mlp, fl.mlp, record, cfg):
-            for act in acts[:1] if len(acts) else acts:
+            for act in acts[:1]:
                 mspec = MLPSpec(kind="moe", activation=act, pre_norm=pre_spec, post_norm=post_spec,
                                 branch_scale=fl.scale)
                 spec = BlockSpec(name=name, mlp=mspec, residual=fl.mode, shared_pre_norm=fl.shared_pre_norm,
@@ -793,11 +767,10 @@ def _branch_modules(layer64, adapter: Adapter, u: torch.Tensor, x: torch.Tensor 
     return u + spec.mlp.branch_scale * h  # the layer's multiplier, fitted from its own output
 
 
-def _kernel_forward(adapter: Adapter, layer64, u, x):
+def _kernel_forward(adapter: Adapter, params: dict, u, x):
     from numeric import kernels
 
     kernel = kernels.load(adapter.spec, "torch")
-    params = {canon: p.read(layer64) for canon, p in adapter.params.items()}
     return kernel.forward(params, u, **({"x": x} if adapter.mode == "parallel" else {}))
 
 
@@ -812,7 +785,8 @@ def check_adapter(layer64, adapter: Adapter, u: torch.Tensor, x: torch.Tensor | 
     gen = torch.Generator().manual_seed(5)
     branch = y - u
     try:
-        ours = _kernel_forward(adapter, layer64, u[0], None if x is None else x[0])
+        params = {canon: p.read(layer64) for canon, p in adapter.params.items()}
+        ours = _kernel_forward(adapter, params, u[0], None if x is None else x[0])
     except Exception as exc:  # noqa: BLE001 - a candidate that cannot even run is a failed candidate
         return {"error": float("inf"), "bound": FLOAT64_BOUND, "float32_inside": [], "why": f"{exc}"[:200]}
     errors = [_rel(ours - u[0], branch[0])]
@@ -823,7 +797,7 @@ def check_adapter(layer64, adapter: Adapter, u: torch.Tensor, x: torch.Tensor | 
         rx = None if x is None else torch.randn(x[0].shape, generator=gen, dtype=torch.float64) * s
         with mode:
             theirs = _branch_modules(layer64, adapter, ru[None], None if rx is None else rx[None])[0]
-        ours = _kernel_forward(adapter, layer64, ru, rx)
+        ours = _kernel_forward(adapter, params, ru, rx)
         errors.append(_rel(ours - ru, theirs - ru))
     narrow = sorted(mode.narrow)
     bound = FLOAT32_INSIDE_BOUND if narrow else FLOAT64_BOUND
@@ -856,7 +830,6 @@ def infer(model, spec: BlockSpec | None = None, params: dict[str, str] | None = 
     for n, call in enumerate(calls):
         layer64 = float64_copy(layers[n])
         record, x, y = trace(layer64, call)
-        record.pop("__narrow__")
         signature = _signature(layers[n])
         tried = []
         candidates = seen.get(signature)
@@ -964,3 +937,10 @@ def check_ids(context_ids, query_ids, model) -> None:
                             f"{getattr(ids, 'shape', type(ids).__name__)} {getattr(ids, 'dtype', '')}")
         if int(ids.min()) < 0 or int(ids.max()) >= model.config.vocab_size:
             raise SpecError(f"{name} holds token ids outside [0, {model.config.vocab_size})")
+
+
+def last_logits_only(model) -> dict:
+    """Ask a causal LM for the last position's logits only (the contextual pass needs the states)."""
+    import inspect
+
+    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}

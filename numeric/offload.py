@@ -52,7 +52,8 @@ class OffloadError(RuntimeError):
         self.layer = layer
 
 
-def _get(root, path: str):
+def get(root, path: str):
+    """The submodule or tensor at a dotted path (list items by index)."""
     for part in path.split("."):
         root = root[int(part)] if part.isdigit() else getattr(root, part)
     return root
@@ -72,7 +73,7 @@ def offloading_module(layer, path: str) -> tuple[torch.nn.Module | None, str]:
     parts = path.split(".")
     chain = [layer]
     for part in parts[:-1]:
-        chain.append(_get(chain[-1], part))
+        chain.append(get(chain[-1], part))
     for depth in range(len(chain) - 1, -1, -1):
         module = chain[depth]
         if _offloads(module) and (depth == len(chain) - 1 or module._hf_hook.place_submodules):
@@ -85,7 +86,7 @@ def read(layer, path: str) -> torch.Tensor:
     accelerate hook (`align_module_device`) when it is offloaded. Never written to."""
     owner, key = offloading_module(layer, path)
     if owner is None:
-        t = _get(layer, path).detach()
+        t = get(layer, path).detach()
         if t.is_meta:
             raise OffloadError(f"{path}: the parameter is on the meta device and no accelerate hook with "
                                f"offload=True holds it, so its values cannot be read; {HINT}")
@@ -94,7 +95,7 @@ def read(layer, path: str) -> torch.Tensor:
 
     try:
         with align_module_device(owner):
-            return _get(owner, key).detach()
+            return get(owner, key).detach()
     except failures() as exc:
         raise OffloadError(f"{path}: accelerate could not load it ({type(exc).__name__}: {exc}); {HINT}") from exc
 
@@ -104,7 +105,7 @@ def execution_device(layer, path: str) -> torch.device | None:
     owner, _ = offloading_module(layer, path)
     if owner is not None:
         return torch.device(owner._hf_hook.execution_device)
-    t = _get(layer, path)
+    t = get(layer, path)
     return None if t.is_meta else t.device
 
 
@@ -154,7 +155,7 @@ def write(layer, dense: dict[str, torch.Tensor]) -> list[Undo]:
 
 
 def _write_resident(layer, path: str, index: str, value: torch.Tensor) -> Undo:
-    view = _get(layer, path)
+    view = get(layer, path)
     view = view[int(index[:-1])] if index else view
     original = view.detach().clone()
     view.detach().copy_(value)
@@ -195,7 +196,7 @@ def located(model, layers: str):
         return
     where = ["before layer 0 (the embeddings)"]
     handles = []
-    for n, block in enumerate(_get(model, layers)):
+    for n, block in enumerate(get(model, layers)):
         for name, module in block.named_modules(prefix=f"{layers}.{n}"):
             handles.append(module.register_forward_pre_hook(
                 lambda _m, _a, place=f"layer {n} ({name})": where.__setitem__(0, place)))

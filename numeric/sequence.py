@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from numeric.infer import check_ids
+from numeric.infer import check_ids, last_logits_only
 from symbolic.errors import PatchConditionError, SpecError
 from symbolic.spec import BlockSpec
 
@@ -491,12 +491,6 @@ class _Induction:
 
 
 
-def _last_logits_only(model) -> dict:
-    import inspect
-
-    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
-
-
 def parameter_view(layer, name: str) -> torch.Tensor:
     return layer.get_parameter(name)  # the sequence patch never patches a stacked-expert slice
 
@@ -535,7 +529,7 @@ def absorb_sequence(model, context_ids: torch.Tensor, query_ids: torch.Tensor, l
     site = site_for(model, adapter)
     ctx: dict = {}
     _run(model, _record(model, adapter, site, ctx, context_ids.shape[1]), torch.cat([context_ids, query_ids], 1),
-         **_last_logits_only(model))
+         **last_logits_only(model))
     ind = _Induction(model, adapter, site, ctx, applied)
     with _saved(_touched(model, adapter, site)):
         _run(model, ind.hooks(), query_ids)
@@ -684,7 +678,7 @@ class GrowingSequence:
         self.site = site_for(model, self.adapter)
         ctx: dict = {}
         out = _run(model, _record(model, self.adapter, self.site, ctx, context_ids.shape[1]),
-                   torch.cat([context_ids, query_ids], 1), use_cache=True, **_last_logits_only(model))
+                   torch.cat([context_ids, query_ids], 1), use_cache=True, **last_logits_only(model))
         self.context_cache = out.past_key_values
         self.ind = _Induction(model, self.adapter, self.site, ctx, "lora")
         with _saved(_touched(model, self.adapter, self.site)):
@@ -822,7 +816,7 @@ def shared_patch(model, context_ids: torch.Tensor, queries: list[torch.Tensor], 
     for q in queries:
         rec: dict = {}
         _run(model, _record(model, adapter, site, rec, context_ids.shape[1]), torch.cat([context_ids, q], 1),
-             **_last_logits_only(model))
+             **last_logits_only(model))
         records.append(rec)
     ctx = {n: {k: torch.cat([r[n][k] for r in records], 0) for k in records[0][n]} for n in records[0]}
     width = max(q.shape[1] for q in queries)
