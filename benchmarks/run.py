@@ -9,21 +9,25 @@ query 32 tokens. Every ratio is measured side by side in one run: each repetitio
 operation once, in turn, and the ratios are of medians (the machine is shared: absolute seconds
 drift, ratios much less). The headline keys come from the Gemma-3-1B-shaped model at context 64:
 
-- extraction_over_floor: absorb_context (default: per-token least-amplification strategy, computed in
-  the model's own modules token by token) / (contextual forward + plain forward)  (target <= 1.15)
-- generation_over_generate: generate_without_context / `model.generate` with the context, 16 new
-  tokens each  (target <= 2.2)
-- materialized_over_plain: the patches written into the model's own modules / the plain forward; a
-  sequence patch (one per layer, written densely, the write included)  (target <= 1.3)
+- extraction_over_floor: absorb_context (default: one pass, every token's least-amplification
+  strategy, the patches of a layer computed for all tokens at once) / (contextual forward + plain
+  forward)  (target <= 1.15)
+- generation_over_generate: generate_without_context (default, factored) / `model.generate` with the
+  context, 16 new tokens each  (target <= 2.2)
+- materialized_over_plain: the patches in the model's own modules / the plain forward: the sequence
+  patch (one per layer) saved as a PEFT LoRA adapter and loaded with `peft.PeftModel.from_pretrained`
+  into a copy of the model, its forward on the query  (target <= 1.3)
 - cold_start_seconds: the first absorb_context in a fresh process, beyond loading the model (reported)
 - patched_over_plain: PatchSet.logits() (factored kernels) / plain forward  (target <= 1.5)
 - memory_dense_over_factored: dense per-token patched tensors / stored factors  (>= 100)
 - speedup_vs_dense_loop: a per-token dense-dW implementation of the patched logits / ours  (>= 20)
 - symbolic_seconds: check + prove + codegen of the whole catalog, in a fresh process  (<= 60)
 
-Also reported per model and context: the one-pass extraction (``computed_in="kernel"``, the checker's
-strategy, no amplification measure) over the floor, the per-token materialized replay over the
-plain forward, and a profile of the default extraction by phase (``--profile``).
+Also reported per model and context: the token-by-token extraction in the model's arithmetic
+(``computed_in="model"``) over the floor, generation with the per-token patches written into the
+modules (``applied="materialized"``), the per-token materialized replay and the sequence patch
+written densely (the write included) over the plain forward, the logit errors of each, and a profile
+of the default extraction by phase (``--profile``).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -140,20 +145,29 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).norm() / b.norm())
 
 
-def sequence_written(model, ctx, q):
-    """A sequence patch (one per layer), absorbed with its weights written; returns a timed callable."""
+def sequence_runs(model, ctx, q, tmp: Path) -> tuple[dict, str | None]:
+    """Timed callables of a sequence patch (one per layer): ``sequence_peft``, the PEFT LoRA adapter it
+    saves, loaded into a copy of the model (the deployed form); ``sequence_written``, absorbed with its
+    weights written densely, the write included in every call."""
+    import copy
+
+    import peft
+
     from numeric.hf import layout_for
     from numeric.sequence import absorb_sequence
 
     try:
-        sp = absorb_sequence(model, ctx, q, layout_for(model), applied="weights")
+        sp = absorb_sequence(model, ctx, q, layout_for(model))
+        dense = absorb_sequence(model, ctx, q, layout_for(model), applied="weights")
     except Exception as exc:  # noqa: BLE001 - reported, not fatal: the sequence patch covers some blocks only
-        return None, f"{type(exc).__name__}: {exc}"
+        return {}, f"{type(exc).__name__}: {exc}"
+    sp.save_peft(tmp)
+    loaded = peft.PeftModel.from_pretrained(copy.deepcopy(model), str(tmp)).eval()
 
-    def run():
-        with sp.written() as m:
+    def written():
+        with dense.written() as m:
             return m(q).logits
-    return run, None
+    return {"sequence_peft": lambda: loaded(q).logits, "sequence_written": written}, None
 
 
 @torch.no_grad()
@@ -169,40 +183,49 @@ def bench(name: str, model, context_len: int, runs: int, extras: bool, profile: 
     model(full_ids)  # warm-up
     ops = {"contextual_forward": lambda: model(full_ids).logits, "plain_forward": lambda: model(q).logits,
            "extraction": lambda: absorb_context(model, ctx, q),
-           "extraction_one_pass": lambda: absorb_context(model, ctx, q, strategy=first, computed_in="kernel",
-                                                         measure=False)}
+           "extraction_token_by_token": lambda: absorb_context(model, ctx, q, computed_in="model")}
     if extras:
         ops["generate"] = lambda: greedy_with_context(model, full_ids, NEW_TOKENS)
         ops["generation"] = lambda: generate_without_context(model, ctx, q, NEW_TOKENS)
+        ops["generation_materialized"] = lambda: generate_without_context(model, ctx, q, NEW_TOKENS,
+                                                                          applied="materialized")
     t, out = side_by_side(ops, runs)
-    ps, one = out["extraction"], out["extraction_one_pass"]
+    ps, tbt = out["extraction"], out["extraction_token_by_token"]
     want = out["contextual_forward"][:, context_len:]
-    ops2 = {"plain_forward": lambda: model(q).logits, "patched_logits": one.logits,
+    ops2 = {"plain_forward": lambda: model(q).logits, "patched_logits": ps.logits,
             "materialized_logits": ps.materialized_logits}
-    seq, why = sequence_written(model, ctx, q)
-    if seq is not None:
-        ops2["sequence_written"] = seq
-    t2, out2 = side_by_side(ops2, runs)
+    with tempfile.TemporaryDirectory() as tmp:
+        seq, why = sequence_runs(model, ctx, q, Path(tmp))
+        ops2.update(seq)
+        t2, out2 = side_by_side(ops2, runs)
+    seq = bool(seq)
     floor = t["contextual_forward"] + t["plain_forward"]
     res = {"model": name, "layers": len(layout), "context_len": context_len, "query_len": QUERY, "runs": runs,
            "seconds": {**t, **{k: v for k, v in t2.items() if k != "plain_forward"},
                        "plain_forward_2": t2["plain_forward"]},
            "extraction_over_floor": t["extraction"] / floor,
-           "extraction_one_pass_over_floor": t["extraction_one_pass"] / floor,
+           "extraction_token_by_token_over_floor": t["extraction_token_by_token"] / floor,
            "extraction_over_forward": t["extraction"] / t["contextual_forward"],
            "patched_over_plain": t2["patched_logits"] / t2["plain_forward"],
            "materialized_per_token_over_plain": t2["materialized_logits"] / t2["plain_forward"],
-           "materialized_over_plain": t2["sequence_written"] / t2["plain_forward"] if seq else None,
+           "materialized_over_plain": t2["sequence_peft"] / t2["plain_forward"] if seq else None,
+           "sequence_written_over_plain": t2["sequence_written"] / t2["plain_forward"] if seq else None,
            "strategies": sorted({s for lp in ps.layers for s in lp.strategies}),
-           "logit_rel_error": {"factored_one_pass": rel(out2["patched_logits"], want),
+           "logit_rel_error": {"factored_default": rel(out2["patched_logits"], want),
                                "materialized_default": rel(out2["materialized_logits"], want),
+                               "factored_token_by_token": rel(tbt.logits(), want),
+                               "materialized_token_by_token": rel(tbt.materialized_logits(), want),
+                               "sequence_peft": rel(out2["sequence_peft"], want) if seq else None,
                                "sequence_written": rel(out2["sequence_written"], want) if seq else None,
                                "unpatched": rel(out2["plain_forward"], want)}}
     if why:
         res["sequence_patch"] = why
     if extras:
         res["generation_over_generate"] = t["generation"] / t["generate"]
-        res["generation_identical"] = bool(torch.equal(out["generation"], out["generate"]))
+        res["generation_materialized_over_generate"] = t["generation_materialized"] / t["generate"]
+        res["generation_identical"] = bool(torch.equal(out["generation"], out["generate"])) and \
+            bool(torch.equal(out["generation_materialized"], out["generate"]))
+        one = absorb_context(model, ctx, q, strategy=first, measure=False)  # one strategy: all factored
         t3, dense = side_by_side({"patched_logits": one.logits, "dense_loop": lambda: dense_loop_logits(model, one)}, 1)
         res["seconds"]["dense_loop"] = t3["dense_loop"]
         res["speedup_vs_dense_loop"] = t3["dense_loop"] / t3["patched_logits"]
@@ -303,8 +326,9 @@ def main(argv: list[str] | None = None) -> int:
         from rich.console import Console
         from rich.table import Table
 
-        keys = ["extraction_over_floor", "extraction_one_pass_over_floor", "generation_over_generate",
-                "materialized_over_plain", "materialized_per_token_over_plain", "patched_over_plain",
+        keys = ["extraction_over_floor", "extraction_token_by_token_over_floor", "generation_over_generate",
+                "materialized_over_plain", "sequence_written_over_plain", "materialized_per_token_over_plain",
+                "patched_over_plain",
                 "memory_dense_over_factored", "speedup_vs_dense_loop"]
         table = Table("model", "context", *keys, title="ctxpatch benchmarks (ratios of medians, side by side)")
         for r in results:

@@ -6,12 +6,13 @@ added to, at the query positions. The query is then run alone (positions from 0,
 alone at its absolute position with ``keep_positions=True``, the paper's reduced run); at every
 layer a hook reads the actual patched state $u$ below it and computes that layer's patches with the
 generated torch kernel (`block_patches`): the self-correcting layer-by-layer algorithm of
-arXiv:2511.17864 (Algorithm 1). By default it runs in the model's own arithmetic: the query goes
-token by token (key/value cache) through the model's own modules, each layer's dense patched
-weights written in per token (`PatchSet.materialized_logits` replays exactly that), because a patch
-computed in one arithmetic and applied in another drifts apart with depth (THEORY.md section 5).
-``computed_in="kernel"`` runs one pass with the kernels' factored `apply` instead (no dense
-weight per token; `PatchSet.logits`).
+arXiv:2511.17864 (Algorithm 1). By default the query runs in one pass, the MLP branches applying
+the patches factored (`PatchSet.logits`), every token's patches of a layer computed at once.
+``computed_in="model"`` runs it in the model's own arithmetic instead: token by token (key/value
+cache) through the model's own modules, each layer's dense patched weights written in per token
+(`PatchSet.materialized_logits` replays exactly that), because a patch computed in one arithmetic
+and applied in another drifts apart with depth when it amplifies (THEORY.md section 5); it is the
+default for a named strategy, whose amplification the default's choice does not bound.
 
 The default output strategy is chosen per layer and token among the block's exact strategies:
 the well-conditioned one with the least `amplification` of input perturbations (Theorem 1 is
@@ -584,16 +585,21 @@ class Patcher:
         if wide is not None:
             params = {k: v.to(wide) for k, v in params.items()}
         cast = (lambda t: t) if wide is None else (lambda t: None if t is None else t.to(wide))  # noqa: E731
-        if len(kernels_n) == 1:
+        single = len(kernels_n) == 1
+        chosen = self._batch(n, params, cast(u), cast(target), cast(x)) if self.measure or not single else None
+        if chosen is None and single:  # every token measured (or none, ``measure=False``)
             name, kernel = next(iter(kernels_n.items()))
             patches = kernel.block_patches(params, cast(u), cast(target), layer=str(n), **_x(cast(x)))
             amp = amplification(kernel, params, patches, cast(u), cast(x), adapter.mode) if self.measure \
                 else torch.full((u.shape[0],), float("nan"))
             return self._store(n, params, [name] * u.shape[0], amp.tolist(), [patches], u.dtype, batched=True)
-        chosen = [self._best(n, params, cast(u[j:j + 1]), cast(target[j:j + 1]),
-                             None if x is None else cast(x[j:j + 1]), j) for j in range(u.shape[0])]
-        return self._store(n, params, [c[0] for c in chosen], [c[1] for c in chosen], [c[2] for c in chosen],
-                           u.dtype, batched=False)
+        if chosen is None:  # the batch could not decide (`_batch`): token by token
+            chosen = [self._best(n, params, cast(u[j:j + 1]), cast(target[j:j + 1]),
+                                 None if x is None else cast(x[j:j + 1]), j) for j in range(u.shape[0])]
+        names, amps, parts = [c[0] for c in chosen], [c[1] for c in chosen], [c[2] for c in chosen]
+        if len(set(names)) == 1:  # one strategy: stored as one batch (`LayerPatches.token` slices it)
+            return self._store(n, params, names, amps, [_concat(parts)], u.dtype, batched=True)
+        return self._store(n, params, names, amps, parts, u.dtype, batched=False)
 
     def _best(self, n, params, u, target, x, j) -> tuple[str, float, dict]:
         """Token j's patches by every candidate; the best by (ill-conditioned, amplification)."""
@@ -628,6 +634,65 @@ class Patcher:
             self.measured[n] = (name, amp, sizes[0])
         warn_ill_conditioned(patches, kernels_n[name].references(params), str(n))
         return name, amp, patches
+
+    def _batch(self, n, params, u, target, x) -> list[tuple[str, float, dict]] | None:
+        """`_best` for T tokens at once: the layer's previous choice (the first token's `_best` when it has
+        none) computed in one batched call; its amplification measured at the token with the largest
+        patch, and every well-conditioned token whose patch is at most `GROWTH` times that one's kept
+        unmeasured (`_unchanged`, NaN recorded), as `_best` keeps a choice from token to token. Other
+        tokens go through `_best`. None (all through `_best`) when a side condition fails at some token,
+        the kept choice amplifies more than `ACCEPT`, or a patch part has no size (a bias)."""
+        from numeric.kernels.runtime import ILL_CONDITIONED, relative_sizes, warn_ill_conditioned
+
+        kernels_n = self.kernels[self.layout[n].spec]
+        one = (lambda t, j: None if t is None else t[j:j + 1])  # noqa: E731
+        first = None  # the first token's `_best`, where the layer has no previous choice to keep
+        if self.memory.get(n) not in kernels_n:  # (or one of another strategy set)
+            if len(kernels_n) == 1:
+                self.memory[n] = next(iter(kernels_n))
+            else:
+                first = self._best(n, params, one(u, 0), one(target, 0), one(x, 0), 0)
+        name = self.memory[n]
+        kernel = kernels_n[name]
+        try:
+            patches = _quiet(kernel.block_patches, params, u, target, layer=str(n), **_x(x))
+        except PatchConditionError:
+            return None
+        sizes = {k: v.double().cpu() for k, v in relative_sizes(patches, kernel.references(params)).items()}
+        if set(sizes) != set(patches):
+            return None
+        eps = torch.finfo(self.model.dtype).eps
+        ill = torch.stack([v * eps > ILL_CONDITIONED for v in sizes.values()]).any(0)
+        if bool(ill.all()):
+            return None
+        largest = torch.stack(list(sizes.values())).max(0).values.masked_fill(ill, -1.0)
+        m = int(largest.argmax())
+        row = (lambda j: {k: {f: v[j:j + 1] for f, v in fs.items()} for k, fs in patches.items()})  # noqa: E731
+        at_m, record = {k: float(v[m]) for k, v in sizes.items()}, self.measured.get(n)
+        if record is not None and record[0] == name and set(record[2]) == set(at_m) and \
+                _unchanged(record[1], record[2], at_m):  # measured on an earlier call: still valid
+            amp, base, at_m = float("nan"), record[1], record[2]
+        else:
+            amp = float(_amplification(kernel, params, row(m), one(u, m), one(x, m), self.layout[n].mode)[0][0])
+            if amp > ACCEPT:
+                return None
+            base = amp
+            self.measured[n] = (name, amp, at_m)
+        chosen = []
+        for j in range(u.shape[0]):
+            if j == 0 and first is not None:
+                chosen.append(first)
+            elif j == m:
+                chosen.append((name, amp, row(j)))
+            elif not bool(ill[j]) and _unchanged(base, at_m, {k: float(v[j]) for k, v in sizes.items()}):
+                chosen.append((name, float("nan"), row(j)))
+            else:
+                chosen.append(self._best(n, params, one(u, j), one(target, j), one(x, j), j))
+                self.memory[n] = name
+        kept = [j for j, c in enumerate(chosen) if c[0] == name]
+        warn_ill_conditioned({k: {f: v[kept] for f, v in fs.items()} for k, fs in patches.items()},
+                             kernel.references(params), str(n))
+        return chosen
 
     def _ill(self, kernel, params, patches) -> bool:
         """Whether the patch, stored in the model's dtype, is ill-conditioned (`runtime.ILL_CONDITIONED`)."""
@@ -714,11 +779,19 @@ def absorb_context(model, context_ids: torch.Tensor, query_ids: torch.Tensor, ke
     Theorem 1), or ``None``/``"default"``: per layer and token, the exact strategy of least
     `amplification` (recorded in ``layer.strategies``).
 
-    ``computed_in="model"`` (the default for decoders): Algorithm 1 in the model's arithmetic. The
-    query goes token by token through the model's own modules with each lower layer's patches
-    written into its weights, and layer n's patches are computed from the u those modules produce,
-    so `PatchSet.materialized_logits()` reproduces the contextual run. ``"kernel"`` (the default for
-    encoders): one pass in which the kernels apply the patches factored (`PatchSet.logits()`).
+    ``computed_in="kernel"`` (the default): one pass of the whole query through the model's own
+    attention and norms, the MLP branches applying the patches factored by the kernels; layer n's
+    patches are computed from the u this run produces, all tokens at once (`Patcher`), so
+    `PatchSet.logits()` reproduces the contextual run; written into the weights
+    (`PatchSet.materialized_logits()`) the patches carry the kernel/module rounding difference
+    unamplified, the chosen strategies amplifying at most `ACCEPT`. ``"model"`` (the default when a
+    strategy is named, which may amplify: Theorem 1 on Gemma about 1e3): Algorithm 1 in the model's
+    arithmetic. The query goes token by token through the model's own modules with each lower layer's
+    patches written into its weights, and layer n's patches are computed from the u those modules
+    produce, so `PatchSet.materialized_logits()` reproduces the contextual run at the model's own
+    round-off; one token at a time, it costs several times the one-pass run (benchmarks/RESULTS.md).
+    Measured on SmolLM2-135M, float32: one pass 5e-7 factored / 2.3e-5 written; token by token
+    2.4e-5 / 1.4e-6 (Gemma 3 270M: 1e-6 either way).
     ``memory``: {layer: strategy} the default tries first, updated with its choices; pass the same
     dict to successive calls (one token each, as the paper's protocol does) to save their time.
     ``measure=False`` skips the `amplification` of a strategy named explicitly (NaN is recorded).
@@ -737,7 +810,9 @@ def absorb_context(model, context_ids: torch.Tensor, query_ids: torch.Tensor, ke
         return absorb_sequence(model, context_ids, query_ids, layout_for(model, spec, params))
     check_ids(context_ids, query_ids, model)
     layout, candidates = resolve(model, strategy, input_strategy, spec, params)
-    computed_in = computed_in or ("kernel" if layout.encoder and not keep_positions else "model")
+    if computed_in is None:  # a named strategy may amplify round-off: computed where Algorithm 1 corrects it
+        named = strategy not in (None, DEFAULT) and not (layout.encoder and not keep_positions)
+        computed_in = "model" if named else "kernel"
     if computed_in not in COMPUTED_IN:
         raise SpecError(f"computed_in must be one of {', '.join(COMPUTED_IN)}, got {computed_in!r}")
     if computed_in == "model" and layout.encoder and not keep_positions:
@@ -814,15 +889,18 @@ def _materialized_pass(model, patcher: Patcher, ids, targets, head: bool = True,
 
 @torch.no_grad()
 def generate_without_context(model, context_ids: torch.Tensor, query_ids: torch.Tensor, max_new_tokens: int,
-                             strategy: str | None = None, applied: str = "materialized",
+                             strategy: str | None = None, applied: str = "factored",
                              spec: BlockSpec | str | None = None, params: dict[str, str] | None = None) -> torch.Tensor:
     """Greedy generation by the model WITHOUT the context, patched afresh for every new token.
 
     Two key/value caches advance one token per step: the contextual run's (to read $u_C$ of the new
     token at every layer) and the patched run's; the new token's patches depend only on its own
     $u$ and $u_C$, so no earlier token is recomputed and a step costs two one-token passes.
-    ``applied="materialized"`` (default): every token's patches are written into the model's own
-    modules (Algorithm 1 in the model's arithmetic); ``"factored"``: the kernels apply them.
+    ``applied="factored"`` (default): the kernels apply every token's patches in the model's run (its
+    own attention and norms; the MLP branch by the kernel's `apply`), about the cost of the two passes;
+    ``"materialized"``: every token's patches are written into the model's own modules (Algorithm 1 in
+    the model's arithmetic; dense per-token weights, about twice as slow). Both give the contextual
+    run's greedy ids (`tests/test_real_models.py`, `ctxpatch models`).
     Returns the generated ids, shape (1, max_new_tokens).
     """
     check_ids(context_ids, query_ids, model)

@@ -112,11 +112,12 @@ def test_patch_shapes_follow_the_design():
     assert lp.strategies == ["norm_vector"] * 5
 
 
-def test_generation_reuses_caches_and_matches_generate():
+@pytest.mark.parametrize("applied", ["factored", "materialized"])
+def test_generation_reuses_caches_and_matches_generate(applied):
     model = tiny_model("llama", layers=2, dtype="float32")
     gen = torch.Generator().manual_seed(5)
     ctx, q = random_ids(5, 64, gen), random_ids(4, 64, gen)
-    ours = generate_without_context(model, ctx, q, 10)
+    ours = generate_without_context(model, ctx, q, 10, applied=applied)
     ref = model.generate(torch.cat([ctx, q], 1), max_new_tokens=10, do_sample=False)[:, 9:]
     assert torch.equal(ours, ref)
 
@@ -169,3 +170,29 @@ def test_benchmark_dense_baseline_computes_the_same_logits():
     dense = bench.dense_loop_logits(model, ps)
     assert float((dense - ps.logits()).norm() / dense.norm()) < 1e-10
     assert bench.memory_ratio(model, ps) > 5
+
+
+@pytest.mark.parametrize("model_type", ["gemma3_text", "llama"])
+def test_batched_choice_is_the_token_by_token_choice(model_type):
+    """The default computes every token's patches of a layer in one call (`Patcher._batch`): the same
+    strategies and, to round-off, the same patches as choosing token by token (`Patcher._best`)."""
+    from numeric.hf import Patcher, contextual_bases, layer_params, resolve
+
+    model = tiny_model(model_type, layers=2, dtype="float64")
+    gen = torch.Generator().manual_seed(3)
+    ctx, q = random_ids(6, 64, gen), random_ids(5, 64, gen)
+    layout, kernels = resolve(model)
+    bases, _ = contextual_bases(model, layout, torch.cat([ctx, q], 1), head=False)
+    plain, _ = contextual_bases(model, layout, q, head=False)  # layer 0's u without the context
+    u, target = plain[0], bases[0][6:]
+    batched = Patcher(model, layout, kernels).layer(0, u, target, None)
+    one = Patcher(model, layout, kernels)
+    params = layer_params(model.model.layers[0], layout[0])
+    chosen = [one._best(0, params, u[j:j + 1], target[j:j + 1], None, j) for j in range(5)]
+    assert batched.strategies == [c[0] for c in chosen]
+    assert sum(a == a for a in batched.amplification) >= 1  # measured at least once
+    for j, (_name, _, patches) in enumerate(chosen):
+        mine = batched.token(j)
+        for param, fields in patches.items():
+            for f, v in fields.items():
+                assert torch.allclose(mine[param][f], v, rtol=1e-9, atol=1e-12), (j, param)  # O(1) parameters
