@@ -363,16 +363,22 @@ def _input_hooks(model, layout: Layout, store: dict) -> list:
     for n, layer in enumerate(get(model, layout.layers)):
         adapter = layout[n]
 
-        def grab(_mod, args, n=n):
-            store.setdefault(n, {})["first"] = args[0][0].detach()
+        def grab(_mod, args, n=n):  # (1, T, d), or (T, d) rows where the layer reshapes them (OPT)
+            r = store.setdefault(n, {})
+            r["first"], r["shape"] = _rows(args[0]).detach(), args[0].shape
 
         def grab_attn(_mod, _args, output, n=n):
-            store.setdefault(n, {})["attn"] = (output[0] if isinstance(output, tuple) else output)[0].detach()
+            store.setdefault(n, {})["attn"] = _rows(output[0] if isinstance(output, tuple) else output).detach()
 
         handles.append(get(layer, adapter.u_module).register_forward_pre_hook(grab))
         if adapter.mode == "parallel":
             handles.append(get(layer, adapter.attn_module).register_forward_hook(grab_attn))
     return handles
+
+
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """(T, d): the query's states of a batch of one, whether the layer holds them as (1, T, d) or (T, d)."""
+    return t.reshape(-1, t.shape[-1])
 
 
 def _base(r: dict, adapter: Adapter) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -404,7 +410,10 @@ def swapped_branches(model, layout: Layout, kernel_for, patches_for):
             extra = {} if x is None else {"x": x}
             y = kernel_for(n).apply(params, patches_for(n, u, x), u, **extra)
             # the module's own output: the layer multiplies it by its branch multiplier c after the module
-            out = (y if adapter.returns_sum else (y - u) / adapter.spec.mlp.branch_scale)[None].to(r["first"].dtype)
+            out = y if adapter.returns_sum else (y - u) / adapter.spec.mlp.branch_scale
+            # shaped as the module's input, (1, T, .) or OPT's (T, .) rows
+            lead = args[0].shape[:-1] if args and isinstance(args[0], torch.Tensor) else r["shape"][:-1]
+            out = out.reshape(*lead, out.shape[-1]).to(r["first"].dtype)
             return out if not adapter.arity else (out,) + (None,) * (adapter.arity - 1)  # the layer reads [0]
 
         for path, forward in [(p, _passthrough) for p in adapter.skip] + [(adapter.branch_module, branch)]:

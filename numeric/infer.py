@@ -10,7 +10,9 @@ No table of model families: the layout is read from the model itself.
 
    - the MLP branch: the layer's child named like an MLP (``mlp``, ``feed_forward``, ``ffn``, ``moe``,
      ... or a class named ``*MLP``/``*MoE``/``*FeedForward``), or the parent of the output map
-     transformers' tensor-parallel plan marks ``rowwise``;
+     transformers' tensor-parallel plan marks ``rowwise``; or a branch split over modules
+     (`Adapter.chain`): BERT's ``intermediate``/``output`` (post-LN, or pre-LN), and an MLP written on
+     the layer itself, up map -> activation module -> down map among its children (OPT, BioGPT, TrOCR);
    - the norms around it: a norm whose output *is* the MLP's input (pre-norm), one whose input is the
      MLP's output (post-norm inside the branch); each norm identified by evaluating the candidates
      (RMSNorm or LayerNorm, scale $w$ or $1 + w$, with or without bias, the module's eps) on inputs
@@ -118,6 +120,13 @@ class Adapter:
     attention output is the output of ``attn_module``, u = x + attention; ``branch_module``'s output
     is added to both. ``post_ln``: u is the input of ``u_module``; ``branch_module`` returns the
     sub-block's output y itself (BERT's output LayerNorm after the add).
+
+    ``chain``: a branch split over several modules of the layer, the ones from u to the branch module's
+    input in order (BERT's ``intermediate``, after its pre-LN where it has one; OPT's ``fc1`` and activation
+    written on the layer itself, after its pre-LN): the branch module is then fed their output h and
+    gives ``c * branch`` (OPT's ``fc2``), ``u + branch`` or ``LN(u + branch)`` from (h, u) (BERT's
+    ``output``, ``adds_residual``), or ``LN(u + h)`` (the post-LN of OPT with ``do_layer_norm_before=False``
+    and TrOCR: the chain ends with the down map).
     """
 
     spec: BlockSpec
@@ -129,6 +138,7 @@ class Adapter:
     skip: tuple[str, ...] = ()  # modules before the branch module that the patched run does not need
     adds_residual: bool = False  # the branch module returns u + branch itself (BLOOM's, MPT's MLP(h, residual))
     arity: int = 0  # the branch module returns a tuple of this length (Llama 4's MoE: output, router logits)
+    chain: tuple[str, ...] = ()  # a split branch: the modules from u to the branch module (see above)
 
     @property
     def returns_sum(self) -> bool:
@@ -378,7 +388,8 @@ def find_mlp(layer) -> str:
         if any(mark in type(child).__name__ for mark in MLP_CLASS_MARKS):
             return name
     raise SpecError(f"{type(layer).__name__}: no MLP branch (no child named {'/'.join(MLP_NAMES)} or of an "
-                    "MLP/MoE/FeedForward class)")
+                    "MLP/MoE/FeedForward class, no up map -> activation module -> down map among its children, "
+                    "no BERT-style intermediate/output pair)")
 
 
 def _activation(mlp, cfg) -> list[str]:
@@ -577,6 +588,9 @@ class Flow:
     attn: str = ""
     shared_pre_norm: bool = False
     adds_residual: bool = False
+    chain: tuple[str, ...] = ()  # a split branch (`Adapter.chain`); ``mlp`` is then the branch module
+    act: str = ""  # the activation module of a chain, when it is one of its own (it runs; the others are skipped)
+    maps: tuple[str, str] = ()  # a chain's up and down maps (linear modules)
 
 
 def _fit(r: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
@@ -595,23 +609,84 @@ def _recognise(c: float, cfg) -> float:
     return c
 
 
-def _post_ln_flow(layer64, record: dict[str, Call], y: torch.Tensor) -> Flow | None:
-    """BERT's split MLP: ``intermediate`` (up map, activation) and ``output`` (down map, then a LayerNorm of the
-    sum with the residual), the layer's output being ``output``'s: y = LN(u + W_down a)."""
+def _rows(t: torch.Tensor) -> torch.Tensor:
+    """(tokens, width): a layer reshapes its states to rows before the MLP (OPT)."""
+    return t.reshape(-1, t.shape[-1])
+
+
+def _same_rows(a, b) -> bool:
+    return a is not None and b is not None and _same(_rows(a), _rows(b))
+
+
+def _split_flow(layer64, record: dict[str, Call], y: torch.Tensor) -> Flow | None:
+    """BERT's split MLP: ``intermediate`` (up map, activation) and ``output`` (down map, the add of the residual),
+    the layer's output being ``output``'s. Post-LN: y = LN(u + W_down a), the LayerNorm inside ``output``;
+    pre-LN: y = u + W_down a with a norm before the up map, a child of the layer (Megatron-BERT, XLM-RoBERTa-XL)
+    or the first of ``intermediate`` (RoBERTa-PreLayerNorm)."""
     inter, out = getattr(layer64, "intermediate", None), getattr(layer64, "output", None)
     if inter is None or out is None or not hasattr(inter, "dense") or not hasattr(out, "dense"):
         return None
-    norm = next((f"output.{n}" for n, m in out.named_children() if is_norm(m)), None)
-    if norm is None or "intermediate" not in record or "output" not in record or not _same(record["output"].out, y):
+    if "intermediate" not in record or "output" not in record or not _same(record["output"].out, y):
         return None
-    return Flow("intermediate", None, norm, "post_ln", 1.0)
+    maps = ("intermediate.dense", "output.dense")
+    post = next((f"output.{n}" for n, m in out.named_children() if is_norm(m)), None)
+    if post is not None:
+        return Flow("output", None, post, "post_ln", 1.0, adds_residual=True, chain=("intermediate",), maps=maps)
+    none = Call(None, None)
+    inner = next((f"intermediate.{n}" for n, m in inter.named_children() if is_norm(m) and
+                  _same(record.get(f"intermediate.{n}", none).out, record.get(maps[0], none).inp)), None)
+    if inner is not None:
+        return Flow("output", inner, None, "sequential", 1.0, adds_residual=True, chain=("intermediate",), maps=maps)
+    pre = next((n for n, m in layer64.named_children() if is_norm(m) and n in record and
+                _same(record[n].out, record["intermediate"].inp)), None)
+    if pre is None:
+        return None
+    return Flow("output", pre, None, "sequential", 1.0, adds_residual=True, chain=(pre, "intermediate"), maps=maps)
+
+
+def _is_linear(module) -> bool:
+    w = getattr(module, "weight", None)
+    return isinstance(w, torch.Tensor) and w.dim() == 2 and not is_norm(module)
+
+
+def _virtual_flow(layer64, record: dict[str, Call], y: torch.Tensor, cfg) -> Flow | None:
+    """An MLP written on the layer itself (OPT, BioGPT, TrOCR): children up map -> activation module -> down map,
+    no MLP module. Pre-LN: y = u + c fc2(σ(fc1(norm(u)))), the branch module ``fc2``; post-LN (OPT with
+    ``do_layer_norm_before=False``, TrOCR): y = LN(u + fc2(σ(fc1(u)))), the branch module the LayerNorm."""
+    kids = {n: m for n, m in layer64.named_children() if n in record}
+    norms = [n for n, m in kids.items() if is_norm(m)]
+    for act, module in kids.items():
+        if type(module).__name__ not in ACTIVATION_CLASSES:
+            continue
+        up = next((n for n, m in kids.items() if _is_linear(m) and _same(record[n].out, record[act].inp)), None)
+        down = next((n for n, m in kids.items() if _is_linear(m) and _same(record[n].inp, record[act].out)), None)
+        if up is None or down is None:
+            continue
+        z, h = record[up].inp, _rows(record[down].out)
+        pre = next((n for n in norms if _same(record[n].out, z)), None)
+        if pre is not None:
+            c, err = _fit(_rows(y) - _rows(record[pre].inp), h)
+            if err <= 1e-12:
+                return Flow(down, pre, None, "sequential", _recognise(c, cfg), chain=(pre, up, act), act=act,
+                            maps=(up, down))
+        for post in norms:  # the norm that gives y from u + h
+            c, err = _fit(_rows(record[post].inp) - _rows(z), h)
+            if _same_rows(record[post].out, y) and err <= 1e-12 and abs(c - 1) <= 1e-12:
+                return Flow(post, None, post, "post_ln", 1.0, chain=(up, act, down), act=act, maps=(up, down))
+    return None
 
 
 def flow(layer64, record: dict[str, Call], x: torch.Tensor, y: torch.Tensor, cfg) -> Flow:
-    split = _post_ln_flow(layer64, record, y)
+    split = _split_flow(layer64, record, y)
     if split is not None:
         return split
-    mlp = find_mlp(layer64)
+    try:
+        mlp = find_mlp(layer64)
+    except SpecError:
+        virtual = _virtual_flow(layer64, record, y, cfg)
+        if virtual is None:
+            raise
+        return virtual
     mcall = record.get(mlp)
     if mcall is None or mcall.inp is None or mcall.out is None:
         raise SpecError(f"{mlp} was not called with a tensor in the layer's forward")
@@ -651,8 +726,8 @@ def layer_adapters(layer64, record, x, y, cfg, model_type: str, name: str) -> tu
         post_spec, names = identify_norm(get(layer64, fl.post), cfg, d)
         canon = "post_ln" if fl.mode == "post_ln" else "mlp_post_norm"
         norm_params.update({f"{canon}.{k}": Param(f"{fl.post}.{v}") for k, v in names.items()})
-    if fl.mode == "post_ln":
-        return fl, _post_ln_adapters(layer64, fl, post_spec, norm_params, cfg, model_type, name)
+    if fl.chain:
+        return fl, _split_adapters(layer64, record, fl, pre_spec, post_spec, norm_params, cfg, model_type, name)
     mlp = get(layer64, fl.mlp)
     acts = _activation(mlp, cfg)
     is_moe = any(p.dim() == 3 for p in mlp.parameters())
@@ -687,23 +762,33 @@ def layer_adapters(layer64, record, x, y, cfg, model_type: str, name: str) -> tu
     return fl, first + [a for a in out if a.spec.mlp.activation != acts[0]]
 
 
-def _post_ln_adapters(layer64, fl: Flow, ln: NormSpec, norm_params, cfg, model_type: str, name: str) -> list[Adapter]:
-    up, down = layer64.intermediate.dense, layer64.output.dense
-    params = {"W_up": Param("intermediate.dense.weight"), "W_down": Param("output.dense.weight"), **norm_params}
-    if up.bias is not None:
-        params["b_up"] = Param("intermediate.dense.bias")
-    if down.bias is not None:
-        params["b_down"] = Param("output.dense.bias")
-    biases = Biases(up=up.bias is not None, down=down.bias is not None)
+def _split_adapters(layer64, record: dict[str, Call], fl: Flow, pre: NormSpec | None, post: NormSpec | None,
+                    norm_params: dict[str, Param], cfg, model_type: str, name: str) -> list[Adapter]:
+    """A branch split over modules (`Flow.chain`): one up map, the activation, one down map, a pre-LN or a
+    post-LN after the add."""
+    params = dict(norm_params)
+    biases = {}
+    for canon, path in zip(("up", "down"), fl.maps, strict=True):
+        module = get(layer64, path)
+        params[f"W_{canon}"] = _matrix(path, module, record[path])
+        biases[canon] = getattr(module, "bias", None) is not None
+        if biases[canon]:
+            params[f"b_{canon}"] = Param(f"{path}.bias")
+    acts = _activation(get(layer64, fl.act or fl.maps[0].rpartition(".")[0]), cfg)
+    ln = post if fl.mode == "post_ln" else None
     out = []
-    for act in _activation(layer64.intermediate, cfg):
-        mspec = MLPSpec(kind="dense", activation=act, bias=biases, post_ln=ln)
+    for act in acts:
+        mspec = MLPSpec(kind="dense", activation=act, bias=Biases(**biases), pre_norm=pre, post_ln=ln,
+                        branch_scale=fl.scale)
         spec = BlockSpec(name=name, mlp=mspec, hf_model_types=(model_type,))
-        out.append(Adapter(spec, "post_ln", "intermediate", "output", params, skip=("intermediate",)))
+        out.append(_adapter(spec, fl, params))
     return out
 
 
 def _adapter(spec: BlockSpec, fl: Flow, params: dict[str, Param]) -> Adapter:
+    if fl.chain:  # the chain's modules but its activation are skipped in the factored run: the branch module computes
+        return Adapter(spec, fl.mode, fl.chain[0], fl.mlp, params, skip=tuple(p for p in fl.chain if p != fl.act),
+                       adds_residual=fl.adds_residual, chain=fl.chain)
     if fl.mode == "parallel":
         return Adapter(spec, "parallel", fl.pre, fl.post or fl.mlp, params, attn_module=fl.attn,
                        skip=(fl.mlp,) if fl.post else ())
@@ -751,8 +836,8 @@ def _branch_modules(layer64, adapter: Adapter, u: torch.Tensor, x: torch.Tensor 
     """The layer's own modules composed as the adapter says: y (sequential) from u, or y - u + u for a
     parallel block (the attention part is u itself)."""
     spec = adapter.spec
-    if adapter.mode == "post_ln":  # the output module adds the residual and normalises: y itself
-        return get(layer64, adapter.branch_module)(first_tensor(get(layer64, adapter.u_module)(u)), u)
+    if adapter.chain:
+        return _chained(layer64, adapter, u)
     if adapter.mode == "parallel":
         z = get(layer64, adapter.u_module)(x)
     else:
@@ -765,6 +850,19 @@ def _branch_modules(layer64, adapter: Adapter, u: torch.Tensor, x: torch.Tensor 
     if adapter.skip:
         h = get(layer64, adapter.branch_module)(h)
     return u + spec.mlp.branch_scale * h  # the layer's multiplier, fitted from its own output
+
+
+def _chained(layer64, adapter: Adapter, u: torch.Tensor) -> torch.Tensor:
+    """y of a split branch (`Adapter.chain`): its modules in order, then the branch module."""
+    h = u
+    for path in adapter.chain:
+        h = first_tensor(get(layer64, path)(h))
+    end = get(layer64, adapter.branch_module)
+    if adapter.adds_residual:  # BERT's output(h, u): u + W_down h, normalised after the add in a post-LN block
+        return first_tensor(end(h, u))
+    if adapter.mode == "post_ln":  # LN(u + h): the chain ended with the down map
+        return end(u + h)
+    return u + adapter.spec.mlp.branch_scale * end(h)
 
 
 def _kernel_forward(adapter: Adapter, params: dict, u, x):
@@ -879,7 +977,7 @@ def _u_of(adapter: Adapter, record: dict[str, Call], x: torch.Tensor) -> torch.T
     """u of the probe run: the u module's input (sequential), x + attention (parallel)."""
     if adapter.mode == "parallel":
         return x + record[adapter.attn_module].out
-    return record[adapter.u_module].inp
+    return record[adapter.u_module].inp.reshape(x.shape[:-1] + (-1,))  # OPT's MLP sees (tokens, d) rows
 
 
 def _signature(layer) -> tuple:

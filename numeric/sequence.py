@@ -374,6 +374,7 @@ def _record(model, adapter, site: Site, store: dict, start: int) -> list:
             def hook(_m, args, out=None):
                 t = out if which == "out" else args[0]
                 t = t[0] if isinstance(t, tuple) else t
+                t = t.reshape(1, -1, t.shape[-1])  # (1, T, .): OPT's MLP sees (T, .) rows
                 rec[key] = t[0, start:].detach().double().clone()  # a copy: some blocks add to it in place
             return hook
 
@@ -404,8 +405,8 @@ class _Induction:
         self.kept: dict[int, dict] = {n: {} for n in range(len(self.layers))}
 
     def rows(self, t: torch.Tensor) -> torch.Tensor:
-        """The query tokens' rows (q, size) of a batch-first activation."""
-        return t[0]
+        """The query tokens' rows (q, size) of a batch-first activation (or of OPT's (q, size) rows)."""
+        return t.reshape(1, -1, t.shape[-1])[0]
 
     def hooks(self) -> list:
         handles = []
@@ -755,7 +756,7 @@ class _Shared(_Induction):
         self.mask, self.r, self.rcond = mask, rank, rcond
 
     def rows(self, t: torch.Tensor) -> torch.Tensor:
-        return t[self.mask]
+        return t.reshape(*self.mask.shape, t.shape[-1])[self.mask]  # (B, T, .), or OPT's (B T, .) rows
 
     def _fit(self, module, n: int, path: str, Y: torch.Tensor, X: torch.Tensor) -> None:
         B, A = reduced_rank(Y, X, self.r, self.rcond)

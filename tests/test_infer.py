@@ -14,7 +14,7 @@ pytest.importorskip("transformers")
 from ctxpatch.cli import main  # noqa: E402
 from numeric import zoo  # noqa: E402
 from numeric.hf import absorb_context, layout_for  # noqa: E402
-from numeric.hfcheck import model_status, random_ids, tiny_model  # noqa: E402
+from numeric.hfcheck import hf_check, model_status, random_ids, tiny_model  # noqa: E402
 from numeric.infer import FLOAT64_BOUND, Float64Mode, infer  # noqa: E402
 from symbolic import catalog  # noqa: E402
 from symbolic.errors import SpecError  # noqa: E402
@@ -25,7 +25,7 @@ INFERRED = ["phi3", "cohere", "stablelm", "granite", "nemotron", "glm4", "starco
             "helium", "smollm3", "arcee", "apertus", "ministral", "seed_oss", "hunyuan_v1_dense", "glm",
             "persimmon", "gpt_bigcode", "codegen", "biogpt", "opt", "bloom", "mpt", "gpt_neo",
             "qwen3_moe", "olmoe", "phimoe", "granitemoe", "ernie4_5", "deepseek_v3", "bitnet", "llama4_text",
-            "roberta", "aria_text"]
+            "roberta", "aria_text", "trocr", "megatron-bert", "roberta-prelayernorm", "xlm-roberta-xl"]
 
 
 @pytest.mark.parametrize("model_type", INFERRED)
@@ -207,3 +207,68 @@ def test_a_branch_multiplier_is_read_and_patched_exactly():
         want = model(torch.cat([ctx, q], 1)).logits[0, 5:]
     assert float((ps.materialized_logits()[0] - want).norm() / want.norm()) <= 1e-5
     assert float((ps.logits()[0] - want).norm() / want.norm()) <= 1e-6  # factored: the module's output is o, not c o
+
+
+#: branches split over modules: (type, mode, u module, branch module, chain)
+SPLIT = [("opt", "sequential", "final_layer_norm", "fc2", ("final_layer_norm", "fc1", "activation_fn")),
+         ("trocr", "post_ln", "fc1", "final_layer_norm", ("fc1", "activation_fn", "fc2")),
+         ("megatron-bert", "sequential", "ln", "output", ("ln", "intermediate")),
+         ("roberta-prelayernorm", "sequential", "intermediate", "output", ("intermediate",))]
+
+
+@pytest.mark.parametrize(("model_type", "mode", "u_module", "branch", "chain"), SPLIT)
+def test_split_branches_are_read_and_patched_exactly(model_type, mode, u_module, branch, chain):
+    """An MLP written on the layer itself (OPT: fc1, activation, fc2 as the layer's children, the states reshaped
+    to (T, d) rows; TrOCR: the same after the add's LayerNorm) or over BERT's intermediate/output with a pre-LN:
+    read as such, and the factored and the materialized patches reproduce the contextual logits in float64."""
+    layout = layout_for(tiny_model(model_type, encoder=False))
+    a = layout[0]
+    assert (a.mode, a.u_module, a.branch_module, a.chain) == (mode, u_module, branch, chain)
+    assert (a.spec.mlp.post_ln is not None) == (mode == "post_ln") != (a.spec.mlp.pre_norm is not None)
+    out = hf_check(model_type, dtype="float64", encoder=False)
+    assert out["max_rel_error"] <= 1e-12 and out["materialized_rel_error"] <= 1e-12, out
+    assert out["unpatched_rel_error"] >= 1e-3
+
+
+def test_opt_post_ln_variant_is_read_as_post_ln():
+    """OPT with do_layer_norm_before=False (OPT-350m): the final LayerNorm after the add is the branch module; the
+    patches are exact, factored, written into the weights, and as one sequence patch of the pre-LN OPT."""
+    from transformers import AutoModelForCausalLM
+
+    cfg = zoo.tiny_config("opt")
+    cfg.do_layer_norm_before = False
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float64, attn_implementation="eager").eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(0.3 * torch.randn_like(p))
+    layout = layout_for(model)
+    assert layout[0].mode == "post_ln" and layout[0].branch_module == "final_layer_norm"
+    gen = torch.Generator().manual_seed(2)
+    ctx, q = random_ids(6, 64, gen), random_ids(4, 64, gen)
+    ps = absorb_context(model, ctx, q)
+    with torch.no_grad():
+        want = model(torch.cat([ctx, q], 1)).logits[0, 6:]
+        plain = model(q).logits[0]
+    for got in (ps.logits()[0], ps.materialized_logits()[0]):
+        assert float((got - want).norm() / want.norm()) <= 1e-12
+    assert float((plain - want).norm() / want.norm()) >= 1e-3
+    pre_ln = tiny_model("opt")
+    with torch.no_grad():
+        want = pre_ln(torch.cat([ctx, q], 1)).logits[0, 6:]
+        got = absorb_context(pre_ln, ctx, q, mode="sequence").logits()[0]
+    assert float((got - want).norm() / want.norm()) <= 1e-12
+
+
+def test_a_virtual_mlp_with_an_unknown_activation_is_refused():
+    """OPT's activation module replaced by one no spec names: the layer is refused, never patched as a ReLU."""
+    model = tiny_model("opt")
+    layout_for(model)
+
+    class Odd(torch.nn.Module):
+        def forward(self, x):
+            return torch.sin(x)
+    model.model.decoder.layers[1].activation_fn = Odd()
+    with pytest.raises(SpecError, match=r"OPTDecoderLayer: no MLP branch"):
+        layout_for(model)
