@@ -802,12 +802,15 @@ def _adapter(spec: BlockSpec, fl: Flow, params: dict[str, Param]) -> Adapter:
 
 _CASTS = {torch.Tensor.to, torch.Tensor.float, torch.Tensor.half, torch.Tensor.bfloat16, torch.Tensor.type,
           torch.Tensor.type_as}
+_FACTORIES = {torch.full, torch.zeros, torch.ones, torch.empty}  # float in the default dtype unless told
 
 
 class Float64Mode(torch.overrides.TorchFunctionMode):
     """Runs modules in float64 throughout: a cast of a float64 tensor to a narrower float dtype (the float32
-    upcasts inside transformers' norms and routers, written for half precision) returns the tensor unchanged.
-    ``widened``: the casts it suppressed; ``narrow``: calls that still returned a narrower float tensor."""
+    upcasts inside transformers' norms and routers, written for half precision) returns the tensor unchanged,
+    and a float tensor created without a dtype (``torch.full((), torch.finfo(dtype).min)``: float32, which
+    float64's minimum overflows) is float64. ``widened``: the casts and creations it widened; ``narrow``:
+    calls that still returned a narrower float tensor."""
 
     def __init__(self):
         super().__init__()
@@ -821,6 +824,11 @@ class Float64Mode(torch.overrides.TorchFunctionMode):
                 any(isinstance(a, torch.Tensor) and a.dtype == torch.float64 for a in args):
             kwargs["dtype"] = torch.float64
             self.widened.add(f"{getattr(func, '__name__', func)}(dtype=)")
+        elif func in _FACTORIES and wanted is None and "out" not in kwargs and \
+                torch.get_default_dtype() != torch.float64 and (func is not torch.full or isinstance(
+                    kwargs.get("fill_value", args[1] if len(args) > 1 else None), float)):
+            kwargs["dtype"] = torch.float64
+            self.widened.add(f"{func.__name__}()")
         out = func(*args, **kwargs)
         t = first_tensor(out)
         if not (isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64):

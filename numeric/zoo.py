@@ -3,9 +3,11 @@
 `tiny_config` shrinks a type's default config by the names transformers uses for sizes (hidden size,
 intermediate sizes, heads, experts, layers, vocabulary), leaving every other option at its default; a
 config that cannot be made small (a multimodal composite, a default of billions of parameters) is
-reported, not built. `tiny_model` builds the model in a dtype with eager attention and experts (so
-float64 works) and perturbs every 1-D parameter, because norm weights that start at zero (Gemma) or
-at one would hide a missing ``1 +`` or a swapped scale.
+reported, not built; a default its own modelling code cannot build is fixed per type (`_fixes`).
+`tiny_model` builds the model in a dtype with eager attention and experts (so float64 works), widens
+what transformers keeps in float32 for half precision (routers) to that dtype, and perturbs every 1-D
+parameter, because norm weights that start at zero (Gemma) or at one would hide a missing ``1 +`` or a
+swapped scale.
 """
 
 from __future__ import annotations
@@ -29,14 +31,36 @@ SIZES = {"hidden_size": 32, "n_embd": 32, "d_model": 32, "n_embed": 32,
 LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 PER_LAYER_LISTS = ("layer_types", "mlp_layer_types", "layers_block_type")
 MAX_PARAMETERS = 3_000_000
+#: Types whose forward transformers itself cannot run in float64 (code written for half and single precision):
+#: xglm floors its attention scores with ``torch.full((), finfo(dtype).min)`` in the default dtype, float32,
+#: which float64's minimum overflows; inkling2's router casts its input to float32 against a weight in the
+#: model's dtype. Their float64 tiny models run every forward under `numeric.infer.Float64Mode`.
+WIDENED_FORWARD = ("xglm", "inkling2_text")
+
+
+VOCAB = 64
 
 
 def _fixes(model_type: str, layers: int) -> dict:
-    """Options a type's config derives per layer from a default of its own (not from the layer count)."""
+    """Options a type's default config gets wrong for a small model: lists per layer derived from a default
+    of their own (not from the layer count), sizes inside nested sub-configs, and defaults its own modelling
+    code cannot build (each a gap in transformers' defaults, not a choice of architecture)."""
     if model_type == "gpt_neo":  # attention_types expands to one entry per layer
         return {"attention_types": [[["global"], layers]]}
+    if model_type == "dbrx":  # sizes live in two sub-configs; DbrxAttention reads attn_config.rope_theta,
+        # which DbrxAttentionConfig does not declare (the rotary embedding uses rope_parameters), and clamps
+        # q, k, v with clip_qkv, whose default None torch.clamp refuses (DBRX's checkpoints use 8)
+        return {"attn_config": {"kv_n_heads": SIZES["num_key_value_heads"], "rope_theta": 10000.0, "clip_qkv": 8.0},
+                "ffn_config": {"ffn_hidden_size": SIZES["moe_intermediate_size"], "moe_top_k": 2}}
+    if model_type == "dots1":  # the shared expert's width is moe_intermediate_size * n_shared_experts (None)
+        return {"n_shared_experts": 1}
+    if model_type == "lfm2_moe":  # layer_types defaults to None, which the model indexes; one dense layer
+        return {"layer_types": ["conv", "full_attention"] * (layers // 2) + ["conv"] * (layers % 2),
+                "num_dense_layers": 1}
+    if model_type == "cohere_compass_text":  # rope is per layer type, and its default is empty
+        return {"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 10000.0,
+                                                       "mrope_section": [2, 1, 1]}}}  # head_dim 8: 4 pairs
     return {}
-VOCAB = 64
 
 
 def causal_lm_types() -> list[str]:
@@ -102,7 +126,31 @@ def tiny_model(model_type: str, layers: int = 2, dtype: torch.dtype = torch.floa
     model = cls.from_config(cfg, dtype=dtype, attn_implementation="eager", experts_implementation="eager").eval()
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
+        for p in model.state_dict(keep_vars=True).values():  # parameters and persistent buffers
+            if p.is_floating_point() and torch.finfo(p.dtype).bits < torch.finfo(dtype).bits:
+                p.data = p.data.to(dtype)  # kept in float32 for half precision (routers): widened
         for _name, p in model.named_parameters():
             if p.dim() == 1:
                 p.add_((0.3 * torch.randn(p.shape, generator=gen, dtype=torch.float64)).to(p.dtype))
+    if dtype == torch.float64 and model_type in WIDENED_FORWARD:
+        _widen_forward(model)
     return model
+
+
+def _widen_forward(model) -> None:
+    """Every forward of the model (and of its trunk, run alone for passes without logits) under a
+    `Float64Mode`: float32 casts and float tensors created in the default dtype become float64."""
+    from numeric.infer import Float64Mode
+
+    modes = []
+
+    def enter(_module, _args):
+        modes.append(Float64Mode())
+        modes[-1].__enter__()
+
+    def leave(_module, _args, _out):
+        modes.pop().__exit__(None, None, None)
+
+    for module in dict.fromkeys([model, getattr(model, "base_model", model)]):
+        module.register_forward_pre_hook(enter)
+        module.register_forward_hook(leave, always_call=True)

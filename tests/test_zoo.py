@@ -1,0 +1,60 @@
+"""The tiny models of numeric.zoo: configs transformers' defaults cannot build small, float64 throughout,
+and `Float64Mode` widening float tensors created in the default dtype."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from numeric import zoo  # noqa: E402
+from numeric.infer import Float64Mode  # noqa: E402
+
+
+@pytest.mark.parametrize("model_type", ["dbrx", "dots1", "lfm2_moe", "cohere_compass_text"])
+def test_tiny_configs_that_the_defaults_cannot_build_run(model_type):
+    """Each default config fails in its own modelling code (a missing rope_theta, n_shared_experts None,
+    layer_types None, an empty per-layer rope); with the zoo's fixes the tiny model builds and runs."""
+    model = zoo.tiny_model(model_type, layers=2)
+    assert sum(p.numel() for p in model.parameters()) <= zoo.MAX_PARAMETERS
+    with torch.no_grad():
+        logits = model(torch.tensor([[1, 5, 9, 2]])).logits
+    assert logits.shape == (1, 4, zoo.VOCAB) and bool(torch.isfinite(logits).all())
+
+
+@pytest.mark.parametrize("model_type", ["ernie4_5_moe", "hunyuan_v1_moe"])
+def test_float64_tiny_models_have_no_float32_parameters(model_type):
+    """transformers keeps these routers in float32 (written for half precision) even in a float64 model;
+    the patch kernels then met a float32 parameter against float64 inputs."""
+    model = zoo.tiny_model(model_type, layers=2)
+    narrow = [k for k, v in model.state_dict().items() if v.is_floating_point() and v.dtype != torch.float64]
+    assert narrow == []
+
+
+def test_float64_mode_widens_default_dtype_creations():
+    with Float64Mode() as mode:
+        floor = torch.full((), torch.finfo(torch.float64).min)  # float32 without the mode: an overflow
+        zeros = torch.zeros(3)
+        ints = torch.full((2,), 1)
+        told = torch.ones(2, dtype=torch.float16)
+    assert floor.dtype == zeros.dtype == torch.float64 and float(floor) == torch.finfo(torch.float64).min
+    assert ints.dtype == torch.int64 and told.dtype == torch.float16  # an integer fill, an explicit dtype: kept
+    assert {"full()", "zeros()"} <= mode.widened
+
+
+def test_xglm_runs_in_float64_and_the_mode_ends_with_the_forward():
+    """transformers' XGLM cannot run in float64 alone (torch.full in float32 overflows); the zoo's model
+    runs its forward under Float64Mode, and the mode ends with the forward, a failing one included."""
+    from transformers import AutoModelForCausalLM
+
+    plain = AutoModelForCausalLM.from_config(zoo.tiny_config("xglm"), dtype=torch.float64,
+                                             attn_implementation="eager")
+    with torch.no_grad(), pytest.raises(RuntimeError, match="overflow"):
+        plain(torch.tensor([[1, 5, 9]]))
+    model = zoo.tiny_model("xglm", layers=2)
+    with torch.no_grad():
+        assert model(torch.tensor([[1, 5, 9]])).logits.dtype == torch.float64
+        with pytest.raises(IndexError):
+            model(torch.tensor([[1, 5, 10 ** 6]]))  # a token outside the vocabulary
+    assert torch.zeros(1).dtype == torch.get_default_dtype()  # no mode left behind
