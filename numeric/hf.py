@@ -557,7 +557,9 @@ class Patcher:
     chose for the previous token is tried first and kept, without trying the others, while its
     patch is well conditioned and its amplification at most `ACCEPT` (``memory``); and kept without
     measuring its amplification (NaN recorded) while the patch is no more than `GROWTH` times as large,
-    relative to the parameters, as when this Patcher last measured it (`_unchanged`).
+    relative to the parameters, as when this Patcher last measured it (`_unchanged`). The tokens of one
+    call are computed in one batched call of the kept strategy's kernel (`_batch`), measured at the
+    token with the largest patch; only tokens the rule does not cover go through `_best` one by one.
     """
 
     model: object
