@@ -676,6 +676,25 @@ def _virtual_flow(layer64, record: dict[str, Call], y: torch.Tensor, cfg) -> Flo
     return None
 
 
+def _post_ln_flow(layer64, record: dict[str, Call], mlp: str, y: torch.Tensor) -> Flow | None:
+    """A post-LN block around an MLP module (GPT-1): y = LN(u + MLP(u)), u the MLP's input, the norm a child of
+    the layer; the MLP's maps one up map fed by its input and one down map giving its output. The chain is the
+    MLP module, the branch module the LayerNorm."""
+    mcall = record[mlp]
+    for name, module in layer64.named_children():
+        if not is_norm(module) or name not in record or not _same_rows(record[name].out, y):
+            continue
+        c, err = _fit(_rows(record[name].inp) - _rows(mcall.inp), _rows(mcall.out))
+        if err > 1e-12 or abs(c - 1) > 1e-12:
+            continue
+        lin = _linears(get(layer64, mlp), mlp, record)
+        ups = [n for n, _m, call in lin if _same(call.inp, mcall.inp)]
+        downs = [n for n, _m, call in lin if _same(call.out, mcall.out)]
+        if len(ups) == 1 and len(downs) == 1:
+            return Flow(name, None, name, "post_ln", 1.0, chain=(mlp,), maps=(f"{mlp}.{ups[0]}", f"{mlp}.{downs[0]}"))
+    return None
+
+
 def flow(layer64, record: dict[str, Call], x: torch.Tensor, y: torch.Tensor, cfg) -> Flow:
     split = _split_flow(layer64, record, y)
     if split is not None:
@@ -702,6 +721,9 @@ def flow(layer64, record: dict[str, Call], x: torch.Tensor, y: torch.Tensor, cfg
         c, err = _fit(y - u, mcall.out - u)
         if err <= 1e-12 and abs(c - 1) <= 1e-12:
             return Flow(mlp, pre, post, "sequential", 1.0, adds_residual=True)
+    post_ln = _post_ln_flow(layer64, record, mlp, y) if post is None else None
+    if post_ln is not None:
+        return post_ln
     if _same(u, x):
         attn = [n for n in record if "." not in n and any(k in n.lower() for k in ATTENTION_MARKS)]
         for a in attn:
