@@ -438,6 +438,11 @@ def dense_maps(mlp, mlp_path: str, record: dict[str, Call],
     if not outs and residual is not None:  # MLP(z, u) = u + down(...): the down map's output is the difference
         outs = [x for x in lin if x[2].out is not None and x[2].out.shape == mcall.out.shape and
                 float((mcall.out - residual - x[2].out).norm()) <= 1e-12 * float(mcall.out.norm())]
+    called = {id(mod.weight) for _n, mod, _c in lin}
+    raw = [f"{n} {tuple(p.shape)}" for n, p in mlp.named_parameters() if p.dim() >= 2 and id(p) not in called]
+    if not ins and not outs and raw:  # matrices its forward uses directly (DBRX's experts: flat (E*m, d) w1/v1/w2)
+        raise SpecError(f"{mlp_path} ({type(mlp).__name__}): no linear module reads its input or gives its output; "
+                        f"the matrices {', '.join(raw)} are used by its forward directly, a layout not modelled")
     if len(outs) != 1 or not ins:
         raise SpecError(f"{mlp_path} ({type(mlp).__name__}): expected linear maps fed by its input and one whose "
                         f"output is its output; found {len(ins)} input and {len(outs)} output maps")

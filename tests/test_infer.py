@@ -290,6 +290,14 @@ def test_gpt1_post_ln_around_its_mlp_module_is_read():
         plain = model(q).logits[0]
     assert float((ps.logits()[0] - want).norm() / want.norm()) <= 1e-12
     assert float((plain - want).norm() / want.norm()) >= 1e-3
+    with pytest.raises(SpecError, match="returns no key/value cache"):  # GPT-1 keeps none: refused, not run wrong
+        ps.materialized_logits()
+
+
+def test_matrices_used_directly_are_refused_by_name():
+    """DBRX's experts: flat (E*m, d) w1/v1/w2 read by the forward itself, no linear module: named in the refusal."""
+    with pytest.raises(SpecError, match=r"experts\.mlp\.w1 \(\d+, \d+\).* used by its forward directly"):
+        layout_for(tiny_model("dbrx"))
 
 
 def _lfm2_moe(norm_topk_prob: bool):
