@@ -171,7 +171,7 @@ class PatchSet:
             ids = self.query_ids[:, j:j + 1]
             if self.positions is None:
                 out = _token_pass(self.model, self.layout, ids, dense, writer, past_key_values=cache, use_cache=True)
-                cache = out.past_key_values
+                cache = kv_cache(out, self.model)
             else:
                 out = _token_pass(self.model, self.layout, ids, dense, writer, position_ids=self.positions[:, j:j + 1])
             outs.append(out)
@@ -342,6 +342,15 @@ def _token_pass(model, layout: Layout, ids: torch.Tensor, dense_for, writer: Den
             h.remove()
         for n in list(saved):
             writer.restore(saved.pop(n))
+
+
+def kv_cache(out, model):
+    """The key/value cache of a run with ``use_cache=True``; a SpecError for a model that keeps none (GPT-1)."""
+    cache = getattr(out, "past_key_values", None)
+    if cache is None:
+        raise SpecError(f"model type {model.config.model_type!r} returns no key/value cache: the token-by-token runs "
+                        "(materialized patches, generation) need one; the factored logits do not")
+    return cache
 
 
 def _slice(patches: dict, j: int) -> dict:
@@ -848,7 +857,7 @@ def absorb_context(model, context_ids: torch.Tensor, query_ids: torch.Tensor, ke
             else:
                 lps, out = _materialized_pass(model, patcher, query_ids[:, j:j + 1], [t[j:j + 1] for t in targets],
                                               head=False, **kwargs)
-                cache = out.past_key_values if not keep_positions else None
+                cache = kv_cache(out, model) if not keep_positions else None
         except PatchConditionError as exc:  # the run held one token: name it by its index in the query
             raise PatchConditionError(exc.condition, [j], exc.layer) from None
         per_token.append(lps)
@@ -924,15 +933,15 @@ def generate_without_context(model, context_ids: torch.Tensor, query_ids: torch.
     step = _materialized_pass if applied == "materialized" else _patch_pass
     c, q = context_ids.shape[1], query_ids.shape[1]
     bases, out_C = contextual_bases(model, layout, torch.cat([context_ids, query_ids], 1), head=False, use_cache=True)
-    cache_C, cache_P = out_C.past_key_values, None
+    cache_C, cache_P = kv_cache(out_C, model), None
     if applied == "factored":
         _, out_P = step(model, patcher, query_ids, [b[c:] for b in bases], use_cache=True)
     else:
         for j in range(q):
             _, out_P = step(model, patcher, query_ids[:, j:j + 1], [b[c + j:c + j + 1] for b in bases],
                             head=j == q - 1, past_key_values=cache_P, use_cache=True)
-            cache_P = out_P.past_key_values
-    cache_P = out_P.past_key_values
+            cache_P = kv_cache(out_P, model)
+    cache_P = kv_cache(out_P, model)
     tokens = []
     for i in range(max_new_tokens):
         nxt = out_P.logits[:, -1].argmax(-1, keepdim=True)  # (1, 1)
@@ -941,7 +950,7 @@ def generate_without_context(model, context_ids: torch.Tensor, query_ids: torch.
             break
         bases, out_C = contextual_bases(model, layout, nxt, head=False, past_key_values=cache_C, use_cache=True)
         _, out_P = step(model, patcher, nxt, bases, past_key_values=cache_P, use_cache=True)
-        cache_C, cache_P = out_C.past_key_values, out_P.past_key_values
+        cache_C, cache_P = kv_cache(out_C, model), kv_cache(out_P, model)
     return torch.cat(tokens, 1)
 
 

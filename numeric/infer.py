@@ -69,6 +69,9 @@ ACTIVATION_CLASSES = {"SiLU": "silu", "SiLUActivation": "silu", "GELUActivation"
 ACTIVATION_NAMES = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh",
                     "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh", "gelu_python": "gelu", "relu": "relu",
                     "relu2": "relu2", "sigmoid": "sigmoid", "tanh": "tanh"}
+#: the candidates when neither a module nor the config names the activation (``F.silu`` called as a function):
+#: silu first, the gated MLPs' usual one; the equivalence check decides.
+UNNAMED_ACTIVATIONS = ("silu", *(a for a in ACTIVATIONS if a not in ("identity", "silu")))
 MLP_NAMES = ("mlp", "feed_forward", "ffn", "block_sparse_moe", "moe", "mlp_block", "feedforward")
 MLP_CLASS_MARKS = ("MLP", "MoE", "Moe", "FeedForward", "Ffn", "FFN")
 ATTENTION_MARKS = ("attn", "attention", "self_attention")
@@ -403,7 +406,7 @@ def _activation(mlp, cfg) -> list[str]:
             found.append(ACTIVATION_NAMES[name])
     if found:  # what the module or the config names; every named activation only when neither does
         return list(dict.fromkeys(found))
-    return [a for a in ACTIVATIONS if a != "identity"]
+    return list(UNNAMED_ACTIVATIONS)
 
 
 def _linears(mlp, mlp_path: str, record: dict[str, Call]) -> list[tuple[str, torch.nn.Module, Call]]:
@@ -435,6 +438,11 @@ def dense_maps(mlp, mlp_path: str, record: dict[str, Call],
     if not outs and residual is not None:  # MLP(z, u) = u + down(...): the down map's output is the difference
         outs = [x for x in lin if x[2].out is not None and x[2].out.shape == mcall.out.shape and
                 float((mcall.out - residual - x[2].out).norm()) <= 1e-12 * float(mcall.out.norm())]
+    called = {id(mod.weight) for _n, mod, _c in lin}
+    raw = [f"{n} {tuple(p.shape)}" for n, p in mlp.named_parameters() if p.dim() >= 2 and id(p) not in called]
+    if not ins and not outs and raw:  # matrices its forward uses directly (DBRX's experts: flat (E*m, d) w1/v1/w2)
+        raise SpecError(f"{mlp_path} ({type(mlp).__name__}): no linear module reads its input or gives its output; "
+                        f"the matrices {', '.join(raw)} are used by its forward directly, a layout not modelled")
     if len(outs) != 1 or not ins:
         raise SpecError(f"{mlp_path} ({type(mlp).__name__}): expected linear maps fed by its input and one whose "
                         f"output is its output; found {len(ins)} input and {len(outs)} output maps")
@@ -515,6 +523,9 @@ def moe_maps(mlp, mlp_path: str, record: dict[str, Call], cfg) -> list[tuple[MoE
         router_params["b_router"] = Param(f"{mlp_path}.{rname}.bias")
     if own.get("e_score_correction_bias") is not None:
         router_params["b_select"] = Param(f"{mlp_path}.{rname}.e_score_correction_bias")
+    block_bias = getattr(mlp, "expert_bias", None)  # LFM2-MoE: the selection bias a buffer of the block, not the router
+    if isinstance(block_bias, torch.Tensor) and tuple(block_bias.shape) == (E,) and "b_select" not in router_params:
+        router_params["b_select"] = Param(f"{mlp_path}.expert_bias")
     params = {"experts.W_gate": Param(f"{mlp_path}.{ename}.gate_up_proj", orient[0]),
               "experts.W_up": Param(f"{mlp_path}.{ename}.gate_up_proj", orient[1]),
               "experts.W_down": Param(f"{mlp_path}.{ename}.down_proj", orient[2]),
@@ -676,6 +687,25 @@ def _virtual_flow(layer64, record: dict[str, Call], y: torch.Tensor, cfg) -> Flo
     return None
 
 
+def _post_ln_flow(layer64, record: dict[str, Call], mlp: str, y: torch.Tensor) -> Flow | None:
+    """A post-LN block around an MLP module (GPT-1): y = LN(u + MLP(u)), u the MLP's input, the norm a child of
+    the layer; the MLP's maps one up map fed by its input and one down map giving its output. The chain is the
+    MLP module, the branch module the LayerNorm."""
+    mcall = record[mlp]
+    for name, module in layer64.named_children():
+        if not is_norm(module) or name not in record or not _same_rows(record[name].out, y):
+            continue
+        c, err = _fit(_rows(record[name].inp) - _rows(mcall.inp), _rows(mcall.out))
+        if err > 1e-12 or abs(c - 1) > 1e-12:
+            continue
+        lin = _linears(get(layer64, mlp), mlp, record)
+        ups = [n for n, _m, call in lin if _same(call.inp, mcall.inp)]
+        downs = [n for n, _m, call in lin if _same(call.out, mcall.out)]
+        if len(ups) == 1 and len(downs) == 1:
+            return Flow(name, None, name, "post_ln", 1.0, chain=(mlp,), maps=(f"{mlp}.{ups[0]}", f"{mlp}.{downs[0]}"))
+    return None
+
+
 def flow(layer64, record: dict[str, Call], x: torch.Tensor, y: torch.Tensor, cfg) -> Flow:
     split = _split_flow(layer64, record, y)
     if split is not None:
@@ -702,6 +732,9 @@ def flow(layer64, record: dict[str, Call], x: torch.Tensor, y: torch.Tensor, cfg
         c, err = _fit(y - u, mcall.out - u)
         if err <= 1e-12 and abs(c - 1) <= 1e-12:
             return Flow(mlp, pre, post, "sequential", 1.0, adds_residual=True)
+    post_ln = _post_ln_flow(layer64, record, mlp, y) if post is None else None
+    if post_ln is not None:
+        return post_ln
     if _same(u, x):
         attn = [n for n in record if "." not in n and any(k in n.lower() for k in ATTENTION_MARKS)]
         for a in attn:
@@ -734,14 +767,13 @@ def layer_adapters(layer64, record, x, y, cfg, model_type: str, name: str) -> tu
     attention = dataclasses.replace(BlockSpec.__dataclass_fields__["attention"].default_factory(),
                                     pre_norm=pre_spec if fl.shared_pre_norm else None)
     out = []
-    if is_moe:
-        for moe, params in moe_maps(mlp, fl.mlp, record, cfg):
-            for act in acts[:1]:
-                mspec = MLPSpec(kind="moe", activation=act, pre_norm=pre_spec, post_norm=post_spec,
-                                branch_scale=fl.scale)
-                spec = BlockSpec(name=name, mlp=mspec, residual=fl.mode, shared_pre_norm=fl.shared_pre_norm,
-                                 attention=attention, moe=moe, hf_model_types=(model_type,))
-                out.append(_adapter(spec, fl, {**params, **norm_params}))
+    if is_moe:  # the named activation only (a derivation per candidate); every one, silu first, if none is named
+        moe_acts = acts if tuple(acts) == UNNAMED_ACTIVATIONS else acts[:1]
+        for act, (moe, params) in itertools.product(moe_acts, moe_maps(mlp, fl.mlp, record, cfg)):
+            mspec = MLPSpec(kind="moe", activation=act, pre_norm=pre_spec, post_norm=post_spec, branch_scale=fl.scale)
+            spec = BlockSpec(name=name, mlp=mspec, residual=fl.mode, shared_pre_norm=fl.shared_pre_norm,
+                             attention=attention, moe=moe, hf_model_types=(model_type,))
+            out.append(_adapter(spec, fl, {**params, **norm_params}))
         return fl, out
     residual = None
     if fl.adds_residual:
@@ -955,9 +987,12 @@ def infer(model, spec: BlockSpec | None = None, params: dict[str, str] | None = 
                 break
         if chosen is None:
             err, cand, result = min(tried, key=lambda t: t[0])
+            eps = renorm_epsilon(layer64, cand, record, x)
             raise SpecError(f"layer {n} ({path}.{n}): no spec reproduces the module's MLP branch; closest: "
                             f"{describe(cand.spec)}, relative error {err:.1e} > {result['bound']:.0e}"
-                            + (f" ({result['why']})" if result.get("why") else ""))
+                            + (f" ({result['why']})" if result.get("why") else "")
+                            + (f"; the module renormalises the top-k weights as s / (sum s + {eps:.1e}), an epsilon "
+                               "in the denominator that the spec language does not model" if eps else ""))
         cand, result = chosen
         arity = record[cand.branch_module].arity
         if arity != cand.arity:
@@ -970,6 +1005,32 @@ def infer(model, spec: BlockSpec | None = None, params: dict[str, str] | None = 
     can_generate = getattr(model, "can_generate", lambda: False)()
     encoder = not (can_generate or getattr(cfg, "is_decoder", False))  # every token sees the later ones
     return Layout(model_type, path, tuple(kinds), encoder=encoder, checks=tuple(checks))
+
+
+@torch.no_grad()
+def renorm_epsilon(layer64, adapter: Adapter, record: dict[str, Call], x: torch.Tensor) -> float | None:
+    r"""The $\epsilon$ of a renormalisation $s_j / (\sum_k s_k + \epsilon)$ that explains a failed MoE candidate, or
+    None: on the probe run, the module's routed output must be, token by token, the candidate's times
+    $S / (S + \epsilon)$ ($S$ the sum of the selected scores) with one $\epsilon > 0$ (LFM2-MoE adds 1e-6)."""
+    from numeric import reference
+
+    moe = adapter.spec.moe
+    call = record.get(adapter.branch_module)
+    if moe is None or not moe.renormalize or moe.shared_expert != "none" or adapter.mode != "sequential" or \
+            adapter.skip or adapter.spec.mlp.post_norm is not None or call is None:
+        return None
+    params = {canon: p.read(layer64) for canon, p in adapter.params.items()}
+    u = _u_of(adapter, record, x)[0]
+    ours = _rows(_kernel_forward(adapter, params, u, None) - u) / adapter.spec.mlp.branch_scale  # (T, d)
+    theirs, z = _rows(call.out), _rows(call.inp)
+    r = (theirs * ours).sum(-1) / (ours * ours).sum(-1).clamp_min(1e-300)  # (T,) per-token factor
+    if float((theirs - r[:, None] * ours).norm()) > 1e-10 * float(theirs.norm()):
+        return None
+    logits = z @ params["W_router"].T + params.get("b_router", 0.0)
+    total = reference.select(adapter.spec, logits, params.get("b_select"))[1].sum(-1)  # (T,) S
+    eps = total * (1 / r - 1)
+    lo, hi = float(eps.min()), float(eps.max())
+    return hi if lo > 0 and hi - lo <= 1e-2 * hi else None
 
 
 def _named(kinds: list[Adapter], model_type: str) -> list[Adapter]:

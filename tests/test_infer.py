@@ -273,3 +273,74 @@ def test_a_virtual_mlp_with_an_unknown_activation_is_refused():
     model.model.decoder.layers[1].activation_fn = Odd()
     with pytest.raises(SpecError, match=r"OPTDecoderLayer: no MLP branch"):
         layout_for(model)
+
+
+def test_gpt1_post_ln_around_its_mlp_module_is_read():
+    """openai-gpt: n = ln_1(x + a); h = ln_2(n + mlp(n)). The chain is the MLP module, the branch module ln_2 (the
+    MLP's input is u, not ln_1's input); its activation is a function (gelu_new), chosen by the check."""
+    model = tiny_model("openai-gpt", encoder=False)
+    a = layout_for(model)[0]
+    assert (a.mode, a.u_module, a.branch_module, a.chain) == ("post_ln", "mlp", "ln_2", ("mlp",))
+    assert a.spec.mlp.activation == "gelu_tanh" and a.spec.mlp.pre_norm is None
+    gen = torch.Generator().manual_seed(2)
+    ctx, q = random_ids(6, 64, gen), random_ids(4, 64, gen)
+    ps = absorb_context(model, ctx, q)
+    with torch.no_grad():
+        want = model(torch.cat([ctx, q], 1)).logits[0, 6:]
+        plain = model(q).logits[0]
+    assert float((ps.logits()[0] - want).norm() / want.norm()) <= 1e-12
+    assert float((plain - want).norm() / want.norm()) >= 1e-3
+    with pytest.raises(SpecError, match="returns no key/value cache"):  # GPT-1 keeps none: refused, not run wrong
+        ps.materialized_logits()
+
+
+def test_matrices_used_directly_are_refused_by_name():
+    """DBRX's experts: flat (E*m, d) w1/v1/w2 read by the forward itself, no linear module: named in the refusal."""
+    with pytest.raises(SpecError, match=r"experts\.mlp\.w1 \(\d+, \d+\).* used by its forward directly"):
+        layout_for(tiny_model("dbrx"))
+
+
+def _lfm2_moe(norm_topk_prob: bool):
+    from transformers import AutoModelForCausalLM
+
+    cfg = zoo.tiny_config("lfm2_moe")
+    cfg.norm_topk_prob = norm_topk_prob
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float64, attn_implementation="eager",
+                                             experts_implementation="eager").eval()
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(0.3 * torch.randn(p.shape, generator=gen, dtype=torch.float64))
+        for layer in model.model.layers:  # the selection bias (zeros when built): random, so that it decides
+            if hasattr(layer.feed_forward, "expert_bias"):
+                layer.feed_forward.expert_bias.copy_(torch.randn(cfg.num_experts, generator=gen, dtype=torch.float64))
+    return model
+
+
+def test_lfm2_moe_sigmoid_routing_with_a_block_selection_bias():
+    """LFM2-MoE without renormalisation: sigmoid scores (no scoring_func in the config), the selection bias a buffer
+    of the MoE block, F.silu called as a function (no module names it: the check picks silu); patched exactly."""
+    model = _lfm2_moe(False)
+    layout = layout_for(model)
+    moe = layout[1]
+    assert moe.spec.moe.scoring == "sigmoid" and moe.spec.moe.selection_bias and moe.spec.mlp.activation == "silu"
+    assert moe.params["b_select"].path == "feed_forward.expert_bias"
+    assert all(c["error"] <= FLOAT64_BOUND for c in layout.checks)
+    gen = torch.Generator().manual_seed(2)
+    ctx, q = random_ids(6, 64, gen), random_ids(4, 64, gen)
+    ps = absorb_context(model, ctx, q)
+    with torch.no_grad():
+        want = model(torch.cat([ctx, q], 1)).logits[0, 6:]
+        plain = model(q).logits[0]
+    assert float((ps.logits()[0] - want).norm() / want.norm()) <= 1e-6
+    assert float((ps.materialized_logits()[0] - want).norm() / want.norm()) <= 1e-5
+    assert float((plain - want).norm() / want.norm()) >= 1e-3
+
+
+def test_lfm2_moe_renormalisation_epsilon_is_refused_by_name():
+    """norm_topk_prob=True (LFM2-MoE's default) divides by sum s + 1e-6: no spec reproduces it, and the refusal
+    says so with the epsilon measured from the module."""
+    with pytest.raises(SpecError, match=r"s / \(sum s \+ 1\.0e-06\), an epsilon in the denominator"):
+        layout_for(_lfm2_moe(True))
