@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 import torch
 
 from numeric import kernels, offload
-from numeric.infer import Adapter, Layout, check_ids, get, infer, last_logits_only
+from numeric.infer import FUSED, Adapter, Layout, check_ids, fuse, get, infer, last_logits_only
 from symbolic import catalog
 from symbolic.errors import PatchConditionError, SpecError
 from symbolic.spec import BlockSpec
@@ -899,20 +899,23 @@ def _layer_patches(adapter: Adapter, params: dict, patches: dict) -> LayerPatche
 
     A canonical (out, in) patch ``left right^T`` is stored as such (``linear``), transposed (``conv1d``,
     ``t``: factors swapped), per expert (``experts.*``: one patch per slice ``path[e]``), or as half of a
-    fused gate/up matrix (``rows0``/``rows1``, transposed ``tcols0``/``tcols1``): gate and up share the
-    right factor z, so the fused matrix gets one rank-1 patch with the two left factors concatenated.
+    fused gate/up matrix (`numeric.infer.FUSED`: halves or interleaved entries, rows or transposed columns):
+    gate and up share the right factor z, so the fused matrix gets one rank-1 patch whose left factor joins
+    the two left factors (zero for a half left unpatched).
     """
     out = LayerPatches(factored=patches)
-    fused: dict[str, dict[str, tuple]] = {}
+    fused: dict[str, dict[int, tuple]] = {}
     for canon, fields in patches.items():
         p = adapter.params[canon]
         if "left" not in fields:
+            if p.layout in FUSED:  # no strategy patches the value of half of a fused tensor (a fused bias)
+                raise SpecError(f"{canon} ({p.path}, {p.layout}): a value patch of half of a fused tensor is not "
+                                "written; use the rank1 input strategy")
             out.values[p.path] = _value(adapter.spec, canon, params[canon], fields)
             continue
         left, right = fields["left"], fields["right"]
-        if p.layout in ("rows0", "rows1", "tcols0", "tcols1"):
-            fused.setdefault(p.path, {})[p.layout[-1]] = (left, right, p.layout.startswith("t"),
-                                                          canon.startswith("experts."))
+        if p.layout in FUSED:
+            fused.setdefault(p.path, {})[FUSED[p.layout][2]] = (left, right, p.layout, canon.startswith("experts."))
             continue
         if p.layout in ("conv1d", "t"):  # stored (in, out): the transpose of left right^T
             left, right = right, left
@@ -922,15 +925,16 @@ def _layer_patches(adapter: Adapter, params: dict, patches: dict) -> LayerPatche
         else:
             out.rank1[p.path] = (left, right)
     for path, halves in fused.items():
-        (lg, rg, transposed, experts), (lu, ru, _, _) = halves["0"], halves["1"]
-        if not torch.equal(rg, ru):
+        left, right, layout, experts = next(iter(halves.values()))
+        if any(not torch.equal(h[1], right) for h in halves.values()):
             raise SpecError(f"{path}: the gate and up patches have different right factors, so their fused "
                             "matrix gets a rank-2 patch; use the rank1 input strategy")
-        for e in range(lg.shape[1]) if experts else [None]:
-            pick = (lambda t: t) if e is None else (lambda t, e=e: t[:, e])  # noqa: E731
-            both = torch.cat([pick(lg), pick(lu)], -1)
-            pair = (pick(rg), both) if transposed else (both, pick(rg))
-            out.rank1[path if e is None else f"{path}[{e}]"] = pair
+        _, interleaved, _, transposed = FUSED[layout]
+        parts = [halves[w][0] if w in halves else torch.zeros_like(left) for w in (0, 1)]
+        both = fuse(*parts, -1, interleaved)  # (q, [E,] 2 out): the fused output axis
+        for e in range(both.shape[1]) if experts else [None]:
+            lf, rf = (both, right) if e is None else (both[:, e], right[:, e])
+            out.rank1[path if e is None else f"{path}[{e}]"] = (rf, lf) if transposed else (lf, rf)
     return out
 
 

@@ -4,8 +4,9 @@
 intermediate sizes, heads, experts, layers, vocabulary), leaving every other option at its default; a
 config that cannot be made small (a multimodal composite, a default of billions of parameters) is
 reported, not built. `tiny_model` builds the model in a dtype with eager attention and experts (so
-float64 works) and perturbs every 1-D parameter, because norm weights that start at zero (Gemma) or
-at one would hide a missing ``1 +`` or a swapped scale.
+float64 works) and perturbs every 1-D parameter and stacked experts' biases, because norm weights that
+start at zero (Gemma) or at one would hide a missing ``1 +`` or a swapped scale, and zero biases a missing
+bias term.
 """
 
 from __future__ import annotations
@@ -102,7 +103,10 @@ def tiny_model(model_type: str, layers: int = 2, dtype: torch.dtype = torch.floa
     model = cls.from_config(cfg, dtype=dtype, attn_implementation="eager", experts_implementation="eager").eval()
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
-        for _name, p in model.named_parameters():
-            if p.dim() == 1:
-                p.add_((0.3 * torch.randn(p.shape, generator=gen, dtype=torch.float64)).to(p.dtype))
+        for name, p in model.named_parameters():
+            stacked_bias = p.dim() > 1 and name.endswith("_proj_bias")  # experts' (E, n) biases, zeros at init
+            noise = 0.3 * torch.randn(p.shape, generator=gen, dtype=torch.float64) if p.dim() == 1 or stacked_bias \
+                else None
+            if noise is not None:
+                p.add_(noise.to(p.dtype))
     return model
