@@ -25,7 +25,7 @@ INFERRED = ["phi3", "cohere", "stablelm", "granite", "nemotron", "glm4", "starco
             "helium", "smollm3", "arcee", "apertus", "ministral", "seed_oss", "hunyuan_v1_dense", "glm",
             "persimmon", "gpt_bigcode", "codegen", "biogpt", "opt", "bloom", "mpt", "gpt_neo",
             "qwen3_moe", "olmoe", "phimoe", "granitemoe", "ernie4_5", "deepseek_v3", "bitnet", "llama4_text",
-            "roberta", "aria_text"]
+            "roberta", "aria_text", "moshi", "kolibri1", "roformer", "gpt_oss"]
 
 
 @pytest.mark.parametrize("model_type", INFERRED)
