@@ -1,5 +1,6 @@
 """Types `ctxpatch models` once refused, each for its own cause: one focused test per cause (moshi, kolibri1,
-exaone4, roformer, gpt_oss). Errors relative, as `numeric.hfcheck` measures them."""
+exaone4, roformer, gpt_oss), and the generation reference that the roformer fix showed wrong for the RoBERTa
+family (camembert). Errors relative, as `numeric.hfcheck` measures them."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import torch
 pytest.importorskip("transformers")
 
 from numeric import hf  # noqa: E402
-from numeric.hfcheck import random_ids, tiny_model  # noqa: E402
+from numeric.hfcheck import greedy_with_context, random_ids, tiny_model  # noqa: E402
 from numeric.infer import Float64Mode, infer  # noqa: E402
 from numeric.validate import rel_error  # noqa: E402
 from symbolic.errors import PatchConditionError, SpecError  # noqa: E402
@@ -122,3 +123,22 @@ def test_gpt_oss_experts_interleaved_transposed_with_biases():
         layer.mlp.experts.is_concatenated = True
     with pytest.raises(SpecError, match="no spec reproduces"):
         infer(model)
+
+
+@torch.no_grad()
+def test_generation_is_compared_in_the_models_default_positions():
+    """camembert (RoBERTa family) counts positions from padding_idx + 1 by default; ``model.generate`` passes
+    0-based position_ids, so it generated other tokens than the default forward that the patches reproduce
+    (hidden while the head's bias swamped the logits). The reference is the default forward's greedy run."""
+    model = tiny_model("camembert")
+    ctx, q = _pair(6, 3)
+    ids = torch.cat([ctx, q], 1)
+    ref = greedy_with_context(model, ids, 8)
+    assert torch.equal(hf.generate_without_context(model, ctx, q, 8), ref)
+    n, zero_based = ids.shape[1], []  # what model.generate feeds: position_ids from 0
+    out = model(ids, position_ids=torch.arange(n)[None], use_cache=True)
+    for i in range(8):
+        zero_based.append(out.logits[:, -1].argmax(-1, keepdim=True))
+        out = model(zero_based[-1], position_ids=torch.tensor([[n + i]]), past_key_values=out.past_key_values,
+                    use_cache=True)
+    assert not torch.equal(torch.cat(zero_based, 1), ref)
