@@ -170,10 +170,25 @@ def sequence_runs(model, ctx, q, tmp: Path) -> tuple[dict, str | None]:
     return {"sequence_peft": lambda: loaded(q).logits, "sequence_written": written}, None
 
 
+def hf_generate(model, ids: torch.Tensor, tokens: int) -> torch.Tensor:
+    """(1, tokens): `model.generate`, greedy, exactly `tokens` new ids (the issue's reference): the model's
+    generation config minus sampling and its end-of-sequence ids."""
+    import copy
+
+    cfg = copy.deepcopy(model.generation_config)
+    cfg.update(max_new_tokens=tokens, do_sample=False, top_k=None, top_p=None, temperature=None,
+               pad_token_id=model.config.pad_token_id or 0)
+    saved, model.generation_config.eos_token_id = model.generation_config.eos_token_id, None
+    cfg.eos_token_id = None
+    try:
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=cfg)
+    finally:
+        model.generation_config.eos_token_id = saved
+    return out[:, ids.shape[1]:]
+
+
 @torch.no_grad()
 def bench(name: str, model, context_len: int, runs: int, extras: bool, profile: bool) -> dict:
-    from numeric.hfcheck import greedy_with_context
-
     gen = torch.Generator().manual_seed(1)
     vocab = model.config.vocab_size
     ctx, q = (torch.randint(3, vocab, (1, n), generator=gen) for n in (context_len, QUERY))
@@ -185,7 +200,7 @@ def bench(name: str, model, context_len: int, runs: int, extras: bool, profile: 
            "extraction": lambda: absorb_context(model, ctx, q),
            "extraction_token_by_token": lambda: absorb_context(model, ctx, q, computed_in="model")}
     if extras:
-        ops["generate"] = lambda: greedy_with_context(model, full_ids, NEW_TOKENS)
+        ops["generate"] = lambda: hf_generate(model, full_ids, NEW_TOKENS)
         ops["generation"] = lambda: generate_without_context(model, ctx, q, NEW_TOKENS)
         ops["generation_materialized"] = lambda: generate_without_context(model, ctx, q, NEW_TOKENS,
                                                                           applied="materialized")

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import torch
 
 from numeric import kernels, offload
-from numeric.infer import Adapter, Layout, check_ids, get, infer, last_logits_only
+from numeric.infer import FUSED, Adapter, Layout, check_ids, fuse, get, infer, last_logits_only
 from symbolic import catalog
 from symbolic.errors import PatchConditionError, SpecError
 from symbolic.spec import BlockSpec
@@ -99,6 +99,7 @@ class PatchSet:
     layout: Layout
     positions: torch.Tensor | None = None  # keep_positions: each token alone at its absolute position
     kernels: dict = field(default_factory=dict)  # spec -> {output strategy: kernel module}, the default first
+    incremental: bool = False  # computed token by token through the key/value cache: `logits` replays that
 
     @property
     def spec(self) -> BlockSpec:
@@ -116,22 +117,29 @@ class PatchSet:
         return self.kernel_for(0)
 
     def _run(self):
+        """The query run with the factored patches, in the protocol they were computed in: one pass; each token
+        alone at its absolute position (``positions``); or token by token through the key/value cache
+        (``incremental``; a patch fits the u its own protocol produced, and a model's cached and one-pass runs
+        may differ: Moshi's cache keeps a sliding window that its full causal mask does not apply)."""
         def apply(n):
             return _LayerKernel(self, n)
-        if self.positions is None:
+        if self.positions is None and not self.incremental:
             with swapped_branches(self.model, self.layout, apply, lambda n, u, x: self.layers[n]), \
                     offload.located(self.model, self.layout.layers):
                 return self.model(self.query_ids)
-        outs = []
+        outs, cache = [], None
         for j in range(self.query_ids.shape[1]):
+            kwargs = {"past_key_values": cache, "use_cache": True} if self.positions is None else \
+                {"position_ids": self.positions[:, j:j + 1]}
             with swapped_branches(self.model, self.layout, apply, lambda n, u, x, j=j: (self.layers[n], j)), \
                     offload.located(self.model, self.layout.layers):
-                outs.append(self.model(self.query_ids[:, j:j + 1], position_ids=self.positions[:, j:j + 1]))
+                outs.append(self.model(self.query_ids[:, j:j + 1], **kwargs))
+            cache = outs[-1].past_key_values if self.positions is None else None
         return outs
 
     @torch.no_grad()
     def logits(self) -> torch.Tensor:
-        """(1, q, vocab): the no-context run with the patches applied."""
+        """(1, q, vocab): the no-context run with the patches applied, in the protocol they were computed in."""
         out = self._run()
         return out.logits if not isinstance(out, list) else torch.cat([o.logits for o in out], 1)
 
@@ -609,7 +617,7 @@ class Patcher:
         chosen = self._batch(n, params, cast(u), cast(target), cast(x)) if self.measure or not single else None
         if chosen is None and single:  # every token measured (or none, ``measure=False``)
             name, kernel = next(iter(kernels_n.items()))
-            patches = kernel.block_patches(params, cast(u), cast(target), layer=str(n), **_x(cast(x)))
+            patches = block_patches(kernel, params, cast(u), cast(target), str(n), cast(x))
             amp = amplification(kernel, params, patches, cast(u), cast(x), adapter.mode) if self.measure \
                 else torch.full((u.shape[0],), float("nan"))
             return self._store(n, params, [name] * u.shape[0], amp.tolist(), [patches], u.dtype, batched=True)
@@ -631,7 +639,7 @@ class Patcher:
         kernels_n = self.kernels[adapter.spec]
         for name, kernel in sorted(kernels_n.items(), key=lambda item: item[0] != last):  # last choice first
             try:
-                patches = _quiet(kernel.block_patches, params, u, target, layer=str(n), **_x(x))
+                patches = _quiet(block_patches, kernel, params, u, target, str(n), x)
             except PatchConditionError as exc:
                 first_error = first_error or exc
                 continue
@@ -732,6 +740,36 @@ class Patcher:
             out.factored = _concat(parts) if len(set(names)) == 1 else {}
         out.strategies, out.amplification = list(names), [float(a) for a in amps]
         return out
+
+
+def block_patches(kernel, params: dict, u: torch.Tensor, target: torch.Tensor, layer: str = "",
+                  x: torch.Tensor | None = None) -> dict:
+    """``kernel.block_patches``, except that a token whose u equals its target exactly gets the identity patch
+    (`_unpatched`: zero factors and deltas, unit scales). The context has not reached that token at this layer
+    (say, a sliding window that holds only a padding token's zero states, in both runs), so the unpatched
+    layer is exact there, whereas a formula may be undefined (``z != 0`` fails for u = u_C = 0)."""
+    same = (u == target).all(-1)  # (T,)
+    if not bool(same.any()):
+        return kernel.block_patches(params, u, target, layer=layer, **_x(x))
+    rows = (~same).nonzero()[:, 0]
+    if len(rows):
+        try:
+            found = kernel.block_patches(params, u[rows], target[rows], layer=layer,
+                                         **_x(None if x is None else x[rows]))
+        except PatchConditionError as exc:  # name the tokens by their index among all T
+            raise PatchConditionError(exc.condition, [int(rows[t]) for t in exc.tokens], exc.layer) from None
+    else:  # the formulas on a generic stand-in (u = target), for the patches' fields and shapes only
+        r = torch.randn(u[:1].shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(u)
+        found = kernel.block_patches(params, r, r, layer=layer, **_x(None if x is None else r))
+    out = {}
+    for name, fields in found.items():
+        out[name] = {}
+        for f, v in fields.items():
+            full = _unpatched(f, v[:1]).expand(u.shape[0], *v.shape[1:]).clone()  # (T, ...): identity rows
+            if len(rows):
+                full[rows] = v
+            out[name][f] = full
+    return out
 
 
 def _quiet(fn, *args, **kwargs):
@@ -863,7 +901,7 @@ def absorb_context(model, context_ids: torch.Tensor, query_ids: torch.Tensor, ke
         per_token.append(lps)
     layers = [_merge_tokens(get(model, layout.layers)[n], [t[n] for t in per_token])
               for n in range(len(per_token[0]))]
-    return PatchSet(model, query_ids, layers, layout, positions, kernels=candidates)
+    return PatchSet(model, query_ids, layers, layout, positions, kernels=candidates, incremental=positions is None)
 
 
 def _merge_tokens(layer, tokens: list[LayerPatches]) -> LayerPatches:
@@ -959,20 +997,23 @@ def _layer_patches(adapter: Adapter, params: dict, patches: dict) -> LayerPatche
 
     A canonical (out, in) patch ``left right^T`` is stored as such (``linear``), transposed (``conv1d``,
     ``t``: factors swapped), per expert (``experts.*``: one patch per slice ``path[e]``), or as half of a
-    fused gate/up matrix (``rows0``/``rows1``, transposed ``tcols0``/``tcols1``): gate and up share the
-    right factor z, so the fused matrix gets one rank-1 patch with the two left factors concatenated.
+    fused gate/up matrix (`numeric.infer.FUSED`: halves or interleaved entries, rows or transposed columns):
+    gate and up share the right factor z, so the fused matrix gets one rank-1 patch whose left factor joins
+    the two left factors (zero for a half left unpatched).
     """
     out = LayerPatches(factored=patches)
-    fused: dict[str, dict[str, tuple]] = {}
+    fused: dict[str, dict[int, tuple]] = {}
     for canon, fields in patches.items():
         p = adapter.params[canon]
         if "left" not in fields:
+            if p.layout in FUSED:  # no strategy patches the value of half of a fused tensor (a fused bias)
+                raise SpecError(f"{canon} ({p.path}, {p.layout}): a value patch of half of a fused tensor is not "
+                                "written; use the rank1 input strategy")
             out.values[p.path] = _value(adapter.spec, canon, params[canon], fields)
             continue
         left, right = fields["left"], fields["right"]
-        if p.layout in ("rows0", "rows1", "tcols0", "tcols1"):
-            fused.setdefault(p.path, {})[p.layout[-1]] = (left, right, p.layout.startswith("t"),
-                                                          canon.startswith("experts."))
+        if p.layout in FUSED:
+            fused.setdefault(p.path, {})[FUSED[p.layout][2]] = (left, right, p.layout, canon.startswith("experts."))
             continue
         if p.layout in ("conv1d", "t"):  # stored (in, out): the transpose of left right^T
             left, right = right, left
@@ -982,15 +1023,16 @@ def _layer_patches(adapter: Adapter, params: dict, patches: dict) -> LayerPatche
         else:
             out.rank1[p.path] = (left, right)
     for path, halves in fused.items():
-        (lg, rg, transposed, experts), (lu, ru, _, _) = halves["0"], halves["1"]
-        if not torch.equal(rg, ru):
+        left, right, layout, experts = next(iter(halves.values()))
+        if any(not torch.equal(h[1], right) for h in halves.values()):
             raise SpecError(f"{path}: the gate and up patches have different right factors, so their fused "
                             "matrix gets a rank-2 patch; use the rank1 input strategy")
-        for e in range(lg.shape[1]) if experts else [None]:
-            pick = (lambda t: t) if e is None else (lambda t, e=e: t[:, e])  # noqa: E731
-            both = torch.cat([pick(lg), pick(lu)], -1)
-            pair = (pick(rg), both) if transposed else (both, pick(rg))
-            out.rank1[path if e is None else f"{path}[{e}]"] = pair
+        _, interleaved, _, transposed = FUSED[layout]
+        parts = [halves[w][0] if w in halves else torch.zeros_like(left) for w in (0, 1)]
+        both = fuse(*parts, -1, interleaved)  # (q, [E,] 2 out): the fused output axis
+        for e in range(both.shape[1]) if experts else [None]:
+            lf, rf = (both, right) if e is None else (both[:, e], right[:, e])
+            out.rank1[path if e is None else f"{path}[{e}]"] = (rf, lf) if transposed else (lf, rf)
     return out
 
 

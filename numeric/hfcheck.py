@@ -141,21 +141,17 @@ def real_pair_check(model, ctx: torch.Tensor, q: torch.Tensor, strategy: str | N
 
 @torch.no_grad()
 def greedy_with_context(model, ids: torch.Tensor, tokens: int) -> torch.Tensor:
-    """(1, tokens): `model.generate`, greedy, exactly `tokens` new ids: the model's own generation config
-    minus sampling and minus its end-of-sequence ids (a stop would end the comparison early; the logits
-    are untouched, unlike with ``min_new_tokens``)."""
-    import copy
-
-    cfg = copy.deepcopy(model.generation_config)
-    cfg.update(max_new_tokens=tokens, do_sample=False, top_k=None, top_p=None, temperature=None,
-               pad_token_id=model.config.pad_token_id or 0)
-    saved, model.generation_config.eos_token_id = model.generation_config.eos_token_id, None
-    cfg.eos_token_id = None
-    try:
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=cfg)
-    finally:
-        model.generation_config.eos_token_id = saved
-    return out[:, ids.shape[1]:]
+    """(1, tokens): greedy generation by the model's own forward through its key/value cache, exactly `tokens`
+    new ids (no end-of-sequence stop), with its default positions: the protocol `generate_without_context`
+    follows. Not ``model.generate``: it passes 0-based ``position_ids``, which RoBERTa-family models count
+    from ``padding_idx + 1`` by default (camembert, xlm-roberta: other tokens), and its generation config's
+    logits processors would change the argmax."""
+    out, new = model(ids, use_cache=True), []
+    for i in range(tokens):
+        new.append(out.logits[:, -1].argmax(-1, keepdim=True))  # (1, 1)
+        if i < tokens - 1:
+            out = model(new[-1], past_key_values=out.past_key_values, use_cache=True)
+    return torch.cat(new, 1)
 
 
 def real_check(name: str, dtype: str = "float32", generate: int = 0, strategy: str | None = None,

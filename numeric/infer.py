@@ -82,15 +82,40 @@ MULTIPLIER_KEYS = ("residual_multiplier", "residual_scale", "mlp_residual_multip
 # --------------------------------------------------------------------------- the records
 
 
+#: Halves of a fused gate/up tensor: layout -> (axis of the fused dimension, interleaved, which half, stored
+#: transposed). ``rows*`` (…, 2 out, in) and ``tcols*`` (…, in, 2 out) matrices, per expert when stacked;
+#: ``half*``/``even``/``odd`` (…, 2 out) biases. ``0``/``1``: the first or second half; ``even``/``odd``: the
+#: interleaved columns [gate0, up0, gate1, up1, ...] (transformers' experts declaring ``is_concatenated=False``).
+FUSED = {"rows0": (-2, False, 0, False), "rows1": (-2, False, 1, False),
+         "rows_even": (-2, True, 0, False), "rows_odd": (-2, True, 1, False),
+         "tcols0": (-1, False, 0, True), "tcols1": (-1, False, 1, True),
+         "tcols_even": (-1, True, 0, True), "tcols_odd": (-1, True, 1, True),
+         "half0": (-1, False, 0, False), "half1": (-1, False, 1, False),
+         "even": (-1, True, 0, False), "odd": (-1, True, 1, False)}
+
+
+def fused_index(n: int, interleaved: bool, which: int) -> slice:
+    """The indices of one half of a fused dimension of size n."""
+    return slice(which, None, 2) if interleaved else slice(which * (n // 2), (which + 1) * (n // 2))
+
+
+def fuse(first: torch.Tensor, second: torch.Tensor, axis: int, interleaved: bool) -> torch.Tensor:
+    """The two halves joined along ``axis`` (negative): concatenated, or interleaved [a0, b0, a1, b1, ...]; the
+    inverse of `fused_index`."""
+    if not interleaved:
+        return torch.cat([first, second], axis)
+    return torch.stack([first, second], axis).flatten(axis - 1, axis)
+
+
 @dataclass(frozen=True)
 class Param:
     """Where a canonical parameter lives in a layer: a path, and how it is stored.
 
     ``layout``: ``linear`` (out, in) as the canonical matrix; ``conv1d`` (in, out), GPT-2; ``t``
-    (…, in, out) stacked experts stored transposed; ``rows0``/``rows1``: the first/second half of the
-    rows of a fused matrix (gate_up), per expert when the tensor is stacked (E, out, in);
-    ``tcols0``/``tcols1`` the same halves of a transposed (E, in, 2 out) storage; ``row`` a (1, d)
-    matrix used as a vector (a shared-expert gate).
+    (…, in, out) stacked experts stored transposed; a half of a fused gate/up tensor (`FUSED`: the first or
+    second half of the rows of (…, 2 out, in), of the columns of a transposed (…, in, 2 out), of a (…, 2 out)
+    bias, or their interleaved even/odd entries); ``row`` a (1, d) matrix used as a vector (a shared-expert
+    gate).
     """
 
     path: str
@@ -98,16 +123,13 @@ class Param:
 
     def read(self, layer) -> torch.Tensor:
         t = offload.read(layer, self.path)  # loaded by accelerate's hook when the model offloads it
-        if self.layout == "conv1d":
-            return t.T
-        if self.layout in ("rows0", "rows1"):
-            half = t.shape[-2] // 2
-            return t[..., :half, :] if self.layout == "rows0" else t[..., half:, :]
-        if self.layout == "t":
+        if self.layout in FUSED:
+            axis, interleaved, which, transposed = FUSED[self.layout]
+            index = fused_index(t.shape[axis], interleaved, which)
+            t = t[..., index] if axis == -1 else t[..., index, :]
+            return t.transpose(-1, -2) if transposed else t
+        if self.layout in ("conv1d", "t"):
             return t.transpose(-1, -2)
-        if self.layout in ("tcols0", "tcols1"):
-            half = t.shape[-1] // 2
-            return (t[..., :half] if self.layout == "tcols0" else t[..., half:]).transpose(-1, -2)
         if self.layout == "row":
             return t[0]
         return t
@@ -495,20 +517,8 @@ def moe_maps(mlp, mlp_path: str, record: dict[str, Call], cfg) -> list[tuple[MoE
     if experts is None:
         raise SpecError(f"{mlp_path}: a mixture of experts without stacked expert tensors is not modelled")
     ename, emod = experts
-    stacked = {n: p for n, p in emod.named_parameters(recurse=False)}
-    if set(stacked) != {"gate_up_proj", "down_proj"}:
-        raise SpecError(f"{mlp_path}.{ename}: expert tensors {sorted(stacked)}; modelled: gate_up_proj, down_proj "
-                        "without biases")
     d = record[mlp_path].inp.shape[-1]  # the model width
-    E = stacked["gate_up_proj"].shape[0]
-    gu, dn = tuple(stacked["gate_up_proj"].shape[1:]), tuple(stacked["down_proj"].shape[1:])
-    if gu[1] == d and dn[0] == d and gu[0] == 2 * dn[1]:
-        orient = ("rows0", "rows1", "linear")  # (E, 2m, d) and (E, d, m): stored (out, in)
-    elif gu[0] == d and dn[1] == d and gu[1] == 2 * dn[0]:
-        orient = ("tcols0", "tcols1", "t")  # (E, d, 2m) and (E, m, d): stored (in, out)
-    else:
-        raise SpecError(f"{mlp_path}.{ename}: gate_up_proj {gu} and down_proj {dn} per expert fit neither "
-                        f"(2m, {d}) with ({d}, m) nor ({d}, 2m) with (m, {d})")
+    E, expert_params = expert_maps(emod, f"{mlp_path}.{ename}", d)
     router = next(((n, m) for n, m in mlp.named_modules() if n and n != ename and not n.startswith(ename + ".") and
                    isinstance(getattr(m, "weight", None), torch.Tensor) and tuple(m.weight.shape) == (E, d)), None)
     if router is None:
@@ -526,10 +536,7 @@ def moe_maps(mlp, mlp_path: str, record: dict[str, Call], cfg) -> list[tuple[MoE
     block_bias = getattr(mlp, "expert_bias", None)  # LFM2-MoE: the selection bias a buffer of the block, not the router
     if isinstance(block_bias, torch.Tensor) and tuple(block_bias.shape) == (E,) and "b_select" not in router_params:
         router_params["b_select"] = Param(f"{mlp_path}.expert_bias")
-    params = {"experts.W_gate": Param(f"{mlp_path}.{ename}.gate_up_proj", orient[0]),
-              "experts.W_up": Param(f"{mlp_path}.{ename}.gate_up_proj", orient[1]),
-              "experts.W_down": Param(f"{mlp_path}.{ename}.down_proj", orient[2]),
-              "W_router": Param(f"{mlp_path}.{rname}.weight"), **router_params}
+    params = {**expert_params, "W_router": Param(f"{mlp_path}.{rname}.weight"), **router_params}
     for n, m in mlp.named_children():
         if n in (ename, rname):
             continue
@@ -576,11 +583,70 @@ def moe_maps(mlp, mlp_path: str, record: dict[str, Call], cfg) -> list[tuple[MoE
                     moe = MoESpec(experts=E, top_k=top_k, softmax=softmax, renormalize=rn, shared_expert=shared,
                                   expert="gated", scoring=scoring, selection_bias="b_select" in params,
                                   groups=g[0], topk_groups=g[1], routed_scale=rs, router_bias="b_router" in params,
-                                  weighting=weighting)
+                                  weighting=weighting, expert_bias="experts.b_down" in params)
                 except ValueError:
                     continue
                 out.append((moe, params))
     out.sort(key=lambda c: c[0].weighting != weightings[-1])  # a type that names input weighting: it first
+    return out
+
+
+def expert_maps(emod, path: str, d: int) -> tuple[int, dict[str, Param]]:
+    r"""(E, the canonical expert parameters) of stacked experts: ``gate_up_proj`` and ``down_proj``, with their
+    biases ``gate_up_proj_bias`` (E, 2m) and ``down_proj_bias`` (E, d) where the module has them.
+
+    Storage as transformers' experts declare it (``use_experts_implementation``: ``is_transposed``,
+    ``is_concatenated``), else read from the shapes: (E, 2m, d) and (E, d, m) stored (out, in), (E, d, 2m) and
+    (E, m, d) stored (in, out); gate and up the two halves of the fused dimension, or its even and odd entries
+    (interleaved, gpt-oss).
+    """
+    stacked = {n: p for n, p in emod.named_parameters(recurse=False)}
+    names = {"gate_up_proj", "down_proj"}
+    biased = names | {"gate_up_proj_bias", "down_proj_bias"}
+    if set(stacked) not in (names, biased):
+        raise SpecError(f"{path}: expert tensors {sorted(stacked)}; modelled: gate_up_proj, down_proj, with or "
+                        "without their biases gate_up_proj_bias, down_proj_bias")
+    if getattr(emod, "has_post_expert_norm", False) is True:
+        raise SpecError(f"{path}: a norm after each expert (has_post_expert_norm) is not modelled")
+    E = stacked["gate_up_proj"].shape[0]
+    gu, dn = tuple(stacked["gate_up_proj"].shape[1:]), tuple(stacked["down_proj"].shape[1:])
+    plain = gu[1] == d and dn[0] == d and gu[0] == 2 * dn[1]  # (E, 2m, d) and (E, d, m)
+    transposed = gu[0] == d and dn[1] == d and gu[1] == 2 * dn[0]  # (E, d, 2m) and (E, m, d)
+    declared = getattr(emod, "is_transposed", None)
+    if isinstance(declared, bool) and plain and transposed:
+        plain = not declared  # square shapes: the declaration decides
+    if not (plain or transposed) or isinstance(declared, bool) and declared == plain:
+        raise SpecError(f"{path}: gate_up_proj {gu} and down_proj {dn} per expert fit neither (2m, {d}) with "
+                        f"({d}, m) nor ({d}, 2m) with (m, {d})"
+                        + ("" if not isinstance(declared, bool) else f" as declared (is_transposed={declared})"))
+    halves = ("_even", "_odd") if getattr(emod, "is_concatenated", True) is False else ("0", "1")
+    fused = "rows" if plain else "tcols"
+    params = {"experts.W_gate": Param(f"{path}.gate_up_proj", fused + halves[0]),
+              "experts.W_up": Param(f"{path}.gate_up_proj", fused + halves[1]),
+              "experts.W_down": Param(f"{path}.down_proj", "linear" if plain else "t")}
+    if "down_proj_bias" in stacked:
+        bias = ("even", "odd") if halves[0] == "_even" else ("half0", "half1")
+        params.update({"experts.b_gate": Param(f"{path}.gate_up_proj_bias", bias[0]),
+                       "experts.b_up": Param(f"{path}.gate_up_proj_bias", bias[1]),
+                       "experts.b_down": Param(f"{path}.down_proj_bias")})
+    return E, params
+
+
+def expert_activations(mlp, cfg, act: str) -> list[tuple[str, str]]:
+    r"""Candidate (σ, ψ) of the experts' gate $a = σ(\mathrm{gate}) \odot ψ(\mathrm{up})$: the clamped GLU of
+    gpt-oss first where the experts (``limit``, ``alpha``) or the config (``swiglu_limit``, ``swiglu_alpha``)
+    declare one, $σ(x) = \min(x, L)\,\mathrm{sigmoid}(α \min(x, L))$, $ψ(x) = \max(-L, \min(x, L)) + 1$;
+    then ``act`` with ψ the identity. The equivalence check decides."""
+    def number(v) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    declared = [(getattr(m, "limit", None), getattr(m, "alpha", None)) for m in mlp.modules()]
+    declared.append((getattr(cfg, "swiglu_limit", None), getattr(cfg, "swiglu_alpha", None)))
+    out = [(act, "identity")]
+    limit, alpha = next(((lim, a) for lim, a in declared if number(lim) and number(a)), (None, None))
+    if limit is not None:
+        g = f"Min(x, {float(limit)!r})"
+        out.insert(0, (f"{g}*sigmoid({float(alpha)!r}*{g})", f"Max({-float(limit)!r}, {g}) + 1"))
     return out
 
 
@@ -768,12 +834,15 @@ def layer_adapters(layer64, record, x, y, cfg, model_type: str, name: str) -> tu
                                     pre_norm=pre_spec if fl.shared_pre_norm else None)
     out = []
     if is_moe:  # the named activation only (a derivation per candidate); every one, silu first, if none is named
-        moe_acts = acts if tuple(acts) == UNNAMED_ACTIVATIONS else acts[:1]
-        for act, (moe, params) in itertools.product(moe_acts, moe_maps(mlp, fl.mlp, record, cfg)):
-            mspec = MLPSpec(kind="moe", activation=act, pre_norm=pre_spec, post_norm=post_spec, branch_scale=fl.scale)
-            spec = BlockSpec(name=name, mlp=mspec, residual=fl.mode, shared_pre_norm=fl.shared_pre_norm,
-                             attention=attention, moe=moe, hf_model_types=(model_type,))
-            out.append(_adapter(spec, fl, {**params, **norm_params}))
+        maps = moe_maps(mlp, fl.mlp, record, cfg)
+        for base in (acts if tuple(acts) == UNNAMED_ACTIVATIONS else acts[:1]):
+            for act, up_act in expert_activations(mlp, cfg, base):
+                for moe, params in maps:
+                    mspec = MLPSpec(kind="moe", activation=act, up_activation=up_act, pre_norm=pre_spec,
+                                    post_norm=post_spec, branch_scale=fl.scale)
+                    spec = BlockSpec(name=name, mlp=mspec, residual=fl.mode, shared_pre_norm=fl.shared_pre_norm,
+                                     attention=attention, moe=moe, hf_model_types=(model_type,))
+                    out.append(_adapter(spec, fl, {**params, **norm_params}))
         return fl, out
     residual = None
     if fl.adds_residual:

@@ -525,13 +525,14 @@ class Deriver:
         return self._norm_scalar("b_down", steps)
 
     def _norm_scalar(self, down: str, steps):
-        r"""Strategy (b): aim the MLP output at v with $\gamma \odot v = t - \beta$, then rescale gamma by s."""
+        r"""Strategy (b): aim the MLP output at v with $\gamma \odot v = t - \beta$, then rescale gamma by s. In a
+        mixture of experts every selected expert's W_down takes the rank-1 patch (their gated sum reaches v)."""
         b = self.block
         strategy = "down_rank1_norm_scalar" if down == "W_down" else "down_bias_norm_scalar"
         self._require_norm("mlp_post_norm")
-        self._need(f"{down}:{'rank1' if down == 'W_down' else 'bias'}", "mlp_post_norm.scale:vector")
-        if self.spec.moe is not None:
-            raise Unavailable("combined norm strategies are derived for dense and gated MLPs")
+        if self.spec.moe is not None and down == "W_down":  # every selected expert's W_down aims at v
+            down = "experts.W_down"
+        self._need(f"{down}:{'bias' if down == 'b_down' else 'rank1'}", "mlp_post_norm.scale:vector")
         gamma = b.gamma(self.P, "mlp_post_norm")
         beta = b.value(self.P, "mlp_post_norm.bias")
         # gamma_i = 0 (real Gemma 3 270M) cannot reach t_i: aim through gamma_nz (no zero coordinate),
