@@ -683,7 +683,7 @@ class Patcher:
         name = self.memory[n]
         kernel = kernels_n[name]
         try:
-            patches = _quiet(kernel.block_patches, params, u, target, layer=str(n), **_x(x))
+            patches = _quiet(block_patches, kernel, params, u, target, str(n), x)
         except PatchConditionError:
             return None
         sizes = {k: v.double().cpu() for k, v in relative_sizes(patches, kernel.references(params)).items()}
