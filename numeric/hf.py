@@ -670,7 +670,7 @@ class Patcher:
         unmeasured (`_unchanged`, NaN recorded), as `_best` keeps a choice from token to token. Other
         tokens go through `_best`. None (all through `_best`) when a side condition fails at some token,
         the kept choice amplifies more than `ACCEPT`, or a patch part has no size (a bias)."""
-        from numeric.kernels.runtime import ILL_CONDITIONED, relative_sizes, warn_ill_conditioned
+        from numeric.kernels.runtime import ill_tokens, relative_sizes, warn_ill_conditioned
 
         kernels_n = self.kernels[self.layout[n].spec]
         one = (lambda t, j: None if t is None else t[j:j + 1])  # noqa: E731
@@ -689,9 +689,8 @@ class Patcher:
         sizes = {k: v.double().cpu() for k, v in relative_sizes(patches, kernel.references(params)).items()}
         if set(sizes) != set(patches):
             return None
-        eps = torch.finfo(self.model.dtype).eps
-        ill = torch.stack([v * eps > ILL_CONDITIONED for v in sizes.values()]).any(0)
-        if bool(ill.all()):
+        ill = ill_tokens(sizes, kernel.references(params), self.model.dtype)  # as `_ill`, token by token
+        if ill is None or bool(ill.all()):
             return None
         largest = torch.stack(list(sizes.values())).max(0).values.masked_fill(ill, -1.0)
         m = int(largest.argmax())

@@ -299,12 +299,20 @@ def ill_conditioned(patches: dict, references: dict, dtype=None) -> bool:
     r"""Whether some patch has $\lVert\Delta P\rVert / \lVert P\rVert \cdot \epsilon > 10^{-3}$
     (`warn_ill_conditioned`'s test), with $\epsilon$ of `dtype` (the dtype the patched parameters are
     stored in; default: the references')."""
-    for name, size in relative_sizes(patches, references).items():
+    ill = ill_tokens(relative_sizes(patches, references), references, dtype)
+    return ill is not None and bool(array_namespace(ill).any(ill))
+
+
+def ill_tokens(sizes: dict, references: dict, dtype=None):
+    """(T,) booleans: which tokens' patches are ill-conditioned (`ill_conditioned`'s test, token by token),
+    from their `relative_sizes`; None when nothing is measured."""
+    ill = None
+    for name, size in sizes.items():
         xp = array_namespace(size)
         eps = float(xp.finfo(dtype).eps) if dtype is not None else _eps(references[name])
-        if float(xp.max(size)) * eps > ILL_CONDITIONED:
-            return True
-    return False
+        this = size * eps > ILL_CONDITIONED
+        ill = this if ill is None else (ill | this)
+    return ill
 
 
 def warn_ill_conditioned(patches: dict, references: dict, layer: str = "") -> None:
