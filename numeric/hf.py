@@ -588,6 +588,8 @@ class Patcher:
     writer: DenseWriter | None = None  # writes the dense patches of the materialized passes (its buffers)
     measured: dict = field(default_factory=dict)  # layer -> (strategy, amplification, patch sizes) last measured
     cached: dict = field(default_factory=dict, repr=False)  # layer -> its parameters (resident models)
+    fuse: bool = False  # keep the patched branch's output where the kernel computes it with the patches
+    outputs: dict = field(default_factory=dict, repr=False)  # layer -> (u, y): `patched`'s y, for `_Fused`
 
     def __post_init__(self):
         self.writer = self.writer or DenseWriter(self.model, self.layout)
@@ -614,12 +616,18 @@ class Patcher:
             params = {k: v.to(wide) for k, v in params.items()}
         cast = (lambda t: t) if wide is None else (lambda t: None if t is None else t.to(wide))  # noqa: E731
         single = len(kernels_n) == 1
-        chosen = self._batch(n, params, cast(u), cast(target), cast(x)) if self.measure or not single else None
+        self.outputs.pop(n, None)
+        fuse = self.fuse and wide is None  # (a patch computed wide is applied stored narrow: not the same y)
+        chosen = self._batch(n, params, cast(u), cast(target), cast(x), fuse) \
+            if self.measure or not single else None
         if chosen is None and single:  # every token measured (or none, ``measure=False``)
             name, kernel = next(iter(kernels_n.items()))
-            patches = block_patches(kernel, params, cast(u), cast(target), str(n), cast(x))
+            found = block_patches(kernel, params, cast(u), cast(target), str(n), cast(x), output=fuse)
+            patches, y = found if fuse else (found, None)
             amp = amplification(kernel, params, patches, cast(u), cast(x), adapter.mode) if self.measure \
                 else torch.full((u.shape[0],), float("nan"))
+            if y is not None:
+                self.outputs[n] = (u, y)
             return self._store(n, params, [name] * u.shape[0], amp.tolist(), [patches], u.dtype, batched=True)
         if chosen is None:  # the batch could not decide (`_batch`): token by token
             chosen = [self._best(n, params, cast(u[j:j + 1]), cast(target[j:j + 1]),
@@ -663,27 +671,44 @@ class Patcher:
         warn_ill_conditioned(patches, kernels_n[name].references(params), str(n))
         return name, amp, patches
 
-    def _batch(self, n, params, u, target, x) -> list[tuple[str, float, dict]] | None:
-        """`_best` for T tokens at once: the layer's previous choice (the first token's `_best` when it has
-        none) computed in one batched call; its amplification measured at the token with the largest
-        patch, and every well-conditioned token whose patch is at most `GROWTH` times that one's kept
-        unmeasured (`_unchanged`, NaN recorded), as `_best` keeps a choice from token to token. Other
-        tokens go through `_best`. None (all through `_best`) when a side condition fails at some token,
-        the kept choice amplifies more than `ACCEPT`, or a patch part has no size (a bias)."""
-        from numeric.kernels.runtime import ill_tokens, relative_sizes, warn_ill_conditioned
-
+    def _batch(self, n, params, u, target, x, fuse: bool = False) -> list[tuple[str, float, dict]] | None:
+        """`_best` for T tokens at once: the layer's previous choice computed in one batched call; its
+        amplification measured at the token with the largest patch, and every well-conditioned token whose
+        patch is at most `GROWTH` times that one's kept unmeasured (`_unchanged`, NaN recorded), as `_best`
+        keeps a choice from token to token. Other tokens go through `_best`. None (all through `_best`) when
+        a side condition fails at some token, the kept choice amplifies more than `ACCEPT`, or a patch part
+        has no size (a bias). A layer without a previous choice starts from the layer below's, kept under
+        the same rule (the layers of a model tend to choose alike: one batched call instead of every
+        candidate at the first token); when the rule rejects it, or there is none, the first token's `_best`
+        chooses. ``fuse``: where every token keeps the batched patches, their branch output y on u (the
+        kernel's `patched`) is left in ``outputs[n]``."""
         kernels_n = self.kernels[self.layout[n].spec]
         one = (lambda t, j: None if t is None else t[j:j + 1])  # noqa: E731
         first = None  # the first token's `_best`, where the layer has no previous choice to keep
         if self.memory.get(n) not in kernels_n:  # (or one of another strategy set)
             if len(kernels_n) == 1:
                 self.memory[n] = next(iter(kernels_n))
-            else:
+            elif self.memory.get(n - 1) in kernels_n:  # the layer below's choice, kept if the rule keeps it
+                self.memory[n] = self.memory[n - 1]
+                found = self._kept(n, params, u, target, x, None, fuse)
+                if found is not None:
+                    return found
+                del self.memory[n]  # rejected: the first token chooses among all candidates
+            if n not in self.memory:
                 first = self._best(n, params, one(u, 0), one(target, 0), one(x, 0), 0)
+        return self._kept(n, params, u, target, x, first, fuse)
+
+    def _kept(self, n, params, u, target, x, first, fuse) -> list[tuple[str, float, dict]] | None:
+        """`_batch` with the layer's choice in ``memory[n]`` (``first``: the first token's `_best`, or None)."""
+        from numeric.kernels.runtime import ill_tokens, relative_sizes, warn_ill_conditioned
+
+        kernels_n = self.kernels[self.layout[n].spec]
+        one = (lambda t, j: None if t is None else t[j:j + 1])  # noqa: E731
         name = self.memory[n]
         kernel = kernels_n[name]
         try:
-            patches = _quiet(block_patches, kernel, params, u, target, str(n), x)
+            found = _quiet(block_patches, kernel, params, u, target, str(n), x, output=fuse)
+            patches, y = found if fuse else (found, None)
         except PatchConditionError:
             return None
         sizes = {k: v.double().cpu() for k, v in relative_sizes(patches, kernel.references(params)).items()}
@@ -705,10 +730,13 @@ class Patcher:
                 return None
             base = amp
             self.measured[n] = (name, amp, at_m)
-        chosen = []
+        chosen, alone = [], 0  # alone: tokens whose patches come from `_best`, not from the batch
         for j in range(u.shape[0]):
-            if j == 0 and first is not None:
+            if j == 0 and first is not None and first[0] == name:  # its patches as the batch computed them
+                chosen.append((name, first[1], row(0)))
+            elif j == 0 and first is not None:
                 chosen.append(first)
+                alone += 1
             elif j == m:
                 chosen.append((name, amp, row(j)))
             elif not bool(ill[j]) and _unchanged(base, at_m, {k: float(v[j]) for k, v in sizes.items()}):
@@ -716,7 +744,10 @@ class Patcher:
             else:
                 chosen.append(self._best(n, params, one(u, j), one(target, j), one(x, j), j))
                 self.memory[n] = name
+                alone += 1
         kept = [j for j, c in enumerate(chosen) if c[0] == name]
+        if y is not None and not alone:
+            self.outputs[n] = (u, y)
         warn_ill_conditioned({k: {f: v[kept] for f, v in fs.items()} for k, fs in patches.items()},
                              kernel.references(params), str(n))
         return chosen
@@ -742,14 +773,20 @@ class Patcher:
 
 
 def block_patches(kernel, params: dict, u: torch.Tensor, target: torch.Tensor, layer: str = "",
-                  x: torch.Tensor | None = None) -> dict:
+                  x: torch.Tensor | None = None, output: bool = False):
     """``kernel.block_patches``, except that a token whose u equals its target exactly gets the identity patch
     (`_unpatched`: zero factors and deltas, unit scales). The context has not reached that token at this layer
     (say, a sliding window that holds only a padding token's zero states, in both runs), so the unpatched
-    layer is exact there, whereas a formula may be undefined (``z != 0`` fails for u = u_C = 0)."""
+    layer is exact there, whereas a formula may be undefined (``z != 0`` fails for u = u_C = 0).
+    ``output=True``: (patches, y), y the patched sub-block's output on u from the kernel's `patched` (which
+    computes z and each input map's W z once for both), or None where the kernel has none (a mixture of
+    experts) or some token gets the identity patch."""
     same = (u == target).all(-1)  # (T,)
     if not bool(same.any()):
-        return kernel.block_patches(params, u, target, layer=layer, **_x(x))
+        if output and hasattr(kernel, "patched"):
+            return kernel.patched(params, u, target, layer=layer, **_x(x))
+        found = kernel.block_patches(params, u, target, layer=layer, **_x(x))
+        return (found, None) if output else found
     rows = (~same).nonzero()[:, 0]
     if len(rows):
         try:
@@ -768,7 +805,7 @@ def block_patches(kernel, params: dict, u: torch.Tensor, target: torch.Tensor, l
             if len(rows):
                 full[rows] = v
             out[name][f] = full
-    return out
+    return (out, None) if output else out
 
 
 def _quiet(fn, *args, **kwargs):
@@ -923,10 +960,29 @@ def _patch_pass(model, patcher: Patcher, ids, targets, head: bool = True,
         return stored[n]
 
     ps = PatchSet(model, ids, stored, patcher.layout, kernels=patcher.kernels)
-    with swapped_branches(model, patcher.layout, lambda n: _LayerKernel(ps, n), compute), \
-            offload.located(model, patcher.layout.layers):
-        out = _trunk(model, head)(ids, **kwargs)
+    patcher.fuse = True
+    try:
+        with swapped_branches(model, patcher.layout, lambda n: _Fused(patcher, _LayerKernel(ps, n), n), compute), \
+                offload.located(model, patcher.layout.layers):
+            out = _trunk(model, head)(ids, **kwargs)
+    finally:
+        patcher.fuse = False
+        patcher.outputs.clear()
     return stored, out
+
+
+class _Fused:
+    """`_LayerKernel.apply`, except that the output the Patcher's `patched` call left for exactly this u (the
+    same object) is returned instead of recomputed."""
+
+    def __init__(self, patcher: Patcher, inner: _LayerKernel, n: int):
+        self.patcher, self.inner, self.n = patcher, inner, n
+
+    def apply(self, params, which, u, **extra):
+        found = self.patcher.outputs.pop(self.n, None)
+        if found is not None and found[0] is u:
+            return found[1]
+        return self.inner.apply(params, which, u, **extra)
 
 
 def _materialized_pass(model, patcher: Patcher, ids, targets, head: bool = True,

@@ -172,6 +172,76 @@ def test_benchmark_dense_baseline_computes_the_same_logits():
     assert bench.memory_ratio(model, ps) > 5
 
 
+def _layer_inputs(model_type: str, layers: int = 2):
+    """A float64 tiny model, its layout and kernels, and layer n's (u, target) for a 5-token query."""
+    from numeric.hf import contextual_bases, resolve
+
+    model = tiny_model(model_type, layers=layers, dtype="float64")
+    gen = torch.Generator().manual_seed(3)
+    ctx, q = random_ids(6, 64, gen), random_ids(5, 64, gen)
+    layout, kernels = resolve(model)
+    bases, _ = contextual_bases(model, layout, torch.cat([ctx, q], 1), head=False)
+    plain, _ = contextual_bases(model, layout, q, head=False)  # the u of each layer without the context
+    return model, layout, kernels, [(plain[n], bases[n][6:]) for n in range(layers)]
+
+
+def test_a_layer_starts_from_the_choice_of_the_layer_below(monkeypatch):
+    """Without a previous choice of its own, a layer keeps the layer below's strategy when the rule keeps it
+    (measured, at most ACCEPT); when the rule rejects it, every candidate is compared as before."""
+    import numeric.hf as hf
+
+    model, layout, kernels, inputs = _layer_inputs("gemma3_text")
+    names = list(kernels[layout[1].spec])
+    assert len(names) > 1
+    (u, target) = inputs[1]
+    for below in names:
+        patcher = hf.Patcher(model, layout, kernels, memory={0: below})
+        lp = patcher.layer(1, u, target, None)
+        best = hf.Patcher(model, layout, kernels)._best(1, patcher.params(1), u[:1], target[:1], None, 0)
+        amp = [a for a in lp.amplification if a == a]
+        if set(lp.strategies) == {below}:  # kept: measured once, within the rule
+            assert len(amp) >= 1 and max(amp) <= hf.ACCEPT
+        else:  # rejected: the first token compared every candidate
+            assert lp.strategies[0] == best[0]
+    monkeypatch.setattr(hf, "ACCEPT", 0.0)  # nothing is kept: token by token, every candidate compared
+    patcher = hf.Patcher(model, layout, kernels, memory={0: names[0]})
+    lp = patcher.layer(1, u, target, None)
+    one = hf.Patcher(model, layout, kernels)
+    want = [one._best(1, patcher.params(1), u[j:j + 1], target[j:j + 1], None, j)[0] for j in range(5)]
+    assert lp.strategies == want
+
+
+@pytest.mark.parametrize("model_type", ["gemma3_text", "llama", "mixtral"])
+def test_fused_output_is_apply_of_the_stored_patches(model_type):
+    """In the one-pass extraction the kernel's `patched` computes a layer's patches and its output together;
+    the output left for the pass equals `apply` of the patches the PatchSet stores (dense blocks; a mixture
+    of experts has no fused function and leaves none)."""
+    from numeric.hf import Patcher, layer_params
+
+    model, layout, kernels, inputs = _layer_inputs(model_type)
+    u, target = inputs[0]
+    patcher = Patcher(model, layout, kernels)
+    patcher.fuse = True
+    same = (u == target).all(-1)  # tokens out of a sliding window's reach: identity patches, no fused output
+    if bool(same.any()):
+        patcher.layer(0, u, target, None)
+        assert patcher.outputs == {}
+        u, target = u[~same], target[~same]
+    lp = patcher.layer(0, u, target, None)
+    kernel = kernels[layout[0].spec][lp.strategies[0]]
+    if not hasattr(kernel, "patched"):
+        assert layout[0].spec.moe is not None and patcher.outputs == {}
+        return
+    assert set(lp.strategies) == {lp.strategies[0]}
+    held, y = patcher.outputs[0]
+    assert held is u
+    want = kernel.apply(layer_params(model.model.layers[0], layout[0]), lp.factored, u)
+    assert float((y - want).norm() / want.norm()) < 1e-14
+    patcher.fuse = False  # outside a pass: nothing is left
+    patcher.layer(0, u, target, None)
+    assert patcher.outputs == {}
+
+
 @pytest.mark.parametrize("model_type", ["gemma3_text", "llama"])
 def test_batched_choice_is_the_token_by_token_choice(model_type):
     """The default computes every token's patches of a layer in one call (`Patcher._batch`): the same

@@ -1,6 +1,6 @@
 r"""From a `Derivation` to straight-line kernel code: lowering, common subexpressions, ordering.
 
-Three functions are generated per block, all batched over tokens:
+Four functions are generated per block, all batched over tokens:
 
 - ``block_patches(params, u, u_ctx)``: the derivation's definitions ($z$, $z_C$, $a_C$, $h_C$,
   $f_C$, ...) and its patch formulas, exactly as derived, with the side conditions as checks;
@@ -8,7 +8,9 @@ Three functions are generated per block, all batched over tokens:
   patched parameter replaced by its factored form ($W + \ell r^\top$, $b + \Delta$, $s\gamma$); the
   algebra's linearity rules turn $(W + \ell r^\top) z$ into $W z + \ell\,(r^\top z)$, so no dense
   matrix is ever formed;
-- ``forward(params, u)``: the same stages, unpatched.
+- ``forward(params, u)``: the same stages, unpatched;
+- ``patched(params, u, u_ctx)`` (dense blocks): ``block_patches`` and ``apply`` in one function, the
+  products both need ($z$, $W z$ of every input map) computed once (`fused_function`).
 
 Lowering rewrites what the printers cannot print: a top-k sum
 $\sum_{j\le k} g(\ell, j)\, F(\mathrm{Sel}(\ell, j))$ becomes a sum over the expert axis with
@@ -74,6 +76,7 @@ class KernelIR:
     checks: list[Check]
     apply_fn: Function
     forward_fn: Function
+    fused_fn: Function | None = None  # patches and y in one function (`fused_function`); dense blocks
 
     @property
     def moe(self) -> bool:
@@ -89,9 +92,9 @@ class KernelIR:
 
     @property
     def formula_hash(self) -> str:
-        """Hash of what the kernel computes: the lowered assignments of all three functions."""
-        text = "\n".join(f"{a.target}={sp.srepr(a.expr)}" for fn in (self.patch_fn, self.apply_fn, self.forward_fn)
-                         for a in fn.body)
+        """Hash of what the kernel computes: the lowered assignments of all its functions."""
+        fns = (self.patch_fn, self.apply_fn, self.forward_fn) + ((self.fused_fn,) if self.fused_fn else ())
+        text = "\n".join(f"{a.target}={sp.srepr(a.expr)}" for fn in fns for a in fn.body)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -163,6 +166,11 @@ def straight_line(outputs: list[Assign], expert_names: set[str], temps=None,
     targets = [a.target for a in outputs]
     temps = temps if temps is not None else sp.numbered_symbols("t")
     replacements, reduced = sp.cse([a.expr for a in outputs], symbols=temps, order="none")
+    # A constant shared by several outputs stays inline: printed where it is used, as it would be in a
+    # function without the others (so `patched` rounds exactly as `block_patches` and `apply` do).
+    constants = {s: e for s, e in replacements if not e.free_symbols}
+    replacements = [(s, e.xreplace(constants)) for s, e in replacements if s not in constants]
+    reduced = [e.xreplace(constants) for e in reduced]
     assigns = {s.name: e for s, e in replacements}
     assigns.update(dict(zip(targets, reduced, strict=True)))
     order: list[str] = []
@@ -196,6 +204,16 @@ def _def_target(name: str) -> str:
 
 
 def patch_function(spec: BlockSpec, der: Derivation) -> tuple[Function, list[PatchOut], list[Check]]:
+    outputs, patches, conditions, roots = _patch_outputs(spec, der)
+    per_expert_atoms = {"a_C"} if spec.moe is not None else set()
+    fn = straight_line(outputs, per_expert_atoms, roots=roots)
+    checks = [Check(var, c.kind, c.text(), var in fn.per_expert) for var, c in conditions]
+    return fn, patches, checks
+
+
+def _patch_outputs(spec: BlockSpec, der: Derivation) -> tuple[list[Assign], list[PatchOut], list, list[str]]:
+    """The patch function's assignments before CSE, its patches, its (variable, condition) pairs and the
+    order its outputs are emitted in."""
     s = Block(spec).signals
     route = route_args(spec)
 
@@ -220,14 +238,36 @@ def patch_function(spec: BlockSpec, der: Derivation) -> tuple[Function, list[Pat
         patches.append(PatchOut(p.param, p.kind, fields, p.per_expert))
     conditions = [(f"condition_{n}", c) for n, c in enumerate(der.conditions)]
     outputs += [Assign(var, lower(c.expr)) for var, c in conditions]
-    per_expert_atoms = {"a_C"} if spec.moe is not None else set()
     # Router logits first (per-expert checks need the top-k mask), then each condition, so that the
     # kernel checks it before any formula divides by it; then the patches.
     roots = (["ell_C"] if spec.moe is not None else []) + [var for var, _ in conditions]
     roots += [v for p in patches for _, v in p.fields]
-    fn = straight_line(outputs, per_expert_atoms, roots=roots)
-    checks = [Check(var, c.kind, c.text(), var in fn.per_expert) for var, c in conditions]
-    return fn, patches, checks
+    return outputs, patches, conditions, roots
+
+
+def fused_function(spec: BlockSpec, der: Derivation) -> Function | None:
+    """The patches and the patched sub-block's output y in one function, so that what both compute (z and
+    every input map's W z) is computed once: the patch function's assignments, then `apply`'s stages, one
+    CSE over all. A stage that recomputes a definition of the same name and value (z) is dropped; one of
+    the same name and another value is renamed ``<name>_p``. Dense blocks only (None for a mixture of
+    experts: its patches are masked per expert on the way out, and `apply` reads the masked ones)."""
+    if spec.moe is not None:
+        return None
+    outputs, _patches, _conditions, roots = _patch_outputs(spec, der)
+    defined = {a.target: a.expr for a in outputs}
+    renamed: dict[str, str] = {}
+    for a in _stage_outputs(spec, _patched_params(spec, der)):
+        expr = a.expr.xreplace({v: Vec(renamed[v.name], v.dim) for v in a.expr.free_symbols
+                                if isinstance(v, Vec) and v.name in renamed})
+        if a.target in defined and defined[a.target] == expr:
+            continue  # the same value under the same name
+        target = a.target
+        while target in defined:
+            target += "_p"
+        renamed[a.target] = target
+        outputs.append(Assign(target, expr))
+        defined[target] = expr
+    return straight_line(outputs, set(), roots=roots + [renamed.get("y", "y")])
 
 
 def _patched_params(spec: BlockSpec, der: Derivation) -> Params:
@@ -256,6 +296,12 @@ def _patched_params(spec: BlockSpec, der: Derivation) -> Params:
 
 def stage_function(spec: BlockSpec, P: Params, per_expert_patch: set[str]) -> Function:
     """z, a, (ell, sigma_sg), h, o, r, y of one run with parameters P, one assignment per stage."""
+    per_expert = set(per_expert_patch) | ({"a"} if spec.moe is not None else set())
+    return _stages(_stage_outputs(spec, P), per_expert)
+
+
+def _stage_outputs(spec: BlockSpec, P: Params) -> list[Assign]:
+    """The stages of `stage_function`, one assignment each, before CSE."""
     b, s = Block(spec), Block(spec).signals
     route = route_args(spec)
 
@@ -285,8 +331,7 @@ def stage_function(spec: BlockSpec, P: Params, per_expert_patch: set[str]) -> Fu
     out.append(Assign("h", lower(b.outer(P, atoms, ell, sg))))
     out.append(Assign("o", lower(b.branch_out(P, Vec("h", "d")))))
     out.append(Assign("y", lower(b.final(P, b.residual(s["u"], Vec("o", "d"))))))
-    per_expert = set(per_expert_patch) | ({"a"} if spec.moe is not None else set())
-    return _stages(out, per_expert)
+    return out
 
 
 def _stages(out: list[Assign], per_expert: set[str]) -> Function:
@@ -309,4 +354,5 @@ def build(spec: BlockSpec, der: Derivation) -> KernelIR:
     per_expert_patch = {f"{ident(p.param)}_{k}" for p in der.patches if p.per_expert for k in ("left", "right")}
     apply_fn = stage_function(spec, _patched_params(spec, der), per_expert_patch)
     forward_fn = stage_function(spec, b.unpatched(), set())
-    return KernelIR(spec, der, constants, params, patch_fn, patches, checks, apply_fn, forward_fn)
+    return KernelIR(spec, der, constants, params, patch_fn, patches, checks, apply_fn, forward_fn,
+                    fused_function(spec, der))
