@@ -241,7 +241,8 @@ def bench(name: str, model, context_len: int, runs: int, extras: bool, profile: 
         res["generation_identical"] = bool(torch.equal(out["generation"], out["generate"])) and \
             bool(torch.equal(out["generation_materialized"], out["generate"]))
         one = absorb_context(model, ctx, q, strategy=first, measure=False)  # one strategy: all factored
-        t3, dense = side_by_side({"patched_logits": one.logits, "dense_loop": lambda: dense_loop_logits(model, one)}, 1)
+        t3, dense = side_by_side({"patched_logits": one.logits, "dense_loop": lambda: dense_loop_logits(model, one)},
+                                 runs)
         res["seconds"]["dense_loop"] = t3["dense_loop"]
         res["speedup_vs_dense_loop"] = t3["dense_loop"] / t3["patched_logits"]
         res["memory_dense_over_factored"] = memory_ratio(model, one)
