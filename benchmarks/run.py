@@ -240,7 +240,8 @@ def bench(name: str, model, context_len: int, runs: int, extras: bool, profile: 
         res["generation_materialized_over_generate"] = t["generation_materialized"] / t["generate"]
         res["generation_identical"] = bool(torch.equal(out["generation"], out["generate"])) and \
             bool(torch.equal(out["generation_materialized"], out["generate"]))
-        one = absorb_context(model, ctx, q, strategy=first, measure=False)  # one strategy: all factored
+        one = absorb_context(model, ctx, q, strategy=first, measure=False, computed_in="kernel")  # one strategy,
+        # one pass: `logits()` is one batched factored run (a token-by-token set replays token by token)
         t3, dense = side_by_side({"patched_logits": one.logits, "dense_loop": lambda: dense_loop_logits(model, one)},
                                  runs)
         res["seconds"]["dense_loop"] = t3["dense_loop"]
