@@ -572,7 +572,8 @@ class Patcher:
     ``kernels`` are the candidate strategies (one when a strategy is named); ``patch_dtype`` computes
     the patches in a wider dtype and stores them in the model's. To save time, the strategy a layer
     chose for the previous token is tried first and kept, without trying the others, while its
-    patch is well conditioned and its amplification at most `ACCEPT` (``memory``); and kept without
+    patch is well conditioned and its amplification at most `ACCEPT` (``memory``; a layer without a
+    choice of its own starts from the layer below's, under the same rule); and kept without
     measuring its amplification (NaN recorded) while the patch is no more than `GROWTH` times as large,
     relative to the parameters, as when this Patcher last measured it (`_unchanged`). The tokens of one
     call are computed in one batched call of the kept strategy's kernel (`_batch`), measured at the
@@ -886,7 +887,8 @@ def absorb_context(model, context_ids: torch.Tensor, query_ids: torch.Tensor, ke
     round-off; one token at a time, it costs several times the one-pass run (benchmarks/RESULTS.md).
     Measured on SmolLM2-135M, float32: one pass 5e-7 factored / 2.3e-5 written; token by token
     2.4e-5 / 1.4e-6 (Gemma 3 270M: 1e-6 either way).
-    ``memory``: {layer: strategy} the default tries first, updated with its choices; pass the same
+    ``memory``: {layer: strategy} the default tries first (a layer without one: the layer below's),
+    updated with its choices; pass the same
     dict to successive calls (one token each, as the paper's protocol does) to save their time.
     ``measure=False`` skips the `amplification` of a strategy named explicitly (NaN is recorded).
     ``spec``/``params``: the user's spec (catalog name, TOML path or `BlockSpec`) and its parameter map
