@@ -623,8 +623,7 @@ class Patcher:
             if self.measure or not single else None
         if chosen is None and single:  # every token measured (or none, ``measure=False``)
             name, kernel = next(iter(kernels_n.items()))
-            found = block_patches(kernel, params, cast(u), cast(target), str(n), cast(x), output=fuse)
-            patches, y = found if fuse else (found, None)
+            patches, y = patches_and_output(kernel, params, cast(u), cast(target), str(n), cast(x), fuse)
             amp = amplification(kernel, params, patches, cast(u), cast(x), adapter.mode) if self.measure \
                 else torch.full((u.shape[0],), float("nan"))
             if y is not None:
@@ -684,7 +683,6 @@ class Patcher:
         chooses. ``fuse``: where every token keeps the batched patches, their branch output y on u (the
         kernel's `patched`) is left in ``outputs[n]``."""
         kernels_n = self.kernels[self.layout[n].spec]
-        one = (lambda t, j: None if t is None else t[j:j + 1])  # noqa: E731
         first = None  # the first token's `_best`, where the layer has no previous choice to keep
         if self.memory.get(n) not in kernels_n:  # (or one of another strategy set)
             if len(kernels_n) == 1:
@@ -696,7 +694,7 @@ class Patcher:
                     return found
                 del self.memory[n]  # rejected: the first token chooses among all candidates
             if n not in self.memory:
-                first = self._best(n, params, one(u, 0), one(target, 0), one(x, 0), 0)
+                first = self._best(n, params, _row(u, 0), _row(target, 0), _row(x, 0), 0)
         return self._kept(n, params, u, target, x, first, fuse)
 
     def _kept(self, n, params, u, target, x, first, fuse) -> list[tuple[str, float, dict]] | None:
@@ -704,12 +702,10 @@ class Patcher:
         from numeric.kernels.runtime import ill_tokens, relative_sizes, warn_ill_conditioned
 
         kernels_n = self.kernels[self.layout[n].spec]
-        one = (lambda t, j: None if t is None else t[j:j + 1])  # noqa: E731
         name = self.memory[n]
         kernel = kernels_n[name]
         try:
-            found = _quiet(block_patches, kernel, params, u, target, str(n), x, output=fuse)
-            patches, y = found if fuse else (found, None)
+            patches, y = _quiet(patches_and_output, kernel, params, u, target, str(n), x, fuse)
         except PatchConditionError:
             return None
         sizes = {k: v.double().cpu() for k, v in relative_sizes(patches, kernel.references(params)).items()}
@@ -720,13 +716,13 @@ class Patcher:
             return None
         largest = torch.stack(list(sizes.values())).max(0).values.masked_fill(ill, -1.0)
         m = int(largest.argmax())
-        row = (lambda j: {k: {f: v[j:j + 1] for f, v in fs.items()} for k, fs in patches.items()})  # noqa: E731
         at_m, record = {k: float(v[m]) for k, v in sizes.items()}, self.measured.get(n)
         if record is not None and record[0] == name and set(record[2]) == set(at_m) and \
                 _unchanged(record[1], record[2], at_m):  # measured on an earlier call: still valid
             amp, base, at_m = float("nan"), record[1], record[2]
         else:
-            amp = float(_amplification(kernel, params, row(m), one(u, m), one(x, m), self.layout[n].mode)[0][0])
+            amp = float(_amplification(kernel, params, _slice(patches, m), _row(u, m), _row(x, m),
+                                       self.layout[n].mode)[0][0])
             if amp > ACCEPT:
                 return None
             base = amp
@@ -734,16 +730,16 @@ class Patcher:
         chosen, alone = [], 0  # alone: tokens whose patches come from `_best`, not from the batch
         for j in range(u.shape[0]):
             if j == 0 and first is not None and first[0] == name:  # its patches as the batch computed them
-                chosen.append((name, first[1], row(0)))
+                chosen.append((name, first[1], _slice(patches, 0)))
             elif j == 0 and first is not None:
                 chosen.append(first)
                 alone += 1
             elif j == m:
-                chosen.append((name, amp, row(j)))
+                chosen.append((name, amp, _slice(patches, j)))
             elif not bool(ill[j]) and _unchanged(base, at_m, {k: float(v[j]) for k, v in sizes.items()}):
-                chosen.append((name, float("nan"), row(j)))
+                chosen.append((name, float("nan"), _slice(patches, j)))
             else:
-                chosen.append(self._best(n, params, one(u, j), one(target, j), one(x, j), j))
+                chosen.append(self._best(n, params, _row(u, j), _row(target, j), _row(x, j), j))
                 self.memory[n] = name
                 alone += 1
         kept = [j for j, c in enumerate(chosen) if c[0] == name]
@@ -774,20 +770,14 @@ class Patcher:
 
 
 def block_patches(kernel, params: dict, u: torch.Tensor, target: torch.Tensor, layer: str = "",
-                  x: torch.Tensor | None = None, output: bool = False):
+                  x: torch.Tensor | None = None) -> dict:
     """``kernel.block_patches``, except that a token whose u equals its target exactly gets the identity patch
     (`_unpatched`: zero factors and deltas, unit scales). The context has not reached that token at this layer
     (say, a sliding window that holds only a padding token's zero states, in both runs), so the unpatched
-    layer is exact there, whereas a formula may be undefined (``z != 0`` fails for u = u_C = 0).
-    ``output=True``: (patches, y), y the patched sub-block's output on u from the kernel's `patched` (which
-    computes z and each input map's W z once for both), or None where the kernel has none (a mixture of
-    experts) or some token gets the identity patch."""
+    layer is exact there, whereas a formula may be undefined (``z != 0`` fails for u = u_C = 0)."""
     same = (u == target).all(-1)  # (T,)
     if not bool(same.any()):
-        if output and hasattr(kernel, "patched"):
-            return kernel.patched(params, u, target, layer=layer, **_x(x))
-        found = kernel.block_patches(params, u, target, layer=layer, **_x(x))
-        return (found, None) if output else found
+        return kernel.block_patches(params, u, target, layer=layer, **_x(x))
     rows = (~same).nonzero()[:, 0]
     if len(rows):
         try:
@@ -806,7 +796,22 @@ def block_patches(kernel, params: dict, u: torch.Tensor, target: torch.Tensor, l
             if len(rows):
                 full[rows] = v
             out[name][f] = full
-    return (out, None) if output else out
+    return out
+
+
+def patches_and_output(kernel, params: dict, u: torch.Tensor, target: torch.Tensor, layer: str = "",
+                       x: torch.Tensor | None = None, fuse: bool = False) -> tuple[dict, torch.Tensor | None]:
+    """(`block_patches`, y): with ``fuse``, y is the patched sub-block's output on u from the kernel's `patched`
+    (which computes z and each input map's W z once for both); None without ``fuse``, where the kernel has no
+    `patched` (a mixture of experts) or where some token gets the identity patch."""
+    if fuse and hasattr(kernel, "patched") and not bool((u == target).all(-1).any()):
+        return kernel.patched(params, u, target, layer=layer, **_x(x))
+    return block_patches(kernel, params, u, target, layer, x), None
+
+
+def _row(t: torch.Tensor | None, j: int) -> torch.Tensor | None:
+    """Token j's row of a (T, ...) array, (1, ...), or None."""
+    return None if t is None else t[j:j + 1]
 
 
 def _quiet(fn, *args, **kwargs):

@@ -63,6 +63,7 @@ class Check:
 class Function:
     body: list[Assign]
     per_expert: set[str] = field(default_factory=set)
+    result: str = "y"  # the variable returned besides the patches (`fused_function`: y's name there)
 
 
 @dataclass
@@ -267,7 +268,9 @@ def fused_function(spec: BlockSpec, der: Derivation) -> Function | None:
         renamed[a.target] = target
         outputs.append(Assign(target, expr))
         defined[target] = expr
-    return straight_line(outputs, set(), roots=roots + [renamed.get("y", "y")])
+    fn = straight_line(outputs, set(), roots=roots + [renamed.get("y", "y")])
+    fn.result = renamed.get("y", "y")
+    return fn
 
 
 def _patched_params(spec: BlockSpec, der: Derivation) -> Params:
