@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 import torch
 
 from numeric import kernels, offload
-from numeric.infer import FUSED, Adapter, Layout, check_ids, fuse, get, infer, last_logits_only
+from numeric.infer import FUSED, Adapter, Layout, cached, check_ids, fuse, get, infer, kv_cache, last_logits_only
 from symbolic import catalog
 from symbolic.errors import PatchConditionError, SpecError
 from symbolic.spec import BlockSpec
@@ -129,12 +129,12 @@ class PatchSet:
                 return self.model(self.query_ids)
         outs, cache = [], None
         for j in range(self.query_ids.shape[1]):
-            kwargs = {"past_key_values": cache, "use_cache": True} if self.positions is None else \
+            kwargs = cached(self.model, cache) if self.positions is None else \
                 {"position_ids": self.positions[:, j:j + 1]}
             with swapped_branches(self.model, self.layout, apply, lambda n, u, x, j=j: (self.layers[n], j)), \
                     offload.located(self.model, self.layout.layers):
                 outs.append(self.model(self.query_ids[:, j:j + 1], **kwargs))
-            cache = outs[-1].past_key_values if self.positions is None else None
+            cache = kv_cache(outs[-1], self.model) if self.positions is None else None
         return outs
 
     @torch.no_grad()
@@ -178,7 +178,7 @@ class PatchSet:
 
             ids = self.query_ids[:, j:j + 1]
             if self.positions is None:
-                out = _token_pass(self.model, self.layout, ids, dense, writer, past_key_values=cache, use_cache=True)
+                out = _token_pass(self.model, self.layout, ids, dense, writer, **cached(self.model, cache))
                 cache = kv_cache(out, self.model)
             else:
                 out = _token_pass(self.model, self.layout, ids, dense, writer, position_ids=self.positions[:, j:j + 1])
@@ -350,15 +350,6 @@ def _token_pass(model, layout: Layout, ids: torch.Tensor, dense_for, writer: Den
             h.remove()
         for n in list(saved):
             writer.restore(saved.pop(n))
-
-
-def kv_cache(out, model):
-    """The key/value cache of a run with ``use_cache=True``; a SpecError for a model that keeps none (GPT-1)."""
-    cache = getattr(out, "past_key_values", None)
-    if cache is None:
-        raise SpecError(f"model type {model.config.model_type!r} returns no key/value cache: the token-by-token runs "
-                        "(materialized patches, generation) need one; the factored logits do not")
-    return cache
 
 
 def _slice(patches: dict, j: int) -> dict:
@@ -929,8 +920,7 @@ def absorb_context(model, context_ids: torch.Tensor, query_ids: torch.Tensor, ke
         return PatchSet(model, query_ids, stored, layout, kernels=candidates)
     per_token, cache = [], None
     for j in range(q):
-        kwargs = {"position_ids": positions[:, j:j + 1]} if keep_positions else \
-            {"past_key_values": cache, "use_cache": True}
+        kwargs = {"position_ids": positions[:, j:j + 1]} if keep_positions else cached(model, cache)
         try:
             if computed_in == "kernel":
                 lps, _ = _patch_pass(model, patcher, query_ids[:, j:j + 1], [t[j:j + 1] for t in targets],
@@ -1039,7 +1029,7 @@ def generate_without_context(model, context_ids: torch.Tensor, query_ids: torch.
     else:
         for j in range(q):
             _, out_P = step(model, patcher, query_ids[:, j:j + 1], [b[c + j:c + j + 1] for b in bases],
-                            head=j == q - 1, past_key_values=cache_P, use_cache=True)
+                            head=j == q - 1, **cached(model, cache_P))
             cache_P = kv_cache(out_P, model)
     cache_P = kv_cache(out_P, model)
     tokens = []
@@ -1048,8 +1038,8 @@ def generate_without_context(model, context_ids: torch.Tensor, query_ids: torch.
         tokens.append(nxt)
         if i == max_new_tokens - 1:
             break
-        bases, out_C = contextual_bases(model, layout, nxt, head=False, past_key_values=cache_C, use_cache=True)
-        _, out_P = step(model, patcher, nxt, bases, past_key_values=cache_P, use_cache=True)
+        bases, out_C = contextual_bases(model, layout, nxt, head=False, **cached(model, cache_C))
+        _, out_P = step(model, patcher, nxt, bases, **cached(model, cache_P))
         cache_C, cache_P = kv_cache(out_C, model), kv_cache(out_P, model)
     return torch.cat(tokens, 1)
 

@@ -13,6 +13,7 @@ from collections import Counter
 import torch
 
 from numeric.hf import absorb_context, generate_without_context
+from numeric.infer import cached, kv_cache
 from numeric.validate import rel_error
 from symbolic.errors import SpecError
 
@@ -150,7 +151,7 @@ def greedy_with_context(model, ids: torch.Tensor, tokens: int) -> torch.Tensor:
     for i in range(tokens):
         new.append(out.logits[:, -1].argmax(-1, keepdim=True))  # (1, 1)
         if i < tokens - 1:
-            out = model(new[-1], past_key_values=out.past_key_values, use_cache=True)
+            out = model(new[-1], **cached(model, kv_cache(out, model)))
     return torch.cat(new, 1)
 
 

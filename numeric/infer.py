@@ -1175,6 +1175,27 @@ def check_ids(context_ids, query_ids, model) -> None:
             raise SpecError(f"{name} holds token ids outside [0, {model.config.vocab_size})")
 
 
+def cached(model, cache) -> dict:
+    """Keyword arguments that run `model` on a key/value cache (None: a new one) and return it extended
+    (`kv_cache`): ``cache=`` since transformers 5.24, ``past_key_values=`` before (read from the signature of
+    the model's forward)."""
+    import inspect
+
+    keyword = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    return {keyword: cache, "use_cache": True}
+
+
+def kv_cache(out, model):
+    """The key/value cache of a run with ``use_cache=True`` (`cached`); a SpecError for a model that keeps
+    none (GPT-1). The output's field is ``cache`` since transformers 5.24, ``past_key_values`` before."""
+    fields = getattr(out, "__dataclass_fields__", {})
+    cache = getattr(out, "cache" if "cache" in fields else "past_key_values", None)
+    if cache is None:
+        raise SpecError(f"model type {model.config.model_type!r} returns no key/value cache: the token-by-token runs "
+                        "(materialized patches, generation) need one; the factored logits do not")
+    return cache
+
+
 def last_logits_only(model) -> dict:
     """Ask a causal LM for the last position's logits only (the contextual pass needs the states)."""
     import inspect

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from numeric.infer import check_ids, last_logits_only
+from numeric.infer import cached, check_ids, kv_cache, last_logits_only
 from symbolic.errors import PatchConditionError, SpecError
 from symbolic.spec import BlockSpec
 
@@ -680,10 +680,10 @@ class GrowingSequence:
         ctx: dict = {}
         out = _run(model, _record(model, self.adapter, self.site, ctx, context_ids.shape[1]),
                    torch.cat([context_ids, query_ids], 1), use_cache=True, **last_logits_only(model))
-        self.context_cache = out.past_key_values
+        self.context_cache = kv_cache(out, model)
         self.ind = _Induction(model, self.adapter, self.site, ctx, "lora")
         with _saved(_touched(model, self.adapter, self.site)):
-            self.cache = _run(model, self.ind.hooks(), query_ids, use_cache=True).past_key_values
+            self.cache = kv_cache(_run(model, self.ind.hooks(), query_ids, use_cache=True), model)
         self.ids = query_ids
 
     @property
@@ -700,10 +700,10 @@ class GrowingSequence:
         out = {}
         if before:
             with self.patch.factored() as model:
-                out["before"] = model(ids, past_key_values=copy.deepcopy(self.cache), use_cache=True).logits[0, -1]
+                out["before"] = model(ids, **cached(self.model, copy.deepcopy(self.cache))).logits[0, -1]
         rec: dict = {}
         ctx = _run(self.model, _record(self.model, self.adapter, self.site, rec, 0), ids,
-                   past_key_values=copy.deepcopy(self.context_cache), use_cache=True)
+                   **cached(self.model, copy.deepcopy(self.context_cache)))
         out["contextual"] = ctx.logits[0, -1]
         grow = _Growth(self.ind, rec, self.ids.shape[1], self.rescale)
         saved = ([dataclasses.replace(lp, lora=dict(lp.lora), condition=dict(lp.condition),
@@ -715,14 +715,15 @@ class GrowingSequence:
                 for n, lp in enumerate(self.ind.layers):  # the kept shared post-norm scales
                     for name, value in lp.scale.items():
                         parameter_view(layers[n], name).detach().copy_(value)
-                res = _run(self.model, grow.hooks(), ids, past_key_values=copy.deepcopy(self.cache), use_cache=True)
+                res = _run(self.model, grow.hooks(), ids, **cached(self.model, copy.deepcopy(self.cache)))
         except PatchConditionError:  # the patch stays as it was, exact for the tokens before
             self.ind.layers[:], kept, cast = saved
             self.ind.kept.update(kept)
             self.ind.cast.clear()
             self.ind.cast.update(cast)
             raise
-        self.context_cache, self.cache, out["grown"] = ctx.past_key_values, res.past_key_values, res.logits[0, -1]
+        self.context_cache, self.cache = kv_cache(ctx, self.model), kv_cache(res, self.model)
+        out["grown"] = res.logits[0, -1]
         self.ids = torch.cat([self.ids, ids], 1)
         self.rescaled += [(self.ids.shape[1] - 1, n) for n in grow.rescaled]
         return {k: v.double() for k, v in out.items()}
@@ -840,7 +841,7 @@ def greedy(model, ids: torch.Tensor, tokens: int) -> torch.Tensor:
     out, new = model(ids, use_cache=True), []
     for _ in range(tokens):
         new.append(out.logits[:, -1:].argmax(-1))
-        out = model(new[-1], past_key_values=out.past_key_values, use_cache=True)
+        out = model(new[-1], **cached(model, kv_cache(out, model)))
     return torch.cat(new, 1)
 
 

@@ -11,7 +11,7 @@ pytest.importorskip("transformers")
 
 from numeric import hf  # noqa: E402
 from numeric.hfcheck import greedy_with_context, random_ids, tiny_model  # noqa: E402
-from numeric.infer import Float64Mode, infer  # noqa: E402
+from numeric.infer import Float64Mode, cached, infer, kv_cache  # noqa: E402
 from numeric.validate import rel_error  # noqa: E402
 from symbolic.errors import PatchConditionError, SpecError  # noqa: E402
 
@@ -36,8 +36,8 @@ def test_the_factored_run_replays_the_cached_protocol_of_its_patches():
     ctx, q = _pair()
     one, cache, steps = model(q).logits, None, []
     for j in range(q.shape[1]):
-        out = model(q[:, j:j + 1], past_key_values=cache, use_cache=True)
-        cache = out.past_key_values
+        out = model(q[:, j:j + 1], **cached(model, cache))
+        cache = kv_cache(out, model)
         steps.append(out.logits)
     window = model.config.sliding_window
     assert rel_error(torch.cat(steps, 1)[0, window:], one[0, window:]) > 1e-2  # the model's own two runs
@@ -139,6 +139,5 @@ def test_generation_is_compared_in_the_models_default_positions():
     out = model(ids, position_ids=torch.arange(n)[None], use_cache=True)
     for i in range(8):
         zero_based.append(out.logits[:, -1].argmax(-1, keepdim=True))
-        out = model(zero_based[-1], position_ids=torch.tensor([[n + i]]), past_key_values=out.past_key_values,
-                    use_cache=True)
+        out = model(zero_based[-1], position_ids=torch.tensor([[n + i]]), **cached(model, kv_cache(out, model)))
     assert not torch.equal(torch.cat(zero_based, 1), ref)
