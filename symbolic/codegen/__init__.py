@@ -46,8 +46,8 @@ def _template_hash() -> str:
     return hashlib.sha256(source.encode()).hexdigest()[:16]
 
 
-def _printer(backend: str, fn: Function):
-    return BACKENDS[backend](per_expert=lambda e: depends_on(e, fn.per_expert))
+def _printer(backend: str, fn: Function, dense: bool):
+    return BACKENDS[backend](per_expert=lambda e: depends_on(e, fn.per_expert), dense=dense)
 
 
 def _used_params(ir: KernelIR, fn: Function) -> list[tuple[str, str]]:
@@ -100,7 +100,7 @@ def render(spec: BlockSpec, backend: str, derivation: Derivation | None = None) 
     imports: set[str] = set()
 
     def code(expr: sp.Expr, fn: Function) -> str:
-        printer = _printer(backend, fn)
+        printer = _printer(backend, fn, dense=not ir.moe)
         text = printer.doprint(expr)
         imports.update(printer.module_imports)
         if backend == "numpy":
