@@ -5,9 +5,11 @@
 Models: one with Gemma 3 1B shapes (random weights, no download: hidden 1152, intermediate 6912, 26
 layers, 4 query heads, 1 key/value head of size 256, vocabulary 262144; ``--quick``: 4 layers) and
 the real Gemma 3 270M and SmolLM2-135M (`numeric.models`, float32, CPU), at each context length,
-query 32 tokens. Every ratio is measured side by side in one run: each repetition times every
-operation once, in turn, and the ratios are of medians (the machine is shared: absolute seconds
-drift, ratios much less). The headline keys come from the Gemma-3-1B-shaped model at context 64:
+query 32 tokens. Every ratio is measured side by side in one run: its operations form a group in
+which each repetition times every operation once, in turn, and the ratios are of medians (the machine
+is shared: absolute seconds drift, ratios much less). Operations that run for tens of seconds (token by
+token, dense writes) are timed in groups of their own, with their own reference, so that no light
+operation is timed right after one. The headline keys come from the Gemma-3-1B-shaped model at context 64:
 
 - extraction_over_floor: absorb_context (default: one pass, every token's least-amplification
   strategy, the patches of a layer computed for all tokens at once) / (contextual forward + plain
@@ -60,7 +62,8 @@ GEMMA3_1B = dict(hidden_size=1152, intermediate_size=6912, num_hidden_layers=26,
                  max_position_embeddings=4096, bos_token_id=2, pad_token_id=0, eos_token_id=None)
 QUERY, NEW_TOKENS = 32, 16
 #: Phases of the default extraction: function names in the profile (cumulative seconds).
-PHASES = {"contextual forward": ("contextual_bases",), "patch formulas (block_patches)": ("block_patches",),
+PHASES = {"contextual forward": ("contextual_bases",),
+          "patch formulas and the patched output (kernels' block_patches, patched)": ("block_patches", "patched"),
           "amplification": ("_amplification",), "conditioning checks": ("_ill", "warn_ill_conditioned"),
           "dense writes (DenseWriter)": ("write",)}
 
@@ -196,35 +199,44 @@ def bench(name: str, model, context_len: int, runs: int, extras: bool, profile: 
     layout, kernels = resolve(model)
     first = next(iter(kernels[layout.specs[0]]))  # the checker's strategy
     model(full_ids)  # warm-up
-    ops = {"contextual_forward": lambda: model(full_ids).logits, "plain_forward": lambda: model(q).logits,
-           "extraction": lambda: absorb_context(model, ctx, q),
-           "extraction_token_by_token": lambda: absorb_context(model, ctx, q, computed_in="model")}
+    contextual, plain = (lambda: model(full_ids).logits), (lambda: model(q).logits)
+    # Each ratio is timed side by side within a group of its own: an operation that runs for tens of seconds
+    # and writes gigabytes (token by token, dense writes) slows the light ones timed after it (the PEFT
+    # adapter read 1.37x the plain forward right after one, 0.97x away from it; 26 layers).
+    t, out = side_by_side({"contextual_forward": contextual, "plain_forward": plain,
+                           "extraction": lambda: absorb_context(model, ctx, q)}, runs)
+    t_tbt, out_tbt = side_by_side({"contextual_forward": contextual, "plain_forward": plain,
+                                   "extraction_token_by_token": lambda: absorb_context(model, ctx, q,
+                                                                                       computed_in="model")}, runs)
     if extras:
-        ops["generate"] = lambda: hf_generate(model, full_ids, NEW_TOKENS)
-        ops["generation"] = lambda: generate_without_context(model, ctx, q, NEW_TOKENS)
-        ops["generation_materialized"] = lambda: generate_without_context(model, ctx, q, NEW_TOKENS,
-                                                                          applied="materialized")
-    t, out = side_by_side(ops, runs)
-    ps, tbt = out["extraction"], out["extraction_token_by_token"]
+        gen_t, gen_out = side_by_side({"generate": lambda: hf_generate(model, full_ids, NEW_TOKENS),
+                                       "generation": lambda: generate_without_context(model, ctx, q, NEW_TOKENS)},
+                                      runs)
+        gen_m, gen_m_out = side_by_side({"generate": lambda: hf_generate(model, full_ids, NEW_TOKENS),
+                                         "generation_materialized": lambda: generate_without_context(
+                                             model, ctx, q, NEW_TOKENS, applied="materialized")}, runs)
+    ps, tbt = out["extraction"], out_tbt["extraction_token_by_token"]
     want = out["contextual_forward"][:, context_len:]
-    ops2 = {"plain_forward": lambda: model(q).logits, "patched_logits": ps.logits,
-            "materialized_logits": ps.materialized_logits}
     with tempfile.TemporaryDirectory() as tmp:
         seq, why = sequence_runs(model, ctx, q, Path(tmp))
-        ops2.update(seq)
-        t2, out2 = side_by_side(ops2, runs)
+        t2, out2 = side_by_side({"plain_forward": plain, "patched_logits": ps.logits,
+                                 **({"sequence_peft": seq["sequence_peft"]} if seq else {})}, runs)
+        t2w, out2w = side_by_side({"plain_forward": plain, "materialized_logits": ps.materialized_logits,
+                                   **({"sequence_written": seq["sequence_written"]} if seq else {})}, runs)
+    out2.update(out2w)
     seq = bool(seq)
     floor = t["contextual_forward"] + t["plain_forward"]
     res = {"model": name, "layers": len(layout), "context_len": context_len, "query_len": QUERY, "runs": runs,
-           "seconds": {**t, **{k: v for k, v in t2.items() if k != "plain_forward"},
-                       "plain_forward_2": t2["plain_forward"]},
+           "seconds": {**t, "extraction_token_by_token": t_tbt["extraction_token_by_token"],
+                       **{k: v for k, v in {**t2, **t2w}.items() if k != "plain_forward"}},
            "extraction_over_floor": t["extraction"] / floor,
-           "extraction_token_by_token_over_floor": t["extraction_token_by_token"] / floor,
+           "extraction_token_by_token_over_floor": t_tbt["extraction_token_by_token"] /
+           (t_tbt["contextual_forward"] + t_tbt["plain_forward"]),
            "extraction_over_forward": t["extraction"] / t["contextual_forward"],
            "patched_over_plain": t2["patched_logits"] / t2["plain_forward"],
-           "materialized_per_token_over_plain": t2["materialized_logits"] / t2["plain_forward"],
+           "materialized_per_token_over_plain": t2w["materialized_logits"] / t2w["plain_forward"],
            "materialized_over_plain": t2["sequence_peft"] / t2["plain_forward"] if seq else None,
-           "sequence_written_over_plain": t2["sequence_written"] / t2["plain_forward"] if seq else None,
+           "sequence_written_over_plain": t2w["sequence_written"] / t2w["plain_forward"] if seq else None,
            "strategies": sorted({s for lp in ps.layers for s in lp.strategies}),
            "logit_rel_error": {"factored_default": rel(out2["patched_logits"], want),
                                "materialized_default": rel(out2["materialized_logits"], want),
@@ -236,10 +248,11 @@ def bench(name: str, model, context_len: int, runs: int, extras: bool, profile: 
     if why:
         res["sequence_patch"] = why
     if extras:
-        res["generation_over_generate"] = t["generation"] / t["generate"]
-        res["generation_materialized_over_generate"] = t["generation_materialized"] / t["generate"]
-        res["generation_identical"] = bool(torch.equal(out["generation"], out["generate"])) and \
-            bool(torch.equal(out["generation_materialized"], out["generate"]))
+        res["seconds"].update(gen_t, generation_materialized=gen_m["generation_materialized"])
+        res["generation_over_generate"] = gen_t["generation"] / gen_t["generate"]
+        res["generation_materialized_over_generate"] = gen_m["generation_materialized"] / gen_m["generate"]
+        res["generation_identical"] = bool(torch.equal(gen_out["generation"], gen_out["generate"])) and \
+            bool(torch.equal(gen_m_out["generation_materialized"], gen_m_out["generate"]))
         one = absorb_context(model, ctx, q, strategy=first, measure=False, computed_in="kernel")  # one strategy,
         # one pass: `logits()` is one batched factored run (a token-by-token set replays token by token)
         t3, dense = side_by_side({"patched_logits": one.logits, "dense_loop": lambda: dense_loop_logits(model, one)},
@@ -264,10 +277,22 @@ def phases(fn) -> dict:
     stats = pstats.Stats(pr).stats
     out = {"total": total}
     for phase, names in PHASES.items():
-        out[phase] = sum(v[3] for (file, _, func), v in stats.items() if func in names and
-                         (func != "write" or file.endswith("hf.py")))
+        out[phase] = sum(v[3] for (file, _, func), v in stats.items() if func in names and _counted(file, func))
+    # the kernels' own conditioning warnings are counted once, as checks, not inside the patch formulas
+    formulas = next(k for k in PHASES if "patch formulas" in k)
+    out[formulas] -= sum(edge[3] for (_, _, func), v in stats.items() if func == "warn_ill_conditioned"
+                         for (file, _, caller), edge in v[4].items() if caller in ("block_patches", "patched") and
+                         _counted(file, caller))
     out["model's own modules and the rest"] = total - sum(v for k, v in out.items() if k != "total")
     return out
+
+
+def _counted(file: str, func: str) -> bool:
+    """Whether a profiled function is the one a phase means: the generated kernels' ``block_patches`` and
+    ``patched`` (not `numeric.hf.block_patches`, which calls the kernel's), `DenseWriter.write`."""
+    if func in ("block_patches", "patched"):
+        return file.startswith("<ctxpatch kernel") or "/numeric/kernels/" in file
+    return func != "write" or file.endswith("hf.py")
 
 
 COLD = """
