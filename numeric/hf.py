@@ -28,6 +28,7 @@ the module numerically before any patch. ``spec=`` and ``params=`` declare what 
 from __future__ import annotations
 
 import weakref
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -361,7 +362,17 @@ def _concat(parts: list[dict]) -> dict:
 
 
 def layer_params(layer, adapter: Adapter) -> dict[str, torch.Tensor]:
-    return {canon: p.read(layer) for canon, p in adapter.params.items()}
+    """A layer's canonical parameters (views of its own), in one dtype: a parameter that transformers keeps
+    in float32 in a model of another dtype (DeepSeek-V3's router weight and selection bias since
+    transformers 5.24: ``_keep_in_fp32_modules_strict``) is cast to the dtype of the others, the dtype of the
+    residual stream the kernels compute in (the model itself computes that router in float32 whatever its
+    dtype, as it computes RMSNorm: the float32 upcasts `numeric.infer.Float64Mode` widens)."""
+    params = {canon: p.read(layer) for canon, p in adapter.params.items()}
+    dtypes = Counter(t.dtype for t in params.values() if t.is_floating_point())
+    if len(dtypes) > 1:
+        common = dtypes.most_common(1)[0][0]
+        params = {k: v.to(common) if v.is_floating_point() else v for k, v in params.items()}
+    return params
 
 
 def _input_hooks(model, layout: Layout, store: dict) -> list:

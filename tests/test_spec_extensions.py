@@ -165,9 +165,11 @@ def _randomize(module: torch.nn.Module, gen: torch.Generator) -> None:
 
 
 def deepseek_params(layer) -> dict[str, torch.Tensor]:
-    """Canonical names -> the DeepSeek-V3 decoder layer's tensors (gate_up_proj: gate rows first)."""
+    """Canonical names -> the DeepSeek-V3 decoder layer's tensors (gate_up_proj: gate rows first), in the
+    layer's dtype (transformers >= 5.24 keeps the router's weight and bias in float32: `hf.layer_params`)."""
     moe, m = layer.mlp, layer.mlp.experts.down_proj.shape[-1]
-    return {
+    dtype = moe.experts.down_proj.dtype
+    return {k: v.to(dtype) for k, v in {
         "mlp_pre_norm.scale": layer.post_attention_layernorm.weight,
         "W_router": moe.gate.weight,
         "b_select": moe.gate.e_score_correction_bias,
@@ -177,7 +179,7 @@ def deepseek_params(layer) -> dict[str, torch.Tensor]:
         "shared.W_gate": moe.shared_experts.gate_proj.weight,
         "shared.W_up": moe.shared_experts.up_proj.weight,
         "shared.W_down": moe.shared_experts.down_proj.weight,
-    }
+    }.items()}
 
 
 @pytest.mark.parametrize("model_type", DEEPSEEK_TYPES)

@@ -46,8 +46,19 @@ def _template_hash() -> str:
     return hashlib.sha256(source.encode()).hexdigest()[:16]
 
 
-def _printer(backend: str, fn: Function, dense: bool):
-    return BACKENDS[backend](per_expert=lambda e: depends_on(e, fn.per_expert), dense=dense)
+def _printer(backend: str, fn: Function, ir: KernelIR):
+    fixed = _token_free(ir, fn)
+    return BACKENDS[backend](per_expert=lambda e: depends_on(e, fn.per_expert), dense=not ir.moe,
+                             per_token=lambda e: any(s.name not in fixed for s in e.free_symbols))
+
+
+def _token_free(ir: KernelIR, fn: Function) -> set[str]:
+    """The names of `fn` without the token axis: parameters, constants, and assignments made of them only."""
+    names = {var for var, _ in ir.params} | {name for name, _ in ir.constants}
+    for a in fn.body:
+        if all(s.name in names for s in a.expr.free_symbols):
+            names.update(a.names)
+    return names
 
 
 def _used_params(ir: KernelIR, fn: Function) -> list[tuple[str, str]]:
@@ -100,7 +111,7 @@ def render(spec: BlockSpec, backend: str, derivation: Derivation | None = None) 
     imports: set[str] = set()
 
     def code(expr: sp.Expr, fn: Function) -> str:
-        printer = _printer(backend, fn, dense=not ir.moe)
+        printer = _printer(backend, fn, ir)
         text = printer.doprint(expr)
         imports.update(printer.module_imports)
         if backend == "numpy":

@@ -72,6 +72,7 @@ class _Batched:
     """Rules shared by both back ends; `_mod(name)` gives the back end's function path."""
 
     _dense = False  # a block without experts (`_print_MatVec`)
+    _per_token = staticmethod(lambda _: True)  # whether an expression has the token axis
     _kw_axis = "axis"
     _kw_keep = "keepdims"
     _runtime = "runtime"
@@ -93,14 +94,14 @@ class _Batched:
         return f"{self._mod(fn)}({arg}, {self._kw_axis}={axis}, {self._kw_keep}=True)"
 
     def _print_MatVec(self, e):
-        """``v @ W.T``; in a dense block (``dense``: every vector is (T, n)) ``(W @ v.T).T``, the same numbers
-        computed with W on the left, which the CPU libraries compute much faster for the few rows a kernel
-        multiplies (`benchmarks/products.py`: 2 rows 2.1x, 32 rows 1.15x at Gemma 3 1B's MLP shapes, torch).
-        In a mixture of experts vectors are (T, 1, n), where ``.T`` is no matrix transpose."""
+        """``v @ W.T``; in a dense block (``dense``), where a vector with the token axis is (T, n), ``(W @ v.T).T``:
+        the same numbers computed with W on the left, which the CPU library computes much faster for the few
+        rows a kernel multiplies (`benchmarks/products.py`). A parameter vector (no token axis: ``per_token``
+        false) is 1-D, and in a mixture of experts vectors are (T, 1, n): ``.T`` is no matrix transpose there."""
         W, v = e.args
         if not isinstance(W, sp.Symbol):
             raise TypeError(f"MatVec of a non-atomic matrix reached the printer: {W}")
-        if self._dense:
+        if self._dense and self._per_token(v):
             vector = self._print(v) if isinstance(v, sp.Symbol) else f"({self._print(v)})"
             return f"({self._print(W)} @ {vector}.T).T"
         return f"({self._print(v)} @ {self._print(W)}.T)"
@@ -154,10 +155,11 @@ class NumPyKernelPrinter(_Batched, SciPyPrinter):
 
     printmethod = "_numpykernelcode"
 
-    def __init__(self, per_expert=None, dense: bool = False):
+    def __init__(self, per_expert=None, dense: bool = False, per_token=None):
         super().__init__({"fully_qualified_modules": True, "strict": True, "allow_unknown_functions": False})
         self._per_expert = per_expert or (lambda _: False)
         self._dense = dense
+        self._per_token = per_token or (lambda _: True)
 
     def _mod(self, fn: str) -> str:
         return self._module_format("numpy." + fn)
@@ -186,10 +188,11 @@ class TorchKernelPrinter(_Batched, TorchPrinter):
     _kw_axis = "dim"
     _kw_keep = "keepdim"
 
-    def __init__(self, per_expert=None, dense: bool = False):
+    def __init__(self, per_expert=None, dense: bool = False, per_token=None):
         super().__init__({"fully_qualified_modules": True, "strict": True, "allow_unknown_functions": False})
         self._per_expert = per_expert or (lambda _: False)
         self._dense = dense
+        self._per_token = per_token or (lambda _: True)
 
     def _mod(self, fn: str) -> str:
         return self._module_format("torch." + fn)
