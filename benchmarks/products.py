@@ -1,15 +1,14 @@
-"""One layer's products with z and z_C, as the kernels computed them before and as they compute them now.
+"""One layer's six MLP products, as the kernels computed them before and as they compute them now.
 
     python benchmarks/products.py [--d 1152] [--m 6912] [--rows 1 32] [--runs 20] [--threads 2] [--json]
 
-The products a dense kernel's ``patched`` needs at one layer of a gated MLP (Gemma 3 1B's shapes by
+The products a dense kernel's ``patched`` computes at one layer of a gated MLP (Gemma 3 1B's shapes by
 default, float32): z and z_C through W_gate and W_up (m, d), a and a_C through W_down (d, m), each T rows
-(1: a generation step; 32: the query). Three ways, timed in turn in each repetition (medians per call):
-``separate``, six products ``v @ W.T`` (the kernels before `symbolic.codegen.lower.stack_products`);
-``stacked``, three products of the 2T rows stacked, ``[v1; v2] @ W.T``; ``stacked_w_left``, the same with W
-on the left, ``(W @ [v1; v2].T).T``, which `runtime.stacked_products` and the dense kernels' printed
-products compute. On a CPU a product of a few rows is bound by reading the matrix, and the library's
-kernel for W on the left reads it faster for such shapes.
+(1: a generation step; 32: the query). Two ways, timed in turn in each repetition (medians per call):
+``right``, ``v @ W.T`` (what ``nn.Linear`` computes, and the kernels before); ``left``,
+``(W @ v.T).T.contiguous()``, W on the left and the result stored row-major, as the dense kernels print a
+product now (`symbolic.codegen.printers`). On a CPU a product of a few rows is bound by reading the
+matrix, and the library's kernel for W on the left reads it faster for such shapes.
 """
 
 from __future__ import annotations
@@ -26,7 +25,6 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from numeric.kernels.runtime import stacked_products  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -47,9 +45,8 @@ def main(argv: list[str] | None = None) -> dict:
         z, z_C = (torch.randn(rows, args.d, generator=gen) for _ in range(2))
         a, a_C = (torch.randn(rows, args.m, generator=gen) for _ in range(2))
         pairs = ((W_gate, (z_C, z)), (W_up, (z_C, z)), (W_down, (a_C, a)))
-        ops = {"separate": lambda p=pairs: [v @ W.T for W, vs in p for v in vs],
-               "stacked": lambda p=pairs: [torch.cat(vs) @ W.T for W, vs in p],
-               "stacked_w_left": lambda p=pairs: [stacked_products(W, *vs) for W, vs in p]}
+        ops = {"right": lambda p=pairs: [v @ W.T for W, vs in p for v in vs],
+               "left": lambda p=pairs: [(W @ v.T).T.contiguous() for W, vs in p for v in vs]}
         times: dict = {k: [] for k in ops}
         for fn in ops.values():  # warm-up
             fn()
@@ -59,13 +56,10 @@ def main(argv: list[str] | None = None) -> dict:
                 fn()
                 times[key].append(time.perf_counter() - t0)
         ms = {k: 1e3 * statistics.median(v) for k, v in times.items()}
-        out["rows"][rows] = {"milliseconds": ms, "separate_over_stacked_w_left": ms["separate"] / ms["stacked_w_left"],
-                             "stacked_over_stacked_w_left": ms["stacked"] / ms["stacked_w_left"]}
+        out["rows"][rows] = {"milliseconds": ms, "right_over_left": ms["right"] / ms["left"]}
         if not args.json:
-            print(f"{rows} rows, (d, m) = ({args.d}, {args.m}), {args.threads} threads: "
-                  f"separate {ms['separate']:.1f} ms, stacked {ms['stacked']:.1f} ms, "
-                  f"stacked with W on the left {ms['stacked_w_left']:.1f} ms "
-                  f"(separate / that {ms['separate'] / ms['stacked_w_left']:.2f})")
+            print(f"{rows} rows, (d, m) = ({args.d}, {args.m}), {args.threads} threads: v @ W.T {ms['right']:.1f} ms, "
+                  f"(W @ v.T).T {ms['left']:.1f} ms (ratio {ms['right'] / ms['left']:.2f})")
     if args.json:
         print(json.dumps(out, indent=1))
     return out

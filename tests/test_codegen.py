@@ -21,7 +21,7 @@ from numeric.lambdified import Instance, patched_params
 from numeric.reference import forward, random_params, small_expert_count
 from symbolic import catalog, codegen
 from symbolic.algebra import Dot, Mat, MatVec, Mean, Vec
-from symbolic.codegen.printers import BACKENDS, EMatVec, ExpertSum, RouteWeight, StackedMatVec
+from symbolic.codegen.printers import BACKENDS, EMatVec, ExpertSum, RouteWeight
 from symbolic.errors import PatchConditionError
 from tests.conftest import ROOT, verdict
 
@@ -197,58 +197,6 @@ def _fused_agrees(k, spec, p, a, patches, y):
         for f, value in fields.items():
             assert _rel(fused[name][f], value) <= 1e-14, (name, f)
     assert _rel(y_fused, y) <= 1e-14
-
-
-@pytest.mark.parametrize("backend", BACKEND_NAMES)
-def test_stacked_products_are_the_separate_products(backend):
-    gen = _seed("stacked", backend)
-    W = torch.randn(7, 5, generator=gen, dtype=torch.float64)
-    vs = [torch.randn(n, 5, generator=gen, dtype=torch.float64) for n in (3, 1, 4)]
-    out = runtime.stacked_products(*(_to(backend, t) for t in [W, *vs]))
-    assert len(out) == 3
-    for got, v in zip(out, vs, strict=True):
-        assert tuple(got.shape) == (v.shape[0], 7)
-        assert _rel(got, v @ W.T) <= 1e-15
-
-
-def test_stack_products_joins_the_independent_products_of_one_matrix():
-    """W u and W u_C become one stacked product; W applied to a vector that needs one of them, or to a
-    parameter (no token axis), stays on its own; assignments keep a valid order."""
-    from symbolic.codegen.lower import Assign, Function, stack_products
-
-    W, V = Mat("W", "d", "d"), Mat("V", "d", "d")
-    u, u_C, b = Vec("u", "d"), Vec("u_C", "d"), Vec("b", "d")
-    body = [Assign("p", MatVec(W, u)), Assign("s", MatVec(V, u) + MatVec(W, b)), Assign("q", MatVec(W, u_C) * 2),
-            Assign("r", MatVec(W, Vec("p", "d"))), Assign("y", Vec("q", "d") + Vec("r", "d") + Vec("s", "d"))]
-    out = stack_products(Function(body))
-    stacked = [a for a in out.body if isinstance(a.expr, StackedMatVec)]
-    assert len(stacked) == 1 and stacked[0].expr.args == (W, u, u_C)
-    p_name, q_part = stacked[0].names
-    assert p_name == "p"
-    defined = {"u", "u_C", "b", "W", "V"}
-    for a in out.body:  # every name is defined before it is read
-        assert {s.name for s in a.expr.free_symbols} <= defined, a
-        defined |= set(a.names)
-    reads = [e for a in out.body for e in sp.preorder_traversal(a.expr) if isinstance(e, MatVec) and e.args[0] == W]
-    assert sorted(str(e.args[1]) for e in reads) == ["b", "p"]  # W b (a parameter) and W p (needs W u)
-    assert stack_products(Function(body[:1])).body == body[:1]  # nothing to stack: unchanged
-
-
-@pytest.mark.parametrize("arch", [n for n in catalog.names() if catalog.load(n).moe is None])
-def test_dense_kernels_read_each_matrix_once(arch):
-    """In `block_patches` and `patched` of every dense catalog block, each parameter matrix is read by one
-    product (its products with z and z_C stacked; `patched` shares W z with `apply`)."""
-    from symbolic.codegen.lower import build
-
-    ir = build(catalog.load(arch), verdict(arch).derivation)
-    for fn in (ir.patch_fn, ir.fused_fn):
-        reads: dict = {}
-        for a in fn.body:
-            for e in sp.preorder_traversal(a.expr):
-                if isinstance(e, (MatVec, StackedMatVec)):
-                    reads[e.args[0]] = reads.get(e.args[0], 0) + 1
-        assert all(n == 1 for n in reads.values()), reads
-        assert reads or fn is ir.patch_fn  # (a parallel block's patches may read no matrix; `patched` runs it)
 
 
 @pytest.mark.parametrize("arch", catalog.names())

@@ -155,6 +155,22 @@ def test_hf_check_command(capsys):
     assert "--layers" in capsys.readouterr().err
 
 
+def test_layer_params_are_read_in_the_layers_dtype():
+    """A parameter kept in float32 in a float64 model (transformers 5.24 keeps DeepSeek-V3's router so) is
+    read in the dtype of the layer's other parameters, the one the kernels compute in; values unchanged."""
+    from numeric.hf import layer_params
+
+    model = tiny_model("llama", layers=1)
+    layout = layout_for(model)
+    layer = model.model.layers[0]
+    before = layer_params(layer, layout[0])
+    layer.mlp.gate_proj.to(torch.float32)
+    after = layer_params(layer, layout[0])
+    assert layer.mlp.gate_proj.weight.dtype == torch.float32
+    assert {t.dtype for t in after.values()} == {torch.float64}
+    assert all(torch.equal(after[k], before[k].float().double()) for k in before)
+
+
 def test_benchmark_dense_baseline_computes_the_same_logits():
     """The per-token dense-dW baseline of benchmarks/run.py is a correct (slow) implementation."""
     import importlib.util

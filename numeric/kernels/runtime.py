@@ -2,9 +2,8 @@ r"""Run-time helpers of the generated kernels, written once for NumPy and PyTorc
 
 The generated modules (``numeric/kernels/{numpy,torch}/<arch>.py``) print every formula with
 SymPy's printers; what is not a formula lives here: the top-k routing of a mixture of experts,
-the constrained RMSNorm inverse of the stable update (an iterative solver), one matrix's products
-with several vectors in one (`stacked_products`), and the checks that turn a violated side
-condition into an error naming the token, instead of a NaN.
+the constrained RMSNorm inverse of the stable update (an iterative solver), and the checks that
+turn a violated side condition into an error naming the token, instead of a NaN.
 
 It must not know any architecture: it receives arrays and names only.
 """
@@ -98,18 +97,6 @@ def route(ell, k: int, routing: Routing = PLAIN, bias=None):
     xp = array_namespace(ell)
     p = scores(ell, routing)[..., None]
     return xp.where(topk_mask(ell, k, routing, bias), p, xp.zeros_like(p))
-
-
-def stacked_products(W, *vs):
-    r"""$(W v_1, \dots, W v_k)$, each $v_i$ (T_i, in), as one product $[v_1; \dots; v_k] W^\top$ split back by
-    rows: where a kernel needs one matrix on several vectors it reads the matrix once (a product of a few
-    dozen rows is bound by reading W: `symbolic.codegen.lower.stack_products`). Each row's result is the
-    same dot products; only the summation order inside the library may differ."""
-    xp = array_namespace(W, *vs)
-    rows = [v.shape[0] for v in vs]
-    out = (W @ xp.concat(vs, axis=0).T).T  # W on the left: faster for few rows (`TorchKernelPrinter`)
-    starts = [sum(rows[:i]) for i in range(len(rows))]
-    return tuple(out[s:s + r, ...] for s, r in zip(starts, rows, strict=True))
 
 
 def rms_inverse(t, gamma):

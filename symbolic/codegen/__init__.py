@@ -57,7 +57,7 @@ def _token_free(ir: KernelIR, fn: Function) -> set[str]:
     names = {var for var, _ in ir.params} | {name for name, _ in ir.constants}
     for a in fn.body:
         if all(s.name in names for s in a.expr.free_symbols):
-            names.update(a.names)
+            names.add(a.target)
     return names
 
 

@@ -17,8 +17,7 @@ $\sum_{j\le k} g(\ell, j)\, F(\mathrm{Sel}(\ell, j))$ becomes a sum over the exp
 routing weights that vanish off the top-k; `EMat`/`EVec` of the generic expert become the stacked
 arrays. Then `sympy.cse` shares subexpressions across all outputs of a function, and the
 assignments are ordered by dependency (depth first from the outputs, so each temporary sits
-just before its first use). In ``block_patches`` and ``patched``, one matrix's products with
-several vectors (W z and W z_C) become one product of the stacked rows (`stack_products`).
+just before its first use).
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ from dataclasses import dataclass, field
 import sympy as sp
 
 from symbolic.algebra import Dot, EMat, EVec, ExpertGate, Gate, MatVec, Mean, Outer, Sel, Vec, normalize
-from symbolic.codegen.printers import EMatVec, ExpertSum, KDot, KMean, RouteWeight, StackedMatVec, TopkMask
+from symbolic.codegen.printers import EMatVec, ExpertSum, KDot, KMean, RouteWeight, TopkMask
 from symbolic.derive import Derivation
 from symbolic.model import Block, Params, expert
 from symbolic.printing import pstr
@@ -38,12 +37,8 @@ from symbolic.spec import BlockSpec, dump_toml
 
 @dataclass(frozen=True)
 class Assign:
-    target: str  # one name, or several joined by ", " (a `StackedMatVec`: one array per vector)
+    target: str
     expr: sp.Expr
-
-    @property
-    def names(self) -> list[str]:
-        return self.target.split(", ")
 
 
 @dataclass(frozen=True)
@@ -198,105 +193,6 @@ def straight_line(outputs: list[Assign], expert_names: set[str], temps=None,
     return fn
 
 
-INPUTS = ("u", "u_C", "x")  # the token-batched inputs of the generated functions
-
-
-def stack_products(fn: Function) -> Function:
-    r"""One matrix's products with several vectors as one product of their stacked rows (`StackedMatVec`).
-
-    `block_patches` and `patched` multiply each input map by z and by z_C (and, by some strategies, the
-    output map by a and a_C). On a CPU, a product of a few dozen rows is bound by reading the matrix
-    (`runtime.stacked_products`): two of 32 rows take 1.4 times as long as one of the 64 rows stacked
-    (Gemma 3 1B's MLP shapes, 2 threads; benchmarks/RESULTS.md). Products of the
-    same parameter matrix are stacked when their vectors carry the token axis (they depend on u, u_C or
-    x) and neither vector depends on the other's product. Dense blocks only: in a mixture of experts the
-    per-expert checks read the router's top-k mask, which must come first. The stacked
-    assignment names one target per vector (the assignment's own name where the product was a whole
-    assignment, ``<W>_<v>`` otherwise); the body is then reordered by dependency, keeping the original
-    order where it can (a check moves only after the products its variable needs).
-    """
-    body = list(fn.body)
-    deps: dict[str, set[str]] = {}  # every assignment this name depends on, transitively
-    batched = set(INPUTS)
-
-    def needs(expr: sp.Expr) -> set[str]:
-        """The assignments `expr` reads, transitively."""
-        return set().union(*[{s.name} | deps.get(s.name, set()) for s in expr.free_symbols])
-
-    for a in body:
-        deps[a.target] = needs(a.expr)
-        if {s.name for s in a.expr.free_symbols} & batched:
-            batched.add(a.target)
-    found: dict[sp.Expr, dict[sp.Expr, list[int]]] = {}  # matrix -> {vector: assignments using W v}
-    for i, a in enumerate(body):
-        for e in sp.preorder_traversal(a.expr):
-            if isinstance(e, MatVec) and isinstance(e.args[0], sp.Symbol):
-                found.setdefault(e.args[0], {}).setdefault(e.args[1], []).append(i)
-    taken = {a.target for a in body} | {s.name for a in body for s in a.expr.free_symbols}
-    merged: list[tuple[list[str], sp.Expr, float]] = []  # (targets, StackedMatVec, position)
-    replace: dict[int, dict] = {}
-    for W, uses in found.items():
-        group: list[sp.Expr] = []
-        for v in uses:
-            if not {s.name for s in v.free_symbols} & batched:
-                continue  # (a parameter: no token axis)
-            if all(not any(body[i].target in needs(v) for i in uses[w]) and
-                   not any(body[i].target in needs(w) for i in uses[v]) for w in group):
-                group.append(v)
-        if len(group) < 2:
-            continue
-        targets = []
-        for v in group:
-            whole = [i for i in uses[v] if body[i].expr == MatVec(W, v)]
-            if whole:
-                name = body[whole[0]].target
-            else:
-                name = f"{W.name}_{v.name}" if isinstance(v, sp.Symbol) else f"{W.name}_v"
-                while name in taken:
-                    name += "_s"
-                taken.add(name)
-            targets.append(name)
-            for i in uses[v]:
-                replace.setdefault(i, {})[MatVec(W, v)] = sp.Symbol(name, real=True)
-        merged.append((targets, StackedMatVec(W, *group), max(min(uses[v]) for v in group) - 0.5))
-    if not merged:
-        return fn
-    nodes: list[tuple[float, list[str], sp.Expr]] = []  # (position, targets, expression)
-    absorbed = {t for targets, _, _ in merged for t in targets}
-    for i, a in enumerate(body):
-        if a.target not in absorbed:
-            nodes.append((i, [a.target], a.expr.xreplace(replace.get(i, {}))))
-    nodes += [(pos, targets, expr) for targets, expr, pos in merged]
-    return _reordered(nodes, fn) or fn  # (None: stacking two groups made a cycle; then none is stacked)
-
-
-def _reordered(nodes: list[tuple[float, list[str], sp.Expr]], fn: Function) -> Function | None:
-    """Assignments in dependency order, the earliest original position first among those ready (Kahn);
-    None if the nodes depend on each other in a cycle."""
-    import heapq
-
-    maker = {t: k for k, (_, targets, _) in enumerate(nodes) for t in targets}
-    waiting = {k: {maker[s.name] for s in expr.free_symbols if s.name in maker} for k, (_, _, expr) in enumerate(nodes)}
-    users: dict[int, list[int]] = {}
-    for k, needs in waiting.items():
-        for m in needs:
-            users.setdefault(m, []).append(k)
-    ready = [(nodes[k][0], k) for k, needs in waiting.items() if not needs]
-    heapq.heapify(ready)
-    out = Function([], set(fn.per_expert), fn.result)
-    while ready:
-        _, k = heapq.heappop(ready)
-        _, targets, expr = nodes[k]
-        out.body.append(Assign(", ".join(targets), expr))
-        if depends_on(expr, out.per_expert):
-            out.per_expert.update(targets)
-        for m in users.get(k, []):
-            waiting[m].discard(k)
-            if not waiting[m]:
-                heapq.heappush(ready, (nodes[m][0], m))
-    return out if len(out.body) == len(nodes) else None
-
-
 def _natural(name: str) -> tuple:
     return (name.rstrip("0123456789"), int(name[len(name.rstrip("0123456789")):] or -1))
 
@@ -312,8 +208,6 @@ def patch_function(spec: BlockSpec, der: Derivation) -> tuple[Function, list[Pat
     outputs, patches, conditions, roots = _patch_outputs(spec, der)
     per_expert_atoms = {"a_C"} if spec.moe is not None else set()
     fn = straight_line(outputs, per_expert_atoms, roots=roots)
-    if spec.moe is None:  # (a mixture's per-expert checks read the router's top-k mask: it stays first)
-        fn = stack_products(fn)
     checks = [Check(var, c.kind, c.text(), var in fn.per_expert) for var, c in conditions]
     return fn, patches, checks
 
@@ -376,7 +270,7 @@ def fused_function(spec: BlockSpec, der: Derivation) -> Function | None:
         defined[target] = expr
     fn = straight_line(outputs, set(), roots=roots + [renamed.get("y", "y")])
     fn.result = renamed.get("y", "y")
-    return stack_products(fn)
+    return fn
 
 
 def _patched_params(spec: BlockSpec, der: Derivation) -> Params:

@@ -50,11 +50,6 @@ class EMatVec(sp.Function):
     nargs = 2
 
 
-class StackedMatVec(sp.Function):
-    r"""$W v_1, \dots, W v_k$ of one matrix in one product of the stacked rows of $v_1, \dots, v_k$ (each (T, in)):
-    a tuple of k arrays (T, out). An assignment of it has one target per vector (`lower.stack_products`)."""
-
-
 class KDot(sp.Function):
     """`Dot` without automatic evaluation: common-subexpression temporaries are plain symbols, and
     `Dot`/`Mean` would treat them as scalars (``Mean(t**2) -> t**2``). Kernels print only these."""
@@ -94,23 +89,19 @@ class _Batched:
         return f"{self._mod(fn)}({arg}, {self._kw_axis}={axis}, {self._kw_keep}=True)"
 
     def _print_MatVec(self, e):
-        """``v @ W.T``; in a dense block (``dense``), where a vector with the token axis is (T, n), ``(W @ v.T).T``:
-        the same numbers computed with W on the left, which the CPU library computes much faster for the few
-        rows a kernel multiplies (`benchmarks/products.py`). A parameter vector (no token axis: ``per_token``
-        false) is 1-D, and in a mixture of experts vectors are (T, 1, n): ``.T`` is no matrix transpose there."""
+        """``v @ W.T``; in a dense block (``dense``), where a vector with the token axis is (T, n), the same
+        product computed with W on the left and stored row-major (`_left_product`), which the CPU library
+        computes much faster for the few rows a kernel multiplies (`benchmarks/products.py`) and, row-major,
+        to the same bits as ``v @ W.T`` from 32 rows on (the model's own ``nn.Linear``: the patched run then
+        rounds as the contextual one does). A parameter vector (no token axis: ``per_token`` false) is 1-D,
+        and in a mixture of experts vectors are (T, 1, n): ``.T`` is no matrix transpose there."""
         W, v = e.args
         if not isinstance(W, sp.Symbol):
             raise TypeError(f"MatVec of a non-atomic matrix reached the printer: {W}")
         if self._dense and self._per_token(v):
-            vector = self._print(v) if isinstance(v, sp.Symbol) else f"({self._print(v)})"
-            return f"({self._print(W)} @ {vector}.T).T"
+            return self._left_product(self._print(W), self._print(v) if isinstance(v, sp.Symbol) else
+                                      f"({self._print(v)})")
         return f"({self._print(v)} @ {self._print(W)}.T)"
-
-    def _print_StackedMatVec(self, e):
-        W, *vs = e.args
-        if not isinstance(W, sp.Symbol):
-            raise TypeError(f"StackedMatVec of a non-atomic matrix reached the printer: {W}")
-        return f"{self._runtime}.stacked_products({self._print(W)}, {', '.join(self._print(v) for v in vs)})"
 
     def _print_EMatVec(self, e):
         W, v = e.args
@@ -164,6 +155,9 @@ class NumPyKernelPrinter(_Batched, SciPyPrinter):
     def _mod(self, fn: str) -> str:
         return self._module_format("numpy." + fn)
 
+    def _left_product(self, W: str, v: str) -> str:
+        return f"{self._mod('ascontiguousarray')}(({W} @ {v}.T).T)"
+
     def _print_Max(self, e):
         return self._fold("numpy.maximum", e.args)
 
@@ -196,6 +190,9 @@ class TorchKernelPrinter(_Batched, TorchPrinter):
 
     def _mod(self, fn: str) -> str:
         return self._module_format("torch." + fn)
+
+    def _left_product(self, W: str, v: str) -> str:
+        return f"({W} @ {v}.T).T.contiguous()"
 
     def _print_Max(self, e):
         return self._fold(e.args, "maximum", "min")
