@@ -168,7 +168,9 @@ def test_layer_params_are_read_in_the_layers_dtype():
     after = layer_params(layer, layout[0])
     assert layer.mlp.gate_proj.weight.dtype == torch.float32
     assert {t.dtype for t in after.values()} == {torch.float64}
-    assert all(torch.equal(after[k], before[k].float().double()) for k in before)
+    for k in before:  # W_gate rounded to float32 and widened back; the others untouched
+        assert torch.equal(after[k], before[k].float().double() if k == "W_gate" else before[k]), k
+    assert not torch.equal(after["W_gate"], before["W_gate"])
 
 
 def test_benchmark_dense_baseline_computes_the_same_logits():
