@@ -395,6 +395,24 @@ def _input_hooks(model, layout: Layout, store: dict) -> list:
     return handles
 
 
+def _product_hooks(model, layout: Layout, store: dict, start: int) -> list:
+    """Hooks that store, per layer n, the output rows from ``start`` on of every module that computes a
+    contextual product of the layer's kernel (`Adapter.products`): ``store[n][matrix]`` (T, out)."""
+    handles = []
+    for n, layer in enumerate(get(model, layout.layers)):
+        for canon, path in layout[n].products:
+            def grab(_mod, _args, out, n=n, canon=canon):
+                store.setdefault(n, {})[canon] = _rows(out)[start:].detach()
+
+            handles.append(get(layer, path).register_forward_hook(grab))
+    return handles
+
+
+def _given_rows(given: dict | None, rows) -> dict | None:
+    """The given products of some tokens: ``rows`` an index or a slice of the token axis."""
+    return None if not given else {k: v[rows] for k, v in given.items()}
+
+
 def _rows(t: torch.Tensor) -> torch.Tensor:
     """(T, d): the query's states of a batch of one, whether the layer holds them as (1, T, d) or (T, d)."""
     return t.reshape(-1, t.shape[-1])
@@ -458,12 +476,16 @@ def _passthrough(hidden, *args, **kwargs):
     return hidden
 
 
-def contextual_bases(model, layout: Layout, ids: torch.Tensor, head: bool = True,
-                     **kwargs) -> tuple[list[torch.Tensor], object]:
+def contextual_bases(model, layout: Layout, ids: torch.Tensor, head: bool = True, given: dict | None = None,
+                     start: int = 0, **kwargs) -> tuple[list[torch.Tensor], object]:
     """u_C of every layer (all positions) and the output of the run with the context (``head=False``:
-    of the decoder alone, no logits; `_trunk`)."""
+    of the decoder alone, no logits; `_trunk`). ``given``: a dict that receives, per layer n, the contextual
+    products its modules computed ({matrix: (T, out)} from position ``start`` on; `Adapter.products`), for
+    the kernels' ``given``."""
     record: dict = {}
     handles = _input_hooks(model, layout, record)
+    if given is not None:
+        handles += _product_hooks(model, layout, given, start)
     if not head and _trunk(model, head) is model:
         kwargs = {**last_logits_only(model), **kwargs}
     try:
@@ -608,8 +630,12 @@ class Patcher:
             self.cached[n] = params
         return params
 
-    def layer(self, n: int, u: torch.Tensor, target: torch.Tensor, x: torch.Tensor | None) -> LayerPatches:
-        """LayerPatches of layer n for u, target (T, d) (x: the MLP input of a parallel block)."""
+    def layer(self, n: int, u: torch.Tensor, target: torch.Tensor, x: torch.Tensor | None,
+              given: dict | None = None) -> LayerPatches:
+        """LayerPatches of layer n for u, target (T, d) (x: the MLP input of a parallel block). ``given``: the
+        contextual run's products of layer n ({matrix: (T, out)}, `contextual_bases`), which the kernels take
+        instead of recomputing them (not where the patches are computed in a wider dtype: there the
+        kernel's own products are the more accurate)."""
         adapter = self.layout[n]
         params = self.params(n)
         kernels_n = self.kernels[adapter.spec]
@@ -621,11 +647,12 @@ class Patcher:
         single = len(kernels_n) == 1
         self.outputs.pop(n, None)
         fuse = self.fuse and wide is None  # (a patch computed wide is applied stored narrow: not the same y)
-        chosen = self._batch(n, params, cast(u), cast(target), cast(x), fuse) \
+        given = given if wide is None else None
+        chosen = self._batch(n, params, cast(u), cast(target), cast(x), fuse, given) \
             if self.measure or not single else None
         if chosen is None and single:  # every token measured (or none, ``measure=False``)
             name, kernel = next(iter(kernels_n.items()))
-            patches, y = patches_and_output(kernel, params, cast(u), cast(target), str(n), cast(x), fuse)
+            patches, y = patches_and_output(kernel, params, cast(u), cast(target), str(n), cast(x), fuse, given)
             amp = amplification(kernel, params, patches, cast(u), cast(x), adapter.mode) if self.measure \
                 else torch.full((u.shape[0],), float("nan"))
             if y is not None:
@@ -633,13 +660,14 @@ class Patcher:
             return self._store(n, params, [name] * u.shape[0], amp.tolist(), [patches], u.dtype, batched=True)
         if chosen is None:  # the batch could not decide (`_batch`): token by token
             chosen = [self._best(n, params, cast(u[j:j + 1]), cast(target[j:j + 1]),
-                                 None if x is None else cast(x[j:j + 1]), j) for j in range(u.shape[0])]
+                                 None if x is None else cast(x[j:j + 1]), j, _given_rows(given, slice(j, j + 1)))
+                      for j in range(u.shape[0])]
         names, amps, parts = [c[0] for c in chosen], [c[1] for c in chosen], [c[2] for c in chosen]
         if len(set(names)) == 1:  # one strategy: stored as one batch (`LayerPatches.token` slices it)
             return self._store(n, params, names, amps, [_concat(parts)], u.dtype, batched=True)
         return self._store(n, params, names, amps, parts, u.dtype, batched=False)
 
-    def _best(self, n, params, u, target, x, j) -> tuple[str, float, dict]:
+    def _best(self, n, params, u, target, x, j, given=None) -> tuple[str, float, dict]:
         """Token j's patches by every candidate; the best by (ill-conditioned, amplification)."""
         from numeric.kernels.runtime import relative_sizes, warn_ill_conditioned
 
@@ -649,7 +677,7 @@ class Patcher:
         kernels_n = self.kernels[adapter.spec]
         for name, kernel in sorted(kernels_n.items(), key=lambda item: item[0] != last):  # last choice first
             try:
-                patches = _quiet(block_patches, kernel, params, u, target, str(n), x)
+                patches = _quiet(block_patches, kernel, params, u, target, str(n), x, given)
             except PatchConditionError as exc:
                 first_error = first_error or exc
                 continue
@@ -673,7 +701,8 @@ class Patcher:
         warn_ill_conditioned(patches, kernels_n[name].references(params), str(n))
         return name, amp, patches
 
-    def _batch(self, n, params, u, target, x, fuse: bool = False) -> list[tuple[str, float, dict]] | None:
+    def _batch(self, n, params, u, target, x, fuse: bool = False,
+               given: dict | None = None) -> list[tuple[str, float, dict]] | None:
         """`_best` for T tokens at once: the layer's previous choice computed in one batched call; its
         amplification measured at the token with the largest patch, and every well-conditioned token whose
         patch is at most `GROWTH` times that one's kept unmeasured (`_unchanged`, NaN recorded), as `_best`
@@ -691,15 +720,16 @@ class Patcher:
                 self.memory[n] = next(iter(kernels_n))
             elif self.memory.get(n - 1) in kernels_n:  # the layer below's choice, kept if the rule keeps it
                 self.memory[n] = self.memory[n - 1]
-                found = self._kept(n, params, u, target, x, None, fuse)
+                found = self._kept(n, params, u, target, x, None, fuse, given)
                 if found is not None:
                     return found
                 del self.memory[n]  # rejected: the first token chooses among all candidates
             if n not in self.memory:
-                first = self._best(n, params, _row(u, 0), _row(target, 0), _row(x, 0), 0)
-        return self._kept(n, params, u, target, x, first, fuse)
+                first = self._best(n, params, _row(u, 0), _row(target, 0), _row(x, 0), 0,
+                                   _given_rows(given, slice(0, 1)))
+        return self._kept(n, params, u, target, x, first, fuse, given)
 
-    def _kept(self, n, params, u, target, x, first, fuse) -> list[tuple[str, float, dict]] | None:
+    def _kept(self, n, params, u, target, x, first, fuse, given=None) -> list[tuple[str, float, dict]] | None:
         """`_batch` with the layer's choice in ``memory[n]`` (``first``: the first token's `_best`, or None)."""
         from numeric.kernels.runtime import ill_tokens, relative_sizes, warn_ill_conditioned
 
@@ -707,7 +737,7 @@ class Patcher:
         name = self.memory[n]
         kernel = kernels_n[name]
         try:
-            patches, y = _quiet(patches_and_output, kernel, params, u, target, str(n), x, fuse)
+            patches, y = _quiet(patches_and_output, kernel, params, u, target, str(n), x, fuse, given)
         except PatchConditionError:
             return None
         sizes = {k: v.double().cpu() for k, v in relative_sizes(patches, kernel.references(params)).items()}
@@ -741,7 +771,8 @@ class Patcher:
             elif not bool(ill[j]) and _unchanged(base, at_m, {k: float(v[j]) for k, v in sizes.items()}):
                 chosen.append((name, float("nan"), _slice(patches, j)))
             else:
-                chosen.append(self._best(n, params, _row(u, j), _row(target, j), _row(x, j), j))
+                chosen.append(self._best(n, params, _row(u, j), _row(target, j), _row(x, j), j,
+                                         _given_rows(given, slice(j, j + 1))))
                 self.memory[n] = name
                 alone += 1
         kept = [j for j, c in enumerate(chosen) if c[0] == name]
@@ -772,19 +803,20 @@ class Patcher:
 
 
 def block_patches(kernel, params: dict, u: torch.Tensor, target: torch.Tensor, layer: str = "",
-                  x: torch.Tensor | None = None) -> dict:
+                  x: torch.Tensor | None = None, given: dict | None = None) -> dict:
     """``kernel.block_patches``, except that a token whose u equals its target exactly gets the identity patch
     (`_unpatched`: zero factors and deltas, unit scales). The context has not reached that token at this layer
     (say, a sliding window that holds only a padding token's zero states, in both runs), so the unpatched
-    layer is exact there, whereas a formula may be undefined (``z != 0`` fails for u = u_C = 0)."""
+    layer is exact there, whereas a formula may be undefined (``z != 0`` fails for u = u_C = 0). ``given``: the
+    contextual products of the T tokens (the kernel's ``given``)."""
     same = (u == target).all(-1)  # (T,)
     if not bool(same.any()):
-        return kernel.block_patches(params, u, target, layer=layer, **_x(x))
+        return kernel.block_patches(params, u, target, layer=layer, **_x(x), **_given(given))
     rows = (~same).nonzero()[:, 0]
     if len(rows):
         try:
             found = kernel.block_patches(params, u[rows], target[rows], layer=layer,
-                                         **_x(None if x is None else x[rows]))
+                                         **_x(None if x is None else x[rows]), **_given(_given_rows(given, rows)))
         except PatchConditionError as exc:  # name the tokens by their index among all T
             raise PatchConditionError(exc.condition, [int(rows[t]) for t in exc.tokens], exc.layer) from None
     else:  # the formulas on a generic stand-in (u = target), for the patches' fields and shapes only
@@ -802,13 +834,14 @@ def block_patches(kernel, params: dict, u: torch.Tensor, target: torch.Tensor, l
 
 
 def patches_and_output(kernel, params: dict, u: torch.Tensor, target: torch.Tensor, layer: str = "",
-                       x: torch.Tensor | None = None, fuse: bool = False) -> tuple[dict, torch.Tensor | None]:
+                       x: torch.Tensor | None = None, fuse: bool = False,
+                       given: dict | None = None) -> tuple[dict, torch.Tensor | None]:
     """(`block_patches`, y): with ``fuse``, y is the patched sub-block's output on u from the kernel's `patched`
     (which computes z and each input map's W z once for both); None without ``fuse``, where the kernel has no
     `patched` (a mixture of experts) or where some token gets the identity patch."""
     if fuse and hasattr(kernel, "patched") and not bool((u == target).all(-1).any()):
-        return kernel.patched(params, u, target, layer=layer, **_x(x))
-    return block_patches(kernel, params, u, target, layer, x), None
+        return kernel.patched(params, u, target, layer=layer, **_x(x), **_given(given))
+    return block_patches(kernel, params, u, target, layer, x, given), None
 
 
 def _row(t: torch.Tensor | None, j: int) -> torch.Tensor | None:
@@ -849,6 +882,11 @@ def _unchanged(amp: float, then: dict, now: dict) -> bool:
 
 def _x(x) -> dict:
     return {} if x is None else {"x": x}
+
+
+def _given(given: dict | None) -> dict:
+    """The kernel's ``given`` keyword, where there are products to give."""
+    return {"given": given} if given else {}
 
 
 def _combine(layer, tokens: list[LayerPatches]) -> LayerPatches:
@@ -923,22 +961,25 @@ def absorb_context(model, context_ids: torch.Tensor, query_ids: torch.Tensor, ke
                         "the later ones) cannot do; use keep_positions=True or computed_in='kernel'")
     patcher = Patcher(model, layout, candidates, patch_dtype, {} if memory is None else memory, measure)
     c, q = context_ids.shape[1], query_ids.shape[1]
-    bases, _ = contextual_bases(model, layout, torch.cat([context_ids, query_ids], 1), head=False)
+    given: dict = {}  # layer -> the contextual products of the query rows (`Adapter.products`)
+    bases, _ = contextual_bases(model, layout, torch.cat([context_ids, query_ids], 1), head=False, given=given,
+                                start=c)
     targets = [b[c:] for b in bases]
     positions = torch.arange(c, c + q)[None] if keep_positions else None
     if computed_in == "kernel" and not keep_positions:
-        stored, _ = _patch_pass(model, patcher, query_ids, targets)
+        stored, _ = _patch_pass(model, patcher, query_ids, targets, given=given)
         return PatchSet(model, query_ids, stored, layout, kernels=candidates)
     per_token, cache = [], None
     for j in range(q):
         kwargs = {"position_ids": positions[:, j:j + 1]} if keep_positions else cached(model, cache)
+        one = {n: _given_rows(g, slice(j, j + 1)) for n, g in given.items()}
         try:
             if computed_in == "kernel":
                 lps, _ = _patch_pass(model, patcher, query_ids[:, j:j + 1], [t[j:j + 1] for t in targets],
-                                     head=False, **kwargs)
+                                     head=False, given=one, **kwargs)
             else:
                 lps, out = _materialized_pass(model, patcher, query_ids[:, j:j + 1], [t[j:j + 1] for t in targets],
-                                              head=False, **kwargs)
+                                              head=False, given=one, **kwargs)
                 cache = kv_cache(out, model) if not keep_positions else None
         except PatchConditionError as exc:  # the run held one token: name it by its index in the query
             raise PatchConditionError(exc.condition, [j], exc.layer) from None
@@ -958,13 +999,15 @@ def _merge_tokens(layer, tokens: list[LayerPatches]) -> LayerPatches:
     return out
 
 
-def _patch_pass(model, patcher: Patcher, ids, targets, head: bool = True,
+def _patch_pass(model, patcher: Patcher, ids, targets, head: bool = True, given: dict | None = None,
                 **kwargs) -> tuple[list[LayerPatches], object]:
-    """One pass with the kernels applying the patches factored; layer n's from the u this run produces."""
+    """One pass with the kernels applying the patches factored; layer n's from the u this run produces.
+    ``given``: {layer: the contextual products of its tokens} (`Patcher.layer`)."""
     stored = [LayerPatches() for _ in get(model, patcher.layout.layers)]
+    given = given or {}
 
     def compute(n, u, x):
-        stored[n] = patcher.layer(n, u, targets[n], x)
+        stored[n] = patcher.layer(n, u, targets[n], x, given.get(n))
         return stored[n]
 
     ps = PatchSet(model, ids, stored, patcher.layout, kernels=patcher.kernels)
@@ -993,15 +1036,16 @@ class _Fused:
         return self.inner.apply(params, which, u, **extra)
 
 
-def _materialized_pass(model, patcher: Patcher, ids, targets, head: bool = True,
+def _materialized_pass(model, patcher: Patcher, ids, targets, head: bool = True, given: dict | None = None,
                        **kwargs) -> tuple[list[LayerPatches], object]:
     """One token through the model's own modules: layer n's patches computed from the u they produce
     with the dense patches of the layers below written in, then written into layer n itself.
-    ``head=False``: no logits (`_trunk`)."""
+    ``head=False``: no logits (`_trunk`). ``given`` as in `_patch_pass`."""
     stored = [LayerPatches() for _ in patcher.layout]
+    given = given or {}
 
     def dense(n, u, x):
-        stored[n] = patcher.layer(n, u, targets[n], x)
+        stored[n] = patcher.layer(n, u, targets[n], x, given.get(n))
         return stored[n], 0
 
     out = _token_pass(model, patcher.layout, ids, dense, patcher.writer, head=head, **kwargs)
@@ -1033,14 +1077,17 @@ def generate_without_context(model, context_ids: torch.Tensor, query_ids: torch.
     patcher = Patcher(model, layout, candidates)
     step = _materialized_pass if applied == "materialized" else _patch_pass
     c, q = context_ids.shape[1], query_ids.shape[1]
-    bases, out_C = contextual_bases(model, layout, torch.cat([context_ids, query_ids], 1), head=False, use_cache=True)
+    given: dict = {}  # layer -> the contextual products of the query rows, then of each new token
+    bases, out_C = contextual_bases(model, layout, torch.cat([context_ids, query_ids], 1), head=False, given=given,
+                                    start=c, use_cache=True)
     cache_C, cache_P = kv_cache(out_C, model), None
     if applied == "factored":
-        _, out_P = step(model, patcher, query_ids, [b[c:] for b in bases], use_cache=True)
+        _, out_P = step(model, patcher, query_ids, [b[c:] for b in bases], given=given, use_cache=True)
     else:
         for j in range(q):
             _, out_P = step(model, patcher, query_ids[:, j:j + 1], [b[c + j:c + j + 1] for b in bases],
-                            head=j == q - 1, **cached(model, cache_P))
+                            head=j == q - 1, given={n: _given_rows(g, slice(j, j + 1)) for n, g in given.items()},
+                            **cached(model, cache_P))
             cache_P = kv_cache(out_P, model)
     cache_P = kv_cache(out_P, model)
     tokens = []
@@ -1049,8 +1096,9 @@ def generate_without_context(model, context_ids: torch.Tensor, query_ids: torch.
         tokens.append(nxt)
         if i == max_new_tokens - 1:
             break
-        bases, out_C = contextual_bases(model, layout, nxt, head=False, **cached(model, cache_C))
-        _, out_P = step(model, patcher, nxt, bases, **cached(model, cache_P))
+        given = {}
+        bases, out_C = contextual_bases(model, layout, nxt, head=False, given=given, **cached(model, cache_C))
+        _, out_P = step(model, patcher, nxt, bases, given=given, **cached(model, cache_P))
         cache_C, cache_P = kv_cache(out_C, model), kv_cache(out_P, model)
     return torch.cat(tokens, 1)
 

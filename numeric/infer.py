@@ -152,6 +152,10 @@ class Adapter:
     gives ``c * branch`` (OPT's ``fc2``), ``u + branch`` or ``LN(u + branch)`` from (h, u) (BERT's
     ``output``, ``adds_residual``), or ``LN(u + h)`` (the post-LN of OPT with ``do_layer_norm_before=False``
     and TrOCR: the chain ends with the down map).
+
+    ``products``: (matrix, module path) pairs of modules whose output in the contextual run is the kernel's
+    contextual product of that matrix (its ``GIVEN``; checked numerically, `product_modules`): the patches
+    take those products from the contextual run instead of reading the matrix once more.
     """
 
     spec: BlockSpec
@@ -164,6 +168,7 @@ class Adapter:
     adds_residual: bool = False  # the branch module returns u + branch itself (BLOOM's, MPT's MLP(h, residual))
     arity: int = 0  # the branch module returns a tuple of this length (Llama 4's MoE: output, router logits)
     chain: tuple[str, ...] = ()  # a split branch: the modules from u to the branch module (see above)
+    products: tuple[tuple[str, str], ...] = ()  # (matrix, module) pairs: see above
 
     @property
     def returns_sum(self) -> bool:
@@ -986,6 +991,44 @@ def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 @torch.no_grad()
+def product_modules(layer64, adapter: Adapter, u: torch.Tensor, bound: float) -> tuple[tuple[str, str], ...]:
+    """(matrix, module path) of every contextual product of the spec's kernel (its `GIVEN`) that a bias-free
+    ``nn.Linear`` of the layer computes: the module holds the whole matrix as its weight, runs once in the
+    branch, and its output equals the kernel's `products` on a random input of the probe's shape (to the
+    adapter check's ``bound``). In the contextual run such a module's output *is* that product, which the
+    patches then take from it (`numeric.hf.contextual_bases`) instead of reading the matrix once more.
+    Sequential and post-LN blocks (a parallel block's MLP input does not see the context)."""
+    from numeric import kernels
+
+    if adapter.mode == "parallel":
+        return ()
+    kernel = kernels.load(adapter.spec, "torch")
+    modules = {}
+    for canon in getattr(kernel, "GIVEN", ()):
+        p = adapter.params.get(canon)
+        if p is None or p.layout != "linear" or not p.path.endswith(".weight"):
+            continue
+        path = p.path[:-len(".weight")]
+        module = get(layer64, path)
+        if isinstance(module, torch.nn.Linear) and module.bias is None:
+            modules[canon] = path
+    if not modules:
+        return ()
+    ru = torch.randn(u[0].shape, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    seen: dict[str, list] = {c: [] for c in modules}
+    handles = [get(layer64, path).register_forward_hook(lambda _m, _a, out, c=c: seen[c].append(_rows(out)))
+               for c, path in modules.items()]
+    try:
+        with Float64Mode():
+            _branch_modules(layer64, adapter, ru[None], None)
+    finally:
+        for h in handles:
+            h.remove()
+    ours = kernel.products({canon: p.read(layer64) for canon, p in adapter.params.items()}, ru)
+    return tuple((c, path) for c, path in modules.items() if len(seen[c]) == 1 and _rel(seen[c][0], ours[c]) <= bound)
+
+
+@torch.no_grad()
 def check_adapter(layer64, adapter: Adapter, u: torch.Tensor, x: torch.Tensor | None, y: torch.Tensor) -> dict:
     """The spec's kernel against the layer: on the probe run's own (u, x) -> y, and against the composed
     modules on random inputs of several magnitudes. Errors relative to the branch (y - u)."""
@@ -1067,6 +1110,9 @@ def infer(model, spec: BlockSpec | None = None, params: dict[str, str] | None = 
         if arity != cand.arity:
             cand = dataclasses.replace(cand, arity=arity)
         seen[signature] = [cand] + [c for c in candidates if c is not cand]
+        products = product_modules(layer64, cand, _u_of(cand, record, x), result["bound"])
+        if products != cand.products:
+            cand = dataclasses.replace(cand, products=products)
         kinds.append(cand)
         checks.append({"layer": n, **result})
         del layer64

@@ -178,6 +178,7 @@ def test_kernels_reproduce_the_contextual_block_and_agree(arch):
         assert _rel(y, y_C) <= 1e-10, (backend, _rel(y, y_C))
         assert _rel(y_plain, y_0) <= 1e-12, backend
         _fused_agrees(k, spec, p, a, patches, y)
+        _given_agrees(k, spec, p, a, patches)
         assert _rel(y_0, y_C) > 1e-2  # the patch matters
         outs[backend] = patches
     for name, fields in outs["torch"].items():  # the two back ends agree field by field
@@ -197,6 +198,32 @@ def _fused_agrees(k, spec, p, a, patches, y):
         for f, value in fields.items():
             assert _rel(fused[name][f], value) <= 1e-14, (name, f)
     assert _rel(y_fused, y) <= 1e-14
+
+
+def _products(k, p, a) -> dict:
+    return k.products(p, a["u_ctx"]) if k.GIVEN else {}
+
+
+def _given_agrees(k, spec, p, a, patches):
+    """The contextual products `GIVEN` names: `products` computes exactly them from u_ctx alone, the patches are
+    the same when they are given ready-made, and a given one is really used (a changed product, given alone,
+    changes a patch).
+    None in a mixture of experts or a parallel block (whose MLP input does not see the context)."""
+    if spec.moe is not None or spec.residual == "parallel":
+        assert k.GIVEN == () and not hasattr(k, "products")
+        return
+    given = _products(k, p, a)
+    assert tuple(given) == k.GIVEN
+    fns = [k.block_patches] + ([lambda *args, **kw: k.patched(*args, **kw)[0]] if hasattr(k, "patched") else [])
+    for fn in fns:
+        same = fn(p, **a, given=given)
+        for name, fields in patches.items():
+            for f, value in fields.items():
+                assert _rel(same[name][f], value) <= 1e-14, (name, f)
+        for key in given:
+            shifted = given[key] * (1 + 1e-3 * given[key])  # not a scaling or a shift, which a norm undoes
+            moved = fn(p, **a, given={key: shifted})  # alone: the others computed from it
+            assert max(_rel(moved[n][f], v) for n, fs in patches.items() for f, v in fs.items()) > 1e-6, key
 
 
 @pytest.mark.parametrize("arch", catalog.names())
@@ -364,6 +391,11 @@ def test_every_offered_strategy_has_an_exact_kernel(arch, ins, outs):
         ys[backend] = k.apply(p, patches, a["u"], **({"x": a["x"]} if "x" in a else {}))
         assert _rel(ys[backend], y_C) <= 1e-10, backend
         _fused_agrees(k, spec, p, a, patches, ys[backend])
+        _given_agrees(k, spec, p, a, patches)
+        default = kernels.load(arch, backend)  # a product has one meaning whatever the strategy (numeric.hf
+        for name, value in _products(k, p, a).items():  # gives every candidate the products of the default's)
+            if name in default.GIVEN:
+                assert _rel(value, _products(default, p, a)[name]) <= 1e-14, (backend, name)
     assert _rel(ys["numpy"], ys["torch"]) <= 1e-12
 
 

@@ -284,3 +284,88 @@ def test_batched_choice_is_the_token_by_token_choice(model_type):
         for param, fields in patches.items():
             for f, v in fields.items():
                 assert torch.allclose(mine[param][f], v, rtol=1e-9, atol=1e-12), (j, param)  # O(1) parameters
+
+
+@pytest.mark.parametrize(("model_type", "want"), [("gemma3_text", {"W_gate", "W_up", "W_down"}),
+                                                  ("llama", {"W_gate", "W_up"}), ("gpt2", set()), ("gptj", set()),
+                                                  ("mixtral", set())])
+def test_contextual_products_come_from_the_modules_that_compute_them(model_type, want):
+    """Inference records per layer the bias-free linear modules whose output is a contextual product of the
+    kernel (`Adapter.products`; none for GPT-2's biased Conv1D, a parallel block or a mixture); the contextual
+    run stores their query rows, which equal the kernel's own `products` of the same u_C (to the float32 that
+    transformers' norms compute in)."""
+    from numeric.hf import contextual_bases, layer_params, resolve
+
+    model = tiny_model(model_type, layers=2, dtype="float64")
+    layout, kernels = resolve(model)
+    assert [{c for c, _ in a.products} for a in layout.kinds] == [want] * 2
+    gen = torch.Generator().manual_seed(3)
+    ctx, q = random_ids(6, 64, gen), random_ids(5, 64, gen)
+    given: dict = {}
+    bases, _ = contextual_bases(model, layout, torch.cat([ctx, q], 1), head=False, given=given, start=6)
+    assert sorted(given) == ([0, 1] if want else [])
+    for n in given:
+        kernel = next(iter(kernels[layout[n].spec].values()))
+        ours = kernel.products(layer_params(model.model.layers[n], layout[n]), bases[n][6:])
+        for name in want:
+            assert given[n][name].shape == ours[name].shape
+            assert float((given[n][name] - ours[name]).norm() / ours[name].norm()) <= 1e-5, (n, name)
+
+
+def test_a_module_whose_output_is_not_the_product_is_not_taken(monkeypatch):
+    """The check behind `Adapter.products` is numeric: a kernel whose `products` disagree with the modules'
+    outputs gets none (the layout itself is still inferred and checked)."""
+    from numeric import infer, kernels
+
+    real = kernels.load
+
+    class Skewed:
+        def __init__(self, kernel):
+            self.kernel = kernel
+
+        def __getattr__(self, name):
+            return getattr(self.kernel, name)
+
+        def products(self, params, u_ctx):
+            return {k: v * (1 + 1e-3 * v) for k, v in self.kernel.products(params, u_ctx).items()}
+
+    model = tiny_model("llama", layers=2, dtype="float64")
+    assert all(a.products for a in infer.infer(model).kinds)
+    monkeypatch.setattr(kernels, "load", lambda *a, **kw: Skewed(real(*a, **kw)))
+    assert [a.products for a in infer.infer(model).kinds] == [(), ()]
+
+
+def _skewed_given(monkeypatch) -> list:
+    """Patcher.layer with every given product distorted; returns the given keys it received, call by call."""
+    import numeric.hf as hf
+
+    real, seen = hf.Patcher.layer, []
+
+    def layer(self, n, u, target, x, given=None):
+        seen.append(sorted(given or {}))
+        skew = None if given is None else {k: v * (1 + 0.01 * v) for k, v in given.items()}
+        return real(self, n, u, target, x, skew)
+    monkeypatch.setattr(hf.Patcher, "layer", layer)
+    return seen
+
+
+def test_absorb_and_generation_patch_with_the_products_of_the_contextual_run(monkeypatch):
+    """absorb_context and generate_without_context hand every layer the contextual run's products, and the
+    patches are made of them: distorted, the patched run no longer reproduces the contextual one."""
+    model = tiny_model("llama", layers=2, dtype="float64")
+    gen = torch.Generator().manual_seed(5)
+    ctx, q = random_ids(6, 64, gen), random_ids(4, 64, gen)
+    with torch.no_grad():
+        want = model(torch.cat([ctx, q], 1)).logits[0, 6:]
+
+    def err(ps):
+        return float((ps.logits()[0] - want).norm() / want.norm())
+    assert err(absorb_context(model, ctx, q)) <= 1e-6
+    ref = generate_without_context(model, ctx, q, 3)
+    seen = _skewed_given(monkeypatch)
+    assert err(absorb_context(model, ctx, q)) > 1e-4
+    assert seen == [["W_gate", "W_up"]] * 2
+    seen.clear()
+    generate_without_context(model, ctx, q, 3)
+    assert seen == [["W_gate", "W_up"]] * 2 * 3  # the query, then each new token but the last
+    assert ref.shape == (1, 3)

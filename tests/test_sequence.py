@@ -16,6 +16,7 @@ peft = pytest.importorskip("peft")
 from numeric import models  # noqa: E402
 from numeric.hf import absorb_context, layout_for  # noqa: E402
 from numeric.hfcheck import ENCODERS, TINY, logit_error, random_ids, tiny_model  # noqa: E402
+from numeric.infer import cached, kv_cache  # noqa: E402
 from numeric.sequence import absorb_sequence, left_inverse, shared_scale  # noqa: E402
 from symbolic.errors import PatchConditionError, SpecError  # noqa: E402
 
@@ -41,6 +42,22 @@ def _absorb(model, ctx, q, **kwargs):
 @torch.no_grad()
 def _contextual(model, ctx, q):
     return model(torch.cat([ctx, q], 1)).logits[0, ctx.shape[1]:]
+
+
+@torch.no_grad()
+def _protocol_gap(model, ids) -> tuple[float, float]:
+    """The unpatched model's own relative differences between running `ids` one token at a time through its
+    key/value cache and in one pass (no patch involved): of the logits, and the largest of any layer's states."""
+    outs, cache = [], None
+    for j in range(ids.shape[1]):
+        out = model(ids[:, j:j + 1], output_hidden_states=True, **cached(model, cache))
+        cache = kv_cache(out, model)
+        outs.append(out)
+    one = model(ids, output_hidden_states=True)
+    logits = logit_error(torch.cat([o.logits[0] for o in outs]), one.logits[0])
+    states = max(logit_error(torch.cat([o.hidden_states[n][0] for o in outs]), h[0])
+                 for n, h in enumerate(one.hidden_states))
+    return logits, states
 
 
 @pytest.mark.parametrize("model_type", FAMILIES)
@@ -252,15 +269,20 @@ def test_grown_token_by_token_equals_the_patch_fitted_on_all_tokens(model_type):
     assert [dict(lp.scale) for lp in g.ind.layers] == scales
     assert all(lp.rank == 9 for lp in g.ind.layers) and max(lp.residual for lp in g.ind.layers) <= 1e-12
     fitted = absorb_sequence(model, ctx, q, layout_for(model))
+    # The grown patch was fitted on states of one-token runs through the cache; replayed in one pass it meets
+    # the model's own gap between the two protocols (transformers computes the rotary tables in float32 even in
+    # a float64 model, and float32 cos/sin round a position differently in a vectorised and a scalar loop:
+    # 3e-8 on an AVX2-only CPU, 0 where the two agree), which no patch can remove.
+    gap, state_gap = _protocol_gap(model, q)
+    bound = (1e-6 if model_type in FLOAT32_NORMS else 1e-8) + 2 * gap
     err = logit_error(g.patch.logits(q)[0], fitted.logits()[0])
-    assert err <= (1e-6 if model_type in FLOAT32_NORMS else 1e-8), err  # Gemma: another shared scale, f32 norms
-    assert logit_error(g.patch.logits(q)[0], _contextual(model, ctx, q)) <= (1e-6 if model_type in FLOAT32_NORMS
-                                                                          else 1e-8)
-    if model_type == "llama":  # no post-norm: the very same patch
+    assert err <= bound, err  # Gemma: another shared scale, f32 norms
+    assert logit_error(g.patch.logits(q)[0], _contextual(model, ctx, q)) <= bound
+    if model_type == "llama":  # no post-norm: the very same patch, up to the states' gap (inputs of condition ~3)
         for lp, lf in zip(g.ind.layers, fitted.layers, strict=True):
             for p, (B, A) in lp.lora.items():
                 delta = lf.lora[p][0] @ lf.lora[p][1]
-                assert float((B @ A - delta).abs().max() / delta.abs().max()) <= 1e-12
+                assert float((B @ A - delta).abs().max() / delta.abs().max()) <= 1e-12 + 10 * state_gap
 
 
 def test_greville_is_the_pseudo_inverse_and_refuses_dependent_columns():

@@ -10,7 +10,10 @@ Four functions are generated per block, all batched over tokens:
   matrix is ever formed;
 - ``forward(params, u)``: the same stages, unpatched;
 - ``patched(params, u, u_ctx)`` (dense blocks): ``block_patches`` and ``apply`` in one function, the
-  products both need ($z$, $W z$ of every input map) computed once (`fused_function`).
+  products both need ($z$, $W z$ of every input map) computed once (`fused_function`);
+- ``products(params, u_ctx)`` (dense blocks): the contextual products $W v_C$ of the patch formulas
+  (`given_products`: $W_\mathrm{gate} z_C$, $W_\mathrm{down} a_C$, ...), which ``block_patches`` and
+  ``patched`` also accept ready-made (``given``): the contextual run has already computed them.
 
 Lowering rewrites what the printers cannot print: a top-k sum
 $\sum_{j\le k} g(\ell, j)\, F(\mathrm{Sel}(\ell, j))$ becomes a sum over the expert axis with
@@ -33,6 +36,7 @@ from symbolic.derive import Derivation
 from symbolic.model import Block, Params, expert
 from symbolic.printing import pstr
 from symbolic.spec import BlockSpec, dump_toml
+from symbolic.terms import Mat
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,7 @@ class Function:
     body: list[Assign]
     per_expert: set[str] = field(default_factory=set)
     result: str = "y"  # the variable returned besides the patches (`fused_function`: y's name there)
+    given: dict[str, str] = field(default_factory=dict)  # variable -> matrix: a product taken from ``given``
 
 
 @dataclass
@@ -78,6 +83,7 @@ class KernelIR:
     apply_fn: Function
     forward_fn: Function
     fused_fn: Function | None = None  # patches and y in one function (`fused_function`); dense blocks
+    products_fn: Function | None = None  # the contextual products `given` accepts (`products_function`)
 
     @property
     def moe(self) -> bool:
@@ -94,8 +100,9 @@ class KernelIR:
     @property
     def formula_hash(self) -> str:
         """Hash of what the kernel computes: the lowered assignments of all its functions."""
-        fns = (self.patch_fn, self.apply_fn, self.forward_fn) + ((self.fused_fn,) if self.fused_fn else ())
+        fns = (self.patch_fn, self.apply_fn, self.forward_fn) + tuple(f for f in (self.fused_fn, self.products_fn) if f)
         text = "\n".join(f"{a.target}={sp.srepr(a.expr)}" for fn in fns for a in fn.body)
+        text += "\n" + repr(sorted(self.patch_fn.given.items()))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -205,16 +212,80 @@ def _def_target(name: str) -> str:
 
 
 def patch_function(spec: BlockSpec, der: Derivation) -> tuple[Function, list[PatchOut], list[Check]]:
-    outputs, patches, conditions, roots = _patch_outputs(spec, der)
+    outputs, patches, conditions, roots, given = _patch_outputs(spec, der)
     per_expert_atoms = {"a_C"} if spec.moe is not None else set()
-    fn = straight_line(outputs, per_expert_atoms, roots=roots)
+    fn = _with_given(straight_line(outputs, per_expert_atoms, roots=roots), given)
     checks = [Check(var, c.kind, c.text(), var in fn.per_expert) for var, c in conditions]
     return fn, patches, checks
 
 
-def _patch_outputs(spec: BlockSpec, der: Derivation) -> tuple[list[Assign], list[PatchOut], list, list[str]]:
-    """The patch function's assignments before CSE, its patches, its (variable, condition) pairs and the
-    order its outputs are emitted in."""
+def _with_given(fn: Function, given: dict[str, str]) -> Function:
+    """`fn` with the given products it computes recorded (``Function.given``)."""
+    fn.given = {a.target: given[a.target] for a in fn.body if a.target in given}
+    return fn
+
+
+def given_products(spec: BlockSpec, outputs: list[Assign]) -> tuple[list[Assign], dict[str, str]]:
+    r"""Every contextual product $W v_C$ of the patch formulas as an assignment of its own, and which matrix
+    each one multiplies: ({variable: canonical matrix name}).
+
+    A vector is contextual when it is made of $u_C$ (and parameters) alone, never of $u$ or $x$; a matrix whose
+    formulas multiply exactly one contextual vector gets its product named (the definition itself where one is
+    that product, $h_C = W_\mathrm{down} a_C$; else ``<W>_<v>``). The contextual run computes these products
+    anyway, and a kernel can take them from it (``given``) instead of reading the matrix again. Dense blocks
+    only: a mixture's expert products are per expert, its router's are not worth the bookkeeping."""
+    if spec.moe is not None:
+        return outputs, {}
+    matrices = {p.symbol.name: canon for canon, p in Block(spec).params.items() if isinstance(p.symbol, Mat)}
+    contextual, plain = {"u_C"}, {"u", "x"}
+    for a in outputs:
+        names = _vec_names(a.expr)
+        if names & plain:
+            plain.add(a.target)
+        elif names & contextual:
+            contextual.add(a.target)
+    found: dict[str, set] = {}
+    for a in outputs:
+        for e in a.expr.atoms(MatVec):
+            W, v = e.args
+            names = _vec_names(v)
+            if isinstance(W, Mat) and W.name in matrices and names & contextual and not names & plain:
+                found.setdefault(W.name, set()).add(e)
+    products = {next(iter(es)): W for W, es in found.items() if len(es) == 1}
+    targets = {a.expr: a.target for a in outputs if a.expr in products}
+    taken = {a.target for a in outputs}
+    for e, W in products.items():
+        if e not in targets:
+            v = e.args[1]
+            name = f"{W}_{v.name}" if isinstance(v, Vec) else f"{W}_C"
+            while name in taken:
+                name += "_"
+            targets[e] = name
+            taken.add(name)
+    new = [Assign(targets[e], e) for e in products if not any(a.target == targets[e] for a in outputs)]
+    swap = {e: Vec(targets[e], e.args[0].rows) for e in products}
+    outputs = new + [a if a.expr in products else Assign(a.target, a.expr.xreplace(swap)) for a in outputs]
+    return outputs, {targets[e]: matrices[W] for e, W in products.items()}
+
+
+def _vec_names(expr: sp.Expr) -> set[str]:
+    return {s.name for s in expr.free_symbols if isinstance(s, Vec)}
+
+
+def products_function(spec: BlockSpec, der: Derivation) -> Function | None:
+    """The given products (`given_products`) that the patch formulas use, computed from u_ctx alone: what a
+    kernel accepts as ``given``. None where there are none."""
+    outputs, _patches, _conditions, roots, given = _patch_outputs(spec, der)
+    used = [a.target for a in straight_line(outputs, set(), roots=roots).body if a.target in given]
+    if not used:
+        return None
+    return _with_given(straight_line(outputs, set(), roots=used), given)
+
+
+def _patch_outputs(spec: BlockSpec, der: Derivation) -> tuple[list[Assign], list[PatchOut], list, list[str],
+                                                              dict[str, str]]:
+    """The patch function's assignments before CSE, its patches, its (variable, condition) pairs, the
+    order its outputs are emitted in and its given products (`given_products`)."""
     s = Block(spec).signals
     route = route_args(spec)
 
@@ -243,7 +314,8 @@ def _patch_outputs(spec: BlockSpec, der: Derivation) -> tuple[list[Assign], list
     # kernel checks it before any formula divides by it; then the patches.
     roots = (["ell_C"] if spec.moe is not None else []) + [var for var, _ in conditions]
     roots += [v for p in patches for _, v in p.fields]
-    return outputs, patches, conditions, roots
+    outputs, given = given_products(spec, outputs)
+    return outputs, patches, conditions, roots, given
 
 
 def fused_function(spec: BlockSpec, der: Derivation) -> Function | None:
@@ -254,7 +326,7 @@ def fused_function(spec: BlockSpec, der: Derivation) -> Function | None:
     experts: its patches are masked per expert on the way out, and `apply` reads the masked ones)."""
     if spec.moe is not None:
         return None
-    outputs, _patches, _conditions, roots = _patch_outputs(spec, der)
+    outputs, _patches, _conditions, roots, given = _patch_outputs(spec, der)
     defined = {a.target: a.expr for a in outputs}
     renamed: dict[str, str] = {}
     for a in _stage_outputs(spec, _patched_params(spec, der)):
@@ -268,7 +340,7 @@ def fused_function(spec: BlockSpec, der: Derivation) -> Function | None:
         renamed[a.target] = target
         outputs.append(Assign(target, expr))
         defined[target] = expr
-    fn = straight_line(outputs, set(), roots=roots + [renamed.get("y", "y")])
+    fn = _with_given(straight_line(outputs, set(), roots=roots + [renamed.get("y", "y")]), given)
     fn.result = renamed.get("y", "y")
     return fn
 
@@ -358,4 +430,4 @@ def build(spec: BlockSpec, der: Derivation) -> KernelIR:
     apply_fn = stage_function(spec, _patched_params(spec, der), per_expert_patch)
     forward_fn = stage_function(spec, b.unpatched(), set())
     return KernelIR(spec, der, constants, params, patch_fn, patches, checks, apply_fn, forward_fn,
-                    fused_function(spec, der))
+                    fused_function(spec, der), products_function(spec, der))
