@@ -731,7 +731,7 @@ class Patcher:
 
     def _kept(self, n, params, u, target, x, first, fuse, given=None) -> list[tuple[str, float, dict]] | None:
         """`_batch` with the layer's choice in ``memory[n]`` (``first``: the first token's `_best`, or None)."""
-        from numeric.kernels.runtime import ill_tokens, relative_sizes, warn_ill_conditioned
+        from numeric.kernels.runtime import ill_tokens, relative_sizes, warn_sizes
 
         kernels_n = self.kernels[self.layout[n].spec]
         name = self.memory[n]
@@ -778,8 +778,7 @@ class Patcher:
         kept = [j for j, c in enumerate(chosen) if c[0] == name]
         if y is not None and not alone:
             self.outputs[n] = (u, y)
-        warn_ill_conditioned({k: {f: v[kept] for f, v in fs.items()} for k, fs in patches.items()},
-                             kernel.references(params), str(n))
+        warn_sizes({k: v[kept] for k, v in sizes.items()}, kernel.references(params), str(n))
         return chosen
 
     def _ill(self, kernel, params, patches) -> bool:
@@ -1082,7 +1081,8 @@ def generate_without_context(model, context_ids: torch.Tensor, query_ids: torch.
                                     start=c, use_cache=True)
     cache_C, cache_P = kv_cache(out_C, model), None
     if applied == "factored":
-        _, out_P = step(model, patcher, query_ids, [b[c:] for b in bases], given=given, use_cache=True)
+        _, out_P = step(model, patcher, query_ids, [b[c:] for b in bases], given=given, use_cache=True,
+                        **last_logits_only(model))  # the next token reads the last position only
     else:
         for j in range(q):
             _, out_P = step(model, patcher, query_ids[:, j:j + 1], [b[c + j:c + j + 1] for b in bases],

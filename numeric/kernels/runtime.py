@@ -318,9 +318,14 @@ def ill_tokens(sizes: dict, references: dict, dtype=None):
 def warn_ill_conditioned(patches: dict, references: dict, layer: str = "") -> None:
     r"""Warn when $\lVert\Delta P\rVert / \lVert P\rVert \cdot \epsilon > 10^{-3}$ at some token: the rounding of
     the patched parameter (or of the signal it multiplies) can then cost up to that relative error."""
+    warn_sizes(relative_sizes(patches, references), references, layer, stacklevel=4)
+
+
+def warn_sizes(sizes: dict, references: dict, layer: str = "", stacklevel: int = 3) -> None:
+    """`warn_ill_conditioned` from patch sizes already measured (`relative_sizes`)."""
     import warnings
 
-    for name, size in relative_sizes(patches, references).items():
+    for name, size in sizes.items():
         xp = array_namespace(size)
         worst, eps = float(xp.max(size)), _eps(references[name])
         limit = ILL_CONDITIONED / eps
@@ -329,4 +334,4 @@ def warn_ill_conditioned(patches: dict, references: dict, layer: str = "") -> No
             warnings.warn(f"{where}the patch of {name} is {worst:.3g} times the parameter's norm (above "
                           f"{limit:.3g} for {references[name].dtype}): the patched run may lose up to "
                           f"{worst * eps:.1e} relative precision. Use a wider dtype, or the stable strategy "
-                          "where available.", IllConditionedPatchWarning, stacklevel=3)
+                          "where available.", IllConditionedPatchWarning, stacklevel=stacklevel)
