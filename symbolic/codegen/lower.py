@@ -272,14 +272,13 @@ def _vec_names(expr: sp.Expr) -> set[str]:
     return {s.name for s in expr.free_symbols if isinstance(s, Vec)}
 
 
-def products_function(spec: BlockSpec, der: Derivation) -> Function | None:
-    """The given products (`given_products`) that the patch formulas use, computed from u_ctx alone: what a
-    kernel accepts as ``given``. None where there are none."""
-    outputs, _patches, _conditions, roots, given = _patch_outputs(spec, der)
-    used = [a.target for a in straight_line(outputs, set(), roots=roots).body if a.target in given]
+def products_function(spec: BlockSpec, der: Derivation, used: dict[str, str]) -> Function | None:
+    """The given products that the patch function uses (``used``: its `Function.given`), computed from u_ctx
+    alone: what a kernel accepts as ``given``. None where there are none."""
     if not used:
         return None
-    return _with_given(straight_line(outputs, set(), roots=used), given)
+    outputs, _patches, _conditions, _roots, given = _patch_outputs(spec, der)
+    return _with_given(straight_line(outputs, set(), roots=list(used)), given)
 
 
 def _patch_outputs(spec: BlockSpec, der: Derivation) -> tuple[list[Assign], list[PatchOut], list, list[str],
@@ -430,4 +429,4 @@ def build(spec: BlockSpec, der: Derivation) -> KernelIR:
     apply_fn = stage_function(spec, _patched_params(spec, der), per_expert_patch)
     forward_fn = stage_function(spec, b.unpatched(), set())
     return KernelIR(spec, der, constants, params, patch_fn, patches, checks, apply_fn, forward_fn,
-                    fused_function(spec, der), products_function(spec, der))
+                    fused_function(spec, der), products_function(spec, der, patch_fn.given))
