@@ -401,8 +401,8 @@ def _product_hooks(model, layout: Layout, store: dict, start: int) -> list:
     handles = []
     for n, layer in enumerate(get(model, layout.layers)):
         for canon, path in layout[n].products:
-            def grab(_mod, _args, out, n=n, canon=canon):
-                store.setdefault(n, {})[canon] = _rows(out)[start:].detach()
+            def grab(_mod, _args, out, n=n, canon=canon):  # a copy: a view would hold every position's output
+                store.setdefault(n, {})[canon] = _rows(out)[start:].detach().clone()
 
             handles.append(get(layer, path).register_forward_hook(grab))
     return handles
