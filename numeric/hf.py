@@ -940,6 +940,9 @@ def absorb_context(model, context_ids: torch.Tensor, query_ids: torch.Tensor, ke
     the inferred ones; either way every layer is checked against the model first (`layout_for`).
     ``mode="sequence"``: one patch per layer for all query tokens at once, a PEFT LoRA adapter
     (`numeric.sequence.absorb_sequence`; the other options do not apply).
+    The contextual products of the patch formulas (W_gate z_C, ...) are read from the modules of the
+    run with the context that computed them, where the layout found such modules (`Adapter.products`), so the
+    patches do not read those matrices again.
     """
     if mode != "token":
         if mode != "sequence":
@@ -1064,7 +1067,9 @@ def generate_without_context(model, context_ids: torch.Tensor, query_ids: torch.
     own attention and norms; the MLP branch by the kernel's `apply`), about the cost of the two passes;
     ``"materialized"``: every token's patches are written into the model's own modules (Algorithm 1 in
     the model's arithmetic; dense per-token weights, about twice as slow). Both give the contextual
-    run's greedy ids (`tests/test_real_models.py`, `ctxpatch models`).
+    run's greedy ids (`tests/test_real_models.py`, `ctxpatch models`). The contextual step also hands each layer
+    the products its modules computed (`contextual_bases`, `Adapter.products`), so a patched layer reads its MLP
+    matrices once, as the model's own does: a step costs the two passes and the patch checks.
     Returns the generated ids, shape (1, max_new_tokens).
     """
     check_ids(context_ids, query_ids, model)
