@@ -246,7 +246,7 @@ def given_products(spec: BlockSpec, outputs: list[Assign]) -> tuple[list[Assign]
             contextual.add(a.target)
     found: dict[str, set] = {}
     for a in outputs:
-        for e in a.expr.atoms(MatVec):
+        for e in sorted(a.expr.atoms(MatVec), key=sp.default_sort_key):  # (a set: its order follows the hash seed)
             W, v = e.args
             names = _vec_names(v)
             if isinstance(W, Mat) and W.name in matrices and names & contextual and not names & plain:
