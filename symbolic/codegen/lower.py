@@ -211,12 +211,22 @@ def _def_target(name: str) -> str:
     return name.replace("[e]", "")
 
 
-def patch_function(spec: BlockSpec, der: Derivation) -> tuple[Function, list[PatchOut], list[Check]]:
-    outputs, patches, conditions, roots, given = _patch_outputs(spec, der)
+@dataclass(frozen=True)
+class PatchOutputs:
+    """The patch function's assignments before CSE (`patch_outputs`), shared by the functions built on them."""
+
+    outputs: list[Assign]
+    patches: list[PatchOut]
+    conditions: list  # (variable, condition) pairs
+    roots: list[str]  # the order the outputs are emitted in
+    given: dict[str, str]  # variable -> matrix: the contextual products (`given_products`)
+
+
+def patch_function(spec: BlockSpec, po: PatchOutputs) -> tuple[Function, list[PatchOut], list[Check]]:
     per_expert_atoms = {"a_C"} if spec.moe is not None else set()
-    fn = _with_given(straight_line(outputs, per_expert_atoms, roots=roots), given)
-    checks = [Check(var, c.kind, c.text(), var in fn.per_expert) for var, c in conditions]
-    return fn, patches, checks
+    fn = _with_given(straight_line(po.outputs, per_expert_atoms, roots=po.roots), po.given)
+    checks = [Check(var, c.kind, c.text(), var in fn.per_expert) for var, c in po.conditions]
+    return fn, po.patches, checks
 
 
 def _with_given(fn: Function, given: dict[str, str]) -> Function:
@@ -272,17 +282,15 @@ def _vec_names(expr: sp.Expr) -> set[str]:
     return {s.name for s in expr.free_symbols if isinstance(s, Vec)}
 
 
-def products_function(spec: BlockSpec, der: Derivation, used: dict[str, str]) -> Function | None:
+def products_function(po: PatchOutputs, used: dict[str, str]) -> Function | None:
     """The given products that the patch function uses (``used``: its `Function.given`), computed from u_ctx
     alone: what a kernel accepts as ``given``. None where there are none."""
     if not used:
         return None
-    outputs, _patches, _conditions, _roots, given = _patch_outputs(spec, der)
-    return _with_given(straight_line(outputs, set(), roots=list(used)), given)
+    return _with_given(straight_line(po.outputs, set(), roots=list(used)), po.given)
 
 
-def _patch_outputs(spec: BlockSpec, der: Derivation) -> tuple[list[Assign], list[PatchOut], list, list[str],
-                                                              dict[str, str]]:
+def patch_outputs(spec: BlockSpec, der: Derivation) -> PatchOutputs:
     """The patch function's assignments before CSE, its patches, its (variable, condition) pairs, the
     order its outputs are emitted in and its given products (`given_products`)."""
     s = Block(spec).signals
@@ -314,10 +322,10 @@ def _patch_outputs(spec: BlockSpec, der: Derivation) -> tuple[list[Assign], list
     roots = (["ell_C"] if spec.moe is not None else []) + [var for var, _ in conditions]
     roots += [v for p in patches for _, v in p.fields]
     outputs, given = given_products(spec, outputs)
-    return outputs, patches, conditions, roots, given
+    return PatchOutputs(outputs, patches, conditions, roots, given)
 
 
-def fused_function(spec: BlockSpec, der: Derivation) -> Function | None:
+def fused_function(spec: BlockSpec, der: Derivation, po: PatchOutputs) -> Function | None:
     """The patches and the patched sub-block's output y in one function, so that what both compute (z and
     every input map's W z) is computed once: the patch function's assignments, then `apply`'s stages, one
     CSE over all. A stage that recomputes a definition of the same name and value (z) is dropped; one of
@@ -325,7 +333,7 @@ def fused_function(spec: BlockSpec, der: Derivation) -> Function | None:
     experts: its patches are masked per expert on the way out, and `apply` reads the masked ones)."""
     if spec.moe is not None:
         return None
-    outputs, _patches, _conditions, roots, given = _patch_outputs(spec, der)
+    outputs = list(po.outputs)  # extended below with the stages; ``po`` is shared
     defined = {a.target: a.expr for a in outputs}
     renamed: dict[str, str] = {}
     for a in _stage_outputs(spec, _patched_params(spec, der)):
@@ -339,7 +347,7 @@ def fused_function(spec: BlockSpec, der: Derivation) -> Function | None:
         renamed[a.target] = target
         outputs.append(Assign(target, expr))
         defined[target] = expr
-    fn = _with_given(straight_line(outputs, set(), roots=roots + [renamed.get("y", "y")]), given)
+    fn = _with_given(straight_line(outputs, set(), roots=po.roots + [renamed.get("y", "y")]), po.given)
     fn.result = renamed.get("y", "y")
     return fn
 
@@ -424,9 +432,10 @@ def build(spec: BlockSpec, der: Derivation) -> KernelIR:
     b = Block(spec)
     constants = sorted((str(sym), value) for sym, value in b.constants)
     params = [(p.symbol.name, name) for name, p in b.params.items()]
-    patch_fn, patches, checks = patch_function(spec, der)
+    po = patch_outputs(spec, der)  # lowered once, for the patch, fused and products functions
+    patch_fn, patches, checks = patch_function(spec, po)
     per_expert_patch = {f"{ident(p.param)}_{k}" for p in der.patches if p.per_expert for k in ("left", "right")}
     apply_fn = stage_function(spec, _patched_params(spec, der), per_expert_patch)
     forward_fn = stage_function(spec, b.unpatched(), set())
     return KernelIR(spec, der, constants, params, patch_fn, patches, checks, apply_fn, forward_fn,
-                    fused_function(spec, der), products_function(spec, der, patch_fn.given))
+                    fused_function(spec, der, po), products_function(po, patch_fn.given))
