@@ -413,6 +413,11 @@ def _given_rows(given: dict | None, rows) -> dict | None:
     return None if not given else {k: v[rows] for k, v in given.items()}
 
 
+def _token_given(given: dict, j: int) -> dict:
+    """{layer: token j's given products}, from every layer's (`contextual_bases`)."""
+    return {n: _given_rows(g, slice(j, j + 1)) for n, g in given.items()}
+
+
 def _rows(t: torch.Tensor) -> torch.Tensor:
     """(T, d): the query's states of a batch of one, whether the layer holds them as (1, T, d) or (T, d)."""
     return t.reshape(-1, t.shape[-1])
@@ -974,7 +979,7 @@ def absorb_context(model, context_ids: torch.Tensor, query_ids: torch.Tensor, ke
     per_token, cache = [], None
     for j in range(q):
         kwargs = {"position_ids": positions[:, j:j + 1]} if keep_positions else cached(model, cache)
-        one = {n: _given_rows(g, slice(j, j + 1)) for n, g in given.items()}
+        one = _token_given(given, j)
         try:
             if computed_in == "kernel":
                 lps, _ = _patch_pass(model, patcher, query_ids[:, j:j + 1], [t[j:j + 1] for t in targets],
@@ -1091,7 +1096,7 @@ def generate_without_context(model, context_ids: torch.Tensor, query_ids: torch.
     else:
         for j in range(q):
             _, out_P = step(model, patcher, query_ids[:, j:j + 1], [b[c + j:c + j + 1] for b in bases],
-                            head=j == q - 1, given={n: _given_rows(g, slice(j, j + 1)) for n, g in given.items()},
+                            head=j == q - 1, given=_token_given(given, j),
                             **cached(model, cache_P))
             cache_P = kv_cache(out_P, model)
     cache_P = kv_cache(out_P, model)

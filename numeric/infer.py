@@ -1004,7 +1004,7 @@ def product_modules(layer64, adapter: Adapter, u: torch.Tensor, bound: float) ->
         return ()
     kernel = kernels.load(adapter.spec, "torch")
     modules = {}
-    for canon in getattr(kernel, "GIVEN", ()):
+    for canon in kernel.GIVEN:
         p = adapter.params.get(canon)
         if p is None or p.layout != "linear" or not p.path.endswith(".weight"):
             continue
