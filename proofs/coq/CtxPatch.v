@@ -137,6 +137,9 @@ Lemma fold_opp (x : R) : - x = ropp x. Proof. by []. Qed.
 Lemma fold_inv (x : R) : x^-1 = rinv x. Proof. by []. Qed.
 Lemma fold_0 : 0 = r0. Proof. by []. Qed.
 Lemma fold_1 : 1 = r1. Proof. by []. Qed.
+(** a coordinate as an atom of [field], with one spelling of its type argument *)
+Definition coord m n (A : 'M[R]_(m, n)) i j : R := A i j.
+Lemma fold_coord m n (A : 'M[R]_(m, n)) i j : A i j = coord A i j. Proof. by []. Qed.
 Lemma ctx_eqR (a b : R) : a = b -> a = b. Proof. by []. Qed.
 
 Lemma nz_fold (x : R) : x != 0 -> x <> r0. Proof. by move/eqP. Qed.
@@ -164,10 +167,10 @@ Qed.
 
 (** [ctx_fold]: one spelling per scalar operation (literal powers and multiples unfolded). *)
 Ltac ctx_fold :=
-  rewrite ?exprS ?expr0 ?mulr1n ?mulrS ?mulr0n
+  rewrite ?exprS ?expr0 ?mulr1n ?mulrS ?mulr0n ?fold_coord
           ?fold_add ?fold_mul ?fold_opp ?fold_inv ?fold_0 ?fold_1.
 Ltac ctx_fold_in H :=
-  rewrite ?exprS ?expr0 ?mulr1n ?mulrS ?mulr0n
+  rewrite ?exprS ?expr0 ?mulr1n ?mulrS ?mulr0n ?fold_coord
           ?fold_add ?fold_mul ?fold_opp ?fold_inv ?fold_0 ?fold_1 in H.
 
 (** [ctx_facts]: the nonzero scalars the hypotheses give, as [x <> r0] with [x] folded: from
@@ -258,6 +261,71 @@ Lemma add_subK (V : zmodType) (a b : V) : a + (b - a) = b.
 Proof. by rewrite addrC subrK. Qed.
 
 End Rank1.
+
+(** ** Bilinearity of [dot] and [frob], linearity of [mean] *)
+Section Bilinear.
+Variable R : rcfType.
+Implicit Types (m n : nat).
+
+Lemma dotDl n (u v w : 'cV[R]_n) : dot (u + v) w = dot u w + dot v w.
+Proof. by rewrite /dot -big_split; apply: eq_bigr => i _; rewrite mxE mulrDl. Qed.
+Lemma dotDr n (u v w : 'cV[R]_n) : dot u (v + w) = dot u v + dot u w.
+Proof. by rewrite dotC dotDl !(dotC w) !(dotC v). Qed.
+Lemma dot0r n (u : 'cV[R]_n) : dot u 0 = 0.
+Proof. by rewrite /dot big1 // => i _; rewrite mxE mulr0. Qed.
+
+Lemma frobC m n (A B : 'M[R]_(m, n)) : frob A B = frob B A.
+Proof. by apply: eq_bigr => i _; apply: eq_bigr => j _; rewrite mulrC. Qed.
+Lemma frobDl m n (A B C : 'M[R]_(m, n)) : frob (A + B) C = frob A C + frob B C.
+Proof.
+rewrite /frob -big_split; apply: eq_bigr => i _.
+by rewrite -big_split; apply: eq_bigr => j _; rewrite mxE mulrDl.
+Qed.
+Lemma frobDr m n (A B C : 'M[R]_(m, n)) : frob A (B + C) = frob A B + frob A C.
+Proof. by rewrite frobC frobDl !(frobC _ A). Qed.
+(** [<x z^T, N>_F = x^T (N z)] *)
+Lemma frob_outer m n (x : 'cV[R]_m) (z : 'cV[R]_n) (N : 'M[R]_(m, n)) :
+  frob (x *m z^T) N = dot x (N *m z).
+Proof.
+rewrite /frob /dot; apply: eq_bigr => i _; rewrite [(N *m z) i 0]mxE mulr_sumr.
+apply: eq_bigr => j _; rewrite mxE big_ord1 mxE -mulrA; congr (_ * _); exact: mulrC.
+Qed.
+Lemma frob_outer_kill m n (x : 'cV[R]_m) (z : 'cV[R]_n) (N : 'M[R]_(m, n)) :
+  N *m z = 0 -> frob (x *m z^T) N = 0.
+Proof. by move=> Nz; rewrite frob_outer Nz dot0r. Qed.
+Lemma frob_outer_killr m n (x : 'cV[R]_m) (z : 'cV[R]_n) (N : 'M[R]_(m, n)) :
+  N *m z = 0 -> frob N (x *m z^T) = 0.
+Proof. by move=> Nz; rewrite frobC frob_outer_kill. Qed.
+
+Lemma mean_scale n (s : R) (v : 'cV[R]_n) : mean (s *: v) = s * mean v.
+Proof. by rewrite /mean mulrA mulr_sumr; congr (_ / _); apply: eq_bigr => i _; rewrite mxE. Qed.
+Lemma mean_add n (u v : 'cV[R]_n) : mean (u + v) = mean u + mean v.
+Proof. by rewrite /mean -mulrDl -big_split; congr (_ / _); apply: eq_bigr => i _; rewrite mxE. Qed.
+Lemma mean_opp n (u : 'cV[R]_n) : mean (- u) = - mean u.
+Proof. by rewrite -scaleN1r mean_scale mulN1r. Qed.
+Lemma mean_sub n (u v : 'cV[R]_n) : mean (u - v) = mean u - mean v.
+Proof. by rewrite mean_add mean_opp. Qed.
+(** the average of a constant vector is the constant: here the dimension must be positive *)
+Lemma mean_const n (c : R) : mean (vconst c : 'cV[R]_n.+1) = c.
+Proof.
+rewrite /mean (eq_bigr (fun _ => c)) => [|i _]; last by rewrite mxE.
+by rewrite sumr_const card_ord -[c *+ _]mulr_natr mulfK // pnatr_eq0.
+Qed.
+Lemma mean_ge0 n (v : 'cV[R]_n) : (forall i, 0 <= v i 0) -> 0 <= mean v.
+Proof. by move=> v0; rewrite /mean divr_ge0 ?ler0n // sumr_ge0. Qed.
+Lemma mean_sq_ge0 n (v : 'cV[R]_n) : 0 <= mean (vpow v 2).
+Proof. by apply: mean_ge0 => i; rewrite mxE sqr_ge0. Qed.
+
+(** [sqrt (c^2) = c] for [c > 0] *)
+Lemma sqrt_sqr_pos (c : R) : 0 < c -> Num.sqrt (c ^+ 2) = c.
+Proof. by move=> c0; rewrite sqrtr_sqr gtr0_norm. Qed.
+End Bilinear.
+
+(** [ctx_linear]: push [*m] through sums, negations and scalings, and apply outer products
+    ([(x z^T) v = (z^T v) x]), so that the remaining [W *m v] have no linear structure left. *)
+Ltac ctx_linear :=
+  rewrite ?mulmxDl ?mulmxDr ?mulmxBl ?mulmxBr ?mulNmx ?mulmxN ?outer_apply -?scalemxAl -?scalemxAr
+          ?mul0mx ?mulmx0.
 
 (** [ctx_rank1]: every [(W + outer ((dot z z)^-1 *: r) z) *m z] becomes [W *m z + r] ([z != 0] from
     the context), and [W *m z + (W *m z_C - W *m z)] (or [W *m (z_C - z)]) becomes [W *m z_C]. *)

@@ -1,0 +1,96 @@
+#!/bin/sh
+# Check the Coq project in this directory (or in DIR, the first argument: a project that
+# `ctxpatch prove --coq DIR` wrote), then show that mutated statements are refused.
+#
+#   1. every `Theorem NAME` of Theorems.v has the proof script scripts/NAME.ltac, verbatim
+#      (only for this directory, where the scripts live);
+#   2. no Admitted / admit / Axiom / Parameter / Hypothesis in any .v file;
+#   3. coq_makefile -f _CoqProject -o Makefile.coq && make -f Makefile.coq;
+#   4. every `Print Assumptions` answers "Closed under the global context";
+#   5. each mutant below changes one statement of Theorems.v; coqc must refuse every one
+#      (and accept the same theorem unmutated, in the same harness).
+#
+# Exit 0 when all of it holds. Needs coqc 8.16 and mathcomp 1.15 (ssreflect, algebra).
+set -eu
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+DIR=$(cd "${1:-$HERE}" && pwd)
+cd "$DIR"
+fail() { echo "check.sh: $*" >&2; exit 1; }
+
+# --- 1. scripts match the rendering (only where the scripts live)
+if [ -d scripts ]; then
+  for name in $(sed -n 's/^Theorem \([A-Za-z0-9_'"'"']*\).*/\1/p' Theorems.v); do
+    [ -f "scripts/$name.ltac" ] || fail "no proof script scripts/$name.ltac for theorem $name"
+    awk -v n="$name" '$1 == "Theorem" && $2 == n { t = 1; next }
+                      t && /^Proof\.$/ { p = 1; next }
+                      p && /^Qed\.$/ { exit }
+                      p { print }' Theorems.v > .body.tmp
+    cmp -s .body.tmp "scripts/$name.ltac" || { rm -f .body.tmp; fail "the proof of $name in Theorems.v differs from scripts/$name.ltac"; }
+  done
+  rm -f .body.tmp
+  for f in scripts/*.ltac; do
+    name=$(basename "$f" .ltac)
+    awk -v n="$name" '$1 == "Theorem" && $2 == n { f = 1 } END { exit !f }' Theorems.v || fail "script $f has no theorem in Theorems.v"
+  done
+fi
+
+# --- 2. nothing assumed
+if grep -nE '\b(Admitted|admit|Axiom|Axioms|Parameter|Parameters|Hypothesis|Hypotheses|Conjecture)\b' ./*.v; then
+  fail "an admission or an axiom (above)"
+fi
+
+# --- 3. build
+coq_makefile -f _CoqProject -o Makefile.coq >/dev/null
+start=$(date +%s)
+make -f Makefile.coq >make.log 2>&1 || { cat make.log; fail "coqc refused the project (make.log)"; }
+end=$(date +%s)
+echo "coqc: project checked in $((end - start)) s"
+
+# --- 4. Print Assumptions
+printed=$(grep -c '^Print Assumptions' ./*.v | awk -F: '{ s += $2 } END { print s }')
+closed=$(grep -c 'Closed under the global context' make.log || true)
+[ "$printed" -eq "$closed" ] || { cat make.log; fail "$closed of $printed Print Assumptions closed"; }
+echo "Print Assumptions: $closed of $printed theorems closed under the global context"
+
+# --- 5. mutants: NAME|sed expression applied inside theorem NAME|what it breaks
+[ -f Theorems.v ] || exit 0
+MUTANTS='
+rank1_lemma|s/sinv (dot z z)/sinv (dot z_C z_C)/|z_C for z in the denominator
+rank1_lemma|s/(vsub z_C z)/(vsub z z_C)/|sign of the patch
+rank1_lemma|s/(H1 : z != 0) :/:/|drop z != 0
+rank1_min_norm|s/(H2 : matvec N z = vzero) :/:/|drop N z = 0
+controllability|s/(vsub u_C u)/(vsub u u_C)/|sign of the output patch
+block_gemma3|s/(H13 : coords_nz f_C) :/:/|drop: every coordinate of f_C nonzero
+block_gemma3|s/(H12 : z != 0)//|drop z != 0
+block_gemma3|s/(ediv delta f_C)/(ediv (vneg delta) f_C)/|sign of the scale patch
+block_gemma3|s/(sinv (dot z z))/(sinv (dot z_C z_C))/|z_C for z in the rank-1 denominator
+multilayer_gemma3|s/(vadd (vneg u_l) u_C_l)/(vadd (vneg u_C_l) u_l)/|sign of delta at layer l
+sequence_lemma|s/= vsub y (matvec W (matvec Z c))/= vsub (matvec W (matvec Z c)) y/|sign of B c
+sequence_postnorm_scale|s/(ssub 1 (mean/(ssub (snat 2) (mean/|the RMS condition on eps
+negative_rmsnorm_ball|s/(H1 : 0 < epsilon) :/:/|drop eps > 0
+negative_layernorm_mean|s/(vsub h (vconst (mean h)))) = 0/h) = 0/|no centring
+negative_scalar_ray|s/(H1 : coords_nz (had gamma f_C)) :/:/|drop: every coordinate nonzero
+'
+header=$(sed -n '1,/^Add Field/p' Theorems.v)
+one() {  # one NAME SED -> a file with the header and theorem NAME (mutated by SED), then End
+  printf '%s\n\n' "$header"
+  awk -v n="$1" '$1 == "Theorem" && $2 == n { t = 1 } t { print } t && /^Qed\.$/ { exit }' Theorems.v | sed "$2"
+  printf '\nEnd Theorems.\n'
+}
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+echo "$MUTANTS" | while IFS='|' read -r name expr what; do
+  [ -n "$name" ] || continue
+  one "$name" 's/^$//' > "$tmp/Orig.v"
+  one "$name" "$expr" > "$tmp/Mutant.v"
+  cmp -s "$tmp/Orig.v" "$tmp/Mutant.v" && fail "mutant of $name ($what) changes nothing: $expr"
+  coqc -R . CtxPatch -w -notation-overridden,-ambiguous-paths "$tmp/Orig.v" >/dev/null 2>&1 \
+    || fail "$name alone does not check in the mutation harness"
+  if coqc -R . CtxPatch -w -notation-overridden,-ambiguous-paths "$tmp/Mutant.v" >"$tmp/out" 2>&1; then
+    fail "mutant SURVIVED: $name: $what ($expr)"
+  fi
+  why=$(grep -m1 -A1 'Error' "$tmp/out" | tr '\n' ' ' | cut -c1-110)
+  echo "mutant killed: $name: $what -- $why"
+done
+rm -f "$tmp"/*.vo "$tmp"/*.glob "$tmp"/.*.aux 2>/dev/null || true
+echo "check.sh: ok"
