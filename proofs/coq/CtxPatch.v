@@ -221,19 +221,59 @@ Ltac ctx_nz_side :=
   repeat match goal with |- _ /\ _ => split end;
   repeat (first [ assumption | apply: rmul_nz | apply: rinv_nz | apply: ropp_nz ]).
 
-(** [ctx_num]: a scalar goal from the hypotheses. *)
-Ltac ctx_scalar_prep := ctx_facts; ctx_nz_ready.
-
 (** [ctx_scalar]: a scalar identity of [R] by [field], denominators from the hypotheses. *)
 Ltac ctx_scalar :=
   apply: ctx_eqR; ctx_fold; field; ctx_nz_side.
 
-Ltac ctx_num := ctx_scalar_prep; ctx_scalar.
+(** [ctx_replace E X]: rewrite [E : X = Y] in the goal and in every hypothesis that mentions [X]
+    (reverted, rewritten, reintroduced). *)
+Ltac ctx_replace E X :=
+  repeat match goal with
+  | H : context[X] |- _ =>
+      assert_fails (constr_eq H E);
+      lazymatch type of H with Prop => fail | Type => fail | _ => revert H end
+  end;
+  rewrite E; clear E; intros.
 
-(** [ctx_vec]: a vector identity coordinate by coordinate. *)
-Ltac ctx_vec :=
+(** [ctx_num0] / [ctx_vec0]: a scalar identity from the hypotheses, by [field]; a vector identity,
+    coordinate by coordinate. *)
+Ltac ctx_num0 := ctx_facts; ctx_nz_ready; ctx_scalar.
+Ltac ctx_vec0 :=
   ctx_facts; apply/colP; let i := fresh "i" in intro i; ctx_facts_at i; ctx_nz_ready; rewrite ?ctxE;
   ctx_scalar.
+
+(** [ctx_congr]: two applications of one atom-forming head ([Num.sqrt], [mean], [W *m _], [vmap f],
+    an opaque function of the context) whose arguments are spelled differently but are equal
+    (by [ctx_num0] for scalars, [ctx_vec0] for vectors) become one. Every subterm is visited, so
+    a difference deep inside is repaired where it occurs; the argument proofs themselves do not
+    recurse (that would search exponentially many failing pairs). *)
+Ltac ctx_congr :=
+  repeat match goal with
+  | |- context[Num.sqrt ?X] => match goal with |- context[Num.sqrt ?Y] =>
+        assert_fails (constr_eq X Y); let E := fresh "E" in
+        assert (E : X = Y) by ctx_num0; ctx_replace E X end
+  | |- context[mean ?X] => match goal with |- context[mean ?Y] =>
+        assert_fails (constr_eq X Y); let E := fresh "E" in
+        assert (E : X = Y) by ctx_vec0; ctx_replace E X end
+  | |- context[@mulmx _ _ _ _ ?M ?X] => match goal with |- context[@mulmx _ _ _ _ M ?Y] =>
+        assert_fails (constr_eq X Y); let E := fresh "E" in
+        assert (E : X = Y) by ctx_vec0; ctx_replace E X end
+  | |- context[vmap ?f ?X] => match goal with |- context[vmap f ?Y] =>
+        assert_fails (constr_eq X Y); let E := fresh "E" in
+        assert (E : X = Y) by ctx_vec0; ctx_replace E X end
+  | f : _ -> _ |- _ => match goal with |- context[f ?X] => match goal with |- context[f ?Y] =>
+        assert_fails (constr_eq X Y); let E := fresh "E" in
+        assert (E : X = Y) by (first [ctx_num0 | ctx_vec0]); ctx_replace E X end end
+  end.
+
+(** [ctx_num]: a scalar identity; [ctx_vec]: a vector identity coordinate by coordinate. The flat
+    tactic first; when it fails, again after [ctx_congr] at the vector level and at the coordinates
+    (a spelling difference inside an atom costs a search over pairs of atoms, so only then). *)
+Ltac ctx_num := first [ ctx_num0 | ctx_facts; ctx_congr; ctx_nz_ready; ctx_scalar ].
+Ltac ctx_vec := first [ ctx_vec0 |
+  ctx_facts; ctx_congr;
+  apply/colP; let i := fresh "i" in intro i; ctx_facts_at i; ctx_nz_ready; rewrite ?ctxE;
+  ctx_congr; ctx_scalar ].
 
 (** ** The rank-1 patch *)
 Section Rank1.
@@ -328,6 +368,9 @@ Ltac ctx_linear :=
           ?mul0mx ?mulmx0.
 
 (** [ctx_rank1]: every [(W + outer ((dot z z)^-1 *: r) z) *m z] becomes [W *m z + r] ([z != 0] from
-    the context), and [W *m z + (W *m z_C - W *m z)] (or [W *m (z_C - z)]) becomes [W *m z_C]. *)
-Ltac ctx_rank1 :=
-  rewrite ?rank1_apply ?scale_dotK ?mulmxBr ?add_subK ?addNKr //.
+    the context), and [W *m z + (W *m z_C - W *m z)] (or [- W *m z + W *m z_C], or [W *m (z_C - z)])
+    becomes [W *m z_C]; repeated, so that a patch applied to a patched activation (W_down after
+    W_gate, W_up) is simplified after the inner ones. *)
+Ltac ctx_rank1_step :=
+  rewrite ?rank1_apply ?scale_dotK ?mulmxBr ?mulmxDr ?mulmxN ?add_subK ?addNKr //.
+Ltac ctx_rank1 := repeat (progress ctx_rank1_step).

@@ -234,6 +234,95 @@ Proof.
 by case/andP: (H1 x).
 Qed.
 
+Theorem block_llama (d m : nat)
+  (a_C : 'cV[R]_m.+1) (W_up : 'M[R]_(m.+1, d.+1)) (z_C : 'cV[R]_d.+1) (sigma : R -> R)
+  (W_gate : 'M[R]_(m.+1, d.+1)) (h_C : 'cV[R]_d.+1) (W_down : 'M[R]_(d.+1, m.+1))
+  (W'_gate : 'M[R]_(m.+1, d.+1)) (z : 'cV[R]_d.+1) (W'_up : 'M[R]_(m.+1, d.+1))
+  (W'_down : 'M[R]_(d.+1, m.+1)) (delta : 'cV[R]_d.+1) (a' : 'cV[R]_m.+1) (h' y' u y_C : 'cV[R]_d.+1)
+  (H1 : a_C = had (matvec W_up z_C) (vmap sigma (matvec W_gate z_C)))
+  (H2 : h_C = matvec W_down a_C)
+  (H3 : W'_gate = madd W_gate (outer (vscale (sinv (dot z z)) (vadd (vneg (matvec W_gate z)) (matvec W_gate z_C))) z))
+  (H4 : W'_up = madd W_up (outer (vscale (sinv (dot z z)) (vadd (vneg (matvec W_up z)) (matvec W_up z_C))) z))
+  (H5 : W'_down = madd W_down (outer (vscale (sinv (dot a_C a_C)) delta) a_C))
+  (H6 : a' = had (matvec W'_up z) (vmap sigma (matvec W'_gate z)))
+  (H7 : h' = matvec W'_down a')
+  (H8 : y' = vadd h' u)
+  (H9 : y_C = vadd (vadd delta h_C) u)
+  (H10 : z != 0)
+  (H11 : a_C != 0) :
+  y' = y_C.
+Proof.
+subst.
+ctx_rank1.
+ctx_vec.
+Qed.
+
+Theorem block_olmo2 (d m : nat)
+  (a_C : 'cV[R]_m.+1) (W_up : 'M[R]_(m.+1, d.+1)) (z_C : 'cV[R]_d.+1) (sigma : R -> R)
+  (W_gate : 'M[R]_(m.+1, d.+1)) (h_C : 'cV[R]_d.+1) (W_down : 'M[R]_(d.+1, m.+1))
+  (f_C : 'cV[R]_d.+1) (epsilon_post : R) (W'_gate : 'M[R]_(m.+1, d.+1)) (z : 'cV[R]_d.+1)
+  (W'_up : 'M[R]_(m.+1, d.+1)) (gamma'_post delta gamma_post : 'cV[R]_d.+1) (a' : 'cV[R]_m.+1)
+  (h' y' u y_C : 'cV[R]_d.+1)
+  (H1 : a_C = had (matvec W_up z_C) (vmap sigma (matvec W_gate z_C)))
+  (H2 : h_C = matvec W_down a_C)
+  (H3 : f_C = vscale (sinv (ssqrt (sadd epsilon_post (mean (vpow h_C 2))))) h_C)
+  (H4 : W'_gate = madd W_gate (outer (vscale (sinv (dot z z)) (vadd (vneg (matvec W_gate z)) (matvec W_gate z_C))) z))
+  (H5 : W'_up = madd W_up (outer (vscale (sinv (dot z z)) (vadd (vneg (matvec W_up z)) (matvec W_up z_C))) z))
+  (H6 : gamma'_post = vadd (ediv delta f_C) gamma_post)
+  (H7 : a' = had (matvec W'_up z) (vmap sigma (matvec W'_gate z)))
+  (H8 : h' = matvec W_down a')
+  (H9 : y' = vadd (had gamma'_post (vscale (sinv (ssqrt (sadd epsilon_post (mean (vpow h' 2))))) h')) u)
+  (H10 : y_C = vadd (vadd (had gamma_post (vscale (sinv (ssqrt (sadd epsilon_post (mean (vpow h_C 2))))) h_C))
+                          delta) u)
+  (H11 : 0 < epsilon_post)
+  (H12 : z != 0)
+  (H13 : coords_nz f_C) :
+  y' = y_C.
+Proof.
+subst.
+ctx_rank1.
+ctx_vec.
+Qed.
+
+Theorem block_vanilla_skip (d m : nat)
+  (a_C : 'cV[R]_m.+1) (sigma : R -> R) (W_up : 'M[R]_(m.+1, d.+1)) (z_C : 'cV[R]_d.+1)
+  (b_up : 'cV[R]_m.+1) (h_C : 'cV[R]_d.+1) (W_down : 'M[R]_(d.+1, m.+1)) (b_down : 'cV[R]_d.+1)
+  (W'_up : 'M[R]_(m.+1, d.+1)) (z b'_down delta : 'cV[R]_d.+1) (a' : 'cV[R]_m.+1)
+  (h' y' u y_C : 'cV[R]_d.+1)
+  (H1 : a_C = vmap sigma (vadd (matvec W_up z_C) b_up))
+  (H2 : h_C = vadd (matvec W_down a_C) b_down)
+  (H3 : W'_up = madd W_up (outer (vscale (sinv (dot z z)) (vadd (vneg (matvec W_up z)) (matvec W_up z_C))) z))
+  (H4 : b'_down = vadd b_down delta)
+  (H5 : a' = vmap sigma (vadd (matvec W'_up z) b_up))
+  (H6 : h' = vadd (matvec W_down a') b'_down)
+  (H7 : y' = vadd h' u)
+  (H8 : y_C = vadd (vadd delta h_C) u)
+  (H9 : z != 0) :
+  y' = y_C.
+Proof.
+subst.
+ctx_rank1.
+ctx_vec.
+Qed.
+
+Theorem block_gptj (d m : nat)
+  (a_C : 'cV[R]_m.+1) (sigma : R -> R) (W_up : 'M[R]_(m.+1, d.+1)) (z : 'cV[R]_d.+1)
+  (b_up : 'cV[R]_m.+1) (h_C : 'cV[R]_d.+1) (W_down : 'M[R]_(d.+1, m.+1)) (b_down : 'cV[R]_d.+1)
+  (b'_down delta : 'cV[R]_d.+1) (a' : 'cV[R]_m.+1) (h' y' u y_C : 'cV[R]_d.+1)
+  (H1 : a_C = vmap sigma (vadd (matvec W_up z) b_up))
+  (H2 : h_C = vadd (matvec W_down a_C) b_down)
+  (H3 : b'_down = vadd b_down delta)
+  (H4 : a' = a_C)
+  (H5 : h' = vadd (matvec W_down a') b'_down)
+  (H6 : y' = vadd h' u)
+  (H7 : y_C = vadd (vadd delta h_C) u) :
+  y' = y_C.
+Proof.
+subst.
+ctx_rank1.
+ctx_vec.
+Qed.
+
 End Theorems.
 
 Print Assumptions rank1_lemma.
@@ -252,3 +341,7 @@ Print Assumptions negative_rmsnorm_ball.
 Print Assumptions negative_layernorm_mean.
 Print Assumptions negative_scalar_ray.
 Print Assumptions negative_bounded_activation.
+Print Assumptions block_llama.
+Print Assumptions block_olmo2.
+Print Assumptions block_vanilla_skip.
+Print Assumptions block_gptj.

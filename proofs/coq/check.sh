@@ -42,6 +42,7 @@ fi
 
 # --- 3. build
 coq_makefile -f _CoqProject -o Makefile.coq >/dev/null
+make -f Makefile.coq clean >/dev/null 2>&1  # a full build prints every Print Assumptions
 start=$(date +%s)
 make -f Makefile.coq >make.log 2>&1 || { cat make.log; fail "coqc refused the project (make.log)"; }
 end=$(date +%s)
@@ -65,6 +66,10 @@ block_gemma3|s/(H13 : coords_nz f_C) :/:/|drop: every coordinate of f_C nonzero
 block_gemma3|s/(H12 : z != 0)//|drop z != 0
 block_gemma3|s/(ediv delta f_C)/(ediv (vneg delta) f_C)/|sign of the scale patch
 block_gemma3|s/(sinv (dot z z))/(sinv (dot z_C z_C))/|z_C for z in the rank-1 denominator
+block_llama|s/(H11 : a_C != 0) :/:/|drop a_C != 0 (the W_down rank-1 patch)
+block_olmo2|s/(ediv delta f_C) gamma_post/(ediv delta f_C) (vscale (snat 2) gamma_post)/|a doubled scale
+block_vanilla_skip|s/(H4 : b'"'"'_down = vadd b_down delta)/(H4 : b'"'"'_down = b_down)/|no bias patch
+block_gptj|s/(H3 : b'"'"'_down = vadd b_down delta)/(H3 : b'"'"'_down = vsub b_down delta)/|sign of the bias patch
 multilayer_gemma3|s/(vadd (vneg u_l) u_C_l)/(vadd (vneg u_C_l) u_l)/|sign of delta at layer l
 sequence_lemma|s/= vsub y (matvec W (matvec Z c))/= vsub (matvec W (matvec Z c)) y/|sign of B c
 sequence_postnorm_scale|s/(ssub 1 (mean/(ssub (snat 2) (mean/|the RMS condition on eps
