@@ -374,3 +374,20 @@ Ltac ctx_linear :=
 Ltac ctx_rank1_step :=
   rewrite ?rank1_apply ?scale_dotK ?mulmxBr ?mulmxDr ?mulmxN ?add_subK ?addNKr //.
 Ltac ctx_rank1 := repeat (progress ctx_rank1_step).
+
+(** [ctx_eqs]: rewrite the goal with every hypothesis [a = b] whose left side is not a variable
+    (those are [subst]ituted), occurs in the goal, and does not occur in [b]. *)
+Ltac ctx_eqs :=
+  repeat match goal with
+  | H : ?a = ?b |- context[?a] =>
+      assert_fails (is_var a);
+      lazymatch b with context[a] => fail | _ => rewrite H end
+  end.
+
+(** [ctx_kill]: [<x z^T, N>_F = 0] and [<N, x z^T>_F = 0] for every hypothesis [N z = 0]. *)
+Ltac ctx_kill :=
+  repeat match goal with
+  | H : ?N *m ?z = 0 |- context[frob (_ *m ?z^T) ?N] => rewrite (frob_outer_kill _ H)
+  | H : ?N *m ?z = 0 |- context[frob ?N (_ *m ?z^T)] => rewrite (frob_outer_killr _ H)
+  end.
+

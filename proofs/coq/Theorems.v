@@ -26,7 +26,9 @@ Theorem rank1_min_norm_split (d m : nat)
   (H2 : matvec D z = matvec W (vsub z_C z)) :
   matvec (msub D (outer (vscale (sinv (dot z z)) (matvec W (vsub z_C z))) z)) z = vzero.
 Proof.
-by rewrite mulmxBl outer_apply scale_dotK // H2 subrr.
+rewrite mulmxBl outer_apply scale_dotK //.
+ctx_eqs.
+by rewrite subrr.
 Qed.
 
 Theorem rank1_min_norm (d m : nat)
@@ -39,7 +41,9 @@ Theorem rank1_min_norm (d m : nat)
              (outer (vscale (sinv (dot z z)) (matvec W (vsub z_C z))) z))
        (frob N N).
 Proof.
-by rewrite frobDl !frobDr (frob_outer_kill _ H2) (frob_outer_killr _ H2) addr0 add0r.
+rewrite frobDl !frobDr.
+ctx_kill.
+by rewrite addr0 add0r.
 Qed.
 
 Theorem controllability (d k p r : nat)
@@ -130,7 +134,7 @@ Theorem sequence_lemma (d m q : nat)
   (H2 : matvec B c = vsub y (matvec W (matvec Z c))) :
   vadd (matvec W (matvec Z c)) (matvec B (matvec A (matvec Z c))) = y.
 Proof.
-rewrite H1 H2.
+ctx_eqs.
 ctx_vec.
 Qed.
 
@@ -141,7 +145,7 @@ Theorem sequence_input_patch (d m q : nat)
   (H2 : matvec B c = vsub (matvec W (matvec Z_C c)) (matvec W (matvec Z c))) :
   vadd (matvec W (matvec Z c)) (matvec B (matvec A (matvec Z c))) = matvec W (matvec Z_C c).
 Proof.
-rewrite H1 H2.
+ctx_eqs.
 ctx_vec.
 Qed.
 
@@ -152,7 +156,7 @@ Theorem sequence_output_patch (d m q : nat)
   (H2 : matvec B_H c = vsub y_star (matvec W_down (matvec H c))) :
   vadd (matvec W_down (matvec H c)) (matvec B_H (matvec A_H (matvec H c))) = y_star.
 Proof.
-rewrite H1 H2.
+ctx_eqs.
 ctx_vec.
 Qed.
 
@@ -163,7 +167,8 @@ Theorem sequence_min_norm (d q : nat)
   dot (vadd rho n) (vadd rho n) = sadd (dot rho rho) (dot n n).
 Proof.
 subst.
-rewrite dotDl !dotDr (dotC (matvec Z g) n) H2.
+rewrite dotDl !dotDr (dotC (matvec Z g) n).
+ctx_eqs.
 ctx_num.
 Qed.
 
