@@ -173,9 +173,7 @@ Ltac ctx_fold_in H :=
   rewrite ?exprS ?expr0 ?mulr1n ?mulrS ?mulr0n ?fold_coord
           ?fold_add ?fold_mul ?fold_opp ?fold_inv ?fold_0 ?fold_1 in H.
 
-(** [ctx_facts]: the nonzero scalars the hypotheses give, as [x <> r0] with [x] folded: from
-    [x != 0] and [0 < x] (scalars), [z != 0] (vectors: [dot z z]), and [coords_nz v] at the
-    coordinate [i]; products, inverses and negations are split into their factors. *)
+(** [ctx_split_nz]: a nonzero product, inverse or negation gives its nonzero factors. *)
 Ltac ctx_split_nz :=
   repeat match goal with
   | H : is_true (_ * _ != 0) |- _ => case: (mul_nzP H) => ? ?; clear H
@@ -183,6 +181,9 @@ Ltac ctx_split_nz :=
   | H : is_true (- _ != 0) |- _ => move: (opp_nzP H) => ?; clear H
   end.
 
+(** [ctx_facts_at i]: [v i 0 != 0] from every [coords_nz v]; [ctx_facts]: [x != 0] from [0 < x],
+    [dot z z != 0] from a vector [z != 0]. [ctx_nz_ready] then brings them to the form [field]
+    wants. *)
 Ltac ctx_facts_at i :=
   repeat match goal with
   | H : coords_nz ?v |- _ =>
@@ -225,13 +226,12 @@ Ltac ctx_nz_side :=
 Ltac ctx_scalar :=
   apply: ctx_eqR; ctx_fold; field; ctx_nz_side.
 
-(** [ctx_replace E X]: rewrite [E : X = Y] in the goal and in every hypothesis that mentions [X]
-    (reverted, rewritten, reintroduced). *)
+(** [ctx_replace E X]: rewrite [E : X = Y] in the goal and in every other hypothesis that mentions
+    [X] (reverted, rewritten, reintroduced under fresh names: it is used only inside terminal
+    tactics). *)
 Ltac ctx_replace E X :=
   repeat match goal with
-  | H : context[X] |- _ =>
-      assert_fails (constr_eq H E);
-      lazymatch type of H with Prop => fail | Type => fail | _ => revert H end
+  | H : context[X] |- _ => assert_fails (constr_eq H E); revert H
   end;
   rewrite E; clear E; intros.
 

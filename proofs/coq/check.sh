@@ -9,7 +9,10 @@
 #   4. every `Print Assumptions` answers "Closed under the global context";
 #   5. (only for this directory, whose Theorems.v the mutants are written against) each mutant
 #      below changes one statement of Theorems.v; coqc must refuse every one (and accept the same
-#      theorem unmutated, in the same harness).
+#      theorem unmutated, in the same harness);
+#   6. (same) each variant below spells one statement differently but equivalently (another
+#      tree of the same operations); coqc must accept every one: the scripts do not depend on
+#      the printer's choice of tree.
 #
 # Exit 0 when all of it holds. Needs coqc 8.16 and mathcomp 1.15 (ssreflect, algebra).
 set -eu
@@ -97,6 +100,22 @@ echo "$MUTANTS" | while IFS='|' read -r name expr what; do
   fi
   why=$(grep -m1 -A1 'Error' "$tmp/out" | tr '\n' ' ' | cut -c1-110)
   echo "mutant killed: $name: $what -- $why"
+done
+
+VARIANTS='
+block_gemma3|s/(vadd (vneg (matvec W_gate z)) (matvec W_gate z_C))/(matvec W_gate (vsub z_C z))/|W_gate (z_C - z) in the rank-1 patch
+block_gemma3|s/(vadd (vneg (matvec W_up z)) (matvec W_up z_C))/(vsub (matvec W_up z_C) (matvec W_up z))/|W_up z_C - W_up z in the rank-1 patch
+block_gemma3|s/(sadd epsilon_post (mean (vpow h'"'"' 2)))/(sadd (mean (vpow h'"'"' 2)) epsilon_post)/|mean + eps in one norm, eps + mean in the others
+block_gemma3|s/(H7 : a'"'"' = had (matvec W'"'"'_up z) (vmap sigma (matvec W'"'"'_gate z)))/(H7 : a'"'"' = had (vmap sigma (matvec W'"'"'_gate z)) (matvec W'"'"'_up z))/|the gated product in the other order
+block_llama|s/(H9 : y_C = vadd (vadd delta h_C) u)/(H9 : y_C = vadd u (vadd h_C delta))/|another order of the output sum
+'
+echo "$VARIANTS" | while IFS='|' read -r name expr what; do
+  [ -n "$name" ] || continue
+  one "$name" "$expr" > "$tmp/Variant.v"
+  one "$name" 's/^$//' | cmp -s - "$tmp/Variant.v" && fail "variant of $name ($what) changes nothing: $expr"
+  coqc -R . CtxPatch -w -notation-overridden,-ambiguous-paths "$tmp/Variant.v" >"$tmp/out" 2>&1 \
+    || { cat "$tmp/out"; fail "variant REFUSED: $name: $what ($expr)"; }
+  echo "variant accepted: $name: $what"
 done
 rm -f "$tmp"/*.vo "$tmp"/*.glob "$tmp"/.*.aux 2>/dev/null || true
 echo "check.sh: ok"
