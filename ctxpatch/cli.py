@@ -190,7 +190,7 @@ def cmd_codegen(args) -> int:
 
 def cmd_validate(args) -> int:
     """Random-instance validation of the layer-by-layer algorithm on a stack of random layers."""
-    from numeric.validate import Setup, validate
+    from numeric.check.validate import Setup, validate
 
     spec = catalog.resolve(args.arch)
     if args.heads % args.kv_heads or args.d % args.heads or (args.d // args.heads) % 2:
@@ -221,13 +221,13 @@ def cmd_validate(args) -> int:
 def cmd_hf_check(args) -> int:
     """Absorb a random context on a tiny random transformers model; compare with the contextual run."""
     try:
-        from numeric.hfcheck import hf_check
+        from numeric.hf.hfcheck import hf_check
     except ImportError as exc:  # transformers is the `hf` extra
         raise SpecError(f"hf-check needs transformers ({exc}); install it with `pip install -e '.[hf]'`.") from None
-    from numeric.models import is_model_name
+    from numeric.hf.models import is_model_name
 
     if is_model_name(args.model_type):  # real pretrained weights: natural-text pairs
-        from numeric.hfcheck import real_check
+        from numeric.hf.hfcheck import real_check
 
         out = real_check(args.model_type, dtype=args.dtype, generate=args.generate, strategy=args.strategy)
     else:
@@ -258,8 +258,8 @@ def cmd_hf_check(args) -> int:
 def cmd_models(args) -> int:
     """Every causal-LM model type of the installed transformers, tiny: supported (with figures) or refused."""
     try:
-        from numeric import zoo
-        from numeric.hfcheck import SUPPORT, models_table
+        from numeric.hf import zoo
+        from numeric.hf.hfcheck import SUPPORT, models_table
     except ImportError as exc:
         raise SpecError(f"models needs transformers ({exc}); install it with `pip install -e '.[hf]'`.") from None
     known = zoo.causal_lm_types()
@@ -345,7 +345,7 @@ def cmd_report(args) -> int:
 
 def cmd_precision(args) -> int:
     """Error of the patched run vs dtype (float64, float32, bfloat16) and vs conditioning."""
-    from numeric.validate import precision
+    from numeric.check.validate import precision
 
     spec = catalog.resolve(args.arch)
     api.derive(spec, args.strategy)  # a strategy that is not exact here: a clear error first
@@ -367,7 +367,7 @@ def cmd_precision(args) -> int:
 
 def cmd_mutate(args) -> int:
     """Mutation testing: every deliberately wrong formula, proof or kernel must be caught."""
-    from numeric.mutants import run_all
+    from numeric.check.mutants import run_all
 
     out = run_all()
     if args.json:
@@ -385,8 +385,8 @@ def cmd_mutate(args) -> int:
 def cmd_experiment(args) -> int:
     """The seed paper's generation experiment on the trained fixture or any local causal LM."""
     try:
-        from numeric.experiment import FIXTURE, run, run_all
-        from numeric.models import MODELS, is_model_name
+        from numeric.hf.experiment import FIXTURE, run, run_all
+        from numeric.hf.models import MODELS, is_model_name
     except ImportError as exc:
         raise SpecError(f"experiment needs transformers ({exc}); install it with `pip install -e '.[hf]'`.") from None
     name = args.model if args.model and is_model_name(args.model) else None
@@ -471,7 +471,7 @@ def cmd_demo(args) -> int:
         return bool(data["hf"]) and all(r["ok"] for r in data["hf"])
 
     def do_experiment():
-        from numeric.experiment import run
+        from numeric.hf.experiment import run
 
         data["experiment"] = [run(dtype="float32"), run(dtype="bfloat16", strategy="stable", patch_dtype="float32")]
         return all(r["agreement"] == 1.0 for r in data["experiment"])

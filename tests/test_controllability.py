@@ -8,7 +8,7 @@ import json
 import pytest
 
 from ctxpatch.cli import main
-from numeric.counterexample import best_residual, witness
+from numeric.check.counterexample import best_residual, witness
 from symbolic import catalog
 from symbolic.derive import Restriction
 from tests.conftest import EXAMPLES, verdict

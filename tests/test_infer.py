@@ -1,4 +1,4 @@
-"""Adapter inference (numeric.infer): the layout of any transformers decoder read from the model, the
+"""Adapter inference (numeric.hf.infer): the layout of any transformers decoder read from the model, the
 mandatory equivalence check before any patch, user specs in the Hugging Face path, `ctxpatch models`."""
 
 from __future__ import annotations
@@ -12,10 +12,15 @@ import torch
 pytest.importorskip("transformers")
 
 from ctxpatch.cli import main  # noqa: E402
-from numeric import zoo  # noqa: E402
-from numeric.hf import absorb_context, layout_for  # noqa: E402
-from numeric.hfcheck import hf_check, model_status, random_ids, tiny_model  # noqa: E402
-from numeric.infer import FLOAT64_BOUND, Float64Mode, infer  # noqa: E402
+from numeric.hf import (  # noqa: E402
+    absorb_context,
+    layout_for,
+    zoo,  # noqa: E402
+)
+from numeric.hf.equivalence import FLOAT64_BOUND  # noqa: E402
+from numeric.hf.hfcheck import hf_check, model_status, random_ids, tiny_model  # noqa: E402
+from numeric.hf.infer import infer  # noqa: E402
+from numeric.hf.probe import Float64Mode  # noqa: E402
 from symbolic import catalog  # noqa: E402
 from symbolic.errors import SpecError  # noqa: E402
 
@@ -26,7 +31,7 @@ INFERRED = ["phi3", "cohere", "stablelm", "granite", "nemotron", "glm4", "starco
             "persimmon", "gpt_bigcode", "codegen", "biogpt", "opt", "bloom", "mpt", "gpt_neo",
             "qwen3_moe", "olmoe", "phimoe", "granitemoe", "ernie4_5", "deepseek_v3", "bitnet", "llama4_text",
             "roberta", "aria_text", "trocr", "megatron-bert", "roberta-prelayernorm", "xlm-roberta-xl",
-            "dots1", "cohere_compass_text", "ernie4_5_moe", "hunyuan_v1_moe",  # tiny configs fixed in numeric.zoo
+            "dots1", "cohere_compass_text", "ernie4_5_moe", "hunyuan_v1_moe",  # tiny configs fixed in numeric.hf.zoo
             "moshi", "kolibri1", "roformer", "gpt_oss"]
 
 

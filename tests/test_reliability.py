@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 from ctxpatch.api import check
 from ctxpatch.cli import main
 from numeric import kernels
-from numeric.counterexample import best_residual
+from numeric.check.counterexample import best_residual
+from numeric.check.reference import forward, random_params
+from numeric.check.validate import Setup, precision, validate
 from numeric.kernels.runtime import IllConditionedPatchWarning
-from numeric.reference import forward, random_params
-from numeric.validate import Setup, precision, validate
 from symbolic import catalog
 from symbolic.errors import PatchConditionError, SpecError
 from symbolic.spec import loads_toml
@@ -132,14 +132,14 @@ def test_every_mutant_is_killed(capsys):
 
 def test_unmutated_kernels_pass_the_same_validation():
     """The control: what kills a mutant is its edit (the same validation passes the real kernel)."""
-    from numeric.mutants import KERNEL_MUTANTS
+    from numeric.check.mutants import KERNEL_MUTANTS
 
     for m in {(m.arch, m.strategy) for m in KERNEL_MUTANTS}:
         assert validate(catalog.load(m[0]), Setup(layers=3, strategy=m[1]), trials=1)["ok"], m
 
 
 def test_a_stale_mutant_is_an_error():
-    from numeric.mutants import Edit, MutantError, mutated_source
+    from numeric.check.mutants import Edit, MutantError, mutated_source
 
     with pytest.raises(MutantError):
         mutated_source("\ndef block_patches():\n    return 1\n", (Edit("block_patches", "nothing", "x"),))

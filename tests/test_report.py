@@ -101,7 +101,7 @@ def test_demo_runs_every_step_and_writes_the_reports(tmp_path, capsys):
 
 
 def test_gemma3_report_has_the_generation_experiment_section(gemma3_data, tmp_path):
-    from numeric.experiment import PROMPTS, run
+    from numeric.hf.experiment import PROMPTS, run
 
     data = {**gemma3_data, "experiment": [run(dtype="float32", tokens=2, prompts=PROMPTS[:1])]}
     files = report.render(catalog.load("gemma3"), "latex", tmp_path, data=data)

@@ -1,4 +1,4 @@
-"""The tiny models of numeric.zoo: configs transformers' defaults cannot build small, float64 throughout,
+"""The tiny models of numeric.hf.zoo: configs transformers' defaults cannot build small, float64 throughout,
 and `Float64Mode` widening float tensors created in the default dtype."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import torch
 
 pytest.importorskip("transformers")
 
-from numeric import zoo  # noqa: E402
-from numeric.infer import Float64Mode  # noqa: E402
+from numeric.hf import zoo  # noqa: E402
+from numeric.hf.probe import Float64Mode  # noqa: E402
 
 
 @pytest.mark.parametrize("model_type", ["dbrx", "dots1", "lfm2_moe", "cohere_compass_text"])

@@ -126,7 +126,7 @@ def _kernel(spec: BlockSpec, der) -> dict:
 
 def hf_rows(spec: BlockSpec, quick: bool = False) -> list[dict]:
     try:
-        from numeric.hfcheck import TINY, hf_check
+        from numeric.hf.hfcheck import TINY, hf_check
     except ImportError:
         return []
     types = [t for t in (spec.hf_model_types or ()) if t in TINY][:1]
@@ -176,13 +176,13 @@ def strategy_rows(verdict) -> list[dict]:
 
 
 def validation(spec: BlockSpec, quick: bool = False) -> list[dict]:
-    from numeric.validate import Setup, validate
+    from numeric.check.validate import Setup, validate
 
     return [validate(spec, Setup(dtype=dt), trials=1 if quick else 3) for dt in ("float64", "float32")]
 
 
 def dynamics(spec: BlockSpec, quick: bool = False) -> dict:
-    from numeric.validate import dynamics as dyn
+    from numeric.check.validate import dynamics as dyn
 
     return dyn(spec, 12 if quick else 32)
 
@@ -196,7 +196,7 @@ def experiment(spec: BlockSpec, quick: bool = False) -> list[dict]:
     if quick or spec.name != "gemma3":
         return []
     try:
-        from numeric.experiment import FIXTURE, run
+        from numeric.hf.experiment import FIXTURE, run
     except ImportError:
         return []
     if not (FIXTURE / "config.json").exists():

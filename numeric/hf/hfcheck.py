@@ -1,6 +1,6 @@
 r"""Tiny random Hugging Face models of every supported type, and the check behind ``ctxpatch hf-check``.
 
-No weights are downloaded: a model is built from a config (`numeric.zoo.tiny_model`) with random
+No weights are downloaded: a model is built from a config (`numeric.hf.zoo.tiny_model`) with random
 weights, every 1-D parameter perturbed. Token ids avoid 0 (a padding row of some embeddings is zero,
 which makes a lone token's $z = 0$).
 """
@@ -12,24 +12,25 @@ from collections import Counter
 
 import torch
 
-from numeric.hf import absorb_context, generate_without_context
-from numeric.infer import cached, kv_cache
-from numeric.validate import rel_error
+from numeric.check.validate import rel_error
+from numeric.hf.absorb import absorb_context
+from numeric.hf.compat import cached, kv_cache
+from numeric.hf.generate import generate_without_context
 from symbolic.errors import SpecError
 
 BOUNDS = {"float64": 1e-6, "float32": 1e-4}
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 ENCODERS = {"bert"}
-#: The types the test suite runs end to end (any causal-LM type of `numeric.zoo.causal_lm_types` works).
+#: The types the test suite runs end to end (any causal-LM type of `numeric.hf.zoo.causal_lm_types` works).
 TINY = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo2", "mixtral", "qwen2_moe",
         "qwen3_moe", "olmoe", "gpt2", "gptj", "gpt_neox", "phi", "falcon", "bert")
 
 
 def tiny_model(model_type: str, layers: int = 2, dtype: str = "float64", seed: int = 0,
                encoder: bool | None = None):
-    """A small random model of `model_type` (`numeric.zoo.tiny_model`; eager attention and experts, so
+    """A small random model of `model_type` (`numeric.hf.zoo.tiny_model`; eager attention and experts, so
     float64 works)."""
-    from numeric import zoo
+    from numeric.hf import zoo
 
     if dtype not in DTYPES:
         raise SpecError(f"dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
@@ -84,7 +85,7 @@ def hf_check(model_type: str, layers: int = 2, context_len: int = 6, query_len: 
 
 def choices(ps) -> dict:
     """What the patches were derived with, per layer: ``strategies`` ({strategy: tokens}) and
-    ``amplification`` (the largest over the tokens; `numeric.hf.amplification`)."""
+    ``amplification`` (the largest over the tokens; `numeric.hf.amplification.amplification`)."""
     return {"strategies": [dict(Counter(lp.strategies)) for lp in ps.layers],
             "amplification": [max(lp.amplification, default=float("nan")) for lp in ps.layers]}
 
@@ -157,8 +158,8 @@ def greedy_with_context(model, ids: torch.Tensor, tokens: int) -> torch.Tensor:
 
 def real_check(name: str, dtype: str = "float32", generate: int = 0, strategy: str | None = None,
                pairs=REAL_PAIRS) -> dict:
-    """`real_pair_check` on every pair of a real model (`numeric.models`): the figures and the worst."""
-    from numeric import models
+    """`real_pair_check` on every pair of a real model (`numeric.hf.models`): the figures and the worst."""
+    from numeric.hf import models
 
     t0 = time.perf_counter()
     model, tokenizer = models.load(name, dtype)
@@ -196,7 +197,7 @@ def refusal(exc: BaseException) -> str:
 
 def model_status(model_type: str, layers: int = 2, seed: int = 0) -> dict:
     """`supported` (with its figures) or `refused` (with the reason) for one causal-LM model type."""
-    from numeric import zoo
+    from numeric.hf import zoo
 
     t0 = time.perf_counter()
     row = {"model_type": model_type, "status": "refused", "reason": "", "factored_error": None,
@@ -230,7 +231,7 @@ def models_table(types: list[str] | None = None, progress=None) -> list[dict]:
     """`model_status` of every causal-LM type of the installed transformers (or of ``types``)."""
     import warnings
 
-    from numeric import zoo
+    from numeric.hf import zoo
 
     rows = []
     for model_type in types or zoo.causal_lm_types():

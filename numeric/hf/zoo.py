@@ -37,7 +37,7 @@ MAX_PARAMETERS = 3_000_000
 #: Types whose forward transformers itself cannot run in float64 (code written for half and single precision):
 #: xglm floors its attention scores with ``torch.full((), finfo(dtype).min)`` in the default dtype, float32,
 #: which float64's minimum overflows; inkling2's router casts its input to float32 against a weight in the
-#: model's dtype. Their float64 tiny models run every forward under `numeric.infer.Float64Mode`.
+#: model's dtype. Their float64 tiny models run every forward under `numeric.hf.probe.Float64Mode`.
 WIDENED_FORWARD = ("xglm", "inkling2_text")
 
 
@@ -147,7 +147,7 @@ def tiny_model(model_type: str, layers: int = 2, dtype: torch.dtype = torch.floa
 def _widen_forward(model) -> None:
     """Every forward of the model (and of its trunk, run alone for passes without logits) under a
     `Float64Mode`: float32 casts and float tensors created in the default dtype become float64."""
-    from numeric.infer import Float64Mode
+    from numeric.hf.probe import Float64Mode
 
     modes = []
 
