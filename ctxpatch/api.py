@@ -79,11 +79,11 @@ def codegen(spec: SpecLike, backend: str = "torch", strategy: str | None = None,
             input_strategy: str | None = None) -> str:
     """The source of the generated kernel of a block (``numpy`` or ``torch``), rendered in memory."""
     from symbolic import codegen as symbolic_codegen
-    from symbolic.errors import bad_value
+    from symbolic.errors import CtxpatchInputError, bad_value
 
     block = load_spec(spec)
     if backend not in symbolic_codegen.BACKENDS:
-        raise bad_value("codegen", "backend", backend, symbolic_codegen.BACKENDS)
+        raise bad_value("codegen", "backend", backend, symbolic_codegen.BACKENDS, kind=CtxpatchInputError)
     return symbolic_codegen.render(block, backend, derive(block, strategy, input_strategy))
 
 

@@ -1,8 +1,9 @@
 """The `ctxpatch` command line. Each verb is a small function; errors become exit codes.
 
-Exit codes: 0 success; 1 a check failed (a derivation SymPy could not verify); 2 bad input
-(unknown architecture, malformed TOML, unknown field, value or strategy), reported as one
-paragraph on stderr, never a traceback.
+Exit codes: 0 success; 1 a check failed (a derivation SymPy could not verify, a side condition of a patch);
+2 bad input (`symbolic.errors.CtxpatchInputError`: a spec, as an unknown architecture, malformed TOML, an unknown
+field, value or strategy; a model or its inputs; an option), reported as one paragraph on stderr, never a
+traceback.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ from rich.table import Table
 from ctxpatch import api
 from ctxpatch.reporting import FORMATS
 from symbolic import catalog
-from symbolic.errors import PatchConditionError, SpecError
+from symbolic.errors import CtxpatchInputError, ModelInputError, PatchConditionError, SpecError
 
 console = Console(highlight=False)
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 # What a demo step can fail with and still be reported as a failed step: bad input or a refused patch
-# (SpecError is a ValueError, PatchConditionError an ArithmeticError), a missing tool or file (LaTeX).
+# (CtxpatchInputError is a ValueError, PatchConditionError an ArithmeticError), a missing tool or file (LaTeX).
 DEMO_STEP_ERRORS = (ValueError, ArithmeticError, OSError, RuntimeError)
 
 
@@ -149,8 +150,8 @@ def cmd_codegen(args) -> int:
 
     if args.spec is None:
         if args.strategy or args.input_strategy:
-            raise SpecError("--strategy and --input-strategy apply to --spec only; the catalog kernels use "
-                            "each architecture's default strategies")
+            raise CtxpatchInputError("--strategy and --input-strategy apply to --spec only; the catalog kernels use "
+                                     "each architecture's default strategies")
         sources = codegen.catalog_sources()
         if args.out is not None:
             sources = {args.out / p.parent.name / p.name: t for p, t in sources.items()}
@@ -194,8 +195,9 @@ def cmd_validate(args) -> int:
 
     spec = catalog.resolve(args.arch)
     if args.heads % args.kv_heads or args.d % args.heads or (args.d // args.heads) % 2:
-        raise SpecError(f"--heads {args.heads}, --kv-heads {args.kv_heads}, --d {args.d}: the heads must divide "
-                        "d into an even head size, and the kv heads must divide the heads (grouped queries).")
+        raise CtxpatchInputError(f"--heads {args.heads}, --kv-heads {args.kv_heads}, --d {args.d}: the heads must "
+                                 "divide d into an even head size, and the kv heads must divide the heads (grouped "
+                                 "queries).")
     api.derive(spec, args.strategy, args.input_strategy)  # a strategy that is not exact here: a clear error first
     setup = Setup(layers=args.layers, d=args.d, m=args.m, heads=args.heads, kv_heads=args.kv_heads,
                   rope=not args.no_rope, context_len=args.context_len, query_len=args.query_len, dtype=args.dtype,
@@ -223,7 +225,8 @@ def cmd_hf_check(args) -> int:
     try:
         from numeric.hf.hfcheck import hf_check
     except ImportError as exc:  # transformers is the `hf` extra
-        raise SpecError(f"hf-check needs transformers ({exc}); install it with `pip install -e '.[hf]'`.") from None
+        raise CtxpatchInputError(f"hf-check needs transformers ({exc}); install it with "
+                                 "`pip install -e '.[hf]'`.") from None
     from numeric.hf.models import is_model_name
 
     if is_model_name(args.model_type):  # real pretrained weights: natural-text pairs
@@ -261,12 +264,13 @@ def cmd_models(args) -> int:
         from numeric.hf import zoo
         from numeric.hf.hfcheck import SUPPORT, models_table
     except ImportError as exc:
-        raise SpecError(f"models needs transformers ({exc}); install it with `pip install -e '.[hf]'`.") from None
+        raise CtxpatchInputError(f"models needs transformers ({exc}); install it with "
+                                 "`pip install -e '.[hf]'`.") from None
     known = zoo.causal_lm_types()
     unknown = [t for t in args.types or () if t not in known]
     if unknown:
-        raise SpecError(f"--types: {', '.join(unknown)} not causal-LM types of the installed transformers. "
-                        f"Allowed: {', '.join(known)}")
+        raise ModelInputError(f"--types: {', '.join(unknown)} not causal-LM types of the installed transformers. "
+                              f"Allowed: {', '.join(known)}")
 
     def progress(row):
         if not args.json:
@@ -388,13 +392,14 @@ def cmd_experiment(args) -> int:
         from numeric.hf.experiment import FIXTURE, run, run_all
         from numeric.hf.models import MODELS, is_model_name
     except ImportError as exc:
-        raise SpecError(f"experiment needs transformers ({exc}); install it with `pip install -e '.[hf]'`.") from None
+        raise CtxpatchInputError(f"experiment needs transformers ({exc}); install it with "
+                                 "`pip install -e '.[hf]'`.") from None
     name = args.model if args.model and is_model_name(args.model) else None
     path = None if name else (Path(args.model) if args.model else FIXTURE)
     if path is not None and not (path / "config.json").exists():
-        raise SpecError(f"--model {path}: no config.json there. Allowed: a local folder saved with "
-                        f"`save_pretrained` (weights, config and tokenizer), or a name: {', '.join(MODELS)}; "
-                        "downloads are not attempted.")
+        raise ModelInputError(f"--model {path}: no config.json there. Allowed: a local folder saved with "
+                              f"`save_pretrained` (weights, config and tokenizer), or a name: {', '.join(MODELS)}; "
+                              "downloads are not attempted.")
     if args.json and args.dtype is None and args.strategy is None:  # every setting, factored and materialized
         _emit(run_all(tokens=args.tokens, model_path=path, model_name=name))
         return EXIT_OK
@@ -670,7 +675,7 @@ def main(argv: list[str] | None = None) -> int:
         args.format = ["html"]
     try:
         return args.fn(args)
-    except SpecError as exc:
+    except CtxpatchInputError as exc:  # bad input of any kind (`symbolic.errors`)
         print(f"ctxpatch {args.verb}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as exc:  # a path the user named cannot be read or written

@@ -15,7 +15,7 @@ pytest.importorskip("transformers")
 from ctxpatch.cli import main  # noqa: E402
 from numeric.hf import absorb_context, generate_without_context, layout_for  # noqa: E402
 from numeric.hf.hfcheck import BOUNDS, ENCODERS, TINY, hf_check, random_ids, tiny_model  # noqa: E402
-from symbolic.errors import PatchConditionError, SpecError  # noqa: E402
+from symbolic.errors import ModelInputError, PatchConditionError  # noqa: E402
 
 TYPES = sorted(TINY)
 CAUSAL = [t for t in TYPES if t not in ENCODERS]
@@ -135,12 +135,12 @@ def test_zero_embedding_names_the_token():
 
 def test_bad_inputs_are_clear_errors():
     model = tiny_model("llama", layers=1)
-    with pytest.raises(SpecError, match="shape"):
+    with pytest.raises(ModelInputError, match="shape"):
         absorb_context(model, torch.tensor([1, 2]), torch.tensor([[3]]))
-    with pytest.raises(SpecError, match="outside"):
+    with pytest.raises(ModelInputError, match="outside"):
         absorb_context(model, torch.tensor([[1, 200]]), torch.tensor([[3]]))
     model.model.layers[0].mlp = torch.nn.Identity()  # a layer without the maps of an MLP: refused, named
-    with pytest.raises(SpecError, match="mlp.*linear maps"):
+    with pytest.raises(ModelInputError, match="mlp.*linear maps"):
         absorb_context(model, torch.tensor([[1]]), torch.tensor([[3]]))
 
 

@@ -17,7 +17,7 @@ from numeric.hf.infer import infer  # noqa: E402
 from numeric.hf.layout import layer_params  # noqa: E402
 from numeric.hf.probe import Float64Mode  # noqa: E402
 from numeric.hf.selection import block_patches, resolve  # noqa: E402
-from symbolic.errors import PatchConditionError, SpecError  # noqa: E402
+from symbolic.errors import ModelInputError, PatchConditionError  # noqa: E402
 
 
 def _pair(c: int = 6, q: int = 5):
@@ -125,7 +125,7 @@ def test_gpt_oss_experts_interleaved_transposed_with_biases():
         assert max(_errors(model, ps, ctx, q)) <= 1e-12
     for layer in model.model.layers:  # misdeclared as concatenated halves: the check refuses every spec
         layer.mlp.experts.is_concatenated = True
-    with pytest.raises(SpecError, match="no spec reproduces"):
+    with pytest.raises(ModelInputError, match="no spec reproduces"):
         infer(model)
 
 

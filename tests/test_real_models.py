@@ -108,12 +108,12 @@ def test_float64_materialized_run(name):
 
 
 def test_cached_load_is_fast_and_names_are_checked():
-    from symbolic.errors import SpecError
+    from symbolic.errors import ModelInputError
 
     _need("smollm2-135m")
     models.load("smollm2-135m")  # writes the cache if this is the first load
     t0 = time.perf_counter()
     model, tokenizer = models.load("smollm2-135m")
     assert time.perf_counter() - t0 < 30 and model.config.model_type == "llama"
-    with pytest.raises(SpecError, match="Allowed: gemma3-270m, smollm2-135m"):
+    with pytest.raises(ModelInputError, match="Allowed: gemma3-270m, smollm2-135m"):
         models.load("gpt-5")

@@ -21,7 +21,7 @@ from numeric.hf.compat import cached, kv_cache  # noqa: E402
 from numeric.hf.hfcheck import ENCODERS, TINY, logit_error, random_ids, tiny_model  # noqa: E402
 from numeric.hf.sequence import absorb_sequence  # noqa: E402
 from numeric.hf.sequence_algebra import left_inverse, shared_scale  # noqa: E402
-from symbolic.errors import PatchConditionError, SpecError  # noqa: E402
+from symbolic.errors import ModelInputError, PatchConditionError  # noqa: E402
 
 MOE = {"mixtral", "qwen2_moe", "qwen3_moe", "olmoe"}
 FAMILIES = sorted(set(TINY) - ENCODERS - MOE)
@@ -110,11 +110,11 @@ def test_more_tokens_than_the_input_size_are_refused():
 def test_bad_choices_are_clear_errors():
     model = tiny_model("llama", layers=1, dtype="float64")
     ctx, q = _pair()
-    with pytest.raises(SpecError, match="mode must be 'token'.*or 'sequence'"):
+    with pytest.raises(ModelInputError, match="mode must be 'token'.*or 'sequence'"):
         absorb_context(model, ctx, q, mode="sequense")
-    with pytest.raises(SpecError, match="applied must be one of 'lora', 'weights'"):
+    with pytest.raises(ModelInputError, match="applied must be one of 'lora', 'weights'"):
         absorb_sequence(model, ctx, q, applied="dense")
-    with pytest.raises(SpecError, match="MoE or encoder"):
+    with pytest.raises(ModelInputError, match="MoE or encoder"):
         absorb_context(tiny_model("mixtral", layers=1), ctx, q, mode="sequence")
 
 
@@ -357,5 +357,5 @@ def test_shared_patch_is_exact_where_the_rank_allows_and_a_least_squares_fit_oth
         dB, dA = 1e-3 * torch.randn(9, 2, generator=gen, dtype=torch.float64), \
             1e-3 * torch.randn(2, 6, generator=gen, dtype=torch.float64)
         assert float(((B + dB) @ (A + dA) @ X - Y).norm()) >= best - 1e-12
-    with pytest.raises(SpecError, match="rank must be a positive integer"):
+    with pytest.raises(ModelInputError, match="rank must be a positive integer"):
         shared_patch(model, ctx, queries, rank=0)

@@ -28,7 +28,7 @@ from symbolic import prover
 from symbolic.activations import activation
 from symbolic.activations import x as act_x
 from symbolic.derive import Deriver
-from symbolic.errors import SpecError
+from symbolic.errors import CtxpatchInputError, SpecError
 from symbolic.printing import latex
 from symbolic.proof import RELATIONS, VERIFIED
 from symbolic.spec import BlockSpec, dump_toml
@@ -229,7 +229,7 @@ def render(spec: BlockSpec, fmt: str, out_dir: Path, data: dict | None = None, q
     from ctxpatch.reporting.plots import figures
 
     if fmt not in FORMATS:
-        raise SpecError(f"--format {fmt!r} is not allowed. Allowed: {', '.join(FORMATS)}.")
+        raise CtxpatchInputError(f"--format {fmt!r} is not allowed. Allowed: {', '.join(FORMATS)}.")
     if fmt == "pdf":
         require_latex()
     out_dir = Path(out_dir)
@@ -258,8 +258,9 @@ def pdf_available() -> bool:
 def require_latex() -> None:
     missing = [t for t in ("latexmk", "pdflatex") if shutil.which(t) is None]
     if missing:
-        raise SpecError(f"--format pdf needs {' and '.join(missing)}: install Debian's texlive-latex-recommended "
-                        "and latexmk (`make install-tex`), or use --format latex or html.")
+        raise CtxpatchInputError(f"--format pdf needs {' and '.join(missing)}: install Debian's "
+                                 "texlive-latex-recommended and latexmk (`make install-tex`), or use --format latex "
+                                 "or html.")
 
 
 def _compile(tex: Path) -> Path:

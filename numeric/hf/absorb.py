@@ -11,7 +11,7 @@ computed at once. ``computed_in="model"`` runs it in the model's own arithmetic 
 (key/value cache) through the model's own modules, each layer's dense patched weights written in per token
 (`PatchSet.materialized_logits` replays exactly that). A patch computed in one arithmetic and applied in
 another drifts apart with depth when it amplifies: the patched block moves its output by about
-max|dw| / |gamma| times any change of its input (about 1e3 for Theorem 1 on Gemma 3 270M), and Algorithm 1
+max|dw| / |gamma| times any change of its input (large for Theorem 1 on real Gemma weights), and Algorithm 1
 corrects only the rounding of the computation that applies the patches (docs/theory.md, "Pitfalls"). So
 ``"model"`` is the default for a named strategy, whose amplification the default's choice does not bound.
 
@@ -42,7 +42,7 @@ from numeric.hf.patchset import PatchSet
 from numeric.hf.runs import materialized_pass, patch_pass
 from numeric.hf.selection import DEFAULT, Memory, Patcher, resolve
 from numeric.hf.sequence import SequencePatch, absorb_sequence
-from symbolic.errors import PatchConditionError, SpecError
+from symbolic.errors import ModelInputError, PatchConditionError
 from symbolic.spec import BlockSpec
 
 COMPUTED_IN = ("model", "kernel")
@@ -89,7 +89,7 @@ class Options:
 
     def __post_init__(self):
         if self.computed_in is not None and self.computed_in not in COMPUTED_IN:
-            raise SpecError(f"computed_in must be one of {', '.join(COMPUTED_IN)}, got {self.computed_in!r}")
+            raise ModelInputError(f"computed_in must be one of {', '.join(COMPUTED_IN)}, got {self.computed_in!r}")
 
     def protocol(self, encoder: bool) -> str:
         """``computed_in`` as it applies to a model (``encoder``: every token sees the later ones): a named
@@ -98,8 +98,8 @@ class Options:
             named = self.strategy not in (None, DEFAULT) and not (encoder and not self.keep_positions)
             return "model" if named else "kernel"
         if self.computed_in == "model" and encoder and not self.keep_positions:
-            raise SpecError("computed_in='model' runs the query token by token, which an encoder (every token sees "
-                            "the later ones) cannot do; use keep_positions=True or computed_in='kernel'")
+            raise ModelInputError("computed_in='model' runs the query token by token, which an encoder (every token "
+                                  "sees the later ones) cannot do; use keep_positions=True or computed_in='kernel'")
         return self.computed_in
 
 
@@ -120,7 +120,8 @@ def absorb_context(model, context_ids: torch.Tensor, query_ids: torch.Tensor, op
     and ``params`` only.
     """
     if mode not in MODES:
-        raise SpecError(f"mode must be 'token' (per-token patches) or 'sequence' (one patch per layer), got {mode!r}")
+        raise ModelInputError(f"mode must be 'token' (per-token patches) or 'sequence' (one patch per layer), "
+                              f"got {mode!r}")
     options = dataclasses.replace(options or Options(), **fields)
     if mode == "sequence":
         return _as_sequence(model, context_ids, query_ids, options, memory)
@@ -165,6 +166,6 @@ def _as_sequence(model, context_ids, query_ids, options: Options, memory) -> Seq
     if memory is not None:
         extra.append("memory")
     if extra:
-        raise SpecError(f"mode='sequence' takes spec= and params= only, got {', '.join(extra)}: the sequence "
-                        "patch has one protocol and no strategy choice (use mode='token' for these options)")
+        raise ModelInputError(f"mode='sequence' takes spec= and params= only, got {', '.join(extra)}: the sequence "
+                              "patch has one protocol and no strategy choice (use mode='token' for these options)")
     return absorb_sequence(model, context_ids, query_ids, spec=options.spec, params=options.params)

@@ -11,7 +11,7 @@ import inspect
 
 import torch
 
-from symbolic.errors import SpecError
+from symbolic.errors import ModelInputError
 
 
 def check_ids(context_ids, query_ids, model) -> None:
@@ -19,10 +19,10 @@ def check_ids(context_ids, query_ids, model) -> None:
     for name, ids in (("context_ids", context_ids), ("query_ids", query_ids)):
         if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.shape[0] != 1 or ids.shape[1] < 1 or \
                 ids.dtype not in (torch.int64, torch.int32):
-            raise SpecError(f"{name} must be an integer tensor of shape (1, n) with n >= 1, got "
-                            f"{getattr(ids, 'shape', type(ids).__name__)} {getattr(ids, 'dtype', '')}")
+            raise ModelInputError(f"{name} must be an integer tensor of shape (1, n) with n >= 1, got "
+                                  f"{getattr(ids, 'shape', type(ids).__name__)} {getattr(ids, 'dtype', '')}")
         if int(ids.min()) < 0 or int(ids.max()) >= model.config.vocab_size:
-            raise SpecError(f"{name} holds token ids outside [0, {model.config.vocab_size})")
+            raise ModelInputError(f"{name} holds token ids outside [0, {model.config.vocab_size})")
 
 
 def cached(model, cache) -> dict:
@@ -35,13 +35,13 @@ def cached(model, cache) -> dict:
 
 
 def kv_cache(out, model):
-    """The key/value cache of a run with ``use_cache=True`` (`cached`); a SpecError for a model that keeps
+    """The key/value cache of a run with ``use_cache=True`` (`cached`); a `ModelInputError` for a model that keeps
     none (GPT-1). The output's field is ``cache`` since transformers 5.24, ``past_key_values`` before."""
     fields = getattr(out, "__dataclass_fields__", {})
     cache = getattr(out, "cache" if "cache" in fields else "past_key_values", None)
     if cache is None:
-        raise SpecError(f"model type {model.config.model_type!r} returns no key/value cache: the token-by-token runs "
-                        "(materialized patches, generation) need one; the factored logits do not")
+        raise ModelInputError(f"model type {model.config.model_type!r} returns no key/value cache: the token-by-token "
+                              "runs (materialized patches, generation) need one; the factored logits do not")
     return cache
 
 

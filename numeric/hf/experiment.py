@@ -25,6 +25,7 @@ import torch
 
 from numeric.hf.absorb import absorb_context
 from numeric.hf.compat import last_logits_only
+from symbolic.errors import ModelInputError
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "tiny_gemma3"
 PROMPTS = (
@@ -49,7 +50,8 @@ def load(path: str | Path | None = None, dtype: str = "float32"):
 def _ids(tokenizer, prompt: str) -> torch.Tensor:
     ids = tokenizer(prompt, return_tensors="pt").input_ids
     if ids.shape[1] < 2:
-        raise ValueError(f"prompt {prompt!r} is a single token: the protocol needs a context before the last token")
+        raise ModelInputError(f"prompt {prompt!r} is a single token: the protocol needs a context before the last "
+                              "token")
     return ids
 
 

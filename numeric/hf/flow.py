@@ -30,7 +30,7 @@ from numeric.hf.identify import (
 from numeric.hf.layout import Adapter, Param, token_rows
 from numeric.hf.offload import get
 from numeric.hf.probe import Call, same_tensor
-from symbolic.errors import SpecError
+from symbolic.errors import ModelInputError, SpecError
 from symbolic.spec import Biases, BlockSpec, MLPSpec, NormSpec
 
 ATTENTION_MARKS = ("attn", "attention", "self_attention")
@@ -157,14 +157,14 @@ def flow(layer64, record: dict[str, Call], x: torch.Tensor, y: torch.Tensor, cfg
         return split
     try:
         mlp = find_mlp(layer64)
-    except SpecError:
+    except ModelInputError:
         virtual = _virtual_flow(layer64, record, y, cfg)
         if virtual is None:
             raise
         return virtual
     mcall = record.get(mlp)
     if mcall is None or mcall.inp is None or mcall.out is None:
-        raise SpecError(f"{mlp} was not called with a tensor in the layer's forward")
+        raise ModelInputError(f"{mlp} was not called with a tensor in the layer's forward")
     norms = {n: c for n, c in record.items() if is_norm(get(layer64, n)) and not n.startswith(mlp + ".")}
     pre = next((n for n, c in norms.items() if same_tensor(c.out, mcall.inp)), None)
     post = next((n for n, c in norms.items() if same_tensor(c.inp, mcall.out)), None)
@@ -187,8 +187,8 @@ def flow(layer64, record: dict[str, Call], x: torch.Tensor, y: torch.Tensor, cfg
             if err <= 1e-12:
                 shared = pre is not None and same_tensor(record[a].inp, mcall.inp)
                 return Flow(mlp, pre, post, "parallel", _recognise(c, cfg), a, shared)
-    raise SpecError(f"the output of {mlp} is not added to the residual stream as y = u + c * branch (sequential) "
-                    f"or y = x + attention + c * branch (parallel): relative residual {err:.1e}")
+    raise ModelInputError(f"the output of {mlp} is not added to the residual stream as y = u + c * branch (sequential) "
+                          f"or y = x + attention + c * branch (parallel): relative residual {err:.1e}")
 
 
 def layer_adapters(layer64, record, x, y, cfg, model_type: str, name: str) -> tuple[Flow, list[Adapter]]:

@@ -12,7 +12,7 @@ from numeric.hf.dense import DenseWriter
 from numeric.hf.passes import contextual_bases, token_given
 from numeric.hf.runs import materialized_pass, patch_pass
 from numeric.hf.selection import Patcher, resolve
-from symbolic.errors import SpecError
+from symbolic.errors import ModelInputError
 from symbolic.spec import BlockSpec
 
 
@@ -36,9 +36,9 @@ def generate_without_context(model, context_ids: torch.Tensor, query_ids: torch.
     """
     check_ids(context_ids, query_ids, model)
     if max_new_tokens < 1:
-        raise SpecError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+        raise ModelInputError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if applied not in ("materialized", "factored"):
-        raise SpecError(f"applied must be 'materialized' or 'factored', got {applied!r}")
+        raise ModelInputError(f"applied must be 'materialized' or 'factored', got {applied!r}")
     layout, candidates = resolve(model, strategy, spec=spec, params=params)
     patcher = Patcher(model, layout, candidates)
     step = partial(materialized_pass, writer=DenseWriter(model, layout)) if applied == "materialized" \

@@ -16,7 +16,7 @@ from numeric.check.validate import rel_error
 from numeric.hf.absorb import absorb_context
 from numeric.hf.compat import cached, kv_cache
 from numeric.hf.generate import generate_without_context
-from symbolic.errors import SpecError
+from symbolic.errors import CtxpatchInputError, ModelInputError
 
 BOUNDS = {"float64": 1e-6, "float32": 1e-4}
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
@@ -33,10 +33,11 @@ def tiny_model(model_type: str, layers: int = 2, dtype: str = "float64", seed: i
     from numeric.hf import zoo
 
     if dtype not in DTYPES:
-        raise SpecError(f"dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
+        raise CtxpatchInputError(f"dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
     if model_type not in ENCODERS and model_type not in zoo.causal_lm_types():
-        raise SpecError(f"no tiny model for type {model_type!r}: not a causal-LM type of the installed "
-                        f"transformers. Allowed: {', '.join(zoo.causal_lm_types())}, {', '.join(sorted(ENCODERS))}.")
+        raise ModelInputError(f"no tiny model for type {model_type!r}: not a causal-LM type of the installed "
+                              f"transformers. Allowed: {', '.join(zoo.causal_lm_types())}, "
+                              f"{', '.join(sorted(ENCODERS))}.")
     encoder = model_type in ENCODERS if encoder is None else encoder
     return zoo.tiny_model(model_type, layers, DTYPES[dtype], seed, encoder=encoder)
 
@@ -192,7 +193,7 @@ SUPPORT = {"factored": 1e-6, "materialized": 1e-5, "unpatched": 1e-3, "generate"
 def refusal(exc: BaseException) -> str:
     """One line: why a type is refused."""
     text = " ".join(str(exc).split())
-    return text if isinstance(exc, SpecError) else f"{type(exc).__name__}: {text}"[:300]
+    return text if isinstance(exc, CtxpatchInputError) else f"{type(exc).__name__}: {text}"[:300]
 
 
 def model_status(model_type: str, layers: int = 2, seed: int = 0) -> dict:
@@ -205,7 +206,7 @@ def model_status(model_type: str, layers: int = 2, seed: int = 0) -> dict:
     try:
         cfg = zoo.tiny_config(model_type, layers)
         if getattr(cfg, "is_encoder_decoder", False):
-            raise SpecError("encoder-decoder model (the theory is stated for one decoder stack)")
+            raise ModelInputError("encoder-decoder model (the theory is stated for one decoder stack)")
         out = hf_check(model_type, layers=layers, dtype="float64", seed=seed, encoder=False)
         row.update(factored_error=out["max_rel_error"], materialized_error=out["materialized_rel_error"],
                    unpatched_error=out["unpatched_rel_error"], layer_kinds=out["layer_kinds"])

@@ -20,7 +20,7 @@ import torch
 from numeric.hf.equivalence import FLOAT32_INSIDE_BOUND
 from numeric.hf.layout import Param
 from numeric.hf.probe import Call, same_tensor
-from symbolic.errors import SpecError
+from symbolic.errors import ModelInputError
 from symbolic.spec import ACTIVATIONS, Biases, MoESpec, NormSpec
 
 #: transformers' activation classes and config names -> the spec's names.
@@ -75,8 +75,8 @@ def identify_norm(module, cfg, d: int) -> tuple[NormSpec, dict[str, str]]:
     w = params.get("weight")
     b = params.get("bias")
     if w is not None and w.shape != (d,) or b is not None and b.shape != (d,):
-        raise SpecError(f"{type(module).__name__}: parameters of shape {[tuple(p.shape) for p in params.values()]}, "
-                        f"not ({d},)")
+        raise ModelInputError(f"{type(module).__name__}: parameters of shape "
+                              f"{[tuple(p.shape) for p in params.values()]}, not ({d},)")
     gen = torch.Generator().manual_seed(11)
     tries = []
     for eps in _eps_candidates(module, cfg):
@@ -91,8 +91,8 @@ def identify_norm(module, cfg, d: int) -> tuple[NormSpec, dict[str, str]]:
                 tries.append((max(errs), kind, scale, eps))
     err, kind, scale, eps = min(tries)
     if err > FLOAT32_INSIDE_BOUND:
-        raise SpecError(f"{type(module).__name__} is none of RMSNorm/LayerNorm with scale w or 1 + w "
-                        f"(closest: {kind}, {scale}, eps={eps:g}, relative error {err:.1e})")
+        raise ModelInputError(f"{type(module).__name__} is none of RMSNorm/LayerNorm with scale w or 1 + w "
+                              f"(closest: {kind}, {scale}, eps={eps:g}, relative error {err:.1e})")
     names = {}
     if w is not None:
         names["scale"] = "weight"
@@ -108,9 +108,9 @@ def find_mlp(layer) -> str:
     for name, child in layer.named_children():
         if any(mark in type(child).__name__ for mark in MLP_CLASS_MARKS):
             return name
-    raise SpecError(f"{type(layer).__name__}: no MLP branch (no child named {'/'.join(MLP_NAMES)} or of an "
-                    "MLP/MoE/FeedForward class, no up map -> activation module -> down map among its children, "
-                    "no BERT-style intermediate/output pair)")
+    raise ModelInputError(f"{type(layer).__name__}: no MLP branch (no child named {'/'.join(MLP_NAMES)} or of an "
+                          "MLP/MoE/FeedForward class, no up map -> activation module -> down map among its children, "
+                          "no BERT-style intermediate/output pair)")
 
 
 def activations(mlp, cfg) -> list[str]:
@@ -159,11 +159,12 @@ def dense_maps(mlp, mlp_path: str, record: dict[str, Call],
     called = {id(mod.weight) for _n, mod, _c in lin}
     raw = [f"{n} {tuple(p.shape)}" for n, p in mlp.named_parameters() if p.dim() >= 2 and id(p) not in called]
     if not ins and not outs and raw:  # matrices its forward uses directly (DBRX's experts: flat (E*m, d) w1/v1/w2)
-        raise SpecError(f"{mlp_path} ({type(mlp).__name__}): no linear module reads its input or gives its output; "
-                        f"the matrices {', '.join(raw)} are used by its forward directly, a layout not modelled")
+        raise ModelInputError(f"{mlp_path} ({type(mlp).__name__}): no linear module reads its input or gives its "
+                              f"output; the matrices {', '.join(raw)} are used by its forward directly, a layout not "
+                              "modelled")
     if len(outs) != 1 or not ins:
-        raise SpecError(f"{mlp_path} ({type(mlp).__name__}): expected linear maps fed by its input and one whose "
-                        f"output is its output; found {len(ins)} input and {len(outs)} output maps")
+        raise ModelInputError(f"{mlp_path} ({type(mlp).__name__}): expected linear maps fed by its input and one whose "
+                              f"output is its output; found {len(ins)} input and {len(outs)} output maps")
     down_name, down, dcall = outs[0]
     m = dcall.inp.shape[-1]
     base = {"W_down": matrix_param(f"{mlp_path}.{down_name}", down, dcall)}
@@ -189,7 +190,7 @@ def dense_maps(mlp, mlp_path: str, record: dict[str, Call],
                           "W_up": Param(f"{mlp_path}.{name}.weight", up)}
                 candidates.append(("gated", params, Biases(down=bias["down"])))
             return candidates
-        raise SpecError(f"{mlp_path}.{name}: output width {width}, neither the hidden width {m} nor twice it")
+        raise ModelInputError(f"{mlp_path}.{name}: output width {width}, neither the hidden width {m} nor twice it")
     if len(ins) == 2:
         ordered = sorted(ins, key=lambda x: 0 if any(k in x[0] for k in ("gate", "w1", "wi_0")) else 1)
         for g, u in (ordered, ordered[::-1]):
@@ -202,8 +203,8 @@ def dense_maps(mlp, mlp_path: str, record: dict[str, Call],
             candidates.append(("gated", params, Biases(gate=g[1].bias is not None, up=u[1].bias is not None,
                                                        down=bias["down"])))
         return candidates
-    raise SpecError(f"{mlp_path}: {len(ins)} linear maps read the MLP input; 1 (dense or fused) or 2 (gated) "
-                    "are modelled")
+    raise ModelInputError(f"{mlp_path}: {len(ins)} linear maps read the MLP input; 1 (dense or fused) or 2 (gated) "
+                          "are modelled")
 
 
 def moe_maps(mlp, mlp_path: str, record: dict[str, Call], cfg) -> list[tuple[MoESpec, dict[str, Param]]]:
@@ -211,19 +212,19 @@ def moe_maps(mlp, mlp_path: str, record: dict[str, Call], cfg) -> list[tuple[MoE
     experts = next(((n, m) for n, m in mlp.named_children()
                     if any(p.dim() == 3 for p in m.parameters(recurse=False))), None)
     if experts is None:
-        raise SpecError(f"{mlp_path}: a mixture of experts without stacked expert tensors is not modelled")
+        raise ModelInputError(f"{mlp_path}: a mixture of experts without stacked expert tensors is not modelled")
     ename, emod = experts
     d = record[mlp_path].inp.shape[-1]  # the model width
     E, expert_params = expert_maps(emod, f"{mlp_path}.{ename}", d)
     router = next(((n, m) for n, m in mlp.named_modules() if n and n != ename and not n.startswith(ename + ".") and
                    isinstance(getattr(m, "weight", None), torch.Tensor) and tuple(m.weight.shape) == (E, d)), None)
     if router is None:
-        raise SpecError(f"{mlp_path}: no router of shape ({E}, {d}) found")
+        raise ModelInputError(f"{mlp_path}: no router of shape ({E}, {d}) found")
     rname, rmod = router
     own = {n: t for n, t in [*rmod.named_parameters(recurse=False), *rmod.named_buffers(recurse=False)]}
     extra = sorted(set(own) - {"weight", "bias", "e_score_correction_bias"})
     if extra:
-        raise SpecError(f"{mlp_path}.{rname}: router parameters/buffers {extra} are not modelled")
+        raise ModelInputError(f"{mlp_path}.{rname}: router parameters/buffers {extra} are not modelled")
     router_params = {}
     if own.get("bias") is not None:
         router_params["b_router"] = Param(f"{mlp_path}.{rname}.bias")
@@ -238,7 +239,7 @@ def moe_maps(mlp, mlp_path: str, record: dict[str, Call], cfg) -> list[tuple[MoE
             continue
         if rname.startswith(n + "."):  # the router sits inside this child: nothing else may
             if sum(p.numel() for p in m.parameters()) != sum(p.numel() for p in rmod.parameters()):
-                raise SpecError(f"{mlp_path}.{n}: parameters besides the router {rname} are not modelled")
+                raise ModelInputError(f"{mlp_path}.{n}: parameters besides the router {rname} are not modelled")
             continue
         w = getattr(m, "weight", None)
         if isinstance(w, torch.Tensor) and tuple(w.shape) == (1, d):
@@ -250,17 +251,17 @@ def moe_maps(mlp, mlp_path: str, record: dict[str, Call], cfg) -> list[tuple[MoE
             for canon, key in (("shared.W_gate", "gate_proj"), ("shared.W_up", "up_proj"),
                                ("shared.W_down", "down_proj")):
                 if getattr(sub[key], "bias", None) is not None:
-                    raise SpecError(f"{mlp_path}.{n}.{key}: a shared-expert bias is not modelled")
+                    raise ModelInputError(f"{mlp_path}.{n}.{key}: a shared-expert bias is not modelled")
                 params[canon] = Param(f"{mlp_path}.{n}.{key}.weight")
         elif list(m.parameters()):
-            raise SpecError(f"{mlp_path}.{n} ({type(m).__name__}): a part of the mixture that is not modelled")
+            raise ModelInputError(f"{mlp_path}.{n} ({type(m).__name__}): a part of the mixture that is not modelled")
     if "shared.w_gate" in params and "shared.W_gate" not in params:
-        raise SpecError(f"{mlp_path}: a shared-expert gate without a shared expert")
+        raise ModelInputError(f"{mlp_path}: a shared-expert gate without a shared expert")
     shared = "none" if "shared.W_gate" not in params else "gated" if "shared.w_gate" in params else "plain"
     top_k = getattr(cfg, "num_experts_per_tok", None) or getattr(cfg, "moe_topk", None) or \
         getattr(cfg, "top_k", None)
     if not isinstance(top_k, int):
-        raise SpecError(f"{mlp_path}: the config names no top-k (num_experts_per_tok)")
+        raise ModelInputError(f"{mlp_path}: the config names no top-k (num_experts_per_tok)")
     renorm = bool(getattr(cfg, "norm_topk_prob", False))
     sigmoid = "b_select" in params or getattr(cfg, "scoring_func", "") == "sigmoid"
     groups = (getattr(cfg, "n_group", None) or 1, getattr(cfg, "topk_group", None) or 1)
@@ -300,10 +301,10 @@ def expert_maps(emod, path: str, d: int) -> tuple[int, dict[str, Param]]:
     names = {"gate_up_proj", "down_proj"}
     biased = names | {"gate_up_proj_bias", "down_proj_bias"}
     if set(stacked) not in (names, biased):
-        raise SpecError(f"{path}: expert tensors {sorted(stacked)}; modelled: gate_up_proj, down_proj, with or "
-                        "without their biases gate_up_proj_bias, down_proj_bias")
+        raise ModelInputError(f"{path}: expert tensors {sorted(stacked)}; modelled: gate_up_proj, down_proj, with or "
+                              "without their biases gate_up_proj_bias, down_proj_bias")
     if getattr(emod, "has_post_expert_norm", False) is True:
-        raise SpecError(f"{path}: a norm after each expert (has_post_expert_norm) is not modelled")
+        raise ModelInputError(f"{path}: a norm after each expert (has_post_expert_norm) is not modelled")
     E = stacked["gate_up_proj"].shape[0]
     gu, dn = tuple(stacked["gate_up_proj"].shape[1:]), tuple(stacked["down_proj"].shape[1:])
     plain = gu[1] == d and dn[0] == d and gu[0] == 2 * dn[1]  # (E, 2m, d) and (E, d, m)
@@ -312,9 +313,9 @@ def expert_maps(emod, path: str, d: int) -> tuple[int, dict[str, Param]]:
     if isinstance(declared, bool) and plain and transposed:
         plain = not declared  # square shapes: the declaration decides
     if not (plain or transposed) or isinstance(declared, bool) and declared == plain:
-        raise SpecError(f"{path}: gate_up_proj {gu} and down_proj {dn} per expert fit neither (2m, {d}) with "
-                        f"({d}, m) nor ({d}, 2m) with (m, {d})"
-                        + ("" if not isinstance(declared, bool) else f" as declared (is_transposed={declared})"))
+        raise ModelInputError(f"{path}: gate_up_proj {gu} and down_proj {dn} per expert fit neither (2m, {d}) with "
+                              f"({d}, m) nor ({d}, 2m) with (m, {d})"
+                              + ("" if not isinstance(declared, bool) else f" as declared (is_transposed={declared})"))
     halves = ("_even", "_odd") if getattr(emod, "is_concatenated", True) is False else ("0", "1")
     fused = "rows" if plain else "tcols"
     params = {"experts.W_gate": Param(f"{path}.gate_up_proj", fused + halves[0]),

@@ -29,7 +29,7 @@ from numeric.hf.layout import Adapter, Layout
 from numeric.hf.offload import get
 from numeric.hf.probe import decoder_layers, float64_copy, layer_calls, trace
 from symbolic import catalog
-from symbolic.errors import SpecError
+from symbolic.errors import ModelInputError, SpecError
 from symbolic.spec import BlockSpec
 
 PROBE_TOKENS = 6
@@ -66,13 +66,14 @@ def spec_name(model_type: str) -> str:
 
 @torch.no_grad()
 def infer(model, spec: BlockSpec | None = None, params: dict[str, str] | None = None, seed: int = 0) -> Layout:
-    """The model's `Layout`, every layer checked (`check_adapter`); a SpecError otherwise."""
+    """The model's `Layout`, every layer checked (`check_adapter`). Refused: a `ModelInputError` for a model whose
+    structure no spec reproduces, a `SpecError` where the user's ``spec`` does not reproduce it."""
     cfg = model.config
     model_type = cfg.model_type
     path = decoder_layers(model)
     vocab = int(getattr(cfg, "vocab_size", 0) or 0)
     if vocab < 2:
-        raise SpecError(f"model type {model_type!r}: no vocabulary size in the config")
+        raise ModelInputError(f"model type {model_type!r}: no vocabulary size in the config")
     gen = torch.Generator().manual_seed(seed)
     ids = torch.randint(1, vocab, (1, PROBE_TOKENS), generator=gen)
     device = next((p.device for p in model.parameters() if p.device.type != "meta"), torch.device("cpu"))
@@ -102,11 +103,12 @@ def infer(model, spec: BlockSpec | None = None, params: dict[str, str] | None = 
         if chosen is None:
             err, cand, result = min(tried, key=lambda t: t[0])
             eps = renorm_epsilon(layer64, cand, record, x)
-            raise SpecError(f"layer {n} ({path}.{n}): no spec reproduces the module's MLP branch; closest: "
-                            f"{describe(cand.spec)}, relative error {err:.1e} > {result['bound']:.0e}"
-                            + (f" ({result['why']})" if result.get("why") else "")
-                            + (f"; the module renormalises the top-k weights as s / (sum s + {eps:.1e}), an epsilon "
-                               "in the denominator that the spec language does not model" if eps else ""))
+            refused = SpecError if spec is not None else ModelInputError  # the user's spec, or the model itself
+            raise refused(f"layer {n} ({path}.{n}): no spec reproduces the module's MLP branch; closest: "
+                          f"{describe(cand.spec)}, relative error {err:.1e} > {result['bound']:.0e}"
+                          + (f" ({result['why']})" if result.get("why") else "")
+                          + (f"; the module renormalises the top-k weights as s / (sum s + {eps:.1e}), an epsilon "
+                             "in the denominator that the spec language does not model" if eps else ""))
         cand, result = chosen
         arity = record[cand.branch_module].arity
         if arity != cand.arity:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import torch
 
 from numeric.hf.layout import FUSED, Adapter, fuse, parameter_view
-from symbolic.errors import SpecError
+from symbolic.errors import ModelInputError
 from symbolic.spec import BlockSpec
 
 
@@ -86,8 +86,8 @@ def layer_patches(adapter: Adapter, params: dict, patches: dict) -> LayerPatches
         p = adapter.params[canon]
         if "left" not in fields:
             if p.layout in FUSED:  # no strategy patches the value of half of a fused tensor (a fused bias)
-                raise SpecError(f"{canon} ({p.path}, {p.layout}): a value patch of half of a fused tensor is not "
-                                "written; use the rank1 input strategy")
+                raise ModelInputError(f"{canon} ({p.path}, {p.layout}): a value patch of half of a fused tensor is not "
+                                      "written; use the rank1 input strategy")
             out.values[p.path] = _value(adapter.spec, canon, params[canon], fields)
             continue
         left, right = fields["left"], fields["right"]
@@ -105,8 +105,8 @@ def layer_patches(adapter: Adapter, params: dict, patches: dict) -> LayerPatches
     for path, halves in fused.items():
         left, right, half, experts = next(iter(halves.values()))
         if any(not torch.equal(h[1], right) for h in halves.values()):
-            raise SpecError(f"{path}: the gate and up patches have different right factors, so their fused "
-                            "matrix gets a rank-2 patch; use the rank1 input strategy")
+            raise ModelInputError(f"{path}: the gate and up patches have different right factors, so their fused "
+                                  "matrix gets a rank-2 patch; use the rank1 input strategy")
         parts = [halves[w][0] if w in halves else torch.zeros_like(left) for w in (0, 1)]
         both = fuse(*parts, -1, half.interleaved)  # (q, [E,] 2 out): the fused output axis
         for e in range(both.shape[1]) if experts else [None]:

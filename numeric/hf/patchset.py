@@ -17,7 +17,7 @@ from numeric.hf.dense import DenseWriter
 from numeric.hf.layout import Layout
 from numeric.hf.passes import swapped_branches, token_pass
 from numeric.hf.patches import LayerPatches
-from symbolic.errors import SpecError
+from symbolic.errors import ModelInputError
 from symbolic.spec import BlockSpec
 
 
@@ -98,8 +98,8 @@ class PatchSet:
         patches of the first `layers` layers only (the others keep their weights; a depth study).
         """
         if self.layout.encoder and self.positions is None:
-            raise SpecError("materialized_logits runs the query token by token, which an encoder cannot do "
-                            "(every token sees the later ones); absorb with keep_positions=True")
+            raise ModelInputError("materialized_logits runs the query token by token, which an encoder cannot do "
+                                  "(every token sees the later ones); absorb with keep_positions=True")
         return torch.cat([o.logits for o in self._materialized(layers)], 1)
 
     def _materialized(self, upto: int | None = None) -> list:

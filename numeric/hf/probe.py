@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from numeric.hf.offload import get
-from symbolic.errors import SpecError
+from symbolic.errors import ModelInputError
 
 
 def decoder_layers(model) -> str:
@@ -30,7 +30,7 @@ def decoder_layers(model) -> str:
         if best_key is None or key > best_key:
             best, best_key = name, key
     if best is None:
-        raise SpecError(f"model type {model.config.model_type!r}: no list of layers found")
+        raise ModelInputError(f"model type {model.config.model_type!r}: no list of layers found")
     return best
 
 
@@ -96,16 +96,16 @@ def layer_calls(model, layers_path: str, ids: torch.Tensor) -> list[Call]:
             h.remove()
     missing = [n for n in range(len(layers)) if n not in calls]
     if missing:
-        raise SpecError(f"layers {missing} of {layers_path} were not called in a forward pass")
+        raise ModelInputError(f"layers {missing} of {layers_path} were not called in a forward pass")
     looped = {n: k for n, k in counts.items() if k > 1}
     if looped:
         n, k = next(iter(looped.items()))
-        raise SpecError(f"layer {n} ({layers_path}.{n}) runs {k} times in one forward (a looped or recurrent "
-                        "stack): one patch per layer cannot follow it")
+        raise ModelInputError(f"layer {n} ({layers_path}.{n}) runs {k} times in one forward (a looped or recurrent "
+                              "stack): one patch per layer cannot follow it")
     inside = [o for o in others if not o.startswith(layers_path + ".")]
     if inside:
-        raise SpecError(f"a second stack of decoder layers runs ({sorted(inside)[0]}, besides {layers_path}): its "
-                        "share of the context's effect would be left unpatched")
+        raise ModelInputError(f"a second stack of decoder layers runs ({sorted(inside)[0]}, besides {layers_path}): "
+                              "its share of the context's effect would be left unpatched")
     return [calls[n] for n in range(len(layers))]
 
 

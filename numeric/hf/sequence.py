@@ -38,7 +38,7 @@ from numeric.hf.compat import check_ids, last_logits_only
 from numeric.hf.infer import layout_for
 from numeric.hf.layout import parameter_view
 from numeric.hf.sequence_algebra import left_inverse, shared_scale
-from symbolic.errors import SpecError
+from symbolic.errors import ModelInputError
 from symbolic.spec import BlockSpec
 
 APPLIED = ("lora", "weights")
@@ -87,27 +87,28 @@ class Uniform:
 
 
 def uniform(layout) -> Uniform:
-    """A `numeric.hf.layout.Layout` whose layers are all of one kind as a `Uniform`; SpecError otherwise."""
+    """A `numeric.hf.layout.Layout` whose layers are all of one kind as a `Uniform`; `ModelInputError` otherwise."""
     k = layout.kinds[0]
     if any(other != k for other in layout.kinds):
         names = list(dict.fromkeys(other.spec.name for other in layout.kinds))
-        raise SpecError(f"mode='sequence' needs layers of one kind; {layout.model_type!r} has several "
-                        f"({', '.join(names)}); use mode='token'")
+        raise ModelInputError(f"mode='sequence' needs layers of one kind; {layout.model_type!r} has several "
+                              f"({', '.join(names)}); use mode='token'")
     return Uniform(layout.layers, layout.encoder, k.spec, k.mode, k.u_module, k.branch_module, k.params,
                    k.attn_module, k.adds_residual)
 
 
 def site_for(model, adapter: Uniform) -> Site:
-    """The MLP site of a model's layers; SpecError for what the sequence patch does not cover."""
+    """The MLP site of a model's layers; `ModelInputError` for what the sequence patch does not cover."""
     spec = adapter.spec
     if spec.moe is not None or adapter.encoder or adapter.mode == "post_ln" or adapter.adds_residual:
-        raise SpecError(f"mode='sequence' covers decoder blocks with a dense or gated MLP; {model.config.model_type!r} "
-                        "is an MoE or encoder block (use the per-token mode='token').")
+        raise ModelInputError(f"mode='sequence' covers decoder blocks with a dense or gated MLP; "
+                              f"{model.config.model_type!r} is an MoE or encoder block (use the per-token "
+                              "mode='token').")
     names = ("W_gate", "W_up") if spec.mlp.kind == "gated" else ("W_up",)
     path = {k: p.path.rsplit(".", 1)[0] for k, p in adapter.params.items()}
     post = spec.mlp.post_norm
     if post is not None and post.kind != "rms":
-        raise SpecError(f"mode='sequence': a {post.kind} post-norm has no shared-scale construction; only 'rms'")
+        raise ModelInputError(f"mode='sequence': a {post.kind} post-norm has no shared-scale construction; only 'rms'")
     eps = post.eps if post is not None else 0.0
     site = Site(tuple(path[n] for n in names), path["W_down"], adapter.params["W_down"].layout == "conv1d",
                 path.get("mlp_post_norm.scale") if post is not None else None,
@@ -419,7 +420,7 @@ def run_hooks(model, handles: list, ids: torch.Tensor, **kwargs):
 def absorb_sequence(model, context_ids: torch.Tensor, query_ids: torch.Tensor, applied: str = "lora",
                     spec: BlockSpec | str | None = None, params: dict[str, str] | None = None) -> SequencePatch:
     r"""One patch per layer (rank $\le q$) that makes the query alone reproduce the contextual run on all
-    q query tokens; see the module docstring. Raises SpecError for blocks it does not cover and
+    q query tokens; see the module docstring. Raises `ModelInputError` for blocks it does not cover and
     PatchConditionError (naming the layer) where a side condition fails (q larger than a map's
     input size, dependent inputs, an infeasible shared post-norm scale).
 
@@ -437,7 +438,7 @@ def absorb_sequence(model, context_ids: torch.Tensor, query_ids: torch.Tensor, a
     """
     check_ids(context_ids, query_ids, model)
     if applied not in APPLIED:
-        raise SpecError(f"applied must be one of {', '.join(map(repr, APPLIED))}, got {applied!r}")
+        raise ModelInputError(f"applied must be one of {', '.join(map(repr, APPLIED))}, got {applied!r}")
     adapter = uniform(layout_for(model, spec, params))
     site = site_for(model, adapter)
     ctx: dict = {}

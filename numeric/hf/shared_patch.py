@@ -23,7 +23,7 @@ from numeric.hf.sequence import (
     weight64,
 )
 from numeric.hf.sequence_algebra import SCALE_FLOOR, reduced_rank
-from symbolic.errors import SpecError
+from symbolic.errors import ModelInputError
 from symbolic.spec import BlockSpec
 
 
@@ -87,9 +87,9 @@ def shared_patch(model, context_ids: torch.Tensor, queries: list[torch.Tensor], 
     token sequence: ``shared_patch(...).logits(ids)``. ``spec``/``params`` as in `absorb_sequence`.
     """
     if not queries:
-        raise SpecError("shared_patch needs at least one query")
+        raise ModelInputError("shared_patch needs at least one query")
     if not (isinstance(rank, int) and rank >= 1):
-        raise SpecError(f"rank must be a positive integer, got {rank!r}")
+        raise ModelInputError(f"rank must be a positive integer, got {rank!r}")
     for q in queries:
         check_ids(context_ids, q, model)
     adapter = uniform(layout_for(model, spec, params))
