@@ -122,12 +122,23 @@ def test_precision_command(capsys):
 
 
 def test_every_mutant_is_killed(capsys):
+    """`ctxpatch mutate` runs exactly the registered mutants, each once: every proof mutant is caught by the proof
+    kernel and every kernel mutant by random validation, and the kernel mutants include each kind of error the
+    module names (a dropped eps, a wrong denominator, a sign flip, z and z_C swapped, a transposed factor, a
+    missing norm offset, a wrong top-k renormalisation, an off-by-one layer)."""
+    from numeric.check.mutants import KERNEL_MUTANTS
+    from symbolic.mutations import MUTATIONS
+
     assert main(["mutate", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["mutants"] >= 25 and out["killed"] == out["mutants"] and out["survivors"] == []
-    kinds = {r["kind"] for r in out["results"]}
-    assert kinds == {"proof", "kernel"}
-    assert all(r["caught_by"] for r in out["results"])
+    rows = out["results"]
+    assert [r["name"] for r in rows] == [*MUTATIONS, *(m.name for m in KERNEL_MUTANTS)]
+    assert out["survivors"] == [] and out["killed"] == out["mutants"] == len(rows)
+    for r in rows:
+        assert r["killed"] and r["caught_by"] == (["prove"] if r["kind"] == "proof" else ["validate"]), r
+    assert {"kernel_drop_eps_post", "kernel_norm_of_z_C", "kernel_sign_flip", "kernel_swap_z_z_C",
+            "kernel_transposed_factor", "kernel_scale_without_one_plus", "kernel_topk_not_renormalized",
+            "algorithm_off_by_one_layer"} <= {m.name for m in KERNEL_MUTANTS}
 
 
 def test_unmutated_kernels_pass_the_same_validation():
