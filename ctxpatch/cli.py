@@ -25,9 +25,6 @@ from symbolic.errors import CtxpatchInputError, ModelInputError, PatchConditionE
 
 console = Console(highlight=False)
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
-# What a demo step can fail with and still be reported as a failed step: bad input or a refused patch
-# (CtxpatchInputError is a ValueError, PatchConditionError an ArithmeticError), a missing tool or file (LaTeX).
-DEMO_STEP_ERRORS = (ValueError, ArithmeticError, OSError, RuntimeError)
 
 
 def _emit(obj: dict) -> None:
@@ -262,7 +259,7 @@ def cmd_models(args) -> int:
     """Every causal-LM model type of the installed transformers, tiny: supported (with figures) or refused."""
     try:
         from numeric.hf import zoo
-        from numeric.hf.hfcheck import SUPPORT, models_table
+        from numeric.hf.hfcheck import SUPPORT, models_markdown, models_table
     except ImportError as exc:
         raise CtxpatchInputError(f"models needs transformers ({exc}); install it with "
                                  "`pip install -e '.[hf]'`.") from None
@@ -286,28 +283,6 @@ def cmd_models(args) -> int:
     else:
         console.print(f"{summary['supported']} of {summary['types']} types supported, {summary['refused']} refused")
     return EXIT_OK
-
-
-def models_markdown(rows: list[dict], summary: dict) -> str:
-    """The `models` table as Markdown (MODELS.md)."""
-    def num(v):
-        return "" if v is None else f"{v:.1e}"
-    lines = [f"# Model types ({summary['supported']} supported of {summary['types']})", "",
-             "Written by `ctxpatch models --markdown MODELS.md`: every causal-LM model type of the installed "
-             "transformers, built tiny from its config (2 layers, random weights). `supported`: float64 factored "
-             f"error <= {summary['bounds']['factored']:.0e} and materialized error <= "
-             f"{summary['bounds']['materialized']:.0e} (relative, max over the query logits), unpatched error >= "
-             f"{summary['bounds']['unpatched']:.0e}, greedy generation of {summary['bounds']['generate']} tokens "
-             "identical in float32.", "",
-             "| model type | status | factored | materialized | unpatched | generation | layer kinds | reason |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        gen = "" if r["generation_identical"] is None else ("identical" if r["generation_identical"] else "differs")
-        reason = r["reason"].replace("|", "\\|")
-        lines.append(f"| {r['model_type']} | {r['status']} | {num(r['factored_error'])} | "
-                     f"{num(r['materialized_error'])} | {num(r['unpatched_error'])} | {gen} | "
-                     f"{r['layer_kinds'] or ''} | {reason} |")
-    return "\n".join(lines) + "\n"
 
 
 def _params(args) -> dict[str, str] | None:
@@ -438,63 +413,13 @@ def _tex_name(name: str) -> str:
 
 def cmd_demo(args) -> int:
     """The main job on gemma3: check, prove, codegen, validation, the HF check with generation, reports."""
-    import tempfile
-
     from rich.progress import Progress
 
-    from ctxpatch import reporting as report
-    from symbolic import codegen, prover
-    from symbolic.controllability import check
+    from ctxpatch import demo
 
-    spec = catalog.load("gemma3")
     steps: list[dict] = []
     data: dict = {}
-    out_dir = args.out
-
-    def do_check():
-        v = check(spec)
-        return v.perfect_patch and v.derivation.verified
-
-    def do_prove():
-        data["theorems"] = report.theorems(spec)
-        results = prover.run(prover.theorems_for("rank1_lemma"))
-        return all(t["verified"] for t in data["theorems"]) and all(r.status == "verified" for r in results)
-
-    def do_codegen():
-        with tempfile.TemporaryDirectory() as tmp:
-            sources = {codegen.kernel_path(Path(tmp), b, spec.name): codegen.render(spec, b) for b in codegen.BACKENDS}
-            codegen.write(sources)
-            return all(p.read_text() == t for p, t in sources.items()) and not codegen.stale(codegen.catalog_sources())
-
-    def do_validate():
-        data["validation"] = report.validation(spec, quick=True)
-        data["dynamics"] = report.dynamics(spec, quick=True)
-        return all(v["ok"] for v in data["validation"])
-
-    def do_hf():
-        data["hf"] = report.hf_rows(spec)
-        return bool(data["hf"]) and all(r["ok"] for r in data["hf"])
-
-    def do_experiment():
-        from numeric.hf.experiment import run
-
-        data["experiment"] = [run(dtype="float32"), run(dtype="bfloat16", strategy="stable", patch_dtype="float32")]
-        return all(r["agreement"] == 1.0 for r in data["experiment"])
-
-    def do_reports():
-        data.update(report.base(spec), seconds=round(sum(s["seconds"] for s in steps), 1))
-        files = report.render(spec, "html", out_dir, data=data)
-        if report.pdf_available():
-            files += report.render(spec, "pdf", out_dir, data=data)
-        data["files"] = [str(f) for f in files]
-        return True
-
-    plan = [("check gemma3", do_check), ("prove (block theorems, multi-layer, rank-1 lemma)", do_prove),
-            ("codegen (NumPy + Torch, to a temporary folder)", do_codegen),
-            ("validate (4-layer random stacks, float64 + float32)", do_validate),
-            ("HF check (gemma3_text, generation)", do_hf),
-            ("experiment (trained Gemma 3 without the prompt: float32, stable bfloat16)", do_experiment),
-            ("reports (HTML + PDF)", do_reports)]
+    plan = demo.steps(args.out, data, steps)
     with Progress(console=console, transient=True, disable=args.json) as progress:
         task = progress.add_task("demo", total=len(plan))
         for name, fn in plan:
@@ -502,7 +427,7 @@ def cmd_demo(args) -> int:
             t0 = time.perf_counter()
             try:
                 ok = bool(fn())
-            except DEMO_STEP_ERRORS as exc:  # a failed step is reported in the table; a bug surfaces
+            except demo.STEP_ERRORS as exc:  # a failed step is reported in the table; a bug surfaces
                 ok = False
                 console.print(f"{name}: {type(exc).__name__}: {exc}", markup=False)
             steps.append({"name": name, "ok": ok, "seconds": round(time.perf_counter() - t0, 2)})

@@ -155,6 +155,29 @@ def test_hf_check_command(capsys):
     assert "--layers" in capsys.readouterr().err
 
 
+def test_options_are_an_object_or_keywords_and_name_their_protocol():
+    """`Options` or its fields as keywords (which override the object's) give the same patches; a named strategy
+    is computed in the model's arithmetic by default (an encoder's, whose tokens see the later ones, cannot)."""
+    from numeric.hf import Options
+
+    model = tiny_model("llama", layers=2, dtype="float64")
+    gen = torch.Generator().manual_seed(8)
+    ctx, q = random_ids(5, 64, gen), random_ids(3, 64, gen)
+    a = absorb_context(model, ctx, q, Options(keep_positions=True))
+    b = absorb_context(model, ctx, q, keep_positions=True)
+    assert a.positions is not None and torch.equal(a.logits(), b.logits())
+    assert absorb_context(model, ctx, q, Options(keep_positions=True), keep_positions=False).positions is None
+    assert Options().protocol(encoder=False) == "kernel" and Options(strategy="stable").protocol(False) == "model"
+    assert Options(strategy="stable").protocol(encoder=True) == "kernel"
+    assert Options(strategy="stable", keep_positions=True).protocol(encoder=True) == "model"
+    with pytest.raises(ModelInputError, match="an encoder"):
+        Options(computed_in="model").protocol(encoder=True)
+    with pytest.raises(ModelInputError, match="computed_in must be one of model, kernel, got 'gpu'"):
+        Options(computed_in="gpu")
+    with pytest.raises(TypeError, match="options must be an Options"):
+        absorb_context(model, ctx, q, True)
+
+
 def test_layer_params_are_read_in_the_layers_dtype():
     """A parameter kept in float32 in a float64 model (transformers 5.24 keeps DeepSeek-V3's router so) is
     read in the dtype of the layer's other parameters, the one the kernels compute in; values unchanged."""

@@ -19,7 +19,7 @@ from numeric.hf import (  # noqa: E402
 )
 from numeric.hf.compat import cached, kv_cache  # noqa: E402
 from numeric.hf.hfcheck import ENCODERS, TINY, logit_error, random_ids, tiny_model  # noqa: E402
-from numeric.hf.sequence import absorb_sequence  # noqa: E402
+from numeric.hf.sequence import SequencePatch, absorb_sequence  # noqa: E402
 from numeric.hf.sequence_algebra import left_inverse, shared_scale  # noqa: E402
 from symbolic.errors import ModelInputError, PatchConditionError  # noqa: E402
 
@@ -116,6 +116,19 @@ def test_bad_choices_are_clear_errors():
         absorb_sequence(model, ctx, q, applied="dense")
     with pytest.raises(ModelInputError, match="MoE or encoder"):
         absorb_context(tiny_model("mixtral", layers=1), ctx, q, mode="sequence")
+
+
+def test_the_sequence_mode_of_absorb_context_is_absorb_sequence():
+    """absorb_context(..., mode="sequence") (the name the design's contract gives) computes what absorb_sequence
+    does, and refuses the per-token options it would otherwise ignore, naming them."""
+    model = tiny_model("llama", layers=2, dtype="float64")
+    ctx, q = _pair(seed=4)
+    via_mode, direct = absorb_context(model, ctx, q, mode="sequence"), absorb_sequence(model, ctx, q)
+    assert isinstance(via_mode, SequencePatch) and torch.equal(via_mode.logits(), direct.logits())
+    with pytest.raises(ModelInputError, match="takes spec= and params= only, got keep_positions, strategy"):
+        absorb_context(model, ctx, q, mode="sequence", keep_positions=True, strategy="down_rank1")
+    with pytest.raises(ModelInputError, match="got memory"):
+        absorb_context(model, ctx, q, mode="sequence", memory={})
 
 
 def test_left_inverse_is_the_pseudo_inverse_and_refuses_dependent_columns():

@@ -122,6 +122,8 @@ def absorb_context(model, context_ids: torch.Tensor, query_ids: torch.Tensor, op
     if mode not in MODES:
         raise ModelInputError(f"mode must be 'token' (per-token patches) or 'sequence' (one patch per layer), "
                               f"got {mode!r}")
+    if options is not None and not isinstance(options, Options):
+        raise TypeError(f"options must be an Options (or its fields as keywords), got {type(options).__name__}")
     options = dataclasses.replace(options or Options(), **fields)
     if mode == "sequence":
         return _as_sequence(model, context_ids, query_ids, options, memory)

@@ -242,3 +242,25 @@ def models_table(types: list[str] | None = None, progress=None) -> list[dict]:
         if progress is not None:
             progress(rows[-1])
     return rows
+
+
+def models_markdown(rows: list[dict], summary: dict) -> str:
+    """The `models` table as Markdown (MODELS.md)."""
+    def num(v):
+        return "" if v is None else f"{v:.1e}"
+    lines = [f"# Model types ({summary['supported']} supported of {summary['types']})", "",
+             "Written by `ctxpatch models --markdown MODELS.md`: every causal-LM model type of the installed "
+             "transformers, built tiny from its config (2 layers, random weights). `supported`: float64 factored "
+             f"error <= {summary['bounds']['factored']:.0e} and materialized error <= "
+             f"{summary['bounds']['materialized']:.0e} (relative, max over the query logits), unpatched error >= "
+             f"{summary['bounds']['unpatched']:.0e}, greedy generation of {summary['bounds']['generate']} tokens "
+             "identical in float32.", "",
+             "| model type | status | factored | materialized | unpatched | generation | layer kinds | reason |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        gen = "" if r["generation_identical"] is None else ("identical" if r["generation_identical"] else "differs")
+        reason = r["reason"].replace("|", "\\|")
+        lines.append(f"| {r['model_type']} | {r['status']} | {num(r['factored_error'])} | "
+                     f"{num(r['materialized_error'])} | {num(r['unpatched_error'])} | {gen} | "
+                     f"{r['layer_kinds'] or ''} | {reason} |")
+    return "\n".join(lines) + "\n"

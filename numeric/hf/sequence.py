@@ -36,7 +36,7 @@ import torch
 
 from numeric.hf.compat import check_ids, last_logits_only
 from numeric.hf.infer import layout_for
-from numeric.hf.layout import parameter_view
+from numeric.hf.layout import parameter_view, token_rows
 from numeric.hf.sequence_algebra import left_inverse, shared_scale
 from symbolic.errors import ModelInputError
 from symbolic.spec import BlockSpec
@@ -292,8 +292,7 @@ def record_hooks(model, adapter, site: Site, store: dict, start: int) -> list:
             def hook(_m, args, out=None):
                 t = out if which == "out" else args[0]
                 t = t[0] if isinstance(t, tuple) else t
-                t = t.reshape(1, -1, t.shape[-1])  # (1, T, .): OPT's MLP sees (T, .) rows
-                rec[key] = t[0, start:].detach().double().clone()  # a copy: some blocks add to it in place
+                rec[key] = token_rows(t)[start:].detach().double().clone()  # a copy: some blocks add to it in place
             return hook
 
         for p in site.inputs:
@@ -324,7 +323,7 @@ class Induction:
 
     def rows(self, t: torch.Tensor) -> torch.Tensor:
         """The query tokens' rows (q, size) of a batch-first activation (or of OPT's (q, size) rows)."""
-        return t.reshape(1, -1, t.shape[-1])[0]
+        return token_rows(t)
 
     def hooks(self) -> list:
         handles = []
