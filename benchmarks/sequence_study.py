@@ -130,8 +130,6 @@ def shared_study(model, context_ids: torch.Tensor, train: list[torch.Tensor], te
 
 
 def main(argv: list[str] | None = None) -> int:
-    from numeric.sequence import grown_study, shared_study
-
     from numeric.hf import models
     from numeric.hf.hfcheck import REAL_PAIRS, greedy_with_context, pair_ids
 
