@@ -2,7 +2,7 @@
 
     python benchmarks/offload.py [--model smollm2-135m] [--runs 3] [--cpu-memory 150MB] [--gpu-memory 200MB] [--json]
 
-The real model (`numeric.models`, float32, eager attention) is saved as safetensors to a temporary
+The real model (`numeric.hf.models`, float32, eager attention) is saved as safetensors to a temporary
 folder and loaded back with ``device_map="auto"`` under ``max_memory``: ``{"cpu": --cpu-memory}``
 (the layers that do not fit are offloaded to disk and loaded just in time by accelerate's hooks),
 or, with ``--gpu-memory`` on a CUDA machine, ``{0: --gpu-memory, "cpu": --cpu-memory}`` (layers split
@@ -28,9 +28,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from numeric import models, offload  # noqa: E402
-from numeric.hf import absorb_context  # noqa: E402
-from numeric.hfcheck import REAL_PAIRS, logit_error, pair_ids  # noqa: E402
+from numeric.hf import (  # noqa: E402
+    absorb_context,  # noqa: E402
+    models,
+    offload,
+)
+from numeric.hf.hfcheck import REAL_PAIRS, logit_error, pair_ids  # noqa: E402
 
 
 def _median(fn, runs: int) -> tuple[float, object]:

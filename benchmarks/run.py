@@ -4,7 +4,7 @@
 
 Models: one with Gemma 3 1B shapes (random weights, no download: hidden 1152, intermediate 6912, 26
 layers, 4 query heads, 1 key/value head of size 256, vocabulary 262144; ``--quick``: 4 layers) and
-the real Gemma 3 270M and SmolLM2-135M (`numeric.models`, float32, CPU), at each context length,
+the real Gemma 3 270M and SmolLM2-135M (`numeric.hf.models`, float32, CPU), at each context length,
 query 32 tokens. Every ratio is measured side by side in one run: its operations form a group in
 which each repetition times every operation once, in turn, and the ratios are of medians (the machine
 is shared: absolute seconds drift, ratios much less). Operations that run for tens of seconds (token by
@@ -51,7 +51,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from numeric.hf import absorb_context, generate_without_context, resolve  # noqa: E402
+from numeric.hf import absorb_context, generate_without_context  # noqa: E402
+from numeric.hf.selection import resolve  # noqa: E402
 
 TARGETS = {"extraction_over_floor": ("<=", 1.15), "generation_over_generate": ("<=", 2.2),
            "materialized_over_plain": ("<=", 1.3), "patched_over_plain": ("<=", 1.5),
@@ -64,7 +65,7 @@ QUERY, NEW_TOKENS = 32, 16
 #: Phases of the default extraction: function names in the profile (cumulative seconds).
 PHASES = {"contextual forward": ("contextual_bases",),
           "patch formulas and the patched output (kernels' block_patches, patched)": ("block_patches", "patched"),
-          "amplification": ("_amplification",), "conditioning checks": ("_ill", "warn_ill_conditioned"),
+          "amplification": ("measure_amplification",), "conditioning checks": ("_ill", "warn_ill_conditioned"),
           "dense writes (DenseWriter)": ("write",)}
 
 
@@ -84,7 +85,7 @@ def gemma3_1b_shaped(layers: int | None = None):
 def load(name: str, layers: int | None):
     if name == "gemma3-1b-shaped":
         return gemma3_1b_shaped(layers)
-    from numeric import models
+    from numeric.hf import models
 
     return models.load(name, "float32")[0]
 
@@ -107,7 +108,7 @@ class DenseLoop:
 @torch.no_grad()
 def dense_loop_logits(model, ps) -> torch.Tensor:
     """PatchSet.logits() computed with dense per-token patched weights (the baseline of the speedup)."""
-    from numeric.hf import swapped_branches
+    from numeric.hf.passes import swapped_branches
 
     with swapped_branches(model, ps.layout, lambda n: DenseLoop(ps.kernel_for(n)),
                           lambda n, u, x: ps.layers[n].factored):
@@ -156,12 +157,11 @@ def sequence_runs(model, ctx, q, tmp: Path) -> tuple[dict, str | None]:
 
     import peft
 
-    from numeric.hf import layout_for
-    from numeric.sequence import absorb_sequence
+    from numeric.hf.sequence import absorb_sequence
 
     try:
-        sp = absorb_sequence(model, ctx, q, layout_for(model))
-        dense = absorb_sequence(model, ctx, q, layout_for(model), applied="weights")
+        sp = absorb_sequence(model, ctx, q)
+        dense = absorb_sequence(model, ctx, q, applied="weights")
     except Exception as exc:  # noqa: BLE001 - reported, not fatal: the sequence patch covers some blocks only
         return {}, f"{type(exc).__name__}: {exc}"
     sp.save_peft(tmp)
@@ -289,10 +289,10 @@ def phases(fn) -> dict:
 
 def _counted(file: str, func: str) -> bool:
     """Whether a profiled function is the one a phase means: the generated kernels' ``block_patches`` and
-    ``patched`` (not `numeric.hf.block_patches`, which calls the kernel's), `DenseWriter.write`."""
+    ``patched`` (not `numeric.hf.selection.block_patches`, which calls the kernel's), `DenseWriter.write`."""
     if func in ("block_patches", "patched"):
         return file.startswith("<ctxpatch kernel") or "/numeric/kernels/" in file
-    return func != "write" or file.endswith("hf.py")
+    return func != "write" or file.endswith("/numeric/hf/dense.py")
 
 
 COLD = """

@@ -1,4 +1,4 @@
-"""How a sequence patch (one LoRA patch per layer, numeric.sequence) does beyond the tokens it was fitted on.
+"""How a sequence patch (one LoRA patch per layer, numeric.hf.sequence) does beyond the tokens it was fitted on.
 
 For one context and several queries (prompts continued by the model's own greedy tokens WITH the context,
 `--fit` + `--ahead` tokens each), on HELD-OUT queries, against the contextual run, per position past the
@@ -21,10 +21,19 @@ import json
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 
-#: Queries of the fact and story contexts of numeric.hfcheck.REAL_PAIRS (0 and 2): the first `--train` fit
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from numeric.hf.compat import cached, kv_cache  # noqa: E402
+from numeric.hf.growing import GrowingSequence  # noqa: E402
+from numeric.hf.sequence import absorb_sequence  # noqa: E402
+from numeric.hf.shared_patch import shared_patch  # noqa: E402
+
+#: Queries of the fact and story contexts of numeric.hf.hfcheck.REAL_PAIRS (0 and 2): the first `--train` fit
 #: the shared patch, the rest are held out.
 QUERIES = {
     0: (" The capital of Germany is", " The capital of Spain is", " Rome is the capital of",
@@ -39,11 +48,90 @@ QUERIES = {
 }
 
 
+@torch.no_grad()
+def greedy(model, ids: torch.Tensor, tokens: int) -> torch.Tensor:
+    """(1, tokens): greedy continuation of `ids` by the model (key/value cache, no stop token)."""
+    out, new = model(ids, use_cache=True), []
+    for _ in range(tokens):
+        new.append(out.logits[:, -1:].argmax(-1))
+        out = model(new[-1], **cached(model, kv_cache(out, model)))
+    return torch.cat(new, 1)
+
+
+@torch.no_grad()
+def frozen_study(model, context_ids: torch.Tensor, prompt_ids: torch.Tensor,
+                 fit: int, ahead: int) -> dict:
+    r"""How a sequence patch fitted on `fit` teacher-forced tokens does on the next `ahead` ones, frozen.
+
+    The continuation is the model's own greedy generation WITH the context; the patch is fitted on its
+    first `fit` tokens (the prompt, then generated ones), then the query-alone run with the patch
+    continues along the same tokens (teacher-forced). Per position: top-1 agreement with the
+    contextual run and the logit error $\max|\ell - \ell_C| / \max|\ell_C|$; the unpatched
+    query-alone run is the baseline. Returns the figures as a dict (lists per position).
+    """
+    ids = torch.cat([prompt_ids, greedy(model, torch.cat([context_ids, prompt_ids], 1), fit + ahead)], 1)
+    seq = ids[:, :fit + ahead]
+    sp = absorb_sequence(model, context_ids, seq[:, :fit])
+    want = model(torch.cat([context_ids, seq], 1)).logits[0, context_ids.shape[1]:].double()
+    runs = {"patched": sp.logits(seq)[0].double(), "unpatched": model(seq).logits[0].double()}
+    scale = want.abs().amax(-1)  # (T,)
+    out = {"context_len": context_ids.shape[1], "fit": fit, "ahead": ahead, "rank": sp.rank}
+    for name, got in runs.items():
+        err = ((got - want).abs().amax(-1) / scale).tolist()
+        agree = (got.argmax(-1) == want.argmax(-1)).tolist()
+        out[name] = {"error": err, "agree": agree, "fit_error": max(err[:fit]),
+                     "fit_agreement": sum(agree[:fit]) / fit, "ahead_agreement": sum(agree[fit:]) / ahead,
+                     "ahead_median_error": sorted(err[fit:])[ahead // 2]}
+    return out
+
+
+def _scores(got: torch.Tensor, want: torch.Tensor) -> dict:
+    """Per position: the logit error max|l - l_C| / max|l_C| and top-1 agreement."""
+    got, want = got.double(), want.double()
+    return {"error": ((got - want).abs().amax(-1) / want.abs().amax(-1)).tolist(),
+            "agree": (got.argmax(-1) == want.argmax(-1)).tolist()}
+
+
+@torch.no_grad()
+def grown_study(model, context_ids: torch.Tensor, seq: torch.Tensor, fit: int, rescale: bool = True) -> dict:
+    r"""(b): a `GrowingSequence` fitted on the first `fit` tokens of `seq`, then grown by one rank per token
+    along the rest. Per later position k: ``before`` is the prediction of the patch grown through token
+    k-1 (what it gives for token k before token k is absorbed; a frozen patch one token ahead),
+    ``grown`` the logits once token k is absorbed (exact along the cached run); ``rerun``: the final
+    patch run on the whole sequence at once (float32 rounding of the earlier tokens is no longer
+    corrected by the layers above, unlike `absorb_sequence`'s induction). ``rescaled``: post-norm
+    layers that needed a new shared scale (``rescale``), per token."""
+    g = GrowingSequence(model, context_ids, seq[:, :fit], rescale=rescale)
+    steps = [g.step(int(seq[0, k]), before=True) for k in range(fit, seq.shape[1])]
+    want = torch.stack([s["contextual"] for s in steps])
+    full = model(torch.cat([context_ids, seq], 1)).logits[0, context_ids.shape[1]:]
+    return {"rank": g.patch.rank, "rescaled": len(g.rescaled),
+            "before": _scores(torch.stack([s["before"] for s in steps]), want),
+            "grown": _scores(torch.stack([s["grown"] for s in steps]), want),
+            "rerun": _scores(g.patch.logits(seq)[0], full)}
+
+
+@torch.no_grad()
+def shared_study(model, context_ids: torch.Tensor, train: list[torch.Tensor], test: list[torch.Tensor],
+                 fit: int, rank: int = 8) -> dict:
+    r"""(c) against (a): a token-independent rank-`rank` patch (`shared_patch`) fitted on the `train` queries,
+    on each HELD-OUT query of `test`, per position, against the contextual run; with the exact sequence
+    patch fitted on that query's first `fit` tokens and frozen (`absorb_sequence`, as `frozen_study`) and
+    no patch. Returns per test query {"shared", "frozen", "unpatched"} scores over all its positions."""
+    sp = shared_patch(model, context_ids, train, rank=rank)
+    rows = []
+    for seq in test:
+        want = model(torch.cat([context_ids, seq], 1)).logits[0, context_ids.shape[1]:]
+        frozen = absorb_sequence(model, context_ids, seq[:, :fit])
+        rows.append({"shared": _scores(sp.logits(seq)[0], want), "frozen": _scores(frozen.logits(seq)[0], want),
+                     "unpatched": _scores(model(seq).logits[0], want)})
+    return {"rank": sp.rank, "train_tokens": sum(q.shape[1] for q in train), "rows": rows,
+            "train_residual": max(lp.residual for lp in sp.layers)}
+
+
 def main(argv: list[str] | None = None) -> int:
-    from numeric import models
-    from numeric.hf import layout_for
-    from numeric.hfcheck import REAL_PAIRS, greedy_with_context, pair_ids
-    from numeric.sequence import grown_study, shared_study
+    from numeric.hf import models
+    from numeric.hf.hfcheck import REAL_PAIRS, greedy_with_context, pair_ids
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma3-270m"], choices=sorted(models.MODELS))
@@ -60,7 +148,6 @@ def main(argv: list[str] | None = None) -> int:
     rows, T = [], args.fit + args.ahead
     for name in args.models:
         model, tok = models.load(name, "float32")
-        layout = layout_for(model)
         for i in args.pairs:
             t0 = time.perf_counter()
             ctx = pair_ids(tok, REAL_PAIRS[i][0], "")[0]
@@ -70,8 +157,8 @@ def main(argv: list[str] | None = None) -> int:
                 cont = greedy_with_context(model, torch.cat([ctx, prompt], 1), T)
                 seqs.append(torch.cat([prompt, cont], 1)[:, :T])
             train, test = seqs[:args.train], seqs[args.train:]
-            out = shared_study(model, layout, ctx, train, test, args.fit, args.rank)
-            grown = [grown_study(model, layout, ctx, s, args.fit) for s in test[:args.grown]]
+            out = shared_study(model, ctx, train, test, args.fit, args.rank)
+            grown = [grown_study(model, ctx, s, args.fit) for s in test[:args.grown]]
             row = {"model": name, "pair": i, "context_len": ctx.shape[1], "fit": args.fit, "ahead": args.ahead,
                    **out, "grown": grown, "seconds": round(time.perf_counter() - t0, 1)}
             rows.append(row)

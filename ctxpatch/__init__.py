@@ -21,6 +21,8 @@ _EXPORTS = {
     "validate": "ctxpatch.api", "report": "ctxpatch.api", "load_spec": "ctxpatch.api",
     "absorb_context": "numeric.hf", "generate_without_context": "numeric.hf", "PatchSet": "numeric.hf",
     "BlockSpec": "symbolic.spec", "SpecError": "symbolic.errors", "PatchConditionError": "symbolic.errors",
+    "CtxpatchInputError": "symbolic.errors", "ModelInputError": "symbolic.errors", "Options": "numeric.hf",
+    "absorb_sequence": "numeric.hf", "SequencePatch": "numeric.hf",
     "STRATEGIES": "symbolic.derive", "Verdict": "symbolic.controllability", "Derivation": "symbolic.derive",
 }
 __all__ = sorted(_EXPORTS)

@@ -46,7 +46,7 @@ def check(spec: SpecLike, strategy: str | None = None, input_strategy: str | Non
 
 @cache
 def _check(spec: BlockSpec, strategy: str | None, input_strategy: str | None) -> Verdict:
-    from numeric.counterexample import witness
+    from numeric.check.counterexample import witness
     from symbolic.controllability import check as symbolic_check
 
     verdict = symbolic_check(spec, strategy, input_strategy)
@@ -79,18 +79,18 @@ def codegen(spec: SpecLike, backend: str = "torch", strategy: str | None = None,
             input_strategy: str | None = None) -> str:
     """The source of the generated kernel of a block (``numpy`` or ``torch``), rendered in memory."""
     from symbolic import codegen as symbolic_codegen
-    from symbolic.errors import bad_value
+    from symbolic.errors import CtxpatchInputError, bad_value
 
     block = load_spec(spec)
     if backend not in symbolic_codegen.BACKENDS:
-        raise bad_value("codegen", "backend", backend, symbolic_codegen.BACKENDS)
+        raise bad_value("codegen", "backend", backend, symbolic_codegen.BACKENDS, kind=CtxpatchInputError)
     return symbolic_codegen.render(block, backend, derive(block, strategy, input_strategy))
 
 
 def validate(spec: SpecLike, trials: int = 3, seed: int = 0, **setup) -> dict:
-    """Random-instance validation of Algorithm 1 on stacks of random layers (see `numeric.validate.Setup`)."""
-    from numeric.validate import Setup
-    from numeric.validate import validate as numeric_validate
+    """Random-instance validation of Algorithm 1 on stacks of random layers (see `numeric.check.validate.Setup`)."""
+    from numeric.check.validate import Setup
+    from numeric.check.validate import validate as numeric_validate
 
     return numeric_validate(load_spec(spec), Setup(**setup), trials=trials, seed=seed)
 

@@ -1,8 +1,9 @@
 """The `ctxpatch` command line. Each verb is a small function; errors become exit codes.
 
-Exit codes: 0 success; 1 a check failed (a derivation SymPy could not verify); 2 bad input
-(unknown architecture, malformed TOML, unknown field, value or strategy), reported as one
-paragraph on stderr, never a traceback.
+Exit codes: 0 success; 1 a check failed (a derivation SymPy could not verify, a side condition of a patch);
+2 bad input (`symbolic.errors.CtxpatchInputError`: a spec, as an unknown architecture, malformed TOML, an unknown
+field, value or strategy; a model or its inputs; an option), reported as one paragraph on stderr, never a
+traceback.
 """
 
 from __future__ import annotations
@@ -20,13 +21,10 @@ from rich.table import Table
 from ctxpatch import api
 from ctxpatch.reporting import FORMATS
 from symbolic import catalog
-from symbolic.errors import PatchConditionError, SpecError
+from symbolic.errors import CtxpatchInputError, ModelInputError, PatchConditionError, SpecError
 
 console = Console(highlight=False)
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
-# What a demo step can fail with and still be reported as a failed step: bad input or a refused patch
-# (SpecError is a ValueError, PatchConditionError an ArithmeticError), a missing tool or file (LaTeX).
-DEMO_STEP_ERRORS = (ValueError, ArithmeticError, OSError, RuntimeError)
 
 
 def _emit(obj: dict) -> None:
@@ -149,8 +147,8 @@ def cmd_codegen(args) -> int:
 
     if args.spec is None:
         if args.strategy or args.input_strategy:
-            raise SpecError("--strategy and --input-strategy apply to --spec only; the catalog kernels use "
-                            "each architecture's default strategies")
+            raise CtxpatchInputError("--strategy and --input-strategy apply to --spec only; the catalog kernels use "
+                                     "each architecture's default strategies")
         sources = codegen.catalog_sources()
         if args.out is not None:
             sources = {args.out / p.parent.name / p.name: t for p, t in sources.items()}
@@ -190,12 +188,13 @@ def cmd_codegen(args) -> int:
 
 def cmd_validate(args) -> int:
     """Random-instance validation of the layer-by-layer algorithm on a stack of random layers."""
-    from numeric.validate import Setup, validate
+    from numeric.check.validate import Setup, validate
 
     spec = catalog.resolve(args.arch)
     if args.heads % args.kv_heads or args.d % args.heads or (args.d // args.heads) % 2:
-        raise SpecError(f"--heads {args.heads}, --kv-heads {args.kv_heads}, --d {args.d}: the heads must divide "
-                        "d into an even head size, and the kv heads must divide the heads (grouped queries).")
+        raise CtxpatchInputError(f"--heads {args.heads}, --kv-heads {args.kv_heads}, --d {args.d}: the heads must "
+                                 "divide d into an even head size, and the kv heads must divide the heads (grouped "
+                                 "queries).")
     api.derive(spec, args.strategy, args.input_strategy)  # a strategy that is not exact here: a clear error first
     setup = Setup(layers=args.layers, d=args.d, m=args.m, heads=args.heads, kv_heads=args.kv_heads,
                   rope=not args.no_rope, context_len=args.context_len, query_len=args.query_len, dtype=args.dtype,
@@ -221,13 +220,14 @@ def cmd_validate(args) -> int:
 def cmd_hf_check(args) -> int:
     """Absorb a random context on a tiny random transformers model; compare with the contextual run."""
     try:
-        from numeric.hfcheck import hf_check
+        from numeric.hf.hfcheck import hf_check
     except ImportError as exc:  # transformers is the `hf` extra
-        raise SpecError(f"hf-check needs transformers ({exc}); install it with `pip install -e '.[hf]'`.") from None
-    from numeric.models import is_model_name
+        raise CtxpatchInputError(f"hf-check needs transformers ({exc}); install it with "
+                                 "`pip install -e '.[hf]'`.") from None
+    from numeric.hf.models import is_model_name
 
     if is_model_name(args.model_type):  # real pretrained weights: natural-text pairs
-        from numeric.hfcheck import real_check
+        from numeric.hf.hfcheck import real_check
 
         out = real_check(args.model_type, dtype=args.dtype, generate=args.generate, strategy=args.strategy)
     else:
@@ -258,15 +258,16 @@ def cmd_hf_check(args) -> int:
 def cmd_models(args) -> int:
     """Every causal-LM model type of the installed transformers, tiny: supported (with figures) or refused."""
     try:
-        from numeric import zoo
-        from numeric.hfcheck import SUPPORT, models_table
+        from numeric.hf import zoo
+        from numeric.hf.hfcheck import SUPPORT, models_markdown, models_table
     except ImportError as exc:
-        raise SpecError(f"models needs transformers ({exc}); install it with `pip install -e '.[hf]'`.") from None
+        raise CtxpatchInputError(f"models needs transformers ({exc}); install it with "
+                                 "`pip install -e '.[hf]'`.") from None
     known = zoo.causal_lm_types()
     unknown = [t for t in args.types or () if t not in known]
     if unknown:
-        raise SpecError(f"--types: {', '.join(unknown)} not causal-LM types of the installed transformers. "
-                        f"Allowed: {', '.join(known)}")
+        raise ModelInputError(f"--types: {', '.join(unknown)} not causal-LM types of the installed transformers. "
+                              f"Allowed: {', '.join(known)}")
 
     def progress(row):
         if not args.json:
@@ -282,28 +283,6 @@ def cmd_models(args) -> int:
     else:
         console.print(f"{summary['supported']} of {summary['types']} types supported, {summary['refused']} refused")
     return EXIT_OK
-
-
-def models_markdown(rows: list[dict], summary: dict) -> str:
-    """The `models` table as Markdown (MODELS.md)."""
-    def num(v):
-        return "" if v is None else f"{v:.1e}"
-    lines = [f"# Model types ({summary['supported']} supported of {summary['types']})", "",
-             "Written by `ctxpatch models --markdown MODELS.md`: every causal-LM model type of the installed "
-             "transformers, built tiny from its config (2 layers, random weights). `supported`: float64 factored "
-             f"error <= {summary['bounds']['factored']:.0e} and materialized error <= "
-             f"{summary['bounds']['materialized']:.0e} (relative, max over the query logits), unpatched error >= "
-             f"{summary['bounds']['unpatched']:.0e}, greedy generation of {summary['bounds']['generate']} tokens "
-             "identical in float32.", "",
-             "| model type | status | factored | materialized | unpatched | generation | layer kinds | reason |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        gen = "" if r["generation_identical"] is None else ("identical" if r["generation_identical"] else "differs")
-        reason = r["reason"].replace("|", "\\|")
-        lines.append(f"| {r['model_type']} | {r['status']} | {num(r['factored_error'])} | "
-                     f"{num(r['materialized_error'])} | {num(r['unpatched_error'])} | {gen} | "
-                     f"{r['layer_kinds'] or ''} | {reason} |")
-    return "\n".join(lines) + "\n"
 
 
 def _params(args) -> dict[str, str] | None:
@@ -345,7 +324,7 @@ def cmd_report(args) -> int:
 
 def cmd_precision(args) -> int:
     """Error of the patched run vs dtype (float64, float32, bfloat16) and vs conditioning."""
-    from numeric.validate import precision
+    from numeric.check.validate import precision
 
     spec = catalog.resolve(args.arch)
     api.derive(spec, args.strategy)  # a strategy that is not exact here: a clear error first
@@ -367,7 +346,7 @@ def cmd_precision(args) -> int:
 
 def cmd_mutate(args) -> int:
     """Mutation testing: every deliberately wrong formula, proof or kernel must be caught."""
-    from numeric.mutants import run_all
+    from numeric.check.mutants import run_all
 
     out = run_all()
     if args.json:
@@ -385,16 +364,17 @@ def cmd_mutate(args) -> int:
 def cmd_experiment(args) -> int:
     """The seed paper's generation experiment on the trained fixture or any local causal LM."""
     try:
-        from numeric.experiment import FIXTURE, run, run_all
-        from numeric.models import MODELS, is_model_name
+        from numeric.hf.experiment import FIXTURE, run, run_all
+        from numeric.hf.models import MODELS, is_model_name
     except ImportError as exc:
-        raise SpecError(f"experiment needs transformers ({exc}); install it with `pip install -e '.[hf]'`.") from None
+        raise CtxpatchInputError(f"experiment needs transformers ({exc}); install it with "
+                                 "`pip install -e '.[hf]'`.") from None
     name = args.model if args.model and is_model_name(args.model) else None
     path = None if name else (Path(args.model) if args.model else FIXTURE)
     if path is not None and not (path / "config.json").exists():
-        raise SpecError(f"--model {path}: no config.json there. Allowed: a local folder saved with "
-                        f"`save_pretrained` (weights, config and tokenizer), or a name: {', '.join(MODELS)}; "
-                        "downloads are not attempted.")
+        raise ModelInputError(f"--model {path}: no config.json there. Allowed: a local folder saved with "
+                              f"`save_pretrained` (weights, config and tokenizer), or a name: {', '.join(MODELS)}; "
+                              "downloads are not attempted.")
     if args.json and args.dtype is None and args.strategy is None:  # every setting, factored and materialized
         _emit(run_all(tokens=args.tokens, model_path=path, model_name=name))
         return EXIT_OK
@@ -433,63 +413,13 @@ def _tex_name(name: str) -> str:
 
 def cmd_demo(args) -> int:
     """The main job on gemma3: check, prove, codegen, validation, the HF check with generation, reports."""
-    import tempfile
-
     from rich.progress import Progress
 
-    from ctxpatch import reporting as report
-    from symbolic import codegen, prover
-    from symbolic.controllability import check
+    from ctxpatch import demo
 
-    spec = catalog.load("gemma3")
     steps: list[dict] = []
     data: dict = {}
-    out_dir = args.out
-
-    def do_check():
-        v = check(spec)
-        return v.perfect_patch and v.derivation.verified
-
-    def do_prove():
-        data["theorems"] = report.theorems(spec)
-        results = prover.run(prover.theorems_for("rank1_lemma"))
-        return all(t["verified"] for t in data["theorems"]) and all(r.status == "verified" for r in results)
-
-    def do_codegen():
-        with tempfile.TemporaryDirectory() as tmp:
-            sources = {codegen.kernel_path(Path(tmp), b, spec.name): codegen.render(spec, b) for b in codegen.BACKENDS}
-            codegen.write(sources)
-            return all(p.read_text() == t for p, t in sources.items()) and not codegen.stale(codegen.catalog_sources())
-
-    def do_validate():
-        data["validation"] = report.validation(spec, quick=True)
-        data["dynamics"] = report.dynamics(spec, quick=True)
-        return all(v["ok"] for v in data["validation"])
-
-    def do_hf():
-        data["hf"] = report.hf_rows(spec)
-        return bool(data["hf"]) and all(r["ok"] for r in data["hf"])
-
-    def do_experiment():
-        from numeric.experiment import run
-
-        data["experiment"] = [run(dtype="float32"), run(dtype="bfloat16", strategy="stable", patch_dtype="float32")]
-        return all(r["agreement"] == 1.0 for r in data["experiment"])
-
-    def do_reports():
-        data.update(report.base(spec), seconds=round(sum(s["seconds"] for s in steps), 1))
-        files = report.render(spec, "html", out_dir, data=data)
-        if report.pdf_available():
-            files += report.render(spec, "pdf", out_dir, data=data)
-        data["files"] = [str(f) for f in files]
-        return True
-
-    plan = [("check gemma3", do_check), ("prove (block theorems, multi-layer, rank-1 lemma)", do_prove),
-            ("codegen (NumPy + Torch, to a temporary folder)", do_codegen),
-            ("validate (4-layer random stacks, float64 + float32)", do_validate),
-            ("HF check (gemma3_text, generation)", do_hf),
-            ("experiment (trained Gemma 3 without the prompt: float32, stable bfloat16)", do_experiment),
-            ("reports (HTML + PDF)", do_reports)]
+    plan = demo.steps(args.out, data, steps)
     with Progress(console=console, transient=True, disable=args.json) as progress:
         task = progress.add_task("demo", total=len(plan))
         for name, fn in plan:
@@ -497,7 +427,7 @@ def cmd_demo(args) -> int:
             t0 = time.perf_counter()
             try:
                 ok = bool(fn())
-            except DEMO_STEP_ERRORS as exc:  # a failed step is reported in the table; a bug surfaces
+            except demo.STEP_ERRORS as exc:  # a failed step is reported in the table; a bug surfaces
                 ok = False
                 console.print(f"{name}: {type(exc).__name__}: {exc}", markup=False)
             steps.append({"name": name, "ok": ok, "seconds": round(time.perf_counter() - t0, 2)})
@@ -670,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
         args.format = ["html"]
     try:
         return args.fn(args)
-    except SpecError as exc:
+    except CtxpatchInputError as exc:  # bad input of any kind (`symbolic.errors`)
         print(f"ctxpatch {args.verb}: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except OSError as exc:  # a path the user named cannot be read or written

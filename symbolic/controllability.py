@@ -205,7 +205,7 @@ def counterexample(r: Restriction) -> dict:
     """The invariant that every allowed patch preserves, and the strategy whose restriction it is.
 
     The numeric witness (concrete numbers whose target violates the invariant) is added by
-    `numeric.counterexample.witness`; the symbolic verdict stands without it.
+    `numeric.check.counterexample.witness`; the symbolic verdict stands without it.
     """
     doc = STRATEGIES.get(r.side, r.strategy).doc
     return {"side": r.side, "reason": r.reason, "stage": r.stage, "strategy": r.strategy,

@@ -1,6 +1,7 @@
 r"""The symbolic block: a spec turned into SymPy expressions, stage by stage.
 
-The MLP sub-block of one token is split as DESIGN.md does:
+The MLP sub-block of one token is split into the theory's stages (arXiv:2511.17864: the inner function up to
+the hidden activations, the outer function after them; docs/theory.md, "Theory"):
 
     z = pre(u)                 pre-norm (or identity)
     q = inner(z)               pre-activations: the input maps W_gate, W_up, router, ...

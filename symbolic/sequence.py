@@ -1,6 +1,6 @@
 r"""Theorems of the sequence patch: one patch per layer for q query tokens at once (THEORY.md section 6).
 
-States the identities behind `numeric.sequence` for the proof kernel (`symbolic.proof`), with matrices of
+States the identities behind `numeric.hf.sequence` for the proof kernel (`symbolic.proof`), with matrices of
 symbolic sizes ($W \in \mathbb{R}^{m\times d}$, $Z \in \mathbb{R}^{d\times q}$, ...). The kernel has no
 matrix product, so a low-rank patch $\Delta W = BA$ acts as $x \mapsto B(Ax)$, and a statement about the
 q columns of $Z$ is stated for an arbitrary coefficient vector $c \in \mathbb{R}^q$ (column $j$ is $c = e_j$):

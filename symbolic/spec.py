@@ -198,7 +198,9 @@ class PatchSpec:
 
 @dataclass(frozen=True)
 class BlockSpec:
-    """A transformer block as the theory sees it. See DESIGN.md, 'The theory in one screen'."""
+    """A transformer block as the theory sees it: the MLP sub-block of one token as pre / inner / sigma / outer /
+    post (`symbolic.model`), met by the residual stream sequentially or in parallel with attention, optionally a
+    mixture of experts; ``patch`` names the parameters a patch may change (docs/theory.md, "Theory")."""
 
     name: str
     mlp: MLPSpec

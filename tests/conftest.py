@@ -1,9 +1,12 @@
-"""Shared fixtures: the catalog, the example specs with no perfect patch, verdicts computed once."""
+"""Shared fixtures: the catalog, the example specs with no perfect patch, verdicts computed once, the benchmark
+scripts as modules."""
 
 from __future__ import annotations
 
+import importlib.util
 from functools import cache
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -18,6 +21,15 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.toml"))
 def verdict(arch: str):
     """The controllability verdict of a catalog name or spec path, computed once per session."""
     return check(arch)
+
+
+@cache
+def benchmark(name: str) -> ModuleType:
+    """The script ``benchmarks/<name>.py`` loaded as a module (benchmarks are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"benchmarks_{name}", ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(params=catalog.names())

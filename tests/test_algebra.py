@@ -6,7 +6,7 @@ import pytest
 import sympy as sp
 import torch
 
-from numeric.numeval import evaluate
+from numeric.check.numeval import evaluate
 from symbolic.algebra import (
     BOUND,
     Condition,

@@ -154,3 +154,30 @@ def test_fuzzed_spec_fields_exit_0_1_or_2(tmp_path, capsys, field, value):
     path = spec_file(tmp_path, "\n".join(lines) + "\n")
     code, _ = run(["check", str(path), "--json"], capsys)
     assert code in (0, 1, 2)
+
+
+# --------------------------------------------------------------------------- errors by kind
+
+
+def test_bad_input_has_one_base_and_a_kind_per_source():
+    """Specs and models (with what is passed with them) are bad input of their own kind, both under one base that
+    the command line maps to exit 2; a failed side condition is arithmetic, not bad input."""
+    from symbolic.errors import CtxpatchInputError, ModelInputError, PatchConditionError, SpecError, bad_value
+
+    assert issubclass(SpecError, CtxpatchInputError) and issubclass(ModelInputError, CtxpatchInputError)
+    assert issubclass(CtxpatchInputError, ValueError)
+    assert not issubclass(ModelInputError, SpecError) and not issubclass(SpecError, ModelInputError)
+    assert not issubclass(PatchConditionError, CtxpatchInputError)
+    err = bad_value("codegen", "backend", "jax", ["numpy", "torch"], kind=CtxpatchInputError)
+    assert type(err) is CtxpatchInputError and "Allowed: 'numpy', 'torch'" in str(err)
+    assert type(bad_value("s.toml", "mlp.kind", "dens", ["dense"])) is SpecError
+
+
+@pytest.mark.parametrize(("argv", "words"), [
+    (["check", "no_such_arch"], "no_such_arch"),  # a spec
+    (["codegen", "--strategy", "stable"], "--spec"),  # an option (the base class)
+    (["hf-check", "t5"], "t5"),  # a model
+])
+def test_every_kind_of_bad_input_exits_2_with_its_message(argv, words, capsys):
+    code, err = run(argv, capsys)
+    assert code == 2 and words in err and err.startswith(f"ctxpatch {argv[0]}: ")

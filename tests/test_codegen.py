@@ -20,9 +20,9 @@ import torch
 
 from ctxpatch.cli import main
 from numeric import kernels
+from numeric.check.lambdified import Instance, patched_params
+from numeric.check.reference import forward, random_params, small_expert_count
 from numeric.kernels import runtime
-from numeric.lambdified import Instance, patched_params
-from numeric.reference import forward, random_params, small_expert_count
 from symbolic import catalog, codegen
 from symbolic.activations import named
 from symbolic.activations import x as act_x

@@ -11,8 +11,8 @@ import sympy as sp
 import torch
 
 from ctxpatch.cli import main
-from numeric.lambdified import check_instance, random_instance
-from numeric.reference import random_params, small_expert_count
+from numeric.check.lambdified import check_instance, random_instance
+from numeric.check.reference import random_params, small_expert_count
 from symbolic import catalog
 from symbolic.algebra import Dot, MatVec, Mean, Vec, is_zero
 from symbolic.derive import Deriver

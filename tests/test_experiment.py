@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("transformers")
 
 from ctxpatch.cli import main  # noqa: E402
-from numeric.experiment import FIXTURE, run  # noqa: E402
+from numeric.hf.experiment import FIXTURE, run  # noqa: E402
 
 
 def test_fixture_is_committed_small_and_documented():
@@ -65,7 +65,7 @@ def test_experiment_command_and_any_local_model(tmp_path, capsys):
         assert key in out
     assert out["model_type"] == "llama" and out["agreement"] == 1.0
     # --json without --dtype/--strategy: every setting the block offers (Llama: no Theorem 1, no stable),
-    # each applied factored and materialized (DESIGN.md `runs`).
+    # each applied factored and materialized (the JSON's `runs`; docs/design.md, "Contracts").
     assert main(["experiment", "--model", str(tmp_path / "llama"), "--tokens", "2", "--json"]) == 0
     runs = json.loads(capsys.readouterr().out)["runs"]
     assert {(r["dtype"], r["applied"]) for r in runs} == {(d, a) for d in ("float32", "bfloat16")
@@ -81,8 +81,8 @@ def test_experiment_command_and_any_local_model(tmp_path, capsys):
 def test_stable_bfloat16_on_real_gemma_agrees_materialized():
     """The paper's stable bfloat16 setting on real Gemma 3 270M, written into the model's modules: every
     token agrees (two of the five natural-text prompts, 5 tokens each; the full 100 in the report)."""
-    from numeric import models
-    from numeric.experiment import REAL_PROMPTS
+    from numeric.hf import models
+    from numeric.hf.experiment import REAL_PROMPTS
 
     if not models.available("gemma3-270m"):
         pytest.skip("gemma3-270m: its PyPI package is not installed; run `make install`")

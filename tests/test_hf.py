@@ -1,6 +1,6 @@
 """Real transformers models (tiny, random, built from configs): absorb_context for every supported
 model type in float64 and float32, greedy generation without the context, the paper's reduced run,
-the DESIGN.md storage format of the patches, and errors."""
+the storage format of the patches (the parameter names and layouts of the model itself), and errors."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ pytest.importorskip("transformers")
 
 from ctxpatch.cli import main  # noqa: E402
 from numeric.hf import absorb_context, generate_without_context, layout_for  # noqa: E402
-from numeric.hfcheck import BOUNDS, ENCODERS, TINY, hf_check, random_ids, tiny_model  # noqa: E402
-from symbolic.errors import PatchConditionError, SpecError  # noqa: E402
+from numeric.hf.hfcheck import BOUNDS, ENCODERS, TINY, hf_check, random_ids, tiny_model  # noqa: E402
+from symbolic.errors import ModelInputError, PatchConditionError  # noqa: E402
 
 TYPES = sorted(TINY)
 CAUSAL = [t for t in TYPES if t not in ENCODERS]
@@ -65,7 +65,7 @@ def test_greedy_generation_without_context_is_identical(model_type):
 @pytest.mark.parametrize("model_type", TYPES)
 def test_keep_positions_and_the_dense_storage_format(model_type):
     """Each token alone at its absolute position; PatchSet.rank1/values, applied densely to a copy of
-    the model, reproduce the contextual output of that token (DESIGN.md storage layouts)."""
+    the model, reproduce the contextual output of that token (in the parameters' own storage layouts)."""
     model = tiny_model(model_type, layers=2, dtype="float64")
     gen = torch.Generator().manual_seed(7)
     ctx, q = random_ids(4, 64, gen), random_ids(3, 64, gen)
@@ -135,12 +135,12 @@ def test_zero_embedding_names_the_token():
 
 def test_bad_inputs_are_clear_errors():
     model = tiny_model("llama", layers=1)
-    with pytest.raises(SpecError, match="shape"):
+    with pytest.raises(ModelInputError, match="shape"):
         absorb_context(model, torch.tensor([1, 2]), torch.tensor([[3]]))
-    with pytest.raises(SpecError, match="outside"):
+    with pytest.raises(ModelInputError, match="outside"):
         absorb_context(model, torch.tensor([[1, 200]]), torch.tensor([[3]]))
     model.model.layers[0].mlp = torch.nn.Identity()  # a layer without the maps of an MLP: refused, named
-    with pytest.raises(SpecError, match="mlp.*linear maps"):
+    with pytest.raises(ModelInputError, match="mlp.*linear maps"):
         absorb_context(model, torch.tensor([[1]]), torch.tensor([[3]]))
 
 
@@ -155,10 +155,33 @@ def test_hf_check_command(capsys):
     assert "--layers" in capsys.readouterr().err
 
 
+def test_options_are_an_object_or_keywords_and_name_their_protocol():
+    """`Options` or its fields as keywords (which override the object's) give the same patches; a named strategy
+    is computed in the model's arithmetic by default (an encoder's, whose tokens see the later ones, cannot)."""
+    from numeric.hf import Options
+
+    model = tiny_model("llama", layers=2, dtype="float64")
+    gen = torch.Generator().manual_seed(8)
+    ctx, q = random_ids(5, 64, gen), random_ids(3, 64, gen)
+    a = absorb_context(model, ctx, q, Options(keep_positions=True))
+    b = absorb_context(model, ctx, q, keep_positions=True)
+    assert a.positions is not None and torch.equal(a.logits(), b.logits())
+    assert absorb_context(model, ctx, q, Options(keep_positions=True), keep_positions=False).positions is None
+    assert Options().protocol(encoder=False) == "kernel" and Options(strategy="stable").protocol(False) == "model"
+    assert Options(strategy="stable").protocol(encoder=True) == "kernel"
+    assert Options(strategy="stable", keep_positions=True).protocol(encoder=True) == "model"
+    with pytest.raises(ModelInputError, match="an encoder"):
+        Options(computed_in="model").protocol(encoder=True)
+    with pytest.raises(ModelInputError, match="computed_in must be one of model, kernel, got 'gpu'"):
+        Options(computed_in="gpu")
+    with pytest.raises(TypeError, match="options must be an Options"):
+        absorb_context(model, ctx, q, True)
+
+
 def test_layer_params_are_read_in_the_layers_dtype():
     """A parameter kept in float32 in a float64 model (transformers 5.24 keeps DeepSeek-V3's router so) is
     read in the dtype of the layer's other parameters, the one the kernels compute in; values unchanged."""
-    from numeric.hf import layer_params
+    from numeric.hf.layout import layer_params
 
     model = tiny_model("llama", layers=1)
     layout = layout_for(model)
@@ -175,13 +198,9 @@ def test_layer_params_are_read_in_the_layers_dtype():
 
 def test_benchmark_dense_baseline_computes_the_same_logits():
     """The per-token dense-dW baseline of benchmarks/run.py is a correct (slow) implementation."""
-    import importlib.util
+    from tests.conftest import benchmark
 
-    from tests.conftest import ROOT
-
-    spec = importlib.util.spec_from_file_location("bench", ROOT / "benchmarks" / "run.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = benchmark("run")
     model = tiny_model("llama", layers=2)
     gen = torch.Generator().manual_seed(11)
     ps = absorb_context(model, random_ids(5, 64, gen), random_ids(4, 64, gen))
@@ -192,7 +211,8 @@ def test_benchmark_dense_baseline_computes_the_same_logits():
 
 def _layer_inputs(model_type: str, layers: int = 2):
     """A float64 tiny model, its layout and kernels, and layer n's (u, target) for a 5-token query."""
-    from numeric.hf import contextual_bases, resolve
+    from numeric.hf.passes import contextual_bases
+    from numeric.hf.selection import resolve
 
     model = tiny_model(model_type, layers=layers, dtype="float64")
     gen = torch.Generator().manual_seed(3)
@@ -206,65 +226,75 @@ def _layer_inputs(model_type: str, layers: int = 2):
 def test_a_layer_starts_from_the_choice_of_the_layer_below(monkeypatch):
     """Without a previous choice of its own, a layer keeps the layer below's strategy when the rule keeps it
     (measured, at most ACCEPT); when the rule rejects it, every candidate is compared as before."""
-    import numeric.hf as hf
+    import numeric.hf.selection as selection
 
     model, layout, kernels, inputs = _layer_inputs("gemma3_text")
     names = list(kernels[layout[1].spec])
     assert len(names) > 1
     (u, target) = inputs[1]
     for below in names:
-        patcher = hf.Patcher(model, layout, kernels, memory={0: below})
-        lp = patcher.layer(1, u, target, None)
-        best = hf.Patcher(model, layout, kernels)._best(1, patcher.params(1), u[:1], target[:1], None, 0)
+        patcher = selection.Patcher(model, layout, kernels, memory=selection.Memory({0: below}))
+        lp, _ = patcher.layer(1, u, target, None)
+        best = selection.Patcher(model, layout, kernels).best(1, patcher.params(1), u[:1], target[:1], None, 0)
         amp = [a for a in lp.amplification if a == a]
         if set(lp.strategies) == {below}:  # kept: measured once, within the rule
-            assert len(amp) >= 1 and max(amp) <= hf.ACCEPT
+            assert len(amp) >= 1 and max(amp) <= selection.ACCEPT
         else:  # rejected: the first token compared every candidate
-            assert lp.strategies[0] == best[0]
-    monkeypatch.setattr(hf, "ACCEPT", 0.0)  # nothing is kept: token by token, every candidate compared
-    patcher = hf.Patcher(model, layout, kernels, memory={0: names[0]})
-    lp = patcher.layer(1, u, target, None)
-    one = hf.Patcher(model, layout, kernels)
-    want = [one._best(1, patcher.params(1), u[j:j + 1], target[j:j + 1], None, j)[0] for j in range(5)]
+            assert lp.strategies[0] == best.strategy
+    monkeypatch.setattr(selection, "ACCEPT", 0.0)  # nothing is kept: token by token, every candidate compared
+    patcher = selection.Patcher(model, layout, kernels, memory=selection.Memory({0: names[0]}))
+    lp, _ = patcher.layer(1, u, target, None)
+    one = selection.Patcher(model, layout, kernels)
+    want = [one.best(1, patcher.params(1), u[j:j + 1], target[j:j + 1], None, j).strategy for j in range(5)]
     assert lp.strategies == want
+
+
+def test_the_choice_prefers_well_conditioned_then_least_amplification_with_ties_in_order():
+    """`choose`: an ill-conditioned candidate loses to any well-conditioned one; among those, amplifications
+    within TIE of the least are equal and the checker's order (the list's) decides."""
+    from numeric.hf.selection import TIE, Candidate, choose
+
+    ill = Candidate("a", {}, 1.0, ill=True)
+    far, near, least = Candidate("b", {}, 3.0), Candidate("c", {}, 1.0 * TIE), Candidate("d", {}, 1.0)
+    assert choose([ill, far]) is far
+    assert choose([ill, far, near, least]) is near  # within TIE of the least, and listed first
+    assert choose([far, least, near]) is least
+    assert choose([ill]) is ill  # nothing better: the only candidate
 
 
 @pytest.mark.parametrize("model_type", ["gemma3_text", "llama", "mixtral"])
 def test_fused_output_is_apply_of_the_stored_patches(model_type):
     """In the one-pass extraction the kernel's `patched` computes a layer's patches and its output together;
-    the output left for the pass equals `apply` of the patches the PatchSet stores (dense blocks; a mixture
-    of experts has no fused function and leaves none)."""
-    from numeric.hf import Patcher, layer_params
+    the output handed to the pass equals `apply` of the patches the PatchSet stores (dense blocks; a mixture
+    of experts has no fused function and hands none)."""
+    from numeric.hf.layout import layer_params
+    from numeric.hf.selection import Patcher
 
     model, layout, kernels, inputs = _layer_inputs(model_type)
     u, target = inputs[0]
     patcher = Patcher(model, layout, kernels)
-    patcher.fuse = True
     same = (u == target).all(-1)  # tokens out of a sliding window's reach: identity patches, no fused output
     if bool(same.any()):
-        patcher.layer(0, u, target, None)
-        assert patcher.outputs == {}
+        assert patcher.layer(0, u, target, None, with_output=True)[1] is None
         u, target = u[~same], target[~same]
-    lp = patcher.layer(0, u, target, None)
+    lp, y = patcher.layer(0, u, target, None, with_output=True)
     kernel = kernels[layout[0].spec][lp.strategies[0]]
     if not hasattr(kernel, "patched"):
-        assert layout[0].spec.moe is not None and patcher.outputs == {}
+        assert layout[0].spec.moe is not None and y is None
         return
     assert set(lp.strategies) == {lp.strategies[0]}
-    held, y = patcher.outputs[0]
-    assert held is u
     want = kernel.apply(layer_params(model.model.layers[0], layout[0]), lp.factored, u)
     assert float((y - want).norm() / want.norm()) < 1e-14
-    patcher.fuse = False  # outside a pass: nothing is left
-    patcher.layer(0, u, target, None)
-    assert patcher.outputs == {}
+    assert patcher.layer(0, u, target, None)[1] is None  # not asked for: none
 
 
 @pytest.mark.parametrize("model_type", ["gemma3_text", "llama"])
 def test_batched_choice_is_the_token_by_token_choice(model_type):
-    """The default computes every token's patches of a layer in one call (`Patcher._batch`): the same
-    strategies and, to round-off, the same patches as choosing token by token (`Patcher._best`)."""
-    from numeric.hf import Patcher, contextual_bases, layer_params, resolve
+    """The default computes every token's patches of a layer in one call (`Patcher.layer`): the same
+    strategies and, to round-off, the same patches as choosing token by token (`Patcher.best`)."""
+    from numeric.hf.layout import layer_params
+    from numeric.hf.passes import contextual_bases
+    from numeric.hf.selection import Patcher, resolve
 
     model = tiny_model(model_type, layers=2, dtype="float64")
     gen = torch.Generator().manual_seed(3)
@@ -273,15 +303,15 @@ def test_batched_choice_is_the_token_by_token_choice(model_type):
     bases, _ = contextual_bases(model, layout, torch.cat([ctx, q], 1), head=False)
     plain, _ = contextual_bases(model, layout, q, head=False)  # layer 0's u without the context
     u, target = plain[0], bases[0][6:]
-    batched = Patcher(model, layout, kernels).layer(0, u, target, None)
+    batched, _ = Patcher(model, layout, kernels).layer(0, u, target, None)
     one = Patcher(model, layout, kernels)
     params = layer_params(model.model.layers[0], layout[0])
-    chosen = [one._best(0, params, u[j:j + 1], target[j:j + 1], None, j) for j in range(5)]
-    assert batched.strategies == [c[0] for c in chosen]
+    chosen = [one.best(0, params, u[j:j + 1], target[j:j + 1], None, j) for j in range(5)]
+    assert batched.strategies == [c.strategy for c in chosen]
     assert sum(a == a for a in batched.amplification) >= 1  # measured at least once
-    for j, (_name, _, patches) in enumerate(chosen):
+    for j, candidate in enumerate(chosen):
         mine = batched.token(j)
-        for param, fields in patches.items():
+        for param, fields in candidate.patches.items():
             for f, v in fields.items():
                 assert torch.allclose(mine[param][f], v, rtol=1e-9, atol=1e-12), (j, param)  # O(1) parameters
 
@@ -294,7 +324,9 @@ def test_contextual_products_come_from_the_modules_that_compute_them(model_type,
     kernel (`Adapter.products`; none for GPT-2's biased Conv1D, a parallel block or a mixture); the contextual
     run stores their query rows, which equal the kernel's own `products` of the same u_C (to the float32 that
     transformers' norms compute in)."""
-    from numeric.hf import contextual_bases, layer_params, resolve
+    from numeric.hf.layout import layer_params
+    from numeric.hf.passes import contextual_bases
+    from numeric.hf.selection import resolve
 
     model = tiny_model(model_type, layers=2, dtype="float64")
     layout, kernels = resolve(model)
@@ -315,7 +347,8 @@ def test_contextual_products_come_from_the_modules_that_compute_them(model_type,
 def test_a_module_whose_output_is_not_the_product_is_not_taken(monkeypatch):
     """The check behind `Adapter.products` is numeric: a kernel whose `products` disagree with the modules'
     outputs gets none (the layout itself is still inferred and checked)."""
-    from numeric import infer, kernels
+    from numeric import kernels
+    from numeric.hf import infer
 
     real = kernels.load
 
@@ -337,15 +370,15 @@ def test_a_module_whose_output_is_not_the_product_is_not_taken(monkeypatch):
 
 def _skewed_given(monkeypatch) -> list:
     """Patcher.layer with every given product distorted; returns the given keys it received, call by call."""
-    import numeric.hf as hf
+    import numeric.hf.selection as selection
 
-    real, seen = hf.Patcher.layer, []
+    real, seen = selection.Patcher.layer, []
 
-    def layer(self, n, u, target, x, given=None):
+    def layer(self, n, u, target, x, given=None, with_output=False):
         seen.append(sorted(given or {}))
         skew = None if given is None else {k: v * (1 + 0.01 * v) for k, v in given.items()}
-        return real(self, n, u, target, x, skew)
-    monkeypatch.setattr(hf.Patcher, "layer", layer)
+        return real(self, n, u, target, x, skew, with_output)
+    monkeypatch.setattr(selection.Patcher, "layer", layer)
     return seen
 
 

@@ -1,6 +1,6 @@
 """Types `ctxpatch models` once refused, each for its own cause: one focused test per cause (moshi, kolibri1,
 exaone4, roformer, gpt_oss), and the generation reference that the roformer fix showed wrong for the RoBERTa
-family (camembert). Errors relative, as `numeric.hfcheck` measures them."""
+family (camembert). Errors relative, as `numeric.hf.hfcheck` measures them."""
 
 from __future__ import annotations
 
@@ -9,11 +9,15 @@ import torch
 
 pytest.importorskip("transformers")
 
-from numeric import hf  # noqa: E402
-from numeric.hfcheck import greedy_with_context, random_ids, tiny_model  # noqa: E402
-from numeric.infer import Float64Mode, cached, infer, kv_cache  # noqa: E402
-from numeric.validate import rel_error  # noqa: E402
-from symbolic.errors import PatchConditionError, SpecError  # noqa: E402
+from numeric.check.validate import rel_error  # noqa: E402
+from numeric.hf import absorb_context, generate_without_context  # noqa: E402
+from numeric.hf.compat import cached, kv_cache  # noqa: E402
+from numeric.hf.hfcheck import greedy_with_context, random_ids, tiny_model  # noqa: E402
+from numeric.hf.infer import infer  # noqa: E402
+from numeric.hf.layout import layer_params  # noqa: E402
+from numeric.hf.probe import Float64Mode  # noqa: E402
+from numeric.hf.selection import block_patches, resolve  # noqa: E402
+from symbolic.errors import ModelInputError, PatchConditionError  # noqa: E402
 
 
 def _pair(c: int = 6, q: int = 5):
@@ -42,7 +46,7 @@ def test_the_factored_run_replays_the_cached_protocol_of_its_patches():
     window = model.config.sliding_window
     assert rel_error(torch.cat(steps, 1)[0, window:], one[0, window:]) > 1e-2  # the model's own two runs
     with Float64Mode():  # moshi's norms upcast to float32: widened, for round-off
-        ps = hf.absorb_context(model, ctx, q, computed_in="model")  # token by token through the cache
+        ps = absorb_context(model, ctx, q, computed_in="model")  # token by token through the cache
         assert ps.incremental
         factored, materialized = _errors(model, ps, ctx, q)
         assert factored <= 1e-12 and materialized <= 1e-12
@@ -57,37 +61,37 @@ def test_a_moe_block_with_a_post_norm_gets_a_well_conditioned_strategy():
     towards v = t / gamma with a scalar scale does not amplify."""
     model = tiny_model("kolibri1")
     ctx, q = _pair()
-    ps = hf.absorb_context(model, ctx, q)
+    ps = absorb_context(model, ctx, q)
     assert all(set(lp.strategies) == {"down_rank1_norm_scalar"} for lp in ps.layers)
     assert max(a for lp in ps.layers for a in lp.amplification) < 1
     factored, materialized = _errors(model, ps, ctx, q)
     assert factored <= 1e-6 and materialized <= 1e-5
-    theorem1 = hf.absorb_context(model, ctx, q, strategy="norm_vector")
+    theorem1 = absorb_context(model, ctx, q, strategy="norm_vector")
     assert max(a for lp in theorem1.layers for a in lp.amplification) > 10
     with Float64Mode():
-        assert max(_errors(model, hf.absorb_context(model, ctx, q), ctx, q)) <= 1e-12
+        assert max(_errors(model, absorb_context(model, ctx, q), ctx, q)) <= 1e-12
 
 
 def test_a_token_the_context_has_not_reached_gets_the_identity_patch():
     """exaone4 (no pre-norm, sliding windows): a generated padding token whose window holds only padding has
     u = u_C = 0 at layer 0, where `z != 0` fails; with u = u_C the unpatched layer is exact."""
     model = tiny_model("exaone4")
-    layout, kernels = hf.resolve(model)
+    layout, kernels = resolve(model)
     kernel = next(iter(kernels[layout[0].spec].values()))
-    params = hf.layer_params(model.model.layers[0], layout[0])
+    params = layer_params(model.model.layers[0], layout[0])
     gen = torch.Generator().manual_seed(3)
     u = torch.randn(3, 32, generator=gen, dtype=torch.float64)
     target = u + 0.1 * torch.randn(3, 32, generator=gen, dtype=torch.float64)
     u[0], target[0], target[2] = 0.0, 0.0, u[2]
     with pytest.raises(PatchConditionError):
         kernel.block_patches(params, u, target)
-    patches = hf.block_patches(kernel, params, u, target)
+    patches = block_patches(kernel, params, u, target)
     y, want = kernel.apply(params, patches, u), kernel.forward(params, target)
     assert float(y[0].abs().max()) == 0 and rel_error(y[1:], want[1:]) <= 1e-12  # row 0: u = u_C = 0, y = 0
     assert all(float(v[[0, 2]].abs().max()) == 0 for fields in patches.values() for f, v in fields.items()
                if f != "scale")
     with pytest.raises(PatchConditionError, match="token 1"):  # a token it has reached keeps its condition
-        hf.block_patches(kernel, params, torch.stack([u[2], 0 * u[1]]), torch.stack([u[2], target[1]]))
+        block_patches(kernel, params, torch.stack([u[2], 0 * u[1]]), torch.stack([u[2], target[1]]))
 
 
 @torch.no_grad()
@@ -117,11 +121,11 @@ def test_gpt_oss_experts_interleaved_transposed_with_biases():
     assert adapter.spec.mlp.up_activation == "Max(-7.0, Min(x, 7.0)) + 1"
     ctx, q = _pair()
     with Float64Mode():
-        ps = hf.absorb_context(model, ctx, q)
+        ps = absorb_context(model, ctx, q)
         assert max(_errors(model, ps, ctx, q)) <= 1e-12
     for layer in model.model.layers:  # misdeclared as concatenated halves: the check refuses every spec
         layer.mlp.experts.is_concatenated = True
-    with pytest.raises(SpecError, match="no spec reproduces"):
+    with pytest.raises(ModelInputError, match="no spec reproduces"):
         infer(model)
 
 
@@ -134,7 +138,7 @@ def test_generation_is_compared_in_the_models_default_positions():
     ctx, q = _pair(6, 3)
     ids = torch.cat([ctx, q], 1)
     ref = greedy_with_context(model, ids, 8)
-    assert torch.equal(hf.generate_without_context(model, ctx, q, 8), ref)
+    assert torch.equal(generate_without_context(model, ctx, q, 8), ref)
     n, zero_based = ids.shape[1], []  # what model.generate feeds: position_ids from 0
     out = model(ids, position_ids=torch.arange(n)[None], use_cache=True)
     for i in range(8):

@@ -1,8 +1,10 @@
 """The layering of the pipeline, read from the source (every import, also those inside functions).
 
 spec -> symbolic -> codegen/kernels -> numeric -> ctxpatch (the face): `symbolic` imports neither torch
-nor `numeric` nor the face; `numeric` does not import the face; no import cycle anywhere; no module
-imports another module's private name.
+nor `numeric` nor the face; `numeric` does not import the face; inside `numeric` the rooms follow the
+pipeline, kernels -> check (random instances) -> hf (Hugging Face models), and no module imports its own
+package's face (``numeric.hf``'s re-exports are for users); no import cycle anywhere; no module imports
+another module's private name.
 """
 
 from __future__ import annotations
@@ -17,7 +19,14 @@ PACKAGES = ("ctxpatch", "symbolic", "numeric")
 FORBIDDEN = {
     "symbolic": ("torch", "numeric", "ctxpatch", "transformers", "numpy"),
     "numeric": ("ctxpatch",),
+    "numeric.kernels": ("numeric.check", "numeric.hf"),
+    "numeric.check": ("numeric.hf",),
 }
+
+
+def within(name: str, room: str) -> bool:
+    """Whether a dotted module name is the room or inside it."""
+    return name == room or name.startswith(room + ".")
 
 
 def module_name(path: Path) -> str:
@@ -51,8 +60,23 @@ GRAPH = {m: {t for t, _, _ in imports(p, MODULES) if t in MODULES and t != m} fo
 
 @pytest.mark.parametrize("layer", sorted(FORBIDDEN))
 def test_layers_import_only_downwards(layer):
-    bad = [f"{m}:{line} imports {target}" for m, p in MODULES.items() if m.split(".")[0] == layer
-           for target, _, line in imports(p, MODULES) if target.split(".")[0] in FORBIDDEN[layer]]
+    bad = [f"{m}:{line} imports {target}" for m, p in MODULES.items() if within(m, layer)
+           for target, _, line in imports(p, MODULES) if any(within(target, f) for f in FORBIDDEN[layer])]
+    assert not bad, "\n".join(bad)
+
+
+def test_the_rooms_of_numeric_are_packages_the_rule_knows():
+    """Every subpackage of `numeric` is a room with its place in the order above (a new room needs one)."""
+    rooms = {m for m, p in MODULES.items()
+             if m.count(".") == 1 and m.startswith("numeric.") and p.name == "__init__.py"}
+    assert rooms == {"numeric.kernels", "numeric.check", "numeric.hf"}
+
+
+def test_no_module_of_a_room_imports_the_rooms_face():
+    """A room's ``__init__`` re-exports for users (`numeric.hf.absorb_context`); its own modules import each other."""
+    rooms = [m for m, p in MODULES.items() if p.name == "__init__.py" and within(m, "numeric") and m != "numeric"]
+    bad = [f"{m}:{line} imports {target}" for m, p in MODULES.items() for target, _, line in imports(p, MODULES)
+           if target in rooms and target != m and within(m, target)]
     assert not bad, "\n".join(bad)
 
 

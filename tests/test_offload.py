@@ -1,4 +1,4 @@
-"""Models dispatched by accelerate with layers offloaded to disk (`numeric.offload`): absorb_context,
+"""Models dispatched by accelerate with layers offloaded to disk (`numeric.hf.offload`): absorb_context,
 the factored and materialized runs and generation match the un-dispatched model, accelerate's hooks
 are left exactly as they were, and a failure inside accelerate's machinery names the layer.
 
@@ -17,9 +17,8 @@ import torch
 pytest.importorskip("transformers")
 pytest.importorskip("accelerate")
 
-from numeric import models, offload  # noqa: E402
-from numeric.hf import absorb_context, generate_without_context  # noqa: E402
-from numeric.hfcheck import (  # noqa: E402
+from numeric.hf import absorb_context, generate_without_context, models, offload  # noqa: E402  # noqa: E402
+from numeric.hf.hfcheck import (  # noqa: E402
     BOUNDS,
     REAL_BOUNDS,
     REAL_PAIRS,

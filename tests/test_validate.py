@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from ctxpatch.cli import main
 from numeric import kernels
-from numeric.reference import small_expert_count
-from numeric.validate import BOUNDS, MIN_UNPATCHED, Setup, validate
+from numeric.check.reference import small_expert_count
+from numeric.check.validate import BOUNDS, MIN_UNPATCHED, Setup, validate
 from symbolic import catalog
 
 

@@ -28,7 +28,7 @@ from symbolic import prover
 from symbolic.activations import activation
 from symbolic.activations import x as act_x
 from symbolic.derive import Deriver
-from symbolic.errors import SpecError
+from symbolic.errors import CtxpatchInputError, SpecError
 from symbolic.printing import latex
 from symbolic.proof import RELATIONS, VERIFIED
 from symbolic.spec import BlockSpec, dump_toml
@@ -126,7 +126,7 @@ def _kernel(spec: BlockSpec, der) -> dict:
 
 def hf_rows(spec: BlockSpec, quick: bool = False) -> list[dict]:
     try:
-        from numeric.hfcheck import TINY, hf_check
+        from numeric.hf.hfcheck import TINY, hf_check
     except ImportError:
         return []
     types = [t for t in (spec.hf_model_types or ()) if t in TINY][:1]
@@ -176,13 +176,13 @@ def strategy_rows(verdict) -> list[dict]:
 
 
 def validation(spec: BlockSpec, quick: bool = False) -> list[dict]:
-    from numeric.validate import Setup, validate
+    from numeric.check.validate import Setup, validate
 
     return [validate(spec, Setup(dtype=dt), trials=1 if quick else 3) for dt in ("float64", "float32")]
 
 
 def dynamics(spec: BlockSpec, quick: bool = False) -> dict:
-    from numeric.validate import dynamics as dyn
+    from numeric.check.validate import dynamics as dyn
 
     return dyn(spec, 12 if quick else 32)
 
@@ -196,7 +196,7 @@ def experiment(spec: BlockSpec, quick: bool = False) -> list[dict]:
     if quick or spec.name != "gemma3":
         return []
     try:
-        from numeric.experiment import FIXTURE, run
+        from numeric.hf.experiment import FIXTURE, run
     except ImportError:
         return []
     if not (FIXTURE / "config.json").exists():
@@ -229,7 +229,7 @@ def render(spec: BlockSpec, fmt: str, out_dir: Path, data: dict | None = None, q
     from ctxpatch.reporting.plots import figures
 
     if fmt not in FORMATS:
-        raise SpecError(f"--format {fmt!r} is not allowed. Allowed: {', '.join(FORMATS)}.")
+        raise CtxpatchInputError(f"--format {fmt!r} is not allowed. Allowed: {', '.join(FORMATS)}.")
     if fmt == "pdf":
         require_latex()
     out_dir = Path(out_dir)
@@ -258,8 +258,9 @@ def pdf_available() -> bool:
 def require_latex() -> None:
     missing = [t for t in ("latexmk", "pdflatex") if shutil.which(t) is None]
     if missing:
-        raise SpecError(f"--format pdf needs {' and '.join(missing)}: install Debian's texlive-latex-recommended "
-                        "and latexmk (`make install-tex`), or use --format latex or html.")
+        raise CtxpatchInputError(f"--format pdf needs {' and '.join(missing)}: install Debian's "
+                                 "texlive-latex-recommended and latexmk (`make install-tex`), or use --format latex "
+                                 "or html.")
 
 
 def _compile(tex: Path) -> Path:

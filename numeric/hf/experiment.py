@@ -11,8 +11,8 @@ model's own modules (``materialized``, computed in the model's arithmetic: Algor
 `run_all` runs the paper's three settings (float32, naive and stable bfloat16) both ways; the seed
 (`SEED`) and torch's thread count are recorded with the figures.
 
-`run(model, tokenizer, ...)` works for any transformers causal LM whose layers `numeric.infer` reads (`numeric.hf`),
-e.g. Gemma 3 1B on disk; the committed fixture `numeric/fixtures/tiny_gemma3` is a small Gemma 3
+`run(model, tokenizer, ...)` works for any transformers causal LM whose layers `numeric.hf.infer` reads (`numeric.hf`),
+e.g. Gemma 3 1B on disk; the committed fixture `numeric/hf/fixtures/tiny_gemma3` is a small Gemma 3
 trained on the Python standard library (`train_tiny_gemma.py`).
 """
 
@@ -23,8 +23,9 @@ from pathlib import Path
 
 import torch
 
-from numeric.hf import absorb_context
-from numeric.infer import last_logits_only
+from numeric.hf.absorb import absorb_context
+from numeric.hf.compat import last_logits_only
+from symbolic.errors import ModelInputError
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "tiny_gemma3"
 PROMPTS = (
@@ -49,7 +50,8 @@ def load(path: str | Path | None = None, dtype: str = "float32"):
 def _ids(tokenizer, prompt: str) -> torch.Tensor:
     ids = tokenizer(prompt, return_tensors="pt").input_ids
     if ids.shape[1] < 2:
-        raise ValueError(f"prompt {prompt!r} is a single token: the protocol needs a context before the last token")
+        raise ModelInputError(f"prompt {prompt!r} is a single token: the protocol needs a context before the last "
+                              "token")
     return ids
 
 
@@ -120,7 +122,7 @@ def _figures(steps: list[dict]) -> dict:
 def _largest_scale_patch(ps) -> dict:
     """Where a scale patch is largest against its scale: |dw_i| / |gamma_i|, with layer and coordinate
     (the last query token's patches)."""
-    from numeric.hf import layer_params
+    from numeric.hf.layout import layer_params
 
     best = {"ratio": 0.0, "layer": None, "coordinate": None, "param": None}
     layers = ps.model.get_submodule(ps.layout.layers)
@@ -142,7 +144,7 @@ def run(model=None, tokenizer=None, dtype: str = "float32", strategy: str | None
         applied: tuple[str, ...] = APPLIED, model_name: str | None = None) -> dict:
     """The protocol on every prompt; per prompt and overall figures (see the module docstring).
 
-    The model: `model` (moved to `dtype`), a real model by name (``model_name``, `numeric.models`;
+    The model: `model` (moved to `dtype`), a real model by name (``model_name``, `numeric.hf.models`;
     its prompts default to `REAL_PROMPTS`), a local folder (``model_path``) or the committed
     fixture. ``applied``: patches applied by the kernels (``factored``) and/or written into the
     model's own modules (``materialized``); the flat figures are those of the last one.
@@ -182,7 +184,7 @@ def _model(model, tokenizer, dtype: str, model_path, model_name, prompts):
     if model is not None:
         return model.to(DTYPES[dtype]), tokenizer, model.config.model_type, prompts or PROMPTS
     if model_name is not None:
-        from numeric import models
+        from numeric.hf import models
 
         model, tokenizer = models.load(model_name, dtype)
         return model, tokenizer, model_name, prompts or REAL_PROMPTS
@@ -193,7 +195,7 @@ def _model(model, tokenizer, dtype: str, model_path, model_name, prompts):
 def settings_for(model) -> tuple[tuple[str, str | None, str | None], ...]:
     """`SETTINGS` as far as the model's block offers them: naive bfloat16 falls back to the default
     strategy without Theorem 1's `norm_vector`; stable bfloat16 is left out without `stable`."""
-    from numeric.hf import resolve
+    from numeric.hf.selection import resolve
     from symbolic.controllability import check
 
     offered = set.intersection(*(set(check(s).output.ok) for s in resolve(model)[0].specs))
@@ -209,8 +211,9 @@ def settings_for(model) -> tuple[tuple[str, str | None, str | None], ...]:
 def run_all(tokens: int = 20, model_path: str | Path | None = None, model_name: str | None = None,
             prompts=None, applied: tuple[str, ...] = APPLIED) -> dict:
     """Every setting of `settings_for` (float32, naive and stable bfloat16), each applied factored and
-    materialized: ``runs`` is a list of {dtype, strategy, applied, agreement, max_logit_linf, ...}
-    (DESIGN.md), ``results`` the full figures of every setting. The model is loaded afresh per dtype."""
+    materialized: ``runs`` is a list of {dtype, strategy, applied, agreement, max_logit_linf, ...} (the JSON
+    contract of ``ctxpatch experiment``; docs/design.md, "Contracts"), ``results`` the full figures of every
+    setting. The model is loaded afresh per dtype."""
     import gc
 
     t0 = time.perf_counter()

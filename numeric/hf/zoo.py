@@ -19,7 +19,7 @@ import warnings
 
 import torch
 
-from symbolic.errors import SpecError
+from symbolic.errors import ModelInputError
 
 SIZES = {"hidden_size": 32, "n_embd": 32, "d_model": 32, "n_embed": 32,
          "intermediate_size": 48, "ffn_hidden_size": 48, "n_inner": 48, "ffn_dim": 48, "d_ff": 48,
@@ -37,7 +37,7 @@ MAX_PARAMETERS = 3_000_000
 #: Types whose forward transformers itself cannot run in float64 (code written for half and single precision):
 #: xglm floors its attention scores with ``torch.full((), finfo(dtype).min)`` in the default dtype, float32,
 #: which float64's minimum overflows; inkling2's router casts its input to float32 against a weight in the
-#: model's dtype. Their float64 tiny models run every forward under `numeric.infer.Float64Mode`.
+#: model's dtype. Their float64 tiny models run every forward under `numeric.hf.probe.Float64Mode`.
 WIDENED_FORWARD = ("xglm", "inkling2_text")
 
 
@@ -82,7 +82,8 @@ def tiny_config(model_type: str, layers: int = 2, decoder: bool = True):
     try:
         base = AutoConfig.for_model(model_type)
     except Exception as exc:  # noqa: BLE001
-        raise SpecError(f"model type {model_type!r}: no default config ({' '.join(str(exc).split())[:200]})") from None
+        raise ModelInputError(f"model type {model_type!r}: no default config "
+                              f"({' '.join(str(exc).split())[:200]})") from None
     cls = type(base)
 
     def settable(key):
@@ -108,13 +109,13 @@ def tiny_config(model_type: str, layers: int = 2, decoder: bool = True):
     try:
         return AutoConfig.for_model(model_type, **kwargs)
     except Exception as exc:  # noqa: BLE001 - transformers' validators raise many kinds
-        raise SpecError(f"model type {model_type!r}: its config refuses small sizes: "
-                        f"{' '.join(str(exc).split())[:200]}") from None
+        raise ModelInputError(f"model type {model_type!r}: its config refuses small sizes: "
+                              f"{' '.join(str(exc).split())[:200]}") from None
 
 
 def tiny_model(model_type: str, layers: int = 2, dtype: torch.dtype = torch.float64, seed: int = 0,
                encoder: bool = False):
-    """A small random model of `model_type`; a SpecError when its config cannot be made small."""
+    """A small random model of `model_type`; a `ModelInputError` when its config cannot be made small."""
     from transformers import AutoModel, AutoModelForCausalLM
 
     cfg = tiny_config(model_type, layers, decoder=not encoder)
@@ -123,8 +124,8 @@ def tiny_model(model_type: str, layers: int = 2, dtype: torch.dtype = torch.floa
         warnings.simplefilter("ignore")
         size = sum(p.numel() for p in cls.from_config(cfg).parameters())
     if size > MAX_PARAMETERS:
-        raise SpecError(f"model type {model_type!r}: its config could not be made small ({size:,} parameters "
-                        "with the sizes transformers names; a composite or multimodal config)")
+        raise ModelInputError(f"model type {model_type!r}: its config could not be made small ({size:,} parameters "
+                              "with the sizes transformers names; a composite or multimodal config)")
     torch.manual_seed(seed)
     model = cls.from_config(cfg, dtype=dtype, attn_implementation="eager", experts_implementation="eager").eval()
     gen = torch.Generator().manual_seed(seed + 1)
@@ -147,7 +148,7 @@ def tiny_model(model_type: str, layers: int = 2, dtype: torch.dtype = torch.floa
 def _widen_forward(model) -> None:
     """Every forward of the model (and of its trunk, run alone for passes without logits) under a
     `Float64Mode`: float32 casts and float tensors created in the default dtype become float64."""
-    from numeric.infer import Float64Mode
+    from numeric.hf.probe import Float64Mode
 
     modes = []
 

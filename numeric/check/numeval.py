@@ -2,7 +2,8 @@
 
 `evaluate(expr, values)` lambdifies `expr` with an implementation of every opaque function of
 `symbolic.algebra` (MatVec as ``W @ z``, Dot, Mean, Outer, the expert and top-k functions, the
-RMSNorm inverse). Used by tests and by counterexample checks; the generated kernels are the
+RMSNorm inverse: the kernels' own, `numeric.kernels.runtime.rms_inverse`, written once for both back
+ends). Used by tests and by counterexample checks; the generated kernels are the
 batched, fast path.
 """
 
@@ -11,8 +12,8 @@ from __future__ import annotations
 import sympy as sp
 import torch
 
-from numeric.reference import TORCH_FUNCS
-from numeric.rmsinv import rms_inverse
+from numeric.check.reference import TORCH_FUNCS
+from numeric.kernels.runtime import rms_inverse
 
 
 def _rank_order(ell: torch.Tensor) -> torch.Tensor:
@@ -39,7 +40,7 @@ def namespace(router=None) -> dict:
         "Sel": lambda ell, j: _rank_order(ell)[int(j) - 1],
         "Gate": lambda ell, j: torch.softmax(ell, -1)[_rank_order(ell)[int(j) - 1]],
         "ExpertGate": lambda ell, e: torch.softmax(ell, -1)[int(e)],
-        "RmsInverse": lambda t, g: rms_inverse(t[None], g)[0],
+        "RmsInverse": lambda t, g: rms_inverse(t[None], torch.as_tensor(g))[0],  # solved in float64, in t's dtype
     }
     if router is not None:
         ns["Sel"] = lambda ell, j: router(ell)[0][int(j) - 1]

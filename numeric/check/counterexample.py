@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from numeric.reference import forward, random_params
+from numeric.check.reference import forward, random_params
 from symbolic.spec import BlockSpec, allowed_kinds, allowed_parameters
 
 D, M, SEED = 3, 4, 0

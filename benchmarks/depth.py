@@ -10,19 +10,28 @@ $k+1..L$ unpatched: exact patches make the two runs equal, so
 $$ e(k) = \max |\ell_k - \ell_k^{\mathrm{ref}}| \,/\, \max |\ell_k^{\mathrm{ref}}| $$
 
 measures how the rounding of the patched run grows with depth. With it, per layer, the largest
-`numeric.hf.amplification` over the query tokens. Theorem 1 (`norm_vector`) against the default,
+`numeric.hf.amplification.amplification` over the query tokens. Theorem 1 (`norm_vector`) against the default,
 float32 and float64, is the study of issue 13 (`depth_study`).
+
+Run: python benchmarks/depth.py [--model gemma3-270m] [--dtypes float32 float64] [--pair 0]
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 import time
 from collections import Counter
+from pathlib import Path
 
 import torch
 
-from numeric.hf import absorb_context, layout_for
-from numeric.hfcheck import REAL_PAIRS, logit_error, pair_ids
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from numeric.hf import absorb_context, layout_for  # noqa: E402
+from numeric.hf.hfcheck import REAL_PAIRS, logit_error, pair_ids  # noqa: E402
 
 
 def _layer_list(model):
@@ -77,9 +86,9 @@ def error_vs_depth(model, ctx: torch.Tensor, q: torch.Tensor, strategy: str | No
 
 def depth_study(name: str = "gemma3-270m", dtypes=("float32", "float64"), strategies=("norm_vector", None),
                 pair: int = 0) -> dict:
-    """`error_vs_depth` of a real model (`numeric.models`) on one of `hfcheck.REAL_PAIRS`, for every
+    """`error_vs_depth` of a real model (`numeric.hf.models`) on one of `hfcheck.REAL_PAIRS`, for every
     dtype and strategy (``None``: the default). Returns {"runs": [{dtype, strategy, errors, ...}]}."""
-    from numeric import models
+    from numeric.hf import models
 
     runs, t0 = [], time.perf_counter()
     for dtype in dtypes:
@@ -90,3 +99,17 @@ def depth_study(name: str = "gemma3-270m", dtypes=("float32", "float64"), strate
                          **error_vs_depth(model, ctx, q, strategy)})
     return {"model": name, "context_len": ctx.shape[1], "query_len": q.shape[1], "runs": runs,
             "torch_threads": torch.get_num_threads(), "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="gemma3-270m")
+    p.add_argument("--dtypes", nargs="+", default=["float32", "float64"])
+    p.add_argument("--pair", type=int, default=0)
+    args = p.parse_args(argv)
+    print(json.dumps(depth_study(args.model, tuple(args.dtypes), pair=args.pair), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

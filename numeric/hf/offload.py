@@ -25,7 +25,7 @@ from contextlib import contextmanager
 
 import torch
 
-from symbolic.errors import PatchConditionError, SpecError
+from symbolic.errors import CtxpatchInputError, PatchConditionError
 
 #: Exceptions that accelerate's loading (files, maps, devices) raises; ours pass through unchanged.
 ACCELERATE_FAILURES = (RuntimeError, OSError, KeyError, ValueError)
@@ -189,8 +189,8 @@ def located(model, layers: str):
 
     Forward pre-hooks on every layer and its submodules remember where the pass is; an exception of
     `failures` becomes an `OffloadError` ``layer n (model.layers.n.mlp.up_proj): ...`` (``after layer
-    n`` for the final norm and head). Ours (`SpecError`, `PatchConditionError`, an `OffloadError` that names its layer)
-    pass through. A no-op for a model accelerate did not dispatch."""
+    n`` for the final norm and head). Ours (`CtxpatchInputError`, `PatchConditionError`, an `OffloadError` that
+    names its layer) pass through. A no-op for a model accelerate did not dispatch."""
     if not dispatched(model):
         yield
         return
@@ -203,7 +203,7 @@ def located(model, layers: str):
         handles.append(block.register_forward_hook(lambda _m, _a, _o, n=n: where.__setitem__(0, f"after layer {n}")))
     try:
         yield
-    except (SpecError, PatchConditionError):
+    except (CtxpatchInputError, PatchConditionError):
         raise
     except failures() as exc:
         if isinstance(exc, OffloadError) and exc.layer:

@@ -1,0 +1,71 @@
+r"""Greedy generation by a model without the context, patched afresh for every new token.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+
+from numeric.hf.compat import cached, check_ids, kv_cache, last_logits_only
+from numeric.hf.dense import DenseWriter
+from numeric.hf.passes import contextual_bases, token_given
+from numeric.hf.runs import materialized_pass, patch_pass
+from numeric.hf.selection import Patcher, resolve
+from symbolic.errors import ModelInputError
+from symbolic.spec import BlockSpec
+
+
+@torch.no_grad()
+def generate_without_context(model, context_ids: torch.Tensor, query_ids: torch.Tensor, max_new_tokens: int,
+                             strategy: str | None = None, applied: str = "factored",
+                             spec: BlockSpec | str | None = None, params: dict[str, str] | None = None) -> torch.Tensor:
+    """Greedy generation by the model WITHOUT the context, patched afresh for every new token.
+
+    Two key/value caches advance one token per step: the contextual run's (to read $u_C$ of the new
+    token at every layer) and the patched run's; the new token's patches depend only on its own
+    $u$ and $u_C$, so no earlier token is recomputed and a step costs two one-token passes.
+    ``applied="factored"`` (default): the kernels apply every token's patches in the model's run (its
+    own attention and norms; the MLP branch by the kernel's `apply`); ``"materialized"``: every token's
+    patches are written into the model's own modules (Algorithm 1 in the model's arithmetic; dense per-token
+    weights, slower: benchmarks/RESULTS.md has both against `model.generate`). Both give the contextual
+    run's greedy ids (`tests/test_real_models.py`, `ctxpatch models`). The contextual step also hands each layer
+    the products its modules computed (`contextual_bases`, `Adapter.products`), so a patched layer reads its MLP
+    matrices once, as the model's own does: a step costs the two passes and the patch checks.
+    Returns the generated ids, shape (1, max_new_tokens).
+    """
+    check_ids(context_ids, query_ids, model)
+    if max_new_tokens < 1:
+        raise ModelInputError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if applied not in ("materialized", "factored"):
+        raise ModelInputError(f"applied must be 'materialized' or 'factored', got {applied!r}")
+    layout, candidates = resolve(model, strategy, spec=spec, params=params)
+    patcher = Patcher(model, layout, candidates)
+    step = partial(materialized_pass, writer=DenseWriter(model, layout)) if applied == "materialized" \
+        else patch_pass
+    c, q = context_ids.shape[1], query_ids.shape[1]
+    given: dict = {}  # layer -> the contextual products of the query rows, then of each new token
+    bases, out_C = contextual_bases(model, layout, torch.cat([context_ids, query_ids], 1), head=False, given=given,
+                                    start=c, use_cache=True)
+    cache_C, cache_P = kv_cache(out_C, model), None
+    if applied == "factored":
+        _, out_P = step(model, patcher, query_ids, [b[c:] for b in bases], given=given, use_cache=True,
+                        **last_logits_only(model))  # the next token reads the last position only
+    else:
+        for j in range(q):
+            _, out_P = step(model, patcher, query_ids[:, j:j + 1], [b[c + j:c + j + 1] for b in bases],
+                            head=j == q - 1, given=token_given(given, j),
+                            **cached(model, cache_P))
+            cache_P = kv_cache(out_P, model)
+    cache_P = kv_cache(out_P, model)
+    tokens = []
+    for i in range(max_new_tokens):
+        nxt = out_P.logits[:, -1].argmax(-1, keepdim=True)  # (1, 1)
+        tokens.append(nxt)
+        if i == max_new_tokens - 1:
+            break
+        given = {}
+        bases, out_C = contextual_bases(model, layout, nxt, head=False, given=given, **cached(model, cache_C))
+        _, out_P = step(model, patcher, nxt, bases, given=given, **cached(model, cache_P))
+        cache_C, cache_P = kv_cache(out_C, model), kv_cache(out_P, model)
+    return torch.cat(tokens, 1)

@@ -1,0 +1,163 @@
+r"""What a Hugging Face model's layers are, inferred: a `Layout` of per-layer `Adapter`\ s and `BlockSpec`\ s.
+
+No table of model families: the layout is read from the model itself.
+
+1. **The decoder layers and their calls** (`numeric.hf.probe`): the list of decoder layers, what each layer
+   received and returned in one run on random token ids, re-run in float64 with hooks on every submodule.
+2. **The layer's parts** (`numeric.hf.flow`, `numeric.hf.identify`): the MLP branch and how it meets the
+   residual stream, the norms around it, its maps, biases, storage and activation: candidate specs.
+3. **The mandatory equivalence check** (`numeric.hf.equivalence.check_adapter`): the spec's generated kernel
+   must reproduce the layer's own output at every layer, to $10^{-12}$ relative in float64 (or the float32
+   bound where the modules compute in float32, reported). Where candidates remain (which input map is the
+   gate, MoE routing options), the check picks the one that reproduces the module. Nothing else is accepted:
+   a failure names the layer, what differs and the closest spec tried.
+
+A user's spec (``spec=``) with a parameter map (``params={canonical name: path in the layer}``) replaces step
+2's spec and map; the check runs all the same. `layout_for` caches the result on the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import weakref
+
+import torch
+
+from numeric.hf.equivalence import check_adapter, product_modules, renorm_epsilon, u_of
+from numeric.hf.flow import flow, layer_adapters, user_adapter
+from numeric.hf.layout import Adapter, Layout
+from numeric.hf.offload import get
+from numeric.hf.probe import decoder_layers, float64_copy, layer_calls, trace
+from symbolic import catalog
+from symbolic.errors import ModelInputError, SpecError
+from symbolic.spec import BlockSpec
+
+PROBE_TOKENS = 6
+MAX_CANDIDATES = 16  # specs tried per layer kind before refusing (each new one costs a derivation)
+
+
+def layout_for(model, spec: BlockSpec | str | None = None, params: dict[str, str] | None = None) -> Layout:
+    """The model's `Layout`: inferred and checked layer by layer (`numeric.hf.infer.infer`), or the user's
+    ``spec`` (a catalog name, TOML path or `BlockSpec`) with its parameter map ``params``, checked the same
+    way. Cached on the model until its modules change (a swapped module is checked again)."""
+    if isinstance(spec, str):
+        spec = catalog.resolve(spec)
+    key = (spec, tuple(sorted((params or {}).items())), _module_ids(model))
+    cached = _LAYOUTS.get(model)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    layout = infer(model, spec, params)
+    _LAYOUTS[model] = (key, layout)
+    return layout
+
+
+_LAYOUTS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _module_ids(model) -> tuple:
+    """Every module and any forward set on it (not the class's): what a swapped module or forward changes."""
+    return tuple((id(m), id(m.__dict__.get("forward"))) for m in model.modules())
+
+
+def spec_name(model_type: str) -> str:
+    name = "".join(ch if ch.isalnum() else "_" for ch in model_type)
+    return name if name[:1].isalpha() else "m_" + name
+
+
+@torch.no_grad()
+def infer(model, spec: BlockSpec | None = None, params: dict[str, str] | None = None, seed: int = 0) -> Layout:
+    """The model's `Layout`, every layer checked (`check_adapter`). Refused: a `ModelInputError` for a model whose
+    structure no spec reproduces, a `SpecError` where the user's ``spec`` does not reproduce it."""
+    cfg = model.config
+    model_type = cfg.model_type
+    path = decoder_layers(model)
+    vocab = int(getattr(cfg, "vocab_size", 0) or 0)
+    if vocab < 2:
+        raise ModelInputError(f"model type {model_type!r}: no vocabulary size in the config")
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(1, vocab, (1, PROBE_TOKENS), generator=gen)
+    device = next((p.device for p in model.parameters() if p.device.type != "meta"), torch.device("cpu"))
+    calls = layer_calls(model, path, ids.to(device))
+    layers = get(model, path)
+    kinds, checks, seen = [], [], {}
+    for n, call in enumerate(calls):
+        layer64 = float64_copy(layers[n])
+        record, x, y = trace(layer64, call)
+        signature = _signature(layers[n])
+        tried = []
+        candidates = seen.get(signature)
+        if candidates is None:
+            if spec is not None:
+                fl = flow(layer64, record, x, y, cfg)
+                candidates = [user_adapter(spec, fl, params)]
+            else:
+                _, candidates = layer_adapters(layer64, record, x, y, cfg, model_type, spec_name(model_type))
+        chosen = None
+        for cand in candidates[:MAX_CANDIDATES]:
+            u = u_of(cand, record, x)
+            result = check_adapter(layer64, cand, u, x if cand.mode == "parallel" else None, y)
+            tried.append((result["error"], cand, result))
+            if result["error"] <= result["bound"]:
+                chosen = (cand, result)
+                break
+        if chosen is None:
+            err, cand, result = min(tried, key=lambda t: t[0])
+            eps = renorm_epsilon(layer64, cand, record, x)
+            refused = SpecError if spec is not None else ModelInputError  # the user's spec, or the model itself
+            raise refused(f"layer {n} ({path}.{n}): no spec reproduces the module's MLP branch; closest: "
+                          f"{describe(cand.spec)}, relative error {err:.1e} > {result['bound']:.0e}"
+                          + (f" ({result['why']})" if result.get("why") else "")
+                          + (f"; the module renormalises the top-k weights as s / (sum s + {eps:.1e}), an epsilon "
+                             "in the denominator that the spec language does not model" if eps else ""))
+        cand, result = chosen
+        arity = record[cand.branch_module].arity
+        if arity != cand.arity:
+            cand = dataclasses.replace(cand, arity=arity)
+        seen[signature] = [cand] + [c for c in candidates if c is not cand]
+        products = product_modules(layer64, cand, u_of(cand, record, x), result["bound"])
+        if products != cand.products:
+            cand = dataclasses.replace(cand, products=products)
+        kinds.append(cand)
+        checks.append({"layer": n, **result})
+        del layer64
+    kinds = _named(kinds, model_type)
+    can_generate = getattr(model, "can_generate", lambda: False)()
+    encoder = not (can_generate or getattr(cfg, "is_decoder", False))  # every token sees the later ones
+    return Layout(model_type, path, tuple(kinds), encoder=encoder, checks=tuple(checks))
+
+
+def _named(kinds: list[Adapter], model_type: str) -> list[Adapter]:
+    """Distinct specs get distinct names (``<type>``, ``<type>_k1``, ...) so kernels do not collide."""
+    distinct = list(dict.fromkeys(k.spec for k in kinds))
+    if len(distinct) <= 1:
+        return kinds
+    rename = {s: dataclasses.replace(s, name=f"{s.name}_k{i}" if i else s.name) for i, s in enumerate(distinct)}
+    return [dataclasses.replace(k, spec=rename[k.spec]) for k in kinds]
+
+
+def _signature(layer) -> tuple:
+    return tuple((n, type(m).__name__, tuple((k, tuple(p.shape)) for k, p in m.named_parameters(recurse=False)))
+                 for n, m in layer.named_modules())
+
+
+def describe(spec: BlockSpec) -> str:
+    m = spec.mlp
+    parts = [spec.residual, m.kind, m.activation]
+    if m.post_ln:
+        parts.append(f"post-LN {m.post_ln.kind}/{m.post_ln.scale} after the add")
+    if m.pre_norm:
+        parts.append(f"pre {m.pre_norm.kind}/{m.pre_norm.scale}")
+    if m.post_norm:
+        parts.append(f"post {m.post_norm.kind}/{m.post_norm.scale}")
+    b = [k for k in ("gate", "up", "down") if getattr(m.bias, k)]
+    if b:
+        parts.append("bias " + "+".join(b))
+    if m.branch_scale != 1.0:
+        parts.append(f"branch x{m.branch_scale:g}")
+    if spec.moe:
+        e = spec.moe
+        parts.append(f"moe E={e.experts} k={e.top_k} {e.scoring} {e.softmax}{' renorm' if e.renormalize else ''}"
+                     f"{' select-bias' if e.selection_bias else ''}{' router-bias' if e.router_bias else ''}"
+                     f"{f' groups {e.topk_groups}/{e.groups}' if e.groups > 1 else ''}"
+                     f"{f' scale {e.routed_scale:g}' if e.routed_scale != 1 else ''} shared={e.shared_expert}")
+    return ", ".join(parts)

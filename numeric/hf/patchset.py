@@ -1,0 +1,141 @@
+r"""`PatchSet`: per-layer patches of a query, and the runs that replay them.
+
+`PatchSet.logits()` runs the query alone with the patches applied factored by the kernels, in the protocol
+they were computed in; `PatchSet.materialized_logits()` writes them into the model's own modules (dense, per
+token) and runs the model unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from numeric.hf import offload
+from numeric.hf.compat import cached, kv_cache
+from numeric.hf.dense import DenseWriter
+from numeric.hf.layout import Layout
+from numeric.hf.passes import swapped_branches, token_pass
+from numeric.hf.patches import LayerPatches
+from symbolic.errors import ModelInputError
+from symbolic.spec import BlockSpec
+
+
+@dataclass
+class PatchSet:
+    """Per-layer patches of a query; `logits()` runs the query alone with them (factored) and
+    `materialized_logits()` with them written into the model's own modules (dense, per token)."""
+
+    model: object
+    query_ids: torch.Tensor
+    layers: list[LayerPatches]
+    layout: Layout
+    positions: torch.Tensor | None = None  # keep_positions: each token alone at its absolute position
+    kernels: dict = field(default_factory=dict)  # spec -> {output strategy: kernel module}, the default first
+    incremental: bool = False  # computed token by token through the key/value cache: `logits` replays that
+
+    @property
+    def spec(self) -> BlockSpec:
+        """The spec of the first layer (`layout` has every layer's)."""
+        return self.layout[0].spec
+
+    def kernel_for(self, n: int, strategy: str | None = None):
+        """Layer n's kernel of an output strategy (its spec's default when None)."""
+        candidates = self.kernels[self.layout[n].spec]
+        return candidates.get(strategy) if strategy in candidates else next(iter(candidates.values()))
+
+    @property
+    def kernel(self):
+        """The first layer's default kernel."""
+        return self.kernel_for(0)
+
+    def _run(self):
+        """The query run with the factored patches, in the protocol they were computed in: one pass; each token
+        alone at its absolute position (``positions``); or token by token through the key/value cache
+        (``incremental``; a patch fits the u its own protocol produced, and a model's cached and one-pass runs
+        may differ: Moshi's cache keeps a sliding window that its full causal mask does not apply)."""
+        def apply(n):
+            return LayerKernel(self, n)
+        if self.positions is None and not self.incremental:
+            with swapped_branches(self.model, self.layout, apply, lambda n, u, x: self.layers[n]), \
+                    offload.located(self.model, self.layout.layers):
+                return self.model(self.query_ids)
+        outs, cache = [], None
+        for j in range(self.query_ids.shape[1]):
+            kwargs = cached(self.model, cache) if self.positions is None else \
+                {"position_ids": self.positions[:, j:j + 1]}
+            with swapped_branches(self.model, self.layout, apply, lambda n, u, x, j=j: (self.layers[n], j)), \
+                    offload.located(self.model, self.layout.layers):
+                outs.append(self.model(self.query_ids[:, j:j + 1], **kwargs))
+            cache = kv_cache(outs[-1], self.model) if self.positions is None else None
+        return outs
+
+    @torch.no_grad()
+    def logits(self) -> torch.Tensor:
+        """(1, q, vocab): the no-context run with the patches applied, in the protocol they were computed in."""
+        out = self._run()
+        return out.logits if not isinstance(out, list) else torch.cat([o.logits for o in out], 1)
+
+    @torch.no_grad()
+    def hidden_states(self) -> torch.Tensor:
+        """(1, q, d): the last hidden state of the patched no-context run (encoders)."""
+        out = self._run()
+        if isinstance(out, list):
+            return torch.cat([o.last_hidden_state for o in out], 1)
+        return out.last_hidden_state
+
+    @torch.no_grad()
+    def materialized_logits(self, layers: int | None = None) -> torch.Tensor:
+        r"""(1, q, vocab): the query run by the model's own modules with the patches written into its weights.
+
+        For query token $j$ every patched parameter $P$ of every layer becomes
+        $P + U_j V_j^\top$ (`rank1`) or `values[j]`, densely, in the model's own storage and dtype;
+        the model's forward runs unchanged. Tokens go one at a time through the key/value cache
+        (from position 0), so token $j$ attends to the states the earlier query tokens produced
+        with *their own* patched weights; with ``keep_positions`` each token runs alone at its
+        absolute position. Every parameter is restored afterwards. Decoders only (an encoder's
+        tokens see later tokens, which a per-token weight cannot express). ``layers``: write the
+        patches of the first `layers` layers only (the others keep their weights; a depth study).
+        """
+        if self.layout.encoder and self.positions is None:
+            raise ModelInputError("materialized_logits runs the query token by token, which an encoder cannot do "
+                                  "(every token sees the later ones); absorb with keep_positions=True")
+        return torch.cat([o.logits for o in self._materialized(layers)], 1)
+
+    def _materialized(self, upto: int | None = None) -> list:
+        upto = len(self.layout) if upto is None else upto
+        outs, cache, writer = [], None, DenseWriter(self.model, self.layout)
+        for j in range(self.query_ids.shape[1]):
+            def dense(n, u, x, j=j):
+                return (self.layers[n], j) if n < upto else None
+
+            ids = self.query_ids[:, j:j + 1]
+            if self.positions is None:
+                out = token_pass(self.model, self.layout, ids, dense, writer, **cached(self.model, cache))
+                cache = kv_cache(out, self.model)
+            else:
+                out = token_pass(self.model, self.layout, ids, dense, writer, position_ids=self.positions[:, j:j + 1])
+            outs.append(out)
+        return outs
+
+
+class LayerKernel:
+    """`apply` of a layer's factored patches with each token's own strategy kernel (for `swapped_branches`)."""
+
+    def __init__(self, ps: PatchSet, n: int):
+        self.ps, self.n = ps, n
+
+    def apply(self, params, which, u, **extra):
+        lp, only = which if isinstance(which, tuple) else (which, None)
+        if only is not None:
+            return self._one(params, lp, only, u, extra)
+        if lp.factored and len(set(lp.strategies)) <= 1:
+            kernel = self.ps.kernel_for(self.n, lp.strategies[0] if lp.strategies else None)
+            return kernel.apply(params, lp.factored, u, **extra)
+        rows = [self._one(params, lp, j, u[j:j + 1], {k: v[j:j + 1] for k, v in extra.items()})
+                for j in range(u.shape[0])]
+        return torch.cat(rows)
+
+    def _one(self, params, lp, j, u, extra):
+        kernel = self.ps.kernel_for(self.n, lp.strategies[j] if lp.strategies else None)
+        return kernel.apply(params, lp.token(j), u, **extra)

@@ -1,0 +1,199 @@
+r"""Probing a model: its decoder layers, what each layer receives and returns, float64 copies.
+
+1. **The decoder layers** (`decoder_layers`): the `nn.ModuleList` whose items are of a class the model declares
+   in ``_no_split_modules`` (transformers' unit of placement), else the longest list of identical blocks.
+2. **One layer, in float64** (`layer_calls`, `trace`): the model runs once on random token ids with hooks that
+   record every layer's call; each layer is then copied to float64 and re-run on what it was given with hooks
+   on all its submodules, under `Float64Mode` (transformers' float32 upcasts widened, and reported).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+
+from numeric.hf.offload import get
+from symbolic.errors import ModelInputError
+
+
+def decoder_layers(model) -> str:
+    """The path of the model's list of decoder layers."""
+    declared = set(getattr(model, "_no_split_modules", None) or ())
+    best, best_key = None, None
+    for name, module in model.named_modules():
+        if not isinstance(module, torch.nn.ModuleList) or len(module) == 0:
+            continue
+        classes = {type(m).__name__ for m in module}
+        key = (bool(classes & declared), len(module), -name.count("."))
+        if best_key is None or key > best_key:
+            best, best_key = name, key
+    if best is None:
+        raise ModelInputError(f"model type {model.config.model_type!r}: no list of layers found")
+    return best
+
+
+@dataclass
+class Call:
+    """What one module received (its first tensor argument) and returned (its first tensor output)."""
+
+    inp: torch.Tensor | None
+    out: torch.Tensor | None
+    args: tuple = ()
+    kwargs: dict = field(default_factory=dict)
+    arity: int = 0  # the output was a tuple of this length (0: a tensor)
+
+
+def first_tensor(value):
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (tuple, list)):
+        return next((v for v in value if isinstance(v, torch.Tensor)), None)
+    if hasattr(value, "last_hidden_state"):
+        return value.last_hidden_state
+    return None
+
+
+def input_of(args, kwargs):
+    if args and isinstance(args[0], torch.Tensor):
+        return args[0]
+    for key in ("hidden_states", "hidden_state", "x", "input", "inputs"):
+        if isinstance(kwargs.get(key), torch.Tensor):
+            return kwargs[key]
+    return first_tensor(args)
+
+
+@torch.no_grad()
+def layer_calls(model, layers_path: str, ids: torch.Tensor) -> list[Call]:
+    """Every layer's call (arguments, output) in one run of the model on ``ids``. Refused: a layer called
+    more than once per forward (a looped or recurrent stack: one patch per layer cannot follow it), a layer
+    not called, and a second stack of the model's decoder-layer classes that runs (its context effect would
+    be left unpatched)."""
+    layers = get(model, layers_path)
+    calls: dict[int, Call] = {}
+    counts: dict[int, int] = {}
+    handles = []
+    for n, layer in enumerate(layers):
+        def hook(_m, args, kwargs, out, n=n):
+            counts[n] = counts.get(n, 0) + 1
+            if n not in calls:
+                calls[n] = Call(input_of(args, kwargs), first_tensor(out), args, dict(kwargs))
+        handles.append(layer.register_forward_hook(hook, with_kwargs=True))
+    declared = set(getattr(model, "_no_split_modules", None) or ())
+    others: set[str] = set()
+    ours = {id(m) for m in layers}
+    for name, stack in model.named_modules():  # other lists of the declared layer classes (stacks)
+        if not isinstance(stack, torch.nn.ModuleList) or stack is layers:
+            continue
+        for i, module in enumerate(stack):
+            if type(module).__name__ in declared and id(module) not in ours:
+                handles.append(module.register_forward_hook(lambda _m, _a, _o, n=f"{name}.{i}": others.add(n)))
+    try:
+        model(ids, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    missing = [n for n in range(len(layers)) if n not in calls]
+    if missing:
+        raise ModelInputError(f"layers {missing} of {layers_path} were not called in a forward pass")
+    looped = {n: k for n, k in counts.items() if k > 1}
+    if looped:
+        n, k = next(iter(looped.items()))
+        raise ModelInputError(f"layer {n} ({layers_path}.{n}) runs {k} times in one forward (a looped or recurrent "
+                              "stack): one patch per layer cannot follow it")
+    inside = [o for o in others if not o.startswith(layers_path + ".")]
+    if inside:
+        raise ModelInputError(f"a second stack of decoder layers runs ({sorted(inside)[0]}, besides {layers_path}): "
+                              "its share of the context's effect would be left unpatched")
+    return [calls[n] for n in range(len(layers))]
+
+
+def _double(value):
+    if isinstance(value, torch.Tensor):
+        return value.double() if value.is_floating_point() else value
+    if isinstance(value, tuple):
+        return tuple(_double(v) for v in value)
+    if isinstance(value, list):
+        return [_double(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _double(v) for k, v in value.items()}
+    return value
+
+
+def float64_copy(layer):
+    """A float64 copy of one layer (the model is left as it is)."""
+    return copy.deepcopy(layer).double().eval()
+
+
+@torch.no_grad()
+def trace(layer64, call: Call) -> tuple[dict[str, Call], torch.Tensor, torch.Tensor]:
+    """Run a float64 layer copy on its recorded call with hooks on every submodule:
+    ({path: Call}, layer input, layer output)."""
+    record: dict[str, Call] = {}
+    handles = []
+    for name, module in layer64.named_modules():
+        if not name:
+            continue
+
+        def hook(_m, args, kwargs, out, name=name):
+            if name not in record:  # copies: a layer may add into a submodule's output in place (Falcon)
+                record[name] = Call(_clone(input_of(args, kwargs)), _clone(first_tensor(out)),
+                                    arity=len(out) if isinstance(out, tuple) else 0)
+        handles.append(module.register_forward_hook(hook, with_kwargs=True))
+    args, kwargs = _double(call.args), _double(call.kwargs)
+    try:
+        with Float64Mode():
+            out = first_tensor(layer64(*args, **kwargs))
+    finally:
+        for h in handles:
+            h.remove()
+    return record, input_of(args, kwargs), out
+
+
+def _clone(t):
+    return t.detach().clone() if isinstance(t, torch.Tensor) else t
+
+
+def same_tensor(a, b) -> bool:
+    return a is not None and b is not None and a.shape == b.shape and bool(torch.equal(a, b))
+
+
+_CASTS = {torch.Tensor.to, torch.Tensor.float, torch.Tensor.half, torch.Tensor.bfloat16, torch.Tensor.type,
+          torch.Tensor.type_as}
+_FACTORIES = {torch.full, torch.zeros, torch.ones, torch.empty}  # float in the default dtype unless told
+
+
+class Float64Mode(torch.overrides.TorchFunctionMode):
+    """Runs modules in float64 throughout: a cast of a float64 tensor to a narrower float dtype (the float32
+    upcasts inside transformers' norms and routers, written for half precision) returns the tensor unchanged,
+    and a float tensor created without a dtype (``torch.full((), torch.finfo(dtype).min)``: float32, which
+    float64's minimum overflows) is float64. ``widened``: the casts and creations it widened; ``narrow``:
+    calls that still returned a narrower float tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.widened: set[str] = set()
+        self.narrow: set[str] = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = dict(kwargs or {})
+        wanted = kwargs.get("dtype")
+        if isinstance(wanted, torch.dtype) and wanted.is_floating_point and wanted != torch.float64 and \
+                any(isinstance(a, torch.Tensor) and a.dtype == torch.float64 for a in args):
+            kwargs["dtype"] = torch.float64
+            self.widened.add(f"{getattr(func, '__name__', func)}(dtype=)")
+        elif func in _FACTORIES and wanted is None and "out" not in kwargs and \
+                torch.get_default_dtype() != torch.float64 and (func is not torch.full or isinstance(
+                    kwargs.get("fill_value", args[1] if len(args) > 1 else None), float)):
+            kwargs["dtype"] = torch.float64
+            self.widened.add(f"{func.__name__}()")
+        out = func(*args, **kwargs)
+        t = first_tensor(out)
+        if not (isinstance(t, torch.Tensor) and t.is_floating_point() and t.dtype != torch.float64):
+            return out
+        if func in _CASTS and isinstance(args[0], torch.Tensor) and args[0].dtype == torch.float64:
+            self.widened.add(func.__name__)
+            return args[0]
+        self.narrow.add(getattr(func, "__name__", str(func)))
+        return out
