@@ -1,0 +1,844 @@
+r"""The trusted core: theorems, their rules, and the only function that makes results (`check`).
+
+A `Theorem` states hypotheses and $\mathrm{lhs} \mathrel{R} \mathrm{rhs}$ over the kernel's typed terms
+(`symbolic.kernel.terms`), with steps. Its free variables (and dimensions) are universally
+quantified. The rules, each with its own message:
+
+1. **Closed vocabularies.** Relations `RELATIONS` ($=, <, \le, >, \ge$); hypothesis kinds `KINDS`:
+   ``nonzero`` ($t \ne 0$: a scalar, or a vector that is not the zero vector), ``coords`` (every
+   coordinate of t nonzero), ``positive`` (a scalar $t > 0$), ``equation``, ``definition``.
+   A condition or an equation may be universally quantified (`binders`): a condition over an
+   index (every expert), an equation over any variables (a controllability hypothesis).
+2. **Well-formed terms.** Every term is rebuilt through the typed constructors (`retype`), is
+   closed, and uses each variable name with one type.
+3. **Conservative definitions.** ``v := e`` (or a family ``v[i] := e(i)``) defines a fresh name:
+   not in any earlier hypothesis, not in e; a defined name has no facts but its definition.
+4. **Side conditions.** Every division, elementwise division and square root in the statement,
+   every step, every definition and every hypothesis has its condition discharged by
+   `symbolic.kernel.facts` from the hypotheses and the facts table.
+5. **Steps.** *algebra*: both sides have the same normal form (`symbolic.kernel.normal`), with
+   definitions opaque and then expanded; an inequality by the sign of rhs - lhs. *rewrite*: a
+   hypothesis (or the axiom `sqrt_of_square`: $x \ge 0 \Rightarrow \sqrt{x x} = x$) instantiated
+   exactly as the step says, its side conditions discharged, used as an atom rewrite in this step.
+   *lemma*: a verified result of this kernel instantiated by a substitution of its variables
+   (dimensions renamed consistently, definitions unfolded, quantified hypotheses renamed apart);
+   each of its hypotheses, instantiated, must be discharged here: a quantified one only by the same
+   quantified hypothesis (never by an instance), or by proving it for fresh variables.
+6. **Composition.** A chain composes its relations and connects the statement's sides; a list of
+   facts ends with the statement.
+7. **Instances.** `symbolic.kernel.instances` evaluates the theorem on random exact models of every
+   variable and opaque map; a contradiction is a refutation, hypotheses no draw satisfies make the
+   theorem vacuous, and an instance that cannot be evaluated leaves it unverified.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from symbolic.kernel.facts import Obligation, Signs, family_instances, is_app, obligations
+from symbolic.kernel.normal import Normalizer, NormalFormError
+from symbolic.kernel.show import text
+from symbolic.kernel.terms import (
+    SCALAR,
+    App,
+    Family,
+    Index,
+    Lit,
+    Matrix,
+    Term,
+    TypeError_,
+    Var,
+    Vector,
+    abstract,
+    fresh_var,
+    free_vars,
+    instantiate,
+    rename_dims,
+    rename_type,
+    retype,
+    sqrt,
+    subst,
+    subterms,
+)
+
+VERIFIED, FAILED, REFUTED, UNCHECKED, VACUOUS = "verified", "failed", "refuted", "unchecked", "vacuous"
+KINDS = ("nonzero", "coords", "positive", "equation", "definition")
+CONDITIONS = ("nonzero", "coords", "positive")
+
+
+class ProofError(Exception):
+    """A proof the kernel rejects; the message names the theorem, the step and the rule."""
+
+
+# --------------------------------------------------------------------------- relations
+
+
+@dataclass(frozen=True)
+class Relation:
+    """A relation: direction (+1 for <, <=; -1 for >, >=; 0 for =) and strictness."""
+
+    symbol: str
+    direction: int
+    strict: bool
+    latex: str
+
+    def implies(self, other: Relation) -> bool:
+        """a R b entails a S b: = entails <= and >=; < entails <=."""
+        if self == other:
+            return True
+        if self.direction == 0:
+            return not other.strict and other.direction != 0
+        return self.direction == other.direction and self.strict and not other.strict
+
+    @property
+    def converse(self) -> Relation:
+        return RELATIONS[{"<": ">", "<=": ">=", ">": "<", ">=": "<="}.get(self.symbol, self.symbol)]
+
+
+RELATIONS = {r.symbol: r for r in (Relation("=", 0, False, "="), Relation("<", 1, True, "<"),
+                                   Relation("<=", 1, False, r"\le"), Relation(">", -1, True, ">"),
+                                   Relation(">=", -1, False, r"\ge"))}
+
+
+def compose(symbols: list[str]) -> Relation | None:
+    """= if every link is =; else the common direction (strict if any link is); None if they mix."""
+    rels = [RELATIONS[s] for s in symbols]
+    dirs = {r.direction for r in rels} - {0}
+    if len(dirs) > 1:
+        return None
+    if not dirs:
+        return RELATIONS["="]
+    return RELATIONS[("<" if dirs.pop() == 1 else ">") + ("" if any(r.strict for r in rels) else "=")]
+
+
+# --------------------------------------------------------------------------- statements
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """A condition (`nonzero`, `coords`, `positive` of `expr`), an equation `expr = rhs`, or a
+    definition `expr := rhs` (`expr` a variable; a family variable with `binders` = (index,)).
+    `binders`: variables the hypothesis quantifies universally."""
+
+    kind: str
+    expr: Term
+    rhs: Term | None = None
+    binders: tuple = ()
+
+    def text(self) -> str:
+        q = f"for all {', '.join(text(b) for b in self.binders)}: " if self.binders and self.kind != "definition" else ""
+        if self.kind == "definition":
+            head = text(self.expr) + (f"[{', '.join(text(b) for b in self.binders)}]" if self.binders else "")
+            return f"{head} := {text(self.rhs)}"
+        if self.kind == "equation":
+            return f"{q}{text(self.expr)} = {text(self.rhs)}"
+        body = {"positive": "> 0", "nonzero": "!= 0", "coords": "!= 0"}[self.kind]
+        every = "every coordinate of " if self.kind == "coords" and isinstance(self.expr.ty, Vector) else ""
+        return f"{q}{every}{text(self.expr)} {body}"
+
+    def latex(self) -> str:
+        from symbolic.kernel.show import latex
+
+        q = rf"\forall {', '.join(latex(b) for b in self.binders)}:\ " if self.binders else ""
+        if self.kind == "definition":
+            head = latex(self.expr) + (f"^{{({latex(self.binders[0])})}}" if self.binders else "")
+            return rf"{head} := {latex(self.rhs)}"
+        if self.kind == "equation":
+            return rf"{q}{latex(self.expr)} = {latex(self.rhs)}"
+        if self.kind == "coords" and isinstance(self.expr.ty, Vector):
+            return rf"{q}\left({latex(self.expr)}\right)_i \neq 0 \ \forall i"
+        rel = "> 0" if self.kind == "positive" else r"\neq 0"
+        return rf"{q}{latex(self.expr)} {rel}"
+
+
+def nonzero(t: Term, over: tuple = ()) -> Hypothesis:
+    return Hypothesis("nonzero", t, None, tuple(over))
+
+
+def coords_nonzero(t: Term, over: tuple = ()) -> Hypothesis:
+    return Hypothesis("coords", t, None, tuple(over))
+
+
+def positive(t: Term) -> Hypothesis:
+    return Hypothesis("positive", t)
+
+
+def equation(lhs: Term, rhs: Term, forall: tuple = ()) -> Hypothesis:
+    return Hypothesis("equation", lhs, rhs, tuple(forall))
+
+
+def definition(v: Var, rhs: Term, index: Var | None = None) -> Hypothesis:
+    """v := rhs; with `index`, the family v[index] := rhs(index)."""
+    return Hypothesis("definition", v, rhs, (index,) if index is not None else ())
+
+
+#: Axioms a step may instantiate: name -> (variable, condition, lhs, rhs) over that variable.
+_X = Var("x", SCALAR)
+AXIOMS = {"sqrt_of_square": (_X, "nonneg", sqrt(_X * _X), _X)}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One link `lhs R rhs` with its justification: algebra (default), a `lemma` instantiated by
+    `substitution` ((variable, term), ...), and/or `rewrite` = ((hypothesis number or axiom name,
+    ((variable, term), ...)), ...): equations instantiated as given and used in this step."""
+
+    lhs: Term
+    rhs: Term
+    justification: str
+    relation: str = "="
+    lemma: str | None = None
+    substitution: tuple = ()
+    rewrite: tuple = ()
+
+
+@dataclass(frozen=True)
+class Theorem:
+    name: str
+    title: str
+    hypotheses: tuple
+    lhs: Term
+    rhs: Term
+    steps: tuple
+    relation: str = "="
+    reference: str = ""
+    generic: bool = True
+    uses: tuple = ()
+    chain: bool = True  # False: the steps are facts, the last of which is the statement
+    models: tuple = ()  # (function name, callable) for instances: a model of opaque maps
+
+    @property
+    def definitions(self) -> tuple:
+        return tuple(h for h in self.hypotheses if h.kind == "definition")
+
+    @property
+    def assumptions(self) -> tuple:
+        return tuple(h for h in self.hypotheses if h.kind != "definition")
+
+
+@dataclass(frozen=True)
+class StepResult:
+    status: str
+    message: str = ""
+    residual: str = ""
+    instances: str = ""
+
+
+_TOKEN = object()
+_ISSUED: dict[int, tuple] = {}
+
+
+@dataclass(frozen=True)
+class Result:
+    """The kernel's verdict on a theorem; only `check` can make one."""
+
+    theorem: Theorem
+    status: str
+    steps: tuple = ()
+    message: str = ""
+    seconds: float = 0.0
+    token: object = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self):
+        if self.token is not _TOKEN:
+            raise ProofError(f"{getattr(self.theorem, 'name', '?')}: a Result is made only by the kernel (check)")
+
+    @property
+    def verified_steps(self) -> int:
+        return sum(s.status == VERIFIED for s in self.steps)
+
+    def to_json(self) -> dict:
+        return {"name": self.theorem.name, "status": self.status, "steps": len(self.theorem.steps),
+                "verified_steps": self.verified_steps, "generic": self.theorem.generic,
+                "title": self.theorem.title, "message": self.message, "seconds": round(self.seconds, 3)}
+
+    def raise_if_failed(self) -> None:
+        if self.status != VERIFIED:
+            raise ProofError(f"{self.theorem.name}: {self.message}")
+
+
+def _issue(th, status, steps, message, t0) -> Result:
+    res = Result(th, status, tuple(steps), message, time.perf_counter() - t0, _TOKEN)
+    _ISSUED[id(res)] = (res, _fingerprint(res))
+    return res
+
+
+def _fingerprint(res: Result):
+    """The result's verdict and its theorem's statement, rebuilt through the constructors (so an object
+    altered after the check no longer matches)."""
+    th = res.theorem
+    try:
+        terms = tuple(retype(t) for t in (th.lhs, th.rhs, *(x for h in th.hypotheses for x in (h.expr, h.rhs, *h.binders)
+                                                            if x is not None)))
+    except (TypeError_, AttributeError):
+        return None
+    return (th.name, th.relation, res.status, res.message, terms, tuple((h.kind, len(h.binders)) for h in th.hypotheses))
+
+
+def genuine(res: object) -> bool:
+    """Whether `res` is a result this kernel issued, unchanged since."""
+    entry = _ISSUED.get(id(res))
+    return entry is not None and entry[0] is res and entry[1] == _fingerprint(res)
+
+
+# --------------------------------------------------------------------------- the context of a theorem
+
+
+class Context:
+    """The hypotheses of one theorem, sorted by kind, with the decision procedures over them."""
+
+    def __init__(self, th: Theorem):
+        self.th = th
+        self.defs: dict = {}
+        self.families: dict = {}
+        self.equations: list = []  # (lhs, rhs) unquantified
+        self.foralls: list = []  # (binders, lhs, rhs)
+        self.conds: list = []  # (kind, term)
+        self.fconds: list = []  # (kind, term, binders)
+        for h in th.hypotheses:
+            if h.kind == "definition":
+                if h.binders:
+                    self.families[h.expr] = abstract(h.rhs, h.binders[0])
+                else:
+                    self.defs[h.expr] = h.rhs
+            elif h.kind == "equation":
+                (self.foralls.append((h.binders, h.expr, h.rhs)) if h.binders else
+                 self.equations.append((h.expr, h.rhs)))
+            else:
+                (self.fconds.append((h.kind, h.expr, h.binders)) if h.binders else
+                 self.conds.append((h.kind, h.expr)))
+        self.names = {v.name for t in _theorem_terms(th) for v in free_vars(t)}
+        self._modes: dict = {}
+
+    def normalizer(self, expanded: bool, extra: tuple = ()) -> Normalizer:
+        key = (expanded, extra)
+        if key not in self._modes:
+            N = Normalizer(self.defs, self.families) if expanded else Normalizer()
+            for lhs, rhs in self.equations + list(extra):
+                N.add_rewrite(lhs, rhs)
+            self._modes[key] = N
+        return self._modes[key]
+
+    def modes(self, extra: tuple = ()):
+        for expanded in (False, True):
+            yield self.normalizer(expanded, extra)
+
+    def equal(self, a: Term, b: Term, extra: tuple = ()) -> bool:
+        if a == b:
+            return True
+        if a.ty != b.ty and not {type(a.ty), type(b.ty)} <= {type(SCALAR), Vector}:
+            return False
+        for N in self.modes(extra):
+            try:
+                x, y = N.nf(a), N.nf(b)
+                if isinstance(x, dict) and isinstance(y, dict):
+                    if N.mequal(x, y):
+                        return True
+                elif isinstance(x, int) or isinstance(y, int):
+                    if x == y:
+                        return True
+                elif not isinstance(x, dict) and not isinstance(y, dict) and N.equal(x, y):
+                    return True
+            except NormalFormError:
+                continue
+        return False
+
+    def signs(self, N: Normalizer, target: Term) -> Signs:
+        pos, nz, vnz = [], [], []
+        conds = list(self.conds) + [(k, inst) for k, t, b in self.fconds for inst in family_instances(t, b, target)]
+        for kind, t in conds:
+            r = N.nf(t)
+            if kind == "positive":
+                pos.append(r)
+            elif kind == "coords" or not isinstance(t.ty, Vector):
+                nz.append(r)
+            else:
+                vnz.append(r)
+        return Signs(N, pos, nz, vnz)
+
+    def discharge(self, kind: str, t: Term, extra: tuple = ()) -> bool:
+        """t != 0 ('coords': every coordinate; 'vector': not the zero vector), t >= 0 ('nonneg'), t > 0 ('positive')."""
+        structural = self._structural(kind, t)
+        if structural is not None:
+            return structural
+        for N in self.modes(extra):
+            try:
+                r, S = N.nf(t), self.signs(N, t)
+                ok = {"coords": lambda: S.is_nonzero(r, "coords"), "vector": lambda: S.is_nonzero(r, "vector"),
+                      "nonneg": lambda: S.is_nonneg(r), "positive": lambda: S.is_positive(r)}[kind]()
+            except NormalFormError:
+                ok = False
+            if ok:
+                return True
+        return False
+
+    def _structural(self, kind: str, t: Term) -> bool | None:
+        """Rules on the term's shape: a product is nonzero when its factors are, a quotient when its
+        numerator is (its divisor already is), exp and sigmoid are positive, sqrt(x) != 0 when x > 0."""
+        d = self.discharge
+        if isinstance(t, Lit):
+            return {"coords": t.value != 0, "vector": t.value != 0, "nonneg": t.value >= 0, "positive": t.value > 0}[kind]
+        if not isinstance(t, App):
+            return None
+        a = t.args
+        if kind in ("coords", "vector"):
+            if t.op in ("exp", "sigmoid"):
+                return True
+            if t.op == "sqrt":
+                return d("positive", a[0]) or None
+            if t.op in ("div", "neg"):
+                return d(kind, a[0]) or None
+            if t.op == "mul":
+                if kind == "coords":
+                    return (d("coords", a[0]) and d("coords", a[1])) or None
+                if not all(isinstance(x.ty, Vector) for x in a):  # a scalar times a vector
+                    return all(d("vector" if isinstance(x.ty, Vector) else "coords", x) for x in a) or None
+                return (d("coords", a[0]) and d("vector", a[1])) or (d("vector", a[0]) and d("coords", a[1])) or None
+        if kind in ("positive", "nonneg"):
+            if t.op in ("exp", "sigmoid"):
+                return True
+            if t.op in ("dot", "frob", "mul") and a[0] == a[1]:  # x x, x^T x, <A, A>_F
+                if kind == "nonneg":
+                    return True
+                return {"dot": "vector", "mul": "coords"}.get(t.op) is not None and (
+                    d({"dot": "vector", "mul": "coords"}[t.op], a[0]) or None)
+            if t.op == "mean":
+                return d(kind, a[0]) or None
+            if t.op == "sqrt":
+                return d(kind, a[0]) or None
+            if t.op in ("mul", "div"):
+                return (d(kind, a[0]) and d(kind if t.op == "mul" else "positive", a[1])) or None
+            if t.op == "add":
+                weak = "nonneg"
+                return (d(kind, a[0]) and d(weak, a[1])) or (d(weak, a[0]) and d(kind, a[1])) or None
+        return None
+
+
+def _theorem_terms(th: Theorem):
+    yield th.lhs
+    yield th.rhs
+    for h in th.hypotheses:
+        yield h.expr
+        if h.rhs is not None:
+            yield h.rhs
+        yield from h.binders
+    for st in th.steps:
+        yield st.lhs
+        yield st.rhs
+        for v, e in st.substitution:
+            yield e
+        for _, inst in st.rewrite:
+            for v, e in inst:
+                yield e
+
+
+# --------------------------------------------------------------------------- well-formedness
+
+
+def validate(th: Theorem) -> Context:
+    """Rules 1-4; raises ProofError naming what is ill-formed."""
+    if not isinstance(th, Theorem) or not isinstance(th.name, str):
+        raise ProofError("not a Theorem")
+    if th.relation not in RELATIONS:
+        raise ProofError(f"unknown relation {th.relation!r} in the statement; allowed: {', '.join(RELATIONS)}")
+    if not th.steps:
+        raise ProofError("the proof has no steps")
+    for i, st in enumerate(th.steps, 1):
+        if not isinstance(st, Step) or st.relation not in RELATIONS:
+            raise ProofError(f"step {i}: unknown relation {getattr(st, 'relation', st)!r}; allowed: {', '.join(RELATIONS)}")
+    types: dict = {}
+    for t in _theorem_terms(th):
+        _well_formed(t, types)
+    _hypotheses(th)
+    _relation_types(th.lhs, th.rhs, th.relation, "the statement")
+    for i, st in enumerate(th.steps, 1):
+        _relation_types(st.lhs, st.rhs, st.relation, f"step {i}")
+    ctx = Context(th)
+    _side_conditions(th, ctx)
+    return ctx
+
+
+def _well_formed(t, types: dict) -> None:
+    if not isinstance(t, Term):
+        raise ProofError(f"not a kernel term: {t!r}")
+    try:
+        if retype(t) != t:
+            raise ProofError(f"the term {text(t)} was altered behind its constructors")
+    except TypeError_ as exc:
+        raise ProofError(f"ill-typed term: {exc}") from None
+    if t.loose:
+        raise ProofError(f"{text(t)} has a bound variable outside its sum")
+    for v in free_vars(t):
+        if types.setdefault(v.name, v.ty) != v.ty:
+            raise ProofError(f"the name {v.name} is used as a {types[v.name]} and as a {v.ty}")
+
+
+def _relation_types(a: Term, b: Term, rel: str, where: str) -> None:
+    if RELATIONS[rel].direction != 0 and not (a.ty == SCALAR and b.ty == SCALAR):
+        raise ProofError(f"{where}: inequalities relate scalars, not a {a.ty} and a {b.ty}")
+    if not _comparable(a.ty, b.ty):
+        raise ProofError(f"{where}: a {a.ty} related to a {b.ty}")
+
+
+def _comparable(s, t) -> bool:
+    if s == t:
+        return True
+    return {type(s), type(t)} == {type(SCALAR), Vector}  # a scalar is a constant vector
+
+
+def _hypotheses(th: Theorem) -> None:
+    seen: set = set()
+    for i, h in enumerate(th.hypotheses, 1):
+        where = f"hypothesis {i} ({getattr(h, 'kind', '?')})"
+        if not isinstance(h, Hypothesis) or h.kind not in KINDS:
+            raise ProofError(f"{where}: unknown kind; allowed: {', '.join(KINDS)}")
+        if (h.rhs is None) != (h.kind not in ("equation", "definition")):
+            raise ProofError(f"{where}: an equation or definition has a right side, a condition has none")
+        if len(set(h.binders)) != len(h.binders) or not all(isinstance(b, Var) for b in h.binders):
+            raise ProofError(f"{where}: the quantified variables must be distinct variables")
+        if h.kind == "definition":
+            _conservative(h, seen, where)
+        elif h.kind == "equation":
+            if not _comparable(h.expr.ty, h.rhs.ty) or isinstance(h.expr.ty, (Index, Family)):
+                raise ProofError(f"{where}: an equation between a {h.expr.ty} and a {h.rhs.ty}")
+        else:
+            if h.binders and not all(isinstance(b.ty, Index) for b in h.binders):
+                raise ProofError(f"{where}: a condition is quantified over indices only")
+            if not isinstance(h.expr.ty, (type(SCALAR), Vector)):
+                raise ProofError(f"{where}: a condition on a {h.expr.ty}")
+            if h.kind == "positive" and h.expr.ty != SCALAR:
+                raise ProofError(f"{where}: a positive condition on a vector; use coords (every coordinate != 0)")
+        seen |= {v.name for t in (h.expr, h.rhs) if t is not None for v in free_vars(t)} | {b.name for b in h.binders}
+
+
+def _conservative(h: Hypothesis, seen: set, where: str) -> None:
+    v = h.expr
+    if not isinstance(v, Var):
+        raise ProofError(f"{where}: a definition must define a fresh symbol, not {text(v)}")
+    if v.name in seen:
+        raise ProofError(f"{where}: {v.name} is not fresh (it occurs earlier)")
+    body_vars = free_vars(h.rhs)
+    if v in body_vars or v.name in {b.name for b in h.binders}:
+        raise ProofError(f"{where}: {v.name} occurs in its own definition")
+    if h.binders:
+        (e,) = h.binders
+        if not isinstance(v.ty, Family) or e.ty != Index(v.ty.bound) or h.rhs.ty != v.ty.elem:
+            raise ProofError(f"{where}: a family {v.name}[{e.name}] := ... needs a family type, an index over its "
+                             f"range and a body of its element type")
+    elif h.rhs.ty != v.ty:
+        raise ProofError(f"{where}: {v.name} is a {v.ty} but is defined as a {h.rhs.ty}")
+
+
+def _side_conditions(th: Theorem, ctx: Context) -> None:
+    parts = [("the statement", th.lhs), ("the statement", th.rhs)]
+    parts += [(f"step {i}", e) for i, st in enumerate(th.steps, 1) for e in (st.lhs, st.rhs)]
+    for i, h in enumerate(th.hypotheses, 1):
+        for e in (h.expr, h.rhs):
+            if e is not None and not (h.kind == "definition" and e is h.expr):
+                parts.append((f"hypothesis {i}", _opened(h, e)))
+    for where, e in parts:
+        for ob in obligations(e, ctx.names):
+            if not ctx.discharge(ob.kind, ob.term):
+                raise ProofError(f"{where}: {_need(ob)}, which neither the hypotheses nor the facts table give")
+
+
+def _opened(h: Hypothesis, e: Term) -> Term:
+    """A quantified hypothesis' term with its binders replaced by fresh (kernel) variables."""
+    if not h.binders:
+        return e
+    return subst(e, {b: fresh_var(f"{b.name}%0", b.ty) for b in h.binders})
+
+
+def _need(ob: Obligation) -> str:
+    what = "divides by" if ob.kind == "coords" else "takes the square root of"
+    tail = ", which must be nonzero" + (" in every coordinate" if isinstance(ob.term.ty, Vector) else "") if (
+        ob.kind == "coords") else ", which must be >= 0"
+    return f"{what} {text(ob.term)}{tail}"
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def check_step(step: Step, ctx: Context, lemmas: dict) -> StepResult:
+    try:
+        extra = tuple(_rewrites(step, ctx))
+    except ProofError as exc:
+        return StepResult(FAILED, f"rule rewrite: {exc}")
+    if step.lemma is not None:
+        return _lemma_step(step, ctx, lemmas, extra)
+    if step.substitution:
+        return StepResult(FAILED, "rule lemma: a substitution without a lemma to instantiate")
+    return _algebra(step, ctx, extra)
+
+
+def _algebra(step: Step, ctx: Context, extra: tuple) -> StepResult:
+    rel = RELATIONS[step.relation]
+    if rel.direction == 0:
+        if ctx.equal(step.lhs, step.rhs, extra):
+            return StepResult(VERIFIED)
+        return StepResult(FAILED, "rule algebra: lhs - rhs does not normalize to zero", _residual(ctx, step, extra))
+    gap = step.rhs - step.lhs if rel.direction == 1 else step.lhs - step.rhs  # must be > 0 (strict) or >= 0
+    if ctx.discharge("positive" if rel.strict else "nonneg", gap, extra):
+        return StepResult(VERIFIED, "by the signs of the hypotheses and the facts table")
+    return StepResult(FAILED, f"rule algebra: the facts do not give lhs {rel.symbol} rhs", text(gap))
+
+
+def _residual(ctx: Context, step: Step, extra: tuple) -> str:
+    return text(step.lhs - step.rhs) if step.lhs.ty == step.rhs.ty and not isinstance(step.lhs.ty, Matrix) else ""
+
+
+def _rewrites(step: Step, ctx: Context):
+    """The equations a step instantiates: every quantified variable exactly as given, conditions discharged."""
+    hyps = ctx.th.hypotheses
+    for ref, inst in step.rewrite:
+        sub = dict(inst)
+        if len(sub) != len(inst):
+            raise ProofError("a variable is instantiated twice")
+        if isinstance(ref, str):
+            if ref not in AXIOMS:
+                raise ProofError(f"unknown axiom {ref!r}; the axioms: {', '.join(AXIOMS)}")
+            x, cond, lhs, rhs = AXIOMS[ref]
+            if len(sub) != 1:
+                raise ProofError(f"{ref} instantiates its one variable x")
+            value = next(iter(sub.values()))
+            if not isinstance(value, Term) or value.loose or not isinstance(value.ty, (type(SCALAR), Vector)):
+                raise ProofError(f"{ref}: x must be a scalar or a vector term")
+            if not ctx.discharge(cond, value):
+                raise ProofError(f"{ref} needs {text(value)} >= 0, which the hypotheses do not give")
+            yield (sqrt(value * value), value)
+            continue
+        if not isinstance(ref, int) or not 1 <= ref <= len(hyps) or hyps[ref - 1].kind != "equation":
+            raise ProofError(f"{ref!r} is not the number of an equation hypothesis")
+        h = hyps[ref - 1]
+        if set(sub) != set(h.binders):
+            raise ProofError(f"hypothesis {ref} quantifies over {', '.join(b.name for b in h.binders) or 'nothing'}; "
+                             "the step must instantiate exactly those (an instance is never found by matching)")
+        try:
+            lhs, rhs = subst(h.expr, sub), subst(h.rhs, sub)
+        except TypeError_ as exc:
+            raise ProofError(f"hypothesis {ref}: {exc}") from None
+        for ob in obligations(lhs, ctx.names) + obligations(rhs, ctx.names):
+            if not ctx.discharge(ob.kind, ob.term):
+                raise ProofError(f"hypothesis {ref} instantiated {_need(ob)}; the hypotheses do not give it")
+        yield (lhs, rhs)
+
+
+# --------------------------------------------------------------------------- lemmas
+
+
+def _lemma_step(step: Step, ctx: Context, lemmas: dict, extra: tuple) -> StepResult:
+    res = lemmas.get(step.lemma)
+    if res is None:
+        return StepResult(UNCHECKED, f"rule lemma: {step.lemma} was not checked before this theorem")
+    if not genuine(res):
+        return StepResult(FAILED, f"rule lemma: the result given for {step.lemma} was not made by the kernel, or was "
+                          "altered")
+    if res.theorem.name != step.lemma:
+        return StepResult(FAILED, f"rule lemma: the result given for {step.lemma} is that of {res.theorem.name}")
+    if res.status != VERIFIED:
+        return StepResult(UNCHECKED, f"rule lemma: {step.lemma} is {res.status}, not verified")
+    try:
+        lhs, rhs, rel, hyps = instantiate_lemma(res.theorem, step.substitution, ctx)
+    except (ProofError, TypeError_) as exc:
+        return StepResult(FAILED, f"rule lemma: {step.lemma}: {exc}")
+    for h in hyps:
+        why = _discharge_lemma_hypothesis(h, ctx, extra)
+        if why:
+            return StepResult(FAILED, f"rule lemma: {step.lemma} needs {why} here, which the hypotheses do not give")
+    want = RELATIONS[step.relation]
+    if ctx.equal(step.lhs, lhs, extra) and ctx.equal(step.rhs, rhs, extra) and rel.implies(want):
+        return StepResult(VERIFIED, f"instance of {step.lemma}")
+    if ctx.equal(step.lhs, rhs, extra) and ctx.equal(step.rhs, lhs, extra) and rel.converse.implies(want):
+        return StepResult(VERIFIED, f"instance of {step.lemma}")
+    return StepResult(FAILED, f"rule lemma: not an instance of {step.lemma} ({rel.symbol}) under the given substitution")
+
+
+def instantiate_lemma(lem: Theorem, substitution, ctx: Context):
+    """The lemma's statement and hypotheses under a substitution of its variables, dimensions renamed.
+
+    A defined name of the lemma is unfolded (replaced by its definition), or, when the substitution
+    maps it to a name defined here, that name's definition must be the instance of the lemma's (so
+    the instance is that name). Quantified variables are renamed apart first; binders of sums are
+    the kernel's own, so nothing is captured."""
+    sub = dict(substitution)
+    if len(sub) != len(substitution):
+        raise ProofError("a variable is instantiated twice")
+    defined = [h.expr for h in lem.definitions]
+    variables = {v for t in _theorem_terms(lem) for v in free_vars(t) if "%" not in v.name}
+    rho: dict = {}
+    for var, value in sub.items():
+        if not isinstance(var, Var) or var not in variables:
+            raise ProofError(f"{text(var) if isinstance(var, Term) else var!r} is not a variable of the lemma: a lemma "
+                             "instantiates its variables only (a compound term needs a proven equation)")
+        if not isinstance(value, Term) or value.loose:
+            raise ProofError(f"{var.name} is instantiated with something that is not a closed term")
+        _unify(var.ty, value.ty, rho, var)
+    R = lambda t: rename_dims(t, rho)  # noqa: E731
+    env = {R(v): e for v, e in sub.items() if v not in defined}
+    fam: dict = {}
+    for v in variables - set(sub) - set(defined):
+        new = R(v)
+        for t in _theorem_terms(ctx.th):
+            for w in free_vars(t):
+                if w.name == new.name and w.ty != new.ty:
+                    raise ProofError(f"the instance is ill-typed: the lemma's {v.name} becomes a {new.ty}, but here "
+                                     f"{w.name} is a {w.ty}")
+
+    def tr(t: Term) -> Term:
+        if isinstance(t, Var):
+            return env.get(t, t)
+        if isinstance(t, App):
+            if t.op == "at" and t.args[0] in fam:
+                target = fam[t.args[0]]
+                return App("at", (target, tr(t.args[1]))) if isinstance(target, Var) else instantiate(target, tr(t.args[1]))
+            return App(t.op, tuple(tr(a) for a in t.args))
+        if hasattr(t, "body"):
+            return type(t)(tr(t.hi), tr(t.body))
+        return t
+
+    for h in lem.definitions:
+        v = R(h.expr)
+        body = tr(R(abstract(h.rhs, h.binders[0]) if h.binders else h.rhs))
+        target = sub.get(h.expr)
+        if target is None:
+            (fam if h.binders else env)[v] = body
+            continue
+        mine = ctx.families.get(target) if h.binders else ctx.defs.get(target)
+        if not (mine == body or (not h.binders and ctx.equal(target, body))):
+            raise ProofError(f"the lemma's {h.expr.name} is instantiated by {text(target)}, which is not defined "
+                             "here as the instance of the lemma's definition")
+        (fam if h.binders else env)[v] = target
+    hyps = []
+    for h in lem.assumptions:
+        fresh = {b: fresh_var(f"{b.name}%q{i}", b.ty) for i, b in enumerate(h.binders)}
+        hyps.append((h.kind, tuple(R(b) for b in fresh.values()),
+                     *(tr(R(subst(e, fresh))) if e is not None else None for e in (h.expr, h.rhs))))
+    return tr(R(lem.lhs)), tr(R(lem.rhs)), RELATIONS[lem.relation], hyps
+
+
+def _unify(s, t, rho: dict, var) -> None:
+    if type(s) is not type(t):
+        raise ProofError(f"{var.name} is a {s} but is instantiated with a {t}")
+    for a, b in zip(_dims(s), _dims(t), strict=True):
+        if a is None or b is None:
+            if a != b:
+                raise ProofError(f"{var.name} is a {s} but is instantiated with a {t}")
+        elif rho.setdefault(a, b) != b:
+            raise ProofError(f"dimension {a} is instantiated as both {rho[a]} and {b} (at {var.name})")
+    if rename_type(s, rho) != t:
+        raise ProofError(f"{var.name} is a {s} but is instantiated with a {t}")
+
+
+def _dims(t) -> tuple:
+    if isinstance(t, Vector):
+        return (t.dim,)
+    if isinstance(t, Matrix):
+        return (t.rows, t.cols)
+    if isinstance(t, Index):
+        return (t.bound,)
+    if isinstance(t, Family):
+        return (t.bound, *_dims(t.elem))
+    return ()
+
+
+def _discharge_lemma_hypothesis(h, ctx: Context, extra: tuple) -> str:
+    """'' when discharged, else what is missing."""
+    kind, binders, x, r = h
+    shown = f"{text(x)} = {text(r)}" if kind == "equation" else f"{kind}({text(x)})"
+    if binders:
+        shown = f"for all {', '.join(b.name.split('%')[0] for b in binders)}: {shown}"
+        fresh = {b: fresh_var(f"{b.name.split('%')[0]}%f{i}", b.ty) for i, b in enumerate(binders)}
+        x, r = subst(x, fresh), subst(r, fresh) if r is not None else None
+        if kind == "equation":
+            for bs, lhs, rhs in ctx.foralls:
+                if [b.ty for b in bs] == [b.ty for b in binders]:
+                    mine = dict(zip(bs, fresh.values(), strict=True))
+                    if ctx.equal(subst(lhs, mine), x) and ctx.equal(subst(rhs, mine), r):
+                        return ""
+            return "" if ctx.equal(x, r) else shown
+    if kind == "equation":
+        if ctx.equal(x, r, extra) or any(ctx.equal(a, x) and ctx.equal(b, r) for a, b in ctx.equations):
+            return ""
+        return shown
+    need = {"nonzero": "vector" if isinstance(x.ty, Vector) else "coords", "coords": "coords",
+            "positive": "positive"}[kind]
+    return "" if ctx.discharge(need, x) else shown
+
+
+# --------------------------------------------------------------------------- the theorem
+
+
+def check(th: Theorem, lemmas: dict | None = None, instances: bool = True) -> Result:
+    """Check every rule; verified only if every step is, the steps compose to the statement, and
+    (with `instances`) the random exact instances agree."""
+    t0 = time.perf_counter()
+    name = getattr(th, "name", "?")
+    try:
+        ctx = validate(th)
+    except (ProofError, TypeError_) as exc:
+        skipped = [StepResult(UNCHECKED, "not checked: the theorem is ill-formed")] * len(getattr(th, "steps", ()))
+        return _issue(th, FAILED, skipped, f"{name}: ill-formed: {exc}", t0)
+    results = []
+    for st in th.steps:
+        try:
+            results.append(check_step(st, ctx, lemmas or {}))
+        except (NormalFormError, TypeError_) as exc:
+            results.append(StepResult(FAILED, f"rule algebra: {exc}"))
+    if instances:
+        from symbolic.kernel.instances import evaluate
+
+        results, verdict = evaluate(th, results)
+        if verdict:
+            status, why = verdict
+            return _issue(th, status, results, f"{name}: {why}", t0)
+    gap = _chain_gap(th, ctx) if th.chain else _fact_gap(th, ctx)
+    bad = [(i, r) for i, r in enumerate(results) if r.status != VERIFIED]
+    if bad:
+        i, r = bad[0]
+        statuses = {r.status for _, r in bad}
+        status = REFUTED if REFUTED in statuses else (FAILED if FAILED in statuses else UNCHECKED)
+        message = f"step {i + 1} ({th.steps[i].justification}) {r.status}: {r.message}" + (
+            f"; residual {r.residual}" if r.residual else "")
+        return _issue(th, status, results, message, t0)
+    return _issue(th, FAILED if gap else VERIFIED, results, f"{name}: rule composition: {gap}" if gap else "", t0)
+
+
+def _fact_gap(th: Theorem, ctx: Context) -> str:
+    last = th.steps[-1]
+    if not (RELATIONS[last.relation].implies(RELATIONS[th.relation]) and ctx.equal(last.lhs, th.lhs)
+            and ctx.equal(last.rhs, th.rhs)):
+        return "the last step is not the statement"
+    return ""
+
+
+def _chain_gap(th: Theorem, ctx: Context) -> str:
+    composed = compose([s.relation for s in th.steps])
+    if composed is None:
+        return "the steps mix < and > and compose to no relation"
+    if not composed.implies(RELATIONS[th.relation]):
+        return f"the steps compose to '{composed.symbol}', which does not give the stated '{th.relation}'"
+    if not ctx.equal(th.steps[0].lhs, th.lhs):
+        return "step 1 does not start from the statement's left side"
+    for i in range(1, len(th.steps)):
+        if not ctx.equal(th.steps[i - 1].rhs, th.steps[i].lhs):
+            return f"step {i + 1} does not start where step {i} ended"
+    if not ctx.equal(th.steps[-1].rhs, th.rhs):
+        return "the last step does not end at the statement's right side"
+    return ""
+
+
+def side_conditions(th: Theorem) -> list[Obligation]:
+    """The side conditions of `th` its hypotheses do not discharge (for tools that add hypotheses)."""
+    ctx = Context(th)
+    out = []
+    for e in [th.lhs, th.rhs] + [x for st in th.steps for x in (st.lhs, st.rhs)] + [
+            h.rhs for h in th.hypotheses if h.kind == "definition" and not h.binders]:
+        out += [ob for ob in obligations(e, ctx.names) if not ctx.discharge(ob.kind, ob.term) and ob not in out]
+    return out
+
+
+__all__ = ["AXIOMS", "CONDITIONS", "FAILED", "KINDS", "REFUTED", "RELATIONS", "UNCHECKED", "VACUOUS", "VERIFIED",
+           "Context", "Hypothesis", "ProofError", "Relation", "Result", "Step", "StepResult", "Theorem", "check",
+           "compose", "coords_nonzero", "definition", "equation", "genuine", "is_app", "nonzero", "positive",
+           "side_conditions", "subterms", "validate"]
