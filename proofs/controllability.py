@@ -21,13 +21,14 @@ from __future__ import annotations
 from fractions import Fraction
 
 from proofs.writing import script, step, theorem
-from symbolic.kernel import Fn, Theorem, Vector, apply, definition, equation, vec
+from symbolic.kernel import Fn, Theorem, Vector, apply, equation, vec
 
 d, m, p = Vector("d"), Vector("m"), Vector("p")
 F, ThP = Fn.map("F", (d, p), m), Fn.map("ThP", (d, d), p)
 G, PhP = Fn.map("G", (m, d), d), Fn.map("PhP", (m, d), d)
 theta, phi = vec("theta", "p"), vec("phi", "d")
-z, z_C, u, u_C, a_C = vec("z", "d"), vec("z_C", "d"), vec("u", "d"), vec("u_C", "d"), vec("a_C", "m")
+z, z_C, u, u_C = vec("z", "d"), vec("z_C", "d"), vec("u", "d"), vec("u_C", "d")
+a_C = apply(F, z_C, theta)  # the contextual hidden activations
 z1, z2, a, dl = vec("z_1", "d"), vec("z_2", "d"), vec("a", "m"), vec("Delta", "d")
 
 COROLLARIES = {"pre-norm": "llama", "post-norm": "olmo2", "sandwich norm": "gemma3", "post-LN": "bert",
@@ -60,8 +61,7 @@ def controllability() -> Theorem:
     return theorem(
         "controllability", "Input-controllable inner and output-controllable outer give a perfect patch",
         given=(equation(apply(F, z1, apply(ThP, z1, z2)), apply(F, z2, theta), forall=(z1, z2)),
-               equation(apply(G, a, apply(PhP, a, dl)), apply(G, a, phi) + dl, forall=(a, dl)),
-               definition(a_C, apply(F, z_C, theta))),
+               equation(apply(G, a, apply(PhP, a, dl)), apply(G, a, phi) + dl, forall=(a, dl))),
         show=(u + apply(G, apply(F, z, apply(ThP, z, z_C)), apply(PhP, a_C, u_C - u)), "=", u_C + apply(G, a_C, phi)),
         proof=[
             step(u + apply(G, a_C, apply(PhP, a_C, u_C - u)), "input controllability of F at z_1 = z, z_2 = z_C",

@@ -49,7 +49,7 @@ def negative_scalar_ray() -> Theorem:
         "negative_scalar_ray", "A scalar scale patch alone moves the norm output along one ray: o / (gamma f_C) is "
         "the same in every coordinate",
         given=(coords_nonzero(gamma * f),),
-        show=((s * gamma * f) / (gamma * f), "=", s),
+        show=((s * (gamma * f)) / (gamma * f), "=", s),
         proof=[step(s, "algebra")])
 
 

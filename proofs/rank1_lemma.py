@@ -10,7 +10,7 @@ Run: python -m proofs.rank1_lemma [--json]; exits 0 when every theorem is verifi
 from __future__ import annotations
 
 from proofs.writing import script, step, theorem
-from symbolic.kernel import Lit, Theorem, dot, equation, frob, mat, matvec, nonzero, outer, vec
+from symbolic.kernel import Lit, Term, Theorem, dot, equation, frob, mat, matvec, nonzero, outer, vec
 
 W = mat("W", "m", "d")
 z, z_C = vec("z", "d"), vec("z_C", "d")
@@ -23,7 +23,8 @@ def rank1_patch(Wm, z_, z2_):
     return Wm + outer(matvec(Wm, z2_ - z_) / dot(z_, z_), z_)
 
 
-def rank1_lemma() -> Theorem:
+def rank1_lemma(W: Term = W) -> Theorem:
+    """For any W (the mutation tests restate it for a square one)."""
     return theorem(
         "rank1_lemma", "The rank-1 patch maps z like z_C",
         given=(nonzero(z),),

@@ -22,7 +22,7 @@ from symbolic import catalog
 from symbolic import theorems as T
 from symbolic.controllability import check as check_spec
 from symbolic.errors import SpecError, suggest
-from symbolic.kernel import VERIFIED, Result, Theorem, check, text
+from symbolic.kernel import VERIFIED, Result, Theorem, TypeError_, check, text
 from symbolic.spec import BlockSpec
 
 Builder = Callable[[], Theorem]
@@ -155,7 +155,12 @@ def script_main(names: list[str], argv: list[str] | None = None) -> int:
     for n in names:
         builders.update(theorems_for(n))
     if args.mutate:
-        th = mutated(args.mutate)
+        try:
+            th = mutated(args.mutate)
+        except TypeError_ as exc:
+            console.print(f"{args.mutate}: rejected: the kernel's constructors refuse the mutated term: {exc}",
+                          markup=False)
+            return 1
         builders = {k: b for lemma in th.uses for k, b in theorems_for(lemma).items()}
         builders[th.name] = lambda: th
     results = run(builders)

@@ -106,7 +106,7 @@ def sequence_postnorm_scale() -> Theorem:
     return theorem(
         "sequence_postnorm_scale", "Post-norm: a shared scale gamma' and h'_j = c_j t_j / gamma' give every target "
         "t_j exactly (eps > 0 fixes each token's scale c_j)",
-        given=(coords_nonzero(gam), positive(cs), positive(eps), definition(h, cs * t / gam),
+        given=(positive(cs), positive(eps), coords_nonzero(gam), definition(h, cs * t / gam),
                positive(mean(h**2) + eps), equation(eps, cs**2 * (1 - mean(t**2 / gam**2)))),
         show=(gam * h / sqrt(mean(h**2) + eps), "=", t),
         proof=[

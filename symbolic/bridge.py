@@ -109,17 +109,26 @@ def _tr1(e, bound: dict) -> K.Term:
 
 
 def _mul(e: sp.Mul, bound: dict) -> K.Term:
-    num, den = [], []
+    """A product as numerator / denominator (negative powers divide); -1 times x is -x."""
+    num, den, sign = [], [], 1
     for f in e.args:
         if isinstance(f, sp.Pow) and f.exp.is_Rational and f.exp < 0:
             den.append(sp.Pow(f.base, -f.exp))
-        elif f.is_Rational and f.q != 1:
-            num.append(sp.Integer(f.p)) if f.p != 1 else None
-            den.append(sp.Integer(f.q))
+        elif f.is_Rational:
+            sign = -1 if f < 0 else 1
+            if abs(f.p) != 1:
+                num.insert(0, sp.Integer(abs(f.p)))
+            if f.q != 1:
+                den.append(sp.Integer(f.q))
         else:
             num.append(f)
-    top = _product(num, bound)
-    return top / _product(den, bound) if den else top
+    if den:  # the denominator divides the last factor: (1 + w) * (h / sqrt(...))
+        last = _value(_tr(num[-1], bound)) if num else K.Lit(1)
+        quotient = last / _product(den, bound)
+        out = _product(num[:-1], bound) * quotient if len(num) > 1 else quotient
+    else:
+        out = _product(num, bound)
+    return -out if sign < 0 else out
 
 
 def _product(fs: list, bound: dict) -> K.Term:

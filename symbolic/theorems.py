@@ -288,8 +288,11 @@ def translate(name: str, title: str, hyps: list[SHyp], lhs, rhs, steps: list[SSt
     """The kernel theorem of a SymPy-side statement: definitions of a per-expert atom become families
     over the experts, a condition that mentions the expert index holds for every expert."""
     e = index_var(expert)
-    out = _declared(hyps, lhs, rhs, steps)
+    out = []
+    declared = _declared(hyps, lhs, rhs, steps)  # stated after the definitions, before the conditions
     for h in hyps:
+        if declared and h.kind != "definition":
+            out, declared = out + declared, []
         fam = _expert_family(h)
         if fam is not None:
             out.append(K.definition(fam, to_kernel(h.rhs), index=e))
@@ -304,7 +307,7 @@ def translate(name: str, title: str, hyps: list[SHyp], lhs, rhs, steps: list[SSt
     ksteps = tuple(K.Step(to_kernel(st.lhs), to_kernel(st.rhs), st.justification, lemma=st.lemma,
                           substitution=tuple((to_kernel(a), to_kernel(b)) for a, b in st.substitution))
                    for st in steps)
-    return K.Theorem(name, title, tuple(out), to_kernel(lhs), to_kernel(rhs), ksteps, **kw)
+    return K.Theorem(name, title, tuple(out + declared), to_kernel(lhs), to_kernel(rhs), ksteps, **kw)
 
 
 # --------------------------------------------------------------------------- multi-layer
@@ -334,7 +337,7 @@ def multilayer_theorem(arch, block: K.Theorem | None = None, attention_c=None) -
     parallel = spec.residual == "parallel"
     hyps = [K.equation(s_prev, c_prev)] if parallel else []
     stated = {h.expr for h in block.hypotheses if h.kind == "positive"}
-    hyps += [K.positive(K.scalar(e.name)) for e in b.eps.values() if e != 0 and K.scalar(e.name) not in stated]
+    extra = [K.positive(K.scalar(e.name)) for e in b.eps.values() if e != 0 and K.scalar(e.name) not in stated]
     u_l, uc_l = K.vec("u_l", "d"), K.vec("u_C_l", "d")
     hyps += [K.definition(u_l, (s_prev + K.apply(ATTN, lyr, s_prev)) if parallel else K.apply(ATTN, lyr, s_prev)),
              K.definition(uc_l, (c_prev + K.apply(ATTN_C, lyr, c_prev)) if parallel else
@@ -357,10 +360,13 @@ def multilayer_theorem(arch, block: K.Theorem | None = None, attention_c=None) -
     layered = {**sub, **rename}
     wrong = {uc_l: attention_c(lyr, c_prev)} if attention_c is not None else {}
     for h in block.hypotheses:
+        if extra and h.kind != "definition":  # the layer's own eps > 0 beside the block's
+            hyps, extra = hyps + extra, []
         rhs = K.subst(h.rhs, layered) if h.rhs is not None else None
         if wrong and h.kind == "definition" and "'" in h.expr.name:
             rhs = K.subst(rhs, wrong)
         hyps.append(K.Hypothesis(h.kind, K.subst(h.expr, layered), rhs, h.binders))
+    hyps += extra
     lhs, rhs = rename[block.lhs], rename[block.rhs]
     steps = (K.Step(lhs, rhs, f"block theorem block_{spec.name} at u = u_l, delta = u_C,l - u_l",
                     lemma=block.name, substitution=tuple(layered.items())),)
