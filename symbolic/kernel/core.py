@@ -43,6 +43,7 @@ from symbolic.kernel.terms import (
     SCALAR,
     App,
     Family,
+    Fn,
     Index,
     Lit,
     Matrix,
@@ -448,8 +449,12 @@ def validate(th: Theorem) -> Context:
         if not isinstance(st, Step) or st.relation not in RELATIONS:
             raise ProofError(f"step {i}: unknown relation {getattr(st, 'relation', st)!r}; allowed: {', '.join(RELATIONS)}")
     types: dict = {}
+    fns: dict = {}
     for t in _theorem_terms(th):
         _well_formed(t, types)
+        for sub in subterms(t):
+            if isinstance(sub, App) and isinstance(sub.op, Fn) and fns.setdefault(sub.op.name, sub.op) != sub.op:
+                raise ProofError(f"the function name {sub.op.name} is declared with two signatures")
     _hypotheses(th)
     _relation_types(th.lhs, th.rhs, th.relation, "the statement")
     for i, st in enumerate(th.steps, 1):
@@ -646,6 +651,11 @@ def _lemma_step(step: Step, ctx: Context, lemmas: dict, extra: tuple) -> StepRes
         why = _discharge_lemma_hypothesis(h, ctx, extra)
         if why:
             return StepResult(FAILED, f"rule lemma: {step.lemma} needs {why} here, which the hypotheses do not give")
+    for t in (lhs, rhs, *(x for h in hyps if not h[1] for x in h[2:] if x is not None)):
+        for ob in obligations(t, ctx.names):
+            if not ctx.discharge(ob.kind, ob.term, extra):
+                return StepResult(FAILED, f"rule lemma: the instance of {step.lemma} {_need(ob)}, which the "
+                                  "hypotheses here do not give")
     want = RELATIONS[step.relation]
     if ctx.equal(step.lhs, lhs, extra) and ctx.equal(step.rhs, rhs, extra) and rel.implies(want):
         return StepResult(VERIFIED, f"instance of {step.lemma}")
@@ -783,25 +793,26 @@ def check(th: Theorem, lemmas: dict | None = None, instances: bool = True) -> Re
     for st in th.steps:
         try:
             results.append(check_step(st, ctx, lemmas or {}))
-        except (NormalFormError, TypeError_) as exc:
-            results.append(StepResult(FAILED, f"rule algebra: {exc}"))
-    if instances:
-        from symbolic.kernel.instances import evaluate
-
-        results, verdict = evaluate(th, results)
-        if verdict:
-            status, why = verdict
-            return _issue(th, status, results, f"{name}: {why}", t0)
-    gap = _chain_gap(th, ctx) if th.chain else _fact_gap(th, ctx)
+        except (NormalFormError, TypeError_, ArithmeticError, RecursionError, ValueError) as exc:
+            results.append(StepResult(FAILED, f"rule algebra: not decided ({type(exc).__name__}: {exc})"))
     bad = [(i, r) for i, r in enumerate(results) if r.status != VERIFIED]
     if bad:
         i, r = bad[0]
         statuses = {r.status for _, r in bad}
-        status = REFUTED if REFUTED in statuses else (FAILED if FAILED in statuses else UNCHECKED)
+        status = FAILED if FAILED in statuses else UNCHECKED
         message = f"step {i + 1} ({th.steps[i].justification}) {r.status}: {r.message}" + (
             f"; residual {r.residual}" if r.residual else "")
-        return _issue(th, status, results, message, t0)
-    return _issue(th, FAILED if gap else VERIFIED, results, f"{name}: rule composition: {gap}" if gap else "", t0)
+    else:
+        gap = _chain_gap(th, ctx) if th.chain else _fact_gap(th, ctx)
+        status, message = (FAILED, f"rule composition: {gap}") if gap else (VERIFIED, "")
+    if instances:
+        from symbolic.kernel.instances import evaluate
+
+        results, verdict = evaluate(th, results)
+        if verdict:  # a refutation, a vacuous theorem or a model that cannot be evaluated: never verified
+            status = verdict[0] if verdict[0] != FAILED or status == VERIFIED else status
+            message = "; ".join(m for m in (message, verdict[1]) if m)
+    return _issue(th, status, results, f"{name}: {message}" if message else "", t0)
 
 
 def _fact_gap(th: Theorem, ctx: Context) -> str:

@@ -353,7 +353,8 @@ def _solve(m: Model, lhs: Term, rhs: Term) -> None:
         return
     for v in order:
         if _affine_solve(m, v, lhs, rhs) or _ray_solve(m, v, lhs, rhs):
-            return
+            if _agree(m.ev(lhs, ()), m.ev(rhs, ())):  # a solution is checked, never assumed
+                return
         m.values.pop(v, None)
         m.memo.clear()
     raise Degenerate("no variable solves an equation hypothesis")
@@ -400,7 +401,7 @@ def _affine_solve(m: Model, v: Var, lhs, rhs) -> bool:
             e = [Fraction(0)] * n
             e[k] = Fraction(1)
             cols.append([a - b for a, b in zip(_residual(m, v, _unflatten(e, template), lhs, rhs), f0, strict=True)])
-        probe = [m.rational() for _ in range(n)]
+        probe = [Fraction(m.rng.randint(1, 9), m.rng.randint(1, 5)) * (k + 2) for k in range(n)]
         fp = _residual(m, v, _unflatten(probe, template), lhs, rhs)
     except (Undefined, Cannot, ZeroDivisionError):
         return False
@@ -597,8 +598,9 @@ def evaluate(th, results: list):
                     m.member(fam, i)
             for i, st in enumerate(th.steps):
                 if not _holds(st.relation, m.ev(st.lhs, ()), m.ev(st.rhs, ())):
-                    why = "an exact instance contradicts the step" + (
-                        " the kernel verified" if results[i].status == "verified" else "")
+                    why = ("an exact instance contradicts the step the kernel verified"
+                           if results[i].status == "verified" else
+                           f"{results[i].message}; an exact instance contradicts the step")
                     out[i] = StepResult(REFUTED, why, results[i].residual, f"refuted {where}")
                     return out, (REFUTED, f"rule instances: step {i + 1} ({st.justification}) is false {where}")
             if not _holds(th.relation, m.ev(th.lhs, ()), m.ev(th.rhs, ())):

@@ -609,6 +609,8 @@ class Normalizer:
         if len(key) != 1 or key[0][1] != 1 or self.atoms[key[0][0]].head in ("ilit",):
             return False
         a = key[0][0]
+        if not isinstance(self.atoms[a].ty, Vector) and any(isinstance(self.atoms[b].ty, Vector) for b in R.atoms()):
+            return False  # a scalar is never rewritten into a vector
         rest = Rat({tuple((b, -e) for b, e in m if b != a): 1 / c})
         self.rewrites[a] = self.mul(R, rest)
         self.cache.clear()

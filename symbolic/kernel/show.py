@@ -31,6 +31,7 @@ class _Printer:
         return "j"
 
     def name(self, n: str) -> str:
+        n = n.split("%")[0]  # a kernel-owned variable is shown by the name it was made from
         if not self.tex:
             return n
         head, _, sub = n.partition("_")
