@@ -10,7 +10,8 @@ the q columns of $Z$ is stated for an arbitrary coefficient vector $c \in \mathb
   $y = W Z_C c$). `sequence_output_patch`: the same on $W_\mathrm{down}$ with the hidden activations $H$
   ($q \le m$) and any targets $y^\star$ (a bias is constant per token and folds into $y^\star$).
 - `sequence_min_norm`: the rows of $\Delta W = BA$ lie in the column space of $Z$; any other solution adds
-  rows $n$ with $n^\top Z = 0$, orthogonal to them, so $\lVert \rho + n\rVert^2 = \lVert\rho\rVert^2 + \lVert n\rVert^2$.
+  rows $n$ with $n^\top Z = 0$, orthogonal to them, so
+  $\lVert \rho + n\rVert^2 = \lVert\rho\rVert^2 + \lVert n\rVert^2$.
 - `sequence_postnorm_scale`: a shared scale $\gamma'$ (no zero coordinate) and $h' = c\, t / \gamma'$ give
   $\gamma' \odot h' / \sqrt{\mathrm{mean}(h'^2) + \epsilon} = t$ whenever $c > 0$, $\epsilon > 0$ and
   $\epsilon = c^2 (1 - \mathrm{mean}((t/\gamma')^2))$: each token picks its own $c_j$, the scale is shared.

@@ -45,7 +45,6 @@ from symbolic.kernel import (
     mean,
     nonzero,
     num,
-    outer,
     positive,
     scalar,
     sqrt,

@@ -29,9 +29,9 @@ from symbolic.activations import activation
 from symbolic.activations import x as act_x
 from symbolic.derive import Deriver
 from symbolic.errors import SpecError
-from symbolic.printing import latex
 from symbolic.kernel import RELATIONS, VERIFIED, Term
 from symbolic.kernel import latex as term_latex
+from symbolic.printing import latex
 from symbolic.spec import BlockSpec, dump_toml
 from symbolic.theorems import SIGMA, SIGMA_FREE
 

@@ -20,7 +20,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from symbolic.kernel.core import RELATIONS, Theorem
+from symbolic.kernel.statements import RELATIONS, Theorem
 from symbolic.kernel.terms import (
     App,
     BVar,
@@ -194,7 +194,8 @@ class _Printer:
             return f"(had {p(a[0], ty)} {p(a[1], ty)})"
         if op == "div":
             if kind == "s":
-                return f"(sinv {p(a[1])})" if isinstance(a[0], Lit) and a[0].value == 1 else f"(sdiv {p(a[0])} {p(a[1])})"
+                one = isinstance(a[0], Lit) and a[0].value == 1
+                return f"(sinv {p(a[1])})" if one else f"(sdiv {p(a[0])} {p(a[1])})"
             if isinstance(a[1].ty, Scalar):
                 return f"({'m' if kind == 'm' else 'v'}scale (sinv {p(a[1])}) {p(a[0], ty)})"
             return f"(ediv {p(a[0], ty)} {p(a[1], ty)})"

@@ -65,17 +65,26 @@ def iv_add(a: Iv, b: Iv) -> Iv:
     return Iv(lo, a.lo_in and b.lo_in, hi, a.hi_in and b.hi_in)
 
 
+INF = float("inf")
+
+
+def _ends(a: Iv):
+    return ((-INF if a.lo is None else a.lo, a.lo is not None and a.lo_in),
+            (INF if a.hi is None else a.hi, a.hi is not None and a.hi_in))
+
+
 def iv_mul(a: Iv, b: Iv) -> Iv:
-    """Product: the hull of the endpoint products (a product's extremes are at corners; an endpoint is
-    attained when both factors' are, or when one factor's attained endpoint is 0)."""
+    """Product: the hull of the endpoint products (a product's extremes are at corners, 0 times an
+    infinite end is 0); an endpoint is attained when both factors' are, or when one factor's attained
+    endpoint is 0."""
     ends = []
-    for x, xin in ((a.lo, a.lo_in), (a.hi, a.hi_in)):
-        for y, yin in ((b.lo, b.lo_in), (b.hi, b.hi_in)):
-            if x is None or y is None:
-                return _signs_only(a, b)
-            ends.append((x * y, (xin and yin) or (x == 0 and xin) or (y == 0 and yin)))
+    for x, xin in _ends(a):
+        for y, yin in _ends(b):
+            v = 0 if x == 0 or y == 0 else x * y
+            ends.append((v, (xin and yin) or (x == 0 and xin) or (y == 0 and yin)))
     lo_v, hi_v = min(e[0] for e in ends), max(e[0] for e in ends)
-    return Iv(lo_v, any(c for v, c in ends if v == lo_v), hi_v, any(c for v, c in ends if v == hi_v))
+    lo_in, hi_in = any(c for v, c in ends if v == lo_v), any(c for v, c in ends if v == hi_v)
+    return Iv(None if lo_v == -INF else Fraction(lo_v), lo_in, None if hi_v == INF else Fraction(hi_v), hi_in)
 
 
 def _signs_only(a: Iv, b: Iv) -> Iv:
@@ -181,7 +190,7 @@ class Signs:
                 return POS if iv.positive() else (NONNEG if iv.nonneg() else ANY)
             return self._total(arg)
         if head in ("sum", "sumr"):
-            body = a.args[2]
+            body = a.args[1]
             iv = self.monomial(body) if isinstance(body, tuple) else self.interval(body)
             return POS if iv.positive() else (NONNEG if iv.nonneg() else ANY)
         return ANY

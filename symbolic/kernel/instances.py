@@ -28,6 +28,7 @@ from math import isqrt
 
 import mpmath
 
+from symbolic.kernel.statements import FAILED, REFUTED, VACUOUS, Hypotheses, StepResult, theorem_terms
 from symbolic.kernel.terms import (
     App,
     BVar,
@@ -44,7 +45,16 @@ from symbolic.kernel.terms import (
     Vector,
     fresh_var,
     subst,
+    subterms,
 )
+
+
+class _Context(Hypotheses):
+    """The hypotheses of the theorem a model interprets."""
+
+    def __init__(self, th):
+        super().__init__(th)
+        self.th = th
 
 MP = mpmath.MPContext()
 MP.dps = 60
@@ -535,9 +545,7 @@ def _forall_points(m: Model, binders: tuple):
 
 def models(th, seed: int = 0):
     """INSTANCES models of the hypotheses (dimensions 1 first), and the number of redraws."""
-    from symbolic.kernel.core import Context
-
-    ctx = Context(th)
+    ctx = _Context(th)
     rng = random.Random(f"{th.name}:{seed}")
     found, redrawn = [], 0
     for k in range(INSTANCES):
@@ -552,11 +560,8 @@ def models(th, seed: int = 0):
 
 
 def _dims(th) -> set:
-    from symbolic.kernel.core import _theorem_terms
-    from symbolic.kernel.terms import subterms
-
     out = set()
-    for t in _theorem_terms(th):
+    for t in theorem_terms(th):
         for s in subterms(t):
             ty = s.ty
             while isinstance(ty, Family):
@@ -578,8 +583,6 @@ def _holds(rel: str, a, b) -> bool:
 def evaluate(th, results: list):
     """Check the steps, the statement and the definitions on the models; returns (step results,
     None or (status, why) for the whole theorem)."""
-    from symbolic.kernel.core import FAILED, REFUTED, VACUOUS, StepResult
-
     try:
         found, redrawn = models(th)
     except (Cannot, TypeError, ValueError, ZeroDivisionError) as exc:

@@ -33,6 +33,7 @@ Rules (each implemented once below):
 
 from __future__ import annotations
 
+import re
 from fractions import Fraction
 from math import isqrt
 
@@ -63,7 +64,7 @@ def kernel_indices(t: Term, memo: dict) -> set:
     out = memo.get(t)
     if out is None:
         if isinstance(t, Var):
-            out = {int(t.name.split("%")[1])} if "%" in t.name else set()
+            out = {int(n) for n in re.findall(r"%\D*(\d+)", t.name)}
         else:
             out = set().union(*(kernel_indices(c, memo) for c in children(t)))
         memo[t] = out
@@ -238,23 +239,64 @@ class Normalizer:
         return self._argkey(a) == self._argkey(b)
 
     def _new(self, head, args, ty, sqrt_of) -> int:
+        """A new atom; `bound` holds the kernel-owned names (opened binders) it mentions."""
         bound: set = set()
         for a in args:
-            if isinstance(a, Rat):
-                bound |= set().union(*(self.atoms[i].bound for i in a.atoms())) if a.atoms() else set()
-            elif isinstance(a, tuple) and a and isinstance(a[0], tuple):  # a monomial
-                bound |= set().union(*(self.atoms[i].bound for i, _ in a))
-            elif isinstance(a, int) and not isinstance(a, bool) and head != "ilit":
-                bound |= self.atoms[a].bound
-            elif isinstance(a, dict):
-                for k, v in a.items():
-                    bound |= self.atoms[k].bound | set().union(*(self.atoms[i].bound for i in v.atoms()))
+            bound |= self._names(a, head)
         if head == "var" and "%" in args[0]:
             bound.add(args[0])
-        if head in ("sum", "sumr"):
-            bound.discard(args[1])
         self.atoms.append(Atom(head, args, ty, frozenset(bound), sqrt_of))
         return len(self.atoms) - 1
+
+    def _names(self, a, head) -> set:
+        if isinstance(a, Rat):
+            return set().union(*(self.atoms[i].bound for i in a.atoms()))
+        if isinstance(a, tuple) and a and isinstance(a[0], tuple):  # a monomial
+            return set().union(*(self.atoms[i].bound for i, _ in a))
+        if isinstance(a, int) and not isinstance(a, bool) and head not in ("ilit", "bvar"):  # an atom id
+            return set(self.atoms[a].bound)
+        return set()
+
+    # ----------------------------------------------------------------- binders of sum atoms
+
+    def abstract(self, x, name: str, depth: int, memo: dict):
+        """Replace the opened binder `name` by the atom ("bvar", depth) (a de Bruijn level counted in sum atoms),
+        so that alpha-equivalent sums are one atom whatever name they were opened with."""
+        if isinstance(x, Rat):
+            return Rat(self._abstract_poly(x.num, name, depth, memo), self._abstract_poly(x.den, name, depth, memo))
+        if isinstance(x, tuple) and (not x or isinstance(x[0], tuple)):
+            out: tuple = ()
+            for i, e in x:
+                out = mono_mul(out, ((self._abstract_id(i, name, depth, memo), e),))
+            return out
+        return self._abstract_id(x, name, depth, memo) if isinstance(x, int) else x
+
+    def _abstract_poly(self, p: dict, name, depth, memo) -> dict:
+        out: dict = {}
+        for m, c in p.items():
+            out = padd(out, {self.abstract(m, name, depth, memo): c})
+        return out
+
+    def _abstract_id(self, i: int, name: str, depth: int, memo: dict) -> int:
+        a = self.atoms[i]
+        if name not in a.bound:
+            return i
+        if (i, depth) not in memo:
+            if a.head == "var":
+                out = self.atom("bvar", (depth,), a.ty)
+            else:
+                summing = a.head in ("sum", "sumr")
+                args = tuple(self.abstract(x, name, depth + (summing and k == 1), memo) if self._is_ref(a.head, x) else x
+                             for k, x in enumerate(a.args))
+                sq = self.abstract(a.sqrt_of, name, depth, memo) if a.sqrt_of is not None else None
+                out = self.atom(a.head, args, a.ty, sq)
+            memo[(i, depth)] = out
+        return memo[(i, depth)]
+
+    @staticmethod
+    def _is_ref(head, x) -> bool:
+        """Whether an atom argument refers to other atoms (a normal form, a monomial or an atom id)."""
+        return isinstance(x, (Rat, tuple)) or (isinstance(x, int) and not isinstance(x, bool) and head != "ilit")
 
     def value(self, i: int) -> Rat:
         """The atom as a normal form (its rewrite, when an equation rewrites it)."""
@@ -580,7 +622,7 @@ class Normalizer:
             return jname in self.atoms[a].bound
 
         if any(dep(a) for m in body.den for a, _ in m):
-            return self.value(self.atom("sumr", (hi, jname, body), t.ty))
+            return self.value(self.atom("sumr", (hi, self.abstract(body, jname, 0, {})), t.ty))
         groups: dict = {}
         for m, c in body.num.items():
             d = tuple((a, e) for a, e in m if dep(a))
@@ -592,26 +634,40 @@ class Normalizer:
                 out = self.add(out, self.mul(coeff, count))
             else:
                 ty = Vector(t.ty.dim) if any(isinstance(self.atoms[a].ty, Vector) for a, _ in d) else SCALAR
-                out = self.add(out, self.mul(coeff, self.value(self.atom("sum", (hi, jname, d), ty))))
+                out = self.add(out, self.mul(coeff, self.value(self.atom("sum", (hi, self.abstract(d, jname, 0, {})),
+                                                                          ty))))
         return out
 
     # ----------------------------------------------------------------- equations
 
     def add_rewrite(self, lhs: Term, rhs: Term) -> bool:
-        """Orient lhs = rhs as `atom -> value` when lhs is c * atom (c: a constant times dimensions)."""
+        """Orient lhs = rhs as `atom -> value`: lhs is c * atom (c a constant times dimensions), or an atom of
+        lhs occurs in lhs - rhs only as c * atom (c a nonzero constant); else the equation is not used."""
         if not isinstance(lhs.ty, (type(SCALAR), Vector)):
             return False
         L, R = self.nf(lhs), self.nf(rhs)
-        if len(L.num) != 1 or L.den != ONE_POLY:
+        if len(L.num) == 1 and L.den == ONE_POLY:
+            (m, c), = L.num.items()
+            key = [(a, e) for a, e in m if self.atoms[a].head != "dim"]
+            if len(key) == 1 and key[0][1] == 1:
+                a = key[0][0]
+                return self._orient(a, self.mul(R, Rat({tuple((b, -e) for b, e in m if b != a): 1 / c})))
+        D = self.add(L, R, -1)
+        if D.den != ONE_POLY:
             return False
-        (m, c), = L.num.items()
-        key = [(a, e) for a, e in m if self.atoms[a].head != "dim"]
-        if len(key) != 1 or key[0][1] != 1 or self.atoms[key[0][0]].head in ("ilit",):
+        for a in sorted(L.atoms()):
+            terms = {m: c for m, c in D.num.items() if any(b == a for b, _ in m)}
+            if list(terms) == [((a, 1),)]:
+                c = terms[((a, 1),)]
+                rest = {m: v for m, v in D.num.items() if m not in terms}
+                return self._orient(a, Rat(pscale(rest, -1 / c)))
+        return False
+
+    def _orient(self, a: int, value: Rat) -> bool:
+        if self.atoms[a].head in ("ilit", "dim", "bvar"):
             return False
-        a = key[0][0]
-        if not isinstance(self.atoms[a].ty, Vector) and any(isinstance(self.atoms[b].ty, Vector) for b in R.atoms()):
+        if not isinstance(self.atoms[a].ty, Vector) and any(isinstance(self.atoms[b].ty, Vector) for b in value.atoms()):
             return False  # a scalar is never rewritten into a vector
-        rest = Rat({tuple((b, -e) for b, e in m if b != a): 1 / c})
-        self.rewrites[a] = self.mul(R, rest)
+        self.rewrites[a] = value
         self.cache.clear()
         return True

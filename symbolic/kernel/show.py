@@ -132,3 +132,28 @@ def latex(t: Term) -> str:
 
 def kind_of(t: Term) -> str:
     return "vector" if isinstance(t.ty, Vector) else "scalar"
+
+
+def hypothesis_text(h) -> str:
+    q = f"for all {', '.join(text(b) for b in h.binders)}: " if h.binders and h.kind != "definition" else ""
+    if h.kind == "definition":
+        head = text(h.expr) + (f"[{', '.join(text(b) for b in h.binders)}]" if h.binders else "")
+        return f"{head} := {text(h.rhs)}"
+    if h.kind == "equation":
+        return f"{q}{text(h.expr)} = {text(h.rhs)}"
+    body = {"positive": "> 0", "nonzero": "!= 0", "coords": "!= 0"}.get(h.kind, h.kind)
+    every = "every coordinate of " if h.kind == "coords" and isinstance(h.expr.ty, Vector) else ""
+    return f"{q}{every}{text(h.expr)} {body}"
+
+
+def hypothesis_latex(h) -> str:
+    q = rf"\forall {', '.join(latex(b) for b in h.binders)}:\ " if h.binders else ""
+    if h.kind == "definition":
+        head = latex(h.expr) + (f"^{{({latex(h.binders[0])})}}" if h.binders else "")
+        return rf"{head} := {latex(h.rhs)}"
+    if h.kind == "equation":
+        return rf"{q}{latex(h.expr)} = {latex(h.rhs)}"
+    if h.kind == "coords" and isinstance(h.expr.ty, Vector):
+        return rf"{q}\left({latex(h.expr)}\right)_i \neq 0 \ \forall i"
+    rel = "> 0" if h.kind == "positive" else r"\neq 0"
+    return rf"{q}{latex(h.expr)} {rel}"

@@ -203,10 +203,8 @@ class Term:
     def __eq__(self, other) -> bool:
         return self is other or (type(self) is type(other) and self._hash == other._hash and self.key() == other.key())
 
-    def __repr__(self) -> str:
-        from symbolic.kernel.show import text
-
-        return text(self)
+    def __repr__(self) -> str:  # `symbolic.kernel.show.text` prints a term as a formula
+        return f"{type(self).__name__}{self.key()!r}"
 
     # arithmetic: numbers become literals; every operator goes through the typed constructor
     def __add__(self, o):
@@ -631,51 +629,3 @@ def subterms(t: Term):
     yield t
     for c in children(t):
         yield from subterms(c)
-
-
-# --------------------------------------------------------------------------- constructors for users
-
-
-def scalar(name: str) -> Var:
-    return Var(name, SCALAR)
-
-
-def vec(name: str, dim: str) -> Var:
-    return Var(name, Vector(dim))
-
-
-def mat(name: str, rows: str, cols: str) -> Var:
-    return Var(name, Matrix(rows, cols))
-
-
-def index(name: str, bound: str | None = None) -> Var:
-    return Var(name, Index(bound))
-
-
-def family(name: str, bound: str, elem: Vector | Matrix) -> Var:
-    return Var(name, Family(bound, elem))
-
-
-def op(name: str):
-    """The constructor of the kernel operation `name` (e.g. ``op("matvec")(W, z)``)."""
-    return lambda *args: App(name, tuple(lift(a) for a in args))
-
-
-matvec, dot, outer, mean, frob = op("matvec"), op("dot"), op("outer"), op("mean"), op("frob")
-sqrt, exp, tanh, sigmoid, heaviside = op("sqrt"), op("exp"), op("tanh"), op("sigmoid"), op("heaviside")
-vmax, vmin, at, sel, gate, expert_gate, num = (op(n) for n in ("max", "min", "at", "sel", "gate", "expert_gate",
-                                                                "num"))
-
-
-def apply(fn: Fn, *args) -> App:
-    return App(fn, tuple(lift(a) for a in args))
-
-
-def sum_over(j: Var, hi: Term, body) -> Sum:
-    r"""$\sum_{j=1}^{hi}$ body: the named index `j` becomes the kernel's bound variable."""
-    body = lift(body)
-    if not isinstance(j, Var) or j.ty != hi.ty:
-        raise TypeError_(f"the summation index must be a variable of the type of its bound ({hi.ty})")
-    if j in free_vars(hi):
-        raise TypeError_("the bound of a sum cannot use its own index")
-    return Sum(hi, abstract(body, j))
