@@ -265,6 +265,9 @@ def test_results_cannot_be_made_outside_the_kernel():
     th = toy([Step(Lit(0), Lit(1), "x")])
     with pytest.raises(ProofError, match="made only by the kernel"):
         Result(th, VERIFIED)
+    failed = check(th)
+    with pytest.raises(ProofError, match="made only by the kernel"):  # copying a result with its token
+        replace(failed, status=VERIFIED)
 
 
 def test_ill_typed_terms_cannot_be_built():

@@ -77,6 +77,7 @@ from symbolic.kernel.terms import (
 
 _TOKEN = object()
 _ISSUED: dict[int, tuple] = {}
+_MINTING = [False]  # True only while `_issue` builds a result (dataclasses.replace cannot make one)
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ class Result:
     token: object = field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
-        if self.token is not _TOKEN:
+        if self.token is not _TOKEN or not _MINTING[0]:
             raise ProofError(f"{getattr(self.theorem, 'name', '?')}: a Result is made only by the kernel (check)")
 
     @property
@@ -109,7 +110,11 @@ class Result:
 
 
 def _issue(th, status, steps, message, t0) -> Result:
-    res = Result(th, status, tuple(steps), message, time.perf_counter() - t0, _TOKEN)
+    _MINTING[0] = True
+    try:
+        res = Result(th, status, tuple(steps), message, time.perf_counter() - t0, _TOKEN)
+    finally:
+        _MINTING[0] = False
     _ISSUED[id(res)] = (res, _fingerprint(res))
     return res
 

@@ -37,6 +37,7 @@ import re
 from fractions import Fraction
 from math import isqrt
 
+from symbolic.kernel.poly import ONE, ONE_POLY, ZERO, Rat, exact_quotient, mono, mono_mul, padd, pmul, pscale
 from symbolic.kernel.terms import (
     ELEMENTWISE,
     SCALAR,
@@ -56,8 +57,6 @@ from symbolic.kernel.terms import (
     instantiate,
 )
 
-ONE_POLY = {(): Fraction(1)}
-
 
 def kernel_indices(t: Term, memo: dict) -> set:
     """k for every kernel-owned variable j%k free in t (the binders of the sums opened around t)."""
@@ -73,115 +72,6 @@ def kernel_indices(t: Term, memo: dict) -> set:
 
 class NormalFormError(Exception):
     """A term the normal form does not cover (it is then not decided, never assumed)."""
-
-
-class Rat:
-    """N / D over atom ids; `num` and `den` map monomials (sorted ((atom, exponent), ...)) to Fractions."""
-
-    __slots__ = ("num", "den")
-
-    def __init__(self, num: dict, den: dict = ONE_POLY):
-        self.num, self.den = num, den
-
-    def is_zero(self) -> bool:
-        return not self.num
-
-    def const(self) -> Fraction | None:
-        if self.den == ONE_POLY and (not self.num or list(self.num) == [()]):
-            return self.num.get((), Fraction(0))
-        return None
-
-    def key(self):
-        return (tuple(sorted(self.num.items())), tuple(sorted(self.den.items())))
-
-    def atoms(self) -> set:
-        return {a for p in (self.num, self.den) for m in p for a, _ in m}
-
-
-ZERO = Rat({})
-ONE = Rat(ONE_POLY)
-
-
-# --------------------------------------------------------------------------- polynomials
-
-
-def mono_mul(a: tuple, b: tuple) -> tuple:
-    if not a:
-        return b
-    if not b:
-        return a
-    out = dict(a)
-    for k, e in b:
-        s = out.get(k, 0) + e
-        if s:
-            out[k] = s
-        else:
-            del out[k]
-    return tuple(sorted(out.items()))
-
-
-def padd(p: dict, q: dict, sign: int = 1) -> dict:
-    out = dict(p)
-    for m, c in q.items():
-        s = out.get(m, 0) + sign * c
-        if s:
-            out[m] = s
-        else:
-            out.pop(m, None)
-    return out
-
-
-def pmul(p: dict, q: dict) -> dict:
-    out: dict = {}
-    for m1, c1 in p.items():
-        for m2, c2 in q.items():
-            m = mono_mul(m1, m2)
-            s = out.get(m, 0) + c1 * c2
-            if s:
-                out[m] = s
-            else:
-                out.pop(m, None)
-    return out
-
-
-def pscale(p: dict, c: Fraction, m: tuple = ()) -> dict:
-    if not c:
-        return {}
-    return {mono_mul(k, m): v * c for k, v in p.items()}
-
-
-def mono(atom: int, e: int = 1) -> dict:
-    return {((atom, e),): Fraction(1)}
-
-
-def exact_quotient(num: dict, den: dict, limit: int = 400) -> dict | None:
-    """num / den when den divides num exactly (multivariate division, lex order), else None."""
-    atoms = sorted({a for p in (num, den) for m in p for a, _ in m})
-    shift = {a: -min([0] + [dict(m).get(a, 0) for m in num]) for a in atoms}
-    if any(e < 0 for m in den for _, e in m):
-        return None
-
-    def key(m):
-        d = dict(m)
-        return tuple(d.get(a, 0) + shift[a] for a in atoms)
-
-    lead = max(den, key=key)
-    ld, cd = dict(lead), den[lead]
-    rem = dict(num)
-    out: dict = {}
-    for _ in range(limit):
-        if not rem:
-            return out
-        m = max(rem, key=key)
-        md = dict(m)
-        if any(md.get(a, 0) + shift[a] < e for a, e in ld.items()):
-            return None
-        factor = tuple(sorted((a, md.get(a, 0) - ld.get(a, 0)) for a in set(md) | set(ld)
-                              if md.get(a, 0) - ld.get(a, 0)))
-        c = rem[m] / cd
-        out = padd(out, {factor: c})
-        rem = padd(rem, pscale(den, c, factor), -1)
-    return None
 
 
 # --------------------------------------------------------------------------- atoms
@@ -286,8 +176,8 @@ class Normalizer:
                 out = self.atom("bvar", (depth,), a.ty)
             else:
                 summing = a.head in ("sum", "sumr")
-                args = tuple(self.abstract(x, name, depth + (summing and k == 1), memo) if self._is_ref(a.head, x) else x
-                             for k, x in enumerate(a.args))
+                args = tuple(self.abstract(x, name, depth + (summing and k == 1), memo)
+                             if self._is_ref(a.head, x) else x for k, x in enumerate(a.args))
                 sq = self.abstract(a.sqrt_of, name, depth, memo) if a.sqrt_of is not None else None
                 out = self.atom(a.head, args, a.ty, sq)
             memo[(i, depth)] = out
@@ -666,7 +556,8 @@ class Normalizer:
     def _orient(self, a: int, value: Rat) -> bool:
         if self.atoms[a].head in ("ilit", "dim", "bvar"):
             return False
-        if not isinstance(self.atoms[a].ty, Vector) and any(isinstance(self.atoms[b].ty, Vector) for b in value.atoms()):
+        vector = any(isinstance(self.atoms[b].ty, Vector) for b in value.atoms())
+        if vector and not isinstance(self.atoms[a].ty, Vector):
             return False  # a scalar is never rewritten into a vector
         self.rewrites[a] = value
         self.cache.clear()
