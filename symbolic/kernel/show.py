@@ -39,6 +39,7 @@ class _Printer:
         head = head.replace("'", "")
         head = "\\" + head if head in GREEK else (head if len(head) == 1 else rf"\mathrm{{{head}}}")
         head += "'" * primes
+        sub = sub.replace("_", ",").replace("'", "")
         return head + (rf"_{{\mathrm{{{sub}}}}}" if sub else "")
 
     def show(self, t: Term, bound: list, prec: int = 0) -> str:
@@ -76,7 +77,7 @@ class _Printer:
             parts = []
             for base, n in factors:
                 b = s(base, 3)
-                parts.append(b if n == 1 else (f"{b}^{{{n}}}" if self.tex else f"{b}**{n}"))
+                parts.append(b if n == 1 else (f"{{{b}}}^{{{n}}}" if self.tex else f"{b}**{n}"))
             out = (r" \, " if self.tex else "*").join(parts)
             return f"({out})" if prec > 2 else out
         if op == "div":
@@ -89,13 +90,13 @@ class _Printer:
         if op == "matvec":
             return rf"{s(a[0], 3)} {s(a[1], 3)}" if self.tex else f"({s(a[0], 3)} @ {s(a[1], 3)})"
         if op == "dot":
-            return rf"{s(a[0], 3)}^\top {s(a[1], 3)}" if self.tex else f"dot({s(a[0])}, {s(a[1])})"
+            return rf"{{{s(a[0], 3)}}}^\top {s(a[1], 3)}" if self.tex else f"dot({s(a[0])}, {s(a[1])})"
         if op == "outer":
-            return rf"{s(a[0], 3)} {s(a[1], 3)}^\top" if self.tex else f"outer({s(a[0])}, {s(a[1])})"
+            return rf"{s(a[0], 3)} {{{s(a[1], 3)}}}^\top" if self.tex else f"outer({s(a[0])}, {s(a[1])})"
         if op == "frob":
             return rf"\langle {s(a[0])}, {s(a[1])} \rangle_F" if self.tex else f"frob({s(a[0])}, {s(a[1])})"
         if op == "at":
-            return rf"{s(a[0], 3)}^{{({s(a[1])})}}" if self.tex else f"{s(a[0], 3)}[{s(a[1])}]"
+            return rf"{{{s(a[0], 3)}}}^{{({s(a[1])})}}" if self.tex else f"{s(a[0], 3)}[{s(a[1])}]"
         if op == "num" and self.tex:
             return s(a[0], prec)
         name = op.name if isinstance(op, Fn) else op
@@ -149,7 +150,7 @@ def hypothesis_text(h) -> str:
 def hypothesis_latex(h) -> str:
     q = rf"\forall {', '.join(latex(b) for b in h.binders)}:\ " if h.binders else ""
     if h.kind == "definition":
-        head = latex(h.expr) + (f"^{{({latex(h.binders[0])})}}" if h.binders else "")
+        head = f"{{{latex(h.expr)}}}^{{({latex(h.binders[0])})}}" if h.binders else latex(h.expr)
         return rf"{head} := {latex(h.rhs)}"
     if h.kind == "equation":
         return rf"{q}{latex(h.expr)} = {latex(h.rhs)}"
