@@ -6,7 +6,8 @@ hypotheses and statement) in the prefix vocabulary of proofs/coq/CtxPatch.v: eve
 a family ``nat -> T``, an opaque function ``R -> R``), each definition a hypothesis ``x = rhs``, the
 table's facts about exp, tanh, sigmoid and heaviside hypotheses too (they stay arbitrary functions).
 `write_coq_project(dir, theorems)` writes a self-contained Coq project (`_CoqProject`, the vocabulary,
-`Theorems.v` with every theorem that has a proof script in proofs/coq/scripts) and runs coqc on it:
+`Theorems.v` with every theorem that has a proof script in proofs/coq/scripts, or, for a block or
+multi-layer theorem, the default block script scripts/default/block.ltac) and runs coqc on it:
 a theorem is *checked* when coqc accepts its proof and `Print Assumptions` finds no axiom.
 
 The statements are printed from the theorem objects the kernel checked, so the statement coqc checks
@@ -54,8 +55,8 @@ Add Field ctx_field : (ctx_field_theory R).
 """
 
 RESERVED = set("""R sadd ssub sneg smul sdiv sinv spow ssqrt snat vadd vsub vneg vscale vzero madd msub mneg mscale
-mzero matvec outer vconst had ediv vpow vsqrt vmap dot mean frob coords_nz ctxE radd rmul ropp rinv rsub rdiv r0 r1
-fun forall exists let in if then else match with end as return at is by Type Prop Set nat""".split())
+mzero matvec outer vconst had ediv vpow vsqrt vmap dot mean frob coords_nz coord ctxE radd rmul ropp rinv rsub rdiv
+r0 r1 fun forall exists let in if then else match with end as return at is by Type Prop Set nat""".split())
 #: The table's facts, as hypotheses about the (otherwise arbitrary) functions.
 FACTS = {"exp": "forall x : R, 0 < exp x", "tanh": "forall x : R, - 1 < tanh x < 1",
          "sigmoid": "forall x : R, 0 < sigmoid x < 1", "heaviside": "forall x : R, 0 <= heaviside x <= 1"}
@@ -339,8 +340,8 @@ def write_coq_project(out: Path, theorems: list[Theorem], source: Path | None = 
     if not (source / "_CoqProject").exists():
         return [{"name": th.name, "checked": False, "reason": f"no Coq sources in {source}"} for th in theorems]
     for th in theorems:
-        script = source / "scripts" / f"{th.name}.ltac"
-        if not script.exists():
+        script = _script(source, th.name)
+        if script is None:
             rows[th.name] = {"name": th.name, "checked": False, "reason": "no proof script in proofs/coq/scripts"}
             continue
         try:
@@ -372,6 +373,15 @@ def write_coq_project(out: Path, theorems: list[Theorem], source: Path | None = 
     for n in blocks:
         rows.setdefault(n, {"name": n, "checked": n not in failed, "reason": failed.get(n, "")})
     return _rows(theorems, rows, failed)
+
+
+def _script(source: Path, name: str) -> Path | None:
+    """scripts/NAME.ltac; for a block or multi-layer theorem without one, scripts/default/block.ltac."""
+    own = source / "scripts" / f"{name}.ltac"
+    if own.exists():
+        return own
+    default = source / "scripts" / "default" / "block.ltac"
+    return default if name.startswith(("block_", "multilayer_")) and default.exists() else None
 
 
 def _rows(theorems, rows: dict, failed: dict) -> list[dict]:
