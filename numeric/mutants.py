@@ -73,7 +73,7 @@ KERNEL_MUTANTS: tuple[KernelMutant, ...] = (
     KernelMutant("kernel_topk_not_renormalized", "Mixtral experts' gates not renormalized over the top-k",
                  "mixtral", (Edit(AP, r"/torch\.sum\((t\d+), dim=-2, keepdim=True\)", "", True),)),
     KernelMutant("kernel_expert_share", "OLMoE W_down patch without the 1 / sum of gates share", "olmoe",
-                 (Edit(BP, r"torch\.sum\((t\d+), dim=-2, keepdim=True\)\*", "", True),)),
+                 (Edit(BP, r"delta/\(t\d+\*", "delta/(", True),)),
     KernelMutant("kernel_router_sign", "router patch with the wrong sign", "mixtral",
                  (_line("W_router_left", "-({rhs})"),)),
     KernelMutant("kernel_bias_twice", "GPT-2 output bias patch 2 delta", "gpt2", (_line("b_down_delta", "2*({rhs})"),)),

@@ -1,15 +1,18 @@
 r"""Run-time helpers of the generated kernels, written once for NumPy and PyTorch (the array API).
 
 The generated modules (``numeric/kernels/{numpy,torch}/<arch>.py``) print every formula with
-SymPy's printers; what is not a formula lives here: the top-k routing of a mixture of experts,
-the constrained RMSNorm inverse of the stable update (an iterative solver), and the checks that
-turn a violated side condition into an error naming the token, instead of a NaN.
+SymPy's printers; what is not a formula lives here: the named activations the kernels call
+(``gelu_tanh(t)``, ``silu(t)``, ...: the registry's `symbolic.activations.named`, one function each),
+the top-k routing of a mixture of experts, the constrained RMSNorm inverse of the stable update (an
+iterative solver), and the checks that turn a violated side condition into an error naming the token,
+instead of a NaN.
 
 It must not know any architecture: it receives arrays and names only.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from array_api_compat import array_namespace
@@ -18,6 +21,56 @@ from symbolic.errors import PatchConditionError
 
 RMS_INVERSE_ITERATIONS = 200
 ILL_CONDITIONED = 1e-3  # warn when |patch| / |parameter| * eps(dtype) exceeds this
+
+
+# --------------------------------------------------------------------------- activations
+# The registry's activations (`symbolic.activations.named`, the transformers definitions) that the kernels
+# call by name; each is the registry's formula, in the order its SymPy expression prints (tests/test_codegen.py
+# checks each against the registry on random float64 inputs). Elementwise; dtype and shape are kept.
+
+
+def relu(t):
+    r"""$\max(0, t)$."""
+    return array_namespace(t).clip(t, min=0.0)
+
+
+def relu2(t):
+    r"""$\max(0, t)^2$ (squared ReLU)."""
+    return relu(t) ** 2
+
+
+def sigmoid(t):
+    r"""$\sigma(t) = 1 / (1 + e^{-t})$."""
+    return 1 / (array_namespace(t).exp(-t) + 1)
+
+
+def silu(t):
+    r"""$t\,\sigma(t) = t / (1 + e^{-t})$ (SiLU, swish)."""
+    return t / (array_namespace(t).exp(-t) + 1)
+
+
+def gelu(t):
+    r"""$\tfrac{t}{2}\,\bigl(1 + \mathrm{erf}(t / \sqrt 2)\bigr)$ (GELU, the erf form)."""
+    return 0.5 * t * (erf(math.sqrt(0.5) * t) + 1)
+
+
+def gelu_tanh(t):
+    r"""$\tfrac{t}{2}\,\bigl(1 + \tanh(\sqrt{2/\pi}\,(t + 0.044715\,t^3))\bigr)$ (GELU, the tanh form:
+    ``gelu_new``, ``gelu_pytorch_tanh``)."""
+    return 0.5 * t * (array_namespace(t).tanh(math.sqrt(2 / math.pi) * (0.044715 * t**3 + t)) + 1)
+
+
+def erf(t):
+    """The error function, elementwise (not in the array API standard: torch's own, else SciPy's)."""
+    xp = array_namespace(t)
+    if hasattr(xp, "erf"):
+        return xp.erf(t)
+    from scipy.special import erf as scipy_erf
+
+    return scipy_erf(t)
+
+
+# --------------------------------------------------------------------------- routing
 
 
 @dataclass(frozen=True)

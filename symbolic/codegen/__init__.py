@@ -6,13 +6,22 @@ that differ from a fresh rendering (``ctxpatch codegen --check``). Rendering is 
 same spec and derivation give the same bytes.
 
 Expressions are printed by `symbolic.codegen.printers` (SymPy printer subclasses) from the
-lowered, common-subexpression-eliminated assignments of `symbolic.codegen.lower`; the template
-holds only the function skeletons, never a formula.
+lowered, common-subexpression-eliminated assignments of `symbolic.codegen.lower`, laid out in lines
+of at most 120 characters by `symbolic.codegen.layout`; the templates hold only the function
+skeletons, never a formula.
+
+One module per distinct kernel: where catalog names render the same code (the same derived formulas,
+constants and strategies; llama, mistral, qwen2, qwen3), the first name in catalog order holds it and
+the others are aliases (`alias.py.j2`) that re-export its names under their own ``ARCH``.
 """
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import hashlib
+import json
+import textwrap
 from functools import cache
 from pathlib import Path
 
@@ -20,14 +29,17 @@ import jinja2
 import sympy as sp
 
 from symbolic import catalog
+from symbolic.codegen.layout import INDENT, WIDTH, call, laid_out, literal
 from symbolic.codegen.lower import Function, KernelIR, PatchOut, build, depends_on, route_args
 from symbolic.codegen.printers import BACKENDS
 from symbolic.derive import Derivation, formula_text
 from symbolic.spec import BlockSpec
 
 TEMPLATE = "kernel.py.j2"
+ALIAS_TEMPLATE = "alias.py.j2"
 KERNELS = Path(__file__).resolve().parents[2] / "numeric" / "kernels"
 TITLES = {"numpy": "NumPy", "torch": "PyTorch"}
+FUNCTIONS = ("patch_fn", "apply_fn", "forward_fn", "fused_fn", "products_fn")  # the KernelIR fields printed
 
 
 @cache
@@ -41,8 +53,8 @@ def _env() -> jinja2.Environment:
     return env
 
 
-def _template_hash() -> str:
-    source, _, _ = _env().loader.get_source(_env(), TEMPLATE)
+def _template_hash(name: str = TEMPLATE) -> str:
+    source, _, _ = _env().loader.get_source(_env(), name)
     return hashlib.sha256(source.encode()).hexdigest()[:16]
 
 
@@ -84,7 +96,7 @@ def _references(ir: KernelIR) -> list[tuple[str, str]]:
         value = f'params["{p.param}"]'
         if p.param.endswith(".scale"):
             one_plus = ir.spec.norms[p.param.split(".")[0]].scale == "one_plus"
-            out.append((p.param, f"(1 + {value})" if one_plus else value))
+            out.append((p.param, f"1 + {value}" if one_plus else value))
         elif p.kind == "rank1":
             out.append((p.param, value))
     return out
@@ -97,41 +109,125 @@ def _shapes_doc(ir: KernelIR) -> str:
     return text + "."
 
 
-def render(spec: BlockSpec, backend: str, derivation: Derivation | None = None) -> str:
-    """The source of the `backend` kernel module of `spec` (default derivation unless one is given)."""
+def _wrapped(text: str, indent: str = "", hanging: str = INDENT) -> str:
+    """A docstring paragraph in lines of at most `WIDTH`, continuation lines indented by `hanging`."""
+    return textwrap.fill(text, WIDTH, initial_indent=indent, subsequent_indent=indent + hanging,
+                         break_long_words=False, break_on_hyphens=False)
+
+
+def _line_prefix(fn: Function, target: str, given: bool) -> str:
+    """What the line of `target` holds before its expression: ``given`` lines take a ready-made product."""
+    matrix = fn.given.get(target) if given else None
+    if matrix is None:
+        return f"{INDENT}{target} = "
+    return f'{INDENT}{target} = given["{matrix}"] if "{matrix}" in given else '
+
+
+def _laid_out(ir: KernelIR, backend: str) -> KernelIR:
+    """`ir` with each function's lines laid out for `backend` (`layout.laid_out`)."""
+    def code(expr: sp.Expr, fn: Function) -> str:
+        return _printer(backend, fn, ir).doprint(expr)
+
+    fns = {}
+    for field in FUNCTIONS:
+        fn = getattr(ir, field)
+        if fn is not None:
+            given = field in ("patch_fn", "fused_fn")  # `patch_body` reads ``given`` in these two
+            fns[field] = laid_out(fn, code, lambda t, fn=fn, given=given: _line_prefix(fn, t, given))
+    return dataclasses.replace(ir, **fns)
+
+
+def _derivation(spec: BlockSpec, derivation: Derivation | None) -> Derivation:
     from symbolic.controllability import check
 
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown back end {backend!r}; allowed: {sorted(BACKENDS)}")
     der = derivation or check(spec).derivation
     if der is None:
         raise ValueError(f"{spec.name}: no perfect patch, so there is no kernel to generate "
                          f"(see `ctxpatch check {spec.name}` for the counterexample)")
-    ir = build(spec, der)
-    imports: set[str] = set()
+    return der
 
-    def code(expr: sp.Expr, fn: Function) -> str:
-        printer = _printer(backend, fn, ir)
-        text = printer.doprint(expr)
-        imports.update(printer.module_imports)
-        if backend == "numpy":
-            imports.add("numpy")
-        return text
 
-    # Render the body first so that the imports it needs are known, then the whole file.
-    template = _env().get_template(TEMPLATE)
-    context = dict(
-        ir=ir, backend=backend, template=TEMPLATE, template_hash=_template_hash(), backend_title=TITLES[backend],
-        code=code, used_params=lambda fn: _used_params(ir, fn),
-        out_value=lambda p, f, v: _out_value(ir, p, f, v),
-        one_plus=lambda name: spec.norms[name.split(".")[0]].scale == "one_plus",
-        patch_lines=[f"{p.param} ({p.kind}): {formula_text(p)}" for p in der.patches], shapes_doc=_shapes_doc(ir),
-        inputs=["u", "u_ctx"] + (["x"] if ir.parallel else []), imports=[], references=_references(ir),
-        route_extra="".join(f", {a}" for a in route_args(spec)),
-    )
-    template.render(**context)
-    context["imports"] = sorted(imports)
-    return template.render(**context)
+def render(spec: BlockSpec, backend: str, derivation: Derivation | None = None) -> str:
+    """The source of the `backend` kernel module of `spec` (default derivation unless one is given)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown back end {backend!r}; allowed: {sorted(BACKENDS)}")
+    return _Module(build(spec, _derivation(spec, derivation)), backend).source()
+
+
+class _Module:
+    """One kernel module of an IR for one back end: its source, and its code without the block's name."""
+
+    def __init__(self, ir: KernelIR, backend: str):
+        self.ir, self.backend = ir, backend
+        self.formula_hash = ir.formula_hash  # of the derivation's assignments, before the back end's layout
+        self.laid = _laid_out(ir, backend)
+        self._printed: dict[tuple[int, sp.Expr], str] = {}
+        self.imports: set[str] = set()
+
+    def code(self, expr: sp.Expr, fn: Function) -> str:
+        key = (id(fn), expr)
+        if key not in self._printed:
+            printer = _printer(self.backend, fn, self.laid)
+            self._printed[key] = printer.doprint(expr)
+            self.imports.update(printer.module_imports)
+            if self.backend == "numpy":
+                self.imports.add("numpy")
+        return self._printed[key]
+
+    def source(self, name: str | None = None, spec_hash: str | None = None) -> str:
+        """The module under the name `name` (default: the spec's); ``name=""`` gives the code alone, what two
+        specs compare to share one module."""
+        template = _env().get_template(TEMPLATE)
+        context = self._context(self.ir.spec.name if name is None else name,
+                                self.ir.spec_hash if spec_hash is None else spec_hash)
+        template.render(**context)  # the body first, so that the imports it needs are known
+        context["imports"] = sorted(self.imports)
+        return template.render(**context)
+
+    def code_key(self) -> str:
+        return self.source(name="", spec_hash="")
+
+    def _context(self, name: str, spec_hash: str) -> dict:
+        ir, spec = self.laid, self.laid.spec
+        return dict(
+            ir=ir, name=name, spec_hash=spec_hash, formula_hash=self.formula_hash, backend=self.backend,
+            template=TEMPLATE, template_hash=_template_hash(), backend_title=TITLES[self.backend],
+            code=self.code, used_params=lambda fn: _used_params(ir, fn),
+            one_plus=lambda norm: spec.norms[norm.split(".")[0]].scale == "one_plus",
+            docstring=_docstring(ir, name, TITLES[self.backend]),
+            inputs=["u", "u_ctx"] + (["x"] if ir.parallel else []), imports=[],
+            route_extra="".join(f", {a}" for a in route_args(spec)),
+            literal=literal, call=call, patch_entry=self._patch_entry,
+            py=_py, indent=INDENT,
+            given_entries=[_py(m) for m in ir.patch_fn.given.values()],
+            patch_entries=[_py((p.param, p.kind)) for p in ir.patches],
+            condition_entries=[_py(c.text) for c in ir.checks],
+            reference_entries=[f"{_py(n)}: {ref}" for n, ref in _references(ir)],
+            product_entries=[f"{_py(m)}: {v}" for v, m in (ir.products_fn.given.items() if ir.products_fn else ())],
+        )
+
+    def _patch_entry(self, p: PatchOut) -> str:
+        fields = [f"{_py(f)}: {_out_value(self.laid, p, f, v)}" for f, v in p.fields]
+        return literal(fields, "{", "}", 2 * INDENT, lead=f"{_py(p.param)}: ", trail=",")
+
+
+def _py(value) -> str:
+    """A Python literal of a string or a tuple of strings, in double quotes."""
+    if isinstance(value, tuple):
+        return "(" + ", ".join(map(_py, value)) + ("," if len(value) == 1 else "") + ")"
+    return json.dumps(str(value))
+
+
+def _docstring(ir: KernelIR, name: str, title: str) -> str:
+    """The module docstring's body: what the kernels compute, their side conditions, the array shapes."""
+    der = ir.derivation
+    lines = [f"{title} kernels of the `{name}` block: the context patches derived by ctxpatch.", "",
+             f"Patches (input strategy `{der.input_strategy}`, output strategy `{der.output_strategy}`):"]
+    lines += [_wrapped(f"{p.param} ({p.kind}): {formula_text(p)}", INDENT, 2 * INDENT) for p in der.patches]
+    lines += ["", "Side conditions, checked at every token (a violation raises PatchConditionError naming the token):"]
+    lines += [_wrapped(c.text, INDENT) for c in ir.checks] or [f"{INDENT}none"]
+    lines += ["", _wrapped("Arrays: " + _shapes_doc(ir), hanging="")]
+    return "\n".join(lines)
 
 
 def kernel_path(root: Path, backend: str, name: str) -> Path:
@@ -139,13 +235,49 @@ def kernel_path(root: Path, backend: str, name: str) -> Path:
 
 
 def catalog_sources() -> dict[Path, str]:
-    """Every catalog architecture's kernels, rendered in memory: {path: source}."""
+    """Every catalog architecture's kernels, rendered in memory: {path: source}. A name whose code is that of
+    an earlier name (catalog order) gets an alias module (`alias_source`)."""
+    irs = {name: build(spec, _derivation(spec, None)) for name, spec in ((n, catalog.load(n)) for n in catalog.names())}
     out = {}
-    for name in catalog.names():
-        spec = catalog.load(name)
-        for backend in BACKENDS:
-            out[kernel_path(KERNELS, backend, name)] = render(spec, backend)
+    for backend in BACKENDS:
+        first: dict[str, str] = {}  # the code -> the name whose module holds it
+        modules = {}
+        for name, ir in irs.items():
+            modules[name] = _Module(ir, backend)
+            kernel = first.setdefault(modules[name].code_key(), name)
+            source = modules[name].source() if kernel == name else alias_source(ir, backend, kernel,
+                                                                                 modules[kernel].source())
+            out[kernel_path(KERNELS, backend, name)] = source
     return out
+
+
+def alias_source(ir: KernelIR, backend: str, kernel: str, kernel_source: str) -> str:
+    """The module of `ir`'s block as an alias of the module `kernel` (source `kernel_source`) that holds the
+    same code: its public names re-exported, its own ``ARCH`` and header."""
+    names = sorted((n for n in _public_names(kernel_source) if n != "ARCH"), key=_isort_key)
+    return _env().get_template(ALIAS_TEMPLATE).render(
+        ir=ir, name=ir.spec.name, kernel=kernel, backend=backend, backend_title=TITLES[backend],
+        template=ALIAS_TEMPLATE, template_hash=_template_hash(ALIAS_TEMPLATE), formula_hash=ir.formula_hash,
+        names=names, exported=["ARCH", "ALIAS_OF", *names],
+        docstring=_docstring(ir, ir.spec.name, TITLES[backend]).split("\n", 1)[1],
+        literal=literal, py=_py,
+    )
+
+
+def _public_names(source: str) -> list[str]:
+    """The names a module's top level defines (functions and assignments), without the private ones."""
+    out = []
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.FunctionDef):
+            out.append(node.name)
+        elif isinstance(node, ast.Assign):
+            out += [t.id for t in node.targets if isinstance(t, ast.Name)]
+    return [n for n in out if not n.startswith("_")]
+
+
+def _isort_key(name: str) -> tuple[int, str]:
+    """isort's order of imported names: constants, classes, then the rest."""
+    return (0 if name.isupper() else 1 if name[:1].isupper() else 2, name)
 
 
 def write(sources: dict[Path, str]) -> list[Path]:

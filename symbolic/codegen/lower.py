@@ -18,24 +18,31 @@ Four functions are generated per block, all batched over tokens:
 Lowering rewrites what the printers cannot print: a top-k sum
 $\sum_{j\le k} g(\ell, j)\, F(\mathrm{Sel}(\ell, j))$ becomes a sum over the expert axis with
 routing weights that vanish off the top-k; `EMat`/`EVec` of the generic expert become the stacked
-arrays. Then `sympy.cse` shares subexpressions across all outputs of a function, and the
-assignments are ordered by dependency (depth first from the outputs, so each temporary sits
-just before its first use).
+arrays; an activation of the registry becomes `Activation`, a call by name (`name_activations`).
+Then `sympy.cse` shares subexpressions across all outputs of a function, the assignments are
+ordered by dependency (depth first from the outputs, so each temporary sits just before its first
+use), and a temporary is kept only for a subexpression the emitted code uses more than once.
+`symbolic.codegen.layout` numbers the temporaries and fits the lines.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from dataclasses import dataclass, field
+from functools import cache
 
 import sympy as sp
+from sympy.core.function import Application
 
+from symbolic.activations import named
+from symbolic.activations import x as act_var
 from symbolic.algebra import Dot, EMat, EVec, ExpertGate, Gate, MatVec, Mean, Outer, Sel, Vec, normalize
-from symbolic.codegen.printers import EMatVec, ExpertSum, KDot, KMean, RouteWeight, TopkMask
+from symbolic.codegen.printers import Activation, EMatVec, ExpertSum, KDot, KMean, RouteWeight, TopkMask
 from symbolic.derive import Derivation
 from symbolic.model import Block, Params, expert
 from symbolic.printing import pstr
-from symbolic.spec import BlockSpec, dump_toml
+from symbolic.spec import ACTIVATIONS, BlockSpec, dump_toml
 from symbolic.terms import Mat
 
 
@@ -145,6 +152,7 @@ def lower(expr: sp.Expr, route: tuple[sp.Expr, ...] = ()) -> sp.Expr:
     expr = expr.replace(lambda e: isinstance(e, EVec) and e.args[1] == expert, lambda e: e.args[0])
     expr = expr.replace(lambda e: isinstance(e, Dot), lambda e: KDot(*e.args))
     expr = expr.replace(lambda e: isinstance(e, Mean), lambda e: KMean(*e.args))
+    expr = name_activations(expr)
     leftover = [a for a in sp.preorder_traversal(expr) if isinstance(a, (Sel, Gate, ExpertGate, EMat, EVec, sp.Sum))]
     if leftover or expert in expr.free_symbols:
         raise ValueError(f"cannot lower {pstr(expr)}: {leftover or 'a free expert index'} left")
@@ -152,6 +160,65 @@ def lower(expr: sp.Expr, route: tuple[sp.Expr, ...] = ()) -> sp.Expr:
 
 
 lower_expr = lower
+
+
+# --------------------------------------------------------------------------- named activations
+
+_ARG = sp.Wild("w")
+
+
+@cache
+def _registry() -> tuple[tuple[str, sp.Expr, sp.Expr], ...]:
+    r"""(name, expression in x, anchor) of the registry's activations that the back ends do not name already
+    (not x itself, nor one function of x such as tanh), the largest first: silu $x\,\sigma(x)$ is found before
+    the sigmoid inside it. The anchor is the activation's outermost function of x ($e^{-x}$ in silu)."""
+    out = []
+    for name in ACTIVATIONS:
+        expr = named(name)
+        anchor = next((n for n in sp.preorder_traversal(expr) if isinstance(n, Application) and n.has(act_var)), None)
+        if anchor is not None and not (anchor == expr and expr.args == (act_var,)):
+            out.append((name, expr, anchor))
+    return tuple(sorted(out, key=lambda t: -len(list(sp.preorder_traversal(t[1])))))
+
+
+def _split(e: sp.Expr) -> tuple[sp.Expr, Counter]:
+    """A product as (numeric coefficient, multiset of its other factors)."""
+    coeff, rest = e.as_coeff_Mul()
+    return coeff, Counter(sp.Mul.make_args(rest))
+
+
+def name_activations(expr: sp.Expr) -> sp.Expr:
+    r"""`expr` with every activation of the registry in it written as `Activation` (printed by name).
+
+    An occurrence $S(w)$ of an activation $S(x)$ is found exactly: $w$ is read off the anchor by matching
+    ($e^{-x}$ against $e^{-W z - b}$ gives $w = W z + b$), and every factor of $S(w)$ must be a factor of
+    one product of `expr`, with the same numeric coefficient where $S$ has one ($\tfrac12$ in GELU): the
+    rewrite $S(w)\,r \to \mathrm{Activation}(w)\,r$ is an identity of expressions and needs no new constant.
+    A custom activation stays an expression, with the registry's pieces in it named (a sigmoid)."""
+    for name, S, anchor in _registry():
+        pattern = anchor.subs(act_var, _ARG)
+        for node in sorted(expr.atoms(type(anchor)), key=sp.default_sort_key):
+            found = node.match(pattern)
+            if found and _ARG in found:
+                expr = _name_products(expr, Activation.of(name, found[_ARG]), S.subs(act_var, found[_ARG]))
+    return expr
+
+
+def _name_products(expr: sp.Expr, act: Activation, value: sp.Expr) -> sp.Expr:
+    """Every product of `expr` that has the factors of `value` written with `act` in their place."""
+    coeff, factors = _split(value)
+
+    def has(e: sp.Basic) -> bool:
+        if not isinstance(e, sp.Expr):  # a Piecewise condition, a Str
+            return False
+        c, f = _split(e)
+        return not factors - f and (coeff == 1 or c == coeff)
+
+    def named_in(e: sp.Expr) -> sp.Expr:
+        c, f = _split(e)
+        return (c / coeff) * act * sp.Mul(*(f - factors).elements())
+
+    return expr.replace(has, named_in)
 
 
 def depends_on(expr: sp.Expr, names: set[str]) -> bool:
@@ -169,7 +236,9 @@ def straight_line(outputs: list[Assign], expert_names: set[str], temps=None,
                   roots: list[str] | None = None) -> Function:
     """CSE over all outputs, then assignments ordered depth-first from `roots` (default: every output).
 
-    An output no root needs is dropped, so the generated code has no unused variable.
+    An output no root needs is dropped, so the generated code has no unused variable. A temporary stands
+    for real repetition only: one that is an output's whole value takes the output's name, and one that the
+    emitted code uses once is written where it is used.
     """
     targets = [a.target for a in outputs]
     temps = temps if temps is not None else sp.numbered_symbols("t")
@@ -181,6 +250,7 @@ def straight_line(outputs: list[Assign], expert_names: set[str], temps=None,
     reduced = [e.xreplace(constants) for e in reduced]
     assigns = {s.name: e for s, e in replacements}
     assigns.update(dict(zip(targets, reduced, strict=True)))
+    _name_temporaries(assigns, targets, {s.name for s, _ in replacements})
     order: list[str] = []
 
     def emit(name: str) -> None:
@@ -193,11 +263,40 @@ def straight_line(outputs: list[Assign], expert_names: set[str], temps=None,
 
     for t in roots if roots is not None else targets:
         emit(t)
-    fn = Function([Assign(n, assigns[n]) for n in order], set(expert_names))
+    body = _inline_single_use([Assign(n, assigns[n]) for n in order], set(assigns) - set(targets))
+    fn = Function(body, set(expert_names))
     for a in fn.body:
         if depends_on(a.expr, fn.per_expert):
             fn.per_expert.add(a.target)
     return fn
+
+
+def _name_temporaries(assigns: dict[str, sp.Expr], targets: list[str], temps: set[str]) -> None:
+    """A temporary that is the whole value of an output (``ell_C = t3``) becomes that output, in place."""
+    for target in targets:
+        value = assigns[target]
+        if isinstance(value, sp.Symbol) and value.name in temps and value.name in assigns:
+            named_as = next((s for e in assigns.values() for s in e.free_symbols if s.name == target),
+                            sp.Symbol(target))
+            assigns[target] = assigns.pop(value.name)
+            for k, e in assigns.items():
+                assigns[k] = e.xreplace({value: named_as})
+
+
+def _inline_single_use(body: list[Assign], temps: set[str]) -> list[Assign]:
+    """`body` with every temporary that is used once written where it is used (CSE over outputs that are
+    not all emitted, or whose repetition the named activations absorbed, leaves such temporaries)."""
+    while True:
+        uses = {t: 0 for t in temps}
+        for a in body:
+            for s in a.expr.free_symbols:
+                if s.name in uses:
+                    uses[s.name] += a.expr.count(s)
+        once = next((a for a in body if uses.get(a.target) == 1), None)
+        if once is None:
+            return body
+        sym = next(s for b in body for s in b.expr.free_symbols if s.name == once.target)
+        body = [Assign(b.target, b.expr.xreplace({sym: once.expr})) for b in body if b is not once]
 
 
 def _natural(name: str) -> tuple:

@@ -8,7 +8,9 @@ Array conventions of the generated code (tokens on the leading axis):
 - a scalar per token (`Dot`, `Mean`) keeps its axis: ``(T, 1)`` (``(T, E, 1)`` per expert), so it
   broadcasts against vectors exactly as the algebra's scalars do;
 - a parameter matrix ``W`` (out, in) acts as ``v @ W.T``; an expert-stacked ``W`` (E, out, in) through
-  `EMatVec` as an einsum over the expert axis.
+  `EMatVec` as an einsum over the expert axis;
+- an activation of the registry (`Activation`, found by `symbolic.codegen.lower.name_activations`) is a
+  call by name of the run-time helper that computes it: ``runtime.gelu_tanh(v)``.
 
 Fixes over SymPy 1.14 (each tested numerically in ``tests/test_codegen.py``): numeric constants are
 printed as float literals (``TorchPrinter`` prints ``torch.sqrt(2)``, which fails on a Python number;
@@ -21,8 +23,13 @@ written ``W.T`` on 2-D parameters only. Anything without a rule is refused (stri
 from __future__ import annotations
 
 import sympy as sp
+from sympy.core.symbol import Str
 from sympy.printing.numpy import SciPyPrinter
 from sympy.printing.pytorch import TorchPrinter
+
+from symbolic.activations import named
+from symbolic.activations import x as act_var
+from symbolic.algebra import MatVec
 
 
 class ExpertSum(sp.Function):
@@ -42,6 +49,29 @@ class TopkMask(sp.Function):
     r"""1 on each token's top-k experts, 0 elsewhere, shape (T, E, 1). Arguments as `RouteWeight`."""
 
     nargs = (1, 2)
+
+
+class Activation(sp.Function):
+    r"""$\sigma(v)$ elementwise, $\sigma$ a named activation of the registry (`symbolic.activations.named`):
+    ``Activation(Str("gelu_tanh"), v)``, printed as the run-time call ``runtime.gelu_tanh(v)``. `unfold` gives
+    the registry's expression (what the call computes); `lower.name_activations` finds it in a formula."""
+
+    nargs = 2
+
+    @classmethod
+    def of(cls, name: str, v: sp.Expr) -> Activation:
+        return cls(Str(name), v)
+
+    @property
+    def name(self) -> str:
+        return self.args[0].name
+
+    def unfold(self) -> sp.Expr:
+        """The registry's expression of the activation at the argument."""
+        return named(self.name).subs(act_var, self.args[1])
+
+    def _eval_evalf(self, prec):
+        return self.unfold()._eval_evalf(prec)
 
 
 class EMatVec(sp.Function):
@@ -80,6 +110,12 @@ class _Batched:
             return repr(float(value.real))
         return super()._print(expr, **kwargs)
 
+    def parenthesize(self, item, level, strict=False):
+        """A positive constant prints as one float literal (`_print`): no parentheses (``0.5*x``)."""
+        if isinstance(item, sp.Expr) and item.is_number and item.is_positive and not item.is_Integer:
+            return self._print(item)
+        return super().parenthesize(item, level, strict)
+
     def _print_Vec(self, e):
         return e.name
 
@@ -95,13 +131,31 @@ class _Batched:
         to the same bits as ``v @ W.T`` from 32 rows on (the model's own ``nn.Linear``: the patched run then
         rounds as the contextual one does). A parameter vector (no token axis: ``per_token`` false) is 1-D,
         and in a mixture of experts vectors are (T, 1, n): ``.T`` is no matrix transpose there."""
+        text = self._matvec(e)
+        return text if self._is_call(e) else f"({text})"
+
+    def _matvec(self, e) -> str:
+        """`_print_MatVec` without the parentheses that ``v @ W.T`` needs among other operators."""
         W, v = e.args
         if not isinstance(W, sp.Symbol):
             raise TypeError(f"MatVec of a non-atomic matrix reached the printer: {W}")
-        if self._dense and self._per_token(v):
+        if self._is_call(e):
             return self._left_product(self._print(W), self._print(v) if isinstance(v, sp.Symbol) else
                                       f"({self._print(v)})")
-        return f"({self._print(v)} @ {self._print(W)}.T)"
+        return f"{self._print(v)} @ {self._print(W)}.T"
+
+    def _is_call(self, e) -> bool:
+        """Whether the product `e` prints as a call (`_left_product`), not as the operator ``@``."""
+        return self._dense and self._per_token(e.args[1])
+
+    def _operand(self, e) -> str:
+        """`e` as a call's only argument or an assignment's whole value: without parentheses around it all
+        (``v @ W.T``, ``1 / s``)."""
+        return _unwrapped(self._matvec(e) if isinstance(e, MatVec) else self._print(e))
+
+    def doprint(self, expr, assign_to=None):
+        text = super().doprint(expr, assign_to)
+        return self._operand(expr) if assign_to is None and "\n" not in text else text
 
     def _print_EMatVec(self, e):
         W, v = e.args
@@ -129,6 +183,9 @@ class _Batched:
         extra = "".join(f", {self._print(a)}" for a in e.args[1:])
         return f"{self._runtime}.topk_mask({self._print(e.args[0])}, TOP_K, ROUTING{extra})"
 
+    def _print_Activation(self, e):
+        return f"{self._runtime}.{e.name}({self._operand(e.args[1])})"
+
     def _print_RmsInverse(self, e):
         return f"{self._runtime}.rms_inverse({self._print(e.args[0])}, {self._print(e.args[1])})"
 
@@ -139,6 +196,16 @@ class _Batched:
 
     def _print_Sum(self, e):
         raise TypeError(f"a symbolic sum reached the printer (lower top-k sums first): {e}")
+
+
+def _unwrapped(text: str) -> str:
+    """`text` without parentheses that enclose all of it: ``(a @ W.T)`` -> ``a @ W.T``, ``(a)*(b)`` unchanged."""
+    depth = 0
+    for i, ch in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if depth == 0:
+            return text[1:-1] if i == len(text) - 1 and text.startswith("(") else text
+    return text
 
 
 class NumPyKernelPrinter(_Batched, SciPyPrinter):
@@ -173,6 +240,12 @@ class NumPyKernelPrinter(_Batched, SciPyPrinter):
     def _print_Heaviside(self, e):
         h0 = e.args[1] if len(e.args) > 1 else sp.S.Half
         return f"{self._module_format('numpy.heaviside')}({self._print(e.args[0])}, {self._print(h0)})"
+
+    def _print_Pow(self, e, rational=False):
+        """``1 / x`` for $x^{-1}$ (NumPy computes ``x**(-1.0)`` as the same reciprocal); the rest as SciPy's."""
+        if e.exp == -1:
+            return f"(1 / {self.parenthesize(e.base, 50)})"
+        return super()._print_Pow(e, rational)
 
 
 class TorchKernelPrinter(_Batched, TorchPrinter):

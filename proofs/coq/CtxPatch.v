@@ -1,0 +1,393 @@
+(** * CtxPatch: the vocabulary of ctxpatch's theorems, over a real closed field.
+
+    Every operation of ctxpatch's term language has one Coq spelling here, in prefix form, so that a
+    printer writes any term compositionally: [(op arg1 ... argk)].  Scalars live in a real closed
+    field [R : rcfType] (mathcomp), vectors of symbolic length [d] in ['cV[R]_d.+1] (column vectors,
+    coordinates [v i 0]), matrices with [m] rows and [d] columns in ['M[R]_(m.+1, d.+1)].  The
+    [.+1] makes every dimension positive, as the kernel's are, so [mean] is the true average.
+
+    Operations that mathcomp already has are abbreviations of it ([vadd u v] is [u + v], [matvec W v]
+    is [W *m v], [outer u v] is [u *m v^T]); the others are definitions with one coordinate lemma
+    each.  Division and [Num.sqrt] are total (x / 0 = 0, sqrt of a negative = 0): a theorem proved
+    here holds wherever its hypotheses do; that the terms are defined there is the kernel's own
+    side-condition check.
+
+    Nothing here is an axiom: opaque functions (sigma, exp, the activations, the attention maps)
+    are variables of the theorems, and every fact about them is a hypothesis. *)
+
+From Coq Require Import Ring Field.
+From mathcomp Require Import all_ssreflect all_algebra.
+
+Set Implicit Arguments.
+Unset Strict Implicit.
+Unset Printing Implicit Defensive.
+
+Import GRing.Theory Num.Theory.
+Local Open Scope ring_scope.
+
+(** ** Scalars (type [R]) *)
+Notation sadd a b := (a + b)%R (only parsing).
+Notation ssub a b := (a - b)%R (only parsing).
+Notation sneg a := (- a)%R (only parsing).
+Notation smul a b := (a * b)%R (only parsing).
+Notation sdiv a b := (a / b)%R (only parsing).
+Notation sinv a := (a^-1)%R (only parsing).
+Notation spow a k := (a ^+ k)%R (only parsing).
+Notation ssqrt a := (Num.sqrt a) (only parsing).
+Notation snat k := (k%:R)%R (only parsing).
+
+(** ** Vectors (['cV[R]_d.+1]) and matrices (['M[R]_(m.+1, d.+1)]) from mathcomp *)
+Notation vadd u v := (u + v)%R (only parsing).
+Notation vsub u v := (u - v)%R (only parsing).
+Notation vneg u := (- u)%R (only parsing).
+Notation vscale s u := (s *: u)%R (only parsing).
+Notation vzero := 0%R (only parsing).
+Notation madd A B := (A + B)%R (only parsing).
+Notation msub A B := (A - B)%R (only parsing).
+Notation mneg A := (- A)%R (only parsing).
+Notation mscale s A := (s *: A)%R (only parsing).
+Notation mzero := 0%R (only parsing).
+Notation matvec W v := (W *m v)%R (only parsing).
+Notation outer u v := (u *m v^T)%R (only parsing).
+
+(** ** The other operations *)
+Section Vocabulary.
+Variable R : rcfType.
+
+(** the vector with every coordinate [c] *)
+Definition vconst n (c : R) : 'cV[R]_n := \col_(i < n) c.
+(** elementwise product (Hadamard) and quotient *)
+Definition had n (u v : 'cV[R]_n) : 'cV[R]_n := \col_i (u i 0 * v i 0).
+Definition ediv n (u v : 'cV[R]_n) : 'cV[R]_n := \col_i (u i 0 / v i 0).
+(** elementwise integer power, square root and any function [R -> R] *)
+Definition vpow n (v : 'cV[R]_n) (k : nat) : 'cV[R]_n := \col_i (v i 0 ^+ k).
+Definition vsqrt n (v : 'cV[R]_n) : 'cV[R]_n := \col_i Num.sqrt (v i 0).
+Definition vmap n (f : R -> R) (v : 'cV[R]_n) : 'cV[R]_n := \col_i f (v i 0).
+(** [u^T v], the average of the coordinates, the Frobenius product [tr(A^T B)] *)
+Definition dot n (u v : 'cV[R]_n) : R := \sum_i u i 0 * v i 0.
+Definition mean n (v : 'cV[R]_n) : R := (\sum_i v i 0) / n%:R.
+Definition frob m n (A B : 'M[R]_(m, n)) : R := \sum_i \sum_j A i j * B i j.
+(** the hypothesis "every coordinate of [v] is nonzero" *)
+Definition coords_nz n (v : 'cV[R]_n) : Prop := forall i, v i 0 != 0.
+
+End Vocabulary.
+
+Arguments vconst {R n} c.
+Arguments vpow {R n} v k%N.
+
+(** ** Coordinates *)
+Section Coordinates.
+Variable R : rcfType.
+Variable n : nat.
+Implicit Types (u v : 'cV[R]_n) (s c : R) (i : 'I_n).
+
+Lemma vaddE u v i : (u + v) i 0 = u i 0 + v i 0. Proof. by rewrite mxE. Qed.
+Lemma vnegE u i : (- u) i 0 = - u i 0. Proof. by rewrite mxE. Qed.
+Lemma vsubE u v i : (u - v) i 0 = u i 0 - v i 0. Proof. by rewrite !mxE. Qed.
+Lemma vscaleE s u i : (s *: u) i 0 = s * u i 0. Proof. by rewrite mxE. Qed.
+Lemma vzeroE i : (0 : 'cV[R]_n) i 0 = 0. Proof. by rewrite mxE. Qed.
+Lemma vconstE c i : (vconst c : 'cV[R]_n) i 0 = c. Proof. by rewrite mxE. Qed.
+Lemma hadE u v i : had u v i 0 = u i 0 * v i 0. Proof. by rewrite mxE. Qed.
+Lemma edivE u v i : ediv u v i 0 = u i 0 / v i 0. Proof. by rewrite mxE. Qed.
+Lemma vpowE v k i : vpow v k i 0 = v i 0 ^+ k. Proof. by rewrite mxE. Qed.
+Lemma vsqrtE v i : vsqrt v i 0 = Num.sqrt (v i 0). Proof. by rewrite mxE. Qed.
+Lemma vmapE f v i : vmap f v i 0 = f (v i 0). Proof. by rewrite mxE. Qed.
+Lemma vsumE (I : Type) (r : seq I) (P : pred I) (F : I -> 'cV[R]_n) i :
+  (\sum_(k <- r | P k) F k) i 0 = \sum_(k <- r | P k) F k i 0.
+Proof. exact: summxE. Qed.
+
+End Coordinates.
+
+(** Every coordinate lemma, for [rewrite !ctxE]: the coordinates of [matvec], and [dot], [mean],
+    [frob], stay atoms. *)
+Definition ctxE := (vaddE, vsubE, vnegE, vscaleE, vzeroE, vconstE, hadE, edivE, vpowE, vsqrtE, vmapE,
+                    vsumE).
+
+(** ** The field tactic on [R]
+
+    Coq's [field] needs one spelling of each operation; mathcomp's [+] on [R] comes with several
+    (convertible) instances.  [ctx_fold] rewrites every scalar operation into one of the [r*]
+    constants below, so that [field] (declared per section by [Add Field ctx_field :
+    (ctx_field_theory R)]) sees a single field structure. *)
+Section Field.
+Variable R : rcfType.
+Definition radd (x y : R) : R := x + y.
+Definition rmul (x y : R) : R := x * y.
+Definition ropp (x : R) : R := - x.
+Definition rinv (x : R) : R := x^-1.
+Definition rsub (x y : R) : R := radd x (ropp y).
+Definition rdiv (x y : R) : R := rmul x (rinv y).
+Definition r0 : R := 0.
+Definition r1 : R := 1.
+
+Lemma ctx_field_theory : field_theory r0 r1 radd rmul rsub ropp rdiv rinv (@eq R).
+Proof.
+rewrite /r0 /r1 /radd /rmul /rsub /ropp /rdiv /rinv; split.
+- split=> [x|x y|x y z|x|x y|x y z|x y z|x y|x].
+  + exact: add0r. + exact: addrC. + exact: addrA. + exact: mul1r. + exact: mulrC.
+  + exact: mulrA. + exact: mulrDl. + by []. + exact: subrr.
+- by apply/eqP; exact: oner_neq0.
+- by [].
+- by move=> x /eqP x0; apply: mulVf.
+Qed.
+
+Lemma fold_add (x y : R) : x + y = radd x y. Proof. by []. Qed.
+Lemma fold_mul (x y : R) : x * y = rmul x y. Proof. by []. Qed.
+Lemma fold_opp (x : R) : - x = ropp x. Proof. by []. Qed.
+Lemma fold_inv (x : R) : x^-1 = rinv x. Proof. by []. Qed.
+Lemma fold_0 : 0 = r0. Proof. by []. Qed.
+Lemma fold_1 : 1 = r1. Proof. by []. Qed.
+(** a coordinate as an atom of [field], with one spelling of its type argument *)
+Definition coord m n (A : 'M[R]_(m, n)) i j : R := A i j.
+Lemma fold_coord m n (A : 'M[R]_(m, n)) i j : A i j = coord A i j. Proof. by []. Qed.
+Lemma ctx_eqR (a b : R) : a = b -> a = b. Proof. by []. Qed.
+
+Lemma nz_fold (x : R) : x != 0 -> x <> r0. Proof. by move/eqP. Qed.
+Lemma rmul_nz (x y : R) : x <> r0 -> y <> r0 -> rmul x y <> r0.
+Proof. by rewrite /r0 /rmul => /eqP x0 /eqP y0 /eqP; rewrite mulf_eq0 (negPf x0) (negPf y0). Qed.
+Lemma rinv_nz (x : R) : x <> r0 -> rinv x <> r0.
+Proof. by rewrite /r0 /rinv => /eqP x0 /eqP; rewrite invr_eq0 (negPf x0). Qed.
+Lemma ropp_nz (x : R) : x <> r0 -> ropp x <> r0.
+Proof. by rewrite /r0 /ropp => /eqP x0 /eqP; rewrite oppr_eq0 (negPf x0). Qed.
+
+Lemma mul_nzP (x y : R) : x * y != 0 -> x != 0 /\ y != 0.
+Proof. by rewrite mulf_eq0 negb_or => /andP. Qed.
+Lemma inv_nzP (x : R) : x^-1 != 0 -> x != 0. Proof. by rewrite invr_eq0. Qed.
+Lemma opp_nzP (x : R) : - x != 0 -> x != 0. Proof. by rewrite oppr_eq0. Qed.
+Lemma lt0_nz (x : R) : 0 < x -> x != 0. Proof. exact: lt0r_neq0. Qed.
+End Field.
+
+(** [dot z z] is nonzero when [z] is: the one fact about vectors the field tactic needs. *)
+Lemma dot_nz (R : rcfType) n (z : 'cV[R]_n) : z != 0 -> dot z z != 0.
+Proof.
+apply: contraNneq; rewrite /dot => z0; apply/eqP/colP => i; rewrite mxE; apply/eqP.
+have ge0 j : xpredT j -> 0 <= z j 0 * z j 0 by rewrite -expr2 sqr_ge0.
+by have /eqP := psumr_eq0P ge0 z0 (isT : xpredT i); rewrite mulf_eq0 orbb.
+Qed.
+
+(** [ctx_fold]: one spelling per scalar operation (literal powers and multiples unfolded). *)
+Ltac ctx_fold :=
+  rewrite ?exprS ?expr0 ?mulr1n ?mulrS ?mulr0n ?fold_coord
+          ?fold_add ?fold_mul ?fold_opp ?fold_inv ?fold_0 ?fold_1.
+Ltac ctx_fold_in H :=
+  rewrite ?exprS ?expr0 ?mulr1n ?mulrS ?mulr0n ?fold_coord
+          ?fold_add ?fold_mul ?fold_opp ?fold_inv ?fold_0 ?fold_1 in H.
+
+(** [ctx_split_nz]: a nonzero product, inverse or negation gives its nonzero factors. *)
+Ltac ctx_split_nz :=
+  repeat match goal with
+  | H : is_true (_ * _ != 0) |- _ => case: (mul_nzP H) => ? ?; clear H
+  | H : is_true (_^-1 != 0) |- _ => move: (inv_nzP H) => ?; clear H
+  | H : is_true (- _ != 0) |- _ => move: (opp_nzP H) => ?; clear H
+  end.
+
+(** [ctx_facts_at i]: [v i 0 != 0] from every [coords_nz v]; [ctx_facts]: [x != 0] from [0 < x],
+    [dot z z != 0] from a vector [z != 0]. [ctx_nz_ready] then brings them to the form [field]
+    wants. *)
+Ltac ctx_facts_at i :=
+  repeat match goal with
+  | H : coords_nz ?v |- _ =>
+      lazymatch goal with
+      | _ : is_true (@fun_of_matrix _ _ _ v i _ != 0) |- _ => fail
+      | _ => move: (H i) => ?
+      end
+  end.
+
+Ltac ctx_facts :=
+  repeat match goal with
+  | H : is_true (0 < ?x) |- _ =>
+      lazymatch goal with _ : is_true (x != 0) |- _ => fail | _ => move: (lt0_nz H) => ? end
+  | H : is_true (?z != 0) |- _ =>
+      lazymatch type of z with
+      | 'cV[_]_ _ =>
+          lazymatch goal with _ : is_true (dot z z != 0) |- _ => fail | _ => move: (dot_nz H) => ? end
+      end
+  end.
+
+(** Rewrite the coordinate lemmas into the scalar nonzero facts, split them into factors, fold
+    each into [x <> r0] for [field] (the [!= 0] copies are cleared: [ctx_nz_ready] ends a proof). *)
+Ltac ctx_nz_ready :=
+  ctx_split_nz;
+  repeat match goal with
+  | H : is_true (?x != 0) |- _ =>
+      lazymatch type of x with
+      | matrix _ _ _ => fail
+      | _ => first [ progress rewrite ?ctxE in H; ctx_split_nz
+                   | let F := fresh "F" in move: (nz_fold H) => F; ctx_fold_in F; clear H ]
+      end
+  end.
+
+(** Side conditions of [field]: every factor of a denominator is a known nonzero. *)
+Ltac ctx_nz_side :=
+  repeat match goal with |- _ /\ _ => split end;
+  repeat (first [ assumption | apply: rmul_nz | apply: rinv_nz | apply: ropp_nz ]).
+
+(** [ctx_scalar]: a scalar identity of [R] by [field], denominators from the hypotheses. *)
+Ltac ctx_scalar :=
+  apply: ctx_eqR; ctx_fold; field; ctx_nz_side.
+
+(** [ctx_replace E X]: rewrite [E : X = Y] in the goal and in every other hypothesis that mentions
+    [X] (reverted, rewritten, reintroduced under fresh names: it is used only inside terminal
+    tactics). *)
+Ltac ctx_replace E X :=
+  repeat match goal with
+  | H : context[X] |- _ => assert_fails (constr_eq H E); revert H
+  end;
+  rewrite E; clear E; intros.
+
+(** [ctx_num0] / [ctx_vec0]: a scalar identity from the hypotheses, by [field]; a vector identity,
+    coordinate by coordinate. *)
+Ltac ctx_num0 := ctx_facts; ctx_nz_ready; ctx_scalar.
+Ltac ctx_vec0 :=
+  ctx_facts; apply/colP; let i := fresh "i" in intro i; ctx_facts_at i; ctx_nz_ready; rewrite ?ctxE;
+  ctx_scalar.
+
+(** [ctx_congr]: two applications of one atom-forming head ([Num.sqrt], [mean], [W *m _], [vmap f],
+    an opaque function of the context) whose arguments are spelled differently but are equal
+    (by [ctx_num0] for scalars, [ctx_vec0] for vectors) become one. Every subterm is visited, so
+    a difference deep inside is repaired where it occurs; the argument proofs themselves do not
+    recurse (that would search exponentially many failing pairs). *)
+Ltac ctx_congr :=
+  repeat match goal with
+  | |- context[Num.sqrt ?X] => match goal with |- context[Num.sqrt ?Y] =>
+        assert_fails (constr_eq X Y); let E := fresh "E" in
+        assert (E : X = Y) by ctx_num0; ctx_replace E X end
+  | |- context[mean ?X] => match goal with |- context[mean ?Y] =>
+        assert_fails (constr_eq X Y); let E := fresh "E" in
+        assert (E : X = Y) by ctx_vec0; ctx_replace E X end
+  | |- context[@mulmx _ _ _ _ ?M ?X] => match goal with |- context[@mulmx _ _ _ _ M ?Y] =>
+        assert_fails (constr_eq X Y); let E := fresh "E" in
+        assert (E : X = Y) by ctx_vec0; ctx_replace E X end
+  | |- context[vmap ?f ?X] => match goal with |- context[vmap f ?Y] =>
+        assert_fails (constr_eq X Y); let E := fresh "E" in
+        assert (E : X = Y) by ctx_vec0; ctx_replace E X end
+  | f : _ -> _ |- _ => match goal with |- context[f ?X] => match goal with |- context[f ?Y] =>
+        assert_fails (constr_eq X Y); let E := fresh "E" in
+        assert (E : X = Y) by (first [ctx_num0 | ctx_vec0]); ctx_replace E X end end
+  end.
+
+(** [ctx_num]: a scalar identity; [ctx_vec]: a vector identity coordinate by coordinate. The flat
+    tactic first; when it fails, again after [ctx_congr] at the vector level and at the coordinates
+    (a spelling difference inside an atom costs a search over pairs of atoms, so only then). *)
+Ltac ctx_num := first [ ctx_num0 | ctx_facts; ctx_congr; ctx_nz_ready; ctx_scalar ].
+Ltac ctx_vec := first [ ctx_vec0 |
+  ctx_facts; ctx_congr;
+  apply/colP; let i := fresh "i" in intro i; ctx_facts_at i; ctx_nz_ready; rewrite ?ctxE;
+  ctx_congr; ctx_scalar ].
+
+(** ** The rank-1 patch *)
+Section Rank1.
+Variable R : rcfType.
+Implicit Types (m n : nat).
+
+Lemma dotC n (u v : 'cV[R]_n) : dot u v = dot v u.
+Proof. by apply: eq_bigr => i _; rewrite mulrC. Qed.
+
+(** [(x z^T) v = (z^T v) x] *)
+Lemma outer_apply m n (x : 'cV[R]_m) (z v : 'cV[R]_n) : (x *m z^T) *m v = dot z v *: x.
+Proof.
+rewrite -mulmxA [z^T *m v]mx11_scalar mul_mx_scalar; congr (_ *: _).
+by rewrite mxE; apply: eq_bigr => i _; rewrite mxE.
+Qed.
+
+Lemma rank1_apply m n (W : 'M[R]_(m, n)) (x : 'cV[R]_m) (z : 'cV[R]_n) :
+  (W + x *m z^T) *m z = W *m z + dot z z *: x.
+Proof. by rewrite mulmxDl outer_apply. Qed.
+
+Lemma scale_dotK m n (z : 'cV[R]_n) (r : 'cV[R]_m) : z != 0 -> dot z z *: ((dot z z)^-1 *: r) = r.
+Proof. by move/dot_nz => z0; rewrite scalerA mulfV // scale1r. Qed.
+
+Lemma add_subK (V : zmodType) (a b : V) : a + (b - a) = b.
+Proof. by rewrite addrC subrK. Qed.
+
+End Rank1.
+
+(** ** Bilinearity of [dot] and [frob], linearity of [mean] *)
+Section Bilinear.
+Variable R : rcfType.
+Implicit Types (m n : nat).
+
+Lemma dotDl n (u v w : 'cV[R]_n) : dot (u + v) w = dot u w + dot v w.
+Proof. by rewrite /dot -big_split; apply: eq_bigr => i _; rewrite mxE mulrDl. Qed.
+Lemma dotDr n (u v w : 'cV[R]_n) : dot u (v + w) = dot u v + dot u w.
+Proof. by rewrite dotC dotDl !(dotC w) !(dotC v). Qed.
+Lemma dot0r n (u : 'cV[R]_n) : dot u 0 = 0.
+Proof. by rewrite /dot big1 // => i _; rewrite mxE mulr0. Qed.
+
+Lemma frobC m n (A B : 'M[R]_(m, n)) : frob A B = frob B A.
+Proof. by apply: eq_bigr => i _; apply: eq_bigr => j _; rewrite mulrC. Qed.
+Lemma frobDl m n (A B C : 'M[R]_(m, n)) : frob (A + B) C = frob A C + frob B C.
+Proof.
+rewrite /frob -big_split; apply: eq_bigr => i _.
+by rewrite -big_split; apply: eq_bigr => j _; rewrite mxE mulrDl.
+Qed.
+Lemma frobDr m n (A B C : 'M[R]_(m, n)) : frob A (B + C) = frob A B + frob A C.
+Proof. by rewrite frobC frobDl !(frobC _ A). Qed.
+(** [<x z^T, N>_F = x^T (N z)] *)
+Lemma frob_outer m n (x : 'cV[R]_m) (z : 'cV[R]_n) (N : 'M[R]_(m, n)) :
+  frob (x *m z^T) N = dot x (N *m z).
+Proof.
+rewrite /frob /dot; apply: eq_bigr => i _; rewrite [(N *m z) i 0]mxE mulr_sumr.
+apply: eq_bigr => j _; rewrite mxE big_ord1 mxE -mulrA; congr (_ * _); exact: mulrC.
+Qed.
+Lemma frob_outer_kill m n (x : 'cV[R]_m) (z : 'cV[R]_n) (N : 'M[R]_(m, n)) :
+  N *m z = 0 -> frob (x *m z^T) N = 0.
+Proof. by move=> Nz; rewrite frob_outer Nz dot0r. Qed.
+Lemma frob_outer_killr m n (x : 'cV[R]_m) (z : 'cV[R]_n) (N : 'M[R]_(m, n)) :
+  N *m z = 0 -> frob N (x *m z^T) = 0.
+Proof. by move=> Nz; rewrite frobC frob_outer_kill. Qed.
+
+Lemma mean_scale n (s : R) (v : 'cV[R]_n) : mean (s *: v) = s * mean v.
+Proof. by rewrite /mean mulrA mulr_sumr; congr (_ / _); apply: eq_bigr => i _; rewrite mxE. Qed.
+Lemma mean_add n (u v : 'cV[R]_n) : mean (u + v) = mean u + mean v.
+Proof. by rewrite /mean -mulrDl -big_split; congr (_ / _); apply: eq_bigr => i _; rewrite mxE. Qed.
+Lemma mean_opp n (u : 'cV[R]_n) : mean (- u) = - mean u.
+Proof. by rewrite -scaleN1r mean_scale mulN1r. Qed.
+Lemma mean_sub n (u v : 'cV[R]_n) : mean (u - v) = mean u - mean v.
+Proof. by rewrite mean_add mean_opp. Qed.
+(** the average of a constant vector is the constant: here the dimension must be positive *)
+Lemma mean_const n (c : R) : mean (vconst c : 'cV[R]_n.+1) = c.
+Proof.
+rewrite /mean (eq_bigr (fun _ => c)) => [|i _]; last by rewrite mxE.
+by rewrite sumr_const card_ord -[c *+ _]mulr_natr mulfK // pnatr_eq0.
+Qed.
+Lemma mean_ge0 n (v : 'cV[R]_n) : (forall i, 0 <= v i 0) -> 0 <= mean v.
+Proof. by move=> v0; rewrite /mean divr_ge0 ?ler0n // sumr_ge0. Qed.
+Lemma mean_sq_ge0 n (v : 'cV[R]_n) : 0 <= mean (vpow v 2).
+Proof. by apply: mean_ge0 => i; rewrite mxE sqr_ge0. Qed.
+
+(** [sqrt (c^2) = c] for [c > 0] *)
+Lemma sqrt_sqr_pos (c : R) : 0 < c -> Num.sqrt (c ^+ 2) = c.
+Proof. by move=> c0; rewrite sqrtr_sqr gtr0_norm. Qed.
+End Bilinear.
+
+(** [ctx_linear]: push [*m] through sums, negations and scalings, and apply outer products
+    ([(x z^T) v = (z^T v) x]), so that the remaining [W *m v] have no linear structure left. *)
+Ltac ctx_linear :=
+  rewrite ?mulmxDl ?mulmxDr ?mulmxBl ?mulmxBr ?mulNmx ?mulmxN ?outer_apply -?scalemxAl -?scalemxAr
+          ?mul0mx ?mulmx0.
+
+(** [ctx_rank1]: every [(W + outer ((dot z z)^-1 *: r) z) *m z] becomes [W *m z + r] ([z != 0] from
+    the context), and [W *m z + (W *m z_C - W *m z)] (or [- W *m z + W *m z_C], or [W *m (z_C - z)])
+    becomes [W *m z_C]; repeated, so that a patch applied to a patched activation (W_down after
+    W_gate, W_up) is simplified after the inner ones. *)
+Ltac ctx_rank1_step :=
+  rewrite ?rank1_apply ?scale_dotK ?mulmxBr ?mulmxDr ?mulmxN ?add_subK ?addNKr //.
+Ltac ctx_rank1 := repeat (progress ctx_rank1_step).
+
+(** [ctx_eqs]: rewrite the goal with every hypothesis [a = b] whose left side is not a variable
+    (those are [subst]ituted), occurs in the goal, and does not occur in [b]. *)
+Ltac ctx_eqs :=
+  repeat match goal with
+  | H : ?a = ?b |- context[?a] =>
+      assert_fails (is_var a);
+      lazymatch b with context[a] => fail | _ => rewrite H end
+  end.
+
+(** [ctx_kill]: [<x z^T, N>_F = 0] and [<N, x z^T>_F = 0] for every hypothesis [N z = 0]. *)
+Ltac ctx_kill :=
+  repeat match goal with
+  | H : ?N *m ?z = 0 |- context[frob (_ *m ?z^T) ?N] => rewrite (frob_outer_kill _ H)
+  | H : ?N *m ?z = 0 |- context[frob ?N (_ *m ?z^T)] => rewrite (frob_outer_killr _ H)
+  end.
+
