@@ -368,7 +368,8 @@ def write_coq_project(out: Path, theorems: list[Theorem], source: Path | None = 
         if culprit is None:
             failed.update({n: f"coqc: {log[-300:]}" for n in blocks})
             break
-        failed[culprit] = "coqc refuses the proof: " + " ".join(log.split())[-300:]
+        error = " ".join(log[log.index('File "./Theorems.v"'):].split())
+        failed[culprit] = "coqc refuses the proof: " + error[:300]
         del blocks[culprit]
     for n in blocks:
         rows.setdefault(n, {"name": n, "checked": n not in failed, "reason": failed.get(n, "")})
