@@ -18,14 +18,18 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# Debian packages for PDF reports (pdflatex, latexmk, Latin Modern fonts), pdftotext and headless
-# Chromium (the HTML report test). Installed with apt-get only when something is missing.
-SYSTEM_PACKAGES := texlive-latex-recommended latexmk lmodern poppler-utils chromium fonts-dejavu-core
+# Debian packages for PDF reports (pdflatex, latexmk, Latin Modern fonts), pdftotext, headless
+# Chromium (the HTML report test) and Coq 8.16 with Mathematical Components 1.15 (`ctxpatch prove --coq`).
+# Installed with apt-get only when something is missing.
+SYSTEM_PACKAGES := texlive-latex-recommended latexmk lmodern poppler-utils chromium fonts-dejavu-core \
+	coq libcoq-mathcomp-ssreflect libcoq-mathcomp-algebra libcoq-mathcomp-field
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 install-system:
 	@if command -v latexmk >/dev/null && command -v pdflatex >/dev/null && command -v pdftotext >/dev/null \
-	    && command -v chromium >/dev/null && kpsewhich lmodern.sty >/dev/null; then :; else \
+	    && command -v chromium >/dev/null && kpsewhich lmodern.sty >/dev/null \
+	    && command -v coqc >/dev/null && command -v coq_makefile >/dev/null \
+	    && [ -d "$$(coqc -where)/user-contrib/mathcomp/algebra" ]; then :; else \
 	  echo "installing $(SYSTEM_PACKAGES)"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
 	    --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; fi

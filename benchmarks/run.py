@@ -321,7 +321,7 @@ def cold_start(name: str, layers: int | None) -> dict:
 
 
 def symbolic_seconds() -> float:
-    code = ("from symbolic import catalog, prover, codegen\n"
+    code = ("from symbolic import catalog, codegen\nfrom proofs import registry as prover\n"
             "from symbolic.controllability import check\n"
             "[check(catalog.load(n)) for n in catalog.names()]\n"
             "r = prover.run(prover.theorems_for('all'))\n"

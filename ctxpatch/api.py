@@ -68,7 +68,7 @@ def prove(target: str = "all", instances: bool = True) -> dict:
     Returns the JSON object of ``ctxpatch prove --json``: ``theorems``, ``verified``, ``failed``,
     ``seconds``.
     """
-    from symbolic import prover
+    from proofs import registry as prover
 
     t0 = time.perf_counter()
     results = prover.run(prover.theorems_for(str(target)), instances=instances)

@@ -126,9 +126,11 @@ def cmd_derive(args) -> int:
 
 
 def cmd_prove(args) -> int:
-    from symbolic import prover
+    from proofs import registry as prover
 
     t0 = time.perf_counter()
+    if args.coq is not None:
+        return _prove_coq(args, prover, t0)
     results = prover.run(prover.theorems_for(args.target), instances=not args.no_instances)
     out = prover.summary(results, time.perf_counter() - t0)
     if args.json:
@@ -138,6 +140,23 @@ def cmd_prove(args) -> int:
         console.print(f"\n{out['verified']}/{len(results)} theorems verified, {out['failed']} failed, "
                       f"{out['seconds']:.1f} s")
     return EXIT_OK if out["failed"] == 0 else EXIT_FAILED
+
+
+def _prove_coq(args, prover, t0: float) -> int:
+    """`prove --coq DIR`: the kernel checks the core theorems, then they are written as a Coq project (the
+    statements printed from the kernel's own theorem objects) and coqc checks it."""
+    from symbolic.kernel.coq import write_coq_project
+
+    results = prover.run(prover.theorems_for(args.target), instances=not args.no_instances)
+    coq = write_coq_project(args.coq, [r.theorem for r in results if r.status == "verified"])
+    out = prover.summary(results, time.perf_counter() - t0) | {"coq": coq}
+    if args.json:
+        _emit(out)
+    else:
+        for c in coq:
+            console.print(f"{c['name']}: {'checked by coqc' if c['checked'] else '[red]not checked[/red]'}")
+        console.print(f"\n{sum(c['checked'] for c in coq)}/{len(coq)} theorems checked by coqc in {args.coq}")
+    return EXIT_OK if coq and all(c["checked"] for c in coq) and out["failed"] == 0 else EXIT_FAILED
 
 
 def cmd_codegen(args) -> int:
@@ -522,8 +541,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = verb("derive", cmd_derive, "print the derived patch formulas", "arch", "strategies")
     p.add_argument("--latex", action="store_true", help="print the formulas as LaTeX")
     p = verb("prove", cmd_prove, "check theorems step by step (a theorem name, an architecture, a TOML spec, or all)")
-    p.add_argument("target", metavar="NAME|ARCH|all")
+    p.add_argument("target", metavar="NAME|ARCH|all", nargs="?", default="all")
     p.add_argument("--brief", action="store_true", help="one line per theorem")
+    p.add_argument("--coq", type=out_dir, metavar="DIR", help="write the core theorems as a self-contained Coq "
+                   "project (a _CoqProject) into DIR and check it with coqc")
     p.add_argument("--no-instances", action="store_true", help="skip the exact-instance evidence")
     p = verb("codegen", cmd_codegen, "render the NumPy and Torch kernels from the derived formulas", "strategies")
     p.add_argument("--spec", metavar="TOML", help="render one spec (a TOML path or catalog name), not the catalog; "

@@ -19,7 +19,8 @@ def steps(out_dir: Path, data: dict, done: list[dict]) -> list[tuple[str, Callab
     """(name, step) in order; the steps fill ``data`` (what the report shows) and the last one renders the
     reports into ``out_dir``, with the seconds of the steps ``done`` before it."""
     from ctxpatch import reporting as report
-    from symbolic import codegen, prover
+    from proofs import registry as prover
+    from symbolic import codegen
     from symbolic.controllability import check
 
     spec = catalog.load("gemma3")

@@ -1,23 +1,15 @@
-r"""The second line of evidence: evaluate a theorem on explicit instances, in exact arithmetic.
+r"""A numeric probe of SymPy expressions of the vector algebra: `probe_nonzero`.
 
-An *instance* fixes every size (d, m, m_s, n_E, the top-k count k) and draws every free symbol:
-a vector is a column of random nonzero rationals, a matrix a matrix of rationals (one per expert
-inside `EMat`), a positive scalar a positive rational, an integer index a valid index. Defined
-atoms are computed from their definitions in order (per expert for a family $a^{(e)}$); an
-equation hypothesis $\mathrm{lhs} = \mathrm{rhs}$ is solved for the symbol of its left side that
-is still undrawn (`sympy.solve` on its entries; remaining free entries random; only real
-solutions). A draw that violates a hypothesis, divides by zero or ties two router logits is
-*degenerate*: it is redrawn and counted. If no draw satisfies the hypotheses, the theorem is
-*vacuous* (`Vacuous`).
+`symbolic.algebra.is_zero` (the derivation's zero test) calls `probe_nonzero` to skip SymPy's slow
+simplifier on plainly nonzero expressions: an *instance* fixes every size (d, m, m_s, n_E, the
+top-k count k) and draws every free symbol (a vector is a column of random rationals, a matrix a
+matrix of rationals, one per expert inside `EMat`); an elementwise function the expression leaves
+opaque ($\sigma$) is a random polynomial, `Sel` the index of the j-th largest logit, `Gate` the
+softmax weight, and a `Sum` is expanded term by term, in 30-digit floats. The probe only ever
+answers "clearly nonzero" or "unsure": it never makes an identity true. (The proof kernel's own
+second check is `symbolic.kernel.instances`, over the kernel's terms.)
 
-Values stay exact: rationals, square roots of rationals and exact transcendental numbers
-(``tanh(3/7)``); an elementwise function the statement leaves opaque ($\sigma$) is a random
-polynomial with rational coefficients, an opaque vector-valued map a random function tabulated on
-its arguments, `Sel` the index of the j-th largest logit, `Gate` the softmax weight, and a `Sum`
-is expanded term by term. `probe_nonzero` (used by `symbolic.algebra.is_zero` to skip SymPy's
-simplifier on plainly nonzero expressions) evaluates the same way in 30-digit floats.
-
-Imports only `symbolic.terms`: it sits below the algebra and the kernel.
+Imports only `symbolic.terms`: it sits below the algebra.
 """
 
 from __future__ import annotations
@@ -52,8 +44,7 @@ SIZES = ({"d": 2, "m": 3, "m_s": 2, "n_E": 3, "k": 2}, {"d": 3, "m": 2, "m_s": 3
          {"d": 4, "m": 4, "m_s": 2, "n_E": 3, "k": 1})
 DEFAULT_SIZE = 3  # a dimension name not in SIZES
 SWELL = 150  # nodes of an exact irrational value before the instance falls back to 50-digit floats
-REDRAWS = 12  # draws per size before the hypotheses are declared unsatisfiable
-DIGITS = 40  # first precision of the sign test of an exact difference (then 100)
+DIGITS = 40  # the precision of a logit comparison (top-k selection)
 
 
 class NotInstantiable(Exception):
@@ -67,10 +58,6 @@ class Nested(Exception):
 
 class Degenerate(Exception):
     """This draw divides by zero, ties two logits or violates a hypothesis: draw again."""
-
-
-class Vacuous(Exception):
-    """No draw satisfies the hypotheses: the theorem may be vacuously true."""
 
 
 @dataclass
@@ -320,161 +307,8 @@ def broadcast(op, args):
     return sp.Matrix([op(*(a[i] if isinstance(a, sp.MatrixBase) else a for a in args)) for i in range(n)])
 
 
-# --------------------------------------------------------------------------- comparing exact values
-
-
 def entries(v) -> list:
     return list(v) if isinstance(v, sp.MatrixBase) else [v]
-
-
-def sign(x) -> tuple[int | None, bool]:
-    """The sign of an exact real number (-1, 0, 1; None if not real) and whether it was decided exactly.
-
-    A rational is decided exactly; otherwise SymPy's `evalf` (which controls its own error) at 40
-    and then 100 digits: a nonzero digit is a proof of the sign, while a value below 1e-90 is
-    taken as 0 *numerically* (nested radicals have no cheap exact zero test), which is reported.
-    """
-    if x == 0:
-        return 0, True
-    if getattr(x, "is_Rational", False):
-        return (1 if x > 0 else -1), True
-    for digits in (DIGITS, 100):
-        v = sp.N(x, digits)
-        if not v.is_real:
-            return None, True
-        if abs(v) > sp.Float(10, digits) ** -(digits - 10):
-            return (1 if v > 0 else -1), True
-    return 0, False
-
-
-def _float_sign(x, scale) -> tuple[int | None, bool]:
-    """The sign of a difference of 50-digit floats: 0 below 1e-35 relative (rounding), never 'exact'."""
-    v = sp.N(x, FLOAT_DIGITS)
-    if not v.is_real:
-        return None, False
-    if abs(v) <= sp.Float(10, FLOAT_DIGITS) ** -35 * scale:
-        return 0, False
-    return (1 if v > 0 else -1), False
-
-
-def compare(a, b) -> tuple[int | None, bool]:
-    """sign(a - b) for scalars (for vectors: 0 if every entry agrees, else 1) and whether exactly decided."""
-    a, b = _aligned(a, b)
-    pairs = list(zip(entries(a), entries(b), strict=True))
-    if any(isinstance(v, sp.Float) or (isinstance(v, sp.Basic) and v.atoms(sp.Float)) for p in pairs for v in p):
-        scale = max([abs(sp.N(v, 20)) for p in pairs for v in p] + [1])
-        signs = [_float_sign(x - y, scale) for x, y in pairs]
-    else:
-        signs = [sign(x - y) for x, y in pairs]
-    exact = all(e for _, e in signs)
-    if all(s == 0 for s, _ in signs):
-        return 0, exact
-    if isinstance(a, sp.MatrixBase):
-        return (1 if any(s not in (0, None) for s, _ in signs) else None), exact
-    return signs[0][0], exact
-
-
-def _aligned(a, b):
-    if isinstance(a, sp.MatrixBase) and not isinstance(b, sp.MatrixBase):
-        b = sp.Matrix([b] * a.rows)
-    if isinstance(b, sp.MatrixBase) and not isinstance(a, sp.MatrixBase):
-        a = sp.Matrix([a] * b.rows)
-    return a, b
-
-
-# --------------------------------------------------------------------------- the instance generator
-
-
-@dataclass(frozen=True)
-class Spec:
-    """What the generator needs from a theorem: definitions, facts to satisfy, opaque-map models."""
-
-    definitions: tuple  # (atom or EVec(atom, EXPERT), rhs), in order
-    equations: tuple  # (lhs, rhs) to be made true by solving for an undrawn symbol
-    conditions: tuple  # (kind, expr): nonzero, coords, positive
-    models: tuple = ()  # (function name, callable)
-
-
-def instances(spec: Spec, seed: int = 0, exact: bool = True) -> tuple[list[Instance], int]:
-    """One satisfying instance per size in SIZES, and the number of degenerate draws redrawn.
-
-    Raises `Vacuous` when no size admits a satisfying draw, `NotInstantiable` when the
-    hypotheses use a construct without a concrete model.
-    """
-    rng, found, redrawn = random.Random(seed), [], 0
-    for sizes in SIZES:
-        for _ in range(REDRAWS):
-            try:
-                found.append(_draw(spec, sizes, rng, exact))
-                break
-            except Degenerate:
-                redrawn += 1
-    if not found:
-        raise Vacuous(f"no draw in {REDRAWS * len(SIZES)} satisfies the hypotheses")
-    return found, redrawn
-
-
-def _draw(spec: Spec, sizes: dict, rng: random.Random, exact: bool = True) -> Instance:
-    inst = Instance(dict(sizes), rng, exact=exact, models=dict(spec.models))
-    inst.defined = {_atom(a) for a, _ in spec.definitions}
-    for lhs, rhs in spec.equations:
-        _solve(inst, lhs, rhs)
-    for atom, rhs in spec.definitions:
-        inst.defined.discard(_atom(atom))
-        if isinstance(atom, (EVec, EMat)):
-            inst.families[atom.args[0]] = rhs
-        else:
-            inst.values[atom] = inst.mat(rhs) if isinstance(atom, Mat) else inst.ev(rhs)
-    for kind, expr in spec.conditions:
-        if not _holds(inst, kind, expr):
-            raise Degenerate(f"the hypothesis {kind} {expr} fails on this draw")
-    return inst
-
-
-def _atom(a):
-    return a.args[0] if isinstance(a, (EVec, EMat)) else a
-
-
-def _holds(inst: Instance, kind: str, expr: sp.Expr) -> bool:
-    signs = [sign(v)[0] for v in entries(inst.ev(expr))]
-    if kind == "nonzero":
-        return any(s != 0 for s in signs)
-    if kind == "coords":
-        return all(s not in (0, None) for s in signs)
-    return all(s == 1 for s in signs)  # positive
-
-
-def _solve(inst: Instance, lhs: sp.Expr, rhs: sp.Expr) -> None:
-    """Make lhs = rhs true by solving for the first undrawn symbol of lhs (exact, real solutions)."""
-    if lhs.atoms(sp.Wild) or rhs.atoms(sp.Wild):
-        return  # a pattern (a universally quantified hypothesis): checked where it is used
-    target = inst.ev(rhs)
-    free = sorted((s for s in lhs.free_symbols if s not in inst.values and s not in inst.defined),
-                  key=lambda s: (not isinstance(s, (Mat, Vec)), sp.default_sort_key(s)))
-    if not free:
-        if compare(inst.ev(lhs), target)[0] != 0:
-            raise Degenerate(f"the equation {lhs} = {rhs} fails on this draw")
-        return
-    unknown = free[0]
-    if isinstance(unknown, (Vec, Mat)):
-        drawn = inst.draw(unknown)
-        cells = sp.Matrix(drawn.rows, drawn.cols, lambda i, j: sp.Dummy(real=True))
-    else:
-        cells = sp.Dummy(real=True)
-    inst.values[unknown] = cells
-    inst.memo.clear()
-    eqs = [x - y for x, y in zip(*(entries(v) for v in _aligned(inst.ev(lhs), target)), strict=True)]
-    unknowns = entries(cells)
-    sols = [s for s in sp.solve(eqs, unknowns, dict=True) if all(v.is_real is not False for v in s.values())]
-    if not sols:
-        raise Degenerate(f"no real solution of {lhs} = {rhs} on this draw")
-    rest = {u: inst.rational() for u in unknowns if u not in sols[0]}
-    value = cells.xreplace({**{u: sp.sympify(v).xreplace(rest) for u, v in sols[0].items()}, **rest}) if isinstance(
-        cells, sp.MatrixBase) else sp.sympify(sols[0].get(cells, rest.get(cells))).xreplace(rest)
-    if any(not sp.sympify(v).is_real for v in entries(value)):
-        raise Degenerate(f"a complex solution of {lhs} = {rhs}")
-    inst.values[unknown] = value
-    inst.memo.clear()
 
 
 # --------------------------------------------------------------------------- the probe of is_zero

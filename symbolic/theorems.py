@@ -1,22 +1,17 @@
-r"""The theorems of ctxpatch as statements with proofs for the kernel (`symbolic.proof`).
+r"""The generator of the per-architecture theorems, from the SymPy derivation (an untrusted proposer).
 
-Statements are separate from the checker: this module only *states* and writes proof steps;
-`symbolic.proof.check` discharges them. Block theorems are generated from a spec and its
-derivation (`symbolic.derive`), never written by hand per architecture.
-
-- `rank1_lemma`: $(W + W(z'-z)z^\top/z^\top z)\,z = W z'$ (Dherin et al. 2025, arXiv:2507.16003).
-- `rank1_min_norm_split`, `rank1_min_norm`: every other solution is $\Delta W + N$ with $Nz = 0$,
-  and $\lVert \Delta W + N\rVert_F^2 = \lVert\Delta W\rVert_F^2 + \lVert N\rVert_F^2$.
-- `controllability`: input-controllable inner + output-controllable outer give a perfect patch
-  (arXiv:2511.17864, Theorem 5).
-- `block_<arch>[_<strategy>]`: the perfect-patch theorem of an architecture (Theorem 1 for gemma3).
+- `block_<arch>[_<strategy>]`: the perfect-patch theorem of an architecture (Theorem 1 for gemma3),
+  generated from its spec and its derivation (`symbolic.derive`), never written by hand.
 - `multilayer_<arch>`: the layer-by-layer algorithm reproduces every layer (Theorem 2 / Algorithm 1),
   citing the block theorem under its side conditions at layer l.
-- `negative_*`: the invariants behind the negative verdicts, with concrete bounds.
 
 Block theorems are written as the paper's appendix writes them: named intermediates (z, z_C, a_C,
 h_C, f_C, delta, the patched W', a', h', y') are conservative definitions, the statement is
 $y' = y_C$, and $\sigma$ is an opaque elementwise function wherever the theorem holds for every $\sigma$.
+The SymPy expressions are translated into the kernel's closed language by `symbolic.bridge`: the
+statement the kernel checks is the derivation's own, and the kernel trusts neither SymPy nor the
+translation. The general theorems (rank-1 lemma, controllability, negative results, sequence patch)
+are written by hand in proofs/.
 """
 
 from __future__ import annotations
@@ -26,132 +21,44 @@ from dataclasses import dataclass, field
 import sympy as sp
 
 from symbolic import catalog
+from symbolic import kernel as K
 from symbolic.activations import x as act_x
-from symbolic.algebra import Dot, EMat, EVec, Frob, Mat, MatVec, Mean, Outer, Vec
+from symbolic.bridge import family_of, index_var, to_kernel
 from symbolic.controllability import check as check_spec
 from symbolic.derive import Deriver
 from symbolic.derive import Step as DeriveStep
-from symbolic.instances import broadcast
 from symbolic.model import Block, Params, expert
-from symbolic.proof import Hypothesis, Step, Theorem, coords_nonzero, definition, equation, nonzero
 from symbolic.spec import BlockSpec
+from symbolic.terms import EMat, EVec, Mat, MatVec, Mean, Outer, Vec
 
-W = T_W = Mat("W", "m", "d")
-z, z2 = Vec("z", "d"), Vec("z_C", "d")
-
-
-def rank1_patch(Wm: sp.Expr, z_: sp.Expr, z2_: sp.Expr) -> sp.Expr:
-    r"""$W + W(z' - z) z^\top / (z^\top z)$."""
-    return Wm + Outer(MatVec(Wm, z2_ - z_) / Dot(z_, z_), z_)
+#: The rank-1 lemma's matrix variable (proofs/rank1_lemma.py states the lemma over W, z, z_C).
+T_W = Mat("W", "m", "d")
 
 
-def rank1_lemma() -> Theorem:
-    lhs = MatVec(rank1_patch(W, z, z2), z)
-    mid1 = MatVec(W, z) + MatVec(W, z2 - z) / Dot(z, z) * Dot(z, z)
-    mid2 = MatVec(W, z) + MatVec(W, z2 - z)
-    steps = (
-        Step(lhs, mid1, "definition of the outer product: (x z^T) z = x (z^T z)"),
-        Step(mid1, mid2, "cancel z^T z (z != 0)"),
-        Step(mid2, MatVec(W, z2), "linearity of W"),
-    )
-    return Theorem("rank1_lemma", "The rank-1 patch maps z like z_C", (nonzero(z),), lhs, MatVec(W, z2), steps,
-                   reference="arXiv:2507.16003, Theorem 2.2")
+@dataclass(frozen=True)
+class SHyp:
+    """A hypothesis on the SymPy side, before translation: kind, expression, right side."""
+
+    kind: str
+    expr: sp.Expr
+    rhs: sp.Expr | None = None
 
 
-def rank1_min_norm_split() -> Theorem:
-    """Any D with D z = W(z_C - z) differs from the rank-1 patch by an N with N z = 0."""
-    D = Mat("D", "m", "d")
-    dW = Outer(MatVec(W, z2 - z) / Dot(z, z), z)
-    lhs = MatVec(D - dW, z)
-    mid = MatVec(D, z) - MatVec(W, z2 - z)
-    steps = (Step(lhs, mid, "linearity and (x z^T) z = x (z^T z)"),
-             Step(mid, sp.S.Zero, "hypothesis: D solves D z = W (z_C - z)"))
-    return Theorem("rank1_min_norm_split", "Every other solution is the rank-1 patch plus a map that kills z",
-                   (nonzero(z), equation(MatVec(D, z), MatVec(W, z2 - z))), lhs, sp.S.Zero, steps)
+@dataclass(frozen=True)
+class SStep:
+    lhs: sp.Expr
+    rhs: sp.Expr
+    justification: str
+    lemma: str | None = None
+    substitution: tuple = ()
 
 
-def rank1_min_norm() -> Theorem:
-    N = Mat("N", "m", "d")
-    r = MatVec(W, z2 - z)
-    dW = Outer(r / Dot(z, z), z)
-    lhs = Frob(dW + N, dW + N)
-    s1 = Frob(dW, dW) + 2 * Frob(dW, N) + Frob(N, N)
-    s2 = Frob(dW, dW) + 2 * Dot(r, MatVec(N, z)) / Dot(z, z) + Frob(N, N)
-    s3 = Frob(dW, dW) + Frob(N, N)
-    steps = (Step(lhs, s1, "bilinearity of the Frobenius product"),
-             Step(s1, s2, "<x z^T, N>_F = x^T N z"),
-             Step(s2, s3, "hypothesis N z = 0"))
-    return Theorem("rank1_min_norm", "The rank-1 patch has minimum Frobenius norm: |dW + N|^2 = |dW|^2 + |N|^2",
-                   (nonzero(z), equation(MatVec(N, z), sp.S.Zero)), lhs, s3, steps,
-                   reference="arXiv:2507.16003 (minimum-norm remark)")
+def definition(atom, value) -> SHyp:
+    return SHyp("definition", atom, value)
 
 
-def controllability() -> Theorem:
-    r"""Theorem 5 of arXiv:2511.17864 in abstract notation: F inner, G outer, patched parameters
-    ThP(z, z') and PhP(a, delta) given by the two controllability properties.
-
-    The instances interpret the opaque maps by a model of both properties:
-    $F(z, \theta) = z + \theta$, $\mathrm{ThP}(z, z') = z' - z + \theta$, $G(a, \phi) = a + \phi$,
-    $\mathrm{PhP}(a, \delta) = \phi + \delta$ (so the hypotheses are satisfiable: not vacuous).
-    """
-    F, G, ThP, PhP = (sp.Function(n) for n in ("F", "G", "ThP", "PhP"))
-    th, ph = sp.symbols("theta phi")
-    u, u_C = Vec("u", "d"), Vec("u_C", "d")
-    Z1, Z2, A, Dl = (sp.Wild(n) for n in ("Z1", "Z2", "A", "Dl"))
-    a_C = F(z2, th)
-    lhs = u + G(F(z, ThP(z, z2)), PhP(a_C, u_C - u))
-    s1 = u + G(a_C, PhP(a_C, u_C - u))
-    s2 = u + G(a_C, ph) + (u_C - u)
-    rhs = u_C + G(a_C, ph)
-    hyps = (equation(F(Z1, ThP(Z1, Z2)), F(Z2, th)), equation(G(A, PhP(A, Dl)), G(A, ph) + Dl))
-    steps = (Step(lhs, s1, "input controllability of F with z' = z_C"),
-             Step(s1, s2, "output controllability of G at a = a_C with delta = u_C - u"),
-             Step(s2, rhs, "algebra"))
-    models = (("F", lambda inst, v, t: broadcast(lambda a, b: a + b, [v, t])),
-              ("ThP", lambda inst, v, w: broadcast(lambda a, b, c: b - a + c, [v, w, inst.value(th)])),
-              ("G", lambda inst, a, f: broadcast(lambda x, y: x + y, [a, f])),
-              ("PhP", lambda inst, a, dl: broadcast(lambda x, y: x + y, [dl, inst.value(ph)])))
-    return Theorem("controllability", "Input-controllable inner and output-controllable outer give a perfect patch",
-                   hyps, lhs, rhs, steps, reference="arXiv:2511.17864, Theorem 5", models=models)
-
-
-# --------------------------------------------------------------------------- negative results
-
-
-def negative_rmsnorm_ball() -> Theorem:
-    h, eps = Vec("h", "d"), sp.Symbol("epsilon", positive=True)
-    lhs = Mean((h / sp.sqrt(Mean(h**2) + eps)) ** 2)
-    mid = Mean(h**2) / (Mean(h**2) + eps)
-    steps = (Step(lhs, mid, "mean is linear; the RMS is a scalar"),
-             Step(mid, sp.S.One, "eps > 0 and mean(h^2) >= 0", relation="<"))
-    return Theorem("negative_rmsnorm_ball", "Every RMSNorm output has mean((o / gamma)^2) < 1: W_down alone "
-                   "cannot add a generic delta after an RMS post-norm", (), lhs, sp.S.One, steps, relation="<")
-
-
-def negative_layernorm_mean() -> Theorem:
-    h, eps = Vec("h", "d"), sp.Symbol("epsilon", positive=True)
-    c = h - Mean(h)
-    lhs = Mean(c / sp.sqrt(Mean(c**2) + eps))
-    steps = (Step(lhs, (Mean(h) - Mean(h)) / sp.sqrt(Mean(c**2) + eps), "mean is linear"),
-             Step((Mean(h) - Mean(h)) / sp.sqrt(Mean(c**2) + eps), sp.S.Zero, "algebra"))
-    return Theorem("negative_layernorm_mean", "Every LayerNorm output without bias has mean(o / gamma) = 0, "
-                   "whatever W_down and a scalar scale do", (), lhs, sp.S.Zero, steps)
-
-
-def negative_scalar_ray() -> Theorem:
-    f, gamma, s = Vec("f_C", "d"), Vec("gamma", "d"), sp.Symbol("s")
-    lhs = (s * gamma * f) / (gamma * f)
-    steps = (Step(lhs, s, "algebra"),)
-    return Theorem("negative_scalar_ray", "A scalar scale patch alone moves the norm output along one ray: "
-                   "o / (gamma f_C) is the same in every coordinate", (coords_nonzero(gamma * f),), lhs, s, steps)
-
-
-def negative_bounded_activation() -> Theorem:
-    r"""$\tanh(x) < 1$ for every real $x$: the exact range of tanh is $(-1, 1)$."""
-    steps = (Step(sp.tanh(act_x), sp.S.One, "range of tanh on R (SymPy's function_range)", relation="<",
-                  range_check=sp.tanh(act_x)),)
-    return Theorem("negative_bounded_activation", "An outer function ending in tanh has outputs below 1: "
-                   "targets >= 1 are unreachable", (), sp.tanh(act_x), sp.S.One, steps, relation="<")
+def equation(lhs, rhs) -> SHyp:
+    return SHyp("equation", lhs, rhs)
 
 
 # --------------------------------------------------------------------------- block theorems
@@ -176,7 +83,7 @@ class _Names:
 
 
 def block_theorem(spec: BlockSpec, input_strategy: str | None = None, output_strategy: str | None = None,
-                  name: str | None = None, mutate=None) -> Theorem:
+                  name: str | None = None, mutate=None) -> K.Theorem:
     r"""The perfect-patch theorem of `spec`, generated from its derivation, written with named
     intermediates: $y' = y_C$ where $y'$ is the patched no-context output and $y_C$ the contextual one.
 
@@ -208,19 +115,19 @@ def block_theorem(spec: BlockSpec, input_strategy: str | None = None, output_str
     hyps = names.hyps + conditions
     if outs == "stable":
         gk, mu = sp.symbols("gamma_k mu", real=True)
-        hyps += [equation(Mean(Vec("y", "d") ** 2), sp.S.One), Hypothesis("positive", gk**2 - mu)]
+        hyps += [equation(Mean(Vec("y", "d") ** 2), sp.S.One), SHyp("positive", gk**2 - mu)]
     steps = _input_steps(b, d, P2, ins, patches) + _hidden_steps(b, d, P2, ins) + _output_steps(der.steps, names)
-    steps.append(Step(y_p, y_c, "the block output: hidden activations match, the output stage adds delta, "
+    steps.append(SStep(y_p, y_c, "the block output: hidden activations match, the output stage adds delta, "
                       "the rest is the contextual computation"))
     title = f"{spec.name}: perfect patch ({ins} / {outs})" + (", for every elementwise sigma"
                                                                if ins in SIGMA_FREE and ins != "none" else "")
     uses = ("rank1_lemma",) if any(st.lemma for st in steps) else ()
-    return Theorem(name or f"block_{spec.name}", title, tuple(hyps), y_p, y_c, tuple(steps), chain=False,
-                   reference=spec.reference, uses=uses)
+    return translate(name or f"block_{spec.name}", title, hyps, y_p, y_c, steps, chain=False,
+                     reference=spec.reference, uses=uses)
 
 
-def _hyp(c):
-    return {"vector": nonzero, "scalar": nonzero, "coords": coords_nonzero}[c.kind](c.expr)
+def _hyp(c) -> SHyp:
+    return SHyp("coords" if c.kind == "coords" else "nonzero", c.expr)
 
 
 def _runs_in(spec: BlockSpec) -> tuple[sp.Expr, sp.Expr]:
@@ -310,13 +217,13 @@ def _outputs(names: _Names, b: Block, d: Deriver, spec: BlockSpec, P2: Params, i
     return y_p, names.define(Vec("y_C", "d"), y_c)
 
 
-def _input_steps(b: Block, d: Deriver, P2: Params, ins: str, patches) -> list[Step]:
+def _input_steps(b: Block, d: Deriver, P2: Params, ins: str, patches) -> list[SStep]:
     """One step per patched input map: W' z = W z_C, by the rank-1 lemma (or algebra for a bias)."""
     s = b.signals
     if ins == "none":
         return []
     if ins.startswith("pre_norm"):
-        return [Step(b.pre(P2, s["u"]), s["z_C"], "the patched pre-norm outputs z_C")]
+        return [SStep(b.pre(P2, s["u"]), s["z_C"], "the patched pre-norm outputs z_C")]
     rank1 = {p.param for p in patches if p.kind == "rank1" and p.param != "shared.w_gate"}
     steps = []
     for name in b.input_maps():
@@ -325,43 +232,92 @@ def _input_steps(b: Block, d: Deriver, P2: Params, ins: str, patches) -> list[St
             continue  # this map is not patched (up_only / gate_only strategies)
         if name in rank1 and lhs.func == MatVec:
             W = d.block.expert_matrix(d.P, name.split(".")[1], expert) if name.startswith("experts.") else d.P[name]
-            steps.append(Step(lhs, rhs, f"input map {name}: rank-1 lemma", lemma="rank1_lemma",
-                              substitution=((T_W, W),)))
+            steps.append(SStep(lhs, rhs, f"input map {name}: rank-1 lemma", lemma="rank1_lemma",
+                               substitution=((T_W, W),)))
         else:
-            steps.append(Step(lhs, rhs, f"input map {name}: the patch adds W (z_C - z)"))
+            steps.append(SStep(lhs, rhs, f"input map {name}: the patch adds W (z_C - z)"))
     return steps
 
 
-def _hidden_steps(b: Block, d: Deriver, P2: Params, ins: str) -> list[Step]:
+def _hidden_steps(b: Block, d: Deriver, P2: Params, ins: str) -> list[SStep]:
     s = b.signals
     out = []
     for g in b.hidden_groups():
         if ins == "none":
             break
         mine = _prime(b.hidden_atom(g, ctx=False)) if g != "experts" else EVec(_prime(s["a"]), expert)
-        out.append(Step(mine, b.hidden_atom(g), f"hidden activations{' of ' + g if g else ''} follow from the "
+        out.append(SStep(mine, b.hidden_atom(g), f"hidden activations{' of ' + g if g else ''} follow from the "
                         "input maps" + (", whatever sigma is" if ins in SIGMA_FREE else "")))
     return out
 
 
-def _output_steps(dsteps: tuple[DeriveStep, ...], names: _Names) -> list[Step]:
+def _output_steps(dsteps: tuple[DeriveStep, ...], names: _Names) -> list[SStep]:
     """The output-side equations the derivation solved, with their solutions substituted."""
     out = []
     for st in dsteps:
         if st.side != "output":
             continue
         sub = dict(zip(st.unknowns, st.solution, strict=True))
-        out.append(Step(st.lhs.subs(sub), st.rhs.subs(sub), st.what))
+        out.append(SStep(st.lhs.subs(sub), st.rhs.subs(sub), st.what))
     return out
+
+
+# --------------------------------------------------------------------------- translation
+
+
+def _expert_family(h: SHyp):
+    """A per-expert definition a[e] := ... or condition on a[e]: the family and its index."""
+    if h.kind == "definition" and isinstance(h.expr, (EVec, EMat)) and h.expr.args[1] == expert:
+        return family_of(h.expr.args[0])
+    return None
+
+
+def _declared(hyps: list[SHyp], lhs, rhs, steps: list[SStep]) -> list:
+    """What the derivation assumes of its constants, stated as hypotheses: a norm's eps > 0, a
+    branch or routed scale != 0 (SymPy's assumptions on those symbols; the kernel has none)."""
+    exprs = [lhs, rhs] + [x for h in hyps for x in (h.expr, h.rhs) if x is not None] + [
+        x for st in steps for x in (st.lhs, st.rhs)]
+    defined = {h.expr for h in hyps if h.kind == "definition"}
+    symbols = sorted({s for x in exprs for s in sp.sympify(x).free_symbols
+                      if not isinstance(s, (Vec, Mat)) and not s.is_integer and s not in defined}, key=str)
+    out = [K.positive(K.scalar(s.name)) for s in symbols if s.is_positive]
+    return out + [K.nonzero(K.scalar(s.name)) for s in symbols if s.is_nonzero and not s.is_positive]
+
+
+def translate(name: str, title: str, hyps: list[SHyp], lhs, rhs, steps: list[SStep], **kw) -> K.Theorem:
+    """The kernel theorem of a SymPy-side statement: definitions of a per-expert atom become families
+    over the experts, a condition that mentions the expert index holds for every expert."""
+    e = index_var(expert)
+    out = []
+    declared = _declared(hyps, lhs, rhs, steps)  # stated after the definitions, before the conditions
+    for h in hyps:
+        if declared and h.kind != "definition":
+            out, declared = out + declared, []
+        fam = _expert_family(h)
+        if fam is not None:
+            out.append(K.definition(fam, to_kernel(h.rhs), index=e))
+        elif h.kind == "definition":
+            out.append(K.definition(to_kernel(h.expr), to_kernel(h.rhs)))
+        elif h.kind == "equation":
+            out.append(K.equation(to_kernel(h.expr), to_kernel(h.rhs)))
+        else:
+            over = (e,) if expert in h.expr.free_symbols else ()
+            make = {"nonzero": K.nonzero, "coords": K.coords_nonzero}.get(h.kind)
+            out.append(make(to_kernel(h.expr), over) if make else K.positive(to_kernel(h.expr)))
+    ksteps = tuple(K.Step(to_kernel(st.lhs), to_kernel(st.rhs), st.justification, lemma=st.lemma,
+                          substitution=tuple((to_kernel(a), to_kernel(b)) for a, b in st.substitution))
+                   for st in steps)
+    return K.Theorem(name, title, tuple(out + declared), to_kernel(lhs), to_kernel(rhs), ksteps, **kw)
 
 
 # --------------------------------------------------------------------------- multi-layer
 
-#: The attention sub-layers of layer l, without and with the context (vector-valued opaque maps).
-ATTN, ATTN_C = sp.Function("A", dim="d"), sp.Function("A_C", dim="d")
+#: The attention sub-layers of layer l, without and with the context: vector-valued maps of (l, state).
+ATTN = K.Fn.map("A", (K.SCALAR, K.Vector("d")), K.Vector("d"))
+ATTN_C = K.Fn.map("A_C", (K.SCALAR, K.Vector("d")), K.Vector("d"))
 
 
-def multilayer_theorem(arch: str, block: Theorem | None = None) -> Theorem:
+def multilayer_theorem(arch, block: K.Theorem | None = None, attention_c=None) -> K.Theorem:
     r"""Theorem 2 / Algorithm 1 of arXiv:2511.17864 at a generic layer l (so at every layer).
 
     The reduced run enters layer l with state $s_{l-1}$, the contextual run with $c_{l-1}$; their
@@ -369,59 +325,52 @@ def multilayer_theorem(arch: str, block: Theorem | None = None) -> Theorem:
     computed from these actual inputs, so the block theorem at $u := u_l$, $\delta := u_{C,l} - u_l$
     gives $s_l = c_l$, under the block's side conditions at layer l (which the theorem lists). A
     parallel block's MLP sees the layer input itself: there the induction hypothesis
-    $s_{l-1} = c_{l-1}$ is a hypothesis.
+    $s_{l-1} = c_{l-1}$ is a hypothesis. `attention_c(l, c_prev)` replaces $A_C(l, c_{l-1})$ in the
+    patched parameters (the mutation tests use it).
     """
     spec = catalog.resolve(arch) if not isinstance(arch, BlockSpec) else arch
     block = block or block_theorem(spec)
-    lyr = sp.Symbol("l", integer=True, positive=True)
-    s_prev, c_prev = Vec("s_prev", "d"), Vec("c_prev", "d")
+    lyr = K.scalar("l")
+    s_prev, c_prev = K.vec("s_prev", "d"), K.vec("c_prev", "d")
     b = Block(spec)
-    sig = b.signals
+    sig = {k: to_kernel(v) for k, v in b.signals.items()}
     parallel = spec.residual == "parallel"
-    hyps = [equation(s_prev, c_prev)] if parallel else []
-    u_l, uc_l = Vec("u_l", "d"), Vec("u_C_l", "d")
-    hyps += [definition(u_l, (s_prev if parallel else 0) + ATTN(lyr, s_prev)),
-             definition(uc_l, (c_prev if parallel else 0) + ATTN_C(lyr, c_prev))]
+    hyps = [K.equation(s_prev, c_prev)] if parallel else []
+    stated = {h.expr for h in block.hypotheses if h.kind == "positive"}
+    extra = [K.positive(K.scalar(e.name)) for e in b.eps.values() if e != 0 and K.scalar(e.name) not in stated]
+    u_l, uc_l = K.vec("u_l", "d"), K.vec("u_C_l", "d")
+    hyps += [K.definition(u_l, (s_prev + K.apply(ATTN, lyr, s_prev)) if parallel else K.apply(ATTN, lyr, s_prev)),
+             K.definition(uc_l, (c_prev + K.apply(ATTN_C, lyr, c_prev)) if parallel else
+                          K.apply(ATTN_C, lyr, c_prev))]
+    free = set().union(*(K.free_vars(t) for h in block.hypotheses for t in (h.expr, h.rhs) if t is not None),
+                       K.free_vars(block.lhs))
+    defined = {h.expr for h in block.definitions}
     sub = {sig["u"]: u_l, sig["delta"]: uc_l - u_l}
-    free = set().union(*(h.expr.free_symbols | (h.rhs.free_symbols if h.rhs is not None else set())
-                         for h in block.hypotheses), block.lhs.free_symbols)
-    defined = {h.expr.args[0] if isinstance(h.expr, (EVec, EMat)) else h.expr for h in block.definitions}
     if sig["z"] in free and sig["z"] not in defined:
-        z_l = Vec("z_l", "d")
-        hyps.append(definition(z_l, b.pre(b.unpatched(), s_prev if parallel else u_l)))
+        z_l = K.vec("z_l", "d")
+        hyps.append(K.definition(z_l, to_kernel(b.pre(b.unpatched(), Vec("s_prev" if parallel else "u_l", "d")))))
         sub[sig["z"]] = z_l
     if sig["z_C"] in free and sig["z_C"] not in defined:
-        zc_l = Vec("z_C_l", "d")
-        hyps.append(definition(zc_l, b.pre(b.unpatched(), uc_l)))
+        zc_l = K.vec("z_C_l", "d")
+        hyps.append(K.definition(zc_l, to_kernel(b.pre(b.unpatched(), Vec("u_C_l", "d")))))
         sub[sig["z_C"]] = zc_l
     sub = {k: v for k, v in sub.items() if k in free}  # a block without skip has no residual u
-    rename = {a: _layer(a) for a in defined}
-    rename.update({block.lhs: Vec("s_l", "d"), block.rhs: Vec("c_l", "d")})  # the states after layer l
+    rename = {a: K.Var(a.name + "_l", a.ty) for a in defined}
+    rename.update({block.lhs: K.vec("s_l", "d"), block.rhs: K.vec("c_l", "d")})
+    layered = {**sub, **rename}
+    wrong = {uc_l: attention_c(lyr, c_prev)} if attention_c is not None else {}
     for h in block.hypotheses:
-        hyps.append(_layered(h, sub, rename))
+        if extra and h.kind != "definition":  # the layer's own eps > 0 beside the block's
+            hyps, extra = hyps + extra, []
+        rhs = K.subst(h.rhs, layered) if h.rhs is not None else None
+        if wrong and h.kind == "definition" and "'" in h.expr.name:
+            rhs = K.subst(rhs, wrong)
+        hyps.append(K.Hypothesis(h.kind, K.subst(h.expr, layered), rhs, h.binders))
+    hyps += extra
     lhs, rhs = rename[block.lhs], rename[block.rhs]
-    steps = (Step(lhs, rhs, f"block theorem block_{spec.name} at u = u_l, delta = u_C,l - u_l",
-                  lemma=block.name, substitution=tuple(sub.items())),)
-    return Theorem(f"multilayer_{spec.name}", f"{spec.name}: the layer-by-layer algorithm reproduces every layer "
-                   "(generic layer l, under the block's side conditions at that layer)",
-                   tuple(hyps), lhs, rhs, steps, reference="arXiv:2511.17864, Theorem 2 and Algorithm 1",
-                   uses=(block.name,))
-
-
-def _layer(atom: sp.Symbol) -> sp.Symbol:
-    """a_C -> a_C_l: the same intermediate at layer l."""
-    name = atom.name + "_l"
-    if isinstance(atom, Mat):
-        return Mat(name, atom.rows, atom.cols)
-    if isinstance(atom, Vec):
-        return Vec(name, atom.dim)
-    return sp.Symbol(name, **atom.assumptions0)
-
-
-def _layered(h: Hypothesis, sub: dict, rename: dict) -> Hypothesis:
-    full = {**sub, **rename}
-
-    def tr(e):
-        return e.xreplace(full) if e is not None else None
-
-    return Hypothesis(h.kind, tr(h.expr), tr(h.rhs))
+    steps = (K.Step(lhs, rhs, f"block theorem block_{spec.name} at u = u_l, delta = u_C,l - u_l",
+                    lemma=block.name, substitution=tuple(layered.items())),)
+    return K.Theorem(f"multilayer_{spec.name}", f"{spec.name}: the layer-by-layer algorithm reproduces every layer "
+                     "(generic layer l, under the block's side conditions at that layer)",
+                     tuple(hyps), lhs, rhs, steps, reference="arXiv:2511.17864, Theorem 2 and Algorithm 1",
+                     uses=(block.name,))

@@ -127,7 +127,7 @@ def test_every_mutant_is_killed(capsys):
     module names (a dropped eps, a wrong denominator, a sign flip, z and z_C swapped, a transposed factor, a
     missing norm offset, a wrong top-k renormalisation, an off-by-one layer)."""
     from numeric.check.mutants import KERNEL_MUTANTS
-    from symbolic.mutations import MUTATIONS
+    from proofs.mutations import MUTATIONS
 
     assert main(["mutate", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)

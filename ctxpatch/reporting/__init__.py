@@ -24,13 +24,14 @@ from pathlib import Path
 
 import jinja2
 
-from symbolic import prover
+from proofs import registry as prover
 from symbolic.activations import activation
 from symbolic.activations import x as act_x
 from symbolic.derive import Deriver
 from symbolic.errors import CtxpatchInputError, SpecError
+from symbolic.kernel import RELATIONS, VERIFIED, Term
+from symbolic.kernel import latex as term_latex
 from symbolic.printing import latex
-from symbolic.proof import RELATIONS, VERIFIED
 from symbolic.spec import BlockSpec, dump_toml
 from symbolic.theorems import SIGMA, SIGMA_FREE
 
@@ -93,7 +94,8 @@ def theorems(spec: BlockSpec) -> list[dict]:
 
 
 def _tex(e) -> str:
-    return latex(e)
+    """LaTeX of a kernel term (the theorems) or of a SymPy expression (the derivation)."""
+    return term_latex(e) if isinstance(e, Term) else latex(e)
 
 
 def _rel(relation: str) -> str:

@@ -2,7 +2,7 @@
 
 Two families, reported together by ``ctxpatch mutate``:
 
-- proof mutants (`symbolic.mutations`): a theorem rebuilt with one wrong formula or step; caught
+- proof mutants (`proofs.mutations`): a theorem rebuilt with one wrong formula or step; caught
   when the proof kernel does not verify it;
 - kernel mutants (here): one edit to a generated torch kernel (a dropped eps, a wrong denominator,
   a sign flip, z and z_C swapped, a transposed factor, a missing norm offset, a wrong top-k
@@ -152,24 +152,18 @@ def run_kernel_mutant(m: KernelMutant) -> dict:
 
 
 def run_proof_mutant(name: str) -> dict:
-    from symbolic import prover
-    from symbolic.mutations import MUTATIONS, mutated
-    from symbolic.proof import VERIFIED, check
+    from proofs.mutations import MUTATIONS, check_mutant
 
     t0 = time.perf_counter()
-    th = mutated(name)
-    # The lemmas the mutant cites, verified unmutated: a kill must come from the mutation itself.
-    builders = {k: b for lemma in th.uses for k, b in prover.theorems_for(lemma).items()}
-    lemmas = {r.theorem.name: r for r in prover.run(builders, instances=False)}
-    res = check(th, lemmas, instances=False)
-    killed = res.status != VERIFIED
+    status, _ = check_mutant(name, instances=False)
+    killed = status != "verified"
     return {"name": name, "kind": "proof", "arch": "", "description": MUTATIONS[name][0],
-            "caught_by": ["prove"] if killed else [], "killed": killed, "detail": res.status,
+            "caught_by": ["prove"] if killed else [], "killed": killed, "detail": status,
             "seconds": round(time.perf_counter() - t0, 2)}
 
 
 def run_all() -> dict:
-    from symbolic.mutations import MUTATIONS
+    from proofs.mutations import MUTATIONS
 
     rows = [run_proof_mutant(n) for n in MUTATIONS] + [run_kernel_mutant(m) for m in KERNEL_MUTANTS]
     return {"mutants": len(rows), "killed": sum(r["killed"] for r in rows),

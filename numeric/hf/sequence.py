@@ -3,7 +3,7 @@ r"""One patch per layer for a whole teacher-forced continuation (rank $\le q$), 
 `absorb_sequence(model, context_ids, query_ids) -> SequencePatch` (also
 ``numeric.hf.absorb_context(..., mode="sequence")``): for the q query tokens at once, every layer's
 MLP gets ONE low-rank patch that makes the query-alone run reproduce the run with the context at
-all q positions (`symbolic.sequence` states the identities, which the proof kernel checks;
+all q positions (`proofs.sequence_patch` states the identities, which the proof kernel checks;
 docs/theory.md, "Sequence patches").
 
 - input maps $W$ (up, gate): $\Delta W = W (Z_C - Z)(Z^\top Z)^{-1} Z^\top$, so

@@ -40,7 +40,7 @@ def shared_scale(T: torch.Tensor, c0: torch.Tensor, gamma: torch.Tensor, eps: fl
     r"""$w > 0$ (d,) and $c$ (q,) with $\mathrm{mean}(t_j^2 w) = 1 - \epsilon/c_j^2$ for every row $t_j$ of T (q, d).
 
     Then $\gamma' = 1/\sqrt{w}$ and $h'_j = c_j\, t_j \odot \sqrt{w}$ give
-    $\gamma' \odot h'_j / \sqrt{\mathrm{mean}(h_j'^2) + \epsilon} = t_j$ exactly (`symbolic.sequence`).
+    $\gamma' \odot h'_j / \sqrt{\mathrm{mean}(h_j'^2) + \epsilon} = t_j$ exactly (`proofs.sequence_patch`).
     $c_j$ stays within a factor `C_WINDOW` of the contextual RMS $c_{0,j}$ (so $W_\mathrm{down}$ need not
     cancel its own output): $b_j = 1 - \epsilon/c_j^2$ is $m_j = \mathrm{mean}(t_j^2 w_0)$ clipped to the
     window, so $w = w_0 = 1/\gamma^2$ (zero coordinates floored at `SCALE_FLOOR` RMS($\gamma$)) whenever it

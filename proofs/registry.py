@@ -1,8 +1,10 @@
-"""Which theorems exist, and running them: the registry behind `ctxpatch prove` and proofs/.
+"""Which theorems exist, and running them: the registry behind `ctxpatch prove` and the scripts.
 
+It reads both sources of theorems: the hand-written families of proofs/ (`GENERAL`) and the
+per-architecture theorems the generator `symbolic.theorems` derives (`arch_builders`).
 `theorems_for(target)` resolves a theorem name, an alias, a catalog architecture, a TOML spec or
 "all" to an ordered list of theorem builders (lemmas before the theorems that cite them);
-`run` checks them with the kernel and `report` prints the steps.
+`run` checks them with the kernel (`symbolic.kernel.check`) and `report` prints the steps.
 """
 
 from __future__ import annotations
@@ -15,35 +17,22 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from proofs import controllability, negative_results, rank1_lemma, sequence_patch
 from symbolic import catalog
-from symbolic import sequence as S
 from symbolic import theorems as T
 from symbolic.controllability import check as check_spec
 from symbolic.errors import SpecError, suggest
-from symbolic.mutations import MUTATIONS, mutated
-from symbolic.printing import pstr
-from symbolic.proof import VERIFIED, Result, Theorem, check
+from symbolic.kernel import VERIFIED, Result, Theorem, TypeError_, check, text
 from symbolic.spec import BlockSpec
 
 Builder = Callable[[], Theorem]
 
-GENERAL: dict[str, Builder] = {
-    "rank1_lemma": T.rank1_lemma,
-    "rank1_min_norm_split": T.rank1_min_norm_split,
-    "rank1_min_norm": T.rank1_min_norm,
-    "controllability": T.controllability,
-    "negative_rmsnorm_ball": T.negative_rmsnorm_ball,
-    "negative_layernorm_mean": T.negative_layernorm_mean,
-    "negative_scalar_ray": T.negative_scalar_ray,
-    "negative_bounded_activation": T.negative_bounded_activation,
-    **S.THEOREMS,
-}
+GENERAL: dict[str, Builder] = {**rank1_lemma.THEOREMS, **controllability.THEOREMS, **negative_results.THEOREMS,
+                               **sequence_patch.THEOREMS}
 ALIASES = {"dherin_vanilla": "block_vanilla", "dherin_vanilla_skip": "block_vanilla_skip",
            "gemma_theorem1": "block_gemma3"}
 #: Corollaries of the controllability theorem, each checked on the catalog block that has the feature.
-COROLLARIES = {"pre-norm": "llama", "post-norm": "olmo2", "sandwich norm": "gemma3", "post-LN": "bert",
-               "biases": "gpt2", "gated MLP": "llama", "parallel block": "gptj",
-               "MoE router and experts": "mixtral", "shared expert": "qwen2_moe"}
+COROLLARIES = controllability.COROLLARIES
 
 
 #: Architectures whose every exact output strategy gets its own theorem in `prove all` (the
@@ -60,7 +49,7 @@ def arch_builders(spec: BlockSpec, every_strategy: bool | None = None) -> dict[s
     if every_strategy is None:
         every_strategy = spec.name in ALL_STRATEGIES
     block = cache(lambda: T.block_theorem(spec))
-    out: dict[str, Builder] = {"rank1_lemma": T.rank1_lemma, f"block_{spec.name}": block}
+    out: dict[str, Builder] = {"rank1_lemma": rank1_lemma.rank1_lemma, f"block_{spec.name}": block}
     for outs in verdict.output.ok if every_strategy else ():
         if outs != verdict.output_strategy:
             out[f"block_{spec.name}_{outs}"] = lambda o=outs: T.block_theorem(spec, output_strategy=o,
@@ -140,7 +129,7 @@ def report(results: list[Result], console: Console, steps: bool = True) -> None:
             console.print("  hypotheses: " + "; ".join(h.text() for h in th.assumptions), markup=False)
         table = Table("#", "claim", "justification", "status", "instances", show_lines=False)
         for i, (st, sr) in enumerate(zip(th.steps, res.steps, strict=True), 1):
-            claim = f"{_short(pstr(st.lhs))} {st.relation} {_short(pstr(st.rhs))}"
+            claim = f"{_short(text(st.lhs))} {st.relation} {_short(text(st.rhs))}"
             table.add_row(str(i), claim, st.justification, sr.status, sr.instances)
         console.print(table)
 
@@ -154,6 +143,8 @@ def script_main(names: list[str], argv: list[str] | None = None) -> int:
     steps, exit 0 if all are verified. `--mutate NAME` checks a deliberately wrong variant instead."""
     import argparse
 
+    from proofs.mutations import MUTATIONS, mutated
+
     parser = argparse.ArgumentParser()
     parser.add_argument("--mutate", choices=sorted(MUTATIONS), help="check a deliberately wrong variant")
     parser.add_argument("--json", action="store_true")
@@ -164,7 +155,12 @@ def script_main(names: list[str], argv: list[str] | None = None) -> int:
     for n in names:
         builders.update(theorems_for(n))
     if args.mutate:
-        th = mutated(args.mutate)
+        try:
+            th = mutated(args.mutate)
+        except TypeError_ as exc:
+            console.print(f"{args.mutate}: rejected: the kernel's constructors refuse the mutated term: {exc}",
+                          markup=False)
+            return 1
         builders = {k: b for lemma in th.uses for k, b in theorems_for(lemma).items()}
         builders[th.name] = lambda: th
     results = run(builders)
