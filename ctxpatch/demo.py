@@ -5,6 +5,7 @@ passed; `ctxpatch.cli` runs them in order and prints the table."""
 from __future__ import annotations
 
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -56,7 +57,8 @@ def steps(out_dir: Path, data: dict, done: list[dict]) -> list[tuple[str, Callab
         return all(r["agreement"] == 1.0 for r in data["experiment"])
 
     def do_reports():
-        data.update(report.base(spec), seconds=round(sum(s["seconds"] for s in done), 1))
+        data.update(report.base(spec), seconds=round(sum(s["seconds"] for s in done), 1),
+                    date=time.strftime("%Y-%m-%d"))
         files = report.render(spec, "html", out_dir, data=data)
         if report.pdf_available():
             files += report.render(spec, "pdf", out_dir, data=data)

@@ -12,7 +12,6 @@ Nothing here computes a formula: it presents what the other modules derived, pro
 
 from __future__ import annotations
 
-import base64
 import html
 import re
 import shutil
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import jinja2
 
+from ctxpatch.reporting import freshness
 from proofs import registry as prover
 from symbolic.activations import activation
 from symbolic.activations import x as act_x
@@ -159,7 +159,7 @@ def base(spec: BlockSpec) -> dict:
         "definitions": [(_def_name(n), _tex(e)) for n, e in named_definitions(spec, der)
                         if "(" not in n and "A(" not in str(e)],
         "activation": activation_latex(spec),
-        "kernel": _kernel(spec, der), "date": time.strftime("%Y-%m-%d"),
+        "kernel": _kernel(spec, der),
     }
 
 
@@ -206,12 +206,19 @@ def experiment(spec: BlockSpec, quick: bool = False) -> list[dict]:
     return [run(dtype=d, strategy=s, patch_dtype=p) for d, s, p in EXPERIMENTS]
 
 
+def derived(spec: BlockSpec) -> dict:
+    """The deterministic part of a report: `base` and the theorems as the kernel checked them."""
+    return {**base(spec), "theorems": theorems(spec)}
+
+
 def collect(spec: BlockSpec, hf: bool = True, quick: bool = False) -> dict:
-    """Everything a report shows, computed now (see the module docstring)."""
+    """Everything a report shows, computed now (see the module docstring): the derived part and the measured
+    one (`ctxpatch.reporting.freshness.MEASURED`)."""
     t0 = time.perf_counter()
-    data = base(spec)
-    data.update(theorems=theorems(spec), validation=validation(spec, quick), dynamics=dynamics(spec, quick),
-                hf=hf_rows(spec, quick) if hf else [], experiment=experiment(spec, quick))
+    data = derived(spec)
+    data.update(validation=validation(spec, quick), dynamics=dynamics(spec, quick),
+                hf=hf_rows(spec, quick) if hf else [], experiment=experiment(spec, quick),
+                date=time.strftime("%Y-%m-%d"))
     data["seconds"] = round(time.perf_counter() - t0, 1)
     return data
 
@@ -239,18 +246,60 @@ def render(spec: BlockSpec, fmt: str, out_dir: Path, data: dict | None = None, q
     data = data or collect(spec, quick=quick)
     name = spec.name
     if fmt == "html":
-        figs = {k: base64.b64encode(p.read_bytes()).decode() for k, p in
-                figures(data, Path(tempfile.mkdtemp())).items()}
+        with tempfile.TemporaryDirectory() as tmp:
+            figs = freshness.encode_figures(figures(data, Path(tmp)))
         path = out_dir / f"{name}.html"
-        path.write_text(_env().get_template("report.html.j2").render(d=data, figs=figs))
+        path.write_text(html_text(data, figs))
         return [path]
     fig_dir = out_dir / f"{name}-figures"
     figs = {k: p.relative_to(out_dir).as_posix() for k, p in figures(data, fig_dir).items()}
     tex = out_dir / f"{name}.tex"
-    tex.write_text(_env().get_template("report.tex.j2").render(d=data, figs=figs))
+    tex.write_text(tex_text(data, figs))
     if fmt == "latex":
         return [tex, *sorted(fig_dir.iterdir())]
     return [_compile(tex)]
+
+
+def html_text(data: dict, figs: dict[str, str]) -> str:
+    """The self-contained HTML report: `data` with its measured part embedded as JSON, figures as base64 PNG."""
+    return _env().get_template("report.html.j2").render(d=data, figs=figs, measured=freshness.measured_json(data))
+
+
+def tex_text(data: dict, figs: dict[str, str], digest: bool = True) -> str:
+    """The LaTeX report, its PDF metadata (Keywords) holding the SHA-256 of this source without it."""
+    plain = _env().get_template("report.tex.j2").render(d=data, figs=figs, keywords="")
+    if not digest:
+        return plain
+    keywords = freshness.KEYWORDS + freshness.source_digest(plain)
+    return _env().get_template("report.tex.j2").render(d=data, figs=figs, keywords=keywords)
+
+
+def stale(spec: BlockSpec, out_dir: Path, derived_data: dict | None = None) -> list[str]:
+    """Why the committed report of `spec` in `out_dir` is not what the code renders now (empty: it is)."""
+    from ctxpatch.reporting.plots import names
+
+    out_dir, name = Path(out_dir), spec.name
+    html = out_dir / f"{name}.html"
+    if not html.exists():
+        return [f"{html} is missing"]
+    committed = html.read_text()
+    kept = freshness.read_measured(committed)
+    if kept is None:
+        return [f"{html} carries no measured data (rendered by an older ctxpatch)"]
+    data = {**(derived_data or derived(spec)), **{k: v for k, v in kept.items() if k != "formulas"}}
+    now = freshness.formulas_hash(data)
+    reasons = []
+    if kept["formulas"] != now:
+        reasons.append(f"{html} was measured with formulas {kept['formulas']}, the kernel now has {now}")
+    if html_text(data, freshness.read_figures(committed)) != committed:
+        reasons.append(f"{html} is not what the code renders now")
+    pdf = out_dir / f"{name}.pdf"
+    if pdf.exists():
+        figs = {k: f"{name}-figures/{f}" for k, f in names(data).items()}
+        want = freshness.KEYWORDS + freshness.source_digest(tex_text(data, figs, digest=False))
+        if freshness.pdf_keywords(pdf) != want:
+            reasons.append(f"{pdf} was not compiled from the LaTeX the code renders now")
+    return reasons
 
 
 def pdf_available() -> bool:
@@ -279,8 +328,13 @@ def _compile(tex: Path) -> Path:
     return target
 
 
+def index_text(entries: list[dict]) -> str:
+    """reports/index.html: one row per rendered report, dated by the newest of them."""
+    date = max((e["date"] for e in entries), default="")
+    return _env().get_template("index.html.j2").render(entries=entries, date=date)
+
+
 def index(entries: list[dict], out_dir: Path) -> Path:
-    """reports/index.html: one row per rendered report."""
     path = Path(out_dir) / "index.html"
-    path.write_text(_env().get_template("index.html.j2").render(entries=entries, date=time.strftime("%Y-%m-%d")))
+    path.write_text(index_text(entries))
     return path

@@ -5,6 +5,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+#: Each figure of a report: its file name and its caption (the HTML's alt text).
+FIGURES = {"errors": ("errors.png", "error per layer and dtype"),
+           "norms": ("patch_norms.png", "patch norms per layer and token"),
+           "dynamics": ("dynamics.png", "implicit dynamics"),
+           "experiment": ("experiment.png", "generation experiment")}
+
+
+def names(data: dict) -> dict[str, str]:
+    """The figures a report of `data` has, by key, with their file names (nothing is drawn)."""
+    keys = ["errors", "norms", "dynamics"] + (["experiment"] if data.get("experiment") else [])
+    return {k: FIGURES[k][0] for k in keys}
+
 
 def figures(data: dict, out_dir: Path) -> dict[str, Path]:
     import matplotlib
@@ -12,11 +24,8 @@ def figures(data: dict, out_dir: Path) -> dict[str, Path]:
     matplotlib.use("Agg")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    out = {"errors": _errors(data, out_dir / "errors.png"), "norms": _norms(data, out_dir / "patch_norms.png"),
-           "dynamics": _dynamics(data, out_dir / "dynamics.png")}
-    if data.get("experiment"):
-        out["experiment"] = _experiment(data, out_dir / "experiment.png")
-    return out
+    draw = {"errors": _errors, "norms": _norms, "dynamics": _dynamics, "experiment": _experiment}
+    return {k: draw[k](data, out_dir / file) for k, file in names(data).items()}
 
 
 def _experiment(data: dict, path: Path) -> Path:
