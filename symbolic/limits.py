@@ -92,7 +92,8 @@ BRANCH_SCALE = Bound(1e-4, 1e4, "the output strategies divide by it; Granite use
                      magnitude=True)
 ROUTED_SCALE = Bound(1e-4, 1e4, "it multiplies the routed experts' sum; DeepSeek-V3 uses 2.5", integer=False,
                      magnitude=True)
-EXPERTS = Bound(1, 4096, "8 times the largest routed mixture of a released model, 512 experts")
+EXPERTS = Bound(1, 4096, "16 times the catalog's largest mixture, DeepSeek-V3's 256 experts")
+TOP_K = Bound(1, 128, "experts chosen per token (the catalog chooses 1 to 8); the reference loops over them")
 
 # --------------------------------------------------------------------------- activations (symbolic.activations)
 

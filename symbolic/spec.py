@@ -149,8 +149,9 @@ class MoESpec:
     weighting: Weighting = "output"
 
     def __post_init__(self) -> None:
-        for key in ("experts", "top_k", "groups", "topk_groups"):
-            limits.EXPERTS.check(f"field `moe.{key}`", getattr(self, key), SpecError)
+        for key, bound in (("experts", limits.EXPERTS), ("top_k", limits.TOP_K), ("groups", limits.EXPERTS),
+                           ("topk_groups", limits.EXPERTS)):
+            bound.check(f"field `moe.{key}`", getattr(self, key), SpecError)
         limits.ROUTED_SCALE.check("field `moe.routed_scale`", self.routed_scale, SpecError)
         if not 1 <= self.top_k <= self.experts:
             raise SpecError(f"moe.top_k must be in [1, experts={self.experts}], got {self.top_k}")
@@ -468,7 +469,7 @@ def _read_moe(tab: Table | None) -> MoESpec | None:
     if tab is None:
         return None
     experts = tab.number("experts", limits.EXPERTS, None)
-    top_k = tab.number("top_k", limits.EXPERTS, None)
+    top_k = tab.number("top_k", limits.TOP_K, None)
     if experts is None or top_k is None:
         raise SpecError(f"{tab.source}: [moe] needs integer fields `experts` and `top_k`.")
     values = dict(

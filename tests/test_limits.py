@@ -86,7 +86,7 @@ SPEC_FILES = {
     "name_not_ascii": (LLAMA.replace('name = "llama"', 'name = "bl\u00f6ck"'), ["`name`", "ASCII"]),
     "experts_a_billion": (re.sub(r"experts = \d+", "experts = 1000000000", MIXTRAL),
                           ["`moe.experts`", "1000000000", "from 1 to 4096"]),
-    "top_k_a_billion": (re.sub(r"top_k = \d+", "top_k = 1000000000", MIXTRAL), ["`moe.top_k`", "from 1 to 4096"]),
+    "top_k_a_billion": (re.sub(r"top_k = \d+", "top_k = 1000000000", MIXTRAL), ["`moe.top_k`", "from 1 to 128"]),
     "branch_scale_tiny": (LLAMA.replace("[mlp]", "[mlp]\nbranch_scale = 1e-300"),
                           ["`mlp.branch_scale`", "1e-300", "nonzero"]),
     "description_megabyte": (LLAMA.replace("description = ", 'description = "' + "d" * 70000 + '" #'),
@@ -213,23 +213,24 @@ def test_the_memory_limit_comes_from_the_memory_available(monkeypatch):
     module.check_memory(spec, setup)
 
 
-def test_the_memory_estimate_bounds_what_a_run_uses(tmp_path):
-    """`memory_needed` is an upper bound: the peak resident memory a run adds stays below it."""
+def test_the_memory_estimate_bounds_what_a_run_uses():
+    """`memory_needed` is an upper bound, and not a wild one: the peak resident memory a run adds to the process
+    (its peak less the memory resident before it) stays below the estimate, and above a quarter of it."""
     import subprocess
     import sys
 
     script = (
-        "import resource, sys\n"
+        "import os, resource\n"
         "from numeric.check.validate import Setup, memory_needed, validate\n"
         "from symbolic import catalog\n"
         "spec = catalog.load('llama')\n"
         "validate(spec, Setup(layers=1), trials=1)\n"
-        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
-        "setup = Setup(layers=4, d=512, m=2048, context_len=64, query_len=64)\n"
+        "with open('/proc/self/statm') as f:\n"
+        "    before = int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')\n"
+        "setup = Setup(layers=4, d=768, m=3072, context_len=64, query_len=64)\n"
         "validate(spec, setup, trials=1)\n"
-        "after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
-        "print(after - before, memory_needed(spec, setup))\n")
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=True)
+        "peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
+        "print(peak - before, memory_needed(spec, setup))\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, check=True)
     used, need = map(int, out.stdout.split())
-    assert used <= need, (used, need)
-    assert need <= 20 * max(used, 2**20)  # an upper bound, not a wild one
+    assert need / 4 <= used <= need, (used, need)
