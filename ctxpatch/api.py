@@ -26,13 +26,14 @@ from symbolic import catalog
 from symbolic.controllability import Verdict
 from symbolic.derive import Derivation
 from symbolic.spec import BlockSpec
+from symbolic.specfile import check_reference
 
 SpecLike = BlockSpec | str | Path
 
 
 def load_spec(spec: SpecLike) -> BlockSpec:
     """A `BlockSpec` from itself, a catalog name, or a TOML path (`SpecError` for anything else)."""
-    return spec if isinstance(spec, BlockSpec) else catalog.resolve(str(spec))
+    return spec if isinstance(spec, BlockSpec) else catalog.resolve(check_reference(spec, "spec"))
 
 
 def check(spec: SpecLike, strategy: str | None = None, input_strategy: str | None = None) -> Verdict:
@@ -71,7 +72,7 @@ def prove(target: str = "all", instances: bool = True) -> dict:
     from proofs import registry as prover
 
     t0 = time.perf_counter()
-    results = prover.run(prover.theorems_for(str(target)), instances=instances)
+    results = prover.run(prover.theorems_for(check_reference(target, "target")), instances=instances)
     return prover.summary(results, time.perf_counter() - t0)
 
 
@@ -82,21 +83,37 @@ def codegen(spec: SpecLike, backend: str = "torch", strategy: str | None = None,
     from symbolic.errors import CtxpatchInputError, bad_value
 
     block = load_spec(spec)
-    if backend not in symbolic_codegen.BACKENDS:
+    if not isinstance(backend, str) or backend not in symbolic_codegen.BACKENDS:
         raise bad_value("codegen", "backend", backend, symbolic_codegen.BACKENDS, kind=CtxpatchInputError)
     return symbolic_codegen.render(block, backend, derive(block, strategy, input_strategy))
 
 
 def validate(spec: SpecLike, trials: int = 3, seed: int = 0, **setup) -> dict:
-    """Random-instance validation of Algorithm 1 on stacks of random layers (see `numeric.check.validate.Setup`)."""
+    """Random-instance validation of Algorithm 1 on stacks of random layers (see `numeric.check.validate.Setup`).
+
+    Every size, the dtype, `trials` and `seed` are checked against their bounds (`symbolic.limits`) and the run
+    against the memory available before anything is allocated; a value outside them is a `CtxpatchInputError`.
+    """
     from numeric.check.validate import Setup
     from numeric.check.validate import validate as numeric_validate
+    from symbolic.errors import CtxpatchInputError, bad_value
 
+    known = [f.name for f in dataclasses.fields(Setup)]
+    for key in setup:
+        if key not in known:
+            raise bad_value("validate", "option", key, known, kind=CtxpatchInputError)
     return numeric_validate(load_spec(spec), Setup(**setup), trials=trials, seed=seed)
 
 
 def report(spec: SpecLike, fmt: str = "html", out_dir: str | Path = "reports", quick: bool = False) -> list[Path]:
-    """Render the proof report of a block (``latex``, ``pdf`` or ``html``) into `out_dir`; the files written."""
-    from ctxpatch import reporting
+    """Render the proof report of a block (``latex``, ``pdf`` or ``html``) into `out_dir`; the files written.
 
-    return reporting.render(load_spec(spec), fmt, Path(out_dir), quick=quick)
+    Nothing is written outside `out_dir` (a folder, created if missing; `CtxpatchInputError` if it is a file)."""
+    from ctxpatch import reporting
+    from symbolic.errors import CtxpatchInputError
+
+    folder = Path(check_reference(out_dir, "out_dir", "a folder"))
+    if folder.exists() and not folder.is_dir():
+        raise CtxpatchInputError(f"out_dir {folder} exists and is not a folder; name a folder (it is created if "
+                                 "missing).")
+    return reporting.render(load_spec(spec), fmt, folder, quick=quick)

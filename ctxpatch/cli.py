@@ -19,8 +19,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from ctxpatch import api
+from ctxpatch.options import bounded, out_dir, out_file, reference
 from ctxpatch.reporting import FORMATS
-from symbolic import catalog
+from symbolic import catalog, limits
 from symbolic.errors import CtxpatchInputError, ModelInputError, PatchConditionError, SpecError
 
 console = Console(highlight=False)
@@ -207,17 +208,14 @@ def cmd_codegen(args) -> int:
 
 def cmd_validate(args) -> int:
     """Random-instance validation of the layer-by-layer algorithm on a stack of random layers."""
-    from numeric.check.validate import Setup, validate
+    from numeric.check.validate import Setup, check_memory, validate
 
     spec = catalog.resolve(args.arch)
-    if args.heads % args.kv_heads or args.d % args.heads or (args.d // args.heads) % 2:
-        raise CtxpatchInputError(f"--heads {args.heads}, --kv-heads {args.kv_heads}, --d {args.d}: the heads must "
-                                 "divide d into an even head size, and the kv heads must divide the heads (grouped "
-                                 "queries).")
-    api.derive(spec, args.strategy, args.input_strategy)  # a strategy that is not exact here: a clear error first
     setup = Setup(layers=args.layers, d=args.d, m=args.m, heads=args.heads, kv_heads=args.kv_heads,
                   rope=not args.no_rope, context_len=args.context_len, query_len=args.query_len, dtype=args.dtype,
-                  strategy=args.strategy, input_strategy=args.input_strategy)
+                  strategy=args.strategy, input_strategy=args.input_strategy)  # sizes checked, heads divide d
+    check_memory(spec, setup)  # before the derivation, which may take seconds
+    api.derive(spec, args.strategy, args.input_strategy)  # a strategy that is not exact here: a clear error first
     out = validate(spec, setup, trials=args.trials, seed=args.seed)
     if args.json:
         _emit(out)
@@ -231,6 +229,9 @@ def cmd_validate(args) -> int:
                            ("max_relative_patch_norm", "largest patch / parameter norm"),
                            ("min_abs_gamma", "smallest |gamma_i| of an MLP norm")):
             table.add_row(label, "n/a" if out[key] is None else f"{out[key]:.3e}")
+        if out["refused"]:
+            table.add_row("trials refused by a side condition", f"{len(out['refused'])} of {out['trials']}: "
+                          + out["refused"][0]["reason"])
         table.add_row("result", "[green]ok[/green]" if out["ok"] else "[red]FAILED[/red]")
         console.print(table)
     return EXIT_OK if out["ok"] else EXIT_FAILED
@@ -471,34 +472,6 @@ def cmd_demo(args) -> int:
 # --------------------------------------------------------------------------- parser
 
 
-def natural(text: str) -> int:
-    """An integer of at least 0 (argparse type)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
-    return value
-
-
-def positive(text: str) -> int:
-    """An integer of at least 1 (argparse type)."""
-    value = natural(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def out_dir(text: str) -> Path:
-    """A folder to write into: it may not exist yet, but it may not be a file (argparse type)."""
-    path = Path(text)
-    if path.exists() and not path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text} exists and is not a folder; name a folder (it is created if "
-                                         "missing)")
-    return path
-
-
 def _options() -> dict[str, argparse.ArgumentParser]:
     """Options that several verbs share, each declared once (argparse parent parsers)."""
     from symbolic.derive import STRATEGIES
@@ -507,7 +480,8 @@ def _options() -> dict[str, argparse.ArgumentParser]:
         return argparse.ArgumentParser(add_help=False)
 
     arch, js, out_s = parent(), parent(), parent()
-    arch.add_argument("arch", metavar="ARCH_OR_TOML", help="a catalog architecture or a path to a TOML spec")
+    arch.add_argument("arch", type=reference, metavar="ARCH_OR_TOML",
+                      help="a catalog architecture or a path to a TOML spec")
     js.add_argument("--json", action="store_true", help="print one JSON object")
     out_s.add_argument("--strategy", choices=STRATEGIES.names("output"), metavar="NAME",
                        help="output-side strategy (default: the checker's choice): "
@@ -534,58 +508,60 @@ def build_parser() -> argparse.ArgumentParser:
 
     verb("archs", cmd_archs, "list the catalog architectures")
     p = verb("spec", cmd_spec, "print the catalog TOML of an architecture (or of a TOML spec file)")
-    p.add_argument("name", metavar="ARCH_OR_TOML")
+    p.add_argument("name", type=reference, metavar="ARCH_OR_TOML")
     p.add_argument("--canonical", action="store_true", help="print the parsed spec back as canonical TOML")
     verb("check", cmd_check, "controllability verdict: perfect patch, conditions or counterexample", "arch",
          "strategies")
     p = verb("derive", cmd_derive, "print the derived patch formulas", "arch", "strategies")
     p.add_argument("--latex", action="store_true", help="print the formulas as LaTeX")
     p = verb("prove", cmd_prove, "check theorems step by step (a theorem name, an architecture, a TOML spec, or all)")
-    p.add_argument("target", metavar="NAME|ARCH|all", nargs="?", default="all")
+    p.add_argument("target", type=reference, metavar="NAME|ARCH|all", nargs="?", default="all")
     p.add_argument("--brief", action="store_true", help="one line per theorem")
     p.add_argument("--coq", type=out_dir, metavar="DIR", help="write the core theorems as a self-contained Coq "
                    "project (a _CoqProject) into DIR and check it with coqc")
     p.add_argument("--no-instances", action="store_true", help="skip the exact-instance evidence")
     p = verb("codegen", cmd_codegen, "render the NumPy and Torch kernels from the derived formulas", "strategies")
-    p.add_argument("--spec", metavar="TOML", help="render one spec (a TOML path or catalog name), not the catalog; "
-                   "--strategy and --input-strategy apply to it")
+    p.add_argument("--spec", type=reference, metavar="TOML", help="render one spec (a TOML path or catalog name), "
+                   "not the catalog; --strategy and --input-strategy apply to it")
     p.add_argument("-o", "--out", type=out_dir, metavar="DIR", help="output folder (default: numeric/kernels for "
                    "the catalog, ./kernels for --spec); kernels go to DIR/numpy/<name>.py and DIR/torch/<name>.py")
     p.add_argument("--check", action="store_true", help="write nothing; exit 1 if a kernel is missing or stale")
     p = verb("validate", cmd_validate, "random-instance validation: layer stacks with real attention, "
              "patched no-context run vs contextual run", "arch", "strategies")
     p.add_argument("--dtype", choices=["float64", "float32"], default="float64")
-    p.add_argument("--layers", type=positive, default=4)
-    p.add_argument("--trials", type=positive, default=3)
-    p.add_argument("--context-len", type=positive, default=5)
-    p.add_argument("--query-len", type=positive, default=4)
-    p.add_argument("--d", type=positive, default=16, help="model width")
-    p.add_argument("--m", type=positive, default=24, help="MLP width")
-    p.add_argument("--heads", type=positive, default=4)
-    p.add_argument("--kv-heads", type=positive, default=2, help="grouped-query attention when fewer than --heads")
+    p.add_argument("--layers", type=bounded(limits.LAYERS), default=4)
+    p.add_argument("--trials", type=bounded(limits.TRIALS), default=3)
+    p.add_argument("--context-len", type=bounded(limits.TOKENS), default=5)
+    p.add_argument("--query-len", type=bounded(limits.TOKENS), default=4)
+    p.add_argument("--d", type=bounded(limits.WIDTH), default=16, help="model width")
+    p.add_argument("--m", type=bounded(limits.MLP_WIDTH), default=24, help="MLP width")
+    p.add_argument("--heads", type=bounded(limits.HEADS), default=4)
+    p.add_argument("--kv-heads", type=bounded(limits.HEADS), default=2,
+                   help="grouped-query attention when fewer than --heads")
     p.add_argument("--no-rope", action="store_true", help="attention without rotary position embeddings")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=bounded(limits.SEED), default=0)
     p = verb("hf-check", cmd_hf_check, "absorb a context on a tiny random transformers model (no downloads) or on a "
              "real pretrained model by name", "strategy")
-    p.add_argument("model_type", metavar="MODEL_TYPE", help="a transformers model type, e.g. gemma3_text, llama, "
-                   "gpt2, or a real model by name: gemma3-270m, smollm2-135m")
-    p.add_argument("--layers", type=positive, default=2)
-    p.add_argument("--context-len", type=positive, default=6)
-    p.add_argument("--query-len", type=positive, default=5)
+    p.add_argument("model_type", type=reference, metavar="MODEL_TYPE", help="a transformers model type, e.g. "
+                   "gemma3_text, llama, gpt2, or a real model by name: gemma3-270m, smollm2-135m")
+    p.add_argument("--layers", type=bounded(limits.LAYERS), default=2)
+    p.add_argument("--context-len", type=bounded(limits.TOKENS), default=6)
+    p.add_argument("--query-len", type=bounded(limits.TOKENS), default=5)
     p.add_argument("--dtype", choices=["float64", "float32"], default="float64")
-    p.add_argument("--generate", type=natural, default=0, metavar="N",
+    p.add_argument("--generate", type=bounded(limits.GENERATE), default=0, metavar="N",
                    help="also generate N tokens greedily without the context and compare with model.generate")
     p.add_argument("--keep-positions", action="store_true", help="each query token alone at its absolute position")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random model and of the random token ids")
-    p.add_argument("--spec", metavar="ARCH_OR_TOML", help="check the model against this spec instead of the inferred "
-                   "one (needs --param for every canonical parameter)")
+    p.add_argument("--seed", type=bounded(limits.SEED), default=0,
+                   help="seed of the random model and of the random token ids")
+    p.add_argument("--spec", type=reference, metavar="ARCH_OR_TOML", help="check the model against this spec instead "
+                   "of the inferred one (needs --param for every canonical parameter)")
     p.add_argument("--param", action="append", default=[], metavar="CANON=PATH",
                    help="with --spec: where a canonical parameter lives in a layer, e.g. W_up=mlp.up_proj.weight "
                    "(PATH:conv1d for (in, out) storage); repeat for each")
     p = verb("models", cmd_models, "every causal-LM type of the installed transformers, tiny and random: supported "
              "(errors, generation) or refused (why)")
     p.add_argument("--types", nargs="+", metavar="TYPE", help="only these model types")
-    p.add_argument("--markdown", metavar="FILE", help="also write the table as Markdown")
+    p.add_argument("--markdown", type=out_file, metavar="FILE", help="also write the table as Markdown")
     p = verb("report", cmd_report, "render the proof report: spec, verdict, checked proofs, formulas, kernel, "
              "validation and plots", "arch")
     p.add_argument("--format", action="append", choices=FORMATS, metavar="latex|pdf|html",
@@ -595,17 +571,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="fewer trials and tokens (what the demo uses)")
     p = verb("precision", cmd_precision, "error of the patched run vs dtype (float64, float32, bfloat16) and "
              "conditioning", "arch", "strategy")
-    p.add_argument("--trials", type=positive, default=8)
+    p.add_argument("--trials", type=bounded(limits.TRIALS), default=8)
     verb("mutate", cmd_mutate, "mutation testing: wrong formulas, proofs and kernels that prove/validate must catch")
     p = verb("experiment", cmd_experiment, "the paper's generation experiment: each token alone at its absolute "
              "position, patched, vs the model with the prompt (greedy, forced on the baseline history)", "strategy")
-    p.add_argument("--model", metavar="NAME_OR_PATH", help="gemma3-270m, smollm2-135m or a local causal LM "
-                   "folder (default: the trained fixture)")
+    p.add_argument("--model", type=reference, metavar="NAME_OR_PATH", help="gemma3-270m, smollm2-135m or a local "
+                   "causal LM folder (default: the trained fixture)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float64"],
                    help="default float32; with --json and neither --dtype nor --strategy: every setting")
     p.add_argument("--patch-dtype", choices=["float32", "bfloat16", "float64"],
                    help="dtype the patches are computed in (default: the model's; float32 for stable in bfloat16)")
-    p.add_argument("--tokens", type=positive, default=20)
+    p.add_argument("--tokens", type=bounded(limits.TOKENS), default=20)
     p = verb("demo", cmd_demo, "the main job, end to end on gemma3: check, prove, codegen, validate, HF check, reports")
     p.add_argument("-o", "--out", type=out_dir, default=Path("reports/demo"), metavar="DIR",
                    help="where the reports go (default: reports/demo under the current directory)")

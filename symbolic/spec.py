@@ -3,21 +3,24 @@
 A spec says how the block is wired (sequential or parallel residual, with or without skip),
 which norms exist and how they are parameterized, what the MLP is (dense, gated, mixture of
 experts), which linear maps carry biases, and which parameters the user allows to be patched.
-It is pure data: frozen dataclasses validated at construction, read with `tomllib` and printed
-back to TOML by `dump_toml` (so that `load_toml(dump_toml(s)) == s`). The symbolic meaning of
-a spec lives in `symbolic.model`; this module must not import SymPy.
+It is pure data: frozen dataclasses validated at construction (every number against its bound in
+`symbolic.limits`, the name and activations by `symbolic.specfile`, all failures a `SpecError`), read with
+`tomllib` through `symbolic.specfile` and printed back to TOML by `dump_toml` (so that
+`load_toml(dump_toml(s)) == s`). The symbolic meaning of a spec lives in `symbolic.model`; this module must not
+import SymPy.
 """
 
 from __future__ import annotations
 
-import math
-import tomllib
 from dataclasses import dataclass, field, fields
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from symbolic import limits
 from symbolic.errors import SpecError, bad_value, suggest
+from symbolic.specfile import ACTIVATIONS as ACTIVATIONS  # the named activations, part of the spec's vocabulary
+from symbolic.specfile import Table, check_activation, check_name, parse_document, read_text
 
 NormKind = Literal["rms", "layer"]
 ScaleParam = Literal["plain", "one_plus", "none"]
@@ -29,8 +32,6 @@ SharedExpert = Literal["none", "plain", "gated"]
 Scoring = Literal["softmax", "sigmoid"]
 Weighting = Literal["output", "input"]
 
-#: Named elementwise functions. Anything else is read as a SymPy expression in `x`.
-ACTIVATIONS = ("identity", "relu", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh", "relu2")
 
 NORM_FIELDS = ("kind", "eps", "scale", "bias")
 
@@ -51,11 +52,10 @@ class NormSpec:
 
     def __post_init__(self) -> None:
         if self.kind not in get_args(NormKind):
-            raise ValueError(f"norm kind {self.kind!r}; allowed: {get_args(NormKind)}")
-        if not (math.isfinite(self.eps) and self.eps >= 0):
-            raise ValueError(f"norm eps must be a finite number >= 0, got {self.eps!r}")
+            raise SpecError(f"norm kind {self.kind!r}; allowed: {get_args(NormKind)}")
+        limits.EPS.check("norm eps", self.eps, SpecError)
         if self.bias and self.kind == "rms":
-            raise ValueError("an RMSNorm has no bias; use kind = 'layer' for a LayerNorm with bias")
+            raise SpecError("an RMSNorm has no bias; use kind = 'layer' for a LayerNorm with bias")
 
 
 @dataclass(frozen=True)
@@ -100,16 +100,17 @@ class MLPSpec:
 
     def __post_init__(self) -> None:
         if self.kind not in get_args(MLPKind):
-            raise ValueError(f"mlp kind {self.kind!r}; allowed: {get_args(MLPKind)}")
-        if not (math.isfinite(self.branch_scale) and self.branch_scale != 0):
-            raise ValueError(f"mlp.branch_scale must be a finite nonzero number, got {self.branch_scale!r}")
+            raise SpecError(f"mlp kind {self.kind!r}; allowed: {get_args(MLPKind)}")
+        limits.BRANCH_SCALE.check("field `mlp.branch_scale`", self.branch_scale, SpecError)
+        for key in ("activation", "up_activation", "out_activation"):
+            check_activation(f"mlp.{key}", getattr(self, key))
         if self.kind != "gated" and self.bias.gate:
-            raise ValueError("only a gated MLP has a gate projection, so bias.gate must be false")
+            raise SpecError("only a gated MLP has a gate projection, so bias.gate must be false")
         if self.up_activation != "identity" and self.kind == "dense":
-            raise ValueError("mlp.up_activation acts on the up map of a gated MLP (a = sigma(gate) * psi(up)); a "
+            raise SpecError("mlp.up_activation acts on the up map of a gated MLP (a = sigma(gate) * psi(up)); a "
                              "dense MLP has only sigma: use kind = 'gated' (or 'moe' with gated experts), or drop it")
         if self.mid_norm is not None and self.kind == "moe":
-            raise ValueError("mlp.mid_norm (a norm on the hidden activations before W_down) is supported for "
+            raise SpecError("mlp.mid_norm (a norm on the hidden activations before W_down) is supported for "
                              "kind = 'dense' or 'gated', not for 'moe'; set mid_norm = 'none'")
 
 
@@ -148,37 +149,37 @@ class MoESpec:
     weighting: Weighting = "output"
 
     def __post_init__(self) -> None:
-        if self.experts < 1:
-            raise ValueError(f"moe.experts must be >= 1, got {self.experts}")
+        for key, bound in (("experts", limits.EXPERTS), ("top_k", limits.TOP_K), ("groups", limits.EXPERTS),
+                           ("topk_groups", limits.EXPERTS)):
+            bound.check(f"field `moe.{key}`", getattr(self, key), SpecError)
+        limits.ROUTED_SCALE.check("field `moe.routed_scale`", self.routed_scale, SpecError)
         if not 1 <= self.top_k <= self.experts:
-            raise ValueError(f"moe.top_k must be in [1, experts={self.experts}], got {self.top_k}")
+            raise SpecError(f"moe.top_k must be in [1, experts={self.experts}], got {self.top_k}")
         if self.scoring not in get_args(Scoring):
-            raise ValueError(f"moe.scoring {self.scoring!r}; allowed: {get_args(Scoring)}")
+            raise SpecError(f"moe.scoring {self.scoring!r}; allowed: {get_args(Scoring)}")
         if self.scoring == "sigmoid" and self.softmax == "after_topk":
-            raise ValueError("moe.softmax = 'after_topk' takes a softmax over the selected logits, but "
+            raise SpecError("moe.softmax = 'after_topk' takes a softmax over the selected logits, but "
                              "moe.scoring = 'sigmoid' has none; use softmax = 'before_topk' (and renormalize = "
                              "true to normalize the selected sigmoid scores)")
         self._check_groups()
         if self.weighting not in get_args(Weighting):
-            raise ValueError(f"moe.weighting {self.weighting!r}; allowed: {get_args(Weighting)}")
+            raise SpecError(f"moe.weighting {self.weighting!r}; allowed: {get_args(Weighting)}")
         if self.weighting == "input" and (self.gates_sum_to_one or self.routed_scale != 1):
-            raise ValueError("moe.weighting = 'input' (the weight scales the expert's input, Llama 4) is supported "
+            raise SpecError("moe.weighting = 'input' (the weight scales the expert's input, Llama 4) is supported "
                              "with unnormalized scores only: set softmax = 'before_topk', renormalize = false and "
                              "routed_scale = 1")
-        if not (math.isfinite(self.routed_scale) and self.routed_scale != 0):
-            raise ValueError(f"moe.routed_scale must be a finite nonzero number, got {self.routed_scale!r}")
 
     def _check_groups(self) -> None:
         if self.groups < 1 or self.experts % self.groups:
-            raise ValueError(f"moe.groups must be >= 1 and divide experts={self.experts}, got {self.groups}")
+            raise SpecError(f"moe.groups must be >= 1 and divide experts={self.experts}, got {self.groups}")
         if not 1 <= self.topk_groups <= self.groups:
-            raise ValueError(f"moe.topk_groups must be in [1, groups={self.groups}], got {self.topk_groups}")
+            raise SpecError(f"moe.topk_groups must be in [1, groups={self.groups}], got {self.topk_groups}")
         size = self.experts // self.groups
         if self.groups > 1 and size < 2:
-            raise ValueError(f"a group scores the sum of its two best experts, so it needs >= 2 experts; "
+            raise SpecError(f"a group scores the sum of its two best experts, so it needs >= 2 experts; "
                              f"experts={self.experts} in groups={self.groups} gives {size}")
         if self.top_k > self.topk_groups * size:
-            raise ValueError(f"moe.top_k={self.top_k} exceeds the experts of the topk_groups={self.topk_groups} "
+            raise SpecError(f"moe.top_k={self.top_k} exceeds the experts of the topk_groups={self.topk_groups} "
                              f"chosen groups ({self.topk_groups} x {size})")
 
     @property
@@ -215,23 +216,24 @@ class BlockSpec:
     hf_model_types: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        check_name(self.name)
         if (self.mlp.kind == "moe") != (self.moe is not None):
-            raise ValueError("a [moe] table is required exactly when mlp.kind = 'moe'")
+            raise SpecError("a [moe] table is required exactly when mlp.kind = 'moe'")
         if self.residual == "parallel" and not self.skip:
-            raise ValueError("a parallel block always has its residual skip; set skip = true")
+            raise SpecError("a parallel block always has its residual skip; set skip = true")
         if self.shared_pre_norm and self.residual != "parallel":
-            raise ValueError("shared_pre_norm only makes sense for a parallel block")
+            raise SpecError("shared_pre_norm only makes sense for a parallel block")
         if self.shared_pre_norm and self.mlp.pre_norm != self.attention.pre_norm:
-            raise ValueError("shared_pre_norm requires mlp.pre_norm == attention.pre_norm")
+            raise SpecError("shared_pre_norm requires mlp.pre_norm == attention.pre_norm")
         if self.moe is not None and self.mlp.bias != Biases():
-            raise ValueError("mlp.bias declares the biases of a dense or gated MLP; the experts of kind = 'moe' "
+            raise SpecError("mlp.bias declares the biases of a dense or gated MLP; the experts of kind = 'moe' "
                              "take theirs from moe.expert_bias = true (set mlp.bias = false)")
         if self.moe is not None and self.mlp.up_activation != "identity" and self.moe.expert != "gated" and \
                 self.moe.shared_expert == "none":
-            raise ValueError("mlp.up_activation acts on gated maps, but these experts are dense and there is no "
+            raise SpecError("mlp.up_activation acts on gated maps, but these experts are dense and there is no "
                              "shared expert: use moe.expert = 'gated', or drop up_activation")
         if not self.skip and (self.mlp.post_ln is not None):
-            raise ValueError("mlp.post_ln normalizes the residual sum, so it needs skip = true")
+            raise SpecError("mlp.post_ln normalizes the residual sum, so it needs skip = true")
 
     @property
     def norms(self) -> dict[str, NormSpec]:
@@ -325,57 +327,7 @@ def _norm_params(name: str, norm: NormSpec) -> list[str]:
 # --------------------------------------------------------------------------- TOML reading
 
 
-class _Table:
-    """A TOML table being read: typed getters that raise `SpecError` naming source and field."""
-
-    def __init__(self, source: str, prefix: str, data: Any):
-        if not isinstance(data, dict):
-            raise SpecError(
-                f"{source}: `{prefix or 'the file'}` must be a table, got {type(data).__name__} {data!r}."
-            )
-        self.source, self.prefix, self.data, self.used = source, prefix, data, set()
-
-    def path(self, key: str) -> str:
-        return f"{self.prefix}.{key}" if self.prefix else key
-
-    def get(self, key: str, types: type | tuple[type, ...], default: Any) -> Any:
-        self.used.add(key)
-        if key not in self.data:
-            return default
-        value = self.data[key]
-        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in _tuple(types))
-        if not ok:
-            names = " or ".join(t.__name__ for t in _tuple(types))
-            raise SpecError(
-                f"{self.source}: field `{self.path(key)}` must be of type {names}, "
-                f"got {type(value).__name__} {value!r}."
-            )
-        return value
-
-    def choice(self, key: str, allowed: tuple[str, ...], default: str | None) -> Any:
-        value = self.get(key, str, default)
-        if value is not None and value not in allowed:
-            raise bad_value(self.source, self.path(key), value, allowed)
-        return value
-
-    def sub(self, key: str) -> _Table | None:
-        self.used.add(key)
-        return _Table(self.source, self.path(key), self.data[key]) if key in self.data else None
-
-    def finish(self, allowed: tuple[str, ...]) -> None:
-        for key in self.data:
-            if key not in allowed:
-                raise SpecError(
-                    f"{self.source}: unknown field `{self.path(key)}` (value {self.data[key]!r})."
-                    f"{suggest(key, allowed)} Allowed fields here: {', '.join(allowed)}."
-                )
-
-
-def _tuple(t: type | tuple[type, ...]) -> tuple[type, ...]:
-    return t if isinstance(t, tuple) else (t,)
-
-
-def _read_norm(tab: _Table, key: str, defaults: dict[str, Any]) -> NormSpec | None:
+def _read_norm(tab: Table, key: str, defaults: dict[str, Any]) -> NormSpec | None:
     raw = tab.data.get(key, "none")
     tab.used.add(key)
     if isinstance(raw, str):
@@ -385,7 +337,7 @@ def _read_norm(tab: _Table, key: str, defaults: dict[str, Any]) -> NormSpec | No
             raise bad_value(tab.source, tab.path(key), raw, ("none", *get_args(NormKind)),
                             "Or an inline table {kind, eps, scale, bias}.")
         return _make_norm(tab.source, tab.path(key), {**defaults, "kind": raw})
-    sub = _Table(tab.source, tab.path(key), raw)
+    sub = Table(tab.source, tab.path(key), raw)
     values = dict(defaults)
     for name in NORM_FIELDS:
         if name in sub.data:
@@ -399,12 +351,12 @@ def _read_norm(tab: _Table, key: str, defaults: dict[str, Any]) -> NormSpec | No
     return _make_norm(tab.source, tab.path(key), values)
 
 
-def _read_norm_defaults(root: _Table) -> dict[str, Any]:
+def _read_norm_defaults(root: Table) -> dict[str, Any]:
     tab = root.sub("norm")
     if tab is None:
         return {"eps": 1e-6, "scale": "plain", "bias": False}
     out = {
-        "eps": tab.get("eps", (float, int), 1e-6),
+        "eps": tab.number("eps", limits.EPS, 1e-6),
         "scale": tab.choice("scale", get_args(ScaleParam), "plain"),
         "bias": tab.get("bias", bool, False),
     }
@@ -417,42 +369,28 @@ def _make_norm(source: str, where: str, v: dict[str, Any]) -> NormSpec:
         raise bad_value(source, f"{where}.kind", v["kind"], get_args(NormKind))
     if v.get("scale") not in get_args(ScaleParam):
         raise bad_value(source, f"{where}.scale", v.get("scale"), get_args(ScaleParam))
-    eps = v.get("eps")
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps < 0:
-        raise SpecError(f"{source}: field `{where}.eps` must be a finite number >= 0, got {eps!r}.")
+    eps = limits.EPS.check(f"{source}: field `{where}.eps`", v.get("eps"), SpecError)
     if not isinstance(v.get("bias"), bool):
         raise SpecError(f"{source}: field `{where}.bias` must be true or false, got {v.get('bias')!r}.")
     bias = bool(v["bias"]) and v["kind"] == "layer"  # a [norm] default `bias = true` concerns LayerNorms only
     return NormSpec(kind=v["kind"], eps=float(eps), scale=v["scale"], bias=bias)
 
 
-def _read_biases(tab: _Table, kind: str) -> Biases:
+def _read_biases(tab: Table, kind: str) -> Biases:
     raw = tab.data.get("bias", False)
     tab.used.add("bias")
     keys = ("gate", "up", "down") if kind == "gated" else ("up", "down")
     if isinstance(raw, bool):
         return Biases(**{k: raw for k in keys})
-    sub = _Table(tab.source, tab.path("bias"), raw)
+    sub = Table(tab.source, tab.path("bias"), raw)
     values = {k: sub.get(k, bool, False) for k in keys}
     sub.finish(keys)
     return Biases(**values)
 
 
-def _read_activation(tab: _Table, key: str, default: str) -> str:
-    value = tab.get(key, str, default)
-    if value in ACTIVATIONS:
-        return value
-    from symbolic.activations import parse_custom  # SymPy only for custom expressions
-
-    try:
-        parse_custom(value)
-    except ValueError as exc:
-        raise SpecError(
-            f"{tab.source}: field `{tab.path(key)}` has the value {value!r}: {exc} "
-            f"Allowed: one of {', '.join(ACTIVATIONS)}, or a SymPy expression in x "
-            "such as 'x*sigmoid(1.702*x)'."
-        ) from None
-    return value
+def _read_activation(tab: Table, key: str, default: str) -> str:
+    """The text of an activation field; `MLPSpec` checks it (`_check_activation`)."""
+    return tab.get(key, str, default)
 
 
 TOP_FIELDS = ("name", "description", "reference", "hf_model_types", "residual", "skip",
@@ -465,15 +403,15 @@ MOE_FIELDS = ("experts", "top_k", "softmax", "renormalize", "shared_expert", "ex
 
 def parse_spec(data: dict[str, Any], source: str) -> BlockSpec:
     """Build a `BlockSpec` from a parsed TOML document; `source` names the file in errors."""
-    root = _Table(source, "", data)
+    root = Table(source, "", data)
     defaults = _read_norm_defaults(root)
     name = root.get("name", str, None)
     if not name:
         raise SpecError(f"{source}: field `name` is missing; give the block a name, e.g. name = \"my_block\".")
-    if not name.isidentifier():
-        raise SpecError(f"{source}: field `name` has the value {name!r}, which is not allowed: it names the "
-                        "generated kernel module and the report files. Allowed: letters, digits and underscores, "
-                        "not starting with a digit (e.g. \"my_block\").")
+    try:
+        check_name(name)
+    except SpecError as exc:
+        raise SpecError(f"{source}: {exc}.") from None
     attention = AttentionSpec()
     if (att := root.sub("attention")) is not None:
         attention = AttentionSpec(*(_read_norm(att, k, defaults) for k in ("pre_norm", "post_norm", "post_ln")))
@@ -507,7 +445,7 @@ def parse_spec(data: dict[str, Any], source: str) -> BlockSpec:
     return spec
 
 
-def _read_mlp(tab: _Table, defaults: dict[str, Any]) -> MLPSpec:
+def _read_mlp(tab: Table, defaults: dict[str, Any]) -> MLPSpec:
     kind = tab.choice("kind", get_args(MLPKind), None)
     if kind is None:
         raise SpecError(f"{tab.source}: field `mlp.kind` is missing; allowed: 'dense', 'gated', 'moe'.")
@@ -518,7 +456,7 @@ def _read_mlp(tab: _Table, defaults: dict[str, Any]) -> MLPSpec:
         out_activation=_read_activation(tab, "out_activation", "identity"),
         bias=_read_biases(tab, kind),
         **{k: _read_norm(tab, k, defaults) for k in ("pre_norm", "mid_norm", "post_norm", "post_ln")},
-        branch_scale=float(tab.get("branch_scale", (float, int), 1.0)),
+        branch_scale=float(tab.number("branch_scale", limits.BRANCH_SCALE, 1.0)),
     )
     tab.finish(MLP_FIELDS)
     try:
@@ -527,11 +465,11 @@ def _read_mlp(tab: _Table, defaults: dict[str, Any]) -> MLPSpec:
         raise SpecError(f"{tab.source}: [mlp]: {exc}.") from None
 
 
-def _read_moe(tab: _Table | None) -> MoESpec | None:
+def _read_moe(tab: Table | None) -> MoESpec | None:
     if tab is None:
         return None
-    experts = tab.get("experts", int, None)
-    top_k = tab.get("top_k", int, None)
+    experts = tab.number("experts", limits.EXPERTS, None)
+    top_k = tab.number("top_k", limits.TOP_K, None)
     if experts is None or top_k is None:
         raise SpecError(f"{tab.source}: [moe] needs integer fields `experts` and `top_k`.")
     values = dict(
@@ -543,9 +481,9 @@ def _read_moe(tab: _Table | None) -> MoESpec | None:
         expert=tab.choice("expert", get_args(ExpertKind), "gated"),
         scoring=tab.choice("scoring", get_args(Scoring), "softmax"),
         selection_bias=tab.get("selection_bias", bool, False),
-        groups=tab.get("groups", int, 1),
-        topk_groups=tab.get("topk_groups", int, 1),
-        routed_scale=float(tab.get("routed_scale", (float, int), 1.0)),
+        groups=tab.number("groups", limits.EXPERTS, 1),
+        topk_groups=tab.number("topk_groups", limits.EXPERTS, 1),
+        routed_scale=float(tab.number("routed_scale", limits.ROUTED_SCALE, 1.0)),
         router_bias=tab.get("router_bias", bool, False),
         expert_bias=tab.get("expert_bias", bool, False),
         weighting=tab.choice("weighting", get_args(Weighting), "output"),
@@ -557,7 +495,7 @@ def _read_moe(tab: _Table | None) -> MoESpec | None:
         raise SpecError(f"{tab.source}: [moe]: {exc}.") from None
 
 
-def _read_patch(tab: _Table | None) -> PatchSpec:
+def _read_patch(tab: Table | None) -> PatchSpec:
     if tab is None:
         return PatchSpec()
     allow = tab.get("allow", list, ["*"])
@@ -588,31 +526,14 @@ def _check_allow(spec: BlockSpec, source: str) -> None:
             )
 
 
-def read_text(path: str | Path) -> str:
-    """The text of a spec file (UTF-8). Raises `SpecError` with the file name on any problem."""
-    path = Path(path)
-    try:
-        return path.read_text(encoding="utf-8")
-    except IsADirectoryError:
-        raise SpecError(f"{path}: is a folder, not a spec file. Allowed: a catalog name or a .toml file.") from None
-    except OSError as exc:
-        raise SpecError(f"{path}: cannot read the spec file ({exc.strerror}).") from None
-    except UnicodeDecodeError as exc:
-        raise SpecError(f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
-                        "TOML spec files must be UTF-8.") from None
-
-
 def load_toml(path: str | Path) -> BlockSpec:
     """Read a spec file. Raises `SpecError` with the file name on any problem."""
     return loads_toml(read_text(path), str(path))
 
 
 def loads_toml(text: str, source: str = "<string>") -> BlockSpec:
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise SpecError(f"{source}: not valid TOML: {exc}.") from None
-    return parse_spec(data, source)
+    """Parse the text of a spec file. Raises `SpecError` with `source` on any problem (`symbolic.specfile`)."""
+    return parse_spec(parse_document(text, source), source)
 
 
 # --------------------------------------------------------------------------- TOML writing

@@ -4,14 +4,23 @@ the user named."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import math
 import os
+import signal
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sandbox import sandbox, stray_files
 
 from ctxpatch.cli import main
+from ctxpatch.reporting import FORMATS
 from symbolic import catalog
+from symbolic.errors import CtxpatchInputError, PatchConditionError
+from symbolic.spec import dump_toml
 
 GOOD = catalog.text("llama")
 
@@ -98,7 +107,7 @@ def test_a_folder_given_as_a_spec_file(tmp_path, capsys):
                                   ["validate", "llama", "--trials", "many"]])
 def test_counts_out_of_range(argv, capsys):
     code, err = run(argv, capsys)
-    assert code == 2 and "argument --" in err and ("must be at least" in err or "not an integer" in err)
+    assert code == 2 and "argument --" in err and ("must be from" in err or "not an integer" in err)
 
 
 def test_every_verb_has_help_and_json(capsys):
@@ -154,6 +163,230 @@ def test_fuzzed_spec_fields_exit_0_1_or_2(tmp_path, capsys, field, value):
     path = spec_file(tmp_path, "\n".join(lines) + "\n")
     code, _ = run(["check", str(path), "--json"], capsys)
     assert code in (0, 1, 2)
+
+
+# --------------------------------------------------------------------------- the fuzz over hostile inputs
+#
+# Random specs with hostile field values and hostile activations, hostile options, hostile arguments to the Python
+# face. The only outcomes allowed: success, exit 1 (a failed check), exit 2 with a one-paragraph message (in Python
+# a `CtxpatchInputError` or a `PatchConditionError`); never a traceback, never more than EXAMPLE_SECONDS for one
+# example (an alarm stops it), never a file outside the output folder (each example runs in a `sandbox`).
+
+EXAMPLE_SECONDS = 60
+FUZZ = settings(max_examples=15, deadline=None, derandomize=True,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+
+
+class Hang(BaseException):
+    """An example ran past EXAMPLE_SECONDS (a BaseException, so that no `except Exception` swallows it)."""
+
+
+@contextlib.contextmanager
+def within(seconds: float):
+    def alarm(signum, frame):
+        raise Hang(f"no answer within {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def run_watched(argv: list[str], base: Path, capsys) -> tuple[int, str]:
+    """``ctxpatch argv`` (OUT: the output folder) in a sandbox, within EXAMPLE_SECONDS; its exit code and stderr."""
+    base.mkdir(parents=True)
+    with sandbox(base) as folders, within(EXAMPLE_SECONDS):
+        code = main([a.replace("OUT", str(folders["out"])) for a in argv])
+    captured = capsys.readouterr()
+    assert stray_files(folders) == [], argv
+    assert code in (0, 1, 2), (argv, code)
+    assert "Traceback" not in captured.err and "Traceback" not in captured.out, argv
+    if code == 2:  # one message that says which command refused what
+        assert captured.err.startswith(("ctxpatch ", "usage: ctxpatch")), captured.err
+    return code, captured.err
+
+
+def toml_value(v) -> str:
+    """A TOML literal for a Python value (strings escaped as JSON does, which TOML reads)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return "nan" if v != v else "inf" if v == math.inf else "-inf" if v == -math.inf else repr(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(toml_value(i) for i in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(i)}" for k, i in v.items()) + "}"
+    return json.dumps(v) if isinstance(v, str) else str(v)
+
+
+def set_field(text: str, field: str, literal: str) -> str:
+    """The canonical TOML `text` (`dump_toml`) with ``table.key`` (or a top-level key) set to `literal`."""
+    table, _, key = field.rpartition(".")
+    lines = text.splitlines()
+    start = 0
+    if table:
+        header = f"[{table}]"
+        if not any(ln.split("#")[0].strip() == header for ln in lines):
+            lines += ["", header]
+        start = next(i for i, ln in enumerate(lines) if ln.split("#")[0].strip() == header) + 1
+    end = next((i for i in range(start, len(lines)) if lines[i].startswith("[")), len(lines))
+    lines = [ln for i, ln in enumerate(lines) if not (start <= i < end and ln.startswith(f"{key} ="))]
+    lines.insert(start, f"{key} = {literal}")
+    return "\n".join(lines) + "\n"
+
+
+SPEC_FIELDS = ["name", "description", "hf_model_types", "residual", "skip", "shared_pre_norm", "norm.eps",
+               "norm.scale", "attention.pre_norm", "mlp.kind", "mlp.activation", "mlp.up_activation",
+               "mlp.out_activation", "mlp.branch_scale", "mlp.bias", "mlp.pre_norm", "mlp.mid_norm", "moe.experts",
+               "moe.top_k", "moe.groups", "moe.topk_groups", "moe.routed_scale", "patch.allow", "patch.strategy"]
+HUGE = [10**3, 10**9, 2**63, 10**30, -(10**30), 10**400, 1e-300, 5e-324, 1e300, -0.0]
+NUMBERS = st.one_of(st.integers(-3, 9), st.sampled_from(HUGE), st.floats(allow_nan=True, allow_infinity=True))
+TEXTS = st.one_of(st.text(st.characters(blacklist_categories=["Cs"]), max_size=8),  # no lone surrogates: UTF-8 text
+                  st.sampled_from(["", "x" * 3000, "__init__", "class", "bl\u00f6ck", "a/b", "none", "rms", "gated",
+                                   "moe", "one_plus", "W_*", "*:rank1"]))
+DEEP = st.sampled_from(["DEEP_TABLE", "DEEP_ARRAY"])
+VALUES = st.one_of(NUMBERS, TEXTS, st.booleans(), st.lists(st.one_of(NUMBERS, TEXTS), max_size=3),
+                   st.dictionaries(st.sampled_from(["kind", "eps", "scale", "bias", "up"]), st.one_of(NUMBERS, TEXTS),
+                                   max_size=3), DEEP)
+#: Pieces of hostile activations, one per class: complex and infinite constants, big exponents and towers,
+#: overflow, poles and branch cuts, huge and tiny numbers, unknown names and syntax, size and depth.
+HOSTILE = ["I", "zoo", "oo", "-oo", "nan", "3j", "x**1000000", "x**(2**2**2**2)", "((x**4)**4)**4", "x**x**x",
+           "exp(exp(exp(exp(x))))", "exp(x**2)", "1/x", "1/(x - 0.5)", "log(x)", "sqrt(x)", "x**(1/3)", "x/0",
+           "0**-1", "1e999", "1e-999", "9" * 40, "y", "gamma(x)", "floor(x)", "__import__('os')", "x.real",
+           "(x > 0)", "Piecewise((x, x > 0))", "Piecewise((x, 0 < x < 1), (0, True))", "tanh(" * 15 + "x" + ")" * 15,
+           "+".join(["x"] * 150), "+".join(["x"] * 20000), "lambda: x", "[x]", "'x'", "x if x else 1", "Max()",
+           "Heaviside(x, H0=1)", "Rational(1, 0)", "sqrt(-1)", "E**(E**(E**x))", "x\x00", ""]
+BENIGN = ["x", "2*x", "tanh(x)", "sigmoid(x)", "Max(0, x)", "0.5", "Piecewise((x, x > 0), (0.01*x, True))"]
+EXPRESSIONS = st.one_of(
+    st.sampled_from(HOSTILE),
+    st.builds("{} {} {}".format, st.sampled_from(BENIGN), st.sampled_from(["+", "-", "*", "/", "**"]),
+              st.sampled_from(HOSTILE).map("({})".format)),
+    st.builds("{}({})".format, st.sampled_from(["exp", "tanh", "sigmoid", "Abs", "sin", "erf"]),
+              st.sampled_from(HOSTILE)),
+)
+
+
+#: Plausible values of each field, so that some fuzzed specs are valid and go on to check, validate and codegen.
+ACTIVATIONS = ["silu", "gelu", "relu", "identity", "x*sigmoid(1.702*x)", "tanh(x)", BENIGN[-1]]
+PLAUSIBLE = {
+    "name": ["blk", "my_block"], "description": ["a block"], "hf_model_types": [[], ["llama"]],
+    "residual": ["sequential", "parallel"], "skip": [True, False], "shared_pre_norm": [False],
+    "norm.eps": [1e-5, 0, 1e-12, 0.5], "norm.scale": ["plain", "one_plus", "none"],
+    "attention.pre_norm": ["rms", "layer", "none"], "mlp.kind": ["dense", "gated"], "mlp.activation": ACTIVATIONS,
+    "mlp.up_activation": ACTIVATIONS, "mlp.out_activation": ACTIVATIONS, "mlp.branch_scale": [0.5, 2, -1],
+    "mlp.bias": [True, False], "mlp.pre_norm": ["rms", "layer"], "mlp.mid_norm": ["none", "rms"],
+    "moe.experts": [4, 8, 16], "moe.top_k": [1, 2], "moe.groups": [1, 2], "moe.topk_groups": [1],
+    "moe.routed_scale": [2.5, 1.0], "patch.allow": [["*"], ["W_*"]], "patch.strategy": ["stable", "down_rank1"],
+}
+CHANGES = st.one_of(
+    st.tuples(st.sampled_from(SPEC_FIELDS), VALUES),  # a hostile value
+    st.sampled_from(SPEC_FIELDS).flatmap(lambda f: st.tuples(st.just(f), st.sampled_from(PLAUSIBLE[f]))),
+    st.tuples(st.sampled_from(["mlp.activation", "mlp.up_activation", "mlp.out_activation"]), EXPRESSIONS),
+)
+
+
+def literal(value) -> str:
+    if value == "DEEP_TABLE":
+        return "{a = " * 2000 + "1" + "}" * 2000
+    if value == "DEEP_ARRAY":
+        return "[" * 2000 + "]" * 2000
+    return toml_value(value)
+
+
+@FUZZ
+@given(arch=st.sampled_from(["llama", "gemma3", "mixtral", "deepseek_v3", "gpt2", "bert"]),
+       changes=st.lists(CHANGES, min_size=1, max_size=3))
+def test_fuzzed_specs_are_answered_or_refused_with_a_message(tmp_path, capsys, arch, changes):
+    """A catalog spec with hostile (or plausible) fields and activations: check, then (if it parsed) validate and
+    codegen -o."""
+    text = dump_toml(catalog.load(arch))
+    for field, value in changes:
+        text = set_field(text, field, literal(value))
+    base = tmp_path / f"ex{len(list(tmp_path.iterdir()))}"
+    path = base.parent / f"{base.name}.toml"
+    path.write_text(text, encoding="utf-8")
+    code, err = run_watched(["check", str(path)], base / "check", capsys)
+    if code == 2:
+        return
+    run_watched(["validate", str(path), "--layers", "1", "--trials", "1"], base / "validate", capsys)
+    run_watched(["codegen", "--spec", str(path), "-o", "OUT"], base / "codegen", capsys)
+
+
+#: Options of the verbs with a value each, and hostile values: beyond either end of the range, not integers,
+#: numbers no integer type holds; small valid values too (so that relations between options are reached).
+OPTIONS = {
+    "validate": ["--layers", "--trials", "--context-len", "--query-len", "--d", "--m", "--heads", "--kv-heads",
+                 "--seed", "--dtype"],
+    "hf-check": ["--layers", "--context-len", "--query-len", "--generate", "--seed", "--dtype"],
+    "precision": ["--trials"],
+    "experiment": ["--tokens", "--dtype", "--patch-dtype", "--model"],
+    "report": ["--format", "-o"],
+    "codegen": ["--spec", "-o", "--strategy"],
+    "models": ["--markdown", "--types"],
+}
+OPTION_VALUES = ["0", "-1", "1", "2", "3", "6", "257", "1001", "4097", "65537", "4294967296", "99999999999999999999999",
+                 "1" + "0" * 5000, "1e3", "0x10", "", " ", "nan", "float16", "\u0661\u0662", "x" * 300, "a.toml",
+                 "/dev/zero", "OUT", "OUT/a.md"]
+#: The verbs that run long when every option is valid: fuzzed up to their checks (a trailing unknown option).
+HEAVY = {"hf-check", "precision", "experiment", "report", "models", "codegen"}
+
+
+@settings(FUZZ, max_examples=40)  # each example is answered by the argument checks: cheap
+@given(verb=st.sampled_from(sorted(OPTIONS)), picks=st.lists(st.tuples(st.integers(0, 9),
+                                                                       st.sampled_from(OPTION_VALUES)),
+                                                             min_size=1, max_size=3))
+def test_fuzzed_options_are_answered_or_refused_with_a_message(tmp_path, capsys, verb, picks):
+    names = OPTIONS[verb]
+    argv = [verb] + (["llama"] if verb in ("validate", "hf-check", "precision", "report") else [])
+    for i, value in picks:
+        argv += [names[i % len(names)], value]
+    if verb in HEAVY:
+        argv.append("--no-such-option")
+    run_watched(argv, tmp_path / f"ex{len(list(tmp_path.iterdir()))}", capsys)
+
+
+#: Hostile arguments of the Python face: each must return or raise a named ctxpatch error.
+ODD = st.one_of(st.none(), st.integers(-2, 2), st.sampled_from([10**23, -(10**23), 2.5, math.nan, math.inf, True]),
+                st.text(max_size=6), st.sampled_from(["float16", "x" * 300, "a\x00b", "/dev/zero", "__init__"]),
+                st.lists(st.integers(), max_size=2))
+FACE = {
+    "check": ("spec", "strategy", "input_strategy"),
+    "derive": ("spec", "strategy", "input_strategy"),
+    "codegen": ("spec", "backend", "strategy"),
+    "validate": ("spec", "trials", "seed", "layers", "d", "m", "heads", "kv_heads", "context_len", "query_len",
+                 "dtype", "rope", "experts", "strategy"),
+    "report": ("spec", "fmt"),
+    "prove": ("target",),
+}
+
+
+@FUZZ
+@given(function=st.sampled_from(sorted(FACE)), picks=st.lists(st.tuples(st.integers(0, 20), ODD), min_size=1,
+                                                              max_size=3))
+def test_fuzzed_python_calls_return_or_raise_a_named_error(tmp_path, function, picks):
+    import ctxpatch
+
+    names = FACE[function]
+    kwargs = {"spec": "gemma3"} if "spec" in names else {"target": "rank1_lemma"}
+    for i, value in picks:
+        kwargs[names[i % len(names)]] = value
+    if function == "report":  # the valid formats render a whole report: only the argument checks are fuzzed
+        kwargs["fmt"] = kwargs.get("fmt") if kwargs.get("fmt") not in FORMATS else "docx"
+    if function == "prove" and kwargs["target"] == "all":
+        kwargs["target"] = "every"
+    base = tmp_path / f"ex{len(list(tmp_path.iterdir()))}"
+    base.mkdir()
+    with sandbox(base) as folders, within(EXAMPLE_SECONDS):
+        if function == "report":
+            kwargs["out_dir"] = folders["out"]
+        try:
+            getattr(ctxpatch, function)(**kwargs)
+        except (CtxpatchInputError, PatchConditionError) as exc:
+            assert str(exc), kwargs
+    assert stray_files(folders) == []
 
 
 # --------------------------------------------------------------------------- errors by kind

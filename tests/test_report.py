@@ -91,7 +91,11 @@ def test_report_command(tmp_path, capsys):
 
 
 def test_demo_runs_every_step_and_writes_the_reports(tmp_path, capsys):
-    assert main(["demo", "--json", "-o", str(tmp_path)]) == 0
+    from sandbox import sandbox, stray_files
+
+    with sandbox(tmp_path) as folders:  # nothing written outside -o, temporary files included
+        assert main(["demo", "--json", "-o", str(folders["out"])]) == 0
+    assert stray_files(folders) == []
     out = json.loads(capsys.readouterr().out)
     names = [s["name"].split(" ")[0] for s in out["steps"]]
     assert names == ["check", "prove", "codegen", "validate", "HF", "experiment", "reports"]

@@ -83,7 +83,7 @@ def test_deepseek_fields_round_trip_and_defaults():
     ("routed_scale = 2.5", "routed_scale = 0.0", "routed_scale"),
     ('scoring = "sigmoid"', 'scoring = "tanh"', "scoring"),
     ('softmax = "before_topk"', 'softmax = "after_topk"', "after_topk"),
-    ("top_k = 8", "top_k = 200", "exceeds"),
+    ("top_k = 8", "top_k = 200", "from 1 to 128"),
     ("selection_bias = true", "selection_bias = 1", "selection_bias"),
 ])
 def test_deepseek_fields_bad_values_are_named(old, new, words):
@@ -91,6 +91,12 @@ def test_deepseek_fields_bad_values_are_named(old, new, words):
     with pytest.raises(SpecError) as exc:
         loads_toml(DEEPSEEK_TEXT.replace(old, new), "ds.toml")
     assert "ds.toml" in str(exc.value) and words in str(exc.value)
+
+
+def test_top_k_may_not_exceed_the_experts_of_the_chosen_groups():
+    text = DEEPSEEK_TEXT.replace("top_k = 8", "top_k = 100").replace("topk_groups = 4", "topk_groups = 2")
+    with pytest.raises(SpecError, match="top_k=100 exceeds the experts of the topk_groups=2 chosen groups"):
+        loads_toml(text, "ds.toml")
 
 
 def test_groups_need_two_experts_each():

@@ -78,3 +78,34 @@ def test_validate_command_json_keys_and_exit_codes(capsys):
 def test_alternative_strategy_validates(capsys):
     assert main(["validate", "gemma3", "--strategy", "stable", "--layers", "2", "--trials", "1", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["max_rel_error"] <= 1e-10
+
+
+class _RefusingKernel:
+    """The generated kernel, except that its patches' side condition fails on the first `refusals` calls."""
+
+    def __init__(self, spec, refusals: int):
+        self.inner, self.left, self.calls = kernels.load(spec, "torch"), refusals, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def block_patches(self, *args, **kwargs):
+        from symbolic.errors import PatchConditionError
+
+        self.calls += 1
+        if self.left > 0:
+            self.left -= 1
+            raise PatchConditionError("a test condition", [0], kwargs.get("layer", ""))
+        return self.inner.block_patches(*args, **kwargs)
+
+
+@pytest.mark.parametrize("refusals, ok", [(1, True), (3, False)])
+def test_a_refused_draw_is_counted_and_shown_never_patched(refusals, ok):
+    """A trial whose patch condition fails is listed in `refused` with its reason; `ok` needs a completed trial."""
+    spec = catalog.load("llama")
+    kernel = _RefusingKernel(spec, refusals)
+    out = validate(spec, Setup(layers=2), trials=3, kernel=kernel)
+    assert [r["trial"] for r in out["refused"]] == list(range(refusals))
+    assert all("a test condition" in r["reason"] for r in out["refused"])
+    assert out["ok"] is ok
+    assert kernel.calls == refusals + 2 * (3 - refusals)  # refused trials stop at their first layer

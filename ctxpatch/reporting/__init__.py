@@ -16,7 +16,6 @@ import html
 import re
 import shutil
 import subprocess
-import tempfile
 import time
 from functools import cache
 from pathlib import Path
@@ -234,8 +233,12 @@ def _def_name(name: str) -> str:
 
 
 def render(spec: BlockSpec, fmt: str, out_dir: Path, data: dict | None = None, quick: bool = False) -> list[Path]:
-    """Write the report of `spec` in `fmt` (latex, pdf or html) into `out_dir`; return the files."""
-    from ctxpatch.reporting.plots import figures
+    """Write the report of `spec` in `fmt` (latex, pdf or html) into `out_dir`; return the files.
+
+    Nothing is written outside `out_dir`: the HTML report inlines its figures, the LaTeX report writes them to
+    ``<name>-figures/`` beside it, and pdflatex builds in ``<name>-build/``, removed once the PDF is copied out.
+    """
+    from ctxpatch.reporting.plots import figures, names
 
     if fmt not in FORMATS:
         raise CtxpatchInputError(f"--format {fmt!r} is not allowed. Allowed: {', '.join(FORMATS)}.")
@@ -245,14 +248,17 @@ def render(spec: BlockSpec, fmt: str, out_dir: Path, data: dict | None = None, q
     out_dir.mkdir(parents=True, exist_ok=True)
     data = data or collect(spec, quick=quick)
     name = spec.name
+    pngs = figures(data)
     if fmt == "html":
-        with tempfile.TemporaryDirectory() as tmp:
-            figs = freshness.encode_figures(figures(data, Path(tmp)))
+        figs = freshness.encode_figures(pngs)
         path = out_dir / f"{name}.html"
         path.write_text(html_text(data, figs))
         return [path]
     fig_dir = out_dir / f"{name}-figures"
-    figs = {k: p.relative_to(out_dir).as_posix() for k, p in figures(data, fig_dir).items()}
+    fig_dir.mkdir(exist_ok=True)
+    for key, png in pngs.items():
+        (fig_dir / names(data)[key]).write_bytes(png)
+    figs = {k: (fig_dir / names(data)[k]).relative_to(out_dir).as_posix() for k in pngs}
     tex = out_dir / f"{name}.tex"
     tex.write_text(tex_text(data, figs))
     if fmt == "latex":
@@ -315,16 +321,20 @@ def require_latex() -> None:
 
 
 def _compile(tex: Path) -> Path:
-    with tempfile.TemporaryDirectory() as build:
-        run = subprocess.run(["latexmk", "-pdf", "-interaction=nonstopmode", "-halt-on-error", f"-outdir={build}",
-                              tex.name], cwd=tex.parent, capture_output=True, text=True, timeout=300)
-        pdf = Path(build) / (tex.stem + ".pdf")
-        if run.returncode != 0 or not pdf.exists():
-            log = (Path(build) / (tex.stem + ".log"))
-            tail = log.read_text(errors="replace")[-2000:] if log.exists() else run.stdout[-2000:]
-            raise RuntimeError(f"pdflatex failed on {tex}:\n{tail}")
-        target = tex.with_suffix(".pdf")
-        shutil.copy(pdf, target)
+    """pdflatex (through latexmk) in ``<name>-build/`` beside the .tex, removed once the PDF is copied out; kept,
+    with its log, when the build fails."""
+    build = tex.parent / f"{tex.stem}-build"
+    build.mkdir(exist_ok=True)
+    run = subprocess.run(["latexmk", "-pdf", "-interaction=nonstopmode", "-halt-on-error", f"-outdir={build.name}",
+                          tex.name], cwd=tex.parent, capture_output=True, text=True, timeout=300)
+    pdf = build / (tex.stem + ".pdf")
+    if run.returncode != 0 or not pdf.exists():
+        log = build / (tex.stem + ".log")
+        tail = log.read_text(errors="replace")[-2000:] if log.exists() else run.stdout[-2000:]
+        raise RuntimeError(f"pdflatex failed on {tex} (the build is kept in {build}):\n{tail}")
+    target = tex.with_suffix(".pdf")
+    shutil.copy(pdf, target)
+    shutil.rmtree(build)
     return target
 
 

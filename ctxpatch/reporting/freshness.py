@@ -60,8 +60,9 @@ def read_figures(html: str) -> dict[str, str]:
     return out
 
 
-def encode_figures(paths: dict[str, Path]) -> dict[str, str]:
-    return {k: base64.b64encode(Path(p).read_bytes()).decode() for k, p in paths.items()}
+def encode_figures(pngs: dict[str, bytes]) -> dict[str, str]:
+    """The figures' PNG bytes as the base64 text an HTML report inlines."""
+    return {k: base64.b64encode(png).decode() for k, png in pngs.items()}
 
 
 def source_digest(tex: str) -> str:

@@ -1,9 +1,12 @@
 """The report's figures (matplotlib, Agg): errors per layer and dtype, patch norms per layer and
-token, and the implicit dynamics of the patch as the context grows (arXiv:2507.16003)."""
+token, and the implicit dynamics of the patch as the context grows (arXiv:2507.16003).
+
+Each figure is rendered to PNG bytes in memory: the HTML report inlines them, the LaTeX report writes
+them into its own folder; nothing is written anywhere else (no temporary files)."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import io
 
 #: Each figure of a report: its file name and its caption (the HTML's alt text).
 FIGURES = {"errors": ("errors.png", "error per layer and dtype"),
@@ -18,17 +21,16 @@ def names(data: dict) -> dict[str, str]:
     return {k: FIGURES[k][0] for k in keys}
 
 
-def figures(data: dict, out_dir: Path) -> dict[str, Path]:
+def figures(data: dict) -> dict[str, bytes]:
+    """The PNG bytes of every figure `data` has (the experiment's only when it ran)."""
     import matplotlib
 
     matplotlib.use("Agg")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     draw = {"errors": _errors, "norms": _norms, "dynamics": _dynamics, "experiment": _experiment}
-    return {k: draw[k](data, out_dir / file) for k, file in names(data).items()}
+    return {k: draw[k](data) for k in names(data)}
 
 
-def _experiment(data: dict, path: Path) -> Path:
+def _experiment(data: dict) -> bytes:
     import matplotlib.pyplot as plt
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(8, 3.2))
@@ -44,19 +46,20 @@ def _experiment(data: dict, path: Path) -> Path:
     a2.set_ylabel("running top-1 agreement")
     a1.legend(fontsize=7)
     fig.suptitle("generation without the prompt (trained tiny Gemma 3), per token", fontsize=9)
-    return _save(fig, path)
+    return _save(fig)
 
 
-def _save(fig, path: Path) -> Path:
+def _save(fig) -> bytes:
     fig.tight_layout()
-    fig.savefig(path, dpi=110, metadata={"Software": None})
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, metadata={"Software": None})
     import matplotlib.pyplot as plt
 
     plt.close(fig)
-    return path
+    return buffer.getvalue()
 
 
-def _errors(data: dict, path: Path) -> Path:
+def _errors(data: dict) -> bytes:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.2))
@@ -68,10 +71,10 @@ def _errors(data: dict, path: Path) -> Path:
     ax.set_ylabel("max relative error")
     ax.set_title("patched no-context run vs contextual run")
     ax.legend(fontsize=8)
-    return _save(fig, path)
+    return _save(fig)
 
 
-def _norms(data: dict, path: Path) -> Path:
+def _norms(data: dict) -> bytes:
     import matplotlib.pyplot as plt
 
     norms = data["validation"][0]["patch_norms"]
@@ -82,10 +85,10 @@ def _norms(data: dict, path: Path) -> Path:
     ax.set_xlabel("query token")
     ax.set_ylabel("layer")
     ax.set_title("patch norms per layer and token (float64, trial 1)")
-    return _save(fig, path)
+    return _save(fig)
 
 
-def _dynamics(data: dict, path: Path) -> Path:
+def _dynamics(data: dict) -> bytes:
     import matplotlib.pyplot as plt
 
     dyn = data["dynamics"]
@@ -99,4 +102,4 @@ def _dynamics(data: dict, path: Path) -> Path:
     a2.set_ylabel("cosine with the final patch")
     a1.legend(fontsize=7)
     fig.suptitle("implicit dynamics: the patch of one query token as the context grows", fontsize=9)
-    return _save(fig, path)
+    return _save(fig)

@@ -1,6 +1,7 @@
 """Evaluate expressions of the vector algebra numerically (torch, float64), one token at a time.
 
-`evaluate(expr, values)` lambdifies `expr` with an implementation of every opaque function of
+`evaluate(expr, values)` lambdifies `expr` (SymPy's PyTorch printer, as the reference block does:
+`numeric.check.reference.torch_function`) with an implementation of every opaque function of
 `symbolic.algebra` (MatVec as ``W @ z``, Dot, Mean, Outer, the expert and top-k functions, the
 RMSNorm inverse: the kernels' own, `numeric.kernels.runtime.rms_inverse`, written once for both back
 ends). Used by tests and by counterexample checks; the generated kernels are the
@@ -12,7 +13,7 @@ from __future__ import annotations
 import sympy as sp
 import torch
 
-from numeric.check.reference import TORCH_FUNCS
+from numeric.check.reference import torch_function
 from numeric.kernels.runtime import rms_inverse
 
 
@@ -30,7 +31,6 @@ def namespace(router=None) -> dict:
     """Implementations of the algebra's functions. `router`: ell -> (indices, scores) of the selected
     experts in rank order (default: softmax scores of the top logits, which is what a plain router does)."""
     ns = {
-        **TORCH_FUNCS,
         "MatVec": lambda W, z: W @ z,
         "Dot": lambda a, b: (a * b).sum(),
         "Mean": lambda v: v.mean() if isinstance(v, torch.Tensor) else v,
@@ -56,6 +56,6 @@ def evaluate(expr: sp.Expr, values: dict[sp.Symbol, object], router=None) -> tor
     missing = [s for s in symbols if s not in values]
     if missing:
         raise KeyError(f"no numeric value for {missing} in {expr}")
-    fn = sp.lambdify(symbols, expr, modules=[namespace(router)])
+    fn = torch_function(symbols, expr, namespace(router))
     out = fn(*(values[s] for s in symbols))
     return out if isinstance(out, torch.Tensor) else torch.tensor(float(out), dtype=torch.float64)

@@ -16,6 +16,7 @@ from functools import cache
 
 import sympy as sp
 import torch
+from sympy.printing.pytorch import TorchPrinter
 
 from symbolic.activations import activation
 from symbolic.activations import x as act_var
@@ -23,17 +24,24 @@ from symbolic.spec import BlockSpec, NormSpec
 
 
 def _unary(f):
-    """A torch function that also accepts plain numbers (lambdify prints sqrt(2) as a call)."""
+    """A torch function that also accepts plain numbers (the printer prints sqrt(2) as a call)."""
     return lambda v: f(v if isinstance(v, torch.Tensor) else torch.tensor(float(v), dtype=torch.float64))
 
 
+#: The torch functions behind what SymPy's PyTorch printer writes (``lambdify(..., modules=[TORCH_FUNCS, "torch"])``:
+#: Piecewise as nested ``where``, its conditions as ``gt``/``logical_and``), where the printed call needs a version
+#: that takes plain numbers too (``max(0, x)``, ``sqrt(2)``, ``heaviside(x, 1/2)``). Both names of a function are
+#: kept: the printer's (``max``, ``abs``, ``heaviside``) and SymPy's (``Max``, ``Abs``, ``Heaviside``).
 TORCH_FUNCS = {
     **{name: _unary(getattr(torch, tname)) for name, tname in (
         ("exp", "exp"), ("log", "log"), ("tanh", "tanh"), ("sinh", "sinh"), ("cosh", "cosh"), ("sin", "sin"),
-        ("cos", "cos"), ("atan", "atan"), ("erf", "erf"), ("sqrt", "sqrt"), ("Abs", "abs"), ("sign", "sign"))},
+        ("cos", "cos"), ("atan", "atan"), ("erf", "erf"), ("sqrt", "sqrt"), ("Abs", "abs"), ("abs", "abs"),
+        ("sign", "sign"))},
     "pi": torch.pi, "E": torch.e,
-    "Max": lambda *a: _fold(torch.maximum, a), "Min": lambda *a: _fold(torch.minimum, a),
-    "Heaviside": lambda v, h0=0.5: torch.heaviside(v, torch.as_tensor(h0, dtype=v.dtype)),
+    **{name: (lambda *a, op=op: _fold(op, a)) for name, op in (
+        ("Max", torch.maximum), ("max", torch.maximum), ("Min", torch.minimum), ("min", torch.minimum))},
+    **{name: (lambda v, h0=0.5: torch.heaviside(v, torch.as_tensor(h0, dtype=v.dtype))) for name in (
+        "Heaviside", "heaviside")},
 }
 
 
@@ -46,13 +54,32 @@ def _fold(op, args):
     return out
 
 
+class _Printer(TorchPrinter):
+    """SymPy's PyTorch printer, which prints a function it has no torch name for (the algebra's ``MatVec``,
+    ``Mean``, ...) as a call by its own name, for the namespace of `torch_function` to implement."""
+
+    def _print_Function(self, expr):
+        if type(expr) in self.mapping or not isinstance(expr, sp.Function):
+            return super()._print_Function(expr)
+        return f"{type(expr).__name__}({', '.join(self._print(a) for a in expr.args)})"
+
+
+def torch_function(variables, expr: sp.Expr, namespace: dict | None = None):
+    """`expr` as a function of `variables` on torch tensors (SymPy's PyTorch printer; `namespace` adds the
+    implementations of functions of its own)."""
+    ns = {**TORCH_FUNCS, **(namespace or {})}
+    printer = _Printer({"fully_qualified_modules": False, "inline": True, "allow_unknown_functions": True,
+                        "user_functions": {k: k for k in ns}})  # the settings lambdify gives its own printers
+    return sp.lambdify(variables, expr, modules=[ns, "torch"], printer=printer)
+
+
 @cache
 def elementwise(name_or_expr: str):
     """A torch function for an activation of a spec (SymPy expression lambdified once)."""
     expr = activation(name_or_expr)
     if expr == act_var:
         return lambda v: v
-    fn = sp.lambdify(act_var, expr, modules=[TORCH_FUNCS])
+    fn = torch_function(act_var, expr)
 
     def apply(v: torch.Tensor) -> torch.Tensor:
         r = fn(v)
