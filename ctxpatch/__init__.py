@@ -23,7 +23,7 @@ _EXPORTS = {
     "BlockSpec": "symbolic.spec", "SpecError": "symbolic.errors", "PatchConditionError": "symbolic.errors",
     "CtxpatchInputError": "symbolic.errors", "ModelInputError": "symbolic.errors", "Options": "numeric.hf",
     "absorb_sequence": "numeric.hf", "SequencePatch": "numeric.hf",
-    "STRATEGIES": "symbolic.derive", "Verdict": "symbolic.controllability", "Derivation": "symbolic.derive",
+    "STRATEGIES": "symbolic.derive", "Verdict": "symbolic.controllability", "Derivation": "symbolic.derivation",
 }
 __all__ = sorted(_EXPORTS)
 

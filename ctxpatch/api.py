@@ -24,7 +24,7 @@ from pathlib import Path
 
 from symbolic import catalog
 from symbolic.controllability import Verdict
-from symbolic.derive import Derivation
+from symbolic.derivation import Derivation
 from symbolic.spec import BlockSpec
 from symbolic.specfile import check_reference
 

@@ -83,7 +83,7 @@ def _print_verdict(verdict, out: dict, rows) -> None:
     if out["patches"]:
         pt = Table("parameter", "kind", "patch", title="patches")
         for p in verdict.derivation.patches:
-            from symbolic.derive import formula_text
+            from symbolic.derivation import formula_text
 
             pt.add_row(p.param, p.kind, formula_text(p))
         console.print(pt)
@@ -100,7 +100,7 @@ def _print_verdict(verdict, out: dict, rows) -> None:
 
 
 def cmd_derive(args) -> int:
-    from symbolic.derive import derivation_json, formula_text
+    from symbolic.derivation import derivation_json, formula_text
 
     der = api.derive(args.arch, args.strategy, args.input_strategy)
     out = derivation_json(der, latex=args.latex)

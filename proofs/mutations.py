@@ -18,7 +18,7 @@ from proofs import rank1_lemma as R
 from symbolic import catalog
 from symbolic import kernel as K
 from symbolic import theorems as T
-from symbolic.derive import PatchFormula
+from symbolic.derivation import PatchFormula
 from symbolic.terms import Dot, Vec
 
 z, z_C = R.z, R.z_C

@@ -18,7 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import cache
 
-from symbolic.derive import STRATEGIES, Derivation, Deriver, Restriction, Unavailable
+from symbolic.derivation import Derivation, Restriction, Unavailable
+from symbolic.derive import STRATEGIES, Deriver
 from symbolic.errors import SpecError
 from symbolic.spec import BlockSpec, allowed_parameters
 

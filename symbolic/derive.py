@@ -20,8 +20,6 @@ rank-1 on W_down; the combined strategies only on request.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import sympy as sp
 
 from symbolic.activations import x as _ACT_X
@@ -32,113 +30,27 @@ from symbolic.algebra import (
     Outer,
     RmsInverse,
     Vec,
-    is_scalar,
     is_zero,
     normalize,
     side_conditions,
-    tidy,
 )
-from symbolic.model import Block, Params, expert, input_bias
+from symbolic.derivation import (
+    Derivation,
+    PatchFormula,
+    Restriction,
+    Step,
+    Unavailable,
+    solve_for,
+)
+from symbolic.derive_input import InputSide
+from symbolic.model import Block, Params, expert
 from symbolic.printing import pstr
 from symbolic.ranges import elementwise_range
 from symbolic.spec import BlockSpec, allowed_kinds
 from symbolic.strategies import Registry, Strategy
 
 
-class Unavailable(Exception):
-    """The strategy needs a parameter the block lacks or the user does not allow."""
-
-
-@dataclass
-class Restriction(Exception):
-    """The strategy can match the contextual run only for special targets: not controllable."""
-
-    side: str  # input | output
-    reason: str  # range | scalar | fixed | unsolvable | undecided
-    stage: str
-    invariant: str
-    strategy: str
-    details: dict = field(default_factory=dict)
-
-    def __str__(self) -> str:
-        return f"{self.side} side, {self.stage}: {self.invariant}"
-
-
-@dataclass(frozen=True)
-class PatchFormula:
-    r"""The patch of one parameter: $\Delta W = \mathrm{left}\,\mathrm{right}^\top$ (rank1),
-    $\Delta = \mathrm{value}$ (vector, bias), or $\gamma \to s\gamma$ with $s = \mathrm{value}$ (scale)."""
-
-    param: str
-    kind: str
-    value: sp.Expr
-    right: sp.Expr | None = None
-    per_expert: bool = False
-
-    @property
-    def delta(self) -> sp.Expr:
-        return Outer(self.value, self.right) if self.kind == "rank1" else self.value
-
-    @property
-    def conditions(self) -> list[Condition]:
-        return side_conditions(self.value)
-
-
-@dataclass(frozen=True)
-class Step:
-    """One equation solved during a derivation: `lhs = rhs` for `unknowns`, giving `solution`."""
-
-    what: str
-    lhs: sp.Expr
-    rhs: sp.Expr
-    unknowns: tuple[sp.Symbol, ...]
-    solution: tuple[sp.Expr, ...]
-    side: str = ""
-
-
-@dataclass(frozen=True)
-class Derivation:
-    arch: str
-    input_strategy: str
-    output_strategy: str
-    patches: tuple[PatchFormula, ...]
-    steps: tuple[Step, ...]
-    conditions: tuple[Condition, ...]
-    hidden_match: bool | None
-    output_match: bool | None
-    definitions: tuple[tuple[str, sp.Expr], ...]
-    symbols: tuple[tuple[str, sp.Symbol], ...] = ()
-
-    @property
-    def verified(self) -> bool:
-        return self.hidden_match is True and self.output_match is True
-
-    def formula(self, param: str) -> PatchFormula:
-        return next(p for p in self.patches if p.param == param)
-
-
-# --------------------------------------------------------------------------- solving
-
-
-def solve_for(what: str, lhs: sp.Expr, rhs: sp.Expr, unknown: sp.Symbol, steps: list[Step],
-              side: str, stage: str, strategy: str) -> sp.Expr:
-    """Solve `lhs = rhs` for one unknown with SymPy; a scalar unknown must get a scalar solution."""
-    eq = normalize(sp.expand(normalize(lhs - rhs)))
-    solutions = sp.solve(eq, unknown, dict=True)
-    if not solutions:
-        raise Restriction(side, "unsolvable", stage, f"no {unknown} solves {lhs} = {rhs}", strategy)
-    value = normalize(solutions[0][unknown])
-    if sp.count_ops(value) < 60:  # full simplification only where it is cheap; correctness never needs it
-        value = sp.simplify(value)
-    if not isinstance(unknown, Vec) and not is_scalar(value):
-        raise Restriction(side, "scalar", stage,
-                          f"the scalar {unknown} would have to equal the vector {pstr(value)} in every coordinate",
-                          strategy, {"unknown": unknown, "solution": value})
-    steps.append(Step(what, lhs, rhs, (unknown,), (value,), side))
-    return value
-
-
-class Deriver:
+class Deriver(InputSide):
     """Derives the patches of one block for one (input, output) strategy pair."""
 
     def __init__(self, spec: BlockSpec):
@@ -165,126 +77,6 @@ class Deriver:
                 raise Unavailable("a parallel block's MLP input does not see the context")
             return [], self.P
         return ansatz(self, steps)
-
-    def _in_none(self, steps: list[Step]) -> tuple[list[PatchFormula], Params]:
-        raise Unavailable("a sequential block needs an input-side patch")
-
-    def _in_maps(self, strategy: str, steps: list[Step]) -> tuple[list[PatchFormula], Params]:
-        """Every input map patched (rank-1 on its matrix, or its bias), each falling back on the other."""
-        b = self.block
-        if strategy == "bias" and not any(p.role == "bias_in" and self.ok(n, "bias") for n, p in b.params.items()):
-            raise Unavailable("no input map has a bias that may be patched")
-        patches, changes = [], {}
-        for name in b.input_maps():
-            param = self._map_method(name, strategy)
-            formula, value = self._input_map(name, param, strategy, steps)
-            patches.append(formula)
-            changes[param] = value
-        return patches, self.P.replace(changes)
-
-    def _map_method(self, name: str, strategy: str) -> str:
-        bias = input_bias(name)
-        has_bias = bias in self.block.params
-        order = [name, bias] if strategy == "rank1" else [bias, name]
-        for p in order:
-            if p is not None and (p != bias or has_bias) and self.ok(p, "bias" if p == bias else "rank1"):
-                return p
-        why = f"neither {name} nor {bias} may be patched" if has_bias else f"{name} may not be patched and has no bias"
-        raise Restriction("input", "fixed", name,
-                          f"{name} z is unchanged by every allowed patch ({why}), so the hidden "
-                          "activations cannot follow z_C", strategy, {"map": name})
-
-    def _input_map(self, name: str, param: str, strategy: str,
-                   steps: list[Step]) -> tuple[PatchFormula, sp.Expr]:
-        b, z, z_C = self.block, self.z, self.z_C
-        p = b.params[param]
-        target = b.preact(self.P, name, z_C)
-        tag = param.replace(".", "_")
-        if param == "shared.w_gate":
-            x = sp.Symbol("x_" + tag)
-            value = p.symbol + x * z
-        elif param.startswith("b_"):
-            x = Vec("x_" + tag, p.symbol.dim)
-            value = p.symbol + x
-        else:
-            x = Vec("x_" + tag, p.symbol.rows)
-            base = b.expert_matrix(self.P, param.split(".")[1], expert) if p.per_expert else p.symbol
-            value = base + Outer(x, z)
-        P2 = self.P.replace({param: value})
-        lhs = b.preact(P2, name, z)
-        sol = solve_for(f"input map {name}: {param} patched so that it maps z like z_C", lhs, target,
-                        x, steps, "input", name, strategy)
-        if param.startswith("b_"):
-            return PatchFormula(param, "bias", sol), value.subs(x, sol)
-        if param == "shared.w_gate":
-            return PatchFormula(param, "rank1", sol, z), value.subs(x, sol)
-        return PatchFormula(param, "rank1", sol, z, p.per_expert), value.subs(x, sol)
-
-    def _one_map(self, strategy: str, steps: list[Step]) -> tuple[list[PatchFormula], Params]:
-        """Gated MLP: one of the two maps absorbs the whole change of a = sigma(g) * p."""
-        b = self.block
-        if self.spec.mlp.kind != "gated":
-            raise Unavailable("only a gated MLP can split its hidden activation between two maps")
-        a_C = b.signals["a_C"]
-        name = "W_up" if strategy == "up_only" else "W_gate"
-        other = "W_gate" if strategy == "up_only" else "W_up"
-        o = b.preact(self.P, other, self.z)
-        if strategy == "up_only":  # a_C = sigma(g) * psi(p'): p' = psi^-1(a_C / sigma(g))
-            self._require_sparse_zeros(b.sigma, "W_gate", strategy)
-            target = self._invert(b.psi, a_C / b.act(o), "input", "up_activation", strategy)
-        else:  # g' = sigma^-1(a_C / psi(p))
-            self._require_sparse_zeros(b.psi, "W_up", strategy)
-            target = self._invert(b.sigma, a_C / b.up_act(o), "input", "activation", strategy)
-        param = self._map_method(name, "rank1")
-        x = Vec("x_" + param, b.params[param].symbol.rows if param.startswith("W") else "m")
-        value = self.P[param] + (Outer(x, self.z) if param.startswith("W") else x)
-        sol = solve_for(f"{param} alone makes sigma(g) * p equal a_C", b.preact(self.P.replace({param: value}), name,
-                        self.z), target, x, steps, "input", name, strategy)
-        formula = PatchFormula(param, "rank1", sol, self.z) if param.startswith("W") else PatchFormula(
-            param, "bias", sol)
-        return [formula], self.P.replace({param: value.subs(x, sol)})
-
-    def _require_sparse_zeros(self, f: sp.Expr, frozen: str, strategy: str) -> None:
-        """Dividing by f(frozen map's output) is generic only if f vanishes on a null set (not ReLU's half-line)."""
-        w = sp.Symbol("w", real=True)
-        zeros = sp.solveset(f.subs(_act_x(), w), w, sp.S.Reals)
-        if isinstance(zeros, sp.ConditionSet):
-            raise Restriction("input", "undecided", "activation", f"SymPy cannot find the zeros of {pstr(f)}",
-                              strategy)
-        if zeros.measure != 0:
-            raise Restriction("input", "unsolvable", "activation",
-                              f"{pstr(f)} vanishes on {interval_text(zeros)}: where {frozen} z falls there, a = 0 "
-                              "whatever the other map is, while a_C need not be", strategy, {"zeros": zeros})
-
-    def _pre_norm(self, strategy: str, steps: list[Step]) -> tuple[list[PatchFormula], Params]:
-        b, s = self.block, self.block.signals
-        param = "mlp_pre_norm." + ("bias" if strategy == "pre_norm_bias" else "scale")
-        if not self.ok(param, "bias" if strategy == "pre_norm_bias" else "vector"):
-            raise Unavailable(f"{param} is not a patchable parameter of this block")
-        x = Vec("x_pre", "d")
-        sym = b.params[param].symbol
-        P2 = self.P.patched(**{param: sym + x})
-        sol = solve_for(f"pre-norm: {param} patched so that pre(u) = pre(u_C)", b.pre(P2, s["u"]),
-                        b.pre(self.P, s["u_C"]), x, steps, "input", "pre_norm", strategy)
-        kind = "bias" if strategy == "pre_norm_bias" else "vector"
-        return [PatchFormula(param, kind, sol)], P2.patched(**{param: sym + sol})
-
-    def hidden_matches(self, P2: Params, input_strategy: str) -> bool | None:
-        """Whether the patched no-context pre-activations and hidden activations equal the contextual ones."""
-        b, s = self.block, self.block.signals
-        u_in, u_in_C = (s["x"], s["x"]) if self.spec.residual == "parallel" else (s["u"], s["u_C"])
-        if input_strategy.startswith("pre_norm"):
-            # The maps after the norm are unpatched, so equal norm outputs give equal hidden activations.
-            return is_zero(b.pre(P2, u_in) - b.pre(self.P, u_in_C))
-        else:
-            z, z_C = (s["z"], s["z"]) if self.spec.residual == "parallel" else (s["z"], s["z_C"])
-        a_C = {s["a_C"]: b.hidden(self.P, z_C)} if self.spec.moe is None else {}
-        checks = [(b.hidden(P2, z, g) - b.hidden(self.P, z_C, g)).subs(a_C) for g in b.hidden_groups()]
-        if self.spec.moe is not None:
-            checks.append(b.logits(P2, z) - b.logits(self.P, z_C))
-            checks.append(b.shared_gate(P2, z) - b.shared_gate(self.P, z_C))
-        results = [is_zero(c) for c in checks]
-        return True if all(r is True for r in results) else None
 
     # ----------------------------------------------------------------- output side
     #
@@ -373,9 +165,9 @@ class Deriver:
         return self._invert_phi(self.t, strategy)
 
     def _invert_phi(self, t: sp.Expr, strategy: str) -> sp.Expr:
-        return self._invert(self.block.phi, t, "output", "out_activation", strategy)
+        return self.invert(self.block.phi, t, "output", "out_activation", strategy)
 
-    def _invert(self, f: sp.Expr, t: sp.Expr, side: str, stage: str, strategy: str) -> sp.Expr:
+    def invert(self, f: sp.Expr, t: sp.Expr, side: str, stage: str, strategy: str) -> sp.Expr:
         """A preimage of target t under the elementwise f, or a Restriction if f is not onto."""
         x = _act_x()
         if f == x:
@@ -670,13 +462,6 @@ class Deriver:
         return out
 
 
-def interval_text(rng: sp.Set) -> str:
-    """'(-1, 1)' for an open interval, '[0, oo)' for a half-open one, str() otherwise."""
-    if isinstance(rng, sp.Interval):
-        return f"{'(' if rng.left_open else '['}{rng.inf}, {rng.sup}{')' if rng.right_open else ']'}"
-    return str(rng)
-
-
 def _act_x() -> sp.Symbol:
     return _ACT_X
 
@@ -694,19 +479,19 @@ P1, P2 = "arXiv:2507.16003", "arXiv:2511.17864"
 STRATEGIES = Registry((
     # Input side, in preference order.
     Strategy("none", "input", "no patch: a parallel block's MLP input does not see the context",
-             Deriver._in_none, f"{P2} (parallel blocks)"),
+             Deriver.in_none, f"{P2} (parallel blocks)"),
     Strategy("rank1", "input", "rank-1 patch W -> W + W(z_C - z) z^T / (z^T z) on every input map (bias as "
-             "fall-back)", lambda d, steps: d._in_maps("rank1", steps), f"{P1} Theorem; {P2} lemma", counter=4),
+             "fall-back)", lambda d, steps: d.in_maps("rank1", steps), f"{P1} Theorem; {P2} lemma", counter=4),
     Strategy("bias", "input", "bias patch b -> b + W(z_C - z) on every input map (rank-1 as fall-back)",
-             lambda d, steps: d._in_maps("bias", steps), "arXiv:2512.11255", counter=5),
+             lambda d, steps: d.in_maps("bias", steps), "arXiv:2512.11255", counter=5),
     Strategy("pre_norm_bias", "input", "pre-norm bias patch: the norm outputs z_C",
-             lambda d, steps: d._pre_norm("pre_norm_bias", steps), counter=3),
+             lambda d, steps: d.pre_norm("pre_norm_bias", steps), counter=3),
     Strategy("pre_norm_vector", "input", "pre-norm elementwise scale patch: the norm outputs z_C",
-             lambda d, steps: d._pre_norm("pre_norm_vector", steps), counter=2),
+             lambda d, steps: d.pre_norm("pre_norm_vector", steps), counter=2),
     Strategy("up_only", "input", "gated MLP, gate frozen: the up map (rank-1 or bias) aims at a_C / sigma(W_gate z)",
-             lambda d, steps: d._one_map("up_only", steps), counter=1),
+             lambda d, steps: d.one_map("up_only", steps), counter=1),
     Strategy("gate_only", "input", "gated MLP, up frozen: the gate map aims at sigma^-1(a_C / (W_up z)) (needs "
-             "sigma onto R)", lambda d, steps: d._one_map("gate_only", steps), counter=0),
+             "sigma onto R)", lambda d, steps: d.one_map("gate_only", steps), counter=0),
     # Output side, in preference order: bias patches need no side condition; then Theorem 1's scale;
     # then rank-1 on W_down; the combined strategies only on request.
     Strategy("none", "output", "no patch: without a residual skip there is nothing to add", Deriver._out_none),
@@ -733,62 +518,3 @@ STRATEGIES = Registry((
     Strategy("norm_scalar", "output", "scalar rescaling of the post-norm scale alone (never generic: a lemma for "
              "negative verdicts)", Deriver._out_norm_scalar, counter=3),
 ))
-
-
-# --------------------------------------------------------------------------- presentation
-
-
-def _delta_name(p: PatchFormula) -> str:
-    return f"{p.param} -> s * gamma" if p.kind == "scale" else f"Delta {p.param}"
-
-
-def formula_text(p: PatchFormula) -> str:
-    """The patch as plain text: rank-1 factors, the added vector, or the scale factor s."""
-    each = " (for each selected expert e)" if p.per_expert else ""
-    value = pstr(tidy(p.value))
-    if p.kind == "rank1":
-        return f"outer({value}, {pstr(p.right)}){each}"
-    if p.kind == "scale":
-        return f"gamma -> s * gamma with s = {value}"
-    return value + each
-
-
-def formula_latex(p: PatchFormula, symbol: sp.Symbol | None = None) -> str:
-    """The patch as LaTeX, named by the parameter's symbol (W_gate, gamma_post, w_post, ...)."""
-    from symbolic.printing import latex
-
-    name = latex(symbol) if symbol is not None else rf"\mathrm{{{p.param}}}"
-    if p.per_expert:
-        name += r"^{(e)}"
-    value = latex(tidy(p.value))
-    if p.kind == "rank1":
-        return rf"\Delta {name} = \left({value}\right) {{{latex(p.right)}}}^{{\top}}"
-    if p.kind == "scale":
-        return rf"{name}: \ \gamma \to s\,\gamma, \quad s = {value}"
-    return rf"\Delta {name} = {value}"
-
-
-def derivation_json(der: Derivation, latex: bool = False) -> dict:
-    from symbolic.printing import latex as to_latex
-
-    out = {
-        "arch": der.arch,
-        "input_strategy": der.input_strategy,
-        "strategy": der.output_strategy,
-        "formulas": {p.param: formula_text(p) for p in der.patches},
-        "patches": [{"param": p.param, "kind": p.kind, "value": pstr(tidy(p.value)),
-                     "right": pstr(p.right) if p.right is not None else None, "per_expert": p.per_expert}
-                    for p in der.patches],
-        "definitions": {name: pstr(expr) for name, expr in der.definitions},
-        "conditions": [c.text() for c in der.conditions],
-        "steps": [{"what": s.what, "equation": f"{pstr(s.lhs)} = {pstr(s.rhs)}",
-                   "unknowns": [str(u) for u in s.unknowns], "solution": [pstr(v) for v in s.solution]}
-                  for s in der.steps],
-        "verified": der.verified,
-    }
-    if latex:
-        symbols = dict(der.symbols)
-        out["latex"] = {p.param: formula_latex(p, symbols.get(p.param)) for p in der.patches}
-        out["definitions_latex"] = {name: to_latex(expr) for name, expr in der.definitions}
-        out["conditions_latex"] = [c.latex() for c in der.conditions]
-    return out

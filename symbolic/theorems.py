@@ -25,8 +25,8 @@ from symbolic import kernel as K
 from symbolic.activations import x as act_x
 from symbolic.bridge import family_of, index_var, to_kernel
 from symbolic.controllability import check as check_spec
+from symbolic.derivation import Step as DeriveStep
 from symbolic.derive import Deriver
-from symbolic.derive import Step as DeriveStep
 from symbolic.model import Block, Params, expert
 from symbolic.spec import BlockSpec
 from symbolic.terms import EMat, EVec, Mat, MatVec, Mean, Outer, Vec

@@ -10,7 +10,7 @@ import pytest
 from ctxpatch.cli import main
 from numeric.check.counterexample import best_residual, witness
 from symbolic import catalog
-from symbolic.derive import Restriction
+from symbolic.derivation import Restriction
 from tests.conftest import EXAMPLES, verdict
 
 JSON_KEYS = {"arch", "perfect_patch", "input_controllable", "output_controllable", "patches", "conditions",

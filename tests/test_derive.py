@@ -82,7 +82,7 @@ def test_check_instance_with_no_active_relu_unit_is_finite():
 
 
 def test_latex_of_per_expert_rank1_has_no_double_superscript():
-    from symbolic.derive import formula_latex
+    from symbolic.derivation import formula_latex
 
     der = verdict("mixtral").derivation
     text = formula_latex(der.formula("experts.W_down"), dict(der.symbols)["experts.W_down"])

@@ -142,7 +142,7 @@ def hf_rows(spec: BlockSpec, quick: bool = False) -> list[dict]:
 def base(spec: BlockSpec) -> dict:
     """The symbolic part of a report: spec, verdict, formulas, definitions, kernel signatures."""
     from symbolic.controllability import check
-    from symbolic.derive import formula_latex
+    from symbolic.derivation import formula_latex
 
     verdict = check(spec)
     der = verdict.derivation

@@ -14,7 +14,7 @@ import torch
 
 from numeric.check.numeval import evaluate
 from numeric.check.reference import forward, select
-from symbolic.derive import Derivation
+from symbolic.derivation import Derivation
 from symbolic.model import Block
 from symbolic.spec import BlockSpec
 

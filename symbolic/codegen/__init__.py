@@ -32,7 +32,7 @@ from symbolic import catalog
 from symbolic.codegen.layout import INDENT, WIDTH, call, laid_out, literal
 from symbolic.codegen.lower import Function, KernelIR, PatchOut, build, depends_on, route_args
 from symbolic.codegen.printers import BACKENDS
-from symbolic.derive import Derivation, formula_text
+from symbolic.derivation import Derivation, formula_text
 from symbolic.spec import BlockSpec
 
 TEMPLATE = "kernel.py.j2"

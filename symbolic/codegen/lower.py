@@ -39,7 +39,7 @@ from symbolic.activations import named
 from symbolic.activations import x as act_var
 from symbolic.algebra import Dot, EMat, EVec, ExpertGate, Gate, MatVec, Mean, Outer, Sel, Vec, normalize
 from symbolic.codegen.printers import Activation, EMatVec, ExpertSum, KDot, KMean, RouteWeight, TopkMask
-from symbolic.derive import Derivation
+from symbolic.derivation import Derivation
 from symbolic.model import Block, Params, expert
 from symbolic.printing import pstr
 from symbolic.spec import ACTIVATIONS, BlockSpec, dump_toml
