@@ -543,10 +543,11 @@ def check(th: Theorem, lemmas: dict | None = None, instances: bool = True) -> Re
         skipped = [StepResult(UNCHECKED, "not checked: the theorem is ill-formed")] * n
         return _issue(th, FAILED, skipped, f"{name}: ill-formed: {exc}", t0)
     th = ctx.th
+    table = {k: v for k, v in dict(lemmas or {}).items() if type(k) is str}  # a plain copy of the citable results
     results = []
     for st in th.steps:
         try:
-            results.append(check_step(st, ctx, lemmas or {}))
+            results.append(check_step(st, ctx, table))
         except (NormalFormError, TypeError_, ArithmeticError, RecursionError, ValueError) as exc:
             results.append(StepResult(FAILED, f"rule algebra: not decided ({type(exc).__name__}: {exc})"))
     bad = [(i, r) for i, r in enumerate(results) if r.status != VERIFIED]

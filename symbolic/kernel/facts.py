@@ -206,7 +206,8 @@ class Signs:
         if iv.positive():
             return POS
         if not iv.nonneg():
-            return iv if iv.negative() else ANY
+            # d >= 1 coordinates each <= hi < 0: the sum is <= hi (no lower bound: d is any dimension)
+            return Iv(None, False, iv.hi, iv.hi_in) if iv.negative() else ANY
         odd = [a for a, e in m if e % 2]
         if not odd:
             weak = [a for a, _ in m if not self.atom_nonzero(a)]
