@@ -36,6 +36,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from symbolic.kernel.boundary import canonical_or_error, retype
 from symbolic.kernel.facts import Obligation, Signs, family_instances, obligations
 from symbolic.kernel.lemmas import discharge_hypothesis, instantiate_lemma
 from symbolic.kernel.normal import NormalFormError, Normalizer
@@ -53,7 +54,6 @@ from symbolic.kernel.statements import (
     Step,
     StepResult,
     Theorem,
-    canonical_or_error,
     compose,
     theorem_terms,
 )
@@ -71,7 +71,6 @@ from symbolic.kernel.terms import (
     Vector,
     free_vars,
     fresh_var,
-    retype,
     subst,
     subterms,
 )
@@ -596,7 +595,8 @@ def _chain_gap(th: Theorem, ctx: Context) -> str:
 
 def side_conditions(th: Theorem) -> list[Obligation]:
     """The side conditions of `th` its hypotheses do not discharge (for tools that add hypotheses)."""
-    ctx = Context(th)
+    ctx = Context(canonical_or_error(th))
+    th = ctx.th
     out = []
     for e in [th.lhs, th.rhs] + [x for st in th.steps for x in (st.lhs, st.rhs)] + [
             h.rhs for h in th.hypotheses if h.kind == "definition" and not h.binders]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from symbolic.kernel.terms import SCALAR, App, Term, TypeError_, Var, abstract, retype
+from symbolic.kernel.terms import SCALAR, App, Term, Var, abstract
 
 VERIFIED, FAILED, REFUTED, UNCHECKED, VACUOUS = "verified", "failed", "refuted", "unchecked", "vacuous"
 KINDS = ("nonzero", "coords", "positive", "equation", "definition")
@@ -176,96 +176,6 @@ def theorem_terms(th: Theorem):
         for _, inst in st.rewrite:
             for _, e in inst:
                 yield e
-
-
-# --------------------------------------------------------------------------- the boundary
-
-
-def _seq(x, what: str) -> tuple:
-    """A built-in tuple or list, copied into a built-in tuple by the built-in iterator (a subclass could make
-    iteration, indexing and len disagree: refused)."""
-    if type(x) is tuple:
-        return tuple(tuple.__iter__(x))
-    if type(x) is list:
-        return tuple(list.__iter__(x))
-    raise ProofError(f"{what} must be a tuple or a list (not a subclass), not a {type(x).__name__}")
-
-
-def _str(x, what: str, optional: bool = False):
-    if optional and x is None:
-        return None
-    if type(x) is not str:
-        raise ProofError(f"{what} must be a str (not a subclass), not {type(x).__name__}")
-    return x
-
-
-def _bool(x, what: str) -> bool:
-    if type(x) is not bool:
-        raise ProofError(f"{what} must be True or False, not {x!r}")
-    return x
-
-
-def _pairs(x, what: str, memo: dict) -> tuple:
-    out = []
-    for p in _seq(x, what):
-        p = _seq(p, f"each pair of {what}")
-        if len(p) != 2:
-            raise ProofError(f"{what}: each entry is a (variable, term) pair")
-        out.append((retype(p[0], memo), retype(p[1], memo)))
-    return tuple(out)
-
-
-def _ref(r):
-    if type(r) is int or type(r) is str:
-        return r
-    raise ProofError(f"a rewrite names a hypothesis by its number (an int) or an axiom (a str), not {r!r}")
-
-
-def canonical(th) -> Theorem:
-    """The kernel's own copy of a theorem, made at the boundary before anything is read: exact `Theorem`,
-    `Hypothesis` and `Step` objects, built-in tuples, `str`, `int` and `bool`, every term rebuilt through
-    the typed constructors (`retype`). After this no method a user could override is ever called; a
-    subclass, a lying container or an altered node is refused here with its reason."""
-    if type(th) is not Theorem:
-        raise ProofError(f"not a Theorem (a subclass is refused): {type(th).__name__}")
-    memo: dict = {}
-    R = lambda t: retype(t, memo)  # noqa: E731
-    hyps = []
-    for n, h in enumerate(_seq(th.hypotheses, "the hypotheses"), 1):
-        if type(h) is not Hypothesis:
-            raise ProofError(f"hypothesis {n}: not a Hypothesis (a subclass is refused): {type(h).__name__}")
-        hyps.append(Hypothesis(_str(h.kind, f"hypothesis {n}: the kind"), R(h.expr),
-                               None if h.rhs is None else R(h.rhs),
-                               tuple(R(b) for b in _seq(h.binders, f"hypothesis {n}: the binders"))))
-    steps = []
-    for n, st in enumerate(_seq(th.steps, "the steps"), 1):
-        if type(st) is not Step:
-            raise ProofError(f"step {n}: not a Step (a subclass is refused): {type(st).__name__}")
-        rw = []
-        for entry in _seq(st.rewrite, f"step {n}: the rewrites"):
-            entry = _seq(entry, f"step {n}: a rewrite")
-            if len(entry) != 2:
-                raise ProofError(f"step {n}: a rewrite is (hypothesis number or axiom name, instantiation)")
-            rw.append((_ref(entry[0]), _pairs(entry[1], f"step {n}: an instantiation", memo)))
-        steps.append(Step(R(st.lhs), R(st.rhs), _str(st.justification, f"step {n}: the justification"),
-                          _str(st.relation, f"step {n}: the relation"),
-                          _str(st.lemma, f"step {n}: the lemma", optional=True),
-                          _pairs(st.substitution, f"step {n}: the substitution", memo), tuple(rw)))
-    models = tuple((_str(m[0], "a model's name"), m[1]) for m in (_seq(x, "a model") for x in
-                                                                   _seq(th.models, "the models")) if len(m) == 2)
-    if len(models) != len(_seq(th.models, "the models")):
-        raise ProofError("each model is a (function name, callable) pair")
-    return Theorem(_str(th.name, "the name"), _str(th.title, "the title"), tuple(hyps), R(th.lhs), R(th.rhs),
-                   tuple(steps), _str(th.relation, "the relation"), _str(th.reference, "the reference"),
-                   _bool(th.generic, "generic"), tuple(_str(u, "a lemma name") for u in _seq(th.uses, "uses")),
-                   _bool(th.chain, "chain"), models)
-
-
-def canonical_or_error(th) -> Theorem:
-    try:
-        return canonical(th)
-    except TypeError_ as exc:
-        raise ProofError(f"ill-typed term: {exc}") from None
 
 
 class Hypotheses:

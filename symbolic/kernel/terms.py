@@ -13,8 +13,8 @@ owns: the body refers to it as `BVar(0)`, so no substitution can capture it). Ev
 construction: there are no complex constants in the language.
 
 Every node type-checks in its constructor (`__init__`) and is immutable afterwards: an ill-typed
-term cannot exist. The kernel re-checks every theorem term by rebuilding it (`retype`), so a node
-altered behind the constructors' back is rejected too.
+term cannot exist. The kernel re-checks every theorem term by rebuilding it
+(`symbolic.kernel.boundary.retype`), so a node altered behind the constructors' back is rejected too.
 
 Substitution (`subst`), dimension renaming (`rename_dims`), abstraction of a named index into a
 binder (`abstract`) and opening a binder (`instantiate`) are defined here once and used everywhere.
@@ -603,88 +603,6 @@ def instantiate(body: Term, e: Term, level: int = 0) -> Term:
     if isinstance(body, Sum):
         return Sum(instantiate(body.hi, e, level), instantiate(body.body, e, level + 1))
     return body
-
-
-def exact_name(n, what: str = "a name") -> str:
-    """A built-in `str` identifier (a `str` subclass could redefine equality or hashing: refused)."""
-    if type(n) is not str or not NAME.match(n):
-        raise TypeError_(f"{what} is an identifier of type str (letters, digits, _ and '), not {n!r}")
-    return n
-
-
-def canon_type(t) -> Type:
-    """An exact copy of a type: the kernel's own classes (no subclass) over built-in `str` names."""
-    cls = type(t)
-    if cls is Scalar:
-        return SCALAR
-    if cls is Vector:
-        return Vector(exact_name(t.dim, "a dimension"))
-    if cls is Matrix:
-        return Matrix(exact_name(t.rows, "a dimension"), exact_name(t.cols, "a dimension"))
-    if cls is Index:
-        return Index(None if t.bound is None else exact_name(t.bound, "a dimension"))
-    if cls is Family:
-        return check_type(Family(exact_name(t.bound, "a dimension"), canon_type(t.elem)))
-    raise TypeError_(f"not a type of the kernel: {t!r}")
-
-
-def canon_fn(f) -> Fn:
-    """An exact copy of an opaque function's declaration (built-in name, arity and signature tuple)."""
-    if type(f) is not Fn or type(f.arity) is not int:
-        raise TypeError_(f"not an opaque function of the kernel: {f!r}")
-    if f.sig is None:
-        return Fn(exact_name(f.name, "a function name"), f.arity, None, None if f.result is None else
-                  canon_type(f.result))
-    if type(f.sig) is not tuple:
-        raise TypeError_(f"map {f.name}: the signature is a tuple of types")
-    return Fn(exact_name(f.name, "a function name"), f.arity, tuple(canon_type(x) for x in tuple.__iter__(f.sig)),
-              canon_type(f.result))
-
-
-def retype(t: Term, memo: dict | None = None) -> Term:
-    """Rebuild `t` through the constructors, from exact built-in values only: a node altered behind their
-    back, a subclass of a node, a type or a container (whose methods could lie) raises here. The copy
-    shares nothing with `t` that a user could redefine."""
-    memo = {} if memo is None else memo
-    key = id(t)
-    hit = memo.get(key)
-    if hit is not None and hit[0] is t:
-        return hit[1]
-    out = _retype(t, memo)
-    memo[key] = (t, out)
-    return out
-
-
-def _retype(t, memo) -> Term:
-    cls = type(t)
-    if cls is Var:
-        return Var(exact_name(t.name, "a variable name"), canon_type(t.ty))
-    if cls is Lit:
-        v = t.value
-        if type(v) is not Fraction:
-            raise TypeError_(f"a literal holds a Fraction, not {v!r}")
-        return Lit(Fraction(v.numerator, v.denominator))
-    if cls is ILit:
-        if type(t.n) is not int:
-            raise TypeError_(f"an index literal holds an int, not {t.n!r}")
-        return ILit(t.n)
-    if cls is BVar:
-        if type(t.level) is not int:
-            raise TypeError_(f"a bound variable's level is an int, not {t.level!r}")
-        return BVar(t.level, canon_type(t.ty))
-    if cls is App:
-        if type(t.args) is not tuple:
-            raise TypeError_("the arguments of an operation are a tuple")
-        if type(t.op) is str:
-            if t.op not in OPS:
-                raise TypeError_(f"unknown operation {t.op!r}")
-            op = t.op
-        else:
-            op = canon_fn(t.op)
-        return App(op, tuple(retype(a, memo) for a in tuple.__iter__(t.args)))
-    if cls is Sum:
-        return Sum(retype(t.hi, memo), retype(t.body, memo))
-    raise TypeError_(f"not a kernel term: {t!r}")
 
 
 def subterms(t: Term):
