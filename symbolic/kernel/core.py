@@ -109,16 +109,14 @@ class Result:
             raise ProofError(f"{self.theorem.name}: {self.message}")
 
 
-def _issue(th, status, steps, message, t0) -> Result:
+def _issue(th, status, steps, message, t0, kept: Theorem | None = None) -> Result:
+    """The Result (holding the theorem as given) and, in the kernel's private table, the kernel's own copy
+    `kept` of what it verified: a citation reads that copy, never the Result's fields."""
     _MINTING[0] = True
     try:
         res = Result(th, status, tuple(steps), message, time.perf_counter() - t0, _TOKEN)
     finally:
         _MINTING[0] = False
-    try:  # the kernel's private copy of what it verified: a citation reads this, never the Result's fields
-        kept = canonical_or_error(th) if status == VERIFIED else None
-    except (ProofError, AttributeError):
-        kept = None
     _ISSUED[id(res)] = (res, _fingerprint(res), kept, status)
     return res
 
@@ -132,7 +130,8 @@ def _fingerprint(res: Result):
             return None
         hyps = tuple(tuple.__iter__(th.hypotheses))
         parts = (x for h in hyps for x in (h.expr, h.rhs, *h.binders) if x is not None)
-        terms = tuple(retype(t) for t in (th.lhs, th.rhs, *parts))
+        memo: dict = {}
+        terms = tuple(retype(t, memo) for t in (th.lhs, th.rhs, *parts))
         kinds = tuple((str(h.kind), len(h.binders)) for h in hyps)
     except Exception:  # noqa: BLE001 -- a theorem that cannot be read back: only its identity and verdict
         return ("unreadable", id(th), str(res.status), str(res.message))
@@ -313,13 +312,9 @@ def validate(th: Theorem) -> Context:
 
 
 def _well_formed(t, types: dict) -> None:
+    """t is already the kernel's rebuilt copy (`canonical`: every node through its typed constructor)."""
     if not isinstance(t, Term):
         raise ProofError(f"not a kernel term: {t!r}")
-    try:
-        if retype(t) != t:
-            raise ProofError(f"the term {text(t)} was altered behind its constructors")
-    except TypeError_ as exc:
-        raise ProofError(f"ill-typed term: {exc}") from None
     if t.loose:
         raise ProofError(f"{text(t)} has a bound variable outside its sum")
     for v in free_vars(t):
@@ -541,7 +536,7 @@ def check(th: Theorem, lemmas: dict | None = None, instances: bool = True) -> Re
         n = len(th.steps) if type(th) is Theorem and type(th.steps) in (tuple, list) else 0
         skipped = [StepResult(UNCHECKED, "not checked: the theorem is ill-formed")] * n
         return _issue(th, FAILED, skipped, f"{name}: ill-formed: {exc}", t0)
-    th = ctx.th
+    given, th = th, ctx.th
     table = {k: v for k, v in dict(lemmas or {}).items() if type(k) is str}  # a plain copy of the citable results
     results = []
     for st in th.steps:
@@ -566,7 +561,8 @@ def check(th: Theorem, lemmas: dict | None = None, instances: bool = True) -> Re
         if verdict:  # a refutation, a vacuous theorem or a model that cannot be evaluated: never verified
             status = verdict[0] if verdict[0] != FAILED or status == VERIFIED else status
             message = "; ".join(m for m in (message, verdict[1]) if m)
-    return _issue(th, status, results, f"{name}: {message}" if message else "", t0)
+    return _issue(given, status, results, f"{name}: {message}" if message else "", t0,
+                  th if status == VERIFIED else None)
 
 
 def _fact_gap(th: Theorem, ctx: Context) -> str:
