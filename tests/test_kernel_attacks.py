@@ -32,12 +32,14 @@ from symbolic.kernel import (
     TypeError_,
     Vector,
     apply,
+    at,
     check,
     coords_nonzero,
     definition,
     dot,
     equation,
     exp,
+    family,
     frob,
     index,
     mat,
@@ -639,3 +641,17 @@ def test_a_citation_reads_the_kernels_own_copy_of_the_lemma():
               relation=">")
     res = check(bad, {"pos": lem})
     assert res.status != VERIFIED and "or was altered" in res.message
+
+
+def test_a_cited_family_definition_is_checked_for_every_member():
+    """g[e] := x / w[e] (w[e] != 0 in every coordinate, for every e): cited at w := v, the body x / v[e] must be
+    defined here for every e; without the hypothesis on v it is refused (v = 0 divides by 0)."""
+    e = index("e", "E")
+    w, g, v = (family(name, "E", Vector("d")) for name in ("w", "g", "v"))
+    lem = check(toy([Step(z + 0, z, "algebra")], hyps=(coords_nonzero(at(w, e), over=(e,)),
+                                                         definition(g, z / at(w, e), index=e)), name="famdef"))
+    assert lem.status == VERIFIED, lem.message
+    step = Step(zc + 0, zc, "famdef at w := v", lemma="famdef", substitution=((w, v), (z, zc)))
+    res = check(toy([step]), {"famdef": lem})
+    assert res.status != VERIFIED and "(a definition) divides by v[e" in res.message
+    assert check(toy([step], hyps=(coords_nonzero(at(v, e), over=(e,)),)), {"famdef": lem}).status == VERIFIED
