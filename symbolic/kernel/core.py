@@ -126,9 +126,9 @@ def _fingerprint(res: Result):
     altered after the check no longer matches)."""
     th = res.theorem
     try:
-        if type(th) is not Theorem or type(th.hypotheses) is not tuple:
-            return None
-        hyps = tuple(tuple.__iter__(th.hypotheses))
+        if type(th) is not Theorem or type(th.hypotheses) not in (tuple, list):
+            raise TypeError("a theorem the kernel cannot read back")
+        hyps = tuple(type(th.hypotheses).__iter__(th.hypotheses))
         parts = (x for h in hyps for x in (h.expr, h.rhs, *h.binders) if x is not None)
         memo: dict = {}
         terms = tuple(retype(t, memo) for t in (th.lhs, th.rhs, *parts))
