@@ -32,12 +32,14 @@ from symbolic.kernel import (
     TypeError_,
     Vector,
     apply,
+    at,
     check,
     coords_nonzero,
     definition,
     dot,
     equation,
     exp,
+    family,
     frob,
     index,
     mat,
@@ -481,3 +483,175 @@ def test_a_verified_random_identity_holds_numerically(s, t):
     assert res.status in (VERIFIED, "failed", "refuted")
     if check(th, instances=False).status == VERIFIED:
         assert res.status == VERIFIED, res.message
+
+
+# --------------------------------------------------------------------------- the second audit (issue 32, again)
+# Each cause is closed at its class; each test shows the counterexample, the refusal with its reason, and a true
+# neighbour that still verifies (so the test fails both ways).
+
+cneg = (7 * scalar("u") - 1) ** 2 - Lit(Fraction(1, 100))  # negative only near u = 1/7, which draws rarely hit
+
+
+def _cneg_at(uu: Fraction) -> Fraction:
+    return (7 * uu - 1) ** 2 - Fraction(1, 100)
+
+
+@pytest.mark.parametrize("fn", [Fn("dim"), Fn("total"), Fn("num_"), Fn("sum", 2), Fn("sumr", 2)],
+                         ids=lambda f: f.name)
+def test_a_user_function_named_like_a_kernel_head_gets_no_fact(fn):
+    """f(x)/f(x) = 1 and f(x) >= 1 for an opaque f named dim, total, sum: f(t) = t, x = 0 is a counterexample.
+    A user function's atom holds the function itself, so no name reaches the facts table."""
+    args = (x,) if fn.arity == 1 else (x, exp(c))
+    fx = apply(fn, *args)
+    res = check(toy([Step(fx / fx, Lit(1), "cancel")]))
+    assert res.status != VERIFIED and f"divides by {fn.name}(" in res.message
+    res = check(toy([Step(fx, Lit(1), "the facts table?", ">=")], relation=">="))
+    assert res.status != VERIFIED and "the facts do not give lhs >= rhs" in " ".join(s.message for s in res.steps)
+    assert Fraction(0) < 1  # f(t) = t at x = 0: f(x) = 0, so 0/0 and 0 >= 1 fail
+    # the neighbours: with the hypothesis the cancellation is true; the kernel's own dimension fact still holds
+    assert check(toy([Step(fx / fx, Lit(1), "cancel")], hyps=(nonzero(fx),))).status == VERIFIED
+    assert check(toy([Step(mean(z - z + 1), Lit(1), "mean of ones")])).status == VERIFIED
+    assert check(toy([Step(num(i), Lit(1), "an index is >= 1", ">=")], relation=">=")).status == VERIFIED
+
+
+def _square_lemma():
+    """(for all P: P c = P a a) => c >= 0: true, with a quantified hypothesis."""
+    P = scalar("P")
+    return toy([Step(c, Lit(0), "c = a a >= 0 (the hypothesis at P = 1)", ">=", rewrite=((1, ((P, Lit(1)),)),))],
+               hyps=(equation(P * c, P * a * a, forall=(P,)),), relation=">=", name="sq_lemma0")
+
+
+def test_a_quantified_lemma_hypothesis_has_its_side_conditions_discharged():
+    """Cited at a := sqrt(c'), c := c', the lemma would give c' >= 0 for any c' (u = 1/7: c' = -1/100)."""
+    lem = check(_square_lemma())
+    assert lem.status == VERIFIED, lem.message
+    step = Step(cneg, Lit(0), "sq_lemma0 at a := sqrt(c')", ">=", lemma="sq_lemma0",
+                substitution=((a, sqrt(cneg)), (c, cneg)))
+    res = check(toy([step], relation=">="), {"sq_lemma0": lem})
+    assert res.status != VERIFIED and "takes the square root of" in res.message and "must be >= 0" in res.message
+    assert _cneg_at(Fraction(1, 7)) == Fraction(-1, 100) < 0
+    # the neighbour: where c' > 0 is a hypothesis, sqrt(c') is defined and the citation is a true instance
+    assert check(toy([step], hyps=(positive(cneg),), relation=">="), {"sq_lemma0": lem}).status == VERIFIED
+
+
+def test_an_axiom_value_has_its_own_side_conditions_discharged():
+    """sqrt_of_square at x := sqrt(c) sqrt(c) would give sqrt(c^2) = c for every c (u = 1/7: 1/100 != -1/100)."""
+    step = Step(sqrt(cneg * cneg), cneg, "sqrt_of_square at x := sqrt(c) sqrt(c)",
+                rewrite=(("sqrt_of_square", ((x, sqrt(cneg) * sqrt(cneg)),)),))
+    res = check(toy([step]))
+    assert res.status != VERIFIED and "sqrt_of_square at x := " in res.message and "must be >= 0" in res.message
+    assert abs(_cneg_at(Fraction(1, 7))) != _cneg_at(Fraction(1, 7))
+    neighbour = Step(sqrt(cneg * cneg), cneg, "sqrt_of_square at x := c", rewrite=(("sqrt_of_square", ((x, cneg),)),))
+    assert check(toy([neighbour], hyps=(positive(cneg),))).status == VERIFIED
+
+
+def test_a_cited_definition_is_checked_where_it_is_instantiated():
+    """p := a a => p >= 0, cited at a := sqrt(c), p := c, would give c >= 0 for any c."""
+    p = scalar("p")
+    lem = check(toy([Step(p, Lit(0), "p = a a >= 0", ">=")], hyps=(definition(p, a * a),), relation=">=",
+                    name="sqdef"))
+    assert lem.status == VERIFIED, lem.message
+    step = Step(cneg, Lit(0), "sqdef at a := sqrt(c), p := c", ">=", lemma="sqdef",
+                substitution=((a, sqrt(cneg)), (p, cneg)))
+    res = check(toy([step], relation=">="), {"sqdef": lem})
+    assert res.status != VERIFIED and "the instance of sqdef" in res.message and "must be >= 0" in res.message
+    assert check(toy([step], hyps=(positive(cneg),), relation=">="), {"sqdef": lem}).status == VERIFIED
+
+
+def test_a_lemma_definition_body_is_checked_at_its_instance():
+    """q := 1/w (with w != 0) gives q w = 1; the citation at w := u - u would divide by 0 (q w = 0 != 1)."""
+    q, w, uu = scalar("q"), scalar("w"), scalar("u")
+    lem = check(toy([Step(q * w, Lit(1), "q = 1/w")], hyps=(nonzero(w), definition(q, 1 / w)), name="inv_def"))
+    assert lem.status == VERIFIED, lem.message
+    zero = uu * uu - uu * uu + (uu - uu)
+    res = check(toy([Step((1 / zero) * zero, Lit(1), "inv_def at w := 0", lemma="inv_def",
+                          substitution=((w, zero),))]), {"inv_def": lem})
+    assert res.status != VERIFIED and "divides by" in res.message
+    ok = Step((1 / exp(uu)) * exp(uu), Lit(1), "inv_def at w := e^u", lemma="inv_def", substitution=((w, exp(uu)),))
+    assert check(toy([ok]), {"inv_def": lem}).status == VERIFIED
+
+
+def test_a_rewrite_checks_every_value_it_is_given():
+    """A quantified equation instantiated at sqrt(c) checks sqrt(c)'s side condition even where P does not occur."""
+    P = scalar("P")
+    hyps = (equation(a, b, forall=(P,)),)
+    res = check(toy([Step(a, b, "hypothesis 1 at P := sqrt(c)", rewrite=((1, ((P, sqrt(cneg)),)),))], hyps=hyps))
+    assert res.status != VERIFIED and "takes the square root of" in res.message
+    assert check(toy([Step(a, b, "hypothesis 1 at P := c", rewrite=((1, ((P, cneg),)),))], hyps=hyps)).status \
+        == VERIFIED
+
+
+class _Phantom(tuple):
+    """Iterates as the empty tuple; indexing and len show one equation sqrt(c^2) = c."""
+
+    def __getitem__(self, k):
+        return equation(sqrt(cneg * cneg), cneg)
+
+    def __len__(self):
+        return 1
+
+
+class _AnyRelation(str):
+    def __eq__(self, other):
+        return True
+
+    __hash__ = str.__hash__
+
+
+class _SameVar(scalar("a").__class__):
+    __slots__ = ()
+
+    def __eq__(self, other):
+        return True
+
+    def __ne__(self, other):
+        return False
+
+    __hash__ = scalar("a").__class__.__hash__
+
+
+@pytest.mark.parametrize("build,reason", [
+    (lambda: Theorem("phantom", "phantom", _Phantom(()), sqrt(cneg * cneg), cneg,
+                     (Step(sqrt(cneg * cneg), cneg, "hypothesis 1", rewrite=((1, ()),)),)),
+     "the hypotheses must be a tuple or a list (not a subclass)"),
+    (lambda: toy([Step(a, a + 1, "any relation", _AnyRelation("<"))], relation="<"), "the relation must be a str"),
+    (lambda: toy([Step(a, b, "hypothesis True", rewrite=((True, ()),))], hyps=(equation(a, b),)),
+     "by its number (an int)"),
+    (lambda: toy([Step(_SameVar("a", SCALAR), a + 1, "a subclass of Var")]), "not a kernel term"),
+], ids=["phantom_container", "str_subclass_relation", "bool_reference", "var_subclass"])
+def test_the_kernel_reads_only_exact_builtin_values(build, reason):
+    """Every input is copied at the boundary into exact built-in types; a subclass whose methods could lie
+    (iteration against indexing, equality) is refused with its reason."""
+    res = check(build())
+    assert res.status != VERIFIED and reason in res.message, res.message
+    assert abs(_cneg_at(Fraction(1, 7))) != _cneg_at(Fraction(1, 7))  # the phantom equation is false at u = 1/7
+    # the neighbours: plain tuples and lists are accepted
+    th = Theorem("plain", "plain", [positive(c)], sqrt(c) * sqrt(c), c, [Step(sqrt(c) * sqrt(c), c, "algebra")])
+    assert check(th).status == VERIFIED
+
+
+def test_a_citation_reads_the_kernels_own_copy_of_the_lemma():
+    """Altering a verified lemma's statement after the check is detected, and never read by a citation."""
+    lem = check(toy([Step(x, Lit(0), "the hypothesis", ">")], hyps=(positive(x),), relation=">", name="pos"))
+    assert lem.status == VERIFIED
+    cite = toy([Step(exp(a), Lit(0), "pos at x := e^a", ">", lemma="pos", substitution=((x, exp(a)),))], relation=">")
+    assert check(cite, {"pos": lem}).status == VERIFIED
+    object.__setattr__(lem.theorem, "hypotheses", ())  # drop x > 0 from the lemma after its check
+    bad = toy([Step(Lit(-1), Lit(0), "pos at x := -1", ">", lemma="pos", substitution=((x, Lit(-1)),))],
+              relation=">")
+    res = check(bad, {"pos": lem})
+    assert res.status != VERIFIED and "or was altered" in res.message
+
+
+def test_a_cited_family_definition_is_checked_for_every_member():
+    """g[e] := x / w[e] (w[e] != 0 in every coordinate, for every e): cited at w := v, the body x / v[e] must be
+    defined here for every e; without the hypothesis on v it is refused (v = 0 divides by 0)."""
+    e = index("e", "E")
+    w, g, v = (family(name, "E", Vector("d")) for name in ("w", "g", "v"))
+    lem = check(toy([Step(z + 0, z, "algebra")], hyps=(coords_nonzero(at(w, e), over=(e,)),
+                                                         definition(g, z / at(w, e), index=e)), name="famdef"))
+    assert lem.status == VERIFIED, lem.message
+    step = Step(zc + 0, zc, "famdef at w := v", lemma="famdef", substitution=((w, v), (z, zc)))
+    res = check(toy([step]), {"famdef": lem})
+    assert res.status != VERIFIED and "(a definition) divides by v[e" in res.message
+    assert check(toy([step], hyps=(coords_nonzero(at(v, e), over=(e,)),)), {"famdef": lem}).status == VERIFIED

@@ -5,6 +5,8 @@ r"""The proof kernel: a closed typed term language and a small trusted core that
 - `symbolic.kernel.normal`: normal forms (rational functions over typed atoms, exact coefficients).
 - `symbolic.kernel.facts`: the table of proven facts, intervals and side conditions.
 - `symbolic.kernel.statements`: relations, hypotheses, steps, theorems (data).
+- `symbolic.kernel.boundary`: the kernel's own exact copy of a theorem (`canonical`), made before anything
+  is read: no subclass, no lying container, every term rebuilt through its constructors.
 - `symbolic.kernel.core`: the rules and `check`, the only maker of results; `symbolic.kernel.lemmas`
   builds the instance of a cited lemma.
 - `symbolic.kernel.instances`: the independent second check on random exact models.

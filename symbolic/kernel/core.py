@@ -36,6 +36,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from symbolic.kernel.boundary import canonical_or_error, retype
 from symbolic.kernel.facts import Obligation, Signs, family_instances, obligations
 from symbolic.kernel.lemmas import discharge_hypothesis, instantiate_lemma
 from symbolic.kernel.normal import NormalFormError, Normalizer
@@ -70,7 +71,6 @@ from symbolic.kernel.terms import (
     Vector,
     free_vars,
     fresh_var,
-    retype,
     subst,
     subterms,
 )
@@ -109,13 +109,15 @@ class Result:
             raise ProofError(f"{self.theorem.name}: {self.message}")
 
 
-def _issue(th, status, steps, message, t0) -> Result:
+def _issue(th, status, steps, message, t0, kept: Theorem | None = None) -> Result:
+    """The Result (holding the theorem as given) and, in the kernel's private table, the kernel's own copy
+    `kept` of what it verified: a citation reads that copy, never the Result's fields."""
     _MINTING[0] = True
     try:
         res = Result(th, status, tuple(steps), message, time.perf_counter() - t0, _TOKEN)
     finally:
         _MINTING[0] = False
-    _ISSUED[id(res)] = (res, _fingerprint(res))
+    _ISSUED[id(res)] = (res, _fingerprint(res), kept, status)
     return res
 
 
@@ -124,11 +126,15 @@ def _fingerprint(res: Result):
     altered after the check no longer matches)."""
     th = res.theorem
     try:
-        parts = (x for h in th.hypotheses for x in (h.expr, h.rhs, *h.binders) if x is not None)
-        terms = tuple(retype(t) for t in (th.lhs, th.rhs, *parts))
-    except (TypeError_, AttributeError):
-        return None
-    kinds = tuple((h.kind, len(h.binders)) for h in th.hypotheses)
+        if type(th) is not Theorem or type(th.hypotheses) not in (tuple, list):
+            raise TypeError("a theorem the kernel cannot read back")
+        hyps = tuple(type(th.hypotheses).__iter__(th.hypotheses))
+        parts = (x for h in hyps for x in (h.expr, h.rhs, *h.binders) if x is not None)
+        memo: dict = {}
+        terms = tuple(retype(t, memo) for t in (th.lhs, th.rhs, *parts))
+        kinds = tuple((str(h.kind), len(h.binders)) for h in hyps)
+    except Exception:  # noqa: BLE001 -- a theorem that cannot be read back: only its identity and verdict
+        return ("unreadable", id(th), str(res.status), str(res.message))
     return (th.name, th.relation, res.status, res.message, terms, kinds)
 
 
@@ -136,6 +142,15 @@ def genuine(res: object) -> bool:
     """Whether `res` is a result this kernel issued, unchanged since."""
     entry = _ISSUED.get(id(res))
     return entry is not None and entry[0] is res and entry[1] == _fingerprint(res)
+
+
+def issued(res: object):
+    """(the kernel's own copy of the theorem, the verdict) of a genuine result, else None: a citation uses
+    these, which no one outside the kernel holds, so altering the Result or its theorem later changes nothing."""
+    if not genuine(res):
+        return None
+    entry = _ISSUED[id(res)]
+    return entry[2], entry[3]
 
 
 # --------------------------------------------------------------------------- the context of a theorem
@@ -214,6 +229,14 @@ class Context:
                 return True
         return False
 
+    def undefined(self, t: Term, extra: tuple = ()) -> Obligation | None:
+        """The first side condition of t (a divisor != 0, a square root's argument >= 0, binders opened with fresh
+        indices) that the hypotheses and the facts table do not discharge; None when t is defined."""
+        for ob in obligations(t, self.names):
+            if not self.discharge(ob.kind, ob.term, extra):
+                return ob
+        return None
+
     def _structural(self, kind: str, t: Term) -> bool | None:
         """Rules on the term's shape: a product is nonzero when its factors are, a quotient when its
         numerator is (its divisor already is), exp and sigmoid are positive, sqrt(x) != 0 when x > 0."""
@@ -261,9 +284,9 @@ class Context:
 
 
 def validate(th: Theorem) -> Context:
-    """Rules 1-4; raises ProofError naming what is ill-formed."""
-    if not isinstance(th, Theorem) or not isinstance(th.name, str):
-        raise ProofError("not a Theorem")
+    """Rules 1-4 on the kernel's own copy of `th` (`canonical`); raises ProofError naming what is ill-formed.
+    The context it returns holds that copy (`ctx.th`): nothing after this reads the user's objects."""
+    th = canonical_or_error(th)
     if th.relation not in RELATIONS:
         raise ProofError(f"unknown relation {th.relation!r} in the statement; allowed: {', '.join(RELATIONS)}")
     if not th.steps:
@@ -289,13 +312,9 @@ def validate(th: Theorem) -> Context:
 
 
 def _well_formed(t, types: dict) -> None:
+    """t is already the kernel's rebuilt copy (`canonical`: every node through its typed constructor)."""
     if not isinstance(t, Term):
         raise ProofError(f"not a kernel term: {t!r}")
-    try:
-        if retype(t) != t:
-            raise ProofError(f"the term {text(t)} was altered behind its constructors")
-    except TypeError_ as exc:
-        raise ProofError(f"ill-typed term: {exc}") from None
     if t.loose:
         raise ProofError(f"{text(t)} has a bound variable outside its sum")
     for v in free_vars(t):
@@ -436,6 +455,9 @@ def _rewrites(step: Step, ctx: Context):
             value = next(iter(sub.values()))
             if not isinstance(value, Term) or value.loose or not isinstance(value.ty, (type(SCALAR), Vector)):
                 raise ProofError(f"{ref}: x must be a scalar or a vector term")
+            ob = ctx.undefined(value)
+            if ob is not None:
+                raise ProofError(f"{ref} at x := {text(value)}: x {_need(ob)}; the hypotheses do not give it")
             if not ctx.discharge(cond, value):
                 raise ProofError(f"{ref} needs {text(value)} >= 0, which the hypotheses do not give")
             yield (App("sqrt", (value * value,)), value)
@@ -450,8 +472,9 @@ def _rewrites(step: Step, ctx: Context):
             lhs, rhs = subst(h.expr, sub), subst(h.rhs, sub)
         except TypeError_ as exc:
             raise ProofError(f"hypothesis {ref}: {exc}") from None
-        for ob in obligations(lhs, ctx.names) + obligations(rhs, ctx.names):
-            if not ctx.discharge(ob.kind, ob.term):
+        for t in (*sub.values(), lhs, rhs):  # a value the binder does not occur in is still checked
+            ob = ctx.undefined(t)
+            if ob is not None:
                 raise ProofError(f"hypothesis {ref} instantiated {_need(ob)}; the hypotheses do not give it")
         yield (lhs, rhs)
 
@@ -460,29 +483,36 @@ def _rewrites(step: Step, ctx: Context):
 
 
 def _lemma_step(step: Step, ctx: Context, lemmas: dict, extra: tuple) -> StepResult:
-    res = lemmas.get(step.lemma)
+    res = lemmas.get(step.lemma) if type(lemmas) is dict else None
     if res is None:
         return StepResult(UNCHECKED, f"rule lemma: {step.lemma} was not checked before this theorem")
-    if not genuine(res):
+    got = issued(res)
+    if got is None:
         return StepResult(FAILED, f"rule lemma: the result given for {step.lemma} was not made by the kernel, or was "
                           "altered")
-    if res.theorem.name != step.lemma:
-        return StepResult(FAILED, f"rule lemma: the result given for {step.lemma} is that of {res.theorem.name}")
-    if res.status != VERIFIED:
-        return StepResult(UNCHECKED, f"rule lemma: {step.lemma} is {res.status}, not verified")
+    lem, status = got  # the kernel's own copy: nothing the caller holds is read from here on
+    if status != VERIFIED or lem is None:
+        return StepResult(UNCHECKED, f"rule lemma: {step.lemma} is {status}, not verified")
+    if lem.name != step.lemma:
+        return StepResult(FAILED, f"rule lemma: the result given for {step.lemma} is that of {lem.name}")
     try:
-        lhs, rhs, rel, hyps = instantiate_lemma(res.theorem, step.substitution, ctx)
+        lhs, rhs, rel, hyps, bodies = instantiate_lemma(lem, step.substitution, ctx)
     except (ProofError, TypeError_) as exc:
         return StepResult(FAILED, f"rule lemma: {step.lemma}: {exc}")
+    # Definedness first, in this context and without the lemma's hypotheses: every term the instance brings in
+    # (the substituted values, the instantiated definitions, statement and hypotheses, quantified ones opened
+    # with fresh variables) has its side conditions discharged here, so the normal forms used below are valid.
+    for what, t in ([("the substitution", v) for _, v in step.substitution] + [("a definition", b) for b in bodies]
+                    + [("the statement", lhs), ("the statement", rhs)]
+                    + [("a hypothesis", x) for h in hyps for x in h[2:] if x is not None]):
+        ob = ctx.undefined(t, extra)
+        if ob is not None:
+            return StepResult(FAILED, f"rule lemma: the instance of {step.lemma} ({what}) {_need(ob)}, which the "
+                              "hypotheses here do not give")
     for h in hyps:
         why = discharge_hypothesis(h, ctx, extra)
         if why:
             return StepResult(FAILED, f"rule lemma: {step.lemma} needs {why} here, which the hypotheses do not give")
-    for t in (lhs, rhs, *(x for h in hyps if not h[1] for x in h[2:] if x is not None)):
-        for ob in obligations(t, ctx.names):
-            if not ctx.discharge(ob.kind, ob.term, extra):
-                return StepResult(FAILED, f"rule lemma: the instance of {step.lemma} {_need(ob)}, which the "
-                                  "hypotheses here do not give")
     want = RELATIONS[step.relation]
     if ctx.equal(step.lhs, lhs, extra) and ctx.equal(step.rhs, rhs, extra) and rel.implies(want):
         return StepResult(VERIFIED, f"instance of {step.lemma}")
@@ -499,16 +529,19 @@ def check(th: Theorem, lemmas: dict | None = None, instances: bool = True) -> Re
     """Check every rule; verified only if every step is, the steps compose to the statement, and
     (with `instances`) the random exact instances agree."""
     t0 = time.perf_counter()
-    name = getattr(th, "name", "?")
+    name = th.name if type(th) is Theorem and type(th.name) is str else "?"
     try:
         ctx = validate(th)
-    except (ProofError, TypeError_) as exc:
-        skipped = [StepResult(UNCHECKED, "not checked: the theorem is ill-formed")] * len(getattr(th, "steps", ()))
+    except (ProofError, TypeError_, AttributeError) as exc:
+        n = len(th.steps) if type(th) is Theorem and type(th.steps) in (tuple, list) else 0
+        skipped = [StepResult(UNCHECKED, "not checked: the theorem is ill-formed")] * n
         return _issue(th, FAILED, skipped, f"{name}: ill-formed: {exc}", t0)
+    given, th = th, ctx.th
+    table = {k: v for k, v in dict(lemmas or {}).items() if type(k) is str}  # a plain copy of the citable results
     results = []
     for st in th.steps:
         try:
-            results.append(check_step(st, ctx, lemmas or {}))
+            results.append(check_step(st, ctx, table))
         except (NormalFormError, TypeError_, ArithmeticError, RecursionError, ValueError) as exc:
             results.append(StepResult(FAILED, f"rule algebra: not decided ({type(exc).__name__}: {exc})"))
     bad = [(i, r) for i, r in enumerate(results) if r.status != VERIFIED]
@@ -528,7 +561,8 @@ def check(th: Theorem, lemmas: dict | None = None, instances: bool = True) -> Re
         if verdict:  # a refutation, a vacuous theorem or a model that cannot be evaluated: never verified
             status = verdict[0] if verdict[0] != FAILED or status == VERIFIED else status
             message = "; ".join(m for m in (message, verdict[1]) if m)
-    return _issue(th, status, results, f"{name}: {message}" if message else "", t0)
+    return _issue(given, status, results, f"{name}: {message}" if message else "", t0,
+                  th if status == VERIFIED else None)
 
 
 def _fact_gap(th: Theorem, ctx: Context) -> str:
@@ -557,7 +591,8 @@ def _chain_gap(th: Theorem, ctx: Context) -> str:
 
 def side_conditions(th: Theorem) -> list[Obligation]:
     """The side conditions of `th` its hypotheses do not discharge (for tools that add hypotheses)."""
-    ctx = Context(th)
+    ctx = Context(canonical_or_error(th))
+    th = ctx.th
     out = []
     for e in [th.lhs, th.rhs] + [x for st in th.steps for x in (st.lhs, st.rhs)] + [
             h.rhs for h in th.hypotheses if h.kind == "definition" and not h.binders]:

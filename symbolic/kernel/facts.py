@@ -170,7 +170,11 @@ class Signs:
 
     def _atom_interval(self, i: int) -> Iv:
         a = self.N.atoms[i]
-        head = a.head[1] if isinstance(a.head, tuple) and a.head[0] == "app" else a.head
+        # ("app", op) is a kernel operation (op a str of ELEMENTWISE); a user function's head is ("fn", Fn) or
+        # ("map", Fn) and gets no fact from the table, whatever its name.
+        head = a.head[1] if isinstance(a.head, tuple) and a.head[0] == "app" and type(a.head[1]) is str else a.head
+        if isinstance(head, tuple):
+            return POS if self._declared(self.pos, i) else ANY
         if self._declared(self.pos, i):
             return POS
         if head in FIXED:
@@ -202,7 +206,8 @@ class Signs:
         if iv.positive():
             return POS
         if not iv.nonneg():
-            return iv if iv.negative() else ANY
+            # d >= 1 coordinates each <= hi < 0: the sum is <= hi (no lower bound: d is any dimension)
+            return Iv(None, False, iv.hi, iv.hi_in) if iv.negative() else ANY
         odd = [a for a, e in m if e % 2]
         if not odd:
             weak = [a for a, _ in m if not self.atom_nonzero(a)]

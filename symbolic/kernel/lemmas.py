@@ -34,7 +34,8 @@ from symbolic.kernel.terms import (
 
 
 def instantiate_lemma(lem: Theorem, substitution, ctx):
-    """The lemma's statement and hypotheses under a substitution of its variables, dimensions renamed.
+    """The lemma's statement and hypotheses under a substitution of its variables, dimensions renamed, and
+    the instances of its definitions (the caller discharges the side conditions of all of them).
 
     A defined name of the lemma is unfolded (replaced by its definition), or, when the substitution
     maps it to a name defined here, that name's definition must be the instance of the lemma's (so
@@ -77,9 +78,12 @@ def instantiate_lemma(lem: Theorem, substitution, ctx):
             return type(t)(tr(t.hi), tr(t.body))
         return t
 
+    bodies = []  # every instantiated definition, a family's opened with a fresh index: the caller checks them
     for h in lem.definitions:
         v = R(h.expr)
         body = tr(R(abstract(h.rhs, h.binders[0]) if h.binders else h.rhs))
+        bodies.append(instantiate(body, fresh_var(f"{h.binders[0].name}%b0", Index(v.ty.bound))) if h.binders
+                      else body)
         target = sub.get(h.expr)
         if target is None:
             (fam if h.binders else env)[v] = body
@@ -94,7 +98,7 @@ def instantiate_lemma(lem: Theorem, substitution, ctx):
         fresh = {b: fresh_var(f"{b.name}%q{i}", b.ty) for i, b in enumerate(h.binders)}
         hyps.append((h.kind, tuple(R(b) for b in fresh.values()),
                      *(tr(R(subst(e, fresh))) if e is not None else None for e in (h.expr, h.rhs))))
-    return tr(R(lem.lhs)), tr(R(lem.rhs)), RELATIONS[lem.relation], hyps
+    return tr(R(lem.lhs)), tr(R(lem.rhs)), RELATIONS[lem.relation], hyps, bodies
 
 
 def _unify(s, t, rho: dict, var) -> None:

@@ -393,7 +393,9 @@ class Normalizer:
         op, args = t.op, t.args
         if isinstance(op, Fn):
             vals = tuple(self.nf(a) for a in args)
-            head = ("map", op) if op.sig is not None else ("app", op.name)
+            # A user function's head holds the Fn itself: it can never coincide with a kernel head ("dim",
+            # "total", "sum", ("app", "exp"), ...) whose facts the table gives, whatever its name.
+            head = ("map", op) if op.sig is not None else ("fn", op)
             return self.value(self.atom(head, vals, t.ty))
         rule = getattr(self, "_op_" + op, None)
         if rule is not None:

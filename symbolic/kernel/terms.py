@@ -13,8 +13,8 @@ owns: the body refers to it as `BVar(0)`, so no substitution can capture it). Ev
 construction: there are no complex constants in the language.
 
 Every node type-checks in its constructor (`__init__`) and is immutable afterwards: an ill-typed
-term cannot exist. The kernel re-checks every theorem term by rebuilding it (`retype`), so a node
-altered behind the constructors' back is rejected too.
+term cannot exist. The kernel re-checks every theorem term by rebuilding it
+(`symbolic.kernel.boundary.retype`), so a node altered behind the constructors' back is rejected too.
 
 Substitution (`subst`), dimension renaming (`rename_dims`), abstraction of a named index into a
 binder (`abstract`) and opening a binder (`instantiate`) are defined here once and used everywhere.
@@ -603,25 +603,6 @@ def instantiate(body: Term, e: Term, level: int = 0) -> Term:
     if isinstance(body, Sum):
         return Sum(instantiate(body.hi, e, level), instantiate(body.body, e, level + 1))
     return body
-
-
-def retype(t: Term) -> Term:
-    """Rebuild `t` through the constructors: a node altered behind their back raises here."""
-    if isinstance(t, Var):
-        return Var(t.name, t.ty)
-    if isinstance(t, Lit):
-        return Lit(t.value)
-    if isinstance(t, ILit):
-        return ILit(t.n)
-    if isinstance(t, BVar):
-        return BVar(t.level, t.ty)
-    if isinstance(t, App):
-        if isinstance(t.op, Fn):
-            Fn(t.op.name, t.op.arity, t.op.sig, t.op.result)
-        return App(t.op, tuple(retype(a) for a in t.args))
-    if isinstance(t, Sum):
-        return Sum(retype(t.hi), retype(t.body))
-    raise TypeError_(f"not a kernel term: {t!r}")
 
 
 def subterms(t: Term):
