@@ -118,7 +118,13 @@ class Stages:
 
 
 def _quiet(args) -> bool:
-    return args.json or not sys.stderr.isatty()
+    """No progress bars (ours, nor transformers' while loading) under --json or when stderr is no terminal."""
+    quiet = args.json or not sys.stderr.isatty()
+    if quiet:
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()
+    return quiet
 
 
 # --------------------------------------------------------------------------- measuring

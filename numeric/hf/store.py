@@ -84,7 +84,8 @@ def fingerprint(model, layout, patched: list[list[str]]) -> dict[str, str]:
     def sampled():
         for _, p in params:
             flat = p.detach().reshape(-1)
-            idx = torch.linspace(0, flat.numel() - 1, min(SAMPLES, flat.numel())).round().long()
+            k = min(SAMPLES, flat.numel())
+            idx = torch.arange(k, dtype=torch.long) * (flat.numel() - 1) // max(k - 1, 1)  # exact in int64
             yield _bytes(flat[idx])
 
     def replaced():
