@@ -198,7 +198,7 @@ def cmd_absorb(args) -> int:
         with stages.step("contextual", "run with the context", model, 1):
             want = contextual(model, ctx, q)
         if args.mode == "sequence":
-            return _absorb_sequence(args, model, ctx, q, want, stages, out)
+            return _absorb_sequence(args, model, ctx, q, want, stages, out, context, query)
         options = Options(strategy=args.strategy, keep_positions=args.keep_positions)
         computed_in = options.protocol(False)
         passes = 1 + (q.shape[1] if computed_in == "model" or args.keep_positions else 1)
@@ -238,45 +238,71 @@ def _report_absorb(args, ps, errors, computed_in, ctx, q, seconds, out) -> int:
     return 1 if ok is False else 0
 
 
-def _absorb_sequence(args, model, ctx, q, want, stages, out) -> int:
-    """``--mode sequence``: one patch per layer, written as a PEFT LoRA adapter folder."""
-    import torch
+def _absorb_sequence(args, model, ctx, q, want, stages, out, context, query) -> int:
+    """``--mode sequence``: one patch per layer, written as a PEFT LoRA adapter folder (with ``ctxpatch.json``),
+    measured as PEFT loads it: ``factored`` the LoRA adapter, ``materialized`` merged into the weights."""
+    from numeric.hf import absorb_context, store
 
-    from numeric.hf import absorb_context
-    from numeric.hf.hfcheck import logit_error
-
+    unpatched = _unpatched(model, q, want)
     with stages.step("absorb", "absorbing (one patch per layer)", model, 2):
         sp = absorb_context(model, ctx, q, mode="sequence")
-    with stages.step("factored", "replay, as a LoRA adapter", model, 1):
-        lora = logit_error(sp.logits()[0], want)
-    with stages.step("materialized", "replay, written into the weights", model, 1), sp.written() as patched, \
-            torch.no_grad():
-        weights = logit_error(patched(q).logits[0], want)
-    with torch.no_grad():
-        errors = {"factored": lora, "materialized": weights, "unpatched": logit_error(model(q).logits[0], want)}
     with stages.step("save", "writing the adapter folder"):
-        sp.save_peft(out)
+        meta = {"context": context, "query": query, "chat": args.chat}
+        store.save_sequence(sp, out, context_ids=ctx, meta=meta, source=str(args.model))
+    errors = peft_figures(model, out, q, want, stages) | {"unpatched": unpatched}
+    store.record_errors(out, errors)
     limit = bound(args.dtype)
-    exact = "factored" if sp.applied == "lora" else "materialized"
-    ok = None if limit is None else errors[exact] <= limit
+    ok = None if limit is None else errors["factored"] <= limit
     result = {"model": str(args.model), "model_type": model.config.model_type, "dtype": args.dtype,
               "mode": "sequence", "context_tokens": ctx.shape[1], "query_tokens": q.shape[1], "rank": sp.rank,
-              "exact": exact, "errors": errors, "bound": limit, "ok": ok, "strategies": [],
+              "exact": "factored", "errors": errors, "bound": limit, "ok": ok, "strategies": [],
               "seconds": stages.seconds, "files": [str(out)]}
     if args.json:
         _emit(result)
     else:
         table = Table(title=f"{args.model}: one patch per layer (rank {sp.rank}) for {q.shape[1]} query tokens",
                       show_header=False)
-        _figure_rows(table, errors, limit, exact)
+        _figure_rows(table, errors, limit, "factored")
         table.add_row("result", _verdict(ok, limit, args.dtype))
         console.print(table)
         console.print(f"PEFT adapter folder: {out}", markup=False)
     return 1 if ok is False else 0
 
 
+def _unpatched(model, q, want) -> float:
+    import torch
+
+    from numeric.hf.hfcheck import logit_error
+
+    with torch.no_grad():
+        return logit_error(model(q).logits[0], want)
+
+
+def peft_figures(model, folder, q, want, stages: Stages) -> dict[str, float]:
+    """A sequence adapter folder as PEFT loads it: ``factored`` (LoRA) and ``materialized`` (merged into the
+    weights: `merge_and_unload`, which leaves `model` patched)."""
+    import warnings
+
+    import peft
+    import torch
+
+    from numeric.hf.hfcheck import logit_error
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # peft's notes on the adapter's modules_to_save
+        pm = peft.PeftModel.from_pretrained(model, str(folder)).eval()
+    with stages.step("factored", "replay, PEFT LoRA adapter", model, 1), torch.no_grad():
+        lora = logit_error(pm(q).logits[0], want)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        merged = pm.merge_and_unload()
+    with stages.step("materialized", "replay, merged into the weights", model, 1), torch.no_grad():
+        weights = logit_error(merged(q).logits[0], want)
+    return {"factored": lora, "materialized": weights}
+
+
 def _figure_rows(table: Table, errors: dict, limit: float | None, exact: str, recorded: dict | None = None) -> None:
-    labels = {"factored": "patched, factored (kernels)", "materialized": "patched, written into the weights",
+    labels = {"factored": "patched, factored (kernels or LoRA)", "materialized": "patched, written into the weights",
               "unpatched": "query alone, unpatched"}
     for k in FIGURES:
         mark = " (the exact replay" + (f", bound {limit:.0e})" if limit is not None else ")") if k == exact else ""
@@ -309,8 +335,7 @@ def cmd_apply(args) -> int:
 
     path = Path(args.patchfile)
     if path.is_dir():
-        raise CtxpatchInputError(f"{path}: a folder. apply replays a patch file of `ctxpatch absorb` (--mode token); "
-                                 "a PEFT adapter folder (--mode sequence) loads with peft.PeftModel.from_pretrained.")
+        return _apply_sequence(args, path)
     header, tensors = store.read(path)
     dtype = args.dtype or header["model"]["dtype"]
     ctx_ids = header["tokens"].get("context_ids")
@@ -327,27 +352,55 @@ def cmd_apply(args) -> int:
         with stages.step("contextual", "run with the context", model, 1):
             want = contextual(model, ctx, ps.query_ids)
         errors = measured(ps, want, stages, replay_passes(ps))
-    recorded = {k: header["errors"].get(k) for k in FIGURES}
     computed_in = header.get("meta", {}).get("computed_in") or ("model" if ps.incremental else "kernel")
-    limit, exact = bound(dtype), exact_run(computed_in)
+    return _report_apply(args, path, header, errors, dtype, ps.query_ids.shape[1], exact_run(computed_in),
+                         stages.seconds)
+
+
+def _report_apply(args, path, header, errors, dtype, q: int, exact: str, seconds) -> int:
+    """The replays' figures beside the recorded ones; ok: each replay as close as recorded or within the bound."""
+    recorded = {k: header["errors"].get(k) for k in FIGURES}
+    limit = bound(dtype)
     within = [k for k in ("factored", "materialized")
               if recorded[k] is not None and errors[k] <= recorded[k] or limit is not None and errors[k] <= limit]
     ok = len(within) == 2
     identical = all(errors[k] == recorded[k] for k in FIGURES)
-    result = {"file": str(path), "model": str(args.model), "dtype": dtype, "query_tokens": ps.query_ids.shape[1],
+    result = {"file": str(path), "model": str(args.model), "dtype": dtype, "query_tokens": q,
               "errors": errors, "recorded": recorded, "identical": identical, "exact": exact, "bound": limit,
-              "ok": ok, "seconds": stages.seconds}
+              "ok": ok, "seconds": seconds}
     if args.json:
         _emit(result)
     else:
-        table = Table(title=f"{path} on {args.model} ({dtype}, {ps.query_ids.shape[1]} query tokens)",
-                      show_header=False)
+        table = Table(title=f"{path} on {args.model} ({dtype}, {q} query tokens)", show_header=False)
         _figure_rows(table, errors, limit, exact, recorded)
         table.add_row("result", ("[green]ok[/green]" if ok else "[red]FAILED[/red]: a replay is worse than recorded "
                                  "and above the bound") + ("; every figure identical to the recorded one"
                                                            if identical else ""))
         console.print(table)
     return 0 if ok else 1
+
+
+def _apply_sequence(args, folder: Path) -> int:
+    """`apply` of an adapter folder of ``absorb --mode sequence``: fingerprint checked, measured as PEFT loads it."""
+    import torch
+
+    from numeric.hf import store
+    from numeric.hf.models import resolve
+
+    header = store.read_sequence(folder)
+    dtype = args.dtype or header["model"]["dtype"]
+    with Stages(not _quiet(args)) as stages:
+        with stages.step("load", f"loading {args.model}"):
+            model, tokenizer = resolve(args.model, dtype)
+        store.check_sequence_model(header, model, folder)
+        q = torch.tensor([header["tokens"]["query_ids"]], dtype=torch.long)
+        if args.query is not None:
+            _check_query(tokenizer, text_arg(args.query, "--query"), q, folder)
+        ctx = torch.tensor([header["tokens"]["context_ids"]], dtype=torch.long)
+        with stages.step("contextual", "run with the context", model, 1):
+            want = contextual(model, ctx, q)
+        errors = {"unpatched": _unpatched(model, q, want)} | peft_figures(model, folder, q, want, stages)
+    return _report_apply(args, folder, header, errors, dtype, q.shape[1], "factored", stages.seconds)
 
 
 def _check_query(tokenizer, query: str, recorded: torch.Tensor, path) -> None:
@@ -391,7 +444,8 @@ def register(verb) -> None:
                    help="the patch file to write (--mode sequence: the adapter folder)")
     p = verb("apply", cmd_apply, "replay a patch file on a model: refused unless the model is the one it was absorbed "
              "on; the measured figures beside the recorded ones")
-    p.add_argument("patchfile", metavar="PATCHFILE", help="a patch file written by `ctxpatch absorb`")
+    p.add_argument("patchfile", metavar="PATCHFILE", help="a patch file written by `ctxpatch absorb` (or its adapter "
+                   "folder, --mode sequence)")
     p.add_argument("--model", required=True, metavar="MODEL", help=model_help)
     p.add_argument("--query", metavar="TEXT|@FILE", help="check that this text gives the recorded query's tokens")
     p.add_argument("--dtype", choices=list(DTYPES), help="default: the dtype recorded in the file")

@@ -196,12 +196,21 @@ def test_a_model_that_is_not_one_names_what_is_allowed(kind, tmp_path, capsys):
     assert str(target) in err and "Allowed" in err and "save_pretrained" in err and "gguf" in err.lower()
 
 
-def test_sequence_mode_writes_a_peft_adapter(tiny, tmp_path):
+def test_sequence_mode_writes_a_peft_adapter_that_apply_replays(tiny, tmp_path, capsys):
+    """--mode sequence: a PEFT adapter folder with ctxpatch.json; apply measures it as PEFT loads it, to the bit,
+    and refuses it on another model."""
+    adapter = tmp_path / "adapter"
     out = _cli(["absorb", str(tiny), "--context", CONTEXT, "--query", " and then", "--mode", "sequence", "-o",
-                str(tmp_path / "adapter"), "--json"])
-    assert (tmp_path / "adapter" / "adapter_config.json").is_file()
+                str(adapter), "--json"])
+    assert (adapter / "adapter_config.json").is_file() and (adapter / store.SIDECAR).is_file()
     assert out["mode"] == "sequence" and out["errors"]["factored"] <= out["bound"]
-    assert out["errors"]["unpatched"] > 1e-3
+    assert out["errors"]["materialized"] <= out["bound"] and out["errors"]["unpatched"] > 1e-3
+    got = _cli(["apply", str(adapter), "--model", str(tiny), "--json"])
+    assert got["identical"] is True and got["errors"] == out["errors"] == got["recorded"]
+    err = _refused(["apply", str(adapter), "--model", str(FIXTURE)], capsys)
+    assert "fingerprint" in err
+    err = _refused(["apply", str(tmp_path), "--model", str(tiny)], capsys)
+    assert store.SIDECAR in err
 
 
 def test_progress_advances_once_per_layer_and_pass(tiny):

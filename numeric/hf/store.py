@@ -76,8 +76,9 @@ def patched_names(layers: list[LayerPatches]) -> list[list[str]]:
     return [sorted({*lp.rank1, *lp.values}) for lp in layers]
 
 
-def fingerprint(model, layout, patched: list[list[str]]) -> dict[str, str]:
-    """The four SHA-256 parts that identify the model a patch set belongs to (module docstring)."""
+def fingerprint(model, layers: str | None, patched: list[list[str]]) -> dict[str, str]:
+    """The four SHA-256 parts that identify the model a patch set belongs to (module docstring); ``layers``: the
+    path of the decoder layers, ``patched``: per layer, the parameters the patches replace."""
     config = {k: v for k, v in model.config.to_dict().items() if k not in VOLATILE}
     params = sorted(model.named_parameters(), key=lambda kv: kv[0])
 
@@ -89,7 +90,7 @@ def fingerprint(model, layout, patched: list[list[str]]) -> dict[str, str]:
             yield _bytes(flat[idx])
 
     def replaced():
-        decoder = get(model, layout.layers) if patched else None
+        decoder = get(model, layers) if patched else None
         for n, names in enumerate(patched):
             for name in names:
                 yield f"{n}/{name}"
@@ -100,26 +101,26 @@ def fingerprint(model, layout, patched: list[list[str]]) -> dict[str, str]:
             "patched": _sha(replaced()), "sampled": _sha(sampled())}
 
 
-def check_model(header: dict, model, layout, path) -> None:
-    """Refuse (`FingerprintMismatch`) a model whose fingerprint differs from the file's, naming the parts."""
+def check_model(header: dict, model, layers: str | None, count: int | None, path) -> None:
+    """Refuse (`FingerprintMismatch`) a model whose fingerprint differs from the file's, naming the parts;
+    ``layers``/``count``: the path and number of the model's decoder layers (None: not found)."""
     want = header["model"]
     got_type = getattr(model.config, "model_type", "?")
     names = [entry["names"] for entry in header["layers"]]
     mine = fingerprint(model, None, []) | {"patched": None}
-    if layout is not None and len(names) == len(layout):
+    if layers is not None and len(names) == count:
         try:
-            mine = fingerprint(model, layout, names)
+            mine = fingerprint(model, layers, names)
         except (AttributeError, IndexError, KeyError, ValueError):  # a patched parameter this model lacks
-            mine = fingerprint(model, layout, [[] for _ in names]) | {"patched": None}
+            pass
     differ = [k for k in PARTS if mine[k] != want["fingerprint"].get(k)]
     if not differ:
         return
     made = want.get("source") or "another model"
     dtype = str(_dtype(model)).removeprefix("torch.")
-    layers = "?" if layout is None else len(layout)
     raise FingerprintMismatch(
         f"{path}: the patch file was absorbed on {made} ({want['type']}, {want['layers']} layers, {want['dtype']}); "
-        f"this model ({got_type}, {layers} layers, {dtype}) has another "
+        f"this model ({got_type}, {'?' if count is None else count} layers, {dtype}) has another "
         f"fingerprint: its {', '.join(PARTS[k] for k in differ)} differ. A patch is exact only for the weights it "
         "was computed on: apply it to that model (same weights, same dtype), or absorb the context again on this "
         "one.")
@@ -198,7 +199,7 @@ def save(ps, path, *, context_ids: torch.Tensor | None = None, errors: dict | No
         "format": FORMAT, "version": VERSION,
         "model": {"type": getattr(ps.model.config, "model_type", None), "source": source,
                   "dtype": str(_dtype(ps.model)).removeprefix("torch."), "layers": len(ps.layers),
-                  "fingerprint": fingerprint(ps.model, ps.layout, patched_names(ps.layers))},
+                  "fingerprint": fingerprint(ps.model, ps.layout.layers, patched_names(ps.layers))},
         "protocol": {"positions": ps.positions is not None, "incremental": bool(ps.incremental),
                      "input_strategy": next((getattr(k, "INPUT_STRATEGY", None) for k in first.values()), None),
                      "patch_dtype": None if patch_dtype is None else str(patch_dtype).removeprefix("torch."),
@@ -327,9 +328,9 @@ def build(header: dict, tensors: dict[str, torch.Tensor], model, path, *, spec=N
     try:
         layout = layout_for(model, spec, params)
     except CtxpatchInputError:  # no layout for this model: refused by its fingerprint if that differs
-        check_model(header, model, None, path)
+        check_model(header, model, None, None, path)
         raise
-    check_model(header, model, layout, path)
+    check_model(header, model, layout.layers, len(layout), path)
     protocol, q = header["protocol"], len(header["tokens"]["query_ids"])
     ids = header["tokens"]["query_ids"] + (header["tokens"].get("context_ids") or [])
     vocab = model.get_input_embeddings().num_embeddings
@@ -374,3 +375,73 @@ def _fields(cls):
     import dataclasses
 
     return dataclasses.fields(cls)
+
+
+# --------------------------------------------------------------------------- sequence patches (PEFT folders)
+
+SEQUENCE_FORMAT = "ctxpatch-sequence"
+SIDECAR = "ctxpatch.json"
+
+
+def save_sequence(sp, folder, *, context_ids: torch.Tensor, meta: dict | None = None,
+                  source: str | None = None) -> Path:
+    """Write a `SequencePatch` as a PEFT LoRA adapter folder (`SequencePatch.save_peft`) with ``ctxpatch.json``
+    beside it: the format, the model's fingerprint (over the maps and norms the patch replaces), the tokens;
+    `record_errors` adds the figures once the adapter is measured as PEFT loads it."""
+    folder = Path(folder)
+    sp.save_peft(folder)
+    names = [sorted([f"{p}.weight" for p in lp.lora] + list(lp.scale)) for lp in sp.layers]
+    header = {"format": SEQUENCE_FORMAT, "version": VERSION,
+              "model": {"type": getattr(sp.model.config, "model_type", None), "source": source,
+                        "dtype": str(_dtype(sp.model)).removeprefix("torch."), "layers": len(sp.layers),
+                        "layers_path": sp.adapter.layers,
+                        "fingerprint": fingerprint(sp.model, sp.adapter.layers, names)},
+              "tokens": {"query_ids": sp.query_ids[0].tolist(), "context_ids": context_ids[0].tolist()},
+              "layers": [{"names": n, "rank": lp.rank} for n, lp in zip(names, sp.layers, strict=True)],
+              "errors": {}, "meta": meta or {}, "versions": _versions()}
+    (folder / SIDECAR).write_text(json.dumps(header, indent=1), encoding="utf-8")
+    return folder
+
+
+def record_errors(folder, errors: dict) -> None:
+    """Add the measured figures to a sequence adapter's ``ctxpatch.json``."""
+    path = Path(folder) / SIDECAR
+    header = json.loads(path.read_text(encoding="utf-8"))
+    header["errors"] = {k: _finite(v) for k, v in errors.items()}
+    path.write_text(json.dumps(header, indent=1), encoding="utf-8")
+
+
+def read_sequence(folder) -> dict:
+    """The ``ctxpatch.json`` header of a sequence adapter folder; `PatchFileError` naming what is wrong."""
+    path = Path(folder) / SIDECAR
+    if not path.is_file():
+        raise PatchFileError(f"{folder}: a folder without {SIDECAR}; `ctxpatch apply` replays a patch file or an "
+                             "adapter folder written by `ctxpatch absorb --mode sequence`.")
+    try:
+        header = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PatchFileError(f"{path}: not JSON ({exc}).") from None
+    if not isinstance(header, dict) or header.get("format") != SEQUENCE_FORMAT or header.get("version") != VERSION:
+        raise PatchFileError(f"{path}: not a ctxpatch sequence header (format {SEQUENCE_FORMAT!r}, version "
+                             f"{VERSION}).")
+    try:
+        ok = (isinstance(header["model"]["fingerprint"], dict) and isinstance(header["model"]["layers_path"], str)
+              and all(isinstance(e["names"], list) for e in header["layers"])
+              and all(isinstance(i, int) and i >= 0 for k in ("query_ids", "context_ids")
+                      for i in header["tokens"][k]) and header["tokens"]["query_ids"]
+              and isinstance(header["errors"], dict))
+    except (KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise PatchFileError(f"{path}: the header lacks model.fingerprint, model.layers_path, layers[].names, "
+                             "tokens or errors, or they have the wrong type.")
+    return header
+
+
+def check_sequence_model(header: dict, model, folder) -> None:
+    """`check_model` for a sequence adapter folder: the decoder layers at the recorded path."""
+    try:
+        count = len(get(model, header["model"]["layers_path"]))
+    except (AttributeError, IndexError, TypeError):
+        count = None
+    check_model(header, model, header["model"]["layers_path"] if count is not None else None, count, folder)
