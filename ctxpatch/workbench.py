@@ -332,11 +332,12 @@ def cmd_apply(args) -> int:
 
     from numeric.hf import store
     from numeric.hf.models import resolve
+    from numeric.hf.patchset import PatchSet
 
     path = Path(args.patchfile)
     if path.is_dir():
         return _apply_sequence(args, path)
-    header, tensors = store.read(path)
+    header, _ = store.read(path)  # bad files refused before a model is loaded
     dtype = args.dtype or header["model"]["dtype"]
     ctx_ids = header["tokens"].get("context_ids")
     if ctx_ids is None:
@@ -345,7 +346,7 @@ def cmd_apply(args) -> int:
     with Stages(not _quiet(args)) as stages:
         with stages.step("load", f"loading {args.model}"):
             model, tokenizer = resolve(args.model, dtype)
-        ps = store.build(header, tensors, model, path)
+        ps = PatchSet.load(path, model)
         if args.query is not None:
             _check_query(tokenizer, text_arg(args.query, "--query"), ps.query_ids, path)
         ctx = torch.tensor([ctx_ids], dtype=torch.long)

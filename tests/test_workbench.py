@@ -287,8 +287,7 @@ def test_a_file_that_is_not_a_patch_file_is_named(kind, absorbed, tmp_path):
     path, _ = absorbed
     target, words = _hostile(kind, path, tmp_path)
     with pytest.raises(store.PatchFileError) as exc:
-        header, tensors = store.read(target)
-        store.build(header, tensors, _model(absorbed), target)
+        PatchSet.load(target, _model(absorbed))
     assert words in str(exc.value) and str(target) in str(exc.value)
 
 

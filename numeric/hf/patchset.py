@@ -59,10 +59,13 @@ class PatchSet:
     @classmethod
     def load(cls, path, model, **options) -> PatchSet:
         """The patch set of a patch file on `model`, refused (`numeric.hf.store.FingerprintMismatch`) unless the
-        model is the one it was absorbed on (`numeric.hf.store.load`)."""
+        model is the one it was absorbed on (`numeric.hf.store.fields`); ``options``: ``spec``, ``params``."""
+        from dataclasses import fields
+
         from numeric.hf import store
 
-        return store.load(path, model, **options)
+        given = store.fields(*store.read(path), model, path, **options)
+        return cls(**{f.name: given[f.name] for f in fields(cls) if f.name in given})
 
     def _run(self):
         """The query run with the factored patches, in the protocol they were computed in: one pass; each token

@@ -16,8 +16,8 @@ A patch file is one safetensors file (format `FORMAT`, version `VERSION`); nothi
 The model fingerprint has four parts, each a SHA-256: ``config`` (the model's config without what varies
 between copies of the same weights: paths, versions, the dtype, the attention implementation), ``shapes``
 (every parameter's name, shape and dtype), ``patched`` (every byte of the parameters the patches replace)
-and ``sampled`` (257 evenly spaced entries of every parameter). `load` compares all four before it reads a
-tensor into a `PatchSet`, and names the parts that differ (`FingerprintMismatch`).
+and ``sampled`` (257 evenly spaced entries of every parameter). `PatchSet.load` compares all four before it reads
+a tensor into a `PatchSet`, and names the parts that differ (`FingerprintMismatch`).
 """
 
 from __future__ import annotations
@@ -317,13 +317,13 @@ def _layer(n, entry, tensors, decoder, q, path) -> LayerPatches:
     return lp
 
 
-def build(header: dict, tensors: dict[str, torch.Tensor], model, path, *, spec=None,
-          params: dict[str, str] | None = None):
-    """The `PatchSet` of a file's `read` header and tensors on `model`, after checking the model's fingerprint
-    against the file's (`FingerprintMismatch`); `PatchFileError` where the tensors do not fit the header."""
+def fields(header: dict, tensors: dict[str, torch.Tensor], model, path, *, spec=None,
+           params: dict[str, str] | None = None) -> dict:
+    """The `PatchSet` fields (keywords) of a file's `read` header and tensors on `model`, after checking the
+    model's fingerprint against the file's (`FingerprintMismatch`); `PatchFileError` where the tensors do not
+    fit the header. `PatchSet.load` builds the patch set from them."""
     from numeric import kernels
     from numeric.hf.infer import layout_for
-    from numeric.hf.patchset import PatchSet
 
     try:
         layout = layout_for(model, spec, params)
@@ -357,24 +357,11 @@ def build(header: dict, tensors: dict[str, torch.Tensor], model, path, *, spec=N
                                  "do not include.")
     positions = _tensor(tensors, "positions", path, (1, q)) if protocol["positions"] else None
     query = torch.tensor([header["tokens"]["query_ids"]], dtype=torch.long)
-    extra = {}
-    if protocol.get("patch_dtype") and "patch_dtype" in {f.name for f in _fields(PatchSet)}:
-        extra["patch_dtype"] = getattr(torch, protocol["patch_dtype"])
-    return PatchSet(model, query, layers, layout, positions, kernels=found, incremental=protocol["incremental"],
-                    **extra)
-
-
-def load(path, model, *, spec=None, params: dict[str, str] | None = None):
-    """The `PatchSet` saved in `path`, on `model` (`read`, then `build`). ``spec``/``params``: the
-    user-declared block the patches were absorbed with, where it was one (`numeric.hf.infer.layout_for`)."""
-    header, tensors = read(path)
-    return build(header, tensors, model, path, spec=spec, params=params)
-
-
-def _fields(cls):
-    import dataclasses
-
-    return dataclasses.fields(cls)
+    out = {"model": model, "query_ids": query, "layers": layers, "layout": layout, "positions": positions,
+           "kernels": found, "incremental": protocol["incremental"]}
+    if protocol.get("patch_dtype"):
+        out["patch_dtype"] = getattr(torch, protocol["patch_dtype"])
+    return out
 
 
 # --------------------------------------------------------------------------- sequence patches (PEFT folders)
