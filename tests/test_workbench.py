@@ -324,6 +324,6 @@ def test_a_gguf_file_works_with_absorb_and_apply(tmp_path):
     path = tmp_path / "gguf.safetensors"
     out = _cli(["absorb", str(gguf), "--context", "The capital of France is Paris. The capital of Italy is Rome.",
                 "--query", " The capital of Spain is", "--chat", "-o", str(path), "--json"])
-    assert out["model_type"] == "llama" and out["errors"]["materialized"] <= out["bound"]
+    assert out["model_type"] == "llama" and out["ok"] is True and out["errors"][out["exact"]] <= out["bound"]
     got = _cli(["apply", str(path), "--model", str(gguf), "--json"])
     assert got["identical"] is True and got["errors"] == out["errors"]
