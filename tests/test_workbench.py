@@ -151,8 +151,11 @@ def test_apply_refuses_a_changed_copy_and_another_dtype(absorbed, tiny, tmp_path
     assert "shapes or dtypes" in err
 
 
-def test_apply_checks_the_query_it_is_given(absorbed, tiny, capsys):
-    path, _ = absorbed
+def test_apply_checks_the_query_it_is_given(absorbed, tiny, capsys, tmp_path):
+    path, out = absorbed
+    (tmp_path / "query.txt").write_text(QUERY, encoding="utf-8")
+    got = _cli(["apply", str(path), "--model", str(tiny), "--query", f"@{tmp_path / 'query.txt'}", "--json"])
+    assert got["errors"] == out["errors"]
     err = _refused(["apply", str(path), "--model", str(tiny), "--query", " and then the dog"], capsys)
     assert "per-token patches belong to the tokens" in err
 
