@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ctxpatch import api
+from ctxpatch import api, workbench
 from ctxpatch.options import bounded, out_dir, out_file, reference
 from ctxpatch.reporting import FORMATS
 from symbolic import catalog, limits
@@ -582,6 +582,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch-dtype", choices=["float32", "bfloat16", "float64"],
                    help="dtype the patches are computed in (default: the model's; float32 for stable in bfloat16)")
     p.add_argument("--tokens", type=bounded(limits.TOKENS), default=20)
+    workbench.register(verb)  # absorb, apply: ctxpatch/workbench.py
     p = verb("demo", cmd_demo, "the main job, end to end on gemma3: check, prove, codegen, validate, HF check, reports")
     p.add_argument("-o", "--out", type=out_dir, default=Path("reports/demo"), metavar="DIR",
                    help="where the reports go (default: reports/demo under the current directory)")

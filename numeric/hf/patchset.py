@@ -49,6 +49,24 @@ class PatchSet:
         """The first layer's default kernel."""
         return self.kernel_for(0)
 
+    def save(self, path, **record):
+        """Write the patches to a patch file: safetensors and a JSON header with the model's fingerprint
+        (`numeric.hf.store.save`; ``record``: ``context_ids``, ``errors``, ``meta``, ``source``)."""
+        from numeric.hf import store
+
+        return store.save(self, path, **record)
+
+    @classmethod
+    def load(cls, path, model, **options) -> PatchSet:
+        """The patch set of a patch file on `model`, refused (`numeric.hf.store.FingerprintMismatch`) unless the
+        model is the one it was absorbed on (`numeric.hf.store.fields`); ``options``: ``spec``, ``params``."""
+        from dataclasses import fields
+
+        from numeric.hf import store
+
+        given = store.fields(*store.read(path), model, path, **options)
+        return cls(**{f.name: given[f.name] for f in fields(cls) if f.name in given})
+
     def _run(self):
         """The query run with the factored patches, in the protocol they were computed in: one pass; each token
         alone at its absolute position (``positions``); or token by token through the key/value cache
