@@ -757,3 +757,16 @@ def test_a_cited_lemma_hypothesis_does_not_capture_through_a_family():
     assert bad.status != VERIFIED and "fam_hyp needs" in bad.message
     fine = Theorem("cite", "cite", (equation(bv, rhs),), bv, rhs, (Step(bv, rhs, "fam_hyp", lemma="fam_hyp"),))
     assert check(fine, {"fam_hyp": res}).status == VERIFIED
+
+
+def test_the_mean_of_a_square_is_positive_only_for_a_nonzero_vector():
+    """mean(x x) = |x|^2 / d > 0 when x != 0 (not the zero vector): that covers 1 / sqrt(mean(x x)). Without the
+    hypothesis (x = 0), or for mean(x y) (x = (1, -1), y = (1, 1): 0), it is refused."""
+    xv, yv = vec("x", "d"), vec("y", "d")
+    inv = Lit(1) / sqrt(mean(xv * xv))
+    assert check(toy([Step(inv * 1, inv, "algebra")], hyps=(nonzero(xv),))).status == VERIFIED
+    res = check(toy([Step(inv * 1, inv, "algebra")]))
+    assert res.status != VERIFIED and "divides by sqrt(mean(x**2))" in res.message
+    res = check(toy([Step(mean(xv * yv), Lit(0), "positive?", ">")], hyps=(nonzero(xv), nonzero(yv)), relation=">"))
+    assert res.status != VERIFIED and "the facts do not give lhs > rhs" in res.message
+    assert Fraction(1 * 1 + (-1) * 1, 2) == 0
