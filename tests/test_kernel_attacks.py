@@ -770,3 +770,29 @@ def test_the_mean_of_a_square_is_positive_only_for_a_nonzero_vector():
     res = check(toy([Step(mean(xv * yv), Lit(0), "positive?", ">")], hyps=(nonzero(xv), nonzero(yv)), relation=">"))
     assert res.status != VERIFIED and "the facts do not give lhs > rhs" in res.message
     assert Fraction(1 * 1 + (-1) * 1, 2) == 0
+
+
+# --------------------------------------------------------------------------- the instance layer (audit 2)
+
+
+@pytest.mark.parametrize("c", [3, 5, 7])
+def test_a_rounding_residue_is_the_same_argument_as_zero(c):
+    """G(sqrt(c)^4 / c - c) = G(0) is true; at 60 digits the argument is a residue like 1e-61, which must key an
+    opaque map's random table like 0 (it drew a second value, and refuted a true theorem: multilayer_granitemoe)."""
+    G = Fn.map("G", (SCALAR,), SCALAR)
+    s = sqrt(Lit(c))
+    th = toy([Step(apply(G, s * s * s * s / c - c), apply(G, Lit(0)), "algebra")])
+    res = check(th)
+    assert res.status == VERIFIED, res.message
+
+
+@pytest.mark.parametrize("name", ["poly5", "poly5b", "poly5c"])
+def test_the_wide_instance_refutes_a_claim_false_only_at_indices_from_5(name):
+    """sum_{i<=n} g(i) v = 0 with g(x) = (x - 1)(x - 2)(x - 3)(x - 4): true for n <= 4, false from n = 5 (24 v).
+    The kernel's normal form does not decide it; the instance layer refutes it: one model has dimensions 5..9."""
+    nn, ii, vv = index("n", "D"), index("i", "D"), vec("v", "d")
+    lhs = sum_over(ii, nn, _g(ii) * vv)
+    th = Theorem(name, name, (), lhs, Lit(0) * vv, (Step(lhs, Lit(0) * vv, "vanishes?"),))
+    res = check(th)
+    assert res.status == "refuted" and "is false at dimensions {'D': " in res.message, res.message
+    assert (5 - 1) * (5 - 2) * (5 - 3) * (5 - 4) == 24
