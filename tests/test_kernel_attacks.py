@@ -796,3 +796,30 @@ def test_the_wide_instance_refutes_a_claim_false_only_at_indices_from_5(name):
     res = check(th)
     assert res.status == "refuted" and "is false at dimensions {'D': " in res.message, res.message
     assert (5 - 1) * (5 - 2) * (5 - 3) * (5 - 4) == 24
+
+
+def _index_terms(depth, loose):
+    """Index-valued scalar terms over k, j and `loose` bound variables of an enclosing binder."""
+    from symbolic.kernel.terms import BVar, Sum
+
+    kk, jj = index("k", "D"), index("j", "D")
+    leaves = [num(kk), num(jj), Lit(2)] + [num(BVar(lv, kk.ty)) for lv in range(loose)]
+    if depth == 0:
+        return st.sampled_from(leaves)
+    sub = _index_terms(depth - 1, loose)
+    inner = _index_terms(depth - 1, loose + 1)
+    return st.one_of(sub, st.tuples(sub, sub).map(lambda p: p[0] * p[1] + p[1]),
+                     inner.map(lambda b: Sum(index("n", "D"), b)))
+
+
+@given(_index_terms(3, 1))
+@settings(max_examples=80, deadline=None)
+def test_abstract_and_instantiate_are_inverse_on_open_terms(t):
+    """For any term with loose bound variables: instantiate(abstract(t, k), k) == t, and shifting out and back is
+    the identity (the laws the capture-avoiding substitution rests on)."""
+    from symbolic.kernel.terms import abstract, instantiate, shift
+
+    kk = index("k", "D")
+    assert instantiate(abstract(t, kk), kk) == t
+    assert shift(shift(t, 3), -3) == t
+    assert {lv for lv, _ in abstract(t, kk).loose} <= {lv + 1 for lv, _ in t.loose} | {0}
