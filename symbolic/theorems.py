@@ -345,7 +345,8 @@ def multilayer_theorem(arch, block: K.Theorem | None = None, attention_c=None) -
     free = set().union(*(K.free_vars(t) for h in block.hypotheses for t in (h.expr, h.rhs) if t is not None),
                        K.free_vars(block.lhs))
     defined = {h.expr for h in block.definitions}
-    sub = {sig["u"]: u_l, sig["delta"]: uc_l - u_l}
+    # u_C is the contextual MLP input u + delta: at layer l it is u_C_l (a norm with eps = 0 needs u_C != 0)
+    sub = {sig["u"]: u_l, sig["delta"]: uc_l - u_l, sig["u_C"]: uc_l}
     if sig["z"] in free and sig["z"] not in defined:
         z_l = K.vec("z_l", "d")
         hyps.append(K.definition(z_l, to_kernel(b.pre(b.unpatched(), Vec("s_prev" if parallel else "u_l", "d")))))

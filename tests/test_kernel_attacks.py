@@ -655,3 +655,171 @@ def test_a_cited_family_definition_is_checked_for_every_member():
     res = check(toy([step]), {"famdef": lem})
     assert res.status != VERIFIED and "(a definition) divides by v[e" in res.message
     assert check(toy([step], hyps=(coords_nonzero(at(v, e), over=(e,)),)), {"famdef": lem}).status == VERIFIED
+
+
+# --------------------------------------------------------------------------- capture under binders (audit 2)
+
+
+def _g(t):
+    """(x - 1)(x - 2)(x - 3)(x - 4), x = num(t): zero on every index 1..4, 24 at 5."""
+    xx = num(t)
+    return (xx - 1) * (xx - 2) * (xx - 3) * (xx - 4)
+
+
+def _family_lemma(outer: int, inner: int):
+    r"""F[k] := sum_{j_1..j_inner <= m} g(k) v; the true lemma
+    sum_{i_1..i_outer <= n} F[i_1] = sum_{i_1..i_outer <= n} sum_{j_1..j_inner <= m} g(i_1) v. Unfolding F[i_1]
+    under the outer sums puts a loose bound variable under F's own binders: the capture the kernel must avoid."""
+    kk = index("k", "D")
+    iv, jv = ([(index(f"{s}{p}", "D"), index(f"{s.upper()}{p}", "D")) for p in range(depth)]
+              for s, depth in (("i", outer), ("j", inner)))  # (index, its own bound): no two sums alike
+    vv, Ff = vec("v", "d"), family("F", "D", Vector("d"))
+
+    def nest(ranges, body):
+        for t, hi in reversed(ranges):
+            body = sum_over(t, hi, body)
+        return body
+
+    lhs = nest(iv, at(Ff, iv[0][0]))
+    rhs = nest(iv, nest(jv, _g(iv[0][0]) * vv))
+    name = f"fam_lemma_{outer}_{inner}"
+    lem = Theorem(name, "a family's sum", (definition(Ff, nest(jv, _g(kk) * vv), kk),), lhs, rhs,
+                  (Step(lhs, rhs, "unfold F"),))
+    captured = [nest(iv, nest(jv, _g(t) * vv)) for t, _ in iv[1:] + jv]  # g of any other index: all false
+    return lem, rhs, captured
+
+
+def _cite(lem, lhs, rhs):
+    return Theorem("cite", "cite", (), lhs, rhs, (Step(lhs, rhs, lem.name, lemma=lem.name),))
+
+
+def test_a_cited_family_body_does_not_capture_the_index_it_is_unfolded_at():
+    """The audit's attack: sum_i F[i] with F[k] := sum_{j<=m} g(k) v was instantiated as sum_i sum_j g(j) v
+    (the index i captured by F's binder j): 'verified' although n = 5, m = 1, v = (1) gives 0 != 24."""
+    lem, rhs, (captured,) = _family_lemma(1, 1)
+    res = check(lem)
+    assert res.status == VERIFIED, res.message
+    attack = check(_cite(lem, captured, rhs), {lem.name: res})
+    assert attack.status != VERIFIED and "not an instance of fam_lemma_1_1" in attack.message
+    G = lambda t: Fraction((t - 1) * (t - 2) * (t - 3) * (t - 4))  # noqa: E731
+    assert sum(G(jj) for ii in range(1, 6) for jj in range(1, 2)) == 0
+    assert sum(G(ii) for ii in range(1, 6) for jj in range(1, 2)) == 24
+    # the true neighbour: the instance as it is, sum_i sum_j g(i) v
+    assert check(_cite(lem, rhs, rhs), {lem.name: res}).status == VERIFIED
+
+
+@pytest.mark.parametrize("outer,inner", [(1, 2), (1, 3), (2, 1), (3, 1), (2, 2)])
+def test_family_unfolding_is_capture_avoiding_at_every_depth(outer, inner):
+    """Depths 2 and 3 of the citing sums and of the family's own binders: the instance keeps g(i_1); every
+    variant with g of another index (what a capture would produce) is refused."""
+    lem, rhs, captured = _family_lemma(outer, inner)
+    res = check(lem)
+    assert res.status == VERIFIED, res.message
+    assert check(_cite(lem, rhs, rhs), {lem.name: res}).status == VERIFIED
+    for wrong in captured:
+        bad = check(_cite(lem, wrong, rhs), {lem.name: res})
+        assert bad.status != VERIFIED and f"not an instance of {lem.name}" in bad.message
+
+
+def test_opening_and_closing_binders_shift_loose_indices():
+    """instantiate / abstract are inverse and capture-avoiding on terms with loose bound variables: opening a
+    binder with the index of an enclosing sum (BVar 0) under a nested sum refers to that index, which is
+    BVar 1 there, not the nested sum's own BVar 0."""
+    from symbolic.kernel.terms import BVar, Sum, abstract, instantiate, shift
+
+    nn, kk, jj = index("n", "D"), index("k", "D"), index("j", "D")
+    D = nn.ty
+    body = abstract(sum_over(jj, nn, num(kk) * num(jj)), kk)  # k bound outside: BVar(1) under the sum over j
+    opened = instantiate(body, BVar(0, D))  # k := the enclosing sum's index
+    assert opened == Sum(nn, num(BVar(1, D)) * num(BVar(0, D)))
+    assert opened != Sum(nn, num(BVar(0, D)) * num(BVar(0, D)))  # what the capture gave
+    assert instantiate(abstract(opened, kk), kk) == opened
+    assert shift(shift(opened, 2), -2) == opened and shift(opened, 1).loose == frozenset({(1, D)})
+    # under its enclosing sum the term means sum_k sum_{j<=n} k j, not sum_k sum_{j<=n} j^2
+    alpha = Sum(nn, opened)
+    assert check(toy([Step(alpha, sum_over(kk, nn, sum_over(jj, nn, num(kk) * num(jj))), "alpha")])).status == VERIFIED
+    squares = check(toy([Step(alpha, sum_over(kk, nn, sum_over(jj, nn, num(jj) * num(jj))), "captured?")]))
+    assert squares.status != VERIFIED
+
+
+def test_a_cited_lemma_hypothesis_does_not_capture_through_a_family():
+    """The lemma b = sum_i F[i] => b = sum_i sum_j g(i) v (F[k] := sum_{j<=m} g(k) v) cited where only
+    b = sum_i sum_j g(j) v holds: its hypothesis' instance is not that, so it is not discharged (n = 5, m = 1:
+    b = 0, yet sum_i sum_j g(i) v = 24)."""
+    lem_, rhs, (captured,) = _family_lemma(1, 1)
+    bv = vec("b", "d")
+    lem = Theorem("fam_hyp", "a family in a hypothesis", (*lem_.hypotheses, equation(bv, lem_.lhs)), bv, rhs,
+                  (Step(bv, lem_.lhs, "the hypothesis", rewrite=((2, ()),)), Step(lem_.lhs, rhs, "unfold F")))
+    res = check(lem)
+    assert res.status == VERIFIED, res.message
+    cite = Theorem("cite", "cite", (equation(bv, captured),), bv, rhs, (Step(bv, rhs, "fam_hyp", lemma="fam_hyp"),))
+    bad = check(cite, {"fam_hyp": res})
+    assert bad.status != VERIFIED and "fam_hyp needs" in bad.message
+    fine = Theorem("cite", "cite", (equation(bv, rhs),), bv, rhs, (Step(bv, rhs, "fam_hyp", lemma="fam_hyp"),))
+    assert check(fine, {"fam_hyp": res}).status == VERIFIED
+
+
+def test_the_mean_of_a_square_is_positive_only_for_a_nonzero_vector():
+    """mean(x x) = |x|^2 / d > 0 when x != 0 (not the zero vector): that covers 1 / sqrt(mean(x x)). Without the
+    hypothesis (x = 0), or for mean(x y) (x = (1, -1), y = (1, 1): 0), it is refused."""
+    xv, yv = vec("x", "d"), vec("y", "d")
+    inv = Lit(1) / sqrt(mean(xv * xv))
+    assert check(toy([Step(inv * 1, inv, "algebra")], hyps=(nonzero(xv),))).status == VERIFIED
+    res = check(toy([Step(inv * 1, inv, "algebra")]))
+    assert res.status != VERIFIED and "divides by sqrt(mean(x**2))" in res.message
+    res = check(toy([Step(mean(xv * yv), Lit(0), "positive?", ">")], hyps=(nonzero(xv), nonzero(yv)), relation=">"))
+    assert res.status != VERIFIED and "the facts do not give lhs > rhs" in res.message
+    assert Fraction(1 * 1 + (-1) * 1, 2) == 0
+
+
+# --------------------------------------------------------------------------- the instance layer (audit 2)
+
+
+@pytest.mark.parametrize("c", [3, 5, 7])
+def test_a_rounding_residue_is_the_same_argument_as_zero(c):
+    """G(sqrt(c)^4 / c - c) = G(0) is true; at 60 digits the argument is a residue like 1e-61, which must key an
+    opaque map's random table like 0 (it drew a second value, and refuted a true theorem: multilayer_granitemoe)."""
+    G = Fn.map("G", (SCALAR,), SCALAR)
+    s = sqrt(Lit(c))
+    th = toy([Step(apply(G, s * s * s * s / c - c), apply(G, Lit(0)), "algebra")])
+    res = check(th)
+    assert res.status == VERIFIED, res.message
+
+
+@pytest.mark.parametrize("name", ["poly5", "poly5b", "poly5c"])
+def test_the_wide_instance_refutes_a_claim_false_only_at_indices_from_5(name):
+    """sum_{i<=n} g(i) v = 0 with g(x) = (x - 1)(x - 2)(x - 3)(x - 4): true for n <= 4, false from n = 5 (24 v).
+    The kernel's normal form does not decide it; the instance layer refutes it: one model has dimensions 5..9."""
+    nn, ii, vv = index("n", "D"), index("i", "D"), vec("v", "d")
+    lhs = sum_over(ii, nn, _g(ii) * vv)
+    th = Theorem(name, name, (), lhs, Lit(0) * vv, (Step(lhs, Lit(0) * vv, "vanishes?"),))
+    res = check(th)
+    assert res.status == "refuted" and "is false at dimensions {'D': " in res.message, res.message
+    assert (5 - 1) * (5 - 2) * (5 - 3) * (5 - 4) == 24
+
+
+def _index_terms(depth, loose):
+    """Index-valued scalar terms over k, j and `loose` bound variables of an enclosing binder."""
+    from symbolic.kernel.terms import BVar, Sum
+
+    kk, jj = index("k", "D"), index("j", "D")
+    leaves = [num(kk), num(jj), Lit(2)] + [num(BVar(lv, kk.ty)) for lv in range(loose)]
+    if depth == 0:
+        return st.sampled_from(leaves)
+    sub = _index_terms(depth - 1, loose)
+    inner = _index_terms(depth - 1, loose + 1)
+    return st.one_of(sub, st.tuples(sub, sub).map(lambda p: p[0] * p[1] + p[1]),
+                     inner.map(lambda b: Sum(index("n", "D"), b)))
+
+
+@given(_index_terms(3, 1))
+@settings(max_examples=80, deadline=None)
+def test_abstract_and_instantiate_are_inverse_on_open_terms(t):
+    """For any term with loose bound variables: instantiate(abstract(t, k), k) == t, and shifting out and back is
+    the identity (the laws the capture-avoiding substitution rests on)."""
+    from symbolic.kernel.terms import abstract, instantiate, shift
+
+    kk = index("k", "D")
+    assert instantiate(abstract(t, kk), kk) == t
+    assert shift(shift(t, 3), -3) == t
+    assert {lv for lv, _ in abstract(t, kk).loose} <= {lv + 1 for lv, _ in t.loose} | {0}

@@ -65,6 +65,27 @@ def test_multilayer_carries_the_block_side_conditions():
     assert res.status != VERIFIED and "z_l" in res.message
 
 
+def test_multilayer_with_eps_zero_states_each_norm_input_nonzero_at_layer_l(tmp_path):
+    """eps = 0: z_C_l := (1 + w) u_C_l / sqrt(mean(u_C_l^2)) needs u_C_l != 0, the block's u_C != 0 at layer l
+    (it was left as u_C, so the theorem was ill-formed); without it the definition is refused, naming why."""
+    path = tmp_path / "gemma3_eps0.toml"
+    path.write_text(catalog.text("gemma3").replace('name = "gemma3"', 'name = "gemma3_eps0"').replace(
+        "eps = 1e-6", "eps = 0"))
+    spec = catalog.resolve(str(path))
+    block = T.block_theorem(spec)
+    multi = T.multilayer_theorem(spec, block)
+    texts = {h.text() for h in multi.assumptions}
+    assert {"u_l != 0", "u_C_l != 0", "h_C_l != 0"} <= texts and "u_C != 0" not in texts, texts
+    lemmas = {"rank1_lemma": check(rank1_lemma.rank1_lemma())}
+    lemmas["block_gemma3_eps0"] = check(block, lemmas)
+    assert lemmas["block_gemma3_eps0"].status == VERIFIED, lemmas["block_gemma3_eps0"].message
+    res = check(multi, lemmas)
+    assert res.status == VERIFIED, res.message
+    weaker = replace(multi, hypotheses=tuple(h for h in multi.hypotheses if h.text() != "u_C_l != 0"))
+    res = check(weaker, lemmas, instances=False)
+    assert res.status != VERIFIED and "divides by sqrt(mean(u_C_l**2))" in res.message
+
+
 def test_block_theorems_state_eps_positive_and_keep_sigma_opaque():
     th = T.block_theorem(catalog.load("gemma3"))
     text = " ".join(h.text() for h in th.hypotheses)

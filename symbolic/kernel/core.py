@@ -238,8 +238,9 @@ class Context:
         return None
 
     def _structural(self, kind: str, t: Term) -> bool | None:
-        """Rules on the term's shape: a product is nonzero when its factors are, a quotient when its
-        numerator is (its divisor already is), exp and sigmoid are positive, sqrt(x) != 0 when x > 0."""
+        r"""Rules on the term's shape: a product is nonzero when its factors are, a quotient when its
+        numerator is (its divisor already is), exp and sigmoid are positive, sqrt(x) != 0 when x > 0,
+        $\mathrm{mean}(x \odot x) = \lVert x\rVert^2 / d > 0$ when the vector x is not the zero vector."""
         d = self.discharge
         if isinstance(t, Lit):
             v = t.value
@@ -269,7 +270,11 @@ class Context:
                 return {"dot": "vector", "mul": "coords"}.get(t.op) is not None and (
                     d({"dot": "vector", "mul": "coords"}[t.op], a[0]) or None)
             if t.op == "mean":
-                return d(kind, a[0]) or None
+                x = a[0]
+                if isinstance(x.ty, Vector) and isinstance(x, App) and x.op == "mul" and x.args[0] == x.args[1] and (
+                        kind == "nonneg" or d("vector", x.args[0])):
+                    return True
+                return d(kind, x) or None
             if t.op == "sqrt":
                 return d(kind, a[0]) or None
             if t.op in ("mul", "div"):

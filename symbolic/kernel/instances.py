@@ -1,7 +1,9 @@
 r"""The second, independent check: random exact models of a theorem, evaluated.
 
-A model fixes every dimension (one instance has them all 1, the others draw 1..4), every variable
-(rationals; an index in its range), every family member, and every opaque function: an elementwise
+A model fixes every dimension (one instance has them all 1, the middle ones draw 1..4, the last one
+is *wide*: every dimension 5..9, an index at least 5 three times in four, so that a claim false only at
+an index >= 5, such as a polynomial in the index that vanishes on 1..4, can be refuted), every
+variable (rationals; an index in its range), every family member, and every opaque function: an elementwise
 $\sigma$ is a random polynomial with rational coefficients, a map, the router's selection and gates
 are random tables (any function with the declared type and facts is a model). A theorem's own
 `models` interpret maps its quantified hypotheses constrain. Values stay exact `Fraction`s while
@@ -60,6 +62,7 @@ MP = mpmath.MPContext()
 MP.dps = 60
 TOL = MP.mpf(10) ** -40
 INSTANCES = 3
+SMALL, WIDE = (1, 4), (5, 9)  # the dimensions of the middle instances and of the last (wide) one
 REDRAWS = 30
 
 
@@ -164,7 +167,10 @@ BUILTIN = {"sqrt": _sqrt, "exp": lambda x: MP.exp(_mp(x)) if x != 0 else Fractio
 def _key(v):
     if isinstance(v, tuple):
         return tuple(_key(x) for x in v)
-    return v if isinstance(v, int) else MP.nstr(_mp(v), 30)  # exact and 60-digit values of one number agree
+    if isinstance(v, int):
+        return v
+    x = _mp(v)  # exact and 60-digit values of one number agree; a rounding residue of 0 (1e-61) is 0
+    return "0" if abs(x) <= TOL else MP.nstr(x, 30)
 
 
 # --------------------------------------------------------------------------- a model
@@ -173,8 +179,8 @@ def _key(v):
 class Model:
     """One interpretation of a theorem's dimensions, variables and functions."""
 
-    def __init__(self, ctx, sizes: dict, rng: random.Random):
-        self.ctx, self.sizes, self.rng = ctx, sizes, rng
+    def __init__(self, ctx, sizes: dict, rng: random.Random, wide: bool = False):
+        self.ctx, self.sizes, self.rng, self.wide = ctx, sizes, rng, wide
         self.values: dict = {}
         self.tables: dict = {}
         self.memo: dict = {}
@@ -182,7 +188,7 @@ class Model:
 
     def size(self, dim: str) -> int:
         if dim not in self.sizes:
-            self.sizes[dim] = self.rng.randint(1, 4)
+            self.sizes[dim] = self.rng.randint(*WIDE if self.wide else SMALL)
         return self.sizes[dim]
 
     def rational(self) -> Fraction:
@@ -198,7 +204,9 @@ class Model:
         if isinstance(ty, Matrix):
             return tuple(tuple(self.rational() for _ in range(self.size(ty.cols))) for _ in range(self.size(ty.rows)))
         if isinstance(ty, Index):
-            return self.rng.randint(1, self.size(ty.bound) if ty.bound else 4)
+            hi = self.size(ty.bound) if ty.bound else (WIDE if self.wide else SMALL)[1]
+            wide = self.wide and hi >= WIDE[0] and self.rng.random() < 0.75  # most wide draws are >= 5
+            return self.rng.randint(WIDE[0] if wide else 1, hi)
         if isinstance(ty, Family):
             return {}
         raise Cannot(f"no model of a {ty}")
@@ -492,8 +500,8 @@ def _condition(m: Model, kind: str, t: Term) -> bool:
     return any(s != 0 for s in signs)
 
 
-def _draw(ctx, sizes: dict, rng: random.Random) -> Model:
-    m = Model(ctx, dict(sizes), rng)
+def _draw(ctx, sizes: dict, rng: random.Random, wide: bool = False) -> Model:
+    m = Model(ctx, dict(sizes), rng, wide)
     for lhs, rhs in ctx.equations:
         _solve(m, lhs, rhs)
     try:
@@ -544,7 +552,7 @@ def _forall_points(m: Model, binders: tuple):
 
 
 def models(th, seed: int = 0):
-    """INSTANCES models of the hypotheses (dimensions 1 first), and the number of redraws."""
+    """INSTANCES models of the hypotheses (dimensions 1 first, wide last), and the number of redraws."""
     ctx = _Context(th)
     rng = random.Random(f"{th.name}:{seed}")
     found, redrawn = [], 0
@@ -552,7 +560,7 @@ def models(th, seed: int = 0):
         for _ in range(REDRAWS):
             sizes = {} if k else {d: 1 for d in _dims(th)}
             try:
-                found.append(_draw(ctx, sizes, rng))
+                found.append(_draw(ctx, sizes, rng, wide=k == INSTANCES - 1))
                 break
             except Degenerate:
                 redrawn += 1
@@ -580,6 +588,11 @@ def _holds(rel: str, a, b) -> bool:
     return {"<": s > 0, "<=": s >= 0, ">": s < 0, ">=": s <= 0}[rel]
 
 
+def _where(m: Model) -> str:
+    """The model's dimensions, read when it refutes (they are drawn as the evaluation meets them)."""
+    return f"at dimensions {dict(sorted(m.sizes.items()))}"
+
+
 def evaluate(th, results: list):
     """Check the steps, the statement and the definitions on the models; returns (step results,
     None or (status, why) for the whole theorem)."""
@@ -592,7 +605,6 @@ def evaluate(th, results: list):
                 (VACUOUS, f"rule instances: vacuous: no draw in {REDRAWS * INSTANCES} satisfies the hypotheses"))
     out = list(results)
     for m in found:
-        where = f"at dimensions {dict(sorted(m.sizes.items()))}"
         try:
             for v in list(m.ctx.defs):
                 m.var(v)
@@ -604,13 +616,13 @@ def evaluate(th, results: list):
                     why = ("an exact instance contradicts the step the kernel verified"
                            if results[i].status == "verified" else
                            f"{results[i].message}; an exact instance contradicts the step")
-                    out[i] = StepResult(REFUTED, why, results[i].residual, f"refuted {where}")
-                    return out, (REFUTED, f"rule instances: step {i + 1} ({st.justification}) is false {where}")
+                    out[i] = StepResult(REFUTED, why, results[i].residual, f"refuted {_where(m)}")
+                    return out, (REFUTED, f"rule instances: step {i + 1} ({st.justification}) is false {_where(m)}")
             if not _holds(th.relation, m.ev(th.lhs, ()), m.ev(th.rhs, ())):
-                return out, (REFUTED, f"rule instances: the statement is false {where}")
+                return out, (REFUTED, f"rule instances: the statement is false {_where(m)}")
         except Undefined as exc:
-            return out, (REFUTED, f"rule instances: {exc} {where}, where the hypotheses hold")
+            return out, (REFUTED, f"rule instances: {exc} {_where(m)}, where the hypotheses hold")
         except (Cannot, TypeError, ValueError, ZeroDivisionError) as exc:
-            return out, (FAILED, f"rule instances: cannot evaluate {where}: {exc}")
+            return out, (FAILED, f"rule instances: cannot evaluate {_where(m)}: {exc}")
     note = f"{len(found)}/{INSTANCES} models" + (f" ({redrawn} draws redone)" if redrawn else "")
     return [StepResult(r.status, r.message, r.residual, note) for r in out], None

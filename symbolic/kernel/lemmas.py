@@ -5,7 +5,7 @@ instantiates variables of the lemma only (a compound term is refused: it would n
 equation), with terms of the same types up to one consistent renaming of dimensions; a variable the
 substitution leaves keeps its name, and must keep its type. A defined name of the lemma is unfolded,
 or mapped to a name defined here as the instance of its definition. Quantified variables are renamed
-apart (kernel-owned names) before anything is substituted, and a sum's binder is a de Bruijn level:
+apart (kernel-owned names) before anything is substituted, and a sum's binder is a de Bruijn index:
 nothing is captured. `discharge_hypothesis` decides whether the citing context gives a hypothesis of
 the instance: a quantified one only by the same quantified hypothesis (opened with the same fresh
 variables) or by proving it for fresh variables, never by an instance found by matching.

@@ -6,7 +6,7 @@ $1..D$; `Index(None)`: any positive integer) and `Family(D, T)` (one vector or m
 index in $1..D$, e.g. the stacked weights of the experts).
 
 **Terms.** `Var` (a variable: a name and a type, no sign or integer assumption), `Lit` (a rational
-constant), `ILit` (an index literal), `BVar` (a bound index, de Bruijn level: it exists only inside
+constant), `ILit` (an index literal), `BVar` (a bound index, de Bruijn index: it exists only inside
 the body of a `Sum`), `App` (an operation of the fixed set `OPS`, or an opaque function `Fn`
 declared by the user) and `Sum` (a finite sum over $j = 1..\mathrm{hi}$ whose binder the kernel
 owns: the body refers to it as `BVar(0)`, so no substitution can capture it). Every term is real by
@@ -17,7 +17,10 @@ term cannot exist. The kernel re-checks every theorem term by rebuilding it
 (`symbolic.kernel.boundary.retype`), so a node altered behind the constructors' back is rejected too.
 
 Substitution (`subst`), dimension renaming (`rename_dims`), abstraction of a named index into a
-binder (`abstract`) and opening a binder (`instantiate`) are defined here once and used everywhere.
+binder (`abstract`), opening a binder (`instantiate`) and moving a term under or out of binders
+(`shift`) are defined here once and used everywhere. All are capture-avoiding: `subst` substitutes
+closed terms only, and `abstract` / `instantiate` shift the loose bound variables they carry across a
+binder, so no binder of the kernel ever captures a variable that was not its own.
 """
 
 from __future__ import annotations
@@ -305,7 +308,7 @@ class ILit(Term):
 
 
 class BVar(Term):
-    """The index bound by the `level`-th enclosing `Sum` (0: the innermost)."""
+    """The index bound by the `level`-th enclosing `Sum` (0: the innermost; a de Bruijn index)."""
 
     __slots__ = ("level",)
 
@@ -534,8 +537,8 @@ def free_vars(t: Term, acc: set | None = None) -> set:
 
 
 def subst(t: Term, sub: dict) -> Term:
-    """Replace free variables simultaneously (types must agree). Binders are de Bruijn levels, so no
-    variable of a substituted term can be captured."""
+    """Replace free variables simultaneously (types must agree). Only closed terms are substituted and
+    binders are de Bruijn indices, so no variable of a substituted term can be captured."""
     if not sub:
         return t
     for v, e in sub.items():
@@ -577,10 +580,33 @@ def rename_dims(t: Term, rho: dict[str, str]) -> Term:
     return t
 
 
+def shift(t: Term, by: int, cutoff: int = 0) -> Term:
+    r"""$\uparrow^{by}_{cutoff}$: every loose bound variable of level >= `cutoff` moves `by` levels out (the
+    term is carried under `by` more binders, or out of -by binders it does not use). Levels below the
+    cutoff are bound inside the part of the term being moved and stay."""
+    if by == 0 or not any(level >= cutoff for level, _ in t.loose):
+        return t
+    if isinstance(t, BVar):
+        if t.level + by < 0:
+            raise TypeError_("a bound variable shifted out of its binder")
+        return BVar(t.level + by, t.ty)
+    if isinstance(t, App):
+        return App(t.op, tuple(shift(a, by, cutoff) for a in t.args))
+    if isinstance(t, Sum):
+        return Sum(shift(t.hi, by, cutoff), shift(t.body, by, cutoff + 1))
+    return t
+
+
 def abstract(t: Term, v: Var, level: int = 0) -> Term:
-    """Replace the index variable `v` by the bound variable of the binder `level` levels up."""
+    r"""Close over the variable `v`: it becomes the bound variable of a new binder `level` levels up.
+
+    Capture-avoiding: the new binder sits between `t`'s own binders below `level` and the ones its loose
+    bound variables refer to, so every loose bound variable of level >= `level` moves one level out
+    (`instantiate(abstract(t, v), v) == t` for every t, closed or not)."""
     if t == v:
         return BVar(level, v.ty)
+    if isinstance(t, BVar):
+        return BVar(t.level + 1, t.ty) if t.level >= level else t
     if isinstance(t, App):
         return App(t.op, tuple(abstract(a, v, level) for a in t.args))
     if isinstance(t, Sum):
@@ -589,15 +615,20 @@ def abstract(t: Term, v: Var, level: int = 0) -> Term:
 
 
 def instantiate(body: Term, e: Term, level: int = 0) -> Term:
-    """Open a binder: replace its bound variable (at `level`) by the closed term `e`."""
+    r"""Open a binder: $\mathrm{body}[\mathrm{BVar}(level) := e]$, capture-avoiding.
+
+    `e` may itself have loose bound variables (the index of an enclosing sum, when a family is unfolded
+    under that sum): at depth k below the opened binder it is shifted k levels out, so the binders of
+    `body` never capture them. The opened binder disappears, so the body's loose bound variables of
+    level > `level` move one level in."""
     if not body.loose:
         return body
     if isinstance(body, BVar):
         if body.level == level:
             if e.ty != body.ty:
                 raise TypeError_(f"a binder over a {body.ty} opened with a {e.ty}")
-            return e
-        return body
+            return shift(e, level)
+        return BVar(body.level - 1, body.ty) if body.level > level else body
     if isinstance(body, App):
         return App(body.op, tuple(instantiate(a, e, level) for a in body.args))
     if isinstance(body, Sum):
