@@ -38,6 +38,7 @@ from numeric.hf.compat import check_ids, last_logits_only
 from numeric.hf.infer import layout_for
 from numeric.hf.layout import parameter_view, token_rows
 from numeric.hf.sequence_algebra import left_inverse, shared_scale
+from numeric.hf.untouched import folder, untouched
 from symbolic.errors import ModelInputError
 from symbolic.spec import BlockSpec
 
@@ -227,30 +228,42 @@ class SequencePatch:
                                rank_pattern=pattern, alpha_pattern=dict(pattern), modules_to_save=save,
                                fan_in_fan_out=self.site.conv1d)
 
+    @property
+    def replaces_scales(self) -> bool:
+        """Whether some layer's patch replaces its post-norm scale (Gemma's sandwich: `Induction._post_norm`)."""
+        return any(lp.scale for lp in self.layers)
+
     @torch.no_grad()
-    def save_peft(self, path) -> None:
+    def save_peft(self, path, modules_to_save: bool = False) -> None:
         """Write a PEFT LoRA adapter: `peft.PeftModel.from_pretrained(model, path)` loads it, and that model
-        run on the query alone reproduces the contextual logits. peft injects the adapter into the model
-        itself (`get_peft_model`), `save_pretrained` writes it, then `unload` takes it out again; the model's
-        parameters (values and ``requires_grad``) are restored and checked unchanged."""
+        run on the query alone reproduces the contextual logits; peft's ``unload()`` gives the model back
+        exactly as it was. peft injects the adapter into the model itself (`get_peft_model`),
+        `save_pretrained` writes it, then `unload` takes it out again; the model's modules and parameters
+        (values and ``requires_grad``) are left exactly as they were (`untouched`), also when writing fails.
+
+        A patch that replaces a post-norm scale (`replaces_scales`: Gemma 2/3, OLMo 2) is refused unless
+        ``modules_to_save=True``: a LoRA adapter carries a norm's scale only as peft's ``modules_to_save``, a
+        replaced copy of the module that peft's ``unload()`` leaves in the model (no longer the model loaded:
+        load such an adapter into a copy, or leave it with ``merge_and_unload()`` / ``disable_adapter()``)."""
         import peft
 
-        before = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        grads = {k: p.requires_grad for k, p in self.model.named_parameters()}
-        with warnings.catch_warnings():
+        target = folder(path)
+        if self.replaces_scales and not modules_to_save:
+            layers = [n for n, lp in enumerate(self.layers) if lp.scale]
+            raise ModelInputError(
+                f"save_peft: this patch replaces the {self.site.post_norm} scale of layers {layers}, which a LoRA "
+                "adapter can carry only as peft's modules_to_save; peft's unload() would leave the replaced norm "
+                "in your model (it would no longer be the model you loaded). Pass modules_to_save=True to write it "
+                "anyway and load it into a copy of the model, or use the patch in place: sp.logits(), sp.written()")
+        with untouched(self.model, touched_parameters(self.model, self.adapter, self.site)), \
+                warnings.catch_warnings():
             warnings.simplefilter("ignore")  # peft's notes on fan_in_fan_out, untrained modules_to_save
             pm = peft.get_peft_model(self.model, self.lora_config())
             try:
                 self._fill(pm)
-                pm.save_pretrained(str(path))
+                pm.save_pretrained(str(target))
             finally:
-                pm.unload()  # keeps the modules_to_save copies in place of the originals: restored below
-                for k, p in self.model.named_parameters():
-                    p.detach().copy_(before[k])
-                    p.requires_grad_(grads[k])
-        after = self.model.state_dict()
-        if set(after) != set(before) or any(not torch.equal(before[k], after[k]) for k in before):
-            raise RuntimeError("peft's unload did not restore the model exactly")
+                pm.unload()  # keeps the modules_to_save copies in place of the originals: `untouched` puts them back
 
     def _fill(self, pm) -> None:
         root = pm.base_model.model.get_submodule(self.adapter.layers)
