@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
 from numeric.hf import (  # noqa: E402
+    PatchAccuracyWarning,
     absorb_context,
     models,  # noqa: E402
 )
@@ -270,15 +272,19 @@ def test_real_model_adapter_without_context(real32, q_len, tmp_path):
     q = torch.cat([q0, greedy_with_context(model, torch.cat([ctx, q0], 1), q_len)], 1)[:, :q_len]
     assert 30 <= ctx.shape[1] <= 200
     want = _contextual(model, ctx, q)
-    sp = absorb_context(model, ctx, q, mode="sequence")
+    before = _snapshot(model)
+    with warnings.catch_warnings(record=True) as told:
+        warnings.simplefilter("always", PatchAccuracyWarning)
+        sp = absorb_context(model, ctx, q, mode="sequence")
     assert sp.rank <= q_len
-    sp.save_peft(tmp_path)
-    loaded = peft.PeftModel.from_pretrained(model, str(tmp_path))
-    try:
-        with torch.no_grad():
-            got = loaded(q).logits[0]
-    finally:
-        loaded.unload()
+    assert sp.accuracy.error == logit_error(sp.logits()[0], want)  # measured by the induction's own run
+    assert len(told) == (not sp.accuracy.ok), (sp.accuracy, told)  # said when, and only when, above the bound
+    sp.save_peft(tmp_path, modules_to_save=sp.replaces_scales)
+    loaded = peft.PeftModel.from_pretrained(model if not sp.replaces_scales else copy.deepcopy(model), str(tmp_path))
+    with torch.no_grad():
+        got = loaded(q).logits[0]
+    if not sp.replaces_scales:
+        assert loaded.unload() is model and _same(model, before)
     assert logit_error(model(q).logits[0].detach(), want) >= 1e-2  # the context matters
     assert logit_error(got, want) <= 1e-3, name
     assert torch.equal(got.argmax(-1), want.argmax(-1)), name

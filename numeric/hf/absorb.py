@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import torch
 
 from numeric.hf.accuracy import EXACT, Accuracy, Reference, check, collected_ill
-from numeric.hf.compat import cached, check_ids, keep_logits, kv_cache, model_dtype, outputs_of
+from numeric.hf.compat import cached, check_ids, finite_run, keep_logits, kv_cache, model_dtype, outputs_of
 from numeric.hf.dense import DenseWriter
 from numeric.hf.offload import get
 from numeric.hf.passes import contextual_bases, layer_outputs, stacked, token_given
@@ -58,8 +58,10 @@ class Options:
     the default runs the query alone from position 0. ``strategy``: an output strategy by name (``norm_vector``
     is the paper's Theorem 1), or ``None``/``"default"``: per layer and token, the exact strategy of least
     `amplification` (recorded in ``layer.strategies``); ``input_strategy`` likewise. ``patch_dtype`` computes
-    the patches in a wider dtype than the model's (e.g. float32 for a bfloat16 model) and stores them in the
-    model's dtype.
+    the patches in a wider dtype than the model's (e.g. float32 for a bfloat16 model, or for a float16 model
+    whose residual stream squares past float16's range) and keeps them in it: the kernels apply them in it too
+    (the factored run; its output cast to the model's dtype), and writing them into the model's weights rounds
+    $P + U V^\top$ once to the model's dtype.
 
     ``computed_in="kernel"`` (the default): one pass of the whole query through the model's own attention and
     norms, the MLP branches applying the patches factored by the kernels; layer n's patches are computed from
@@ -116,6 +118,14 @@ def absorb_context(model, context_ids: torch.Tensor, query_ids: torch.Tensor, op
     formulas (W_gate z_C, ...) are read from the modules of the run with the context that computed them,
     where the layout found such modules (`Adapter.products`), so the patches do not read those matrices again.
 
+    The patch set measures itself (`PatchSet.accuracy`, `numeric.hf.accuracy`): the patched run's outputs on
+    the query tokens against the run with the context, which this call computes anyway, with the bound of
+    the model's dtype (`numeric.hf.bounds.logit_bound`); above it, one `PatchAccuracyWarning` names the layer
+    where the patched state leaves the contextual one, the worst tokens and what to do. Refused by name
+    (`ModelInputError`): what is not a transformers model, a model in training mode, a dtype other than
+    float64/32/bfloat16/float16, a patch dtype narrower than the model's, a run past a learned position
+    table, a residual stream the patch arithmetic cannot square (float16), a model whose own run overflows.
+
     ``mode="sequence"`` is `absorb_sequence` under this name (one patch per layer for all query tokens at once,
     a PEFT LoRA adapter; the design's contract names it so): it returns a `SequencePatch` and takes ``spec``
     and ``params`` only.
@@ -171,16 +181,6 @@ def _contextual(model, layout, context_ids, query_ids) -> tuple[Reference, list,
     output = outputs_of(out)[0, -q:]
     finite_run(model, output)
     return Reference(output, stacked(states)), [b[c:] for b in bases], given
-
-
-def finite_run(model, output: torch.Tensor) -> None:
-    """Refuse a model whose own run with the context is not finite: it overflows its dtype (Gemma in float16),
-    and no patch can reproduce a NaN."""
-    if not bool(torch.isfinite(output).all()):
-        dtype = str(model_dtype(model)).removeprefix("torch.")
-        raise ModelInputError(f"the model's own run with the context has non-finite outputs in {dtype}: it overflows "
-                              "its dtype (Gemma's activations exceed float16's range); run it in bfloat16, float32 or "
-                              "float64")
 
 
 def _query(model, patcher: Patcher, query_ids, targets, given, positions, computed_in) -> tuple[list, list]:

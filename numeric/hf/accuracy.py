@@ -185,13 +185,19 @@ def _advice(ps, which: str, f: Figure, acc: Accuracy) -> list[str]:
     else:
         other = "model" if acc.exact == "factored" else "kernel"
         out.append(f"absorb with computed_in={other!r}")
-    amps = [a for lp in ps.layers for a in lp.amplification if a == a]
-    named = {s for lp in ps.layers for s in lp.strategies}
-    if amps and max(amps) > 10 or len(named) == 1:
+    if _alternatives(ps):
         out.append("another strategy (the default picks, per layer and token, the one of least amplification)")
     if acc.dtype in ("bfloat16", "float16") and (ps.patch_dtype is None or ps.patch_dtype.itemsize < 4):
         out.append("a wider patch_dtype (patch_dtype=torch.float32)")
     return out
+
+
+def _alternatives(ps) -> bool:
+    """Whether some layer's block has an exact output strategy its patches did not use."""
+    from symbolic.controllability import check as controllable
+
+    used = {s for lp in ps.layers for s in lp.strategies}
+    return any(set(controllable(spec).output.ok) - used for spec in ps.layout.specs)
 
 
 def _ranges(ns: list[int]) -> str:

@@ -110,6 +110,16 @@ def last_logits_only(model) -> dict:
     return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
 
 
+def finite_run(model, output: torch.Tensor) -> None:
+    """Refuse a model whose own run with the context is not finite: it overflows its dtype (Gemma in float16),
+    and no patch can reproduce a NaN."""
+    if not bool(torch.isfinite(output).all()):
+        dtype = str(model_dtype(model)).removeprefix("torch.")
+        raise ModelInputError(f"the model's own run with the context has non-finite outputs in {dtype}: it overflows "
+                              "its dtype (Gemma's activations exceed float16's range); run it in bfloat16, float32 or "
+                              "float64")
+
+
 def keep_logits(model, n: int) -> dict:
     """Ask a causal LM for the last `n` positions' logits only (the query's, in the run with the context)."""
 
