@@ -11,7 +11,7 @@ import warnings
 import pytest
 import torch
 
-pytest.importorskip("transformers")
+transformers = pytest.importorskip("transformers")
 
 from ctxpatch.cli import main  # noqa: E402
 from numeric.hf import PatchAccuracyWarning, absorb_context, absorb_sequence, generate_without_context  # noqa: E402
@@ -139,6 +139,14 @@ def test_inputs_the_arithmetic_cannot_carry_are_refused_by_name(tmp_path):
     with pytest.raises(ModelInputError, match="must be a transformers model.*got torch.nn.modules.linear.Linear"):
         absorb_context(torch.nn.Linear(3, 3), ctx, q)
     model = tiny_model("llama", layers=1, dtype="float64")
+    classifier = transformers.LlamaForSequenceClassification(model.config).double().eval()
+    for call in (absorb_context, absorb_sequence, lambda *a: generate_without_context(*a, 2)):
+        with pytest.raises(ModelInputError, match="LlamaForSequenceClassification is not a language model"):
+            call(classifier, ctx, q)
+    assert absorb_context(model.model, ctx, q).accuracy.ok  # a base model: its hidden states, measured
+    for call in (absorb_sequence, lambda *a: generate_without_context(*a, 2)):  # these need the logits
+        with pytest.raises(ModelInputError, match="LlamaModel is a base model without its language-model head"):
+            call(model.model, ctx, q)
     model.train()
     for call in (lambda: absorb_context(model, ctx, q), lambda: absorb_sequence(model, ctx, q),
                  lambda: generate_without_context(model, ctx, q, 2)):

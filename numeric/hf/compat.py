@@ -22,16 +22,26 @@ DROPOUT = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dr
            torch.nn.FeatureAlphaDropout)
 
 
-def check_model(model) -> None:
+def check_model(model, logits: bool = False) -> None:
     """Refuse what is not a transformers model the patches can be computed for, naming why: another kind of
-    object or module (no ``config`` with a vocabulary), a model in training mode (``model.train()``, or a
-    dropout module left training: every run would be random, the patches would fit one draw), a dtype outside
+    object or module (no ``config`` with a vocabulary), a model whose outputs are not per-token (a sequence
+    classifier: a head that is not the language-model head; ``logits``: the caller needs per-token logits, so
+    a base model without its head is refused too), a model in training mode (``model.train()``, or a dropout
+    module left training: every run would be random, the patches would fit one draw), a dtype outside
     `DTYPES`."""
     config = getattr(model, "config", None)
     if not isinstance(model, torch.nn.Module) or getattr(config, "vocab_size", None) is None:
         raise ModelInputError(f"the model must be a transformers model with a vocabulary (a torch.nn.Module with a "
                               f".config, e.g. AutoModelForCausalLM.from_pretrained(...)); got "
                               f"{type(model).__module__}.{type(model).__name__}")
+    head = model.get_output_embeddings() if callable(getattr(model, "get_output_embeddings", None)) else None
+    base = getattr(model, "base_model", model) is model
+    if head is None and (logits or not base):
+        what = "a base model without its language-model head" if base else "not a language model"
+        raise ModelInputError(f"{type(model).__name__} is {what}: its outputs are not per-token logits"
+                              f"{'' if base else ' (a head that is not the language-model head)'}; pass the causal "
+                              "LM, e.g. AutoModelForCausalLM.from_pretrained(...)"
+                              f"{'' if logits else ', or its base model (model.model) for the hidden states'}")
     training = [name for name, m in model.named_modules() if m.training and isinstance(m, DROPOUT) and m.p > 0]
     if model.training or training:
         where = f" (dropout active at {', '.join(training[:3])}{', ...' if len(training) > 3 else ''})" \
@@ -65,11 +75,11 @@ def position_limit(model) -> int | None:
     return limit if tables else None
 
 
-def check_ids(context_ids, query_ids, model, later: int = 0) -> None:
-    """Refuse a model `check_model` refuses, ids that are not (1, n >= 1) integer tensors inside the model's
-    vocabulary, and a run longer than the model's positions (`position_limit`; ``later``: tokens a generation
-    adds)."""
-    check_model(model)
+def check_ids(context_ids, query_ids, model, later: int = 0, logits: bool = False) -> None:
+    """Refuse a model `check_model` refuses (``logits``: the caller needs per-token logits), ids that are not
+    (1, n >= 1) integer tensors inside the model's vocabulary, and a run longer than the model's positions
+    (`position_limit`; ``later``: tokens a generation adds)."""
+    check_model(model, logits)
     for name, ids in (("context_ids", context_ids), ("query_ids", query_ids)):
         if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.shape[0] != 1 or ids.shape[1] < 1 or \
                 ids.dtype not in (torch.int64, torch.int32):

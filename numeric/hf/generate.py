@@ -39,7 +39,7 @@ def generate_without_context(model, context_ids: torch.Tensor, query_ids: torch.
     another token, instead of a warning per layer and token.
     Returns the generated ids, shape (1, max_new_tokens).
     """
-    check_ids(context_ids, query_ids, model, later=max(max_new_tokens - 1, 0))
+    check_ids(context_ids, query_ids, model, later=max(max_new_tokens - 1, 0), logits=True)
     if max_new_tokens < 1:
         raise ModelInputError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if applied not in ("materialized", "factored"):

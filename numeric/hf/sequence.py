@@ -490,7 +490,7 @@ def absorb_sequence(model, context_ids: torch.Tensor, query_ids: torch.Tensor, a
     >>> sp.logits()          # (1, q, vocab), as with the context
     >>> sp.save_peft("adapter")   # peft.PeftModel.from_pretrained(model, "adapter")
     """
-    check_ids(context_ids, query_ids, model)
+    check_ids(context_ids, query_ids, model, logits=True)
     if applied not in APPLIED:
         raise ModelInputError(f"applied must be one of {', '.join(map(repr, APPLIED))}, got {applied!r}")
     adapter = uniform(layout_for(model, spec, params))
