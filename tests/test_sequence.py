@@ -146,6 +146,10 @@ def test_a_replaced_post_norm_is_not_written_where_peft_unload_would_keep_it(tmp
     merged = peft.PeftModel.from_pretrained(copy.deepcopy(model), str(tmp_path / "adapter")).merge_and_unload()
     with torch.no_grad():
         assert logit_error(merged(q).logits[0], sp.logits()[0]) <= 1e-12
+    victim = copy.deepcopy(model)  # why it is refused: peft's unload() keeps the replaced norm in the model
+    assert peft.PeftModel.from_pretrained(victim, str(tmp_path / "adapter")).unload() is victim
+    changed = {k for k, v in victim.state_dict().items() if not torch.equal(v, before[0][k])}
+    assert changed and all("post_feedforward_layernorm" in k for k in changed) and _same(model, before)
 
 
 @PEFT_LOAD

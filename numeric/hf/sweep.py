@@ -21,6 +21,7 @@ from collections import Counter
 import torch
 
 from numeric.hf.absorb import absorb_context
+from numeric.hf.accuracy import PatchAccuracyWarning
 from numeric.hf.bounds import logit_bound
 from numeric.hf.hfcheck import REAL_PAIRS, logit_error, pair_ids
 from symbolic.errors import CtxpatchInputError, PatchConditionError
@@ -44,17 +45,26 @@ class Row:
     materialized: float | None = None
     top1_factored: float | None = None
     top1_materialized: float | None = None
-    reported: dict | None = None  # PatchSet.accuracy as a dict
+    reported: dict | None = None  # PatchSet.accuracy as a dict, as absorb_context measured it
     warnings: dict = dataclasses.field(default_factory=dict)  # category name -> count
     error: str = ""
     bound: float = float("nan")
     seconds: float = 0.0
 
+    named: bool = True  # the error (if any) is a refusal by name (`CtxpatchInputError`, `PatchConditionError`)
+
     @property
     def silent(self) -> bool:
-        """A figure above its bound that no warning and no error named."""
-        worst = max((f for f in (self.factored, self.materialized) if f is not None), default=0.0)
-        return not self.error and not self.warnings and not worst <= self.bound
+        """A figure above its bound that no `PatchAccuracyWarning` and no refusal named, or a failure that is
+        not a refusal by name (a traceback)."""
+        return not self.named or not self.error and PatchAccuracyWarning.__name__ not in self.warnings \
+            and not worst_of(self.factored, self.materialized) <= self.bound
+
+
+def worst_of(*figures) -> float:
+    """The largest figure measured (None: not measured); NaN when one is NaN."""
+    values = [f for f in figures if f is not None]
+    return float("nan") if any(v != v for v in values) else max(values, default=0.0)
 
 
 def strategies_of(model) -> list[str]:
@@ -81,14 +91,14 @@ def measure(model, ctx, q, **options) -> dict:
         warnings.simplefilter("always")
         try:
             ps = absorb_context(model, ctx, q, **options)
+            out["reported"] = ps.accuracy.as_dict()  # what the call measured of itself, before any replay
             for how, run in (("factored", ps.logits), ("materialized", ps.materialized_logits)):
                 got = run()[0].double()
                 out[how] = logit_error(got, want)
                 out[f"top1_{how}"] = float((got.argmax(-1) == top).double().mean())
-            accuracy = getattr(ps, "accuracy", None)
-            out["reported"] = accuracy.as_dict() if accuracy is not None else None
-        except (CtxpatchInputError, PatchConditionError, ArithmeticError, RuntimeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - recorded: a refusal by name, or a failure that is not one
             out["error"] = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:160]
+            out["named"] = isinstance(exc, (CtxpatchInputError, PatchConditionError))
     for w in caught:
         out["warnings"][w.category.__name__] += 1
     out["warnings"] = dict(out["warnings"])
@@ -121,6 +131,10 @@ def sweep(name: str, dtypes=DTYPES, protocols=PROTOCOLS, strategies: list[str] |
     return rows
 
 
+def _label(computed_in: str, keep_positions: bool) -> str:
+    return computed_in + ("+pos" if keep_positions else "")
+
+
 def line(r: Row) -> str:
     """One row as a Markdown table line."""
     def num(v):
@@ -130,7 +144,7 @@ def line(r: Row) -> str:
         return "-" if v is None else f"{v:.0%}"
     said = r.error or ", ".join(f"{k} x{v}" for k, v in r.warnings.items()) or "-"
     return (f"| {r.model} | {r.dtype} | {r.strategy} | {r.patch_dtype} | {r.computed_in}"
-            f"{' +pos' if r.keep_positions else ''} | {num(r.factored)} | {num(r.materialized)} | "
+            f"{'+pos' if r.keep_positions else ''} | {num(r.factored)} | {num(r.materialized)} | "
             f"{pct(r.top1_factored)} / {pct(r.top1_materialized)} | {r.bound:.0e} | "
             f"{'SILENT' if r.silent else ''} | {said[:110]} |")
 
@@ -144,12 +158,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("models", nargs="+")
     p.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=DTYPES)
     p.add_argument("--strategies", nargs="+")
+    p.add_argument("--protocols", nargs="+", choices=[_label(c, k) for c, k in PROTOCOLS],
+                   help="computed_in, '+pos' for keep_positions (default: all four)")
     p.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     args = p.parse_args(argv)
     print(HEADER, flush=True)
     rows = []
     for name in args.models:
-        rows += sweep(name, args.dtypes, strategies=args.strategies, progress=lambda r: print(line(r), flush=True))
+        protocols = [p for p in PROTOCOLS if args.protocols is None or _label(*p) in args.protocols]
+        rows += sweep(name, args.dtypes, protocols, args.strategies, progress=lambda r: print(line(r), flush=True))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump([dataclasses.asdict(r) | {"silent": r.silent} for r in rows], f, indent=1)
