@@ -132,6 +132,12 @@ def test_float16_overflow_is_refused_by_name_and_float32_patches_are_checked():
     ps = absorb_context(model, ctx, q, patch_dtype=torch.float32)
     assert ps.accuracy.dtype == "float16" and ps.accuracy.ok
     assert logit_error(ps.logits()[0], _contextual(model, ctx, q)) <= logit_bound(torch.float16)
+    with torch.no_grad():
+        model.model.norm.weight.fill_(6e4)  # the model's own final norm overflows float16: nothing to reproduce
+    for call in (absorb_context, absorb_sequence):
+        with pytest.raises(ModelInputError, match=r"non-finite outputs in float16.*another dtype: float64, float32, "
+                                                  r"bfloat16$"):
+            call(model, ctx, q, patch_dtype=torch.float32) if call is absorb_context else call(model, ctx, q)
 
 
 def test_inputs_the_arithmetic_cannot_carry_are_refused_by_name(tmp_path):

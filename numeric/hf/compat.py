@@ -125,9 +125,10 @@ def finite_run(model, output: torch.Tensor) -> None:
     and no patch can reproduce a NaN."""
     if not bool(torch.isfinite(output).all()):
         dtype = str(model_dtype(model)).removeprefix("torch.")
-        raise ModelInputError(f"the model's own run with the context has non-finite outputs in {dtype}: it overflows "
-                              "its dtype (Gemma's activations exceed float16's range); run it in bfloat16, float32 or "
-                              "float64")
+        wider = ", ".join(str(d).removeprefix("torch.") for d in DTYPES if d != model_dtype(model))
+        raise ModelInputError(f"the model's own run with the context has non-finite outputs in {dtype}: its "
+                              f"activations exceed {dtype}'s range (Gemma 3 in float16), and no patch reproduces "
+                              f"a NaN; run the model in another dtype: {wider}")
 
 
 def keep_logits(model, n: int) -> dict:
