@@ -164,7 +164,7 @@ def sequence_runs(model, ctx, q, tmp: Path) -> tuple[dict, str | None]:
         dense = absorb_sequence(model, ctx, q, applied="weights")
     except Exception as exc:  # noqa: BLE001 - reported, not fatal: the sequence patch covers some blocks only
         return {}, f"{type(exc).__name__}: {exc}"
-    sp.save_peft(tmp)
+    sp.save_peft(tmp, modules_to_save=sp.replaces_scales)  # loaded into a copy: its unload is never called
     loaded = peft.PeftModel.from_pretrained(copy.deepcopy(model), str(tmp)).eval()
 
     def written():

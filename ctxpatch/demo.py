@@ -54,7 +54,7 @@ def steps(out_dir: Path, data: dict, done: list[dict]) -> list[tuple[str, Callab
         from numeric.hf.experiment import run
 
         data["experiment"] = [run(dtype="float32"), run(dtype="bfloat16", strategy="stable", patch_dtype="float32")]
-        return all(r["agreement"] == 1.0 for r in data["experiment"])
+        return all(r["ok"] for r in data["experiment"])  # every figure within its bound, every token agreeing
 
     def do_reports():
         data.update(report.base(spec), seconds=round(sum(s["seconds"] for s in done), 1),

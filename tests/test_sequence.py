@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import warnings
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ pytest.importorskip("transformers")
 peft = pytest.importorskip("peft")
 
 from numeric.hf import (  # noqa: E402
+    PatchAccuracyWarning,
     absorb_context,
     models,  # noqa: E402
 )
@@ -80,7 +82,7 @@ def test_peft_adapter_round_trip(model_type, tmp_path):
     ctx, q = _pair(seed=4)
     want = _contextual(model, ctx, q)
     sp = absorb_context(model, ctx, q, mode="sequence")
-    sp.save_peft(tmp_path)
+    sp.save_peft(tmp_path, modules_to_save=model_type == "gemma3_text")  # opted in: see the test below
     assert torch.equal(_contextual(model, ctx, q), want)  # saving left the model exactly as it was
     cfg = json.loads((tmp_path / "adapter_config.json").read_text())
     assert cfg["r"] == cfg["lora_alpha"] == q.shape[1] and cfg["peft_type"] == "LORA"
@@ -90,6 +92,86 @@ def test_peft_adapter_round_trip(model_type, tmp_path):
         got = loaded(q).logits[0]
     assert torch.equal(got, sp.logits()[0])  # the adapter is exactly what was computed
     assert logit_error(got, want) <= (1e-6 if model_type in FLOAT32_NORMS else 1e-8)
+
+
+def _snapshot(model) -> tuple[dict, dict]:
+    """Every parameter's value and every module object, by name."""
+    return ({k: v.detach().clone() for k, v in model.state_dict().items()}, dict(model.named_modules()))
+
+
+def _same(model, snapshot) -> bool:
+    values, modules = snapshot
+    now = model.state_dict()
+    return set(now) == set(values) and all(torch.equal(now[k], v) for k, v in values.items()) and \
+        dict(model.named_modules()) == modules and not model.training
+
+
+@PEFT_LOAD
+@pytest.mark.parametrize("model_type", ["llama", "gpt2"])
+def test_peft_unload_gives_the_model_back_bit_for_bit_and_merging_applies_the_patch(model_type, tmp_path):
+    """The adapter loaded by peft into the model itself: it reproduces the patch; peft's unload() leaves every
+    parameter and module as before; merge_and_unload() (on a copy) is the patched model."""
+    model = tiny_model(model_type, layers=2, dtype="float64")
+    ctx, q = _pair(seed=4)
+    before = _snapshot(model)
+    sp = absorb_sequence(model, ctx, q)
+    patched = sp.logits()[0]
+    sp.save_peft(tmp_path)
+    assert _same(model, before)
+    merged = peft.PeftModel.from_pretrained(copy.deepcopy(model), str(tmp_path)).merge_and_unload()
+    loaded = peft.PeftModel.from_pretrained(model, str(tmp_path))
+    with torch.no_grad():
+        assert torch.equal(loaded(q).logits[0], patched)
+        assert logit_error(merged(q).logits[0], patched) <= 1e-12  # W + BA rounded once
+    assert loaded.unload() is model and _same(model, before)
+    assert logit_error(_contextual(model, ctx, q), _contextual(tiny_model(model_type, 2, "float64"), ctx, q)) == 0
+
+
+@PEFT_LOAD
+def test_a_replaced_post_norm_is_not_written_where_peft_unload_would_keep_it(tmp_path):
+    """Gemma's sequence patch replaces the post-norm's scale, which a LoRA adapter carries only as peft's
+    modules_to_save, whose copy unload() leaves in the model: refused by name unless asked for, and then it
+    reproduces the patch when merged."""
+    model = tiny_model("gemma3_text", layers=2, dtype="float64")
+    ctx, q = _pair(seed=4)
+    before = _snapshot(model)
+    sp = absorb_sequence(model, ctx, q)
+    assert sp.replaces_scales
+    with pytest.raises(ModelInputError, match=r"replaces the post_feedforward_layernorm scale of layers \[0, 1\].*"
+                                              r"unload\(\) would leave the replaced norm.*modules_to_save=True"):
+        sp.save_peft(tmp_path / "adapter")
+    assert not (tmp_path / "adapter").exists() and _same(model, before)
+    sp.save_peft(tmp_path / "adapter", modules_to_save=True)
+    assert _same(model, before)
+    merged = peft.PeftModel.from_pretrained(copy.deepcopy(model), str(tmp_path / "adapter")).merge_and_unload()
+    with torch.no_grad():
+        assert logit_error(merged(q).logits[0], sp.logits()[0]) <= 1e-12
+    victim = copy.deepcopy(model)  # why it is refused: peft's unload() keeps the replaced norm in the model
+    assert peft.PeftModel.from_pretrained(victim, str(tmp_path / "adapter")).unload() is victim
+    changed = {k for k, v in victim.state_dict().items() if not torch.equal(v, before[0][k])}
+    assert changed and all("post_feedforward_layernorm" in k for k in changed) and _same(model, before)
+
+
+@PEFT_LOAD
+@pytest.mark.parametrize("model_type", ["llama", "gemma3_text"])
+def test_a_failure_while_saving_or_absorbing_leaves_the_model_as_it_was(model_type, tmp_path, monkeypatch):
+    """peft's LoRA layers (and Gemma's modules_to_save copies) are injected into the model itself while saving:
+    a failure there, or inside the induction, leaves every module and parameter as it was."""
+    model = tiny_model(model_type, layers=2, dtype="float64")
+    ctx, q = _pair(seed=4)
+    before = _snapshot(model)
+    sp = absorb_sequence(model, ctx, q)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(peft.PeftModel, "save_pretrained", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        sp.save_peft(tmp_path, modules_to_save=True)  # failed with peft's layers injected into the model
+    assert _same(model, before)
+    ctx_long, q_long = _pair(q=33)  # q > d: refused at the first layer, inside the induction
+    with pytest.raises(PatchConditionError):
+        absorb_sequence(model, ctx_long, q_long)
+    assert _same(model, before)
 
 
 def test_written_into_the_weights():
@@ -194,15 +276,19 @@ def test_real_model_adapter_without_context(real32, q_len, tmp_path):
     q = torch.cat([q0, greedy_with_context(model, torch.cat([ctx, q0], 1), q_len)], 1)[:, :q_len]
     assert 30 <= ctx.shape[1] <= 200
     want = _contextual(model, ctx, q)
-    sp = absorb_context(model, ctx, q, mode="sequence")
+    before = _snapshot(model)
+    with warnings.catch_warnings(record=True) as told:
+        warnings.simplefilter("always", PatchAccuracyWarning)
+        sp = absorb_context(model, ctx, q, mode="sequence")
     assert sp.rank <= q_len
-    sp.save_peft(tmp_path)
-    loaded = peft.PeftModel.from_pretrained(model, str(tmp_path))
-    try:
-        with torch.no_grad():
-            got = loaded(q).logits[0]
-    finally:
-        loaded.unload()
+    assert sp.accuracy.error == logit_error(sp.logits()[0], want)  # measured by the induction's own run
+    assert len(told) == (not sp.accuracy.ok), (sp.accuracy, told)  # said when, and only when, above the bound
+    sp.save_peft(tmp_path, modules_to_save=sp.replaces_scales)
+    loaded = peft.PeftModel.from_pretrained(model if not sp.replaces_scales else copy.deepcopy(model), str(tmp_path))
+    with torch.no_grad():
+        got = loaded(q).logits[0]
+    if not sp.replaces_scales:
+        assert loaded.unload() is model and _same(model, before)
     assert logit_error(model(q).logits[0].detach(), want) >= 1e-2  # the context matters
     assert logit_error(got, want) <= 1e-3, name
     assert torch.equal(got.argmax(-1), want.argmax(-1)), name

@@ -15,11 +15,16 @@ The rooms, in the order the pipeline runs them:
 - the patches: `patches` (`LayerPatches`), `dense` (written into the weights), `passes` (hooks),
   `patchset` (`PatchSet`), `amplification`, `selection` (strategy per layer and token), `runs` (the passes of
   Algorithm 1), `absorb`, `generate`;
-- sequence patches: `sequence_algebra`, `sequence` (with the PEFT export), `growing`, `shared_patch`;
-- around them: `zoo` (tiny models of every type), `models` (packaged real weights), `hfcheck`, `experiment`.
+- their verdict: `bounds` (the one bound per dtype), `accuracy` (every patch set and replay measured against
+  the run with the context; `PatchAccuracyWarning`, one per call);
+- sequence patches: `sequence_algebra`, `sequence` (with the PEFT export), `untouched` (the model left as it
+  was), `growing`, `shared_patch`;
+- around them: `zoo` (tiny models of every type), `models` (packaged real weights), `hfcheck`, `experiment`,
+  `sweep` (every strategy x dtype x protocol of a real model).
 """
 
 from numeric.hf.absorb import Options, absorb_context
+from numeric.hf.accuracy import Accuracy, PatchAccuracyWarning
 from numeric.hf.amplification import amplification
 from numeric.hf.generate import generate_without_context
 from numeric.hf.growing import GrowingSequence
@@ -30,6 +35,6 @@ from numeric.hf.patchset import PatchSet
 from numeric.hf.sequence import SequenceLayer, SequencePatch, absorb_sequence
 from numeric.hf.shared_patch import shared_patch
 
-__all__ = ["Adapter", "GrowingSequence", "LayerPatches", "Layout", "Options", "Param", "PatchSet",
-           "SequenceLayer", "SequencePatch", "absorb_context", "absorb_sequence", "amplification",
-           "generate_without_context", "layout_for", "shared_patch"]
+__all__ = ["Accuracy", "Adapter", "GrowingSequence", "LayerPatches", "Layout", "Options", "Param",
+           "PatchAccuracyWarning", "PatchSet", "SequenceLayer", "SequencePatch", "absorb_context", "absorb_sequence",
+           "amplification", "generate_without_context", "layout_for", "shared_patch"]

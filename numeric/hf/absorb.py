@@ -33,10 +33,11 @@ from dataclasses import dataclass
 
 import torch
 
-from numeric.hf.compat import cached, check_ids, kv_cache
+from numeric.hf.accuracy import EXACT, Accuracy, Reference, check, collected_ill
+from numeric.hf.compat import cached, check_ids, finite_run, keep_logits, kv_cache, model_dtype, outputs_of
 from numeric.hf.dense import DenseWriter
 from numeric.hf.offload import get
-from numeric.hf.passes import contextual_bases, token_given
+from numeric.hf.passes import contextual_bases, layer_outputs, stacked, token_given
 from numeric.hf.patches import merge_tokens
 from numeric.hf.patchset import PatchSet
 from numeric.hf.runs import materialized_pass, patch_pass
@@ -57,8 +58,10 @@ class Options:
     the default runs the query alone from position 0. ``strategy``: an output strategy by name (``norm_vector``
     is the paper's Theorem 1), or ``None``/``"default"``: per layer and token, the exact strategy of least
     `amplification` (recorded in ``layer.strategies``); ``input_strategy`` likewise. ``patch_dtype`` computes
-    the patches in a wider dtype than the model's (e.g. float32 for a bfloat16 model) and stores them in the
-    model's dtype.
+    the patches in a wider dtype than the model's (e.g. float32 for a bfloat16 model, or for a float16 model
+    whose residual stream squares past float16's range) and keeps them in it: the kernels apply them in it too
+    (the factored run; its output cast to the model's dtype), and writing them into the model's weights rounds
+    $P + U V^\top$ once to the model's dtype.
 
     ``computed_in="kernel"`` (the default): one pass of the whole query through the model's own attention and
     norms, the MLP branches applying the patches factored by the kernels; layer n's patches are computed from
@@ -115,6 +118,14 @@ def absorb_context(model, context_ids: torch.Tensor, query_ids: torch.Tensor, op
     formulas (W_gate z_C, ...) are read from the modules of the run with the context that computed them,
     where the layout found such modules (`Adapter.products`), so the patches do not read those matrices again.
 
+    The patch set measures itself (`PatchSet.accuracy`, `numeric.hf.accuracy`): the patched run's outputs on
+    the query tokens against the run with the context, which this call computes anyway, with the bound of
+    the model's dtype (`numeric.hf.bounds.logit_bound`); above it, one `PatchAccuracyWarning` names the layer
+    where the patched state leaves the contextual one, the worst tokens and what to do. Refused by name
+    (`ModelInputError`): what is not a transformers model, a model in training mode, a dtype other than
+    float64/32/bfloat16/float16, a patch dtype narrower than the model's, a run past a learned position
+    table, a residual stream the patch arithmetic cannot square (float16), a model whose own run overflows.
+
     ``mode="sequence"`` is `absorb_sequence` under this name (one patch per layer for all query tokens at once,
     a PEFT LoRA adapter; the design's contract names it so): it returns a `SequencePatch` and takes ``spec``
     and ``params`` only.
@@ -128,37 +139,75 @@ def absorb_context(model, context_ids: torch.Tensor, query_ids: torch.Tensor, op
     if mode == "sequence":
         return _as_sequence(model, context_ids, query_ids, options, memory)
     check_ids(context_ids, query_ids, model)
+    dtype = model_dtype(model)
+    check_patch_dtype(options.patch_dtype, dtype)
     layout, candidates = resolve(model, options.strategy, options.input_strategy, options.spec, options.params)
     computed_in = options.protocol(layout.encoder)
     patcher = Patcher(model, layout, candidates, options.patch_dtype, Memory({} if memory is None else memory),
                       options.measure)
+    accuracy = Accuracy.of(dtype, computed_in)
+    with collected_ill(accuracy.ill):  # one verdict per call (`check`), not a warning per layer and token
+        reference, targets, given = _contextual(model, layout, context_ids, query_ids)
+        positions = torch.arange(context_ids.shape[1], context_ids.shape[1] + query_ids.shape[1])[None] \
+            if options.keep_positions else None
+        with layer_outputs(model, layout) as rows:
+            layers, outs = _query(model, patcher, query_ids, targets, given, positions, computed_in)
+    ps = PatchSet(model, query_ids, layers, layout, positions, kernels=candidates,
+                  incremental=computed_in == "model" and positions is None, patch_dtype=options.patch_dtype,
+                  reference=reference, accuracy=accuracy)
+    check(ps, EXACT[computed_in], reference.compare(torch.cat([outputs_of(o) for o in outs], 1), stacked(rows)),
+          "absorb_context")
+    return ps
+
+
+def check_patch_dtype(patch_dtype, dtype: torch.dtype) -> None:
+    """A patch dtype must be a floating dtype at least as precise as the model's (None: the model's own)."""
+    if patch_dtype is None or patch_dtype == dtype:
+        return
+    wider = (torch.float32, torch.float64) if dtype in (torch.bfloat16, torch.float16) else (torch.float64,)
+    if patch_dtype not in wider:
+        raise ModelInputError(f"patch_dtype {patch_dtype} for a {dtype} model: the patches are computed in the model's "
+                              f"dtype or a wider one; allowed: None, {', '.join(map(str, (dtype, *wider)))}")
+
+
+def _contextual(model, layout, context_ids, query_ids) -> tuple[Reference, list, dict]:
+    """The run with the context: its outputs and layer outputs on the query tokens (`Reference`), u_C of
+    every layer at the query positions, and the contextual products of the query rows (`Adapter.products`)."""
     c, q = context_ids.shape[1], query_ids.shape[1]
     given: dict = {}  # layer -> the contextual products of the query rows (`Adapter.products`)
-    bases, _ = contextual_bases(model, layout, torch.cat([context_ids, query_ids], 1), head=False, given=given,
-                                start=c)
-    targets = [b[c:] for b in bases]
-    positions = torch.arange(c, c + q)[None] if options.keep_positions else None
+    states: dict = {}
+    bases, out = contextual_bases(model, layout, torch.cat([context_ids, query_ids], 1), head=True, given=given,
+                                  start=c, states=states, **keep_logits(model, q))
+    output = outputs_of(out)[0, -q:]
+    finite_run(model, output)
+    return Reference(output, stacked(states)), [b[c:] for b in bases], given
+
+
+def _query(model, patcher: Patcher, query_ids, targets, given, positions, computed_in) -> tuple[list, list]:
+    """Algorithm 1 on the query alone: (per-layer patches, the outputs of the passes). One pass of the kernels'
+    factored run, or token by token (each alone at its position, or through the key/value cache)."""
     if computed_in == "kernel" and positions is None:
-        stored, _ = patch_pass(model, patcher, query_ids, targets, given=given)
-        return PatchSet(model, query_ids, stored, layout, kernels=candidates)
-    per_token, cache, writer = [], None, DenseWriter(model, layout)
-    for j in range(q):
+        stored, out = patch_pass(model, patcher, query_ids, targets, given=given)
+        return stored, [out]
+    per_token, outs, cache, writer = [], [], None, DenseWriter(model, patcher.layout)
+    for j in range(query_ids.shape[1]):
         kwargs = {"position_ids": positions[:, j:j + 1]} if positions is not None else cached(model, cache)
         one = token_given(given, j)
         try:
             if computed_in == "kernel":
-                lps, _ = patch_pass(model, patcher, query_ids[:, j:j + 1], [t[j:j + 1] for t in targets],
-                                    head=False, given=one, **kwargs)
+                lps, out = patch_pass(model, patcher, query_ids[:, j:j + 1], [t[j:j + 1] for t in targets],
+                                      given=one, **kwargs)
             else:
                 lps, out = materialized_pass(model, patcher, query_ids[:, j:j + 1], [t[j:j + 1] for t in targets],
-                                             head=False, given=one, writer=writer, **kwargs)
+                                             given=one, writer=writer, **kwargs)
                 cache = kv_cache(out, model) if positions is None else None
         except PatchConditionError as exc:  # the run held one token: name it by its index in the query
             raise PatchConditionError(exc.condition, [j], exc.layer) from None
         per_token.append(lps)
-    layers = [merge_tokens(get(model, layout.layers)[n], [t[n] for t in per_token])
+        outs.append(out)
+    layers = [merge_tokens(get(model, patcher.layout.layers)[n], [t[n] for t in per_token])
               for n in range(len(per_token[0]))]
-    return PatchSet(model, query_ids, layers, layout, positions, kernels=candidates, incremental=positions is None)
+    return layers, outs
 
 
 def _as_sequence(model, context_ids, query_ids, options: Options, memory) -> SequencePatch:

@@ -1,4 +1,4 @@
-"""transformers' own calling conventions, in one place: checked token ids, key/value caches, last logits.
+"""transformers' own calling conventions, in one place: checked models and token ids, key/value caches, logits.
 
 The keyword a model's forward takes for its key/value cache, and the field its output returns it in, changed
 between transformers releases (``past_key_values`` before 5.24, ``cache`` since); every cached pass of the
@@ -13,9 +13,73 @@ import torch
 
 from symbolic.errors import ModelInputError
 
+#: The dtypes a model may compute in: the patches' arithmetic and bounds are stated for these
+#: (`numeric.hf.bounds.logit_bound`).
+DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 
-def check_ids(context_ids, query_ids, model) -> None:
-    """Refuse ids that are not (1, n >= 1) integer tensors inside the model's vocabulary."""
+
+DROPOUT = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d, torch.nn.AlphaDropout,
+           torch.nn.FeatureAlphaDropout)
+
+
+def check_model(model, logits: bool = False) -> None:
+    """Refuse what is not a transformers model the patches can be computed for, naming why: another kind of
+    object or module (no ``config`` with a vocabulary), a model whose outputs are not per-token (a sequence
+    classifier: a head that is not the language-model head; ``logits``: the caller needs per-token logits, so
+    a base model without its head is refused too), a model in training mode (``model.train()``, or a dropout
+    module left training: every run would be random, the patches would fit one draw), a dtype outside
+    `DTYPES`."""
+    config = getattr(model, "config", None)
+    if not isinstance(model, torch.nn.Module) or getattr(config, "vocab_size", None) is None:
+        raise ModelInputError(f"the model must be a transformers model with a vocabulary (a torch.nn.Module with a "
+                              f".config, e.g. AutoModelForCausalLM.from_pretrained(...)); got "
+                              f"{type(model).__module__}.{type(model).__name__}")
+    head = model.get_output_embeddings() if callable(getattr(model, "get_output_embeddings", None)) else None
+    base = getattr(model, "base_model", model) is model
+    if head is None and (logits or not base):
+        what = "a base model without its language-model head" if base else "not a language model"
+        raise ModelInputError(f"{type(model).__name__} is {what}: its outputs are not per-token logits"
+                              f"{'' if base else ' (a head that is not the language-model head)'}; pass the causal "
+                              "LM, e.g. AutoModelForCausalLM.from_pretrained(...)"
+                              f"{'' if logits else ', or its base model (model.model) for the hidden states'}")
+    training = [name for name, m in model.named_modules() if m.training and isinstance(m, DROPOUT) and m.p > 0]
+    if model.training or training:
+        where = f" (dropout active at {', '.join(training[:3])}{', ...' if len(training) > 3 else ''})" \
+            if training else ""
+        raise ModelInputError(f"the model is in training mode{where}: dropout and other training-time behaviour make "
+                              "every run random, so no patch can reproduce the run with the context; call "
+                              "model.eval() first")
+    dtype = model_dtype(model)
+    if dtype not in DTYPES:
+        raise ModelInputError(f"the model computes in {dtype}; allowed: "
+                              f"{', '.join(str(d).removeprefix('torch.') for d in DTYPES)}")
+
+
+def model_dtype(model) -> torch.dtype:
+    """The dtype the model computes in: its floating-point parameters' (transformers' ``model.dtype``), else
+    its first parameter's (which `check_model` then refuses)."""
+    params = list(model.parameters())
+    return next((p.dtype for p in params if p.is_floating_point()), params[0].dtype if params else torch.float32)
+
+
+def position_limit(model) -> int | None:
+    """How many positions the model can run: ``max_position_embeddings`` where it holds a learned table of
+    absolute positions (GPT-2's ``wpe``, OPT, BERT: an embedding other than the input one with at least that
+    many rows), past which its embedding fails; None where positions are computed (rotary, ALiBi)."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if not isinstance(limit, int):
+        return None
+    inputs = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    tables = [m for m in model.modules() if isinstance(m, torch.nn.Embedding) and m is not inputs
+              and m.num_embeddings >= limit]
+    return limit if tables else None
+
+
+def check_ids(context_ids, query_ids, model, later: int = 0, logits: bool = False) -> None:
+    """Refuse a model `check_model` refuses (``logits``: the caller needs per-token logits), ids that are not
+    (1, n >= 1) integer tensors inside the model's vocabulary, and a run longer than the model's positions
+    (`position_limit`; ``later``: tokens a generation adds)."""
+    check_model(model, logits)
     for name, ids in (("context_ids", context_ids), ("query_ids", query_ids)):
         if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.shape[0] != 1 or ids.shape[1] < 1 or \
                 ids.dtype not in (torch.int64, torch.int32):
@@ -23,6 +87,11 @@ def check_ids(context_ids, query_ids, model) -> None:
                                   f"{getattr(ids, 'shape', type(ids).__name__)} {getattr(ids, 'dtype', '')}")
         if int(ids.min()) < 0 or int(ids.max()) >= model.config.vocab_size:
             raise ModelInputError(f"{name} holds token ids outside [0, {model.config.vocab_size})")
+    limit, total = position_limit(model), context_ids.shape[1] + query_ids.shape[1] + later
+    if limit is not None and total > limit:
+        raise ModelInputError(f"the run needs {total} positions (context {context_ids.shape[1]} + query "
+                              f"{query_ids.shape[1]}{f' + {later} generated' if later else ''}), more than the "
+                              f"{limit} the model's position table holds (max_position_embeddings); shorten them")
 
 
 def cached(model, cache) -> dict:
@@ -49,3 +118,26 @@ def last_logits_only(model) -> dict:
     """Ask a causal LM for the last position's logits only (the contextual pass needs the states)."""
 
     return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+
+
+def finite_run(model, output: torch.Tensor) -> None:
+    """Refuse a model whose own run with the context is not finite: it overflows its dtype (Gemma in float16),
+    and no patch can reproduce a NaN."""
+    if not bool(torch.isfinite(output).all()):
+        dtype = str(model_dtype(model)).removeprefix("torch.")
+        wider = ", ".join(str(d).removeprefix("torch.") for d in DTYPES if d != model_dtype(model))
+        raise ModelInputError(f"the model's own run with the context has non-finite outputs in {dtype}: its "
+                              f"activations exceed {dtype}'s range (Gemma 3 in float16), and no patch reproduces "
+                              f"a NaN; run the model in another dtype: {wider}")
+
+
+def keep_logits(model, n: int) -> dict:
+    """Ask a causal LM for the last `n` positions' logits only (the query's, in the run with the context)."""
+
+    return {"logits_to_keep": n} if "logits_to_keep" in inspect.signature(model.forward).parameters else {}
+
+
+def outputs_of(out) -> torch.Tensor:
+    """A run's outputs: the logits of a causal LM, the last hidden state of an encoder."""
+    logits = getattr(out, "logits", None)
+    return logits if logits is not None else out.last_hidden_state

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from numeric.hf.absorb import absorb_context
+from numeric.hf.bounds import logit_bound
 from numeric.hf.compat import last_logits_only
 from symbolic.errors import ModelInputError
 
@@ -85,14 +86,16 @@ def run_prompt(model, ids: torch.Tensor, tokens: int, strategy: str | None, patc
             patched, ps = _patched_logits(model, prefix, strategy, patch_dtype, how, memory)
             token = int(patched.argmax())
             step[how] = {"patched_token": token, "agree": token == base, "agree_up_to_ties": token in tied,
-                         "linf": float((patched - full).abs().max())}
+                         "linf": float((patched - full).abs().max()),
+                         "rel_error": float((patched - full).abs().max() / full.abs().max())}
         step.update(step[applied[-1]])  # the flat figures of a step: the last application measured
         step["patch"] = _largest_scale_patch(ps)
         steps.append(step)
         prefix = torch.cat([prefix, torch.tensor([[base]])], 1)  # forced on the baseline's history
     out = {"steps": steps}
+    bound = logit_bound(model.dtype)
     for how in applied:
-        out[how] = _figures([s[how] for s in steps])
+        out[how] = _figures([s[how] for s in steps], bound)
     out.update(out[applied[-1]])  # the flat figures: the materialized run when it was measured
     return out
 
@@ -106,17 +109,23 @@ def _patched_logits(model, prefix, strategy, patch_dtype, applied: str, memory: 
     return logits[0, -1].float(), ps
 
 
-def _figures(steps: list[dict]) -> dict:
+def _figures(steps: list[dict], bound: float) -> dict:
     r"""Top-1 agreement, and agreement up to ties: where the baseline's largest logits are exactly equal in
     the model's dtype (bfloat16 logits are multiples of $2^{-3}$ near 20), its argmax is the lower token
-    id, not the model's choice, and any of the tied tokens counts."""
+    id, not the model's choice, and any of the tied tokens counts. ``max_rel_error``: the largest
+    max|Δlogit|/max|logit| of a step, against the dtype's ``bound`` (`numeric.hf.bounds.logit_bound`);
+    ``ok``: every step within it and agreeing up to ties."""
     agree = [s["agree"] for s in steps]
-    return {"agreement": sum(agree) / len(agree),
-            "agreement_up_to_ties": sum(s["agree_up_to_ties"] for s in steps) / len(steps),
-            "ties": sum(s["agree_up_to_ties"] and not s["agree"] for s in steps),
-            "max_linf": max(s["linf"] for s in steps),
-            "mean_linf": sum(s["linf"] for s in steps) / len(steps),
-            "first_divergence": next((i for i, a in enumerate(agree) if not a), None)}
+    worst = max(s["rel_error"] for s in steps)
+    out = {"agreement": sum(agree) / len(agree),
+           "agreement_up_to_ties": sum(s["agree_up_to_ties"] for s in steps) / len(steps),
+           "ties": sum(s["agree_up_to_ties"] and not s["agree"] for s in steps),
+           "max_linf": max(s["linf"] for s in steps),
+           "mean_linf": sum(s["linf"] for s in steps) / len(steps),
+           "max_rel_error": worst, "bound": bound,
+           "first_divergence": next((i for i, a in enumerate(agree) if not a), None)}
+    out["ok"] = worst <= bound and out["agreement_up_to_ties"] == 1.0
+    return out
 
 
 def _largest_scale_patch(ps) -> dict:
@@ -154,27 +163,35 @@ def run(model=None, tokenizer=None, dtype: str = "float32", strategy: str | None
     model, tokenizer, label, prompts = _model(model, tokenizer, dtype, model_path, model_name, prompts)
     import warnings
 
+    from numeric.hf.accuracy import PatchAccuracyWarning
     from numeric.kernels.runtime import IllConditionedPatchWarning
 
     pd = DTYPES[patch_dtype] if patch_dtype else None
     rows = []
     with warnings.catch_warnings(record=True) as caught:  # counted and reported, not printed per token
         warnings.simplefilter("always", IllConditionedPatchWarning)
+        warnings.simplefilter("always", PatchAccuracyWarning)
         for prompt in prompts:
             r = run_prompt(model, _ids(tokenizer, prompt), tokens, strategy, pd, applied)
             r["prompt"] = prompt
             r["baseline_text"] = tokenizer.decode([s["token"] for s in r["steps"]])
             rows.append(r)
     ill = sum(issubclass(w.category, IllConditionedPatchWarning) for w in caught)
+    told = sum(issubclass(w.category, PatchAccuracyWarning) for w in caught)
+    for w in caught:
+        if not issubclass(w.category, (IllConditionedPatchWarning, PatchAccuracyWarning)):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
     steps = [s for r in rows for s in r["steps"]]
     worst = max((s["patch"] for s in steps), key=lambda p: p["ratio"])
     out = {"model": label, "model_type": model.config.model_type, "dtype": dtype,
            "strategy": strategy or "default", "patch_dtype": patch_dtype or dtype, "tokens": tokens,
            "applied": list(applied), "prompts": rows, "largest_scale_patch": worst,
-           "ill_conditioned_warnings": ill, "seed": SEED, "torch_threads": torch.get_num_threads()}
+           "ill_conditioned_warnings": ill, "accuracy_warnings": told, "seed": SEED,
+           "torch_threads": torch.get_num_threads()}
     for how in applied:
-        out[how] = _figures([s[how] for s in steps])
+        out[how] = _figures([s[how] for s in steps], logit_bound(model.dtype))
     out.update(out[applied[-1]])
+    out["ok"] = all(out[how]["ok"] for how in applied)
     out["seconds"] = round(time.perf_counter() - t0, 2)
     return out
 
@@ -230,9 +247,10 @@ def run_all(tokens: int = 20, model_path: str | Path | None = None, model_name: 
             f = r[how]
             runs.append({"dtype": dtype, "strategy": r["strategy"], "patch_dtype": r["patch_dtype"], "applied": how,
                          "agreement": f["agreement"], "agreement_up_to_ties": f["agreement_up_to_ties"],
-                         "max_logit_linf": f["max_linf"],
+                         "max_logit_linf": f["max_linf"], "max_rel_error": f["max_rel_error"], "bound": f["bound"],
+                         "ok": f["ok"],
                          "mean_logit_linf": f["mean_linf"], "first_divergence": [p[how]["first_divergence"]
                                                                                  for p in r["prompts"]]})
     return {"model": results[0]["model"], "model_type": results[0]["model_type"], "tokens": tokens, "runs": runs,
-            "results": results, "seed": SEED, "torch_threads": torch.get_num_threads(),
-            "seconds": round(time.perf_counter() - t0, 2)}
+            "ok": all(r["ok"] for r in runs), "results": results, "seed": SEED,
+            "torch_threads": torch.get_num_threads(), "seconds": round(time.perf_counter() - t0, 2)}

@@ -7,7 +7,9 @@ from functools import partial
 
 import torch
 
-from numeric.hf.compat import cached, check_ids, kv_cache, last_logits_only
+from numeric.hf.accuracy import PatchAccuracyWarning, collected_ill
+from numeric.hf.bounds import logit_bound
+from numeric.hf.compat import cached, check_ids, kv_cache, last_logits_only, model_dtype
 from numeric.hf.dense import DenseWriter
 from numeric.hf.passes import contextual_bases, token_given
 from numeric.hf.runs import materialized_pass, patch_pass
@@ -32,21 +34,33 @@ def generate_without_context(model, context_ids: torch.Tensor, query_ids: torch.
     run's greedy ids (`tests/test_real_models.py`, `ctxpatch models`). The contextual step also hands each layer
     the products its modules computed (`contextual_bases`, `Adapter.products`), so a patched layer reads its MLP
     matrices once, as the model's own does: a step costs the two passes and the patch checks.
+    Every step's next-token logits are compared with the contextual run's (which computes them anyway):
+    one `PatchAccuracyWarning` at the end names the steps where they left the dtype's bound or chose
+    another token, instead of a warning per layer and token.
     Returns the generated ids, shape (1, max_new_tokens).
     """
-    check_ids(context_ids, query_ids, model)
+    check_ids(context_ids, query_ids, model, later=max(max_new_tokens - 1, 0), logits=True)
     if max_new_tokens < 1:
         raise ModelInputError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     if applied not in ("materialized", "factored"):
         raise ModelInputError(f"applied must be 'materialized' or 'factored', got {applied!r}")
     layout, candidates = resolve(model, strategy, spec=spec, params=params)
-    patcher = Patcher(model, layout, candidates)
+    ill: dict[int, float] = {}
+    with collected_ill(ill):
+        tokens, steps = _generate(model, Patcher(model, layout, candidates), layout, context_ids, query_ids,
+                                  max_new_tokens, applied)
+    _verdict(model, steps, ill)
+    return torch.cat(tokens, 1)
+
+
+def _generate(model, patcher: Patcher, layout, context_ids, query_ids, max_new_tokens: int, applied: str):
+    """(the generated ids, per step (relative logit error, same greedy token)) of `generate_without_context`."""
     step = partial(materialized_pass, writer=DenseWriter(model, layout)) if applied == "materialized" \
         else patch_pass
     c, q = context_ids.shape[1], query_ids.shape[1]
     given: dict = {}  # layer -> the contextual products of the query rows, then of each new token
-    bases, out_C = contextual_bases(model, layout, torch.cat([context_ids, query_ids], 1), head=False, given=given,
-                                    start=c, use_cache=True)
+    bases, out_C = contextual_bases(model, layout, torch.cat([context_ids, query_ids], 1), given=given,
+                                    start=c, use_cache=True, **last_logits_only(model))
     cache_C, cache_P = kv_cache(out_C, model), None
     if applied == "factored":
         _, out_P = step(model, patcher, query_ids, [b[c:] for b in bases], given=given, use_cache=True,
@@ -58,14 +72,43 @@ def generate_without_context(model, context_ids: torch.Tensor, query_ids: torch.
                             **cached(model, cache_P))
             cache_P = kv_cache(out_P, model)
     cache_P = kv_cache(out_P, model)
-    tokens = []
+    tokens, steps = [], []
     for i in range(max_new_tokens):
         nxt = out_P.logits[:, -1].argmax(-1, keepdim=True)  # (1, 1)
+        steps.append(_compare(out_P.logits[0, -1], out_C.logits[0, -1]))
         tokens.append(nxt)
         if i == max_new_tokens - 1:
             break
         given = {}
-        bases, out_C = contextual_bases(model, layout, nxt, head=False, given=given, **cached(model, cache_C))
+        bases, out_C = contextual_bases(model, layout, nxt, given=given, **cached(model, cache_C))
         _, out_P = step(model, patcher, nxt, bases, given=given, **cached(model, cache_P))
         cache_C, cache_P = kv_cache(out_C, model), kv_cache(out_P, model)
-    return torch.cat(tokens, 1)
+    return tokens, steps
+
+
+def _compare(patched: torch.Tensor, want: torch.Tensor) -> tuple[float, bool]:
+    """(max|Δ|/max|logit|, the same greedy token) of one step's next-token logits."""
+    want, patched = want.double(), patched.double()
+    return float((patched - want).abs().max() / want.abs().max()), bool(patched.argmax() == want.argmax())
+
+
+def _verdict(model, steps: list[tuple[float, bool]], ill: dict[int, float]) -> None:
+    """One warning for the whole generation when some step left the bound or chose another token."""
+    import warnings
+
+    dtype = model_dtype(model)
+    bound = logit_bound(dtype)
+    out = [i for i, (err, _) in enumerate(steps) if not err <= bound]
+    other = [i for i, (_, same) in enumerate(steps) if not same]
+    if not out and not other:
+        return
+    worst = max(range(len(steps)), key=lambda i: steps[i][0] if steps[i][0] == steps[i][0] else float("inf"))
+    text = (f"generate_without_context: the patched next-token logits left the {str(dtype).removeprefix('torch.')} "
+            f"bound {bound:.1e} at {len(out)} of {len(steps)} steps (worst {steps[worst][0]:.2e} at step {worst})")
+    if other:
+        text += f"; the greedy token differs from the run with the context at steps {other[:8]}"
+    if ill:
+        text += f"; ill-conditioned patches at layers {sorted(ill)}"
+    text += (". What to do: absorb_context on the query measures each layer (PatchSet.accuracy); try the default "
+             "strategy (least amplification), the other `applied`, or a wider dtype.")
+    warnings.warn(text, PatchAccuracyWarning, stacklevel=3)

@@ -122,7 +122,7 @@ class GrowingSequence:
     @torch.no_grad()
     def __init__(self, model, context_ids: torch.Tensor, query_ids: torch.Tensor, rescale: bool = False,
                  spec: BlockSpec | str | None = None, params: dict[str, str] | None = None):
-        check_ids(context_ids, query_ids, model)
+        check_ids(context_ids, query_ids, model, logits=True)
         self.rescale, self.rescaled = rescale, []  # rescaled: (token, layer) where a new shared scale was solved
         self.model, self.adapter = model, uniform(layout_for(model, spec, params))
         self.site = site_for(model, self.adapter)

@@ -32,7 +32,7 @@ import torch
 
 from symbolic.errors import CtxpatchInputError, ModelInputError
 
-DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16}
+DTYPES = {"float32": torch.float32, "float64": torch.float64, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _gemma_gguf() -> Path:

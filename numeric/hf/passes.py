@@ -2,8 +2,10 @@ r"""Hook plumbing of the passes: where a layer's MLP input is read, its branch s
 
 `contextual_bases` records $u_C$ (and the contextual products) of every layer in the run with the context;
 `swapped_branches` replaces every MLP branch by the kernel's patched sub-block (factored patches);
-`token_pass` runs the model's own modules with dense per-layer patches written in. Every hook and every
-swapped ``forward`` is removed on exit, also when a pass fails.
+`token_pass` runs the model's own modules with dense per-layer patches written in; `layer_outputs` records
+what every layer hands to the next (the residual stream), which the patched runs compare with the contextual
+run's (`numeric.hf.accuracy`). Every hook and every swapped ``forward`` is removed on exit, also when a pass
+fails.
 """
 
 from __future__ import annotations
@@ -175,15 +177,18 @@ def _passthrough(hidden, *args, **kwargs):
 
 
 def contextual_bases(model, layout: Layout, ids: torch.Tensor, head: bool = True, given: dict | None = None,
-                     start: int = 0, **kwargs) -> tuple[list[torch.Tensor], object]:
+                     start: int = 0, states: dict | None = None, **kwargs) -> tuple[list[torch.Tensor], object]:
     """u_C of every layer (all positions) and the output of the run with the context (``head=False``:
     of the decoder alone, no logits; `trunk`). ``given``: a dict that receives, per layer n, the contextual
     products its modules computed ({matrix: (T, out)} from position ``start`` on; `Adapter.products`), for
-    the kernels' ``given``."""
+    the kernels' ``given``. ``states``: a dict that receives every layer's output rows from ``start`` on
+    (`layer_outputs`)."""
     record: dict = {}
     handles = _input_hooks(model, layout, record)
     if given is not None:
         handles += _product_hooks(model, layout, given, start)
+    if states is not None:
+        handles += _output_hooks(model, layout, states, start)
     if not head and trunk(model, head) is model:
         kwargs = {**last_logits_only(model), **kwargs}
     try:
@@ -193,3 +198,34 @@ def contextual_bases(model, layout: Layout, ids: torch.Tensor, head: bool = True
         for h in handles:
             h.remove()
     return [_base(record[n], layout[n])[0] for n in range(len(record))], out
+
+
+def _output_hooks(model, layout: Layout, store: dict, start: int = 0) -> list:
+    """Hooks that append, per layer n, the rows from ``start`` on of what the layer returns (its residual
+    stream, (T, d)) to ``store[n]``: one entry per pass, so a run token by token leaves its rows in order."""
+    handles = []
+    for n, layer in enumerate(get(model, layout.layers)):
+        def grab(_mod, _args, out, n=n):
+            t = out[0] if isinstance(out, tuple) else out
+            store.setdefault(n, []).append(token_rows(t)[start:].detach().clone())
+
+        handles.append(layer.register_forward_hook(grab))
+    return handles
+
+
+@contextmanager
+def layer_outputs(model, layout: Layout):
+    """``{layer: [rows of each pass]}``: every layer's output (the residual stream it hands on) in the passes
+    run inside the block; `stacked` joins each layer's rows. The hooks are removed on exit."""
+    store: dict = {}
+    handles = _output_hooks(model, layout, store)
+    try:
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def stacked(store: dict) -> list[torch.Tensor]:
+    """Each layer's recorded rows (`layer_outputs`, `contextual_bases`'s ``states``) as one (T, d) array."""
+    return [torch.cat(store[n]) for n in sorted(store)]

@@ -2,7 +2,9 @@ r"""`PatchSet`: per-layer patches of a query, and the runs that replay them.
 
 `PatchSet.logits()` runs the query alone with the patches applied factored by the kernels, in the protocol
 they were computed in; `PatchSet.materialized_logits()` writes them into the model's own modules (dense, per
-token) and runs the model unchanged.
+token) and runs the model unchanged. The replay in the arithmetic the patches were computed in
+(``accuracy.exact``) reproduces the run absorb_context measured; each replay measures itself against the run
+with the context (`numeric.hf.accuracy`) and warns once when it leaves its bound.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from dataclasses import dataclass, field
 import torch
 
 from numeric.hf import offload
+from numeric.hf.accuracy import Accuracy, Reference, check
 from numeric.hf.compat import cached, kv_cache
 from numeric.hf.dense import DenseWriter
 from numeric.hf.layout import Layout
-from numeric.hf.passes import swapped_branches, token_pass
+from numeric.hf.passes import layer_outputs, stacked, swapped_branches, token_pass
 from numeric.hf.patches import LayerPatches
 from symbolic.errors import ModelInputError
 from symbolic.spec import BlockSpec
@@ -24,7 +27,11 @@ from symbolic.spec import BlockSpec
 @dataclass
 class PatchSet:
     """Per-layer patches of a query; `logits()` runs the query alone with them (factored) and
-    `materialized_logits()` with them written into the model's own modules (dense, per token)."""
+    `materialized_logits()` with them written into the model's own modules (dense, per token).
+
+    ``accuracy`` (`numeric.hf.accuracy.Accuracy`): the figures of the runs measured so far against the run
+    with the context (``reference``), with the bound of the model's dtype; ``patch_dtype``: the arithmetic of
+    the kernels (computing and applying the patches; None: the model's dtype)."""
 
     model: object
     query_ids: torch.Tensor
@@ -33,6 +40,9 @@ class PatchSet:
     positions: torch.Tensor | None = None  # keep_positions: each token alone at its absolute position
     kernels: dict = field(default_factory=dict)  # spec -> {output strategy: kernel module}, the default first
     incremental: bool = False  # computed token by token through the key/value cache: `logits` replays that
+    patch_dtype: torch.dtype | None = None
+    reference: Reference | None = None
+    accuracy: Accuracy | None = None
 
     @property
     def spec(self) -> BlockSpec:
@@ -90,17 +100,30 @@ class PatchSet:
 
     @torch.no_grad()
     def logits(self) -> torch.Tensor:
-        """(1, q, vocab): the no-context run with the patches applied, in the protocol they were computed in."""
-        out = self._run()
-        return out.logits if not isinstance(out, list) else torch.cat([o.logits for o in out], 1)
+        """(1, q, vocab): the no-context run with the patches applied, in the protocol they were computed in;
+        measured against the run with the context (``accuracy.figures["factored"]``)."""
+        out, states = self._measured(self._run)
+        logits = out.logits if not isinstance(out, list) else torch.cat([o.logits for o in out], 1)
+        self._check("factored", logits, states, "PatchSet.logits")
+        return logits
 
     @torch.no_grad()
     def hidden_states(self) -> torch.Tensor:
-        """(1, q, d): the last hidden state of the patched no-context run (encoders)."""
-        out = self._run()
-        if isinstance(out, list):
-            return torch.cat([o.last_hidden_state for o in out], 1)
-        return out.last_hidden_state
+        """(1, q, d): the last hidden state of the patched no-context run (encoders), measured as `logits`."""
+        out, states = self._measured(self._run)
+        hidden = torch.cat([o.last_hidden_state for o in out], 1) if isinstance(out, list) else out.last_hidden_state
+        self._check("factored", hidden, states, "PatchSet.hidden_states")
+        return hidden
+
+    def _measured(self, run, *args):
+        """``run(*args)`` with every layer's output recorded (`layer_outputs`)."""
+        with layer_outputs(self.model, self.layout) as rows:
+            out = run(*args)
+        return out, stacked(rows) if rows else None
+
+    def _check(self, which: str, output: torch.Tensor, states, caller: str) -> None:
+        if self.reference is not None and self.accuracy is not None:
+            check(self, which, self.reference.compare(output, states), caller)
 
     @torch.no_grad()
     def materialized_logits(self, layers: int | None = None) -> torch.Tensor:
@@ -118,7 +141,12 @@ class PatchSet:
         if self.layout.encoder and self.positions is None:
             raise ModelInputError("materialized_logits runs the query token by token, which an encoder cannot do "
                                   "(every token sees the later ones); absorb with keep_positions=True")
-        return torch.cat([o.logits for o in self._materialized(layers)], 1)
+        if layers is not None:  # a depth study: not the patched run, not measured
+            return torch.cat([o.logits for o in self._materialized(layers)], 1)
+        outs, states = self._measured(self._materialized)
+        logits = torch.cat([o.logits for o in outs], 1)
+        self._check("materialized", logits, states, "PatchSet.materialized_logits")
+        return logits
 
     def _materialized(self, upto: int | None = None) -> list:
         upto = len(self.layout) if upto is None else upto
@@ -144,6 +172,10 @@ class LayerKernel:
         self.ps, self.n = ps, n
 
     def apply(self, params, which, u, **extra):
+        wide = self.ps.patch_dtype
+        if wide is not None and wide != u.dtype:  # the kernels' arithmetic: the patch dtype (the caller casts back)
+            params = {k: v.to(wide) for k, v in params.items()}
+            u, extra = u.to(wide), {k: v.to(wide) for k, v in extra.items()}
         lp, only = which if isinstance(which, tuple) else (which, None)
         if only is not None:
             return self._one(params, lp, only, u, extra)

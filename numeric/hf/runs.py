@@ -33,7 +33,7 @@ def patch_pass(model, patcher: Patcher, ids, targets, head: bool = True, given: 
             outputs[n] = (u, y)
         return stored[n]
 
-    ps = PatchSet(model, ids, stored, patcher.layout, kernels=patcher.kernels)
+    ps = PatchSet(model, ids, stored, patcher.layout, kernels=patcher.kernels, patch_dtype=patcher.patch_dtype)
     with swapped_branches(model, patcher.layout, lambda n: FusedApply(outputs, LayerKernel(ps, n), n), compute), \
             offload.located(model, patcher.layout.layers):
         out = trunk(model, head)(ids, **kwargs)

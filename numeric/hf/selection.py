@@ -16,7 +16,7 @@ from numeric.hf.layout import Layout, layer_params
 from numeric.hf.offload import get
 from numeric.hf.passes import given_rows
 from numeric.hf.patches import LayerPatches, combine_tokens, concat_tokens, layer_patches, token_slice
-from symbolic.errors import PatchConditionError
+from symbolic.errors import ModelInputError, PatchConditionError
 from symbolic.spec import BlockSpec
 
 DEFAULT = "default"  # per layer and token: the exact output strategy with the smallest amplification
@@ -136,11 +136,12 @@ class Patcher:
         kernels_n = self.kernels[adapter.spec]
         target = target.to(device=u.device, dtype=u.dtype)  # accelerate may place layers on several devices
         wide = self.patch_dtype if self.patch_dtype is not None and self.patch_dtype != u.dtype else None
+        carried(n, wide or u.dtype, u, target)
         if wide is not None:
             params = {k: v.to(wide) for k, v in params.items()}
         cast = (lambda t: t) if wide is None else (lambda t: None if t is None else t.to(wide))  # noqa: E731
         single = len(kernels_n) == 1
-        fuse = with_output and wide is None  # (a patch computed wide is applied stored narrow: not the same y)
+        fuse = with_output  # (stored in the dtype they were computed in, the patches apply as `patched` did)
         given = given if wide is None else None
         chosen, y = self._batch(n, params, cast(u), cast(target), cast(x), fuse, given) \
             if self.measure or not single else (None, None)
@@ -149,7 +150,7 @@ class Patcher:
             patches, y = patches_and_output(kernel, params, cast(u), cast(target), str(n), cast(x), fuse, given)
             amp = amplification(kernel, params, patches, cast(u), cast(x), adapter.mode) if self.measure \
                 else torch.full((u.shape[0],), float("nan"))
-            return self._store(n, [name] * u.shape[0], amp.tolist(), [patches], u.dtype, batched=True), y
+            return self._store(n, [name] * u.shape[0], amp.tolist(), [patches], wide or u.dtype, batched=True), y
         if chosen is None:  # the batch could not decide (`_batch`): token by token
             chosen = [self.best(n, params, cast(u[j:j + 1]), cast(target[j:j + 1]),
                                 None if x is None else cast(x[j:j + 1]), j, given_rows(given, slice(j, j + 1)))
@@ -157,8 +158,8 @@ class Patcher:
         names, amps = [c.strategy for c in chosen], [c.amplification for c in chosen]
         parts = [c.patches for c in chosen]
         if len(set(names)) == 1:  # one strategy: stored as one batch (`LayerPatches.token` slices it)
-            return self._store(n, names, amps, [concat_tokens(parts)], u.dtype, batched=True), y
-        return self._store(n, names, amps, parts, u.dtype, batched=False), y
+            return self._store(n, names, amps, [concat_tokens(parts)], wide or u.dtype, batched=True), y
+        return self._store(n, names, amps, parts, wide or u.dtype, batched=False), y
 
     def best(self, n: int, params: dict, u: torch.Tensor, target: torch.Tensor, x: torch.Tensor | None, j: int,
              given: dict | None = None) -> Candidate:
@@ -283,9 +284,12 @@ class Patcher:
         return ill_conditioned(patches, kernel.references(params), self.model.dtype)
 
     def _store(self, n, names, amps, parts, dtype, batched: bool) -> LayerPatches:
+        """The patches as `LayerPatches`, in ``dtype``: the dtype they were computed in (the model's, or the
+        patch dtype, which the kernels then apply them in: `PatchSet.patch_dtype`)."""
         adapter, layer = self.layout[n], get(self.model, self.layout.layers)[n]
-        params = self.params(n)  # the stored values are in the model's dtype
+        params = self.params(n)
         parts = [{k: {f: v.to(dtype) for f, v in fs.items()} for k, fs in p.items()} for p in parts]
+        finite(n, parts, dtype)
         if batched:
             out = layer_patches(adapter, params, parts[0])
         else:
@@ -294,6 +298,41 @@ class Patcher:
             out.factored = concat_tokens(parts) if len(set(names)) == 1 else {}
         out.strategies, out.amplification = list(names), [float(a) for a in amps]
         return out
+
+
+def carried(n: int, dtype: torch.dtype, u: torch.Tensor, target: torch.Tensor) -> None:
+    r"""Refuse a layer whose residual stream the patch formulas' arithmetic cannot carry: the norms square it,
+    and $|u|^2$ above the dtype's largest number is infinite (float16: $|u| \ge 256$; the model's own norms
+    compute in float32, so its run is fine), which would surface as a misleading $z \ne 0$ refusal or a
+    non-finite patch."""
+    info = torch.finfo(dtype)
+    big = float(torch.maximum(u.detach().abs().max(), target.detach().abs().max()))
+    if not big < info.max ** 0.5:
+        wider = "float32" if dtype in (torch.float16, torch.bfloat16) else "float64"
+        raise ModelInputError(f"layer {n}: the residual stream reaches |u| = {big:.3g}, whose square overflows "
+                              f"{str(dtype).removeprefix('torch.')} (largest {info.max:.4g}) in the patch formulas' "
+                              f"norms; compute the patches in {wider}: patch_dtype=torch.{wider} (they are then "
+                              "applied and checked in it)")
+
+
+def finite(n: int, parts: list[dict], dtype: torch.dtype) -> None:
+    """Refuse patches with a non-finite entry (an overflow of ``dtype``, or a division by a vanishing
+    denominator), naming the layer and tokens, instead of storing them."""
+    bad: set[int] = set()
+    offset = 0
+    for p in parts:
+        for fields in p.values():
+            for v in fields.values():
+                rows = ~torch.isfinite(v.reshape(v.shape[0], -1)).all(-1)
+                bad.update(offset + int(j) for j in rows.nonzero()[:, 0])
+        offset += next(iter(next(iter(p.values())).values())).shape[0] if p else 0
+    if not bad:
+        return
+    if dtype in (torch.float16, torch.bfloat16):
+        raise ModelInputError(f"layer {n}: the patch formulas overflow {str(dtype).removeprefix('torch.')} at query "
+                              f"tokens {sorted(bad)} (a non-finite patch entry); compute the patches in float32: "
+                              "patch_dtype=torch.float32")
+    raise PatchConditionError("every patch entry is finite (a denominator vanishes to round-off)", sorted(bad), str(n))
 
 
 def block_patches(kernel, params: dict, u: torch.Tensor, target: torch.Tensor, layer: str = "",

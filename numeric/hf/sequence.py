@@ -34,10 +34,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from numeric.hf.compat import check_ids, last_logits_only
+from numeric.hf.bounds import logit_bound
+from numeric.hf.compat import check_ids, finite_run, keep_logits, model_dtype
 from numeric.hf.infer import layout_for
 from numeric.hf.layout import parameter_view, token_rows
 from numeric.hf.sequence_algebra import left_inverse, shared_scale
+from numeric.hf.untouched import folder, untouched
 from symbolic.errors import ModelInputError
 from symbolic.spec import BlockSpec
 
@@ -161,6 +163,8 @@ class SequencePatch:
     adapter: Uniform
     site: Site
     applied: str = "lora"  # how the induction applied the patches, and how `logits` applies them
+    reference: torch.Tensor | None = None  # (q, vocab): the run with the context on the query tokens
+    accuracy: SequenceAccuracy | None = None
 
     @property
     def rank(self) -> int:
@@ -212,7 +216,10 @@ class SequencePatch:
         """(1, q, vocab): the query (or `ids`) alone with the patches applied the way they were computed
         (``applied``: ``"lora"`` factored as peft does, ``"weights"`` written into the model's modules)."""
         with (self.factored() if self.applied == "lora" else self.written()) as model:
-            return model(self.query_ids if ids is None else ids).logits
+            logits = model(self.query_ids if ids is None else ids).logits
+        if ids is None and self.reference is not None:
+            self.accuracy = measured(self.reference, logits, self.accuracy.bound, self.layers, "SequencePatch.logits")
+        return logits
 
     def lora_config(self):
         """The `peft.LoraConfig` of this patch: r = q, lora_alpha = r (scaling 1), no dropout."""
@@ -227,30 +234,42 @@ class SequencePatch:
                                rank_pattern=pattern, alpha_pattern=dict(pattern), modules_to_save=save,
                                fan_in_fan_out=self.site.conv1d)
 
+    @property
+    def replaces_scales(self) -> bool:
+        """Whether some layer's patch replaces its post-norm scale (Gemma's sandwich: `Induction._post_norm`)."""
+        return any(lp.scale for lp in self.layers)
+
     @torch.no_grad()
-    def save_peft(self, path) -> None:
+    def save_peft(self, path, modules_to_save: bool = False) -> None:
         """Write a PEFT LoRA adapter: `peft.PeftModel.from_pretrained(model, path)` loads it, and that model
-        run on the query alone reproduces the contextual logits. peft injects the adapter into the model
-        itself (`get_peft_model`), `save_pretrained` writes it, then `unload` takes it out again; the model's
-        parameters (values and ``requires_grad``) are restored and checked unchanged."""
+        run on the query alone reproduces the contextual logits; peft's ``unload()`` gives the model back
+        exactly as it was. peft injects the adapter into the model itself (`get_peft_model`),
+        `save_pretrained` writes it, then `unload` takes it out again; the model's modules and parameters
+        (values and ``requires_grad``) are left exactly as they were (`untouched`), also when writing fails.
+
+        A patch that replaces a post-norm scale (`replaces_scales`: Gemma 2/3, OLMo 2) is refused unless
+        ``modules_to_save=True``: a LoRA adapter carries a norm's scale only as peft's ``modules_to_save``, a
+        replaced copy of the module that peft's ``unload()`` leaves in the model (no longer the model loaded:
+        load such an adapter into a copy, or leave it with ``merge_and_unload()`` / ``disable_adapter()``)."""
         import peft
 
-        before = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        grads = {k: p.requires_grad for k, p in self.model.named_parameters()}
-        with warnings.catch_warnings():
+        target = folder(path)
+        if self.replaces_scales and not modules_to_save:
+            layers = [n for n, lp in enumerate(self.layers) if lp.scale]
+            raise ModelInputError(
+                f"save_peft: this patch replaces the {self.site.post_norm} scale of layers {layers}, which a LoRA "
+                "adapter can carry only as peft's modules_to_save; peft's unload() would leave the replaced norm "
+                "in your model (it would no longer be the model you loaded). Pass modules_to_save=True to write it "
+                "anyway and load it into a copy of the model, or use the patch in place: sp.logits(), sp.written()")
+        with untouched(self.model, touched_parameters(self.model, self.adapter, self.site)), \
+                warnings.catch_warnings():
             warnings.simplefilter("ignore")  # peft's notes on fan_in_fan_out, untrained modules_to_save
             pm = peft.get_peft_model(self.model, self.lora_config())
             try:
                 self._fill(pm)
-                pm.save_pretrained(str(path))
+                pm.save_pretrained(str(target))
             finally:
-                pm.unload()  # keeps the modules_to_save copies in place of the originals: restored below
-                for k, p in self.model.named_parameters():
-                    p.detach().copy_(before[k])
-                    p.requires_grad_(grads[k])
-        after = self.model.state_dict()
-        if set(after) != set(before) or any(not torch.equal(before[k], after[k]) for k in before):
-            raise RuntimeError("peft's unload did not restore the model exactly")
+                pm.unload()  # keeps the modules_to_save copies in place of the originals: `untouched` puts them back
 
     def _fill(self, pm) -> None:
         root = pm.base_model.model.get_submodule(self.adapter.layers)
@@ -263,6 +282,39 @@ class SequencePatch:
             for name, value in lp.scale.items():
                 wrapper = layer.get_submodule(name.rsplit(".", 1)[0])
                 wrapper.modules_to_save["default"].weight.copy_(value)
+
+
+@dataclass(frozen=True)
+class SequenceAccuracy:
+    """The sequence patch's run against the run with the context (the issue's measure, `numeric.hf.accuracy`):
+    ``error`` max|Δlogit|/max|logit| over the q tokens, ``tokens`` each token's, ``bound`` the dtype's."""
+
+    error: float
+    tokens: tuple[float, ...]
+    bound: float
+
+    @property
+    def ok(self) -> bool:
+        return self.error <= self.bound
+
+
+def measured(reference: torch.Tensor, logits: torch.Tensor, bound: float, layers: list[SequenceLayer],
+             caller: str) -> SequenceAccuracy:
+    """The `SequenceAccuracy` of a run; one `PatchAccuracyWarning` when it leaves the bound, naming the worst
+    tokens and the layer of the worst-conditioned solve."""
+    from numeric.hf.accuracy import PatchAccuracyWarning, Reference
+
+    f = Reference(reference, []).compare(logits)
+    out = SequenceAccuracy(f.error, f.tokens, bound)
+    if not out.ok:
+        worst = max(range(len(layers)), key=lambda n: max(layers[n].condition.values(), default=0.0))
+        cond = max(layers[worst].condition.items(), key=lambda kv: kv[1], default=("", float("nan")))
+        warnings.warn(f"{caller}: the sequence patch's logits are {f.error:.2e} from the run with the context "
+                      f"(max|Δ|/max|logit| over the {len(f.tokens)} tokens; top-1 {f.top1:.0%}), above the bound "
+                      f"{bound:.1e} of the model's dtype; the largest errors are at tokens {f.worst()}; the worst "
+                      f"conditioned solve is layer {worst}'s {cond[0]} ({cond[1]:.3g}). Fewer query tokens (a "
+                      "better conditioned solve) or a wider model dtype.", PatchAccuracyWarning, stacklevel=3)
+    return out
 
 
 def touched_parameters(model, adapter, site: Site) -> list[torch.Tensor]:
@@ -431,19 +483,25 @@ def absorb_sequence(model, context_ids: torch.Tensor, query_ids: torch.Tensor, a
     ``spec``/``params``: a user's spec and parameter map instead of the inferred ones (`layout_for`, which
     checks every layer against the model first, and caches the layout on the model).
 
+    The induction's own run is measured against the run with the context (``accuracy``, `SequenceAccuracy`,
+    with the bound of the model's dtype, `numeric.hf.bounds`); above the bound, one `PatchAccuracyWarning`.
+
     >>> sp = absorb_sequence(model, context_ids, query_ids)   # doctest: +SKIP
     >>> sp.logits()          # (1, q, vocab), as with the context
     >>> sp.save_peft("adapter")   # peft.PeftModel.from_pretrained(model, "adapter")
     """
-    check_ids(context_ids, query_ids, model)
+    check_ids(context_ids, query_ids, model, logits=True)
     if applied not in APPLIED:
         raise ModelInputError(f"applied must be one of {', '.join(map(repr, APPLIED))}, got {applied!r}")
     adapter = uniform(layout_for(model, spec, params))
     site = site_for(model, adapter)
     ctx: dict = {}
-    run_hooks(model, record_hooks(model, adapter, site, ctx, context_ids.shape[1]),
-              torch.cat([context_ids, query_ids], 1), **last_logits_only(model))
+    q = query_ids.shape[1]
+    want = run_hooks(model, record_hooks(model, adapter, site, ctx, context_ids.shape[1]),
+                     torch.cat([context_ids, query_ids], 1), **keep_logits(model, q)).logits[0, -q:]
+    finite_run(model, want)
     ind = Induction(model, adapter, site, ctx, applied)
     with saved_parameters(touched_parameters(model, adapter, site)):
-        run_hooks(model, ind.hooks(), query_ids)
-    return SequencePatch(model, query_ids, ind.layers, adapter, site, applied)
+        got = run_hooks(model, ind.hooks(), query_ids).logits  # the induction's own run: measured, not rerun
+    accuracy = measured(want, got, logit_bound(model_dtype(model)), ind.layers, "absorb_sequence")
+    return SequencePatch(model, query_ids, ind.layers, adapter, site, applied, want, accuracy)

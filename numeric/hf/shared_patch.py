@@ -91,7 +91,7 @@ def shared_patch(model, context_ids: torch.Tensor, queries: list[torch.Tensor], 
     if not (isinstance(rank, int) and rank >= 1):
         raise ModelInputError(f"rank must be a positive integer, got {rank!r}")
     for q in queries:
-        check_ids(context_ids, q, model)
+        check_ids(context_ids, q, model, logits=True)
     adapter = uniform(layout_for(model, spec, params))
     site = site_for(model, adapter)
     records = []

@@ -256,7 +256,12 @@ def per_expert(value, selected, masked: bool):
 
 
 class IllConditionedPatchWarning(UserWarning):
-    """A patch is large against its parameter: the patched run loses precision in low precision dtypes."""
+    """A patch is large against its parameter: the patched run loses precision in low precision dtypes.
+    ``layer``: where (as the kernel was told); ``lost``: the relative precision it may cost, |patch| / |P| * eps."""
+
+    def __init__(self, message: str, layer: str = "", lost: float = float("nan")):
+        super().__init__(message)
+        self.layer, self.lost = layer, lost
 
 
 def _eps(value) -> float:
@@ -384,7 +389,8 @@ def warn_sizes(sizes: dict, references: dict, layer: str = "", stacklevel: int =
         limit = ILL_CONDITIONED / eps
         if worst > limit:
             where = f"layer {layer}: " if layer else ""
-            warnings.warn(f"{where}the patch of {name} is {worst:.3g} times the parameter's norm (above "
-                          f"{limit:.3g} for {references[name].dtype}): the patched run may lose up to "
-                          f"{worst * eps:.1e} relative precision. Use a wider dtype, or the stable strategy "
-                          "where available.", IllConditionedPatchWarning, stacklevel=stacklevel)
+            warnings.warn(IllConditionedPatchWarning(
+                f"{where}the patch of {name} is {worst:.3g} times the parameter's norm (above {limit:.3g} for "
+                f"{references[name].dtype}): the patched run may lose up to {worst * eps:.1e} relative precision. "
+                "Use a wider dtype, or the stable strategy where available.", layer, worst * eps),
+                stacklevel=stacklevel)
