@@ -30,9 +30,25 @@ SIZES = {"hidden_size": 32, "n_embd": 32, "d_model": 32, "n_embed": 32,
          "num_experts": 4, "num_local_experts": 4, "n_routed_experts": 4, "moe_num_experts": 4,
          "num_experts_per_tok": 2, "moe_topk": 2, "n_group": 2, "topk_group": 1,
          "kv_lora_rank": 16, "q_lora_rank": 16, "qk_rope_head_dim": 4, "qk_nope_head_dim": 4, "v_head_dim": 8,
-         "sliding_window": 4, "rotary_dim": 4, "first_k_dense_replace": 1}
+         "sliding_window": 4, "rotary_dim": 4, "first_k_dense_replace": 1,
+         "vocab_size_per_layer_input": 64, "hidden_size_per_layer_input": 8, "num_experts_per_token": 2,
+         "moe_shared_expert_intermediate_size": 24, "linear_num_heads": 4, "linear_head_dim": 8}
 LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 PER_LAYER_LISTS = ("layer_types", "mlp_layer_types", "layers_block_type")
+#: A state-space mixer's sizes (Mamba, Mamba-2 and the hybrids): its state, and heads whose product with their
+#: width must equal the mixer's inner width (`_mamba_sizes`).
+MAMBA_SIZES = {"mamba_d_state": 16, "ssm_state_size": 16, "state_size": 16, "n_groups": 2}
+MAMBA_STATE = ("mamba_d_state", "ssm_state_size", "state_size")  # a config with one of these has a Mamba mixer
+MAMBA_HEADS = (("mamba_n_heads", "mamba_d_head"), ("mamba_num_heads", "mamba_head_dim"),
+               ("n_mamba_heads", "mamba_headdim"), ("num_heads", "head_dim"))
+MAMBA_HEADS_SMALL = 4
+#: Layer kinds a family has but its default config leaves out (the real checkpoints have them): Bamba's and
+#: Granite 4's defaults are all Mamba layers, LFM2's all attention.
+KINDS_THE_DEFAULTS_LEAVE_OUT = {
+    "bamba": {"num_hidden_layers": 2, "attn_layer_indices": [1]},
+    "granitemoehybrid": {"num_hidden_layers": 2, "layer_types": ["mamba", "attention"]},
+    "lfm2": {"num_hidden_layers": 2, "layer_types": ["conv", "full_attention"]},
+}
 MAX_PARAMETERS = 3_000_000
 #: Types whose forward transformers itself cannot run in float64 (code written for half and single precision):
 #: xglm floors its attention scores with ``torch.full((), finfo(dtype).min)`` in the default dtype, float32,
@@ -74,21 +90,48 @@ def causal_lm_types() -> list[str]:
 
 
 def tiny_config(model_type: str, layers: int = 2, decoder: bool = True):
-    """The type's default config with small sizes (see `SIZES`), ``layers`` layers, special ids inside
+    """The type's default config with small sizes (see `SIZES`), ``layers`` layers (more where the family has
+    more kinds of layer: every kind of its default stack is kept, `numeric.hf.zoo_layers`), special ids inside
     the vocabulary and no end-of-sequence token (generation must not stop early). ``decoder``: an encoder
-    family's causal-LM head needs ``is_decoder`` (causal attention)."""
+    family's causal-LM head needs ``is_decoder`` (causal attention). A composite config (a text model inside a
+    multimodal one) has its sub-configs shrunk the same way."""
     from transformers import AutoConfig
 
     try:
-        base = AutoConfig.for_model(model_type)
+        base = AutoConfig.for_model(model_type, **KINDS_THE_DEFAULTS_LEAVE_OUT.get(model_type, {}))
     except Exception as exc:  # noqa: BLE001
         raise ModelInputError(f"model type {model_type!r}: no default config "
                               f"({' '.join(str(exc).split())[:200]})") from None
+    from numeric.hf import zoo_layers
+
+    want, best = set(zoo_layers.kinds(base)), None
+    for how in zoo_layers.SELECTIONS:  # the first layer of every kind; else a prefix holding every kind
+        kwargs = _small(base, layers, how)
+        kwargs.update(bos_token_id=0, pad_token_id=0, eos_token_id=None, **_fixes(model_type, layers))
+        if decoder and not getattr(base, "is_encoder_decoder", False):
+            kwargs["is_decoder"] = True
+        try:
+            cfg = AutoConfig.for_model(model_type, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - transformers' validators raise many kinds
+            raise ModelInputError(f"model type {model_type!r}: its config refuses small sizes: "
+                                  f"{' '.join(str(exc).split())[:200]}") from None
+        if want <= set(zoo_layers.kinds(cfg)):
+            return cfg
+        best = best or cfg
+    return best
+
+
+def _small(base, layers: int, how: str = "first", depth: int = 0) -> dict:
+    """The keyword arguments that shrink ``base``: the sizes transformers names, the layer count and the
+    fields that declare each layer's kind (`zoo_layers.plan`), the sub-configs of a composite one."""
+    from numeric.hf import zoo_layers
+
     cls = type(base)
 
     def settable(key):
-        return hasattr(base, key) and not isinstance(getattr(cls, key, None), property) and \
-            not isinstance(getattr(base, key), (list, dict))
+        v = zoo_layers._get(base, key)
+        return v is not None and not isinstance(getattr(cls, key, None), property) and \
+            not isinstance(v, (list, dict)) and not isinstance(v, bool)
 
     kwargs = {k: v for k, v in SIZES.items() if settable(k)}
     if "qk_rope_head_dim" in kwargs:  # multi-head latent attention: head_dim is the rope part, no grouped keys
@@ -97,20 +140,77 @@ def tiny_config(model_type: str, layers: int = 2, decoder: bool = True):
         for key in ("num_key_value_heads", "n_kv_heads", "num_kv_heads"):
             if key in kwargs:
                 kwargs[key] = SIZES["num_attention_heads"]
-    for key in LAYER_KEYS:
+    kwargs.update(_mamba_sizes(base, kwargs))
+    layer_plan = zoo_layers.plan(base, how)
+    count = layers if layer_plan is None else len(layer_plan.layers)
+    for key in zoo_layers.LAYER_KEYS:
         if settable(key):
-            kwargs[key] = layers
-    for key in PER_LAYER_LISTS:
-        if isinstance(getattr(base, key, None), list) and not isinstance(getattr(cls, key, None), property):
+            kwargs[key] = count
+    if layer_plan is not None:
+        kwargs.update(_shrunk_fields(base, layer_plan.fields))
+    for key in PER_LAYER_LISTS:  # per-layer lists of a family without kinds: the default for the new count
+        if key not in kwargs and isinstance(vars(base).get(key), list) and not zoo_layers._is_property(base, key):
             kwargs[key] = None
-    kwargs.update(bos_token_id=0, pad_token_id=0, eos_token_id=None, **_fixes(model_type, layers))
-    if decoder and not getattr(base, "is_encoder_decoder", False):
-        kwargs["is_decoder"] = True
-    try:
-        return AutoConfig.for_model(model_type, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - transformers' validators raise many kinds
-        raise ModelInputError(f"model type {model_type!r}: its config refuses small sizes: "
-                              f"{' '.join(str(exc).split())[:200]}") from None
+    for key, sub in _sub_configs(base).items():
+        if depth < 2:
+            sub_kwargs = _small(sub, layers, how, depth + 1)
+            kwargs[key] = type(sub)(**{**sub.to_dict(), **sub_kwargs})
+    return kwargs
+
+
+def _shrunk_fields(base, fields: dict) -> dict:
+    """A plan's fields with the sizes inside them small: per-layer size lists (Gemma 3n's intermediate_size)
+    and per-layer overrides (Gemma 4's full-attention head_dim), keeping an override's ratio to the global
+    value."""
+    from numeric.hf import zoo_layers
+
+    out = {}
+    for key, value in fields.items():
+        if key in SIZES and isinstance(value, list):
+            value = [SIZES[key]] * len(value)
+        elif key == "per_layer_config":
+            value = {i: {k: _ratio(k, v, zoo_layers._get(base, k)) for k, v in o.items()} for i, o in value.items()}
+        out[key] = value
+    return out
+
+
+def _ratio(key: str, value, default):
+    if key not in SIZES or not isinstance(value, int) or not isinstance(default, int) or default <= 0:
+        return value
+    return SIZES[key] * max(1, round(value / default))
+
+
+def _sub_configs(base) -> dict:
+    """The sub-configs of a composite config (text, vision, audio...), by field."""
+    from transformers import PretrainedConfig
+
+    return {k: v for k, v in vars(base).items() if isinstance(v, PretrainedConfig) and not k.startswith("_")}
+
+
+def _mamba_sizes(base, kwargs: dict) -> dict:
+    """A state-space mixer fitted to the small width: its heads times their width equal its inner width
+    (``expand`` times the hidden size), its state small."""
+    from numeric.hf import zoo_layers
+
+    if not any(_int(zoo_layers._get(base, k)) for k in MAMBA_STATE):
+        return {}
+    hidden = kwargs.get("hidden_size") or kwargs.get("d_model")
+    expand = zoo_layers._get(base, "mamba_expand") or zoo_layers._get(base, "expand")
+    out = {k: v for k, v in MAMBA_SIZES.items() if _int(zoo_layers._get(base, k))}
+    if not _int(hidden) or not isinstance(expand, (int, float)) or isinstance(expand, bool):
+        return out
+    inner = int(expand * hidden)
+    for heads, width in MAMBA_HEADS:  # the first pair the config has (attention's num_heads only in Mamba-2)
+        if _int(zoo_layers._get(base, heads)) and _int(zoo_layers._get(base, width)):
+            out[heads], out[width] = MAMBA_HEADS_SMALL, inner // MAMBA_HEADS_SMALL
+            break
+    if _int(zoo_layers._get(base, "mamba_d_ssm")):
+        out["mamba_d_ssm"] = inner
+    return out
+
+
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def tiny_model(model_type: str, layers: int = 2, dtype: torch.dtype = torch.float64, seed: int = 0,
