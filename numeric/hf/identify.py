@@ -101,6 +101,10 @@ def identify_norm(module, cfg, d: int) -> tuple[NormSpec, dict[str, str]]:
     return NormSpec(kind=kind, eps=eps, scale=scale, bias=b is not None), names
 
 
+class NoMLPBranch(ModelInputError):
+    """A layer with no MLP branch (a Mamba or attention-only layer of a hybrid stack)."""
+
+
 def find_mlp(layer) -> str:
     for name, _child in layer.named_children():
         if name in MLP_NAMES:
@@ -108,7 +112,7 @@ def find_mlp(layer) -> str:
     for name, child in layer.named_children():
         if any(mark in type(child).__name__ for mark in MLP_CLASS_MARKS):
             return name
-    raise ModelInputError(f"{type(layer).__name__}: no MLP branch (no child named {'/'.join(MLP_NAMES)} or of an "
+    raise NoMLPBranch(f"{type(layer).__name__}: no MLP branch (no child named {'/'.join(MLP_NAMES)} or of an "
                           "MLP/MoE/FeedForward class, no up map -> activation module -> down map among its children, "
                           "no BERT-style intermediate/output pair)")
 
@@ -207,8 +211,10 @@ def dense_maps(mlp, mlp_path: str, record: dict[str, Call],
                           "are modelled")
 
 
-def moe_maps(mlp, mlp_path: str, record: dict[str, Call], cfg) -> list[tuple[MoESpec, dict[str, Param]]]:
-    """Candidate (MoE spec, parameter map) of a mixture of experts with stacked expert tensors."""
+def moe_maps(mlp, mlp_path: str, record: dict[str, Call], cfg,
+             extra: dict[str, Param] | None = None) -> list[tuple[MoESpec, dict[str, Param]]]:
+    """Candidate (MoE spec, parameter map) of a mixture of experts with stacked expert tensors. ``extra``: a
+    shared expert in a module of its own (``shared.W_*``, summed with the mixture by the layer)."""
     experts = next(((n, m) for n, m in mlp.named_children()
                     if any(p.dim() == 3 for p in m.parameters(recurse=False))), None)
     if experts is None:
@@ -255,6 +261,9 @@ def moe_maps(mlp, mlp_path: str, record: dict[str, Call], cfg) -> list[tuple[MoE
                 params[canon] = Param(f"{mlp_path}.{n}.{key}.weight")
         elif list(m.parameters()):
             raise ModelInputError(f"{mlp_path}.{n} ({type(m).__name__}): a part of the mixture that is not modelled")
+    if extra and any(k.startswith("shared.") for k in params):
+        raise ModelInputError(f"{mlp_path}: a shared expert inside the mixture and another beside it")
+    params.update(extra or {})
     if "shared.w_gate" in params and "shared.W_gate" not in params:
         raise ModelInputError(f"{mlp_path}: a shared-expert gate without a shared expert")
     shared = "none" if "shared.W_gate" not in params else "gated" if "shared.w_gate" in params else "plain"

@@ -105,6 +105,14 @@ class Adapter:
     ``products``: (matrix, module path) pairs of modules whose output in the contextual run is the kernel's
     contextual product of that matrix (its ``GIVEN``; checked numerically, `product_modules`): the patches
     take those products from the contextual run instead of reading the matrix once more.
+
+    ``parts``: a branch spread over sibling modules that read the same input and whose outputs the layer sums
+    (Granite 4 hybrid's MoE and shared MLP): the branch module's output is then the whole branch in the
+    patched run, and each part returns zeros. ``outer_scale`` $\alpha$ and ``after_add``: the state right after
+    the add is $r = \alpha u + \beta\\,b$ (MiniMax: $\alpha\\,\\mathrm{norm}(u) + \beta\\,\\mathrm{MoE}$, u then the
+    norm's output), the spec's ``branch_scale`` is $\beta / \alpha$, and the layer may go on after it with
+    position-wise computation that reads no other token (Gemma 4's per-layer input and layer scalar, Gemma 3n's
+    AltUp correction): the patches make $r$ exact, so all that follows is (docs/theory.md).
     """
 
     spec: BlockSpec
@@ -118,6 +126,14 @@ class Adapter:
     arity: int = 0  # the branch module returns a tuple of this length (Llama 4's MoE: output, router logits)
     chain: tuple[str, ...] = ()  # a split branch: the modules from u to the branch module (see above)
     products: tuple[tuple[str, str], ...] = ()  # (matrix, module) pairs: see above
+    parts: tuple[str, ...] = ()  # modules whose outputs the layer adds to the branch module's (see above)
+    outer_scale: float = 1.0  # the state after the add is outer_scale * (u + c * branch) (see above)
+    after_add: bool = False  # position-wise, context-free computation follows the add (see above)
+
+    @property
+    def last_module(self) -> str:
+        """The last module of the branch to run: the branch module, or the last of its summed `parts`."""
+        return self.parts[-1] if self.parts else self.branch_module
 
     @property
     def returns_sum(self) -> bool:
@@ -127,7 +143,8 @@ class Adapter:
 
 @dataclass(frozen=True)
 class Layout:
-    """A model's decoder layers (``layers``: their path) and, per layer, its `Adapter`."""
+    """A model's decoder layers (``layers``: their path) and, per layer, its `Adapter` (None for a layer without
+    an MLP branch)."""
 
     model_type: str
     layers: str
@@ -135,7 +152,7 @@ class Layout:
     encoder: bool = False
     checks: tuple[dict, ...] = ()  # the equivalence check of every layer (`check_adapter`)
 
-    def __getitem__(self, n: int) -> Adapter:
+    def __getitem__(self, n: int) -> Adapter | None:
         return self.kinds[n]
 
     def __len__(self) -> int:
@@ -143,8 +160,14 @@ class Layout:
 
     @property
     def specs(self) -> list[BlockSpec]:
-        """The distinct specs, in layer order."""
-        return list(dict.fromkeys(k.spec for k in self.kinds))
+        """The distinct specs, in layer order (layers without an MLP have none)."""
+        return list(dict.fromkeys(k.spec for k in self.kinds if k is not None))
+
+    def patched(self) -> list[tuple[int, Adapter]]:
+        """(n, adapter) of every layer with an MLP branch: the layers the patches change. A layer without one
+        (`kinds` holds None: Nemotron-H's Mamba and attention layers) runs as it is; the next layer with an MLP
+        absorbs what it changed (docs/theory.md, "Layers without an MLP")."""
+        return [(n, k) for n, k in enumerate(self.kinds) if k is not None]
 
 
 def token_rows(t: torch.Tensor) -> torch.Tensor:

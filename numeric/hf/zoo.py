@@ -222,12 +222,13 @@ def tiny_model(model_type: str, layers: int = 2, dtype: torch.dtype = torch.floa
     cls = AutoModel if encoder else AutoModelForCausalLM
     with torch.device("meta"), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        size = sum(p.numel() for p in cls.from_config(cfg).parameters())
+        size = sum(p.numel() for p in _built(model_type, lambda: cls.from_config(cfg)).parameters())
     if size > MAX_PARAMETERS:
         raise ModelInputError(f"model type {model_type!r}: its config could not be made small ({size:,} parameters "
                               "with the sizes transformers names; a composite or multimodal config)")
     torch.manual_seed(seed)
-    model = cls.from_config(cfg, dtype=dtype, attn_implementation="eager", experts_implementation="eager").eval()
+    model = _built(model_type, lambda: cls.from_config(cfg, dtype=dtype, attn_implementation="eager",
+                                                       experts_implementation="eager")).eval()
     gen = torch.Generator().manual_seed(seed + 1)
     head = getattr(model.get_output_embeddings(), "bias", None) if hasattr(model, "get_output_embeddings") else None
     with torch.no_grad():
@@ -243,6 +244,19 @@ def tiny_model(model_type: str, layers: int = 2, dtype: torch.dtype = torch.floa
     if dtype == torch.float64 and model_type in WIDENED_FORWARD:
         _widen_forward(model)
     return model
+
+
+def _built(model_type: str, build):
+    """``build()``; an exception inside transformers' own code becomes a `ModelInputError` naming the type (the
+    exception kept as the cause): an optional dependency it imports (timm), a sub-model it cannot build."""
+    try:
+        return build()
+    except ImportError as exc:
+        raise ModelInputError(f"model type {model_type!r}: transformers needs the package {exc.name or 'named in'} "
+                              "its error to build it, which ctxpatch does not install") from exc
+    except Exception as exc:  # noqa: BLE001 - transformers' modelling code raises many kinds
+        raise ModelInputError(f"model type {model_type!r}: transformers' own code raised {type(exc).__name__} "
+                              "building the tiny model from its config") from exc
 
 
 def _widen_forward(model) -> None:
