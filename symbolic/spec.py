@@ -130,6 +130,8 @@ class MoESpec:
     routed expert's maps have biases, `experts.b_gate|b_up|b_down` (gpt-oss); the strategies patch the expert
     matrices and leave them alone. `weighting`: the routing weight $s_e$ multiplies the expert's output
     (`output`, the usual $\sum_j s_{e_j} E_{e_j}(z)$) or its input (`input`, Llama 4: $\sum_j E_{e_j}(s_{e_j} z)$).
+    `shared_kind`: the shared expert is a gated MLP (`gated`, the default) or a dense one, $W_\mathrm{down}
+    \sigma(W_\mathrm{up} z)$ (`dense`: Nemotron-H's ReLU² shared expert).
     """
 
     experts: int
@@ -146,8 +148,14 @@ class MoESpec:
     router_bias: bool = False
     expert_bias: bool = False
     weighting: Weighting = "output"
+    shared_kind: ExpertKind = "gated"
 
     def __post_init__(self) -> None:
+        if self.shared_kind not in get_args(ExpertKind):
+            raise ValueError(f"moe.shared_kind {self.shared_kind!r}; allowed: {get_args(ExpertKind)}")
+        if self.shared_kind != "gated" and self.shared_expert != "plain":
+            raise ValueError("moe.shared_kind = 'dense' declares an ungated shared expert (W_up, W_down: Nemotron-H); "
+                             "it needs shared_expert = 'plain' (a scalar-gated shared expert is gated)")
         if self.experts < 1:
             raise ValueError(f"moe.experts must be >= 1, got {self.experts}")
         if not 1 <= self.top_k <= self.experts:
@@ -274,7 +282,7 @@ def patchable_parameters(spec: BlockSpec) -> tuple[str, ...]:
             if spec.moe.expert_bias:
                 names.append(f"experts.b_{n.split('_')[1]}")
         if spec.moe.shared_expert != "none":
-            names += [f"shared.{n}" for n in _map_names("gated")]
+            names += [f"shared.{n}" for n in _map_names(spec.moe.shared_kind)]
             if spec.moe.shared_expert == "gated":
                 names.append("shared.w_gate")
     else:
@@ -460,7 +468,7 @@ TOP_FIELDS = ("name", "description", "reference", "hf_model_types", "residual", 
 MLP_FIELDS = ("kind", "activation", "up_activation", "out_activation", "bias", "pre_norm", "mid_norm", "post_norm",
               "post_ln", "branch_scale")
 MOE_FIELDS = ("experts", "top_k", "softmax", "renormalize", "shared_expert", "expert", "scoring", "selection_bias",
-              "groups", "topk_groups", "routed_scale", "router_bias", "expert_bias", "weighting")
+              "groups", "topk_groups", "routed_scale", "router_bias", "expert_bias", "weighting", "shared_kind")
 
 
 def parse_spec(data: dict[str, Any], source: str) -> BlockSpec:
@@ -549,6 +557,7 @@ def _read_moe(tab: _Table | None) -> MoESpec | None:
         router_bias=tab.get("router_bias", bool, False),
         expert_bias=tab.get("expert_bias", bool, False),
         weighting=tab.choice("weighting", get_args(Weighting), "output"),
+        shared_kind=tab.choice("shared_kind", get_args(ExpertKind), "gated"),
     )
     tab.finish(MOE_FIELDS)
     try:
@@ -660,6 +669,8 @@ def dump_toml(spec: BlockSpec) -> str:
                       f"groups = {m.groups}", f"topk_groups = {m.topk_groups}", f"routed_scale = {m.routed_scale!r}",
                       f"router_bias = {_b(m.router_bias)}", f"expert_bias = {_b(m.expert_bias)}",
                       f"weighting = {_q(m.weighting)}"]
+            if m.shared_kind != "gated":
+                lines.append(f"shared_kind = {_q(m.shared_kind)}")
     p = spec.patch
     lines += ["", "[patch]", f"allow = [{', '.join(_q(a) for a in p.allow)}]"]
     if p.strategy:

@@ -237,7 +237,8 @@ def _state_after_add(layer64, record, mlp: str, pre: str | None, post: str | Non
                 alpha, beta, err = _fit2(r, v, b)
                 if err <= 1e-12 and abs(alpha) > 1e-12 and abs(beta) > 1e-12:
                     scale = _recognise(beta / alpha, cfg)
-                    return Flow(mlp, pre_used, post, "sequential", scale, parts=used, outer=alpha,
+                    outer = 1.0 if abs(alpha - 1) <= 1e-12 else alpha
+                    return Flow(mlp, pre_used, post, "sequential", scale, parts=used, outer=outer,
                                 after_add=k >= 0 and not same_tensor(r, y), add_index=k)
     return None
 

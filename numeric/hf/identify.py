@@ -122,7 +122,8 @@ def activations(mlp, cfg) -> list[str]:
     neither names one (each candidate costs a derivation, so the list stays short)."""
     # an activation held as a module attribute is a registered submodule: the scan by class finds it
     found = [ACTIVATION_CLASSES[type(m).__name__] for m in mlp.modules() if type(m).__name__ in ACTIVATION_CLASSES]
-    for key in ("hidden_activation", "hidden_act", "activation_function", "activation", "hidden_activation_fn"):
+    for key in ("hidden_activation", "hidden_act", "activation_function", "activation", "hidden_activation_fn",
+                "mlp_hidden_act"):
         name = getattr(cfg, key, None)
         if isinstance(name, str) and name in ACTIVATION_NAMES:
             found.append(ACTIVATION_NAMES[name])
@@ -212,8 +213,8 @@ def dense_maps(mlp, mlp_path: str, record: dict[str, Call],
 
 
 def moe_maps(mlp, mlp_path: str, record: dict[str, Call], cfg,
-             extra: dict[str, Param] | None = None) -> list[tuple[MoESpec, dict[str, Param]]]:
-    """Candidate (MoE spec, parameter map) of a mixture of experts with stacked expert tensors. ``extra``: a
+             beside: dict[str, Param] | None = None) -> list[tuple[MoESpec, dict[str, Param]]]:
+    """Candidate (MoE spec, parameter map) of a mixture of experts with stacked expert tensors. ``beside``: a
     shared expert in a module of its own (``shared.W_*``, summed with the mixture by the layer)."""
     experts = next(((n, m) for n, m in mlp.named_children()
                     if any(p.dim() == 3 for p in m.parameters(recurse=False))), None)
@@ -253,20 +254,24 @@ def moe_maps(mlp, mlp_path: str, record: dict[str, Call], cfg,
             continue
         sub = {k: v for k, v in m.named_modules() if isinstance(getattr(v, "weight", None), torch.Tensor)}
         names = {k.split(".")[-1] for k in sub if k}
-        if {"gate_proj", "up_proj", "down_proj"} <= names:
+        if {"up_proj", "down_proj"} <= names and names <= {"gate_proj", "up_proj", "down_proj"}:
             for canon, key in (("shared.W_gate", "gate_proj"), ("shared.W_up", "up_proj"),
                                ("shared.W_down", "down_proj")):
+                if key not in sub:  # a dense shared expert (Nemotron-H): no gate map
+                    continue
                 if getattr(sub[key], "bias", None) is not None:
                     raise ModelInputError(f"{mlp_path}.{n}.{key}: a shared-expert bias is not modelled")
                 params[canon] = Param(f"{mlp_path}.{n}.{key}.weight")
         elif list(m.parameters()):
             raise ModelInputError(f"{mlp_path}.{n} ({type(m).__name__}): a part of the mixture that is not modelled")
-    if extra and any(k.startswith("shared.") for k in params):
+    if beside and any(k.startswith("shared.") for k in params):
         raise ModelInputError(f"{mlp_path}: a shared expert inside the mixture and another beside it")
-    params.update(extra or {})
-    if "shared.w_gate" in params and "shared.W_gate" not in params:
+    params.update(beside or {})
+    if "shared.w_gate" in params and "shared.W_down" not in params:
         raise ModelInputError(f"{mlp_path}: a shared-expert gate without a shared expert")
-    shared = "none" if "shared.W_gate" not in params else "gated" if "shared.w_gate" in params else "plain"
+    shared = "none" if "shared.W_down" not in params else "gated" if "shared.w_gate" in params else "plain"
+    shared_kind = "gated" if "shared.W_gate" in params or shared == "none" else "dense"
+    expert_kind = "gated" if "experts.W_gate" in params else "dense"
     top_k = getattr(cfg, "num_experts_per_tok", None) or getattr(cfg, "moe_topk", None) or \
         getattr(cfg, "top_k", None)
     if not isinstance(top_k, int):
@@ -287,7 +292,8 @@ def moe_maps(mlp, mlp_path: str, record: dict[str, Call], cfg,
             for (scoring, softmax, rn), weighting in itertools.product(routings, weightings):
                 try:
                     moe = MoESpec(experts=E, top_k=top_k, softmax=softmax, renormalize=rn, shared_expert=shared,
-                                  expert="gated", scoring=scoring, selection_bias="b_select" in params,
+                                  expert=expert_kind, shared_kind=shared_kind, scoring=scoring,
+                                  selection_bias="b_select" in params,
                                   groups=g[0], topk_groups=g[1], routed_scale=rs, router_bias="b_router" in params,
                                   weighting=weighting, expert_bias="experts.b_down" in params)
                 except ValueError:
@@ -307,6 +313,8 @@ def expert_maps(emod, path: str, d: int) -> tuple[int, dict[str, Param]]:
     (interleaved, gpt-oss).
     """
     stacked = {n: p for n, p in emod.named_parameters(recurse=False)}
+    if set(stacked) == {"up_proj", "down_proj"}:
+        return _dense_experts(emod, path, d, stacked)
     names = {"gate_up_proj", "down_proj"}
     biased = names | {"gate_up_proj_bias", "down_proj_bias"}
     if set(stacked) not in (names, biased):
@@ -336,6 +344,23 @@ def expert_maps(emod, path: str, d: int) -> tuple[int, dict[str, Param]]:
                        "experts.b_up": Param(f"{path}.gate_up_proj_bias", bias[1]),
                        "experts.b_down": Param(f"{path}.down_proj_bias")})
     return E, params
+
+
+def _dense_experts(emod, path: str, d: int, stacked: dict) -> tuple[int, dict[str, Param]]:
+    r"""(E, the canonical parameters) of stacked dense experts $W_\mathrm{down}\,\sigma(W_\mathrm{up} z)$
+    (Nemotron-H): ``up_proj`` (E, m, d) or (E, d, m), ``down_proj`` (E, d, m) or (E, m, d)."""
+    up, down = tuple(stacked["up_proj"].shape[1:]), tuple(stacked["down_proj"].shape[1:])
+    plain = up[1] == d and down == (d, up[0])
+    transposed = up[0] == d and down == (up[1], d)
+    declared = getattr(emod, "is_transposed", None)
+    if isinstance(declared, bool) and plain and transposed:
+        plain = not declared
+    if not (plain or transposed):
+        raise ModelInputError(f"{path}: up_proj {up} and down_proj {down} per expert fit neither (m, {d}) with ({d}, "
+                              f"m) nor ({d}, m) with (m, {d})")
+    layout = "linear" if plain else "t"
+    return stacked["up_proj"].shape[0], {"experts.W_up": Param(f"{path}.up_proj", layout),
+                                         "experts.W_down": Param(f"{path}.down_proj", layout)}
 
 
 def expert_activations(mlp, cfg, act: str) -> list[tuple[str, str]]:
