@@ -23,6 +23,7 @@ from numeric.hf.identify import (
     dense_maps,
     expert_activations,
     find_mlp,
+    flat_experts,
     identify_norm,
     is_norm,
     linears,
@@ -260,7 +261,7 @@ def layer_adapters(layer64, record, x, y, cfg, model_type: str, name: str) -> tu
         return fl, _split_adapters(layer64, record, fl, pre_spec, post_spec, norm_params, cfg, model_type, name)
     mlp = get(layer64, fl.mlp)
     acts = activations(mlp, cfg)
-    is_moe = any(p.dim() == 3 for p in mlp.parameters())
+    is_moe = any(p.dim() == 3 for p in mlp.parameters()) or flat_experts(mlp) is not None
     attention = dataclasses.replace(BlockSpec.__dataclass_fields__["attention"].default_factory(),
                                     pre_norm=pre_spec if fl.shared_pre_norm else None)
     out = []

@@ -218,11 +218,15 @@ def moe_maps(mlp, mlp_path: str, record: dict[str, Call], cfg,
     shared expert in a module of its own (``shared.W_*``, summed with the mixture by the layer)."""
     experts = next(((n, m) for n, m in mlp.named_children()
                     if any(p.dim() == 3 for p in m.parameters(recurse=False))), None)
-    if experts is None:
-        raise ModelInputError(f"{mlp_path}: a mixture of experts without stacked expert tensors is not modelled")
-    ename, emod = experts
     d = record[mlp_path].inp.shape[-1]  # the model width
-    E, expert_params = expert_maps(emod, f"{mlp_path}.{ename}", d)
+    flat = flat_experts(mlp)
+    if experts is None and flat is None:
+        raise ModelInputError(f"{mlp_path}: a mixture of experts without stacked expert tensors is not modelled")
+    if experts is not None:
+        ename, emod = experts
+        E, expert_params = expert_maps(emod, f"{mlp_path}.{ename}", d)
+    else:
+        ename, E, expert_params = _flat_maps(mlp, mlp_path, flat, d)
     router = next(((n, m) for n, m in mlp.named_modules() if n and n != ename and not n.startswith(ename + ".") and
                    isinstance(getattr(m, "weight", None), torch.Tensor) and tuple(m.weight.shape) == (E, d)), None)
     if router is None:
@@ -272,8 +276,8 @@ def moe_maps(mlp, mlp_path: str, record: dict[str, Call], cfg,
     shared = "none" if "shared.W_down" not in params else "gated" if "shared.w_gate" in params else "plain"
     shared_kind = "gated" if "shared.W_gate" in params or shared == "none" else "dense"
     expert_kind = "gated" if "experts.W_gate" in params else "dense"
-    top_k = getattr(cfg, "num_experts_per_tok", None) or getattr(cfg, "moe_topk", None) or \
-        getattr(cfg, "top_k", None)
+    top_k = getattr(mlp, "top_k", None) or getattr(cfg, "num_experts_per_tok", None) or \
+        getattr(cfg, "moe_topk", None) or getattr(cfg, "top_k", None)
     if not isinstance(top_k, int):
         raise ModelInputError(f"{mlp_path}: the config names no top-k (num_experts_per_tok)")
     renorm = bool(getattr(cfg, "norm_topk_prob", False))
@@ -301,6 +305,44 @@ def moe_maps(mlp, mlp_path: str, record: dict[str, Call], cfg,
                 out.append((moe, params))
     out.sort(key=lambda c: c[0].weighting != weightings[-1])  # a type that names input weighting: it first
     return out
+
+
+#: Experts stored flat, (E m, d) each, by the names of their gate, up and down matrices (DBRX's w1, v1, w2, the
+#: down matrix stored (in, out) per expert).
+FLAT_EXPERTS = {("w1", "v1", "w2"): ("W_gate", "W_up", "W_down")}
+
+
+def flat_experts(mlp) -> tuple[str, tuple[str, str, str]] | None:
+    """(path in the mixture, names) of a module holding flat expert matrices (`FLAT_EXPERTS`), or None."""
+    for path, module in mlp.named_modules():
+        own = dict(module.named_parameters(recurse=False))
+        for names in FLAT_EXPERTS:
+            if set(own) == set(names) and len({tuple(own[n].shape) for n in names}) == 1 and own[names[0]].dim() == 2:
+                return path, names
+    return None
+
+
+def _flat_maps(mlp, mlp_path: str, flat: tuple[str, tuple[str, str, str]], d: int) -> tuple[str, int, dict]:
+    """(the mixture's child holding them, E, the canonical expert parameters) of flat experts (`FLAT_EXPERTS`):
+    E from the router, a linear map (E, d) with E dividing the flat rows."""
+    path, names = flat
+    rows = dict(get_module(mlp, path).named_parameters(recurse=False))[names[0]].shape[0]
+    routers = [m.weight.shape[0] for n, m in mlp.named_modules() if n and not (n + ".").startswith(path + ".")
+               and isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.dim() == 2
+               and m.weight.shape[1] == d and rows % m.weight.shape[0] == 0]
+    if len(routers) != 1:
+        raise ModelInputError(f"{mlp_path}.{path}: flat expert matrices ({rows}, {d}) and {len(routers)} candidate "
+                              "routers (a linear map (E, d) with E dividing the rows); one is modelled")
+    E = routers[0]
+    where = f"{mlp_path}.{path}" if path else mlp_path
+    canon = FLAT_EXPERTS[names]
+    params = {f"experts.{c}": Param(f"{where}.{n}", "t" if c == "W_down" else "linear", rows // E)
+              for n, c in zip(names, canon, strict=True)}
+    return path.split(".")[0], E, params
+
+
+def get_module(root, path: str):
+    return root.get_submodule(path) if path else root
 
 
 def expert_maps(emod, path: str, d: int) -> tuple[int, dict[str, Param]]:

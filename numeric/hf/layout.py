@@ -64,14 +64,19 @@ class Param:
     (…, in, out) stacked experts stored transposed; a half of a fused gate/up tensor (`FUSED`: the first or
     second half of the rows of (…, 2 out, in), of the columns of a transposed (…, in, 2 out), of a (…, 2 out)
     bias, or their interleaved even/odd entries); ``row`` a (1, d) matrix used as a vector (a shared-expert
-    gate).
+    gate). ``rows``: stacked experts stored flat, (E rows, d), expert e its rows e rows .. (e + 1) rows (DBRX:
+    ``w1``/``v1`` (out, in) per expert, ``w2`` (in, out), layout ``t``); a patch of expert e names the slice
+    ``path[a:b]``.
     """
 
     path: str
     layout: str = "linear"
+    rows: int = 0  # experts stored flat, (E * rows, d): expert e is rows e*rows .. (e+1)*rows (DBRX)
 
     def read(self, layer) -> torch.Tensor:
         t = offload.read(layer, self.path)  # loaded by accelerate's hook when the model offloads it
+        if self.rows:
+            t = t.reshape(-1, self.rows, t.shape[-1])
         if self.layout in FUSED:
             half = FUSED[self.layout]
             index = half.index(t.shape[half.axis])
@@ -180,7 +185,7 @@ def parameter_view(layer, name: str) -> torch.Tensor:
     reading: a view of a resident parameter; one loaded by accelerate's hook for an offloaded one."""
     path, _, index = name.partition("[")
     p = offload.read(layer, path)
-    return p[int(index[:-1])] if index else p
+    return p[offload.item(index)] if index else p
 
 
 def layer_params(layer, adapter: Adapter) -> dict[str, torch.Tensor]:
