@@ -117,10 +117,35 @@ def find_mlp(layer) -> str:
                           "no BERT-style intermediate/output pair)")
 
 
+def _xielu(module) -> str:
+    r"""xIELU (Apertus) with the module's own learned constants: $\alpha_p x^2 + \beta x$ for $x > 0$, else
+    $\alpha_n(\exp(\min(x, \epsilon)) - 1 - x) + \beta x$, $\alpha_p = \mathrm{softplus}(a_p)$,
+    $\alpha_n = \beta + \mathrm{softplus}(a_n)$ (transformers' ``XIELUActivation._xielu_python``)."""
+    def num(t) -> str:
+        return repr(float(torch.as_tensor(t).double().reshape(-1)[0]))
+
+    with torch.no_grad():
+        ap = torch.nn.functional.softplus(module.alpha_p.double())
+        beta = module.beta.double()
+        an = beta + torch.nn.functional.softplus(module.alpha_n.double())
+    b, e = num(beta), num(module.eps)
+    return (f"Piecewise(({num(ap)}*x**2 + {b}*x, x > 0), "
+            f"({num(an)}*(exp(Min(x, {e})) - 1 - x) + {b}*x, True))")
+
+
+#: Activation modules with learned constants: the spec's expression of the module's function, by class.
+ACTIVATION_FORMULAS = {"XIELUActivation": _xielu}
+
+
 def activations(mlp, cfg) -> list[str]:
-    """Candidate activations: the MLP's activation modules' (by class), the config's; every named one if
-    neither names one (each candidate costs a derivation, so the list stays short)."""
+    """Candidate activations: the MLP's activation modules' (by class; with its own constants where the class
+    has learned ones, `ACTIVATION_FORMULAS`), the config's; every named one if neither names one (each
+    candidate costs a derivation, so the list stays short)."""
     # an activation held as a module attribute is a registered submodule: the scan by class finds it
+    learned = [ACTIVATION_FORMULAS[type(m).__name__](m) for m in mlp.modules()
+               if type(m).__name__ in ACTIVATION_FORMULAS]
+    if learned:
+        return list(dict.fromkeys(learned))
     found = [ACTIVATION_CLASSES[type(m).__name__] for m in mlp.modules() if type(m).__name__ in ACTIVATION_CLASSES]
     for key in ("hidden_activation", "hidden_act", "activation_function", "activation", "hidden_activation_fn",
                 "mlp_hidden_act"):

@@ -31,7 +31,7 @@ from numeric.hf.mixing import after_add_mixes, mixes_tokens
 from numeric.hf.offload import get
 from numeric.hf.probe import decoder_layers, float64_copy, layer_calls, trace
 from symbolic import catalog
-from symbolic.errors import ModelInputError, SpecError
+from symbolic.errors import CtxpatchInputError, ModelInputError, SpecError
 from symbolic.spec import BlockSpec
 
 PROBE_TOKENS = 6
@@ -86,13 +86,21 @@ def infer(model, spec: BlockSpec | None = None, params: dict[str, str] | None = 
         layer64 = float64_copy(layers[n])
         record, x, y = trace(layer64, call, f"{path}.{n}")
         signature = _signature(layers[n])
-        if signature not in seen:
+        fresh = signature not in seen
+        if fresh:
             seen[signature] = _candidates(layer64, record, x, y, cfg, spec, params)
         if not seen[signature]:  # no MLP branch: the next MLP layer absorbs what this one changes
             kinds.append(None)
             checks.append({"layer": n, "mlp": False, "mixes_tokens": mixes_tokens(layer64, call)})
             continue
-        cand, result = _chosen(n, path, layer64, record, x, y, seen[signature], spec)
+        try:
+            cand, result = _chosen(n, path, layer64, record, x, y, seen[signature], spec)
+        except CtxpatchInputError:
+            if fresh:
+                raise
+            # the same modules with other constants (an activation's learned ones, Apertus): its own candidates
+            seen[signature] = _candidates(layer64, record, x, y, cfg, spec, params)
+            cand, result = _chosen(n, path, layer64, record, x, y, seen[signature], spec)
         if cand.after_add and after_add_mixes(layer64, call, state_of(cand, record, x, y)[1]):
             raise ModelInputError(f"layer {n} ({path}.{n}): after the MLP's add the layer reads other tokens' states "
                                   "(a change of the first position's state moves later positions' outputs): only "
