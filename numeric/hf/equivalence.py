@@ -164,10 +164,11 @@ def renorm_epsilon(layer64, adapter: Adapter, record: dict[str, Call], x: torch.
 
 
 def u_of(adapter: Adapter, record: dict[str, Call], x: torch.Tensor) -> torch.Tensor:
-    """u of the probe run: the u module's input (sequential), x + attention (parallel)."""
+    """u of the probe run, (1, T, d): the u module's input (sequential), x + attention (parallel)."""
     if adapter.mode == "parallel":
         return x + record[adapter.attn_module].out
-    return record[adapter.u_module].inp.reshape(x.shape[:-1] + (-1,))  # OPT's MLP sees (tokens, d) rows
+    u = record[adapter.u_module].inp  # OPT's MLP sees (tokens, d) rows; Gemma 3n's layer input holds 4 streams
+    return u.reshape(1, -1, u.shape[-1])
 
 
 def state_of(adapter: Adapter, record: dict[str, Call], x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int]:

@@ -32,7 +32,9 @@ SIZES = {"hidden_size": 32, "n_embd": 32, "d_model": 32, "n_embed": 32,
          "kv_lora_rank": 16, "q_lora_rank": 16, "qk_rope_head_dim": 4, "qk_nope_head_dim": 4, "v_head_dim": 8,
          "sliding_window": 4, "rotary_dim": 4, "first_k_dense_replace": 1,
          "vocab_size_per_layer_input": 64, "hidden_size_per_layer_input": 8, "num_experts_per_token": 2,
-         "moe_shared_expert_intermediate_size": 24, "linear_num_heads": 4, "linear_head_dim": 8}
+         "moe_shared_expert_intermediate_size": 24, "linear_num_heads": 4, "linear_head_dim": 8,
+         "unpadded_vocab_size": 64, "shape_vocab_size": 64, "pronunciation_vocab_size": 64, "shape_embed_dim": 8,
+         "pronunciation_embed_dim": 8, "index_num_heads": 2}
 LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 PER_LAYER_LISTS = ("layer_types", "mlp_layer_types", "layers_block_type")
 #: A state-space mixer's sizes (Mamba, Mamba-2 and the hybrids): its state, and heads whose product with their
@@ -76,6 +78,8 @@ def _fixes(model_type: str, layers: int) -> dict:
     if model_type == "lfm2_moe":  # layer_types defaults to None, which the model indexes; one dense layer
         return {"layer_types": ["conv", "full_attention"] * (layers // 2) + ["conv"] * (layers % 2),
                 "num_dense_layers": 1}
+    if model_type == "kolibri1_1":  # NVFP4 rounding of keys and values needs head_dim a multiple of 16
+        return {"head_dim": 16}
     if model_type == "cohere_compass_text":  # rope is per layer type, and its default is empty
         return {"rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": 10000.0,
                                                        "mrope_section": [2, 1, 1]}}}  # head_dim 8: 4 pairs
@@ -141,6 +145,9 @@ def _small(base, layers: int, how: str = "first", depth: int = 0) -> dict:
             if key in kwargs:
                 kwargs[key] = SIZES["num_attention_heads"]
     kwargs.update(_mamba_sizes(base, kwargs))
+    heads, kv = (zoo_layers._get(base, k) for k in ("num_attention_heads", "num_key_value_heads"))
+    if zoo_layers.overrides(base) and heads == kv and "num_key_value_heads" in kwargs:
+        kwargs["num_key_value_heads"] = kwargs["num_attention_heads"]  # per-layer heads: keys as many as queries
     layer_plan = zoo_layers.plan(base, how)
     count = layers if layer_plan is None else len(layer_plan.layers)
     for key in zoo_layers.LAYER_KEYS:
@@ -169,8 +176,19 @@ def _shrunk_fields(base, fields: dict) -> dict:
         if key in SIZES and isinstance(value, list):
             value = [SIZES[key]] * len(value)
         elif key == "per_layer_config":
-            value = {i: {k: _ratio(k, v, zoo_layers._get(base, k)) for k, v in o.items()} for i, o in value.items()}
+            value = {i: _shrunk_override(base, o) for i, o in value.items()}
         out[key] = value
+    return out
+
+
+def _shrunk_override(base, override: dict) -> dict:
+    """One layer's overrides with their sizes shrunk (`_ratio`); as many key heads as query heads where the
+    override has them equal."""
+    from numeric.hf import zoo_layers
+
+    out = {k: _ratio(k, v, zoo_layers._get(base, k)) for k, v in override.items()}
+    if "num_key_value_heads" in out and override.get("num_key_value_heads") == override.get("num_attention_heads"):
+        out["num_key_value_heads"] = out["num_attention_heads"]
     return out
 
 
