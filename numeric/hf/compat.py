@@ -21,8 +21,15 @@ def check_ids(context_ids, query_ids, model) -> None:
                 ids.dtype not in (torch.int64, torch.int32):
             raise ModelInputError(f"{name} must be an integer tensor of shape (1, n) with n >= 1, got "
                                   f"{getattr(ids, 'shape', type(ids).__name__)} {getattr(ids, 'dtype', '')}")
-        if int(ids.min()) < 0 or int(ids.max()) >= model.config.vocab_size:
-            raise ModelInputError(f"{name} holds token ids outside [0, {model.config.vocab_size})")
+        vocab = vocab_size(model.config)
+        if int(ids.min()) < 0 or int(ids.max()) >= vocab:
+            raise ModelInputError(f"{name} holds token ids outside [0, {vocab})")
+
+
+def vocab_size(cfg) -> int:
+    """The vocabulary size of a config, or of its text model's (a multimodal composite: Gemma 3, Llama 4)."""
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    return int(getattr(cfg, "vocab_size", None) or getattr(text, "vocab_size", 0) or 0)
 
 
 def cached(model, cache) -> dict:

@@ -178,7 +178,7 @@ def flow(layer64, record: dict[str, Call], x: torch.Tensor, y: torch.Tensor, cfg
     b = norms[post].out if post else mcall.out
     u = norms[pre].inp if pre else mcall.inp
     c, err = _fit(y - u, b) if y.shape == u.shape else (0.0, float("inf"))
-    if err <= 1e-12:
+    if err <= 1e-12 and abs(c) > 1e-12:
         return Flow(mlp, pre, post, "sequential", _recognise(c, cfg))
     found = _state_after_add(layer64, record, mlp, pre, post, y, cfg)
     if found is not None:

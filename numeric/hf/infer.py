@@ -23,6 +23,7 @@ import weakref
 
 import torch
 
+from numeric.hf.compat import vocab_size
 from numeric.hf.equivalence import check_adapter, product_modules, renorm_epsilon, state_of, u_of
 from numeric.hf.flow import flow, layer_adapters, user_adapter
 from numeric.hf.identify import NoMLPBranch
@@ -73,7 +74,7 @@ def infer(model, spec: BlockSpec | None = None, params: dict[str, str] | None = 
     cfg = model.config
     model_type = cfg.model_type
     path = decoder_layers(model)
-    vocab = int(getattr(cfg, "vocab_size", 0) or 0)
+    vocab = vocab_size(cfg)
     if vocab < 2:
         raise ModelInputError(f"model type {model_type!r}: no vocabulary size in the config")
     gen = torch.Generator().manual_seed(seed)
@@ -135,6 +136,10 @@ def _candidates(layer64, record, x, y, cfg, spec: BlockSpec | None, params) -> l
         if streams > 1:
             raise ModelInputError(_several_streams(x, streams)) from None
         raise
+    except ValueError as exc:  # a spec the layer's figures would build is invalid (a zero branch scale)
+        if isinstance(exc, CtxpatchInputError):
+            raise
+        raise ModelInputError(f"the layer's MLP branch reads as an invalid block: {exc}") from None
 
 
 def _chosen(n: int, path: str, layer64, record, x, y, candidates: list[Adapter], spec) -> tuple[Adapter, dict]:

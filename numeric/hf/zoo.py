@@ -78,6 +78,9 @@ def _fixes(model_type: str, layers: int) -> dict:
     if model_type == "lfm2_moe":  # layer_types defaults to None, which the model indexes; one dense layer
         return {"layer_types": ["conv", "full_attention"] * (layers // 2) + ["conv"] * (layers % 2),
                 "num_dense_layers": 1}
+    if model_type == "qwen4_exp_text":  # the QSA indexer of its indexed-attention layers has no default sizes
+        return {"indexer_n_heads": 2, "indexer_kv_heads": 1, "indexer_head_dim": 8, "indexer_budget": 4,
+                "indexer_compress_ratio": 2}
     if model_type == "kolibri1_1":  # NVFP4 rounding of keys and values needs head_dim a multiple of 16
         return {"head_dim": 16}
     if model_type == "cohere_compass_text":  # rope is per layer type, and its default is empty
@@ -111,7 +114,7 @@ def tiny_config(model_type: str, layers: int = 2, decoder: bool = True):
     want, best = set(zoo_layers.kinds(base)), None
     for how in zoo_layers.SELECTIONS:  # the first layer of every kind; else a prefix holding every kind
         kwargs = _small(base, layers, how)
-        kwargs.update(bos_token_id=0, pad_token_id=0, eos_token_id=None, **_fixes(model_type, layers))
+        kwargs.update(bos_token_id=0, pad_token_id=0, eos_token_id=None)
         if decoder and not getattr(base, "is_encoder_decoder", False):
             kwargs["is_decoder"] = True
         try:
@@ -158,6 +161,7 @@ def _small(base, layers: int, how: str = "first", depth: int = 0) -> dict:
     for key in PER_LAYER_LISTS:  # per-layer lists of a family without kinds: the default for the new count
         if key not in kwargs and isinstance(vars(base).get(key), list) and not zoo_layers._is_property(base, key):
             kwargs[key] = None
+    kwargs.update(_fixes(base.model_type, count))
     for key, sub in _sub_configs(base).items():
         if depth < 2:
             sub_kwargs = _small(sub, layers, how, depth + 1)
@@ -169,7 +173,6 @@ def _shrunk_fields(base, fields: dict) -> dict:
     """A plan's fields with the sizes inside them small: per-layer size lists (Gemma 3n's intermediate_size)
     and per-layer overrides (Gemma 4's full-attention head_dim), keeping an override's ratio to the global
     value."""
-    from numeric.hf import zoo_layers
 
     out = {}
     for key, value in fields.items():
