@@ -180,9 +180,6 @@ def flow(layer64, record: dict[str, Call], x: torch.Tensor, y: torch.Tensor, cfg
     c, err = _fit(y - u, b) if y.shape == u.shape else (0.0, float("inf"))
     if err <= 1e-12 and abs(c) > 1e-12:
         return Flow(mlp, pre, post, "sequential", _recognise(c, cfg))
-    found = _state_after_add(layer64, record, mlp, pre, post, y, cfg)
-    if found is not None:
-        return found
     if post is None and same_tensor(mcall.out, y):  # the MLP adds the residual itself: MLP(z, u) = u + branch
         c, err = _fit(y - u, mcall.out - u)
         if err <= 1e-12 and abs(c - 1) <= 1e-12:
@@ -197,6 +194,9 @@ def flow(layer64, record: dict[str, Call], x: torch.Tensor, y: torch.Tensor, cfg
             if err <= 1e-12:
                 shared = pre is not None and same_tensor(record[a].inp, mcall.inp)
                 return Flow(mlp, pre, post, "parallel", _recognise(c, cfg), a, shared)
+    found = _state_after_add(layer64, record, mlp, pre, post, y, cfg)
+    if found is not None:
+        return found
     raise ModelInputError(f"the output of {mlp} is not added to the residual stream as y = u + c * branch (sequential) "
                           f"or y = x + attention + c * branch (parallel): relative residual {err:.1e}")
 

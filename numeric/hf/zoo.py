@@ -128,6 +128,9 @@ def tiny_config(model_type: str, layers: int = 2, decoder: bool = True):
     return best
 
 
+_MISSING = object()
+
+
 def _small(base, layers: int, how: str = "first", depth: int = 0) -> dict:
     """The keyword arguments that shrink ``base``: the sizes transformers names, the layer count and the
     fields that declare each layer's kind (`zoo_layers.plan`), the sub-configs of a composite one."""
@@ -135,10 +138,10 @@ def _small(base, layers: int, how: str = "first", depth: int = 0) -> dict:
 
     cls = type(base)
 
-    def settable(key):
-        v = zoo_layers._get(base, key)
-        return v is not None and not isinstance(getattr(cls, key, None), property) and \
-            not isinstance(v, (list, dict)) and not isinstance(v, bool)
+    def settable(key):  # a field of the config (None included), not a property, not a per-layer list
+        v = zoo_layers._get(base, key, _MISSING)
+        return v is not _MISSING and not isinstance(getattr(cls, key, None), property) and \
+            not isinstance(v, (list, dict))
 
     kwargs = {k: v for k, v in SIZES.items() if settable(k)}
     if "qk_rope_head_dim" in kwargs:  # multi-head latent attention: head_dim is the rope part, no grouped keys
@@ -161,11 +164,12 @@ def _small(base, layers: int, how: str = "first", depth: int = 0) -> dict:
     for key in PER_LAYER_LISTS:  # per-layer lists of a family without kinds: the default for the new count
         if key not in kwargs and isinstance(vars(base).get(key), list) and not zoo_layers._is_property(base, key):
             kwargs[key] = None
-    kwargs.update(_fixes(base.model_type, count))
-    for key, sub in _sub_configs(base).items():
-        if depth < 2:
-            sub_kwargs = _small(sub, layers, how, depth + 1)
-            kwargs[key] = type(sub)(**{**sub.to_dict(), **sub_kwargs})
+    fixes = _fixes(base.model_type, count)
+    subs = _sub_configs(base) if depth < 2 else {}
+    kwargs.update({k: v for k, v in fixes.items() if k not in subs})
+    for key, sub in subs.items():  # a sub-config shrunk the same way, the type's fixes of it on top
+        own = fixes.get(key) if isinstance(fixes.get(key), dict) else {}
+        kwargs[key] = type(sub)(**{**sub.to_dict(), **_small(sub, layers, how, depth + 1), **own})
     return kwargs
 
 
