@@ -26,7 +26,7 @@ import torch
 from numeric.hf.compat import vocab_size
 from numeric.hf.equivalence import check_adapter, product_modules, renorm_epsilon, state_of, u_of
 from numeric.hf.flow import flow, layer_adapters, user_adapter
-from numeric.hf.identify import NoMLPBranch
+from numeric.hf.identify import NoMLPBranch, find_mlp
 from numeric.hf.layout import Adapter, Layout
 from numeric.hf.mixing import after_add_mixes, mixes_tokens
 from numeric.hf.offload import get
@@ -132,7 +132,7 @@ def _candidates(layer64, record, x, y, cfg, spec: BlockSpec | None, params) -> l
     except NoMLPBranch:
         return []
     except ModelInputError:
-        streams = _streams(record, x)
+        streams = _streams(layer64, record, x)
         if streams > 1:
             raise ModelInputError(_several_streams(x, streams)) from None
         raise
@@ -185,12 +185,19 @@ def _reach(kinds: list[Adapter | None], checks: list[dict], path: str, model_typ
                               "and the head (theorem multilayer_mlpless)")
 
 
-def _streams(record, x: torch.Tensor) -> int:
-    """How many residual streams the layer's input holds: its size over that of the smallest module input of
-    the same width (one stream's tokens)."""
-    one = min((c.inp.numel() for c in record.values() if isinstance(c.inp, torch.Tensor) and c.inp.dim() >= 2
-               and c.inp.shape[-1] == x.shape[-1]), default=x.numel())
-    return x.numel() // max(1, one)
+def _streams(layer64, record, x: torch.Tensor) -> int:
+    """How many residual streams the layer's input holds: its size over that of its MLP's input (one stream's
+    tokens), streams side by side (DeepSeek V4: (T, n, d)) or flattened (Qwen4-Exp: (T, n d))."""
+    try:
+        call = record.get(find_mlp(layer64))
+    except ModelInputError:
+        call = None
+    if call is not None and isinstance(call.inp, torch.Tensor) and call.inp.numel():
+        one = call.inp.numel()
+    else:
+        one = min((c.inp.numel() for c in record.values() if isinstance(c.inp, torch.Tensor) and c.inp.dim() >= 2
+                   and c.inp.shape[-1] == x.shape[-1]), default=x.numel())
+    return x.numel() // one if x.numel() % one == 0 else 1
 
 
 def _several_streams(x: torch.Tensor, streams: int) -> str:
