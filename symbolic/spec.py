@@ -448,7 +448,7 @@ def _read_biases(tab: _Table, kind: str) -> Biases:
 
 def _read_activation(tab: _Table, key: str, default: str) -> str:
     value = tab.get(key, str, default)
-    if value in ACTIVATIONS:
+    if value in ACTIVATIONS or value == "module" and key == "activation":  # "module": the MLP's own map
         return value
     from symbolic.activations import parse_custom  # SymPy only for custom expressions
 

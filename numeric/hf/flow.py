@@ -30,9 +30,10 @@ from numeric.hf.identify import (
     matrix_param,
     moe_maps,
 )
-from numeric.hf.layout import Adapter, Param, token_rows
+from numeric.hf.layout import Adapter, Param, has_module_activation, token_rows
 from numeric.hf.offload import get
 from numeric.hf.probe import Call, same_tensor
+from symbolic.activations import MODULE, MODULE_PARAM
 from symbolic.errors import ModelInputError, SpecError
 from symbolic.spec import Biases, BlockSpec, MLPSpec, NormSpec
 
@@ -287,13 +288,16 @@ def layer_adapters(layer64, record, x, y, cfg, model_type: str, name: str) -> tu
         if mid is not None:
             mid_spec, names = identify_norm(get(layer64, mid.path), cfg, record[mid.path].inp.shape[-1])
             params.update({f"mlp_mid_norm.{k}": Param(f"{mid.path}.{v}") for k, v in names.items()})
-        for act in acts:
+        opaque = [MODULE] if kind == "gated" and has_module_activation(mlp) else []  # the module's own map, last
+        for act in acts + opaque:
             mspec = MLPSpec(kind=kind, activation=act, bias=biases, pre_norm=pre_spec, post_norm=post_spec,
                             branch_scale=fl.scale, mid_norm=mid_spec)
             spec = BlockSpec(name=name, mlp=mspec, residual=fl.mode, shared_pre_norm=fl.shared_pre_norm,
                              attention=attention, hf_model_types=(model_type,))
-            out.append(adapter_for(spec, fl, {**params, **norm_params}))
-    # most likely first: the named activation with each map order before the other activations
+            own = {MODULE_PARAM: Param(fl.mlp, "activation")} if act == MODULE else {}
+            out.append(adapter_for(spec, fl, {**params, **norm_params, **own}))
+    # most likely first: the named activation with each map order before the other activations, the module's own
+    # map (formula-less: fewer strategies) after them
     first = [a for a in out if a.spec.mlp.activation == acts[0]]
     return fl, first + [a for a in out if a.spec.mlp.activation != acts[0]]
 

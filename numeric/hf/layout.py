@@ -74,6 +74,8 @@ class Param:
     rows: int = 0  # experts stored flat, (E * rows, d): expert e is rows e*rows .. (e+1)*rows (DBRX)
 
     def read(self, layer) -> torch.Tensor:
+        if self.layout == "activation":  # not a tensor: the module's own activation map (`ACTIVATION_CALLS`)
+            return module_activation(offload.get(layer, self.path))
         t = offload.read(layer, self.path)  # loaded by accelerate's hook when the model offloads it
         if self.rows:
             t = t.reshape(-1, self.rows, t.shape[-1])
@@ -87,6 +89,32 @@ class Param:
         if self.layout == "row":
             return t[0]
         return t
+
+
+def _gemma3n(mlp):
+    """Gemma 3n's MLP: activation sparsity (a cut at mean + k std of the gate's pre-activations) before act_fn."""
+    if getattr(mlp, "activation_sparsity", 0.0) > 0.0:
+        return lambda q: mlp.act_fn(mlp._gaussian_topk(q))
+    return mlp.act_fn
+
+
+#: MLP modules whose forward computes more than their activation module between the gate and the product: the map
+#: of their pre-activations, by class. Any other MLP's own map is its activation module (`module_activation`).
+ACTIVATION_CALLS = {"Gemma3nTextMLP": _gemma3n}
+ACTIVATION_ATTRS = ("act_fn", "activation_fn", "act", "activation")
+
+
+def module_activation(mlp):
+    """The MLP module's own map of its gate pre-activations (the spec's ``activation = "module"``)."""
+    call = ACTIVATION_CALLS.get(type(mlp).__name__)
+    if call is not None:
+        return call(mlp)
+    return next(getattr(mlp, a) for a in ACTIVATION_ATTRS if callable(getattr(mlp, a, None)))
+
+
+def has_module_activation(mlp) -> bool:
+    return type(mlp).__name__ in ACTIVATION_CALLS or any(
+        isinstance(getattr(mlp, a, None), torch.nn.Module) for a in ACTIVATION_ATTRS)
 
 
 @dataclass(frozen=True)
@@ -195,8 +223,9 @@ def layer_params(layer, adapter: Adapter) -> dict[str, torch.Tensor]:
     residual stream the kernels compute in (the model itself computes that router in float32 whatever its
     dtype, as it computes RMSNorm: the float32 upcasts `numeric.hf.probe.Float64Mode` widens)."""
     params = {canon: p.read(layer) for canon, p in adapter.params.items()}
-    dtypes = Counter(t.dtype for t in params.values() if t.is_floating_point())
+    tensors = {k: v for k, v in params.items() if isinstance(v, torch.Tensor)}  # not the module's own activation
+    dtypes = Counter(t.dtype for t in tensors.values() if t.is_floating_point())
     if len(dtypes) > 1:
         common = dtypes.most_common(1)[0][0]
-        params = {k: v.to(common) if v.is_floating_point() else v for k, v in params.items()}
+        params.update({k: v.to(common) if v.is_floating_point() else v for k, v in tensors.items()})
     return params

@@ -137,7 +137,7 @@ class Patcher:
         target = target.to(device=u.device, dtype=u.dtype)  # accelerate may place layers on several devices
         wide = self.patch_dtype if self.patch_dtype is not None and self.patch_dtype != u.dtype else None
         if wide is not None:
-            params = {k: v.to(wide) for k, v in params.items()}
+            params = {k: v.to(wide) if isinstance(v, torch.Tensor) else v for k, v in params.items()}
         cast = (lambda t: t) if wide is None else (lambda t: None if t is None else t.to(wide))  # noqa: E731
         single = len(kernels_n) == 1
         fuse = with_output and wide is None  # (a patch computed wide is applied stored narrow: not the same y)

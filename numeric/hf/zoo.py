@@ -81,6 +81,8 @@ def _fixes(model_type: str, layers: int) -> dict:
     if model_type == "qwen4_exp_text":  # the QSA indexer of its indexed-attention layers has no default sizes
         return {"indexer_n_heads": 2, "indexer_kv_heads": 1, "indexer_head_dim": 8, "indexer_budget": 4,
                 "indexer_compress_ratio": 2}
+    if model_type == "gemma3n_text":  # activation sparsity 0.95 keeps 5% of the hidden units: 48 would often keep
+        return {"intermediate_size": [256] * layers}  # none (a_C = 0, nothing to patch); 16384 in the real model
     if model_type == "kolibri1_1":  # NVFP4 rounding of keys and values needs head_dim a multiple of 16
         return {"head_dim": 16}
     if model_type == "cohere_compass_text":  # rope is per layer type, and its default is empty
