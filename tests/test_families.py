@@ -218,3 +218,28 @@ def test_a_dense_shared_expert_round_trips_and_needs_a_plain_shared_expert():
     assert "shared.W_gate" not in patchable_parameters(spec)
     with pytest.raises(SpecError, match="shared_kind"):
         loads_toml(text.replace('shared_expert = "plain"', 'shared_expert = "gated"'))
+
+
+def test_an_activation_that_is_not_elementwise_is_the_modules_own_map():
+    """Gemma 3n's sparse layers cut the gate's pre-activations at mean + k std before the GELU: no elementwise
+    formula; the rank-1 input patches reproduce the pre-activations, so the module's own map gives the contextual
+    hidden activations (theorem opaque_activation). Its AltUp streams are corrected after the add (after_add)."""
+    model = tiny_model("gemma3n_text")
+    layout = layout_for(model)
+    sparse = [n for n, s in enumerate(model.config.activation_sparsity_pattern) if s > 0]
+    assert sparse and all(layout[n].spec.mlp.activation == "module" for n in sparse)
+    assert all(k.after_add for k in layout.kinds)
+    _exact(model)
+
+
+def test_a_module_activation_spec_offers_only_the_strategies_that_need_no_formula():
+    from ctxpatch.api import check
+
+    text = ('name = "opaque"\n[mlp]\nkind = "gated"\nactivation = "module"\npre_norm = "rms"\n'
+            'post_norm = "rms"\n')
+    spec = loads_toml(text)
+    assert spec.mlp.activation == "module" and loads_toml(dump_toml(spec)) == spec
+    with pytest.raises(SpecError, match="up_activation"):
+        loads_toml(text.replace('activation = "module"', 'activation = "module"\nup_activation = "module"'))
+    verdict = check(spec)
+    assert verdict.input_controllable and verdict.output_controllable
