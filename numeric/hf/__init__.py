@@ -10,13 +10,15 @@ against its own modules first (`layout_for`).
 The rooms, in the order the pipeline runs them:
 
 - the model's layout: `probe` (layers, calls, float64 copies), `identify` (norms, maps, activations), `flow`
-  (how the branch meets the residual stream), `equivalence` (the mandatory check), `infer` (the `Layout`),
-  `layout` (its records), `compat` (transformers' calling conventions), `offload` (accelerate's hooks);
+  (how the branch meets the residual stream), `equivalence` (the mandatory check), `mixing` (whether a
+  computation reads other tokens), `infer` (the `Layout`), `layout` (its records), `compat` (transformers'
+  calling conventions), `offload` (accelerate's hooks);
 - the patches: `patches` (`LayerPatches`), `dense` (written into the weights), `passes` (hooks),
   `patchset` (`PatchSet`), `amplification`, `selection` (strategy per layer and token), `runs` (the passes of
   Algorithm 1), `absorb`, `generate`;
 - sequence patches: `sequence_algebra`, `sequence` (with the PEFT export), `growing`, `shared_patch`;
-- around them: `zoo` (tiny models of every type), `models` (packaged real weights), `hfcheck`, `experiment`.
+- around them: `zoo` (tiny models of every type, `zoo_layers`: every layer kind kept), `models` (packaged real
+  weights), `hfcheck`, `experiment`.
 """
 
 from numeric.hf.absorb import Options, absorb_context

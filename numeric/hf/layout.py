@@ -199,7 +199,7 @@ class Layout:
     def patched(self) -> list[tuple[int, Adapter]]:
         """(n, adapter) of every layer with an MLP branch: the layers the patches change. A layer without one
         (`kinds` holds None: Nemotron-H's Mamba and attention layers) runs as it is; the next layer with an MLP
-        absorbs what it changed (docs/theory.md, "Layers without an MLP")."""
+        absorbs what it changed (docs/theory.md, "The theory's full reach")."""
         return [(n, k) for n, k in enumerate(self.kinds) if k is not None]
 
 

@@ -1,8 +1,8 @@
 r"""Whether a computation reads other tokens: the hypotheses of the theorems on what follows a patched state.
 
-A layer without an MLP branch is harmless to the patches where it is position-wise, and where a layer goes on
-after the MLP's add, what follows must be position-wise for the state after it to stay exact (docs/theory.md,
-"Layers without an MLP" and "Context-free computation after the add"). Both are measured on the float64 copy of
+A layer without an MLP branch after the last MLP layer must be position-wise for the output to be exact, and where
+a layer goes on after the MLP's add, what follows must be position-wise for the state after it to stay exact
+(docs/theory.md, "The theory's full reach"). Both are measured on the float64 copy of
 a layer re-run on what it received in the probe: a change at the first position (of the layer's input, or of
 the state right after the add) must leave every later position of the layer's output as it was. A causal
 computation cannot move earlier positions, so the first position is the one that reveals every mixing.
