@@ -35,6 +35,8 @@ SIZES = {"hidden_size": 32, "n_embd": 32, "d_model": 32, "n_embed": 32,
          "moe_shared_expert_intermediate_size": 24, "linear_num_heads": 4, "linear_head_dim": 8,
          "unpadded_vocab_size": 64, "shape_vocab_size": 64, "pronunciation_vocab_size": 64, "shape_embed_dim": 8,
          "pronunciation_embed_dim": 8, "index_num_heads": 2}
+#: Name endings of sizes `SIZES` does not list by name (`_size_by_name`).
+SIZE_SUFFIXES = ("_intermediate_size",)
 LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 PER_LAYER_LISTS = ("layer_types", "mlp_layer_types", "layers_block_type")
 #: A state-space mixer's sizes (Mamba, Mamba-2 and the hybrids): its state, and heads whose product with their
@@ -146,6 +148,8 @@ def _small(base, layers: int, how: str = "first", depth: int = 0) -> dict:
             not isinstance(v, (list, dict))
 
     kwargs = {k: v for k, v in SIZES.items() if settable(k)}
+    kwargs.update({k: _size_by_name(k) for k in vars(base) if k not in kwargs and k.endswith(SIZE_SUFFIXES)
+                   and settable(k) and _int(zoo_layers._get(base, k))})
     if "qk_rope_head_dim" in kwargs:  # multi-head latent attention: head_dim is the rope part, no grouped keys
         if "head_dim" in kwargs:
             kwargs["head_dim"] = kwargs["qk_rope_head_dim"]
@@ -162,7 +166,7 @@ def _small(base, layers: int, how: str = "first", depth: int = 0) -> dict:
         if settable(key):
             kwargs[key] = count
     if layer_plan is not None:
-        kwargs.update(_shrunk_fields(base, layer_plan.fields))
+        kwargs.update(_shrunk_fields(base, layer_plan.fields, kwargs))
     for key in PER_LAYER_LISTS:  # per-layer lists of a family without kinds: the default for the new count
         if key not in kwargs and isinstance(vars(base).get(key), list) and not zoo_layers._is_property(base, key):
             kwargs[key] = None
@@ -175,7 +179,16 @@ def _small(base, layers: int, how: str = "first", depth: int = 0) -> dict:
     return kwargs
 
 
-def _shrunk_fields(base, fields: dict) -> dict:
+def _size_by_name(key: str) -> int:
+    """A size transformers names by a suffix only (``first_dense_intermediate_size``,
+    ``shared_intermediate_size``): an expert's or a shared MLP's width as `SIZES` gives those, a dense one's
+    as the dense MLP's."""
+    small = any(word in key for word in ("moe", "expert", "shared"))
+    return SIZES["shared_expert_intermediate_size" if "shared" in key else "moe_intermediate_size"] if small \
+        else SIZES["intermediate_size"]
+
+
+def _shrunk_fields(base, fields: dict, small: dict) -> dict:
     """A plan's fields with the sizes inside them small: per-layer size lists (Gemma 3n's intermediate_size)
     and per-layer overrides (Gemma 4's full-attention head_dim), keeping an override's ratio to the global
     value."""
@@ -185,19 +198,25 @@ def _shrunk_fields(base, fields: dict) -> dict:
         if key in SIZES and isinstance(value, list):
             value = [SIZES[key]] * len(value)
         elif key == "per_layer_config":
-            value = {i: _shrunk_override(base, o) for i, o in value.items()}
+            value = {i: _shrunk_override(base, o, small) for i, o in value.items()}
         out[key] = value
     return out
 
 
-def _shrunk_override(base, override: dict) -> dict:
+def _shrunk_override(base, override: dict, small: dict) -> dict:
     """One layer's overrides with their sizes shrunk (`_ratio`); as many key heads as query heads where the
-    override has them equal."""
+    override has them equal; a head dimension that is the sum of its nope and rope parts kept the sum of the
+    shrunk parts (``small``: the shrunk global sizes, for the parts the override leaves to them)."""
     from numeric.hf import zoo_layers
 
     out = {k: _ratio(k, v, zoo_layers._get(base, k)) for k, v in override.items()}
     if "num_key_value_heads" in out and override.get("num_key_value_heads") == override.get("num_attention_heads"):
         out["num_key_value_heads"] = out["num_attention_heads"]
+    dims = ("head_dim", "qk_nope_head_dim", "qk_rope_head_dim")
+    before = [override.get(k, zoo_layers._get(base, k)) for k in dims]  # the layer's own, else the global one
+    after = [out.get(k, small.get(k)) for k in dims]
+    if all(_int(v) for v in before + after) and before[0] == before[1] + before[2]:
+        out["head_dim"] = after[1] + after[2]  # a latent head made of its nope and rope parts stays so
     return out
 
 
