@@ -57,7 +57,8 @@ MAX_PARAMETERS = 3_000_000
 #: Types whose forward transformers itself cannot run in float64 (code written for half and single precision):
 #: xglm floors its attention scores with ``torch.full((), finfo(dtype).min)`` in the default dtype, float32,
 #: which float64's minimum overflows; inkling2's router casts its input to float32 against a weight in the
-#: model's dtype. Their float64 tiny models run every forward under `numeric.hf.probe.Float64Mode`.
+#: model's dtype. Their float64 tiny models run every forward under `numeric.hf.probe.Float64Mode`; so does any
+#: other whose float64 forward fails (`_runs`: inkling2_loop_text's router).
 WIDENED_FORWARD = ("xglm", "inkling2_text")
 
 
@@ -287,9 +288,20 @@ def tiny_model(model_type: str, layers: int = 2, dtype: torch.dtype = torch.floa
                 else None
             if noise is not None and p is not head:
                 p.add_(noise.to(p.dtype))
-    if dtype == torch.float64 and model_type in WIDENED_FORWARD:
+    if dtype == torch.float64 and (model_type in WIDENED_FORWARD or not _runs(model)):
         _widen_forward(model)
     return model
+
+
+@torch.no_grad()
+def _runs(model) -> bool:
+    """Whether the model's own forward runs on two token ids (a float64 model whose code casts to float32 against
+    a float64 weight does not: it is widened like `WIDENED_FORWARD`, and refused later by name if it still fails)."""
+    try:
+        model(torch.ones(1, 2, dtype=torch.long))
+    except Exception:  # noqa: BLE001 - transformers' modelling code raises many kinds
+        return False
+    return True
 
 
 def _built(model_type: str, build):
