@@ -37,6 +37,7 @@ SIZES = {"hidden_size": 32, "n_embd": 32, "d_model": 32, "n_embed": 32,
          "pronunciation_embed_dim": 8, "index_num_heads": 2}
 #: Name endings of sizes `SIZES` does not list by name (`_size_by_name`).
 SIZE_SUFFIXES = ("_intermediate_size",)
+HIDDEN_KEYS = ("hidden_size", "n_embd", "d_model", "n_embed")
 LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 PER_LAYER_LISTS = ("layer_types", "mlp_layer_types", "layers_block_type")
 #: A state-space mixer's sizes (Mamba, Mamba-2 and the hybrids): its state, and heads whose product with their
@@ -136,7 +137,7 @@ def tiny_config(model_type: str, layers: int = 2, decoder: bool = True):
 _MISSING = object()
 
 
-def _small(base, layers: int, how: str = "first", depth: int = 0) -> dict:
+def _small(base, layers: int, how: str = "first", depth: int = 0, widths: set | None = None) -> dict:
     """The keyword arguments that shrink ``base``: the sizes transformers names, the layer count and the
     fields that declare each layer's kind (`zoo_layers.plan`), the sub-configs of a composite one."""
     from numeric.hf import zoo_layers
@@ -151,6 +152,10 @@ def _small(base, layers: int, how: str = "first", depth: int = 0) -> dict:
     kwargs = {k: v for k, v in SIZES.items() if settable(k)}
     kwargs.update({k: _size_by_name(k) for k in vars(base) if k not in kwargs and k.endswith(SIZE_SUFFIXES)
                    and settable(k) and _int(zoo_layers._get(base, k))})
+    widths = _hidden_widths(base) if widths is None else widths
+    # a width equal to a hidden size of the config or of a sub-config (an adapter's input or output) stays equal
+    kwargs.update({k: SIZES["hidden_size"] for k in vars(base) if k not in kwargs and k.endswith(("_dim", "_size"))
+                   and settable(k) and _int(zoo_layers._get(base, k)) and zoo_layers._get(base, k) in widths})
     if "qk_rope_head_dim" in kwargs:  # multi-head latent attention: head_dim is the rope part, no grouped keys
         if "head_dim" in kwargs:
             kwargs["head_dim"] = kwargs["qk_rope_head_dim"]
@@ -176,7 +181,7 @@ def _small(base, layers: int, how: str = "first", depth: int = 0) -> dict:
     kwargs.update({k: v for k, v in fixes.items() if k not in subs})
     for key, sub in subs.items():  # a sub-config shrunk the same way, the type's fixes of it on top
         own = fixes.get(key) if isinstance(fixes.get(key), dict) else {}
-        kwargs[key] = type(sub)(**{**sub.to_dict(), **_small(sub, layers, how, depth + 1), **own})
+        kwargs[key] = type(sub)(**{**sub.to_dict(), **_small(sub, layers, how, depth + 1, widths), **own})
     return kwargs
 
 
@@ -187,6 +192,14 @@ def _size_by_name(key: str) -> int:
     small = any(word in key for word in ("moe", "expert", "shared"))
     return SIZES["shared_expert_intermediate_size" if "shared" in key else "moe_intermediate_size"] if small \
         else SIZES["intermediate_size"]
+
+
+def _hidden_widths(base) -> set[int]:
+    """The hidden sizes of a config and of its sub-configs (all become ``SIZES["hidden_size"]``)."""
+    from numeric.hf import zoo_layers
+
+    configs = [base, *_sub_configs(base).values()]
+    return {v for c in configs for k in HIDDEN_KEYS if _int(v := zoo_layers._get(c, k))}
 
 
 def _shrunk_fields(base, fields: dict, small: dict) -> dict:
