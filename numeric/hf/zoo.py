@@ -15,6 +15,7 @@ effect: its logits moved by 9.3e-4).
 
 from __future__ import annotations
 
+import re
 import warnings
 
 import torch
@@ -37,6 +38,7 @@ SIZES = {"hidden_size": 32, "n_embd": 32, "d_model": 32, "n_embed": 32,
          "pronunciation_embed_dim": 8, "index_num_heads": 2}
 #: Name endings of sizes `SIZES` does not list by name (`_size_by_name`).
 SIZE_SUFFIXES = ("_intermediate_size",)
+TOP_K = ("num_experts_per_tok", "moe_topk", "num_experts_per_token")
 HIDDEN_KEYS = ("hidden_size", "n_embd", "d_model", "n_embed")
 LAYER_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 PER_LAYER_LISTS = ("layer_types", "mlp_layer_types", "layers_block_type")
@@ -113,8 +115,8 @@ def tiny_config(model_type: str, layers: int = 2, decoder: bool = True):
     try:
         base = AutoConfig.for_model(model_type, **KINDS_THE_DEFAULTS_LEAVE_OUT.get(model_type, {}))
     except Exception as exc:  # noqa: BLE001
-        raise ModelInputError(f"model type {model_type!r}: no default config "
-                              f"({' '.join(str(exc).split())[:200]})") from None
+        raise ModelInputError(f"model type {model_type!r}: transformers cannot build its own default config (its "
+                              f"{_refuser(exc)} refuses it), so no tiny model is built") from exc
     from numeric.hf import zoo_layers
 
     want, best = set(zoo_layers.kinds(base)), None
@@ -126,8 +128,8 @@ def tiny_config(model_type: str, layers: int = 2, decoder: bool = True):
         try:
             cfg = AutoConfig.for_model(model_type, **kwargs)
         except Exception as exc:  # noqa: BLE001 - transformers' validators raise many kinds
-            raise ModelInputError(f"model type {model_type!r}: its config refuses small sizes: "
-                                  f"{' '.join(str(exc).split())[:200]}") from None
+            raise ModelInputError(f"model type {model_type!r}: its config's {_refuser(exc)} refuses the small sizes "
+                                  "the zoo gives it") from exc
         if want <= set(zoo_layers.kinds(cfg)):
             return cfg
         best = best or cfg
@@ -152,6 +154,9 @@ def _small(base, layers: int, how: str = "first", depth: int = 0, widths: set | 
     kwargs = {k: v for k, v in SIZES.items() if settable(k)}
     kwargs.update({k: _size_by_name(k) for k in vars(base) if k not in kwargs and k.endswith(SIZE_SUFFIXES)
                    and settable(k) and _int(zoo_layers._get(base, k))})
+    for key in TOP_K:  # never more experts per token than the family's own (ZAYA routes to one)
+        if key in kwargs and _int(zoo_layers._get(base, key)) and zoo_layers._get(base, key) >= 1:
+            kwargs[key] = min(kwargs[key], zoo_layers._get(base, key))
     widths = _hidden_widths(base) if widths is None else widths
     # a width equal to a hidden size of the config or of a sub-config (an adapter's input or output) stays equal
     kwargs.update({k: SIZES["hidden_size"] for k in vars(base) if k not in kwargs and k.endswith(("_dim", "_size"))
@@ -181,7 +186,11 @@ def _small(base, layers: int, how: str = "first", depth: int = 0, widths: set | 
     kwargs.update({k: v for k, v in fixes.items() if k not in subs})
     for key, sub in subs.items():  # a sub-config shrunk the same way, the type's fixes of it on top
         own = fixes.get(key) if isinstance(fixes.get(key), dict) else {}
-        kwargs[key] = type(sub)(**{**sub.to_dict(), **_small(sub, layers, how, depth + 1, widths), **own})
+        try:
+            kwargs[key] = type(sub)(**{**sub.to_dict(), **_small(sub, layers, how, depth + 1, widths), **own})
+        except Exception as exc:  # noqa: BLE001 - transformers' validators raise many kinds
+            raise ModelInputError(f"model type {base.model_type!r}: its sub-config {key}'s {_refuser(exc)} refuses "
+                                  "the small sizes the zoo gives it") from exc
     return kwargs
 
 
@@ -192,6 +201,13 @@ def _size_by_name(key: str) -> int:
     small = any(word in key for word in ("moe", "expert", "shared"))
     return SIZES["shared_expert_intermediate_size" if "shared" in key else "moe_intermediate_size"] if small \
         else SIZES["intermediate_size"]
+
+
+def _refuser(exc: BaseException) -> str:
+    """What in transformers refused a config: its validator by name (``validate_architecture``), else the
+    exception's kind (the text stays in the exception chain, not in the refusal)."""
+    found = re.search(r"validator '(\w+)'", str(exc))
+    return f"validator {found.group(1)}" if found else f"constructor ({type(exc).__name__})"
 
 
 def _hidden_widths(base) -> set[int]:
