@@ -78,3 +78,19 @@ def test_widths_equal_to_a_hidden_size_follow_it_in_a_composite():
     shrunk with them, the composite config validates."""
     cfg = zoo.tiny_config("dots3_note")
     assert cfg.vision_config.adapter_in_dim == cfg.vision_config.hidden_size == zoo.SIZES["hidden_size"]
+
+
+def test_top_k_never_above_the_familys_own():
+    """ZAYA's validator allows one expert per token; the zoo's top-2 made its tiny config a refusal of the zoo's
+    own making."""
+    assert zoo.tiny_config("zaya").num_experts_per_tok == 1
+
+
+def test_a_default_config_transformers_refuses_is_named_not_quoted():
+    """gemma4_assistant's own default config fails its validator: the refusal names the validator and keeps the
+    exception's text in the chain, not in the reason."""
+    from symbolic.errors import ModelInputError
+
+    with pytest.raises(ModelInputError, match="validator validate_architecture refuses it") as info:
+        zoo.tiny_config("gemma4_assistant")
+    assert "ValueError" not in str(info.value) and info.value.__cause__ is not None
