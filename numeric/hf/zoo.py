@@ -121,25 +121,36 @@ def tiny_config(model_type: str, layers: int = 2, decoder: bool = True):
 
     want, best = set(zoo_layers.kinds(base)), None
     for how in zoo_layers.SELECTIONS:  # the first layer of every kind; else a prefix holding every kind
-        kwargs = _small(base, layers, how)
-        kwargs.update(bos_token_id=0, pad_token_id=0, eos_token_id=None)
-        if decoder and not getattr(base, "is_encoder_decoder", False):
-            kwargs["is_decoder"] = True
-        try:
-            cfg = AutoConfig.for_model(model_type, **kwargs)
-        except Exception as exc:  # noqa: BLE001 - transformers' validators raise many kinds
-            raise ModelInputError(f"model type {model_type!r}: its config's {_refuser(exc)} refuses the small sizes "
-                                  "the zoo gives it") from exc
+        cfg = _built_config(model_type, base, layers, how, decoder)
         if want <= set(zoo_layers.kinds(cfg)):
             return cfg
         best = best or cfg
     return best
 
 
+def _built_config(model_type: str, base, layers: int, how: str, decoder: bool):
+    """The small config of one layer selection; where transformers refuses the zoo's top-k, with the family's own
+    experts per token (a validator that allows one: ZAYA)."""
+    from transformers import AutoConfig
+
+    for own_top_k in (False, True):
+        kwargs = _small(base, layers, how, own_top_k=own_top_k)
+        kwargs.update(bos_token_id=0, pad_token_id=0, eos_token_id=None)
+        if decoder and not getattr(base, "is_encoder_decoder", False):
+            kwargs["is_decoder"] = True
+        try:
+            return AutoConfig.for_model(model_type, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - transformers' validators raise many kinds
+            refused = exc
+    raise ModelInputError(f"model type {model_type!r}: its config's {_refuser(refused)} refuses the small sizes "
+                          "the zoo gives it") from refused
+
+
 _MISSING = object()
 
 
-def _small(base, layers: int, how: str = "first", depth: int = 0, widths: set | None = None) -> dict:
+def _small(base, layers: int, how: str = "first", depth: int = 0, widths: set | None = None,
+           own_top_k: bool = False) -> dict:
     """The keyword arguments that shrink ``base``: the sizes transformers names, the layer count and the
     fields that declare each layer's kind (`zoo_layers.plan`), the sub-configs of a composite one."""
     from numeric.hf import zoo_layers
@@ -154,7 +165,7 @@ def _small(base, layers: int, how: str = "first", depth: int = 0, widths: set | 
     kwargs = {k: v for k, v in SIZES.items() if settable(k)}
     kwargs.update({k: _size_by_name(k) for k in vars(base) if k not in kwargs and k.endswith(SIZE_SUFFIXES)
                    and settable(k) and _int(zoo_layers._get(base, k))})
-    for key in TOP_K:  # never more experts per token than the family's own (ZAYA routes to one)
+    for key in TOP_K if own_top_k else ():  # the family's own experts per token (ZAYA's validator allows one)
         if key in kwargs and _int(zoo_layers._get(base, key)) and zoo_layers._get(base, key) >= 1:
             kwargs[key] = min(kwargs[key], zoo_layers._get(base, key))
     widths = _hidden_widths(base) if widths is None else widths
