@@ -255,10 +255,33 @@ def _problem_at(fn, v: float) -> str | None:
     return None
 
 
+#: The spec's name of an opaque activation: the MLP module's own map of its pre-activations (`ModuleActivation`).
+MODULE = "module"
+#: The kernels' run-time parameter that holds it (a callable, in ``params``).
+MODULE_PARAM = "activation"
+
+
+class ModuleActivation(sp.Function):
+    r"""$\sigma(q)$ of the MLP module's own activation, a map of the whole pre-activation vector whose formula is
+    not known (Gemma 3n's activation sparsity cuts at $\mathrm{mean}(q) + k\,\mathrm{std}(q)$: not elementwise).
+    The input strategies need none (the rank-1 patches reproduce $q_C$, so $\sigma(q_C)$ whatever $\sigma$ is);
+    the strategies that invert or differentiate $\sigma$ are unavailable with it. Kernels call the module's map,
+    ``params[MODULE_PARAM]``."""
+
+    nargs = 1
+
+
 @cache
 def activation(name_or_expr: str) -> sp.Expr:
-    """The activation of a spec field: a named one or a parsed custom expression."""
+    """The activation of a spec field: a named one, the module's own (`MODULE`), or a parsed custom expression."""
+    if name_or_expr == MODULE:
+        return ModuleActivation(x)
     try:
         return named(name_or_expr)
     except KeyError:
         return parse_custom(name_or_expr)
+
+
+def is_opaque(expr: sp.Expr) -> bool:
+    """Whether an activation's expression holds the module's own, formula-less map."""
+    return bool(expr.atoms(ModuleActivation))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sympy as sp
 
+from symbolic.activations import is_opaque
 from symbolic.activations import x as ACT_X
 from symbolic.algebra import Outer, Vec, is_zero
 from symbolic.derivation import PatchFormula, Restriction, Step, Unavailable, interval_text, solve_for
@@ -81,6 +82,9 @@ class InputSide:
         b = self.block
         if self.spec.mlp.kind != "gated":
             raise Unavailable("only a gated MLP can split its hidden activation between two maps")
+        if is_opaque(b.sigma):
+            raise Unavailable("the activation is the module's own map, whose formula this strategy needs (inverse, "
+                              "zeros)")
         a_C = b.signals["a_C"]
         name = "W_up" if strategy == "up_only" else "W_gate"
         other = "W_gate" if strategy == "up_only" else "W_up"

@@ -236,7 +236,7 @@ class Block:
         if group == "experts":
             return self.spec.moe.expert
         if group == "shared":
-            return "gated"
+            return self.spec.moe.shared_kind
         return self.spec.mlp.kind
 
     def hidden_groups(self) -> list[str]:

@@ -103,7 +103,8 @@ class MLPSpec:
             raise SpecError(f"mlp kind {self.kind!r}; allowed: {get_args(MLPKind)}")
         limits.BRANCH_SCALE.check("field `mlp.branch_scale`", self.branch_scale, SpecError)
         for key in ("activation", "up_activation", "out_activation"):
-            check_activation(f"mlp.{key}", getattr(self, key))
+            if not (key == "activation" and self.activation == "module"):  # "module": the MLP's own map
+                check_activation(f"mlp.{key}", getattr(self, key))
         if self.kind != "gated" and self.bias.gate:
             raise SpecError("only a gated MLP has a gate projection, so bias.gate must be false")
         if self.up_activation != "identity" and self.kind == "dense":
@@ -131,6 +132,8 @@ class MoESpec:
     routed expert's maps have biases, `experts.b_gate|b_up|b_down` (gpt-oss); the strategies patch the expert
     matrices and leave them alone. `weighting`: the routing weight $s_e$ multiplies the expert's output
     (`output`, the usual $\sum_j s_{e_j} E_{e_j}(z)$) or its input (`input`, Llama 4: $\sum_j E_{e_j}(s_{e_j} z)$).
+    `shared_kind`: the shared expert is a gated MLP (`gated`, the default) or a dense one, $W_\mathrm{down}
+    \sigma(W_\mathrm{up} z)$ (`dense`: Nemotron-H's ReLU² shared expert).
     """
 
     experts: int
@@ -147,12 +150,18 @@ class MoESpec:
     router_bias: bool = False
     expert_bias: bool = False
     weighting: Weighting = "output"
+    shared_kind: ExpertKind = "gated"
 
     def __post_init__(self) -> None:
         for key, bound in (("experts", limits.EXPERTS), ("top_k", limits.TOP_K), ("groups", limits.EXPERTS),
                            ("topk_groups", limits.EXPERTS)):
             bound.check(f"field `moe.{key}`", getattr(self, key), SpecError)
         limits.ROUTED_SCALE.check("field `moe.routed_scale`", self.routed_scale, SpecError)
+        if self.shared_kind not in get_args(ExpertKind):
+            raise SpecError(f"moe.shared_kind {self.shared_kind!r}; allowed: {get_args(ExpertKind)}")
+        if self.shared_kind != "gated" and self.shared_expert != "plain":
+            raise SpecError("moe.shared_kind = 'dense' declares an ungated shared expert (W_up, W_down: Nemotron-H); "
+                            "it needs shared_expert = 'plain' (a scalar-gated shared expert is gated)")
         if not 1 <= self.top_k <= self.experts:
             raise SpecError(f"moe.top_k must be in [1, experts={self.experts}], got {self.top_k}")
         if self.scoring not in get_args(Scoring):
@@ -276,7 +285,7 @@ def patchable_parameters(spec: BlockSpec) -> tuple[str, ...]:
             if spec.moe.expert_bias:
                 names.append(f"experts.b_{n.split('_')[1]}")
         if spec.moe.shared_expert != "none":
-            names += [f"shared.{n}" for n in _map_names("gated")]
+            names += [f"shared.{n}" for n in _map_names(spec.moe.shared_kind)]
             if spec.moe.shared_expert == "gated":
                 names.append("shared.w_gate")
     else:
@@ -398,7 +407,7 @@ TOP_FIELDS = ("name", "description", "reference", "hf_model_types", "residual", 
 MLP_FIELDS = ("kind", "activation", "up_activation", "out_activation", "bias", "pre_norm", "mid_norm", "post_norm",
               "post_ln", "branch_scale")
 MOE_FIELDS = ("experts", "top_k", "softmax", "renormalize", "shared_expert", "expert", "scoring", "selection_bias",
-              "groups", "topk_groups", "routed_scale", "router_bias", "expert_bias", "weighting")
+              "groups", "topk_groups", "routed_scale", "router_bias", "expert_bias", "weighting", "shared_kind")
 
 
 def parse_spec(data: dict[str, Any], source: str) -> BlockSpec:
@@ -487,6 +496,7 @@ def _read_moe(tab: Table | None) -> MoESpec | None:
         router_bias=tab.get("router_bias", bool, False),
         expert_bias=tab.get("expert_bias", bool, False),
         weighting=tab.choice("weighting", get_args(Weighting), "output"),
+        shared_kind=tab.choice("shared_kind", get_args(ExpertKind), "gated"),
     )
     tab.finish(MOE_FIELDS)
     try:
@@ -581,6 +591,8 @@ def dump_toml(spec: BlockSpec) -> str:
                       f"groups = {m.groups}", f"topk_groups = {m.topk_groups}", f"routed_scale = {m.routed_scale!r}",
                       f"router_bias = {_b(m.router_bias)}", f"expert_bias = {_b(m.expert_bias)}",
                       f"weighting = {_q(m.weighting)}"]
+            if m.shared_kind != "gated":
+                lines.append(f"shared_kind = {_q(m.shared_kind)}")
     p = spec.patch
     lines += ["", "[patch]", f"allow = [{', '.join(_q(a) for a in p.allow)}]"]
     if p.strategy:

@@ -54,3 +54,43 @@ def test_xglm_runs_in_float64_and_the_mode_ends_with_the_forward():
         with pytest.raises(IndexError):
             model(torch.tensor([[1, 5, 10 ** 6]]))  # a token outside the vocabulary
     assert torch.zeros(1).dtype == torch.get_default_dtype()  # no mode left behind
+
+
+def test_sizes_named_by_a_suffix_are_shrunk():
+    """ergo names its dense and shared widths first_dense_intermediate_size and shared_intermediate_size, which
+    `SIZES` does not list: left at 32768 and 8192 its tiny model was refused as too large."""
+    cfg = zoo.tiny_config("ergo")
+    for key in ("first_dense_intermediate_size", "shared_intermediate_size", "moe_intermediate_size"):
+        assert getattr(cfg, key) <= zoo.SIZES["intermediate_size"], key
+
+
+def test_a_latent_head_stays_the_sum_of_its_parts_in_per_layer_overrides():
+    """dots3_note_text's sliding layers override qk_nope_head_dim and require head_dim = nope + rope; the shrunk
+    override keeps that (its validator refused the tiny config before)."""
+    cfg = zoo.tiny_config("dots3_note_text")
+    sliding = cfg.per_layer_config["sliding_attention"]
+    assert "sliding_attention" in cfg.layer_types
+    assert sliding.head_dim == sliding.qk_nope_head_dim + sliding.qk_rope_head_dim
+
+
+def test_widths_equal_to_a_hidden_size_follow_it_in_a_composite():
+    """dots3_note's vision and audio adapters declare widths equal to their own and the text model's hidden size;
+    shrunk with them, the composite config validates."""
+    cfg = zoo.tiny_config("dots3_note")
+    assert cfg.vision_config.adapter_in_dim == cfg.vision_config.hidden_size == zoo.SIZES["hidden_size"]
+
+
+def test_top_k_never_above_the_familys_own():
+    """ZAYA's validator allows one expert per token; the zoo's top-2 made its tiny config a refusal of the zoo's
+    own making."""
+    assert zoo.tiny_config("zaya").num_experts_per_tok == 1
+
+
+def test_a_default_config_transformers_refuses_is_named_not_quoted():
+    """gemma4_assistant's own default config fails its validator: the refusal names the validator and keeps the
+    exception's text in the chain, not in the reason."""
+    from symbolic.errors import ModelInputError
+
+    with pytest.raises(ModelInputError, match="validator validate_architecture refuses it") as info:
+        zoo.tiny_config("gemma4_assistant")
+    assert "ValueError" not in str(info.value) and info.value.__cause__ is not None

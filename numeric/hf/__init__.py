@@ -10,8 +10,9 @@ against its own modules first (`layout_for`).
 The rooms, in the order the pipeline runs them:
 
 - the model's layout: `probe` (layers, calls, float64 copies), `identify` (norms, maps, activations), `flow`
-  (how the branch meets the residual stream), `equivalence` (the mandatory check), `infer` (the `Layout`),
-  `layout` (its records), `compat` (transformers' calling conventions), `offload` (accelerate's hooks);
+  (how the branch meets the residual stream), `equivalence` (the mandatory check), `mixing` (whether a
+  computation reads other tokens), `infer` (the `Layout`), `layout` (its records), `compat` (transformers'
+  calling conventions), `offload` (accelerate's hooks);
 - the patches: `patches` (`LayerPatches`), `dense` (written into the weights), `passes` (hooks),
   `patchset` (`PatchSet`), `amplification`, `selection` (strategy per layer and token), `runs` (the passes of
   Algorithm 1), `absorb`, `generate`;
@@ -19,8 +20,9 @@ The rooms, in the order the pipeline runs them:
   the run with the context; `PatchAccuracyWarning`, one per call);
 - sequence patches: `sequence_algebra`, `sequence` (with the PEFT export), `untouched` (the model left as it
   was), `growing`, `shared_patch`;
-- around them: `zoo` (tiny models of every type), `models` (packaged real weights), `hfcheck`, `experiment`,
-  `sweep` (every strategy x dtype x protocol of a real model).
+- around them: `zoo` (tiny models of every type, `zoo_layers`: every layer kind kept), `models` (packaged real
+  weights, `save_pretrained` folders, GGUF files), `store` (patch files), `hfcheck`, `experiment`, `sweep` (every
+  strategy x dtype x protocol of a real model).
 """
 
 from numeric.hf.absorb import Options, absorb_context

@@ -85,13 +85,20 @@ def check_ids(context_ids, query_ids, model, later: int = 0, logits: bool = Fals
                 ids.dtype not in (torch.int64, torch.int32):
             raise ModelInputError(f"{name} must be an integer tensor of shape (1, n) with n >= 1, got "
                                   f"{getattr(ids, 'shape', type(ids).__name__)} {getattr(ids, 'dtype', '')}")
-        if int(ids.min()) < 0 or int(ids.max()) >= model.config.vocab_size:
-            raise ModelInputError(f"{name} holds token ids outside [0, {model.config.vocab_size})")
+        vocab = vocab_size(model.config)
+        if int(ids.min()) < 0 or int(ids.max()) >= vocab:
+            raise ModelInputError(f"{name} holds token ids outside [0, {vocab})")
     limit, total = position_limit(model), context_ids.shape[1] + query_ids.shape[1] + later
     if limit is not None and total > limit:
         raise ModelInputError(f"the run needs {total} positions (context {context_ids.shape[1]} + query "
                               f"{query_ids.shape[1]}{f' + {later} generated' if later else ''}), more than the "
                               f"{limit} the model's position table holds (max_position_embeddings); shorten them")
+
+
+def vocab_size(cfg) -> int:
+    """The vocabulary size of a config, or of its text model's (a multimodal composite: Gemma 3, Llama 4)."""
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    return int(getattr(cfg, "vocab_size", None) or getattr(text, "vocab_size", 0) or 0)
 
 
 def cached(model, cache) -> dict:

@@ -38,6 +38,8 @@ def _branch_modules(layer64, adapter: Adapter, u: torch.Tensor, x: torch.Tensor 
     if adapter.adds_residual:
         return first_tensor(get(layer64, mlp_path)(z, u))
     h = first_tensor(get(layer64, mlp_path)(z))
+    for part in adapter.parts:  # a branch over sibling modules: their outputs summed (`Adapter.parts`)
+        h = h + first_tensor(get(layer64, part)(z))
     if adapter.skip:
         h = get(layer64, adapter.branch_module)(h)
     return u + spec.mlp.branch_scale * h  # the layer's multiplier, fitted from its own output
@@ -122,8 +124,12 @@ def check_adapter(layer64, adapter: Adapter, u: torch.Tensor, x: torch.Tensor | 
     for s in PROBE_SCALES + (math.sqrt(eps),):
         ru = torch.randn(u[0].shape, generator=gen, dtype=torch.float64) * s
         rx = None if x is None else torch.randn(x[0].shape, generator=gen, dtype=torch.float64) * s
-        with mode:
-            theirs = _branch_modules(layer64, adapter, ru[None], None if rx is None else rx[None])[0]
+        try:
+            with mode:
+                theirs = _branch_modules(layer64, adapter, ru[None], None if rx is None else rx[None])[0]
+        except Exception as exc:  # noqa: BLE001 - modules that cannot run composed so: a failed candidate
+            return {"error": float("inf"), "bound": FLOAT64_BOUND, "float32_inside": [],
+                    "why": f"its modules composed as the candidate says raise {type(exc).__name__}"}
         ours = _kernel_forward(adapter, params, ru, rx)
         errors.append(_rel(ours - ru, theirs - ru))
     narrow = sorted(mode.narrow)
@@ -158,7 +164,26 @@ def renorm_epsilon(layer64, adapter: Adapter, record: dict[str, Call], x: torch.
 
 
 def u_of(adapter: Adapter, record: dict[str, Call], x: torch.Tensor) -> torch.Tensor:
-    """u of the probe run: the u module's input (sequential), x + attention (parallel)."""
+    """u of the probe run, (1, T, d): the u module's input (sequential), x + attention (parallel)."""
     if adapter.mode == "parallel":
         return x + record[adapter.attn_module].out
-    return record[adapter.u_module].inp.reshape(x.shape[:-1] + (-1,))  # OPT's MLP sees (tokens, d) rows
+    u = record[adapter.u_module].inp  # OPT's MLP sees (tokens, d) rows; Gemma 3n's layer input holds 4 streams
+    return u.reshape(1, -1, u.shape[-1])
+
+
+def state_of(adapter: Adapter, record: dict[str, Call], x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, int]:
+    r"""(The state the spec's kernel must reproduce in the probe run, the index of the addition that gave it):
+    the layer's output (index -1), or, for a layer that goes on after the MLP's add or scales it
+    (`Adapter.after_add`, `Adapter.outer_scale` $\alpha$), the recorded addition closest to
+    $\alpha\,(u + c\,b)$ divided by $\alpha$ (`numeric.hf.probe.Record.sums`). The composed modules say what
+    $u + c\,b$ is; the recorded addition is what the layer computed."""
+    if not adapter.after_add and adapter.outer_scale == 1.0:
+        return y, -1
+    u = u_of(adapter, record, x)
+    b = record[adapter.branch_module].out + sum(record[p].out for p in adapter.parts)
+    want = adapter.outer_scale * (u + adapter.spec.mlp.branch_scale * b.reshape(u.shape))
+    found = [(k, r) for k, r in enumerate(getattr(record, "sums", [])) if r.numel() == want.numel()]
+    found.append((-1, y))
+    k, r = min(found, key=lambda kr: _rel(kr[1].reshape(want.shape), want) if kr[1].numel() == want.numel()
+               else float("inf"))
+    return r.reshape(want.shape) / adapter.outer_scale, k

@@ -16,20 +16,24 @@ import torch
 
 from numeric.hf.identify import (
     ACTIVATION_CLASSES,
+    MLP_CLASS_MARKS,
+    MLP_NAMES,
     UNNAMED_ACTIVATIONS,
     activations,
     dense_maps,
     expert_activations,
     find_mlp,
+    flat_experts,
     identify_norm,
     is_norm,
     linears,
     matrix_param,
     moe_maps,
 )
-from numeric.hf.layout import Adapter, Param, token_rows
+from numeric.hf.layout import Adapter, Param, has_module_activation, token_rows
 from numeric.hf.offload import get
 from numeric.hf.probe import Call, same_tensor
+from symbolic.activations import MODULE, MODULE_PARAM
 from symbolic.errors import ModelInputError, SpecError
 from symbolic.spec import Biases, BlockSpec, MLPSpec, NormSpec
 
@@ -52,6 +56,10 @@ class Flow:
     chain: tuple[str, ...] = ()  # a split branch (`Adapter.chain`); ``mlp`` is then the branch module
     act: str = ""  # the activation module of a chain, when it is one of its own (it runs; the others are skipped)
     maps: tuple[str, str] = ()  # a chain's up and down maps (linear modules)
+    parts: tuple[str, ...] = ()  # sibling modules whose outputs the layer adds to the MLP's (`Adapter.parts`)
+    outer: float = 1.0  # the state after the add is outer * (u + scale * branch) (`Adapter.outer_scale`)
+    after_add: bool = False  # the layer goes on after the add (`Adapter.after_add`)
+    add_index: int = -1  # which of the layer's additions (`Record.sums`) gives the state after the add
 
 
 def _fit(r: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
@@ -170,8 +178,8 @@ def flow(layer64, record: dict[str, Call], x: torch.Tensor, y: torch.Tensor, cfg
     post = next((n for n, c in norms.items() if same_tensor(c.inp, mcall.out)), None)
     b = norms[post].out if post else mcall.out
     u = norms[pre].inp if pre else mcall.inp
-    c, err = _fit(y - u, b)
-    if err <= 1e-12:
+    c, err = _fit(y - u, b) if y.shape == u.shape else (0.0, float("inf"))
+    if err <= 1e-12 and abs(c) > 1e-12:
         return Flow(mlp, pre, post, "sequential", _recognise(c, cfg))
     if post is None and same_tensor(mcall.out, y):  # the MLP adds the residual itself: MLP(z, u) = u + branch
         c, err = _fit(y - u, mcall.out - u)
@@ -187,8 +195,54 @@ def flow(layer64, record: dict[str, Call], x: torch.Tensor, y: torch.Tensor, cfg
             if err <= 1e-12:
                 shared = pre is not None and same_tensor(record[a].inp, mcall.inp)
                 return Flow(mlp, pre, post, "parallel", _recognise(c, cfg), a, shared)
+    found = _state_after_add(layer64, record, mlp, pre, post, y, cfg)
+    if found is not None:
+        return found
     raise ModelInputError(f"the output of {mlp} is not added to the residual stream as y = u + c * branch (sequential) "
                           f"or y = x + attention + c * branch (parallel): relative residual {err:.1e}")
+
+
+def _siblings(layer64, record: dict[str, Call], mlp: str) -> list[str]:
+    """The layer's other MLP-like children (by name or class, `find_mlp`'s marks) that read what the MLP reads."""
+    mcall = record[mlp]
+    return [n for n, child in layer64.named_children() if n != mlp and n in record and record[n].out is not None
+            and (n in MLP_NAMES or any(k in type(child).__name__ for k in MLP_CLASS_MARKS))
+            and same_tensor(record[n].inp, mcall.inp) and record[n].out.shape == mcall.out.shape]
+
+
+def _fit2(r: torch.Tensor, v: torch.Tensor, b: torch.Tensor) -> tuple[float, float, float]:
+    """(alpha, beta, relative residual) of r ≈ alpha v + beta b, least squares."""
+    A = torch.stack([v.reshape(-1), b.reshape(-1)], 1)
+    sol = torch.linalg.lstsq(A, r.reshape(-1, 1)).solution[:, 0]
+    res = r.reshape(-1) - A @ sol
+    return float(sol[0]), float(sol[1]), float(res.norm() / r.norm().clamp_min(1e-300))
+
+
+def _state_after_add(layer64, record, mlp: str, pre: str | None, post: str | None, y: torch.Tensor,
+                     cfg) -> Flow | None:
+    r"""The state right after the MLP's add, where the layer's output is not it: among the layer's additions
+    (`numeric.hf.probe.Record.sums`, then its output), the first $r = \alpha v + \beta b$ with $v$ the MLP's
+    residual u (or the MLP's own input z = pre(u): MiniMax's $\alpha\,\mathrm{norm}(u) + \beta\,\mathrm{MoE}$)
+    and $b$ the branch output (the MLP's, or with its sibling MLPs' summed in: Granite 4 hybrid's MoE and shared
+    MLP). Then the spec's branch scale is $\beta / \alpha$ and the kernel's output $r / \alpha$."""
+    mcall = record[mlp]
+    parts = tuple(_siblings(layer64, record, mlp)) if post is None else ()
+    b1 = record[post].out if post else mcall.out
+    branches = [((), b1)] + ([(parts, b1 + sum(record[p].out for p in parts))] if parts else [])
+    frames = [(pre, record[pre].inp if pre else mcall.inp)] + ([(None, mcall.inp)] if pre else [])
+    candidates = list(enumerate(getattr(record, "sums", []))) + [(-1, y)]
+    for k, r in candidates:
+        for pre_used, v in frames:
+            if r.numel() != v.numel() or r.shape[-1] != v.shape[-1]:
+                continue
+            for used, b in branches:
+                alpha, beta, err = _fit2(r, v, b)
+                if err <= 1e-12 and abs(alpha) > 1e-12 and abs(beta) > 1e-12:
+                    scale = _recognise(beta / alpha, cfg)
+                    outer = 1.0 if abs(alpha - 1) <= 1e-12 else alpha
+                    return Flow(mlp, pre_used, post, "sequential", scale, parts=used, outer=outer,
+                                after_add=k >= 0 and not same_tensor(r, y), add_index=k)
+    return None
 
 
 def layer_adapters(layer64, record, x, y, cfg, model_type: str, name: str) -> tuple[Flow, list[Adapter]]:
@@ -208,12 +262,12 @@ def layer_adapters(layer64, record, x, y, cfg, model_type: str, name: str) -> tu
         return fl, _split_adapters(layer64, record, fl, pre_spec, post_spec, norm_params, cfg, model_type, name)
     mlp = get(layer64, fl.mlp)
     acts = activations(mlp, cfg)
-    is_moe = any(p.dim() == 3 for p in mlp.parameters())
+    is_moe = any(p.dim() == 3 for p in mlp.parameters()) or flat_experts(mlp) is not None
     attention = dataclasses.replace(BlockSpec.__dataclass_fields__["attention"].default_factory(),
                                     pre_norm=pre_spec if fl.shared_pre_norm else None)
     out = []
     if is_moe:  # the named activation only (a derivation per candidate); every one, silu first, if none is named
-        maps = moe_maps(mlp, fl.mlp, record, cfg)
+        maps = [m for shared in _shared_parts(layer64, record, fl) for m in moe_maps(mlp, fl.mlp, record, cfg, shared)]
         for base in (acts if tuple(acts) == UNNAMED_ACTIVATIONS else acts[:1]):
             for act, up_act in expert_activations(mlp, cfg, base):
                 for moe, params in maps:
@@ -223,6 +277,9 @@ def layer_adapters(layer64, record, x, y, cfg, model_type: str, name: str) -> tu
                                      attention=attention, moe=moe, hf_model_types=(model_type,))
                     out.append(adapter_for(spec, fl, {**params, **norm_params}))
         return fl, out
+    if fl.parts:
+        raise ModelInputError(f"{fl.mlp} and {', '.join(fl.parts)}: dense MLPs summed into one branch; a second "
+                              "module is modelled as the shared expert of a mixture of experts")
     residual = None
     if fl.adds_residual:
         residual = record[fl.pre].inp if fl.pre else record[fl.mlp].inp
@@ -231,15 +288,36 @@ def layer_adapters(layer64, record, x, y, cfg, model_type: str, name: str) -> tu
         if mid is not None:
             mid_spec, names = identify_norm(get(layer64, mid.path), cfg, record[mid.path].inp.shape[-1])
             params.update({f"mlp_mid_norm.{k}": Param(f"{mid.path}.{v}") for k, v in names.items()})
-        for act in acts:
+        opaque = [MODULE] if kind == "gated" and has_module_activation(mlp) else []  # the module's own map, last
+        for act in acts + opaque:
             mspec = MLPSpec(kind=kind, activation=act, bias=biases, pre_norm=pre_spec, post_norm=post_spec,
                             branch_scale=fl.scale, mid_norm=mid_spec)
             spec = BlockSpec(name=name, mlp=mspec, residual=fl.mode, shared_pre_norm=fl.shared_pre_norm,
                              attention=attention, hf_model_types=(model_type,))
-            out.append(adapter_for(spec, fl, {**params, **norm_params}))
-    # most likely first: the named activation with each map order before the other activations
+            own = {MODULE_PARAM: Param(fl.mlp, "activation")} if act == MODULE else {}
+            out.append(adapter_for(spec, fl, {**params, **norm_params, **own}))
+    # most likely first: the named activation with each map order before the other activations, the module's own
+    # map (formula-less: fewer strategies) after them
     first = [a for a in out if a.spec.mlp.activation == acts[0]]
     return fl, first + [a for a in out if a.spec.mlp.activation != acts[0]]
+
+
+def _shared_parts(layer64, record: dict[str, Call], fl: Flow) -> list[dict[str, Param]]:
+    """The shared expert a mixture's sibling module holds (`Flow.parts`): its candidate parameter maps
+    (``shared.W_gate|W_up|W_down``: a gated MLP without biases), or [{}] without a sibling."""
+    if not fl.parts:
+        return [{}]
+    if len(fl.parts) > 1:
+        raise ModelInputError(f"{', '.join(fl.parts)}: several modules summed with the mixture {fl.mlp}; one shared "
+                              "expert is modelled")
+    part = fl.parts[0]
+    out = [{f"shared.{k}": v for k, v in params.items()}
+           for kind, params, biases in dense_maps(get(layer64, part), part, record)
+           if kind == "gated" and biases == Biases() and "__mid__" not in params]
+    if not out:
+        raise ModelInputError(f"{part} ({type(get(layer64, part)).__name__}), summed with the mixture {fl.mlp}: not a "
+                              "gated MLP without biases, which a shared expert is")
+    return out
 
 
 def _split_adapters(layer64, record: dict[str, Call], fl: Flow, pre: NormSpec | None, post: NormSpec | None,
@@ -274,7 +352,7 @@ def adapter_for(spec: BlockSpec, fl: Flow, params: dict[str, Param]) -> Adapter:
                        skip=(fl.mlp,) if fl.post else ())
     u_module = fl.pre or fl.mlp
     return Adapter(spec, "sequential", u_module, fl.post or fl.mlp, params, skip=(fl.mlp,) if fl.post else (),
-                   adds_residual=fl.adds_residual)
+                   adds_residual=fl.adds_residual, parts=fl.parts, outer_scale=fl.outer, after_add=fl.after_add)
 
 
 def user_adapter(spec: BlockSpec, fl: Flow, params: dict[str, str] | None) -> Adapter:

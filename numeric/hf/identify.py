@@ -101,6 +101,10 @@ def identify_norm(module, cfg, d: int) -> tuple[NormSpec, dict[str, str]]:
     return NormSpec(kind=kind, eps=eps, scale=scale, bias=b is not None), names
 
 
+class NoMLPBranch(ModelInputError):
+    """A layer with no MLP branch (a Mamba or attention-only layer of a hybrid stack)."""
+
+
 def find_mlp(layer) -> str:
     for name, _child in layer.named_children():
         if name in MLP_NAMES:
@@ -108,17 +112,43 @@ def find_mlp(layer) -> str:
     for name, child in layer.named_children():
         if any(mark in type(child).__name__ for mark in MLP_CLASS_MARKS):
             return name
-    raise ModelInputError(f"{type(layer).__name__}: no MLP branch (no child named {'/'.join(MLP_NAMES)} or of an "
+    raise NoMLPBranch(f"{type(layer).__name__}: no MLP branch (no child named {'/'.join(MLP_NAMES)} or of an "
                           "MLP/MoE/FeedForward class, no up map -> activation module -> down map among its children, "
                           "no BERT-style intermediate/output pair)")
 
 
+def _xielu(module) -> str:
+    r"""xIELU (Apertus) with the module's own learned constants: $\alpha_p x^2 + \beta x$ for $x > 0$, else
+    $\alpha_n(\exp(\min(x, \epsilon)) - 1 - x) + \beta x$, $\alpha_p = \mathrm{softplus}(a_p)$,
+    $\alpha_n = \beta + \mathrm{softplus}(a_n)$ (transformers' ``XIELUActivation._xielu_python``)."""
+    def num(t) -> str:
+        return repr(float(torch.as_tensor(t).double().reshape(-1)[0]))
+
+    with torch.no_grad():
+        ap = torch.nn.functional.softplus(module.alpha_p.double())
+        beta = module.beta.double()
+        an = beta + torch.nn.functional.softplus(module.alpha_n.double())
+    b, e = num(beta), num(module.eps)
+    return (f"Piecewise(({num(ap)}*x**2 + {b}*x, x > 0), "
+            f"({num(an)}*(exp(Min(x, {e})) - 1 - x) + {b}*x, True))")
+
+
+#: Activation modules with learned constants: the spec's expression of the module's function, by class.
+ACTIVATION_FORMULAS = {"XIELUActivation": _xielu}
+
+
 def activations(mlp, cfg) -> list[str]:
-    """Candidate activations: the MLP's activation modules' (by class), the config's; every named one if
-    neither names one (each candidate costs a derivation, so the list stays short)."""
+    """Candidate activations: the MLP's activation modules' (by class; with its own constants where the class
+    has learned ones, `ACTIVATION_FORMULAS`), the config's; every named one if neither names one (each
+    candidate costs a derivation, so the list stays short)."""
     # an activation held as a module attribute is a registered submodule: the scan by class finds it
+    learned = [ACTIVATION_FORMULAS[type(m).__name__](m) for m in mlp.modules()
+               if type(m).__name__ in ACTIVATION_FORMULAS]
+    if learned:
+        return list(dict.fromkeys(learned))
     found = [ACTIVATION_CLASSES[type(m).__name__] for m in mlp.modules() if type(m).__name__ in ACTIVATION_CLASSES]
-    for key in ("hidden_activation", "hidden_act", "activation_function", "activation", "hidden_activation_fn"):
+    for key in ("hidden_activation", "hidden_act", "activation_function", "activation", "hidden_activation_fn",
+                "mlp_hidden_act"):
         name = getattr(cfg, key, None)
         if isinstance(name, str) and name in ACTIVATION_NAMES:
             found.append(ACTIVATION_NAMES[name])
@@ -207,15 +237,21 @@ def dense_maps(mlp, mlp_path: str, record: dict[str, Call],
                           "are modelled")
 
 
-def moe_maps(mlp, mlp_path: str, record: dict[str, Call], cfg) -> list[tuple[MoESpec, dict[str, Param]]]:
-    """Candidate (MoE spec, parameter map) of a mixture of experts with stacked expert tensors."""
+def moe_maps(mlp, mlp_path: str, record: dict[str, Call], cfg,
+             beside: dict[str, Param] | None = None) -> list[tuple[MoESpec, dict[str, Param]]]:
+    """Candidate (MoE spec, parameter map) of a mixture of experts with stacked expert tensors. ``beside``: a
+    shared expert in a module of its own (``shared.W_*``, summed with the mixture by the layer)."""
     experts = next(((n, m) for n, m in mlp.named_children()
                     if any(p.dim() == 3 for p in m.parameters(recurse=False))), None)
-    if experts is None:
-        raise ModelInputError(f"{mlp_path}: a mixture of experts without stacked expert tensors is not modelled")
-    ename, emod = experts
     d = record[mlp_path].inp.shape[-1]  # the model width
-    E, expert_params = expert_maps(emod, f"{mlp_path}.{ename}", d)
+    flat = flat_experts(mlp)
+    if experts is None and flat is None:
+        raise ModelInputError(f"{mlp_path}: a mixture of experts without stacked expert tensors is not modelled")
+    if experts is not None:
+        ename, emod = experts
+        E, expert_params = expert_maps(emod, f"{mlp_path}.{ename}", d)
+    else:
+        ename, E, expert_params = _flat_maps(mlp, mlp_path, flat, d)
     router = next(((n, m) for n, m in mlp.named_modules() if n and n != ename and not n.startswith(ename + ".") and
                    isinstance(getattr(m, "weight", None), torch.Tensor) and tuple(m.weight.shape) == (E, d)), None)
     if router is None:
@@ -247,19 +283,26 @@ def moe_maps(mlp, mlp_path: str, record: dict[str, Call], cfg) -> list[tuple[MoE
             continue
         sub = {k: v for k, v in m.named_modules() if isinstance(getattr(v, "weight", None), torch.Tensor)}
         names = {k.split(".")[-1] for k in sub if k}
-        if {"gate_proj", "up_proj", "down_proj"} <= names:
+        if {"up_proj", "down_proj"} <= names and names <= {"gate_proj", "up_proj", "down_proj"}:
             for canon, key in (("shared.W_gate", "gate_proj"), ("shared.W_up", "up_proj"),
                                ("shared.W_down", "down_proj")):
+                if key not in sub:  # a dense shared expert (Nemotron-H): no gate map
+                    continue
                 if getattr(sub[key], "bias", None) is not None:
                     raise ModelInputError(f"{mlp_path}.{n}.{key}: a shared-expert bias is not modelled")
                 params[canon] = Param(f"{mlp_path}.{n}.{key}.weight")
         elif list(m.parameters()):
             raise ModelInputError(f"{mlp_path}.{n} ({type(m).__name__}): a part of the mixture that is not modelled")
-    if "shared.w_gate" in params and "shared.W_gate" not in params:
+    if beside and any(k.startswith("shared.") for k in params):
+        raise ModelInputError(f"{mlp_path}: a shared expert inside the mixture and another beside it")
+    params.update(beside or {})
+    if "shared.w_gate" in params and "shared.W_down" not in params:
         raise ModelInputError(f"{mlp_path}: a shared-expert gate without a shared expert")
-    shared = "none" if "shared.W_gate" not in params else "gated" if "shared.w_gate" in params else "plain"
-    top_k = getattr(cfg, "num_experts_per_tok", None) or getattr(cfg, "moe_topk", None) or \
-        getattr(cfg, "top_k", None)
+    shared = "none" if "shared.W_down" not in params else "gated" if "shared.w_gate" in params else "plain"
+    shared_kind = "gated" if "shared.W_gate" in params or shared == "none" else "dense"
+    expert_kind = "gated" if "experts.W_gate" in params else "dense"
+    top_k = getattr(mlp, "top_k", None) or getattr(cfg, "num_experts_per_tok", None) or \
+        getattr(cfg, "moe_topk", None) or getattr(cfg, "top_k", None)
     if not isinstance(top_k, int):
         raise ModelInputError(f"{mlp_path}: the config names no top-k (num_experts_per_tok)")
     renorm = bool(getattr(cfg, "norm_topk_prob", False))
@@ -278,7 +321,8 @@ def moe_maps(mlp, mlp_path: str, record: dict[str, Call], cfg) -> list[tuple[MoE
             for (scoring, softmax, rn), weighting in itertools.product(routings, weightings):
                 try:
                     moe = MoESpec(experts=E, top_k=top_k, softmax=softmax, renormalize=rn, shared_expert=shared,
-                                  expert="gated", scoring=scoring, selection_bias="b_select" in params,
+                                  expert=expert_kind, shared_kind=shared_kind, scoring=scoring,
+                                  selection_bias="b_select" in params,
                                   groups=g[0], topk_groups=g[1], routed_scale=rs, router_bias="b_router" in params,
                                   weighting=weighting, expert_bias="experts.b_down" in params)
                 except ValueError:
@@ -286,6 +330,44 @@ def moe_maps(mlp, mlp_path: str, record: dict[str, Call], cfg) -> list[tuple[MoE
                 out.append((moe, params))
     out.sort(key=lambda c: c[0].weighting != weightings[-1])  # a type that names input weighting: it first
     return out
+
+
+#: Experts stored flat, (E m, d) each, by the names of their gate, up and down matrices (DBRX's w1, v1, w2, the
+#: down matrix stored (in, out) per expert).
+FLAT_EXPERTS = {("w1", "v1", "w2"): ("W_gate", "W_up", "W_down")}
+
+
+def flat_experts(mlp) -> tuple[str, tuple[str, str, str]] | None:
+    """(path in the mixture, names) of a module holding flat expert matrices (`FLAT_EXPERTS`), or None."""
+    for path, module in mlp.named_modules():
+        own = dict(module.named_parameters(recurse=False))
+        for names in FLAT_EXPERTS:
+            if set(own) == set(names) and len({tuple(own[n].shape) for n in names}) == 1 and own[names[0]].dim() == 2:
+                return path, names
+    return None
+
+
+def _flat_maps(mlp, mlp_path: str, flat: tuple[str, tuple[str, str, str]], d: int) -> tuple[str, int, dict]:
+    """(the mixture's child holding them, E, the canonical expert parameters) of flat experts (`FLAT_EXPERTS`):
+    E from the router, a linear map (E, d) with E dividing the flat rows."""
+    path, names = flat
+    rows = dict(get_module(mlp, path).named_parameters(recurse=False))[names[0]].shape[0]
+    routers = [m.weight.shape[0] for n, m in mlp.named_modules() if n and not (n + ".").startswith(path + ".")
+               and isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.dim() == 2
+               and m.weight.shape[1] == d and rows % m.weight.shape[0] == 0]
+    if len(routers) != 1:
+        raise ModelInputError(f"{mlp_path}.{path}: flat expert matrices ({rows}, {d}) and {len(routers)} candidate "
+                              "routers (a linear map (E, d) with E dividing the rows); one is modelled")
+    E = routers[0]
+    where = f"{mlp_path}.{path}" if path else mlp_path
+    canon = FLAT_EXPERTS[names]
+    params = {f"experts.{c}": Param(f"{where}.{n}", "t" if c == "W_down" else "linear", rows // E)
+              for n, c in zip(names, canon, strict=True)}
+    return path.split(".")[0], E, params
+
+
+def get_module(root, path: str):
+    return root.get_submodule(path) if path else root
 
 
 def expert_maps(emod, path: str, d: int) -> tuple[int, dict[str, Param]]:
@@ -298,6 +380,8 @@ def expert_maps(emod, path: str, d: int) -> tuple[int, dict[str, Param]]:
     (interleaved, gpt-oss).
     """
     stacked = {n: p for n, p in emod.named_parameters(recurse=False)}
+    if set(stacked) == {"up_proj", "down_proj"}:
+        return _dense_experts(emod, path, d, stacked)
     names = {"gate_up_proj", "down_proj"}
     biased = names | {"gate_up_proj_bias", "down_proj_bias"}
     if set(stacked) not in (names, biased):
@@ -327,6 +411,23 @@ def expert_maps(emod, path: str, d: int) -> tuple[int, dict[str, Param]]:
                        "experts.b_up": Param(f"{path}.gate_up_proj_bias", bias[1]),
                        "experts.b_down": Param(f"{path}.down_proj_bias")})
     return E, params
+
+
+def _dense_experts(emod, path: str, d: int, stacked: dict) -> tuple[int, dict[str, Param]]:
+    r"""(E, the canonical parameters) of stacked dense experts $W_\mathrm{down}\,\sigma(W_\mathrm{up} z)$
+    (Nemotron-H): ``up_proj`` (E, m, d) or (E, d, m), ``down_proj`` (E, d, m) or (E, m, d)."""
+    up, down = tuple(stacked["up_proj"].shape[1:]), tuple(stacked["down_proj"].shape[1:])
+    plain = up[1] == d and down == (d, up[0])
+    transposed = up[0] == d and down == (up[1], d)
+    declared = getattr(emod, "is_transposed", None)
+    if isinstance(declared, bool) and plain and transposed:
+        plain = not declared
+    if not (plain or transposed):
+        raise ModelInputError(f"{path}: up_proj {up} and down_proj {down} per expert fit neither (m, {d}) with ({d}, "
+                              f"m) nor ({d}, m) with (m, {d})")
+    layout = "linear" if plain else "t"
+    return stacked["up_proj"].shape[0], {"experts.W_up": Param(f"{path}.up_proj", layout),
+                                         "experts.W_down": Param(f"{path}.down_proj", layout)}
 
 
 def expert_activations(mlp, cfg, act: str) -> list[tuple[str, str]]:

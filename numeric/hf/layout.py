@@ -64,14 +64,21 @@ class Param:
     (…, in, out) stacked experts stored transposed; a half of a fused gate/up tensor (`FUSED`: the first or
     second half of the rows of (…, 2 out, in), of the columns of a transposed (…, in, 2 out), of a (…, 2 out)
     bias, or their interleaved even/odd entries); ``row`` a (1, d) matrix used as a vector (a shared-expert
-    gate).
+    gate). ``rows``: stacked experts stored flat, (E rows, d), expert e its rows e rows .. (e + 1) rows (DBRX:
+    ``w1``/``v1`` (out, in) per expert, ``w2`` (in, out), layout ``t``); a patch of expert e names the slice
+    ``path[a:b]``.
     """
 
     path: str
     layout: str = "linear"
+    rows: int = 0  # experts stored flat, (E * rows, d): expert e is rows e*rows .. (e+1)*rows (DBRX)
 
     def read(self, layer) -> torch.Tensor:
+        if self.layout == "activation":  # not a tensor: the module's own activation map (`ACTIVATION_CALLS`)
+            return module_activation(offload.get(layer, self.path))
         t = offload.read(layer, self.path)  # loaded by accelerate's hook when the model offloads it
+        if self.rows:
+            t = t.reshape(-1, self.rows, t.shape[-1])
         if self.layout in FUSED:
             half = FUSED[self.layout]
             index = half.index(t.shape[half.axis])
@@ -82,6 +89,32 @@ class Param:
         if self.layout == "row":
             return t[0]
         return t
+
+
+def _gemma3n(mlp):
+    """Gemma 3n's MLP: activation sparsity (a cut at mean + k std of the gate's pre-activations) before act_fn."""
+    if getattr(mlp, "activation_sparsity", 0.0) > 0.0:
+        return lambda q: mlp.act_fn(mlp._gaussian_topk(q))
+    return mlp.act_fn
+
+
+#: MLP modules whose forward computes more than their activation module between the gate and the product: the map
+#: of their pre-activations, by class. Any other MLP's own map is its activation module (`module_activation`).
+ACTIVATION_CALLS = {"Gemma3nTextMLP": _gemma3n}
+ACTIVATION_ATTRS = ("act_fn", "activation_fn", "act", "activation")
+
+
+def module_activation(mlp):
+    """The MLP module's own map of its gate pre-activations (the spec's ``activation = "module"``)."""
+    call = ACTIVATION_CALLS.get(type(mlp).__name__)
+    if call is not None:
+        return call(mlp)
+    return next(getattr(mlp, a) for a in ACTIVATION_ATTRS if callable(getattr(mlp, a, None)))
+
+
+def has_module_activation(mlp) -> bool:
+    return type(mlp).__name__ in ACTIVATION_CALLS or any(
+        isinstance(getattr(mlp, a, None), torch.nn.Module) for a in ACTIVATION_ATTRS)
 
 
 @dataclass(frozen=True)
@@ -105,6 +138,14 @@ class Adapter:
     ``products``: (matrix, module path) pairs of modules whose output in the contextual run is the kernel's
     contextual product of that matrix (its ``GIVEN``; checked numerically, `product_modules`): the patches
     take those products from the contextual run instead of reading the matrix once more.
+
+    ``parts``: a branch spread over sibling modules that read the same input and whose outputs the layer sums
+    (Granite 4 hybrid's MoE and shared MLP): the branch module's output is then the whole branch in the
+    patched run, and each part returns zeros. ``outer_scale`` $\alpha$ and ``after_add``: the state right after
+    the add is $r = \alpha u + \beta\\,b$ (MiniMax: $\alpha\\,\\mathrm{norm}(u) + \beta\\,\\mathrm{MoE}$, u then the
+    norm's output), the spec's ``branch_scale`` is $\beta / \alpha$, and the layer may go on after it with
+    position-wise computation that reads no other token (Gemma 4's per-layer input and layer scalar, Gemma 3n's
+    AltUp correction): the patches make $r$ exact, so all that follows is (docs/theory.md).
     """
 
     spec: BlockSpec
@@ -118,6 +159,14 @@ class Adapter:
     arity: int = 0  # the branch module returns a tuple of this length (Llama 4's MoE: output, router logits)
     chain: tuple[str, ...] = ()  # a split branch: the modules from u to the branch module (see above)
     products: tuple[tuple[str, str], ...] = ()  # (matrix, module) pairs: see above
+    parts: tuple[str, ...] = ()  # modules whose outputs the layer adds to the branch module's (see above)
+    outer_scale: float = 1.0  # the state after the add is outer_scale * (u + c * branch) (see above)
+    after_add: bool = False  # position-wise, context-free computation follows the add (see above)
+
+    @property
+    def last_module(self) -> str:
+        """The last module of the branch to run: the branch module, or the last of its summed `parts`."""
+        return self.parts[-1] if self.parts else self.branch_module
 
     @property
     def returns_sum(self) -> bool:
@@ -127,7 +176,8 @@ class Adapter:
 
 @dataclass(frozen=True)
 class Layout:
-    """A model's decoder layers (``layers``: their path) and, per layer, its `Adapter`."""
+    """A model's decoder layers (``layers``: their path) and, per layer, its `Adapter` (None for a layer without
+    an MLP branch)."""
 
     model_type: str
     layers: str
@@ -135,7 +185,7 @@ class Layout:
     encoder: bool = False
     checks: tuple[dict, ...] = ()  # the equivalence check of every layer (`check_adapter`)
 
-    def __getitem__(self, n: int) -> Adapter:
+    def __getitem__(self, n: int) -> Adapter | None:
         return self.kinds[n]
 
     def __len__(self) -> int:
@@ -143,8 +193,14 @@ class Layout:
 
     @property
     def specs(self) -> list[BlockSpec]:
-        """The distinct specs, in layer order."""
-        return list(dict.fromkeys(k.spec for k in self.kinds))
+        """The distinct specs, in layer order (layers without an MLP have none)."""
+        return list(dict.fromkeys(k.spec for k in self.kinds if k is not None))
+
+    def patched(self) -> list[tuple[int, Adapter]]:
+        """(n, adapter) of every layer with an MLP branch: the layers the patches change. A layer without one
+        (`kinds` holds None: Nemotron-H's Mamba and attention layers) runs as it is; the next layer with an MLP
+        absorbs what it changed (docs/theory.md, "The theory's full reach")."""
+        return [(n, k) for n, k in enumerate(self.kinds) if k is not None]
 
 
 def token_rows(t: torch.Tensor) -> torch.Tensor:
@@ -157,7 +213,7 @@ def parameter_view(layer, name: str) -> torch.Tensor:
     reading: a view of a resident parameter; one loaded by accelerate's hook for an offloaded one."""
     path, _, index = name.partition("[")
     p = offload.read(layer, path)
-    return p[int(index[:-1])] if index else p
+    return p[offload.item(index)] if index else p
 
 
 def layer_params(layer, adapter: Adapter) -> dict[str, torch.Tensor]:
@@ -167,8 +223,9 @@ def layer_params(layer, adapter: Adapter) -> dict[str, torch.Tensor]:
     residual stream the kernels compute in (the model itself computes that router in float32 whatever its
     dtype, as it computes RMSNorm: the float32 upcasts `numeric.hf.probe.Float64Mode` widens)."""
     params = {canon: p.read(layer) for canon, p in adapter.params.items()}
-    dtypes = Counter(t.dtype for t in params.values() if t.is_floating_point())
+    tensors = {k: v for k, v in params.items() if isinstance(v, torch.Tensor)}  # not the module's own activation
+    dtypes = Counter(t.dtype for t in tensors.values() if t.is_floating_point())
     if len(dtypes) > 1:
         common = dtypes.most_common(1)[0][0]
-        params = {k: v.to(common) if v.is_floating_point() else v for k, v in params.items()}
+        params.update({k: v.to(common) if v.is_floating_point() else v for k, v in tensors.items()})
     return params

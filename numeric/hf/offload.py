@@ -148,15 +148,22 @@ def write(layer, dense: dict[str, torch.Tensor]) -> list[Undo]:
             continue
         if key not in values:
             values[key] = read(layer, path).clone()  # the stored tensor, then its patched slices
-        values[key][int(index[:-1])] = value
+        values[key][item(index)] = value
     for owner, values in laid.values():
         undo.append(_lay_over(owner, values))
     return undo
 
 
+def item(index: str) -> int | slice:
+    """The index of a slice name ``path[e]`` (a stacked expert) or ``path[a:b]`` (a flat expert's rows, DBRX), given
+    what follows the ``[``."""
+    start, colon, stop = index[:-1].partition(":")
+    return slice(int(start), int(stop)) if colon else int(start)
+
+
 def _write_resident(layer, path: str, index: str, value: torch.Tensor) -> Undo:
     view = get(layer, path)
-    view = view[int(index[:-1])] if index else view
+    view = view[item(index)] if index else view
     original = view.detach().clone()
     view.detach().copy_(value)
     return lambda: view.detach().copy_(original)

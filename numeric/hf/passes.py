@@ -60,11 +60,11 @@ def token_pass(model, layout: Layout, ids: torch.Tensor, dense_for, writer: Dens
             writer.restore(saved.pop(n, []))
         return hook
 
-    for n, layer in enumerate(layers):
-        adapter = layout[n]
+    for n, adapter in layout.patched():
+        layer = layers[n]
         point = adapter.branch_module if adapter.mode == "parallel" else adapter.u_module
         handles.append(get(layer, point).register_forward_pre_hook(write(n)))
-        handles.append(get(layer, adapter.branch_module).register_forward_hook(restore(n)))
+        handles.append(get(layer, adapter.last_module).register_forward_hook(restore(n)))
     try:
         with offload.located(model, layout.layers):
             return trunk(model, head)(ids, **kwargs)
@@ -78,9 +78,9 @@ def token_pass(model, layout: Layout, ids: torch.Tensor, dense_for, writer: Dens
 def _input_hooks(model, layout: Layout, store: dict) -> list:
     """Hooks that store, per layer n, the input of the u module (`store[n]["first"]`) and, for a
     parallel block, the attention output (`store[n]["attn"]`); they do not change the run."""
-    handles = []
-    for n, layer in enumerate(get(model, layout.layers)):
-        adapter = layout[n]
+    handles, layers = [], get(model, layout.layers)
+    for n, adapter in layout.patched():
+        layer = layers[n]
 
         def grab(_mod, args, n=n):  # (1, T, d), or (T, d) rows where the layer reshapes them (OPT)
             r = store.setdefault(n, {})
@@ -98,9 +98,10 @@ def _input_hooks(model, layout: Layout, store: dict) -> list:
 def _product_hooks(model, layout: Layout, store: dict, start: int) -> list:
     """Hooks that store, per layer n, the output rows from ``start`` on of every module that computes a
     contextual product of the layer's kernel (`Adapter.products`): ``store[n][matrix]`` (T, out)."""
-    handles = []
-    for n, layer in enumerate(get(model, layout.layers)):
-        for canon, path in layout[n].products:
+    handles, layers = [], get(model, layout.layers)
+    for n, adapter in layout.patched():
+        layer = layers[n]
+        for canon, path in adapter.products:
             def grab(_mod, _args, out, n=n, canon=canon):  # a copy: a view would hold every position's output
                 store.setdefault(n, {})[canon] = token_rows(out)[start:].detach().clone()
 
@@ -136,9 +137,9 @@ def swapped_branches(model, layout: Layout, kernel_for, patches_for):
     exactly what it was (accelerate's own wrapper on a dispatched model).
     """
     state: dict = {}
-    handles, swapped = _input_hooks(model, layout, state), []
-    for n, layer in enumerate(get(model, layout.layers)):
-        adapter = layout[n]
+    handles, swapped, layers = _input_hooks(model, layout, state), [], get(model, layout.layers)
+    for n, adapter in layout.patched():
+        layer = layers[n]
 
         def branch(*args, n=n, layer=layer, adapter=adapter, **kwargs):
             r = state.pop(n)
@@ -153,7 +154,8 @@ def swapped_branches(model, layout: Layout, kernel_for, patches_for):
             out = out.reshape(*lead, out.shape[-1]).to(r["first"].dtype)
             return out if not adapter.arity else (out,) + (None,) * (adapter.arity - 1)  # the layer reads [0]
 
-        for path, forward in [(p, _passthrough) for p in adapter.skip] + [(adapter.branch_module, branch)]:
+        for path, forward in [(p, _passthrough) for p in adapter.skip] + [(p, _zeros) for p in adapter.parts] + \
+                [(adapter.branch_module, branch)]:
             module = get(layer, path)
             swapped.append((module, module.__dict__.get("forward", _CLASS_FORWARD)))
             module.forward = forward
@@ -174,6 +176,10 @@ _CLASS_FORWARD = object()  # a module whose forward is its class's (no instance 
 
 def _passthrough(hidden, *args, **kwargs):
     return hidden
+
+
+def _zeros(hidden, *args, **kwargs):  # a part of a branch summed into the branch module's output (`Adapter.parts`)
+    return torch.zeros_like(hidden)
 
 
 def contextual_bases(model, layout: Layout, ids: torch.Tensor, head: bool = True, given: dict | None = None,
@@ -197,7 +203,8 @@ def contextual_bases(model, layout: Layout, ids: torch.Tensor, head: bool = True
     finally:
         for h in handles:
             h.remove()
-    return [_base(record[n], layout[n])[0] for n in range(len(record))], out
+    none = torch.empty(ids.shape[-1], 0)  # a layer without an MLP branch has no u_C: an empty (T, 0) placeholder
+    return [_base(record[n], layout[n])[0] if n in record else none for n in range(len(layout))], out
 
 
 def _output_hooks(model, layout: Layout, store: dict, start: int = 0) -> list:

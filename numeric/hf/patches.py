@@ -99,7 +99,8 @@ def layer_patches(adapter: Adapter, params: dict, patches: dict) -> LayerPatches
             left, right = right, left
         if canon.startswith("experts."):
             for e in range(left.shape[1]):
-                out.rank1[f"{p.path}[{e}]"] = (left[:, e], right[:, e])
+                where = f"{e * p.rows}:{(e + 1) * p.rows}" if p.rows else e  # flat experts: a slice of rows
+                out.rank1[f"{p.path}[{where}]"] = (left[:, e], right[:, e])
         else:
             out.rank1[p.path] = (left, right)
     for path, halves in fused.items():

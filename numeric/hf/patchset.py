@@ -47,7 +47,7 @@ class PatchSet:
     @property
     def spec(self) -> BlockSpec:
         """The spec of the first layer (`layout` has every layer's)."""
-        return self.layout[0].spec
+        return self.layout.specs[0]
 
     def kernel_for(self, n: int, strategy: str | None = None):
         """Layer n's kernel of an output strategy (its spec's default when None)."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from numeric.hf.offload import get
-from symbolic.errors import ModelInputError
+from symbolic.errors import CtxpatchInputError, ModelInputError, PatchConditionError
 
 
 def decoder_layers(model) -> str:
@@ -89,11 +89,13 @@ def layer_calls(model, layers_path: str, ids: torch.Tensor) -> list[Call]:
         for i, module in enumerate(stack):
             if type(module).__name__ in declared and id(module) not in ours:
                 handles.append(module.register_forward_hook(lambda _m, _a, _o, n=f"{name}.{i}": others.add(n)))
-    try:
-        model(ids, use_cache=False)
-    finally:
-        for h in handles:
-            h.remove()
+    with failing_module(model, f"the probe: one forward of the model on {ids.shape[-1]} random token ids without a "
+                               "key/value cache, hooks recording every layer's call"):
+        try:
+            model(ids, use_cache=False)
+        finally:
+            for h in handles:
+                h.remove()
     missing = [n for n in range(len(layers)) if n not in calls]
     if missing:
         raise ModelInputError(f"layers {missing} of {layers_path} were not called in a forward pass")
@@ -109,15 +111,15 @@ def layer_calls(model, layers_path: str, ids: torch.Tensor) -> list[Call]:
     return [calls[n] for n in range(len(layers))]
 
 
-def _double(value):
+def double(value):
     if isinstance(value, torch.Tensor):
         return value.double() if value.is_floating_point() else value
     if isinstance(value, tuple):
-        return tuple(_double(v) for v in value)
+        return tuple(double(v) for v in value)
     if isinstance(value, list):
-        return [_double(v) for v in value]
+        return [double(v) for v in value]
     if isinstance(value, dict):
-        return {k: _double(v) for k, v in value.items()}
+        return {k: double(v) for k, v in value.items()}
     return value
 
 
@@ -127,9 +129,11 @@ def float64_copy(layer):
 
 
 @torch.no_grad()
-def trace(layer64, call: Call) -> tuple[dict[str, Call], torch.Tensor, torch.Tensor]:
+def trace(layer64, call: Call, prefix: str = "") -> tuple[dict[str, Call], torch.Tensor, torch.Tensor]:
     """Run a float64 layer copy on its recorded call with hooks on every submodule:
-    ({path: Call}, layer input, layer output)."""
+    ({path: Call}, layer input, layer output). ``prefix``: the layer's path in the model (for errors). The
+    results of the tensor additions the layer computed, in order, are ``record.sums`` (`Record`): where the
+    layer goes on after the MLP's add, the state right after it is one of them."""
     record: dict[str, Call] = {}
     handles = []
     for name, module in layer64.named_modules():
@@ -141,14 +145,87 @@ def trace(layer64, call: Call) -> tuple[dict[str, Call], torch.Tensor, torch.Ten
                 record[name] = Call(_clone(input_of(args, kwargs)), _clone(first_tensor(out)),
                                     arity=len(out) if isinstance(out, tuple) else 0)
         handles.append(module.register_forward_hook(hook, with_kwargs=True))
-    args, kwargs = _double(call.args), _double(call.kwargs)
+    args, kwargs = double(call.args), double(call.kwargs)
+    sums = SumRecorder()
     try:
-        with Float64Mode():
+        with Float64Mode(), sums, failing_module(layer64, "the layer's float64 copy re-run on what it received in "
+                                                           "the probe, hooks on every submodule", prefix=prefix):
             out = first_tensor(layer64(*args, **kwargs))
     finally:
         for h in handles:
             h.remove()
+    record = Record(record)
+    record.sums = sums.results
     return record, input_of(args, kwargs), out
+
+
+class Record(dict):
+    """{module path: `Call`} of one traced layer, and ``sums``: the results of its tensor additions, in order."""
+
+    sums: list = []
+
+_ADDS = {torch.add, torch.Tensor.add, torch.Tensor.add_, torch.Tensor.__add__, torch.Tensor.__radd__,
+         torch.Tensor.__iadd__}
+
+
+class SumRecorder(torch.overrides.TorchFunctionMode):
+    """Records a copy of every float tensor a tensor addition returns (``a + b``, ``a += b``, ``torch.add``), in
+    order; with ``replace={k: f}``, the k-th addition's result is ``f(result)`` instead (in place for ``+=``)."""
+
+    def __init__(self, replace: dict | None = None):
+        super().__init__()
+        self.results: list[torch.Tensor] = []
+        self.replace = replace or {}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func in _ADDS and isinstance(out, torch.Tensor) and out.is_floating_point():
+            k = len(self.results)
+            self.results.append(out.detach().clone())
+            if k in self.replace:
+                new = self.replace[k](out)
+                if func in (torch.Tensor.__iadd__, torch.Tensor.add_):
+                    with torch.no_grad():
+                        out.copy_(new)
+                else:
+                    out = new
+        return out
+
+
+class failing_module:  # noqa: N801 - a context manager used like a function
+    """Turns an exception raised inside transformers' own code while ``root`` runs into a `ModelInputError` that
+    names the innermost module that was running (its path: the decoder layer and the submodule), its class, the
+    exception's type and what was tried; the exception itself is kept as the cause. ctxpatch's own errors pass."""
+
+    def __init__(self, root, tried: str, prefix: str = ""):
+        self.root, self.tried, self.prefix = root, tried, prefix
+        self.stack: list[str] = []
+        self.handles: list = []
+
+    def __enter__(self):
+        for name, module in self.root.named_modules():
+            def enter(_m, _a, name=name):
+                self.stack.append(name)
+
+            def leave(_m, _a, _o, name=name):
+                if self.stack and self.stack[-1] == name:
+                    self.stack.pop()
+            self.handles.append(module.register_forward_pre_hook(enter))
+            self.handles.append(module.register_forward_hook(leave))
+        return self
+
+    def __exit__(self, kind, exc, _tb):
+        for h in self.handles:
+            h.remove()
+        if exc is None or isinstance(exc, (CtxpatchInputError, PatchConditionError)) or \
+                not isinstance(exc, Exception):
+            return False
+        inner = self.stack[-1] if self.stack else ""
+        path = ".".join(p for p in (self.prefix, inner) if p) or "the model's top module"
+        cls = type(get(self.root, inner)).__name__ if inner else type(self.root).__name__
+        raise ModelInputError(f"transformers' own code raised {type(exc).__name__} in {path} ({cls}) during "
+                              f"{self.tried}: this model type cannot be run so, so its layers cannot be "
+                              "probed") from exc
 
 
 def _clone(t):

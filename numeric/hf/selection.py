@@ -138,7 +138,7 @@ class Patcher:
         wide = self.patch_dtype if self.patch_dtype is not None and self.patch_dtype != u.dtype else None
         carried(n, wide or u.dtype, u, target)
         if wide is not None:
-            params = {k: v.to(wide) for k, v in params.items()}
+            params = {k: v.to(wide) if isinstance(v, torch.Tensor) else v for k, v in params.items()}
         cast = (lambda t: t) if wide is None else (lambda t: None if t is None else t.to(wide))  # noqa: E731
         single = len(kernels_n) == 1
         fuse = with_output  # (stored in the dtype they were computed in, the patches apply as `patched` did)

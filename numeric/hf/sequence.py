@@ -90,6 +90,9 @@ class Uniform:
 
 def uniform(layout) -> Uniform:
     """A `numeric.hf.layout.Layout` whose layers are all of one kind as a `Uniform`; `ModelInputError` otherwise."""
+    if any(other is None for other in layout.kinds):
+        raise ModelInputError(f"mode='sequence' needs an MLP branch in every layer; {layout.model_type!r} has layers "
+                              "without one (their effect is absorbed by the next MLP layer, per token: mode='token')")
     k = layout.kinds[0]
     if any(other != k for other in layout.kinds):
         names = list(dict.fromkeys(other.spec.name for other in layout.kinds))

@@ -27,7 +27,7 @@ from sympy.core.symbol import Str
 from sympy.printing.numpy import SciPyPrinter
 from sympy.printing.pytorch import TorchPrinter
 
-from symbolic.activations import named
+from symbolic.activations import MODULE_PARAM, named
 from symbolic.activations import x as act_var
 from symbolic.algebra import MatVec
 
@@ -182,6 +182,9 @@ class _Batched:
     def _print_TopkMask(self, e):
         extra = "".join(f", {self._print(a)}" for a in e.args[1:])
         return f"{self._runtime}.topk_mask({self._print(e.args[0])}, TOP_K, ROUTING{extra})"
+
+    def _print_ModuleActivation(self, e):  # the module's own map, a run-time argument of every kernel function
+        return f"params[{MODULE_PARAM!r}]({self._print(e.args[0])})"
 
     def _print_Activation(self, e):
         return f"{self._runtime}.{e.name}({self._operand(e.args[1])})"
