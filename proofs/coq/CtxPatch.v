@@ -74,6 +74,12 @@ Definition coords_nz n (v : 'cV[R]_n) : Prop := forall i, v i 0 != 0.
 
 End Vocabulary.
 
+(** max and min of two scalars (the order of the real closed field), and coordinate by coordinate *)
+Notation smax a b := (Num.max a b) (only parsing).
+Notation smin a b := (Num.min a b) (only parsing).
+Notation vmax u v := (vmap2 Num.max u v) (only parsing).
+Notation vmin u v := (vmap2 Num.min u v) (only parsing).
+
 Arguments vconst {R n} c.
 Arguments vpow {R n} v k%N.
 
@@ -216,6 +222,15 @@ Lemma rank1_applyKr m n (W : 'M[R]_(m, n)) (z : 'cV[R]_n) (r : 'cV[R]_m) (K : R)
   z != 0 -> (W + ((dot z z * K)^-1 *: r) *m z^T) *m z = W *m z + K^-1 *: r.
 Proof. by move=> z0; rewrite rank1_apply scale_dotKr. Qed.
 
+(** the patched matrix applied to a multiple [a z] of the reduced input (an expert's input scaled by
+    its routing weight): [W' (a z) = W (a z_C)] *)
+Lemma rank1_scaledK m n (W : 'M[R]_(m, n)) (z z_C : 'cV[R]_n) (a : R) :
+  z != 0 -> (W + ((dot z z)^-1 *: (- (W *m z) + W *m z_C)) *m z^T) *m (a *: z) = W *m (a *: z_C).
+Proof. by move=> z0; rewrite -!scalemxAr rank1_applyK // addNKr. Qed.
+Lemma rank1_scaledK' m n (W : 'M[R]_(m, n)) (z z_C : 'cV[R]_n) (a : R) :
+  z != 0 -> (W + ((dot z z)^-1 *: (W *m z_C - W *m z)) *m z^T) *m (a *: z) = W *m (a *: z_C).
+Proof. by move=> z0; rewrite [W *m z_C - _]addrC rank1_scaledK. Qed.
+
 End Rank1.
 
 (** ** Bilinearity of [dot] and [frob], linearity of [mean] *)
@@ -294,6 +309,22 @@ Lemma nneg_dot n (v : 'cV[R]_n) : 0 <= dot v v.
 Proof. by rewrite /dot sumr_ge0 // => i _; rewrite -expr2 sqr_ge0. Qed.
 End Signs.
 
+(** ** Sums over the selected experts *)
+Section Sums.
+Variable R : rcfType.
+(** a sum of [k >= 1] positive terms (softmax gates) is positive *)
+Lemma pos_sum_nat (k : nat) (F : nat -> R) :
+  (0 < k)%N -> (forall j, 0 < F j) -> 0 < \sum_(1 <= j < k.+1) F j.
+Proof.
+move=> k0 F0; rewrite big_ltn ?ltnS //; apply: pos_addl; first exact: F0.
+by apply: sumr_ge0 => j _; apply: nneg_pos.
+Qed.
+Lemma idx_pos (k n : nat) : (0 < k <= n)%N -> (0 < k)%N. Proof. by case/andP. Qed.
+(** [k] copies of [x]: [x k] *)
+Lemma sum_const_nat (k : nat) (x : R) : \sum_(1 <= j < k.+1) x = x * k%:R.
+Proof. by rewrite sumr_const_nat subSS subn0 mulr_natr. Qed.
+End Sums.
+
 (** ** Tactics *)
 
 (** [ctx_fold]: one spelling per scalar operation (literal powers and multiples unfolded). *)
@@ -353,9 +384,15 @@ Ltac ctx_nz_side :=
   repeat match goal with |- _ /\ _ => split end;
   repeat (first [ assumption | apply: rmul_nz | apply: rinv_nz | apply: ropp_nz ]).
 
+(** [ctx_set_sums]: every sum of the goal becomes a local name ([field] does not take a big
+    operator as an atom; [set] keeps its value, so the side conditions still see it). *)
+Ltac ctx_set_sums :=
+  repeat match goal with |- context[@BigOp.bigop ?T ?I ?idx ?r ?F] =>
+    let S := fresh "S" in set S := BigOp.bigop idx r F end.
+
 (** [ctx_scalar]: a scalar identity of [R] by [field], denominators from the hypotheses. *)
 Ltac ctx_scalar :=
-  apply: ctx_eqR; ctx_fold; field; solve [ctx_nz_side].
+  apply: ctx_eqR; ctx_fold; ctx_set_sums; field; solve [ctx_nz_side].
 
 (** [ctx_replace E X]: rewrite [E : X = Y] in the goal and in every other hypothesis that mentions
     [X] (reverted, rewritten, reintroduced under fresh names: it is used only inside terminal
@@ -381,7 +418,9 @@ Ltac ctx_pos :=
         | apply: mulr_gt0; ctx_pos
         | apply: pos_addl; [ctx_pos | ctx_nneg]
         | apply: pos_addr; [ctx_nneg | ctx_pos]
-        | apply: pos_nat; ctx_posn ]
+        | apply: pos_nat; ctx_posn
+        | apply: pos_sum_nat; [ctx_posn | move=> ?; ctx_pos]
+        | match goal with H : forall (l : _) (j : nat), _ |- _ => exact: (pos_and (H _ _)) end ]
 with ctx_nneg :=
   lazymatch goal with |- is_true (0 <= _) => idtac end;
   first [ assumption
@@ -393,7 +432,8 @@ with ctx_nneg :=
         | apply: addr_ge0; ctx_nneg
         | apply: mulr_ge0; ctx_nneg ]
 with ctx_posn :=
-  first [ assumption | by [] ].
+  first [ assumption | by []
+        | match goal with H : is_true ((0 < _)%N && _) |- _ => exact: (idx_pos H) end ].
 
 (** [ctx_inv_facts]: [0 < x] for every inverse [x^-1] of the goal whose positivity [ctx_pos] proves
     (the denominators the kernel discharged from its facts table: [sqrt (eps + mean h^2)],
@@ -457,10 +497,21 @@ Ltac ctx_linear :=
     the context; [r / (K z^T z)] gives [r / K]), and [W *m z + (W *m z_C - W *m z)] (or [- W *m z + W *m z_C], or [W *m (z_C - z)])
     becomes [W *m z_C]; repeated, so that a patch applied to a patched activation (W_down after
     W_gate, W_up) is simplified after the inner ones. *)
-Ltac ctx_assumption := try (lazymatch goal with |- is_true (_ != 0) => assumption end).
+Ltac ctx_assumption :=
+  try (lazymatch goal with |- is_true (_ != 0) =>
+         first [ assumption | match goal with H : forall e : nat, is_true (_ != 0) |- _ => exact: H end ] end).
 Ltac ctx_refl := try (lazymatch goal with |- ?a = ?a => reflexivity end).
 Ltac ctx_rank1_step :=
-  rewrite ?rank1_applyK ?rank1_applyKl ?rank1_applyKr; ctx_assumption; rewrite ?mulmx_subK ?add_subK ?addNKr;
+  rewrite ?rank1_applyK;
+  (* the scaled denominators only where they occur: unifying [?K * dot ?z ?z] with [dot z z] unfolds
+     [dot] into its sum, which costs tens of seconds *)
+  repeat match goal with
+  | |- context[(?W + ((?K * dot ?z ?z)^-1 *: ?r) *m ?z^T) *m ?z] =>
+      rewrite (@rank1_applyKl _ _ _ W z r K); last ctx_assumption
+  | |- context[(?W + ((dot ?z ?z * ?K)^-1 *: ?r) *m ?z^T) *m ?z] =>
+      rewrite (@rank1_applyKr _ _ _ W z r K); last ctx_assumption
+  end;
+  ctx_assumption; rewrite ?mulmx_subK ?add_subK ?addNKr;
   ctx_refl.
 Ltac ctx_rank1 := repeat (progress ctx_rank1_step).
 
@@ -480,3 +531,52 @@ Ltac ctx_kill :=
   | H : ?N *m ?z = 0 |- context[frob ?N (_ *m ?z^T)] => rewrite (frob_outer_killr _ H)
   end.
 
+
+(** ** Mixtures of experts
+
+    The output is a sum over the selected experts [\sum_(1 <= j < k.+1)] of terms in the families
+    [W_down e], [a' e], ... defined by hypotheses [forall e, X e = rhs e].  [ctx_fam] rewrites with
+    every family definition at its argument (inside a sum's body, where the argument depends on the
+    bound rank [j]), except the families a hypothesis [forall e, X e != 0] keeps as atoms
+    ([a_C e]); [ctx_refold] folds those back once the rank-1 lemma has made the patched activation
+    the contextual one. *)
+Ltac ctx_fam :=
+  repeat match goal with
+  | H : forall e : nat, ?X e = _ |- context[?X ?a] =>
+      lazymatch goal with _ : forall e : nat, is_true (X e != 0) |- _ => fail | _ => rewrite (H a) end
+  end.
+Ltac ctx_refold :=
+  repeat match goal with
+  | H : forall e : nat, ?X e = _, _ : forall e : nat, is_true (?X e != 0) |- _ => progress rewrite -?H
+  end.
+(** one term of the sum: patched to the contextual one plus the output patch's share, and split *)
+(** (instantiated by matching first: unifying [?a *: ?z] with every product unfolds the vocabulary) *)
+Ltac ctx_rank1_scaled :=
+  repeat match goal with
+  | Hz : is_true (?z != 0)
+    |- context[(?W + ((dot ?z ?z)^-1 *: (- (?W *m ?z) + ?W *m ?zc)) *m ?z^T) *m (?a *: ?z)] =>
+      rewrite (rank1_scaledK W z zc a Hz)
+  | Hz : is_true (?z != 0)
+    |- context[(?W + ((dot ?z ?z)^-1 *: (?W *m ?zc - ?W *m ?z)) *m ?z^T) *m (?a *: ?z)] =>
+      rewrite (rank1_scaledK' W z zc a Hz)
+  end.
+Ltac ctx_moe_body :=
+  ctx_fam; ctx_rank1_scaled; ctx_rank1; ctx_refold; ctx_rank1; rewrite ?scalerDr ?scalerA.
+(** [ctx_moe]: both sums term by term, split, the output patch's shares summed
+    ([sum_j c_j delta = (sum_j c_j) delta], the gates' sum then cancels), coordinate by coordinate. *)
+Ltac ctx_moe :=
+  subst; ctx_rank1;
+  under eq_bigr => ? _ do ctx_moe_body;
+  symmetry; under eq_bigr => ? _ do ctx_moe_body; symmetry;
+  rewrite ?big_split /= -?scaler_suml -?mulr_suml ?sum_const_nat;
+  ctx_vec.
+
+(** [ctx_block]: the default proof of a block or multi-layer theorem.  With per-expert families (a
+    mixture of experts) [ctx_moe]; otherwise substitute the definitions, apply the rank-1 lemma to
+    every patched matrix, and check what remains coordinate by coordinate (nothing remains when
+    the two sides are then the same term). *)
+Ltac ctx_block :=
+  lazymatch goal with
+  | _ : forall e : nat, _ = _ |- _ => ctx_moe
+  | _ => subst; ctx_rank1; ctx_vec
+  end.
