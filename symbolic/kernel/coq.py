@@ -411,7 +411,9 @@ def write_coq_project(out: Path, theorems: list[Theorem], source: Path | None = 
         if ok and "Closed under the global context" in log:
             rows[name] = {"name": name, "checked": True, "reason": ""}
             continue
-        rows[name] = _row(name, "Print Assumptions lists an axiom" if ok else f"coqc refuses the proof: {_error(log)}")
+        late = log.startswith("coqc took more than")
+        rows[name] = _row(name, "Print Assumptions lists an axiom" if ok else
+                          log if late else f"coqc refuses the proof: {_error(log)}")
         (out / "theorems" / f"{name}.v").replace(out / "refused" / f"{name}.v")
         (out / "refused" / f"{name}.log").write_text(log)
     _write_index(out, source, [n for n in files if rows[n]["checked"]])
