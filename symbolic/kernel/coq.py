@@ -5,10 +5,11 @@ hypotheses and statement) in the prefix vocabulary of proofs/coq/CtxPatch.v: eve
 ``(op arg1 ... argk)``, types from the kernel's (a dimension d is ``d.+1``, a vector ``'cV[R]_d.+1``,
 a family ``nat -> T``, an opaque function ``R -> R``), each definition a hypothesis ``x = rhs``, the
 table's facts about exp, tanh, sigmoid and heaviside hypotheses too (they stay arbitrary functions).
-`write_coq_project(dir, theorems)` writes a self-contained Coq project (`_CoqProject`, the vocabulary,
-`Theorems.v` with every theorem that has a proof script in proofs/coq/scripts, or, for a block or
-multi-layer theorem, the default block script scripts/default/block.ltac) and runs coqc on it:
-a theorem is *checked* when coqc accepts its proof and `Print Assumptions` finds no axiom.
+`write_coq_project(dir, theorems)` writes a self-contained Coq project (the vocabulary, one file
+`theorems/NAME.v` per theorem that has a proof script in proofs/coq/scripts -- or, for a block or
+multi-layer theorem, the default script scripts/default/block.ltac -- a `_CoqProject` and `Theorems.v`
+over the checked ones) and runs coqc on each file: a theorem is *checked* when coqc accepts its proof
+and `Print Assumptions` finds no axiom.
 
 The statements are printed from the theorem objects the kernel checked, so the statement coqc checks
 is the one the kernel verified. Nothing here is trusted by the kernel.
