@@ -63,6 +63,8 @@ Definition ediv n (u v : 'cV[R]_n) : 'cV[R]_n := \col_i (u i 0 / v i 0).
 Definition vpow n (v : 'cV[R]_n) (k : nat) : 'cV[R]_n := \col_i (v i 0 ^+ k).
 Definition vsqrt n (v : 'cV[R]_n) : 'cV[R]_n := \col_i Num.sqrt (v i 0).
 Definition vmap n (f : R -> R) (v : 'cV[R]_n) : 'cV[R]_n := \col_i f (v i 0).
+(** a function of two scalars, coordinate by coordinate ([vmap2 Num.max u v]) *)
+Definition vmap2 n (f : R -> R -> R) (u v : 'cV[R]_n) : 'cV[R]_n := \col_i f (u i 0) (v i 0).
 (** [u^T v], the average of the coordinates, the Frobenius product [tr(A^T B)] *)
 Definition dot n (u v : 'cV[R]_n) : R := \sum_i u i 0 * v i 0.
 Definition mean n (v : 'cV[R]_n) : R := (\sum_i v i 0) / n%:R.
@@ -71,6 +73,12 @@ Definition frob m n (A B : 'M[R]_(m, n)) : R := \sum_i \sum_j A i j * B i j.
 Definition coords_nz n (v : 'cV[R]_n) : Prop := forall i, v i 0 != 0.
 
 End Vocabulary.
+
+(** max and min of two scalars (the order of the real closed field), and coordinate by coordinate *)
+Notation smax a b := (Num.max a b) (only parsing).
+Notation smin a b := (Num.min a b) (only parsing).
+Notation vmax u v := (vmap2 Num.max u v) (only parsing).
+Notation vmin u v := (vmap2 Num.min u v) (only parsing).
 
 Arguments vconst {R n} c.
 Arguments vpow {R n} v k%N.
@@ -92,6 +100,7 @@ Lemma edivE u v i : ediv u v i 0 = u i 0 / v i 0. Proof. by rewrite mxE. Qed.
 Lemma vpowE v k i : vpow v k i 0 = v i 0 ^+ k. Proof. by rewrite mxE. Qed.
 Lemma vsqrtE v i : vsqrt v i 0 = Num.sqrt (v i 0). Proof. by rewrite mxE. Qed.
 Lemma vmapE f v i : vmap f v i 0 = f (v i 0). Proof. by rewrite mxE. Qed.
+Lemma vmap2E f u v i : vmap2 f u v i 0 = f (u i 0) (v i 0). Proof. by rewrite mxE. Qed.
 Lemma vsumE (I : Type) (r : seq I) (P : pred I) (F : I -> 'cV[R]_n) i :
   (\sum_(k <- r | P k) F k) i 0 = \sum_(k <- r | P k) F k i 0.
 Proof. exact: summxE. Qed.
@@ -101,7 +110,7 @@ End Coordinates.
 (** Every coordinate lemma, for [rewrite !ctxE]: the coordinates of [matvec], and [dot], [mean],
     [frob], stay atoms. *)
 Definition ctxE := (vaddE, vsubE, vnegE, vscaleE, vzeroE, vconstE, hadE, edivE, vpowE, vsqrtE, vmapE,
-                    vsumE).
+                    vmap2E, vsumE).
 
 (** ** The field tactic on [R]
 
@@ -165,116 +174,6 @@ have ge0 j : xpredT j -> 0 <= z j 0 * z j 0 by rewrite -expr2 sqr_ge0.
 by have /eqP := psumr_eq0P ge0 z0 (isT : xpredT i); rewrite mulf_eq0 orbb.
 Qed.
 
-(** [ctx_fold]: one spelling per scalar operation (literal powers and multiples unfolded). *)
-Ltac ctx_fold :=
-  rewrite ?exprS ?expr0 ?mulr1n ?mulrS ?mulr0n ?fold_coord
-          ?fold_add ?fold_mul ?fold_opp ?fold_inv ?fold_0 ?fold_1.
-Ltac ctx_fold_in H :=
-  rewrite ?exprS ?expr0 ?mulr1n ?mulrS ?mulr0n ?fold_coord
-          ?fold_add ?fold_mul ?fold_opp ?fold_inv ?fold_0 ?fold_1 in H.
-
-(** [ctx_split_nz]: a nonzero product, inverse or negation gives its nonzero factors. *)
-Ltac ctx_split_nz :=
-  repeat match goal with
-  | H : is_true (_ * _ != 0) |- _ => case: (mul_nzP H) => ? ?; clear H
-  | H : is_true (_^-1 != 0) |- _ => move: (inv_nzP H) => ?; clear H
-  | H : is_true (- _ != 0) |- _ => move: (opp_nzP H) => ?; clear H
-  end.
-
-(** [ctx_facts_at i]: [v i 0 != 0] from every [coords_nz v]; [ctx_facts]: [x != 0] from [0 < x],
-    [dot z z != 0] from a vector [z != 0]. [ctx_nz_ready] then brings them to the form [field]
-    wants. *)
-Ltac ctx_facts_at i :=
-  repeat match goal with
-  | H : coords_nz ?v |- _ =>
-      lazymatch goal with
-      | _ : is_true (@fun_of_matrix _ _ _ v i _ != 0) |- _ => fail
-      | _ => move: (H i) => ?
-      end
-  end.
-
-Ltac ctx_facts :=
-  repeat match goal with
-  | H : is_true (0 < ?x) |- _ =>
-      lazymatch goal with _ : is_true (x != 0) |- _ => fail | _ => move: (lt0_nz H) => ? end
-  | H : is_true (?z != 0) |- _ =>
-      lazymatch type of z with
-      | 'cV[_]_ _ =>
-          lazymatch goal with _ : is_true (dot z z != 0) |- _ => fail | _ => move: (dot_nz H) => ? end
-      end
-  end.
-
-(** Rewrite the coordinate lemmas into the scalar nonzero facts, split them into factors, fold
-    each into [x <> r0] for [field] (the [!= 0] copies are cleared: [ctx_nz_ready] ends a proof). *)
-Ltac ctx_nz_ready :=
-  ctx_split_nz;
-  repeat match goal with
-  | H : is_true (?x != 0) |- _ =>
-      lazymatch type of x with
-      | matrix _ _ _ => fail
-      | _ => first [ progress rewrite ?ctxE in H; ctx_split_nz
-                   | let F := fresh "F" in move: (nz_fold H) => F; ctx_fold_in F; clear H ]
-      end
-  end.
-
-(** Side conditions of [field]: every factor of a denominator is a known nonzero. *)
-Ltac ctx_nz_side :=
-  repeat match goal with |- _ /\ _ => split end;
-  repeat (first [ assumption | apply: rmul_nz | apply: rinv_nz | apply: ropp_nz ]).
-
-(** [ctx_scalar]: a scalar identity of [R] by [field], denominators from the hypotheses. *)
-Ltac ctx_scalar :=
-  apply: ctx_eqR; ctx_fold; field; ctx_nz_side.
-
-(** [ctx_replace E X]: rewrite [E : X = Y] in the goal and in every other hypothesis that mentions
-    [X] (reverted, rewritten, reintroduced under fresh names: it is used only inside terminal
-    tactics). *)
-Ltac ctx_replace E X :=
-  repeat match goal with
-  | H : context[X] |- _ => assert_fails (constr_eq H E); revert H
-  end;
-  rewrite E; clear E; intros.
-
-(** [ctx_num0] / [ctx_vec0]: a scalar identity from the hypotheses, by [field]; a vector identity,
-    coordinate by coordinate. *)
-Ltac ctx_num0 := ctx_facts; ctx_nz_ready; ctx_scalar.
-Ltac ctx_vec0 :=
-  ctx_facts; apply/colP; let i := fresh "i" in intro i; ctx_facts_at i; ctx_nz_ready; rewrite ?ctxE;
-  ctx_scalar.
-
-(** [ctx_congr]: two applications of one atom-forming head ([Num.sqrt], [mean], [W *m _], [vmap f],
-    an opaque function of the context) whose arguments are spelled differently but are equal
-    (by [ctx_num0] for scalars, [ctx_vec0] for vectors) become one. Every subterm is visited, so
-    a difference deep inside is repaired where it occurs; the argument proofs themselves do not
-    recurse (that would search exponentially many failing pairs). *)
-Ltac ctx_congr :=
-  repeat match goal with
-  | |- context[Num.sqrt ?X] => match goal with |- context[Num.sqrt ?Y] =>
-        assert_fails (constr_eq X Y); let E := fresh "E" in
-        assert (E : X = Y) by ctx_num0; ctx_replace E X end
-  | |- context[mean ?X] => match goal with |- context[mean ?Y] =>
-        assert_fails (constr_eq X Y); let E := fresh "E" in
-        assert (E : X = Y) by ctx_vec0; ctx_replace E X end
-  | |- context[@mulmx _ _ _ _ ?M ?X] => match goal with |- context[@mulmx _ _ _ _ M ?Y] =>
-        assert_fails (constr_eq X Y); let E := fresh "E" in
-        assert (E : X = Y) by ctx_vec0; ctx_replace E X end
-  | |- context[vmap ?f ?X] => match goal with |- context[vmap f ?Y] =>
-        assert_fails (constr_eq X Y); let E := fresh "E" in
-        assert (E : X = Y) by ctx_vec0; ctx_replace E X end
-  | f : _ -> _ |- _ => match goal with |- context[f ?X] => match goal with |- context[f ?Y] =>
-        assert_fails (constr_eq X Y); let E := fresh "E" in
-        assert (E : X = Y) by (first [ctx_num0 | ctx_vec0]); ctx_replace E X end end
-  end.
-
-(** [ctx_num]: a scalar identity; [ctx_vec]: a vector identity coordinate by coordinate. The flat
-    tactic first; when it fails, again after [ctx_congr] at the vector level and at the coordinates
-    (a spelling difference inside an atom costs a search over pairs of atoms, so only then). *)
-Ltac ctx_num := first [ ctx_num0 | ctx_facts; ctx_congr; ctx_nz_ready; ctx_scalar ].
-Ltac ctx_vec := first [ ctx_vec0 |
-  ctx_facts; ctx_congr;
-  apply/colP; let i := fresh "i" in intro i; ctx_facts_at i; ctx_nz_ready; rewrite ?ctxE;
-  ctx_congr; ctx_scalar ].
-
 (** ** The rank-1 patch *)
 Section Rank1.
 Variable R : rcfType.
@@ -299,6 +198,38 @@ Proof. by move/dot_nz => z0; rewrite scalerA mulfV // scale1r. Qed.
 
 Lemma add_subK (V : zmodType) (a b : V) : a + (b - a) = b.
 Proof. by rewrite addrC subrK. Qed.
+
+Lemma mulmx_subK m n (W : 'M[R]_(m, n)) (z z_C : 'cV[R]_n) : W *m z + W *m (z_C - z) = W *m z_C.
+Proof. by rewrite mulmxBr add_subK. Qed.
+
+(** the patch [r / (K z^T z)] or [r / (z^T z K)]: [z^T z] cancels *)
+Lemma scale_dotKl m n (z : 'cV[R]_n) (r : 'cV[R]_m) (K : R) :
+  z != 0 -> dot z z *: ((K * dot z z)^-1 *: r) = K^-1 *: r.
+Proof. by move/dot_nz => z0; rewrite scalerA invfM mulrCA mulfV // mulr1. Qed.
+Lemma scale_dotKr m n (z : 'cV[R]_n) (r : 'cV[R]_m) (K : R) :
+  z != 0 -> dot z z *: ((dot z z * K)^-1 *: r) = K^-1 *: r.
+Proof. by move=> z0; rewrite mulrC scale_dotKl. Qed.
+
+(** the rank-1 lemma in one rewrite: [(W + (r / z^T z) z^T) z = W z + r] (and [r / (K z^T z)] adds
+    [r / K]); matching on [*m] alone keeps the search cheap *)
+Lemma rank1_applyK m n (W : 'M[R]_(m, n)) (z : 'cV[R]_n) (r : 'cV[R]_m) :
+  z != 0 -> (W + ((dot z z)^-1 *: r) *m z^T) *m z = W *m z + r.
+Proof. by move=> z0; rewrite rank1_apply scale_dotK. Qed.
+Lemma rank1_applyKl m n (W : 'M[R]_(m, n)) (z : 'cV[R]_n) (r : 'cV[R]_m) (K : R) :
+  z != 0 -> (W + ((K * dot z z)^-1 *: r) *m z^T) *m z = W *m z + K^-1 *: r.
+Proof. by move=> z0; rewrite rank1_apply scale_dotKl. Qed.
+Lemma rank1_applyKr m n (W : 'M[R]_(m, n)) (z : 'cV[R]_n) (r : 'cV[R]_m) (K : R) :
+  z != 0 -> (W + ((dot z z * K)^-1 *: r) *m z^T) *m z = W *m z + K^-1 *: r.
+Proof. by move=> z0; rewrite rank1_apply scale_dotKr. Qed.
+
+(** the patched matrix applied to a multiple [a z] of the reduced input (an expert's input scaled by
+    its routing weight): [W' (a z) = W (a z_C)] *)
+Lemma rank1_scaledK m n (W : 'M[R]_(m, n)) (z z_C : 'cV[R]_n) (a : R) :
+  z != 0 -> (W + ((dot z z)^-1 *: (- (W *m z) + W *m z_C)) *m z^T) *m (a *: z) = W *m (a *: z_C).
+Proof. by move=> z0; rewrite -!scalemxAr rank1_applyK // addNKr. Qed.
+Lemma rank1_scaledK' m n (W : 'M[R]_(m, n)) (z z_C : 'cV[R]_n) (a : R) :
+  z != 0 -> (W + ((dot z z)^-1 *: (W *m z_C - W *m z)) *m z^T) *m (a *: z) = W *m (a *: z_C).
+Proof. by move=> z0; rewrite [W *m z_C - _]addrC rank1_scaledK. Qed.
 
 End Rank1.
 
@@ -361,6 +292,201 @@ Lemma sqrt_sqr_pos (c : R) : 0 < c -> Num.sqrt (c ^+ 2) = c.
 Proof. by move=> c0; rewrite sqrtr_sqr gtr0_norm. Qed.
 End Bilinear.
 
+(** ** Signs: the lemmas of [ctx_pos] (the facts table of the kernel, as Coq proves them) *)
+Section Signs.
+Variable R : rcfType.
+Implicit Types (a b : R).
+Lemma pos_addl a b : 0 < a -> 0 <= b -> 0 < a + b. Proof. by move=> a0 b0; rewrite ltr_paddr. Qed.
+Lemma pos_addr a b : 0 <= a -> 0 < b -> 0 < a + b. Proof. by move=> a0 b0; rewrite ltr_paddl. Qed.
+Lemma pos_sqrt a : 0 < a -> 0 < Num.sqrt a. Proof. by rewrite sqrtr_gt0. Qed.
+Lemma pos_inv a : 0 < a -> 0 < a^-1. Proof. by rewrite invr_gt0. Qed.
+Lemma pos_nat (n : nat) : (0 < n)%N -> 0 < n%:R :> R. Proof. by rewrite ltr0n. Qed.
+Lemma pos_and a (P : bool) : (0 < a) && P -> 0 < a. Proof. by case/andP. Qed.
+Lemma nneg_pos a : 0 < a -> 0 <= a. Proof. exact: Order.POrderTheory.ltW. Qed.
+Lemma nneg_sqrt a : 0 <= Num.sqrt a. Proof. exact: sqrtr_ge0. Qed.
+Lemma nneg_sq a : 0 <= a ^+ 2. Proof. exact: sqr_ge0. Qed.
+Lemma nneg_dot n (v : 'cV[R]_n) : 0 <= dot v v.
+Proof. by rewrite /dot sumr_ge0 // => i _; rewrite -expr2 sqr_ge0. Qed.
+End Signs.
+
+(** ** Sums over the selected experts *)
+Section Sums.
+Variable R : rcfType.
+(** a sum of [k >= 1] positive terms (softmax gates) is positive *)
+Lemma pos_sum_nat (k : nat) (F : nat -> R) :
+  (0 < k)%N -> (forall j, 0 < F j) -> 0 < \sum_(1 <= j < k.+1) F j.
+Proof.
+move=> k0 F0; rewrite big_ltn ?ltnS //; apply: pos_addl; first exact: F0.
+by apply: sumr_ge0 => j _; apply: nneg_pos.
+Qed.
+Lemma idx_pos (k n : nat) : (0 < k <= n)%N -> (0 < k)%N. Proof. by case/andP. Qed.
+(** [k] copies of [x]: [x k] *)
+Lemma sum_const_nat (k : nat) (x : R) : \sum_(1 <= j < k.+1) x = x * k%:R.
+Proof. by rewrite sumr_const_nat subSS subn0 mulr_natr. Qed.
+End Sums.
+
+(** ** Tactics *)
+
+(** [ctx_fold]: one spelling per scalar operation (literal powers and multiples unfolded). *)
+Ltac ctx_fold :=
+  rewrite ?exprS ?expr0 ?mulr1n ?mulrS ?mulr0n ?fold_coord
+          ?fold_add ?fold_mul ?fold_opp ?fold_inv ?fold_0 ?fold_1.
+Ltac ctx_fold_in H :=
+  rewrite ?exprS ?expr0 ?mulr1n ?mulrS ?mulr0n ?fold_coord
+          ?fold_add ?fold_mul ?fold_opp ?fold_inv ?fold_0 ?fold_1 in H.
+
+(** [ctx_split_nz]: a nonzero product, inverse or negation gives its nonzero factors. *)
+Ltac ctx_split_nz :=
+  repeat match goal with
+  | H : is_true (_ * _ != 0) |- _ => case: (mul_nzP H) => ? ?; clear H
+  | H : is_true (_^-1 != 0) |- _ => move: (inv_nzP H) => ?; clear H
+  | H : is_true (- _ != 0) |- _ => move: (opp_nzP H) => ?; clear H
+  end.
+
+(** [ctx_facts_at i]: [v i 0 != 0] from every [coords_nz v]; [ctx_facts]: [x != 0] from [0 < x],
+    [dot z z != 0] from a vector [z != 0]. [ctx_nz_ready] then brings them to the form [field]
+    wants. *)
+Ltac ctx_facts_at i :=
+  repeat match goal with
+  | H : coords_nz ?v |- _ =>
+      lazymatch goal with
+      | _ : is_true (@fun_of_matrix _ _ _ v i _ != 0) |- _ => fail
+      | _ => move: (H i) => ?
+      end
+  end.
+
+Ltac ctx_facts :=
+  repeat match goal with
+  | H : is_true (0 < ?x) |- _ =>
+      lazymatch goal with _ : is_true (x != 0) |- _ => fail | _ => move: (lt0_nz H) => ? end
+  | H : is_true (?z != 0) |- _ =>
+      lazymatch type of z with
+      | 'cV[_]_ _ =>
+          lazymatch goal with _ : is_true (dot z z != 0) |- _ => fail | _ => move: (dot_nz H) => ? end
+      end
+  end.
+
+(** Rewrite the coordinate lemmas into the scalar nonzero facts, split them into factors, fold
+    each into [x <> r0] for [field] (the [!= 0] copies are cleared: [ctx_nz_ready] ends a proof). *)
+Ltac ctx_nz_ready :=
+  ctx_split_nz;
+  repeat match goal with
+  | H : is_true (?x != 0) |- _ =>
+      lazymatch type of x with
+      | matrix _ _ _ => fail
+      | _ => first [ progress rewrite ?ctxE in H; ctx_split_nz
+                   | let F := fresh "F" in move: (nz_fold H) => F; ctx_fold_in F; clear H ]
+      end
+  end.
+
+(** Side conditions of [field]: every factor of a denominator is a known nonzero. *)
+Ltac ctx_nz_side :=
+  repeat match goal with |- _ /\ _ => split end;
+  repeat (first [ assumption | apply: rmul_nz | apply: rinv_nz | apply: ropp_nz ]).
+
+(** [ctx_set_sums]: every sum of the goal becomes a local name ([field] does not take a big
+    operator as an atom; [set] keeps its value, so the side conditions still see it). *)
+Ltac ctx_set_sums :=
+  repeat match goal with |- context[@BigOp.bigop ?T ?I ?idx ?r ?F] =>
+    let S := fresh "S" in set S := BigOp.bigop idx r F end.
+
+(** [ctx_scalar]: a scalar identity of [R] by [field], denominators from the hypotheses. *)
+Ltac ctx_scalar :=
+  apply: ctx_eqR; ctx_fold; ctx_set_sums; field; solve [ctx_nz_side].
+
+(** [ctx_replace E X]: rewrite [E : X = Y] in the goal and in every other hypothesis that mentions
+    [X] (reverted, rewritten, reintroduced under fresh names: it is used only inside terminal
+    tactics). *)
+Ltac ctx_replace E X :=
+  repeat match goal with
+  | H : context[X] |- _ => assert_fails (constr_eq H E); revert H
+  end;
+  rewrite E; clear E; intros.
+
+(** [ctx_num0] / [ctx_vec0]: a scalar identity from the hypotheses, by [field]; a vector identity,
+    coordinate by coordinate. *)
+(** [ctx_pos] proves [0 < x] and [ctx_nneg] [0 <= x] from the hypotheses and the facts table:
+    [0 < 1], a hypothesis [0 < x] or [forall x, 0 < f x] (exp), sums, products, inverses and square
+    roots of positives, [n%:R] of a positive [n], squares, [dot v v], [mean (v^2)], [Num.sqrt]. *)
+Ltac ctx_pos :=
+  lazymatch goal with |- is_true (0 < _) => idtac end;
+  first [ assumption
+        | exact: ltr01
+        | match goal with H : forall x : _, is_true (0 < ?f x) |- is_true (0 < ?f _) => exact: H end
+        | apply: pos_sqrt; ctx_pos
+        | apply: pos_inv; ctx_pos
+        | apply: mulr_gt0; ctx_pos
+        | apply: pos_addl; [ctx_pos | ctx_nneg]
+        | apply: pos_addr; [ctx_nneg | ctx_pos]
+        | apply: pos_nat; ctx_posn
+        | apply: pos_sum_nat; [ctx_posn | move=> ?; ctx_pos]
+        | match goal with H : forall (l : _) (j : nat), _ |- _ => exact: (pos_and (H _ _)) end ]
+with ctx_nneg :=
+  lazymatch goal with |- is_true (0 <= _) => idtac end;
+  first [ assumption
+        | exact: nneg_sqrt
+        | exact: nneg_sq
+        | exact: nneg_dot
+        | exact: mean_sq_ge0
+        | apply: nneg_pos; ctx_pos
+        | apply: addr_ge0; ctx_nneg
+        | apply: mulr_ge0; ctx_nneg ]
+with ctx_posn :=
+  first [ assumption | by []
+        | match goal with H : is_true ((0 < _)%N && _) |- _ => exact: (idx_pos H) end ].
+
+(** [ctx_inv_facts]: [0 < x] for every inverse [x^-1] of the goal whose positivity [ctx_pos] proves
+    (the denominators the kernel discharged from its facts table: [sqrt (eps + mean h^2)],
+    [1 + exp x], a sum of gates). *)
+Ltac ctx_inv_facts :=
+  repeat match goal with
+  | |- context[?x^-1] =>
+      lazymatch goal with
+      | _ : is_true (x != 0) |- _ => fail
+      | _ : is_true (0 < x) |- _ => fail
+      | _ => let P := fresh "P" in assert (P : 0 < x) by ctx_pos
+      end
+  end.
+
+Ltac ctx_num0 := ctx_inv_facts; ctx_facts; ctx_nz_ready; ctx_scalar.
+Ltac ctx_vec0 :=
+  ctx_inv_facts; ctx_facts; apply/colP; let i := fresh "i" in intro i; ctx_facts_at i; ctx_nz_ready;
+  rewrite ?ctxE; ctx_scalar.
+
+(** [ctx_congr]: two applications of one atom-forming head ([Num.sqrt], [mean], [W *m _], [vmap f],
+    an opaque function of the context) whose arguments are spelled differently but are equal
+    (by [ctx_num0] for scalars, [ctx_vec0] for vectors) become one. Every subterm is visited, so
+    a difference deep inside is repaired where it occurs; the argument proofs themselves do not
+    recurse (that would search exponentially many failing pairs). *)
+Ltac ctx_head t := lazymatch t with ?f _ => ctx_head f | _ => t end.
+Ltac ctx_same_head X Y := let a := ctx_head X in let b := ctx_head Y in constr_eq a b.
+Ltac ctx_congr_by E X Y tac :=
+  assert_fails (constr_eq X Y); ctx_same_head X Y; assert (E : X = Y) by tac; ctx_replace E X.
+Ltac ctx_congr :=
+  repeat match goal with
+  | |- context[Num.sqrt ?X] => match goal with |- context[Num.sqrt ?Y] =>
+        let E := fresh "E" in ctx_congr_by E X Y ctx_num0 end
+  | |- context[mean ?X] => match goal with |- context[mean ?Y] =>
+        let E := fresh "E" in ctx_congr_by E X Y ctx_vec0 end
+  | |- context[@mulmx _ _ _ _ ?M ?X] => match goal with |- context[@mulmx _ _ _ _ M ?Y] =>
+        let E := fresh "E" in ctx_congr_by E X Y ctx_vec0 end
+  | |- context[vmap ?f ?X] => match goal with |- context[vmap f ?Y] =>
+        let E := fresh "E" in ctx_congr_by E X Y ctx_vec0 end
+  | f : _ -> _ |- _ => match goal with |- context[f ?X] => match goal with |- context[f ?Y] =>
+        let E := fresh "E" in ctx_congr_by E X Y ltac:(first [ctx_num0 | ctx_vec0]) end end
+  end.
+
+(** [ctx_num]: a scalar identity; [ctx_vec]: a vector identity coordinate by coordinate. The flat
+    tactic first; when it fails, again after [ctx_congr] at the vector level and at the coordinates
+    (a spelling difference inside an atom costs a search over pairs of atoms with one head, so only
+    then; [ctx_vec_congr] goes there directly). *)
+Ltac ctx_num := first [ ctx_num0 | ctx_facts; ctx_congr; ctx_inv_facts; ctx_facts; ctx_nz_ready; ctx_scalar ].
+Ltac ctx_vec_congr :=
+  ctx_facts; ctx_congr;
+  apply/colP; let i := fresh "i" in intro i; ctx_facts_at i; rewrite ?ctxE;
+  ctx_congr; ctx_inv_facts; ctx_facts; ctx_nz_ready; ctx_scalar.
+Ltac ctx_vec := first [ ctx_vec0 | ctx_vec_congr ].
+
 (** [ctx_linear]: push [*m] through sums, negations and scalings, and apply outer products
     ([(x z^T) v = (z^T v) x]), so that the remaining [W *m v] have no linear structure left. *)
 Ltac ctx_linear :=
@@ -368,11 +494,25 @@ Ltac ctx_linear :=
           ?mul0mx ?mulmx0.
 
 (** [ctx_rank1]: every [(W + outer ((dot z z)^-1 *: r) z) *m z] becomes [W *m z + r] ([z != 0] from
-    the context), and [W *m z + (W *m z_C - W *m z)] (or [- W *m z + W *m z_C], or [W *m (z_C - z)])
+    the context; [r / (K z^T z)] gives [r / K]), and [W *m z + (W *m z_C - W *m z)] (or [- W *m z + W *m z_C], or [W *m (z_C - z)])
     becomes [W *m z_C]; repeated, so that a patch applied to a patched activation (W_down after
     W_gate, W_up) is simplified after the inner ones. *)
+Ltac ctx_assumption :=
+  try (lazymatch goal with |- is_true (_ != 0) =>
+         first [ assumption | match goal with H : forall e : nat, is_true (_ != 0) |- _ => exact: H end ] end).
+Ltac ctx_refl := try (lazymatch goal with |- ?a = ?a => reflexivity end).
 Ltac ctx_rank1_step :=
-  rewrite ?rank1_apply ?scale_dotK ?mulmxBr ?mulmxDr ?mulmxN ?add_subK ?addNKr //.
+  rewrite ?rank1_applyK;
+  (* the scaled denominators only where they occur: unifying [?K * dot ?z ?z] with [dot z z] unfolds
+     [dot] into its sum, which costs tens of seconds *)
+  repeat match goal with
+  | |- context[(?W + ((?K * dot ?z ?z)^-1 *: ?r) *m ?z^T) *m ?z] =>
+      rewrite (@rank1_applyKl _ _ _ W z r K); last ctx_assumption
+  | |- context[(?W + ((dot ?z ?z * ?K)^-1 *: ?r) *m ?z^T) *m ?z] =>
+      rewrite (@rank1_applyKr _ _ _ W z r K); last ctx_assumption
+  end;
+  ctx_assumption; rewrite ?mulmx_subK ?add_subK ?addNKr;
+  ctx_refl.
 Ltac ctx_rank1 := repeat (progress ctx_rank1_step).
 
 (** [ctx_eqs]: rewrite the goal with every hypothesis [a = b] whose left side is not a variable
@@ -391,3 +531,52 @@ Ltac ctx_kill :=
   | H : ?N *m ?z = 0 |- context[frob ?N (_ *m ?z^T)] => rewrite (frob_outer_killr _ H)
   end.
 
+
+(** ** Mixtures of experts
+
+    The output is a sum over the selected experts [\sum_(1 <= j < k.+1)] of terms in the families
+    [W_down e], [a' e], ... defined by hypotheses [forall e, X e = rhs e].  [ctx_fam] rewrites with
+    every family definition at its argument (inside a sum's body, where the argument depends on the
+    bound rank [j]), except the families a hypothesis [forall e, X e != 0] keeps as atoms
+    ([a_C e]); [ctx_refold] folds those back once the rank-1 lemma has made the patched activation
+    the contextual one. *)
+Ltac ctx_fam :=
+  repeat match goal with
+  | H : forall e : nat, ?X e = _ |- context[?X ?a] =>
+      lazymatch goal with _ : forall e : nat, is_true (X e != 0) |- _ => fail | _ => rewrite (H a) end
+  end.
+Ltac ctx_refold :=
+  repeat match goal with
+  | H : forall e : nat, ?X e = _, _ : forall e : nat, is_true (?X e != 0) |- _ => progress rewrite -?H
+  end.
+(** one term of the sum: patched to the contextual one plus the output patch's share, and split *)
+(** (instantiated by matching first: unifying [?a *: ?z] with every product unfolds the vocabulary) *)
+Ltac ctx_rank1_scaled :=
+  repeat match goal with
+  | Hz : is_true (?z != 0)
+    |- context[(?W + ((dot ?z ?z)^-1 *: (- (?W *m ?z) + ?W *m ?zc)) *m ?z^T) *m (?a *: ?z)] =>
+      rewrite (rank1_scaledK W z zc a Hz)
+  | Hz : is_true (?z != 0)
+    |- context[(?W + ((dot ?z ?z)^-1 *: (?W *m ?zc - ?W *m ?z)) *m ?z^T) *m (?a *: ?z)] =>
+      rewrite (rank1_scaledK' W z zc a Hz)
+  end.
+Ltac ctx_moe_body :=
+  ctx_fam; ctx_rank1_scaled; ctx_rank1; ctx_refold; ctx_rank1; rewrite ?scalerDr ?scalerA.
+(** [ctx_moe]: both sums term by term, split, the output patch's shares summed
+    ([sum_j c_j delta = (sum_j c_j) delta], the gates' sum then cancels), coordinate by coordinate. *)
+Ltac ctx_moe :=
+  subst; ctx_rank1;
+  under eq_bigr => ? _ do ctx_moe_body;
+  symmetry; under eq_bigr => ? _ do ctx_moe_body; symmetry;
+  rewrite ?big_split /= -?scaler_suml -?mulr_suml ?sum_const_nat;
+  ctx_vec.
+
+(** [ctx_block]: the default proof of a block or multi-layer theorem.  With per-expert families (a
+    mixture of experts) [ctx_moe]; otherwise substitute the definitions, apply the rank-1 lemma to
+    every patched matrix, and check what remains coordinate by coordinate (nothing remains when
+    the two sides are then the same term). *)
+Ltac ctx_block :=
+  lazymatch goal with
+  | _ : forall e : nat, _ = _ |- _ => ctx_moe
+  | _ => subst; ctx_rank1; ctx_vec
+  end.

@@ -5,10 +5,11 @@ hypotheses and statement) in the prefix vocabulary of proofs/coq/CtxPatch.v: eve
 ``(op arg1 ... argk)``, types from the kernel's (a dimension d is ``d.+1``, a vector ``'cV[R]_d.+1``,
 a family ``nat -> T``, an opaque function ``R -> R``), each definition a hypothesis ``x = rhs``, the
 table's facts about exp, tanh, sigmoid and heaviside hypotheses too (they stay arbitrary functions).
-`write_coq_project(dir, theorems)` writes a self-contained Coq project (`_CoqProject`, the vocabulary,
-`Theorems.v` with every theorem that has a proof script in proofs/coq/scripts, or, for a block or
-multi-layer theorem, the default block script scripts/default/block.ltac) and runs coqc on it:
-a theorem is *checked* when coqc accepts its proof and `Print Assumptions` finds no axiom.
+`write_coq_project(dir, theorems)` writes a self-contained Coq project (the vocabulary, one file
+`theorems/NAME.v` per theorem that has a proof script in proofs/coq/scripts -- or, for a block or
+multi-layer theorem, the default script scripts/default/block.ltac -- a `_CoqProject` and `Theorems.v`
+over the checked ones) and runs coqc on each file: a theorem is *checked* when coqc accepts its proof
+and `Print Assumptions` finds no axiom.
 
 The statements are printed from the theorem objects the kernel checked, so the statement coqc checks
 is the one the kernel verified. Nothing here is trusted by the kernel.
@@ -16,9 +17,12 @@ is the one the kernel verified. Nothing here is trusted by the kernel.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
+import signal
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from symbolic.kernel.statements import RELATIONS, Theorem
@@ -56,11 +60,17 @@ Add Field ctx_field : (ctx_field_theory R).
 
 RESERVED = set("""R sadd ssub sneg smul sdiv sinv spow ssqrt snat vadd vsub vneg vscale vzero madd msub mneg mscale
 mzero matvec outer vconst had ediv vpow vsqrt vmap dot mean frob coords_nz coord ctxE radd rmul ropp rinv rsub rdiv
-r0 r1 fun forall exists let in if then else match with end as return at is by Type Prop Set nat""".split())
+r0 r1 smax smin vmax vmin vmap2 fun forall exists let in if then else match with end as return at is by Type Prop Set
+nat""".split())
 #: The table's facts, as hypotheses about the (otherwise arbitrary) functions.
 FACTS = {"exp": "forall x : R, 0 < exp x", "tanh": "forall x : R, - 1 < tanh x < 1",
          "sigmoid": "forall x : R, 0 < sigmoid x < 1", "heaviside": "forall x : R, 0 <= heaviside x <= 1"}
+#: The router's maps of a mixture of experts (logits, rank j -> the j-th selected expert, its gate, an
+#: expert's routing weight): arbitrary functions; the table's facts about the gates are hypotheses.
+ROUTING = {"sel": ("nat", None), "gate": ("R", "0 < {f} l j <= 1"), "expert_gate": ("R", "0 <= {f} l j <= 1")}
 ELEMENTWISE = ("sqrt", "exp", "tanh", "sigmoid", "heaviside")
+#: max and min of two scalars (Num.max of the real closed field), coordinate by coordinate on vectors.
+BINARY = {"max": "max", "min": "min"}
 
 
 class Unprintable(ValueError):
@@ -125,8 +135,10 @@ class _Printer:
 
     def var(self, v: Var) -> str:
         n = self.name(v.name)
-        if v.name not in self.local:
-            self.seen.setdefault(v.name, (n, coq_type(v.ty)))
+        if v.name not in self.local and v.name not in self.seen:
+            self.seen[v.name] = (n, coq_type(v.ty))
+            if isinstance(v.ty, Index):  # an index in 1..E, as the kernel's table has it
+                self.facts.append(f"(0 < {n} <= {v.ty.bound}.+1)%N")
         return n
 
     def fn(self, name: str, ty: str) -> str:
@@ -134,6 +146,16 @@ class _Printer:
             self.facts.append(FACTS[name])
         n = self.name(name)
         self.seen.setdefault(name, (n, ty))
+        return n
+
+    def routing(self, op: str, logits: Vector) -> str:
+        """A router map ``'cV[R]_E.+1 -> nat -> T`` (its fact from the table a hypothesis)."""
+        result, fact = ROUTING[op]
+        n = self.fn(op, f"{coq_type(logits)} -> nat -> {result}")
+        if fact:
+            text = f"forall (l : {coq_type(logits)}) (j : nat), " + fact.format(f=n)
+            if text not in self.facts:
+                self.facts.append(text)
         return n
 
     # ----------------------------------------------------------------- terms
@@ -209,6 +231,10 @@ class _Printer:
             return f"({op} {p(a[0])} {p(a[1])})"
         if op == "mean":
             return f"(mean {p(a[0])})" if isinstance(a[0].ty, Vector) else p(a[0])
+        if op in BINARY:
+            return f"({kind if kind == 'v' else 's'}{BINARY[op]} {p(a[0], ty)} {p(a[1], ty)})"
+        if op in ROUTING:
+            return f"({self.routing(op, a[0].ty)} {p(a[0])} {p(a[1])})"
         if op == "at":
             return f"({p(a[0])} {p(a[1])})"
         if op == "num":
@@ -329,51 +355,74 @@ def coq_source() -> Path:
     return Path(proofs.__file__).resolve().parent / "coq"
 
 
-def write_coq_project(out: Path, theorems: list[Theorem], source: Path | None = None,
-                      timeout: int = 600) -> list[dict]:
-    """Write the Coq project into `out` and check it with coqc: one {name, checked, reason} per theorem."""
+#: The vocabulary and the files written by hand, copied into every project (CtxPatch.v first).
+LIBRARY = ("CtxPatch.v", "Multilayer.v", "Moe.v")
+FLAGS = ["-w", "-notation-overridden,-ambiguous-paths,-redundant-canonical-projection,-projection-no-head-constant"]
+
+
+def coq_file(th: Theorem, script: str) -> str:
+    """One theorem as a file of its own: the header, the printed statement, its proof script, and
+    `Print Assumptions` (coqc answers 'Closed under the global context' when nothing is assumed)."""
+    return (f"{HEADER}\n{coq_statement(th)}\nProof.\n{script.rstrip()}\nQed.\n\nEnd Theorems.\n\n"
+            f"Print Assumptions {th.name}.\n")
+
+
+def write_coq_project(out: Path, theorems: list[Theorem], source: Path | None = None, timeout: int = 240,
+                      jobs: int = 2) -> list[dict]:
+    """Write the Coq project into `out` and check it with coqc: one {name, checked, reason} per theorem.
+
+    Every theorem is its own file `theorems/NAME.v`, checked by its own coqc run (at most `timeout`
+    seconds, `jobs` at a time), so that one refused or slow proof costs only itself. A theorem is
+    checked when coqc accepts the file and its `Print Assumptions` finds no axiom. The project's
+    `_CoqProject` lists the library and the checked theorems, and `Theorems.v` requires them all:
+    `coq_makefile -f _CoqProject -o Makefile.coq && make -f Makefile.coq` checks it again. A refused
+    theorem's file and coqc's answer stay in `refused/` (not part of the project)."""
     source = Path(source) if source is not None else coq_source()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    for sub in ("theorems", "refused"):
+        shutil.rmtree(out / sub, ignore_errors=True)
+        (out / sub).mkdir(parents=True)
+    if not (source / "CtxPatch.v").exists():
+        return [_row(th.name, f"no Coq sources in {source}") for th in theorems]
     rows: dict = {}
-    blocks: dict = {}
-    if not (source / "_CoqProject").exists():
-        return [{"name": th.name, "checked": False, "reason": f"no Coq sources in {source}"} for th in theorems]
+    files: dict = {}
     for th in theorems:
         script = _script(source, th.name)
         if script is None:
-            rows[th.name] = {"name": th.name, "checked": False, "reason": "no proof script in proofs/coq/scripts"}
+            rows[th.name] = _row(th.name, "no proof script in proofs/coq/scripts")
             continue
         try:
-            blocks[th.name] = f"{coq_statement(th)}\nProof.\n{script.read_text().rstrip()}\nQed.\n"
+            files[th.name] = coq_file(th, script.read_text())
         except Unprintable as exc:
-            rows[th.name] = {"name": th.name, "checked": False, "reason": f"cannot be printed: {exc}"}
-    project = (source / "_CoqProject").read_text()
-    shutil.copy(source / "_CoqProject", out / "_CoqProject")
-    for line in project.splitlines():
-        if line.strip().endswith(".v") and line.strip() != "Theorems.v":
-            shutil.copy(source / line.strip(), out / line.strip())
+            rows[th.name] = _row(th.name, f"cannot be printed: {exc}")
+    for name in LIBRARY:
+        shutil.copy(source / name, out / name)
+    for name, text in files.items():
+        (out / "theorems" / f"{name}.v").write_text(text)
     if shutil.which("coqc") is None or shutil.which("coq_makefile") is None:
-        _write(out, blocks)
-        return _rows(theorems, rows, {n: "coqc is not installed (make install-system)" for n in blocks})
-    failed: dict = {}
-    while blocks:
-        _write(out, blocks)
-        ok, log = _build(out, timeout)
-        if ok:
-            closed = _assumptions(log, list(blocks))
-            failed.update({n: "Print Assumptions lists an axiom" for n in blocks if not closed.get(n)})
-            break
-        culprit = _culprit(out / "Theorems.v", log, list(blocks))
-        if culprit is None:
-            failed.update({n: f"coqc: {log[-300:]}" for n in blocks})
-            break
-        error = " ".join(log[log.index('File "./Theorems.v"'):].split())
-        failed[culprit] = "coqc refuses the proof: " + error[:300]
-        del blocks[culprit]
-    for n in blocks:
-        rows.setdefault(n, {"name": n, "checked": n not in failed, "reason": failed.get(n, "")})
-    return _rows(theorems, rows, failed)
+        rows |= {n: _row(n, "coqc is not installed (make install-system)") for n in files}
+        return [rows[th.name] for th in theorems]
+    ok, log = _coqc(out, "CtxPatch.v", timeout)
+    if not ok:
+        rows |= {n: _row(n, f"coqc refuses CtxPatch.v: {_error(log)}") for n in files}
+        return [rows[th.name] for th in theorems]
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        answers = dict(zip(files, pool.map(lambda n: _coqc(out, f"theorems/{n}.v", timeout), files), strict=True))
+    for name, (ok, log) in answers.items():
+        if ok and "Closed under the global context" in log:
+            rows[name] = {"name": name, "checked": True, "reason": ""}
+            continue
+        late = log.startswith("coqc took more than")
+        rows[name] = _row(name, "Print Assumptions lists an axiom" if ok else
+                          log if late else f"coqc refuses the proof: {_error(log)}")
+        (out / "theorems" / f"{name}.v").replace(out / "refused" / f"{name}.v")
+        (out / "refused" / f"{name}.log").write_text(log)
+    _write_index(out, source, [n for n in files if rows[n]["checked"]])
+    return [rows[th.name] for th in theorems]
+
+
+def _row(name: str, reason: str) -> dict:
+    return {"name": name, "checked": False, "reason": reason}
 
 
 def _script(source: Path, name: str) -> Path | None:
@@ -385,49 +434,32 @@ def _script(source: Path, name: str) -> Path | None:
     return default if name.startswith(("block_", "multilayer_")) and default.exists() else None
 
 
-def _rows(theorems, rows: dict, failed: dict) -> list[dict]:
-    out = []
-    for th in theorems:
-        row = rows.get(th.name) or {"name": th.name, "checked": False, "reason": failed.get(th.name, "")}
-        if th.name in failed:
-            row = {"name": th.name, "checked": False, "reason": failed[th.name]}
-        out.append(row)
-    return out
+def _coqc(out: Path, path: str, timeout: int) -> tuple[bool, str]:
+    """coqc on one file of the project (its whole process group stopped after `timeout` seconds)."""
+    cmd = ["coqc", "-q", *FLAGS, "-R", ".", "CtxPatch", path]
+    with subprocess.Popen(cmd, cwd=out, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          start_new_session=True) as proc:
+        try:
+            log, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            return False, f"coqc took more than {timeout} s"
+    return proc.returncode == 0, log
 
 
-def _write(out: Path, blocks: dict) -> None:
-    footer = "End Theorems.\n\n" + "".join(f"Print Assumptions {n}.\n" for n in blocks)
-    (out / "Theorems.v").write_text(HEADER + "\n" + "\n".join(blocks.values()) + "\n" + footer)
+def _error(log: str) -> str:
+    """coqc's error: from the location it names, on one line."""
+    at = log.find("File ")
+    return " ".join(log[at if at >= 0 else 0:].split())[:400]
 
 
-def _build(out: Path, timeout: int) -> tuple[bool, str]:
-    try:
-        mk = subprocess.run(["coq_makefile", "-f", "_CoqProject", "-o", "Makefile.coq"], cwd=out, capture_output=True,
-                            text=True, timeout=timeout)
-        if mk.returncode:
-            return False, mk.stdout + mk.stderr
-        run = subprocess.run(["make", "-f", "Makefile.coq"], cwd=out, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return False, f"coqc took more than {timeout} s"
-    return run.returncode == 0, run.stdout + run.stderr
-
-
-def _assumptions(log: str, names: list[str]) -> dict:
-    """Whether each Print Assumptions (in order) says 'Closed under the global context'."""
-    answers = re.findall(r"(Closed under the global context|Axioms:)", log)
-    return {n: i < len(answers) and answers[i].startswith("Closed") for i, n in enumerate(names)}
-
-
-def _culprit(path: Path, log: str, names: list[str]) -> str | None:
-    m = re.search(r'File "\./Theorems\.v", line (\d+)', log)
-    if not m:
-        return None
-    line = int(m.group(1))
-    current = None
-    for i, text in enumerate(path.read_text().splitlines(), 1):
-        t = re.match(r"Theorem (\S+)", text)
-        if t:
-            current = t.group(1)
-        if i == line:
-            return current if current in names else None
-    return None
+def _write_index(out: Path, source: Path, checked: list[str]) -> None:
+    """`_CoqProject` (the library and the checked theorems) and `Theorems.v`, which requires them all."""
+    head = [line for line in (source / "_CoqProject").read_text().splitlines() if not line.strip().endswith(".v")]
+    files = [*LIBRARY, *(f"theorems/{n}.v" for n in checked), "Theorems.v"]
+    (out / "_CoqProject").write_text("\n".join(head + files) + "\n")
+    lines = ["(** The theorems of ctxpatch's kernel that coqc checked, one file each in theorems/. *)",
+             "From CtxPatch Require " + " ".join(f"theorems.{n}" for n in checked) + "." if checked else "",
+             "", *(f"Print Assumptions theorems.{n}.{n}." for n in checked)]
+    (out / "Theorems.v").write_text("\n".join(lines) + "\n")
