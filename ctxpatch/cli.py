@@ -386,7 +386,7 @@ def cmd_mutate(args) -> int:
 def cmd_experiment(args) -> int:
     """The seed paper's generation experiment on the trained fixture or any local causal LM."""
     try:
-        from numeric.hf.experiment import FIXTURE, PROMPT_SETS, run, run_all
+        from numeric.hf.experiment import APPLIED, FIXTURE, PROMPT_SETS, run, run_all
         from numeric.hf.models import MODELS, is_model_name
     except ImportError as exc:
         raise CtxpatchInputError(f"experiment needs transformers ({exc}); install it with "
@@ -398,13 +398,14 @@ def cmd_experiment(args) -> int:
                               f"`save_pretrained` (weights, config and tokenizer), or a name: {', '.join(MODELS)}; "
                               "downloads are not attempted.")
     prompts = PROMPT_SETS[args.prompts] if args.prompts else None
+    applied = tuple(args.applied) if args.applied else APPLIED
     if args.json and args.dtype is None and args.strategy is None:  # every setting, factored and materialized
-        _emit(run_all(tokens=args.tokens, model_path=path, model_name=name, prompts=prompts))
+        _emit(run_all(tokens=args.tokens, model_path=path, model_name=name, prompts=prompts, applied=applied))
         return EXIT_OK
     dtype = args.dtype or "float32"
     patch_dtype = args.patch_dtype or ("float32" if args.strategy == "stable" and dtype == "bfloat16" else None)
     out = run(model_path=path, model_name=name, dtype=dtype, strategy=args.strategy, tokens=args.tokens,
-              patch_dtype=patch_dtype, prompts=prompts)
+              patch_dtype=patch_dtype, prompts=prompts, applied=applied)
     args.dtype = dtype
     if args.json:
         _emit(out)
@@ -619,6 +620,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", type=positive, default=20)
     p.add_argument("--prompts", choices=("paper", "natural", "code"), help="prompt set: the paper's five (default "
                    "for gemma3-270m and smollm2-135m), our natural text, or the Python code (default for a folder)")
+    p.add_argument("--applied", action="append", choices=("factored", "materialized"),
+                   help="how the patches are applied (repeat for both; default both): by the kernels, or written "
+                   "into the model's own modules (the paper's Algorithm 1)")
     p = verb("demo", cmd_demo, "the main job, end to end on gemma3: check, prove, codegen, validate, HF check, reports")
     p.add_argument("-o", "--out", type=out_dir, default=Path("reports/demo"), metavar="DIR",
                    help="where the reports go (default: reports/demo under the current directory)")

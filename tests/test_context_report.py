@@ -91,15 +91,15 @@ def test_context_report_on_a_model_folder(tmp_path, capsys, monkeypatch):
 
 def test_a_rank1_patch_is_measured_as_its_dense_matrix():
     """|a b^T|_F / |W|_F from the factors' norms, per expert too; a scale patch against the effective scale."""
-    gen = torch.Generator().manual_seed(0)
-    a, b, w = torch.randn(1, 7, generator=gen), torch.randn(1, 5, generator=gen), torch.randn(7, 5, generator=gen)
+    gen, f64 = torch.Generator().manual_seed(0), torch.float64
+    a, b, w = (torch.randn(*shape, generator=gen, dtype=f64) for shape in ((1, 7), (1, 5), (7, 5)))
     got = sizes({"left": a, "right": b}, w)
     assert got["relative"] == pytest.approx(float(torch.outer(a[0], b[0]).norm() / w.norm()), rel=1e-12)
     assert got["left"] == pytest.approx(float(a.norm())) and got["kind"] == "rank1"
-    ae, be, we = torch.randn(1, 3, 7, generator=gen), torch.randn(1, 3, 5, generator=gen), torch.randn(3, 7, 5)
+    ae, be, we = (torch.randn(*shape, generator=gen, dtype=f64) for shape in ((1, 3, 7), (1, 3, 5), (3, 7, 5)))
     dense = torch.stack([torch.outer(ae[0, e], be[0, e]) for e in range(3)])
     assert sizes({"left": ae, "right": be}, we)["relative"] == pytest.approx(float(dense.norm() / we.norm()), rel=1e-12)
-    gamma, delta = torch.randn(7, generator=gen), torch.randn(1, 7, generator=gen)
+    gamma, delta = torch.randn(7, generator=gen, dtype=f64), torch.randn(1, 7, generator=gen, dtype=f64)
     assert sizes({"delta": delta}, gamma)["relative"] == pytest.approx(float(delta.norm() / gamma.norm()))
     assert sizes({"scale": 1 + delta / gamma}, gamma)["relative"] == pytest.approx(float(delta.norm() / gamma.norm()))
 
