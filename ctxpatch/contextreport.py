@@ -51,6 +51,9 @@ def selects(args) -> bool:
     from numeric.hf.models import MODELS
 
     if is_model(args.arch):
+        if getattr(args, "quick", False):
+            raise CtxpatchInputError("--quick belongs to the proof report of a spec; the context report measures the "
+                                     "context it is given (drop --quick)")
         return True
     given = [f"--{o.replace('_', '-')}" for o in CONTEXT_OPTIONS if getattr(args, o, None) is not None]
     if given:
