@@ -1,18 +1,18 @@
 """The context report: what a context did to a real model, rendered with Jinja2 as self-contained HTML (figures
-inlined as base64 PNG, drawn in a temporary folder) or LaTeX/PDF (figures in ``<stem>-figures/`` beside it).
+drawn in memory, inlined as base64 PNG) or LaTeX/PDF (figures in ``<stem>-figures/`` beside it).
 
 `render(data, fmt, out_dir)` takes the data of `ctxpatch.contextreport.collect` and writes only into
-``out_dir``; the PDF is compiled in a temporary folder (`ctxpatch.reporting.compile_pdf`).
+``out_dir``; the PDF is compiled by `ctxpatch.reporting.compile_pdf`.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import re
-import tempfile
 from pathlib import Path
 
-from ctxpatch.reporting import FORMATS, compile_pdf, environment, freshness, require_latex, tex_escape
+from ctxpatch.reporting import FORMATS, compile_pdf, environment, require_latex, tex_escape
 from ctxpatch.reporting.context_plots import FIGURES, figures
 from symbolic.errors import CtxpatchInputError
 
@@ -44,14 +44,17 @@ def render(data: dict, fmt: str, out_dir: Path) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     name = stem(data)
+    pngs = figures(data)
     if fmt == "html":
-        with tempfile.TemporaryDirectory() as tmp:
-            figs = freshness.encode_figures(figures(data, Path(tmp)))
         path = out_dir / f"{name}.html"
-        path.write_text(html_text(data, figs))
+        path.write_text(html_text(data, {k: base64.b64encode(png).decode() for k, png in pngs.items()}))
         return [path]
     fig_dir = out_dir / f"{name}-figures"
-    figs = {k: p.relative_to(out_dir).as_posix() for k, p in figures(data, fig_dir).items()}
+    fig_dir.mkdir(exist_ok=True)
+    figs = {}
+    for key, png in pngs.items():
+        (fig_dir / FIGURES[key][0]).write_bytes(png)
+        figs[key] = f"{fig_dir.name}/{FIGURES[key][0]}"
     tex = out_dir / f"{name}.tex"
     tex.write_text(environment().get_template("context.tex.j2").render(d=data, figs=figs, safe=tex_safe))
     if fmt == "latex":

@@ -1,12 +1,11 @@
-"""The context report's figures (matplotlib, Agg): per layer x query token heat maps of patch size, strategy and
-amplification; every parameter's patch size against depth; the patched runs' error against depth."""
+"""The context report's figures (matplotlib, Agg), drawn in memory as PNG bytes: per layer x query token heat maps
+of patch size, strategy and amplification; every parameter's patch size against depth; the patched runs' error
+against depth."""
 
 from __future__ import annotations
 
+import io
 import math
-from pathlib import Path
-
-from ctxpatch.reporting.plots import save
 
 #: Each figure of a context report: its file name and its caption (the HTML's alt text).
 FIGURES = {"sizes": ("patch_sizes.png", "patch size per layer and token"),
@@ -17,19 +16,25 @@ FIGURES = {"sizes": ("patch_sizes.png", "patch size per layer and token"),
 MAX_LABELS = 40  # query tokens named on the x axis up to this many
 
 
-def names() -> dict[str, str]:
-    return {k: file for k, (file, _) in FIGURES.items()}
-
-
-def figures(data: dict, out_dir: Path) -> dict[str, Path]:
+def figures(data: dict) -> dict[str, bytes]:
+    """Every figure of `FIGURES` as PNG bytes (nothing is written)."""
     import matplotlib
 
     matplotlib.use("Agg")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     draw = {"sizes": _sizes, "strategies": _strategies, "amplification": _amplification, "params": _params,
             "depth": _depth}
-    return {k: draw[k](data, out_dir / file) for k, file in names().items()}
+    return {k: draw[k](data) for k in FIGURES}
+
+
+def save(fig) -> bytes:
+    """A laid-out figure as PNG bytes (110 dpi, no software stamp, as the proof reports' figures); closed."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, metadata={"Software": None})
+    plt.close(fig)
+    return buffer.getvalue()
 
 
 def _grid(data: dict, title: str):
@@ -45,17 +50,17 @@ def _grid(data: dict, title: str):
     return fig, ax
 
 
-def _sizes(data: dict, path: Path) -> Path:
+def _sizes(data: dict) -> bytes:
     import numpy as np
 
     grid = np.array([[max(v, 1e-30) for v in row["largest"]] for row in data["layers"]])
     fig, ax = _grid(data, "largest patch / parameter (Frobenius) per layer and token")
     im = ax.imshow(np.log10(grid), aspect="auto", cmap="viridis", origin="lower")
     fig.colorbar(im, ax=ax, label="log10 |patch| / |param|")
-    return save(fig, path)
+    return save(fig)
 
 
-def _strategies(data: dict, path: Path) -> Path:
+def _strategies(data: dict) -> bytes:
     import matplotlib.pyplot as plt
     import numpy as np
     from matplotlib.patches import Patch
@@ -67,10 +72,10 @@ def _strategies(data: dict, path: Path) -> Path:
     ax.imshow(grid, aspect="auto", cmap=cmap, origin="lower", vmin=-0.5, vmax=len(names) - 0.5)
     ax.legend(handles=[Patch(color=cmap(i), label=s) for i, s in enumerate(names)], fontsize=7,
               loc="upper left", bbox_to_anchor=(1.01, 1))
-    return save(fig, path)
+    return save(fig)
 
 
-def _amplification(data: dict, path: Path) -> Path:
+def _amplification(data: dict) -> bytes:
     import numpy as np
 
     grid = np.array([[math.nan if a is None else a for a in row["amplification"]] for row in data["layers"]])
@@ -78,10 +83,10 @@ def _amplification(data: dict, path: Path) -> Path:
     if np.isfinite(grid).any():
         im = ax.imshow(grid, aspect="auto", cmap="magma", origin="lower")
         fig.colorbar(im, ax=ax, label="patched / unpatched")
-    return save(fig, path)
+    return save(fig)
 
 
-def _params(data: dict, path: Path) -> Path:
+def _params(data: dict) -> bytes:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 3.2))
@@ -96,10 +101,10 @@ def _params(data: dict, path: Path) -> Path:
     ax.set_ylabel("|patch| / |param| (largest token)")
     ax.set_title("patch size per parameter and layer", fontsize=9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1))
-    return save(fig, path)
+    return save(fig)
 
 
-def _depth(data: dict, path: Path) -> Path:
+def _depth(data: dict) -> bytes:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7.5, 3.2))
@@ -111,4 +116,4 @@ def _depth(data: dict, path: Path) -> Path:
     ax.set_ylabel("max relative error of the layer's output")
     ax.set_title("patched query alone vs the run with the context, per layer", fontsize=9)
     ax.legend(fontsize=8)
-    return save(fig, path)
+    return save(fig)

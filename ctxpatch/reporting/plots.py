@@ -56,11 +56,6 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def save(fig, path: Path) -> Path:
-    """Lay out, write (PNG, 110 dpi, no software stamp) and close a figure: the reports' one way to save."""
-    return _save(fig, path)
-
-
 def _errors(data: dict, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
