@@ -601,7 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--query", metavar="TEXT|@FILE", help="with --context: the query the context is absorbed for")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float64"], help="context report: the model's dtype "
                    "(default float32)")
-    p.add_argument("--top-k", type=positive, help="context report: next tokens shown (default 5)")
+    p.add_argument("--top-k", type=int, help="context report: next tokens shown (default 5, at most 50)")
     p.add_argument("-o", "--out", type=out_dir, default=Path("reports"), metavar="DIR",
                    help="output folder, created if missing (default: reports/ under the current directory)")
     p.add_argument("--quick", action="store_true", help="fewer trials and tokens (what the demo uses)")

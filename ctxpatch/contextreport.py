@@ -30,7 +30,7 @@ import torch
 
 from symbolic.errors import CtxpatchInputError, ModelInputError
 
-TOP_K = 5
+TOP_K, MAX_TOP_K = 5, 50
 APPLIED = ("factored", "materialized")
 
 
@@ -271,9 +271,12 @@ def main(args, console) -> int:
     from ctxpatch.reporting import context as render
 
     context, query = text_arg(args.context, "--context"), text_arg(args.query, "--query")
+    k = TOP_K if args.top_k is None else args.top_k
+    if not 1 <= k <= MAX_TOP_K:
+        raise CtxpatchInputError(f"--top-k {k}: allowed 1 to {MAX_TOP_K} (the next tokens the report lists)")
     formats = render.formats(args.format)
     model, tokenizer, label = load(args.arch, args.dtype or "float32")
-    data = collect(model, tokenizer, context, query, label, args.strategy, args.top_k or TOP_K)
+    data = collect(model, tokenizer, context, query, label, args.strategy, k)
     files = [f for fmt in formats for f in render.render(data, fmt, args.out)]
     if args.json:
         print(json.dumps({"files": [str(f) for f in files], "errors": data["errors"]}, indent=2))

@@ -112,6 +112,8 @@ def test_bad_input_is_refused_by_name(tmp_path, capsys):
     assert "needs --context" in capsys.readouterr().err
     assert main(["report", "gemma3-270m", "--context", "x", "--query", "y", "--quick", "-o", str(tmp_path)]) == 2
     assert "--quick belongs to the proof report" in capsys.readouterr().err
+    assert main(["report", "gemma3-270m", "--context", "x", "--query", "y", "--top-k", "0", "-o", str(tmp_path)]) == 2
+    assert "--top-k 0: allowed 1 to 50" in capsys.readouterr().err
     assert main(["report", str(tmp_path), "--context", "x", "--query", "y", "-o", str(tmp_path / "o")]) == 2
     assert "no config.json" in capsys.readouterr().err
     assert main(["report", str(FIXTURE), "--context", "x", "--query", "y", "--format", "docx"]) == 2

@@ -65,7 +65,7 @@ def environment() -> jinja2.Environment:
 
 
 def compile_pdf(tex: Path) -> Path:
-    """Compile a LaTeX file with latexmk in a temporary folder; the PDF lands beside the .tex (nothing else)."""
+    """Compile a LaTeX file with latexmk, as the proof reports are; the PDF lands beside the .tex."""
     return _compile(tex)
 
 
