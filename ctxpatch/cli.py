@@ -328,9 +328,12 @@ def _params(args) -> dict[str, str] | None:
 
 
 def cmd_report(args) -> int:
-    """Render the proof report of a block as LaTeX, PDF or HTML."""
+    """Render the proof report of a block as LaTeX, PDF or HTML; given a model, the context report."""
+    from ctxpatch import contextreport
     from ctxpatch import reporting as report
 
+    if contextreport.selects(args):
+        return contextreport.main(args, console)
     spec = catalog.resolve(args.arch)
     files = []
     data = None
@@ -391,7 +394,7 @@ def cmd_mutate(args) -> int:
 def cmd_experiment(args) -> int:
     """The seed paper's generation experiment on the trained fixture or any local causal LM."""
     try:
-        from numeric.hf.experiment import FIXTURE, run, run_all
+        from numeric.hf.experiment import APPLIED, FIXTURE, PROMPT_SETS, run, run_all
         from numeric.hf.models import MODELS, is_model_name
     except ImportError as exc:
         raise CtxpatchInputError(f"experiment needs transformers ({exc}); install it with "
@@ -402,14 +405,16 @@ def cmd_experiment(args) -> int:
         raise ModelInputError(f"--model {path}: no config.json there. Allowed: a local folder saved with "
                               f"`save_pretrained` (weights, config and tokenizer), or a name: {', '.join(MODELS)}; "
                               "downloads are not attempted.")
+    prompts = PROMPT_SETS[args.prompts] if args.prompts else None
+    applied = tuple(args.applied) if args.applied else APPLIED
     if args.json and args.dtype is None and args.strategy is None:  # every setting, factored and materialized
-        out = run_all(tokens=args.tokens, model_path=path, model_name=name)
+        out = run_all(tokens=args.tokens, model_path=path, model_name=name, prompts=prompts, applied=applied)
         _emit(out)
         return EXIT_OK if out["ok"] else EXIT_FAILED
     dtype = args.dtype or "float32"
     patch_dtype = args.patch_dtype or ("float32" if args.strategy == "stable" and dtype == "bfloat16" else None)
     out = run(model_path=path, model_name=name, dtype=dtype, strategy=args.strategy, tokens=args.tokens,
-              patch_dtype=patch_dtype)
+              patch_dtype=patch_dtype, prompts=prompts, applied=applied)
     args.dtype = dtype
     if args.json:
         _emit(out)
@@ -578,10 +583,17 @@ def build_parser() -> argparse.ArgumentParser:
              "(errors, generation) or refused (why)")
     p.add_argument("--types", nargs="+", metavar="TYPE", help="only these model types")
     p.add_argument("--markdown", type=out_file, metavar="FILE", help="also write the table as Markdown")
-    p = verb("report", cmd_report, "render the proof report: spec, verdict, checked proofs, formulas, kernel, "
-             "validation and plots", "arch")
-    p.add_argument("--format", action="append", choices=FORMATS, metavar="latex|pdf|html",
-                   help="output format (repeat for several; default html)")
+    p = verb("report", cmd_report, "render the proof report of a block (spec, verdict, checked proofs, formulas, "
+             "kernel, validation and plots), or, given a model with --context and --query, what the context did to it",
+             "arch", "strategy")
+    p.add_argument("--format", action="append", choices=(*FORMATS, "both"), metavar="latex|pdf|html|both",
+                   help="output format (repeat for several; both: html and pdf; default html)")
+    p.add_argument("--context", metavar="TEXT|@FILE", help="with a model (gemma3-270m, smollm2-135m, a model folder or "
+                   "a GGUF file in place of ARCH): the context report of this context")
+    p.add_argument("--query", metavar="TEXT|@FILE", help="with --context: the query the context is absorbed for")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float64"], help="context report: the model's dtype "
+                   "(default float32)")
+    p.add_argument("--top-k", type=int, help="context report: next tokens shown (default 5, at most 50)")
     p.add_argument("-o", "--out", type=out_dir, default=Path("reports"), metavar="DIR",
                    help="output folder, created if missing (default: reports/ under the current directory)")
     p.add_argument("--quick", action="store_true", help="fewer trials and tokens (what the demo uses)")
@@ -598,6 +610,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patch-dtype", choices=["float32", "bfloat16", "float64"],
                    help="dtype the patches are computed in (default: the model's; float32 for stable in bfloat16)")
     p.add_argument("--tokens", type=bounded(limits.TOKENS), default=20)
+    p.add_argument("--prompts", choices=("paper", "natural", "code"), help="prompt set: the paper's five (default "
+                   "for gemma3-270m and smollm2-135m), our natural text, or the Python code (default for a folder)")
+    p.add_argument("--applied", action="append", choices=("factored", "materialized"),
+                   help="how the patches are applied (repeat for both; default both): by the kernels, or written "
+                   "into the model's own modules (the paper's Algorithm 1)")
     workbench.register(verb)  # absorb, apply: ctxpatch/workbench.py
     p = verb("demo", cmd_demo, "the main job, end to end on gemma3: check, prove, codegen, validate, HF check, reports")
     p.add_argument("-o", "--out", type=out_dir, default=Path("reports/demo"), metavar="DIR",
@@ -610,8 +627,8 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # argparse printed --help (0) or a usage error naming the option (2)
         return int(exc.code or 0)
-    if args.verb == "report" and not args.format:
-        args.format = ["html"]
+    if args.verb == "report":  # default html; both: html and pdf
+        args.format = [f for fmt in args.format or ["html"] for f in (("html", "pdf") if fmt == "both" else (fmt,))]
     try:
         return args.fn(args)
     except CtxpatchInputError as exc:  # bad input of any kind (`symbolic.errors`)

@@ -99,3 +99,20 @@ def test_stable_bfloat16_on_real_gemma_agrees_materialized():
     # in float32 24.17 and 24.05 the other way round): the baseline's argmax is then the lower id.
     assert out["materialized"]["agreement_up_to_ties"] == 1.0, out["materialized"]
     assert out["agreement"] >= 0.9 and out["model"] == "gemma3-270m" and out["max_linf"] < 1.0
+
+
+def test_prompt_sets_and_the_applied_option(capsys):
+    """`--prompts` names the registry's sets (the paper's five verbatim, ours, the code); `--applied` measures
+    only what it names."""
+    from ctxpatch.cli import build_parser
+    from numeric.hf.experiment import PAPER_PROMPTS, PROMPT_SETS
+
+    sub = build_parser()._subparsers._group_actions[0].choices["experiment"]
+    choices = next(a.choices for a in sub._actions if "--prompts" in a.option_strings)
+    assert tuple(choices) == tuple(PROMPT_SETS)
+    assert len(PAPER_PROMPTS) == 5 and PAPER_PROMPTS[0].startswith("Write a single-sentence weather forecast for Mars")
+    assert main(["experiment", "--prompts", "paper", "--tokens", "1", "--json", "--dtype", "float32",
+                 "--applied", "materialized"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [r["prompt"] for r in out["prompts"]] == list(PAPER_PROMPTS) and out["applied"] == ["materialized"]
+    assert "factored" not in out and out["materialized"]["agreement"] == 1.0

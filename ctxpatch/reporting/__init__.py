@@ -58,6 +58,16 @@ def _env() -> jinja2.Environment:
     return env
 
 
+def environment() -> jinja2.Environment:
+    """The reports' Jinja2 environment: their templates and filters (tex, html, sci, wrap, mathml)."""
+    return _env()
+
+
+def compile_pdf(tex: Path) -> Path:
+    """Compile a LaTeX file with latexmk, as the proof reports are; the PDF lands beside the .tex."""
+    return _compile(tex)
+
+
 def _wrap(text: str, width: int = 96) -> str:
     """Hard-wrap long lines for a verbatim block (continuation lines indented)."""
     import textwrap

@@ -57,7 +57,19 @@ def _ids(tokenizer, prompt: str) -> torch.Tensor:
 
 
 APPLIED = ("factored", "materialized")
-#: Natural text for real pretrained models: facts, code, a short story, a list, a dialogue.
+#: The seed paper's five prompts (arXiv:2511.17864 v3, Section 4), verbatim as the independent reproduction
+#: recovered them from the paper's sources (MachineLearning-Nerd/icml26-repro-aZ5Di8Ii4X-context-weight-patch,
+#: ``repro/source_audits/claims_4_5.md``): the default set of a real model by name.
+PAPER_PROMPTS = (
+    "Write a single-sentence weather forecast for Mars, from the perspective of a slightly annoyed robot:",
+    "Constraint: No 'e's. Topic: The meaning of life. Length: Exactly 20 words. Write:",
+    "Explain what a 'bug' is in computer programming, but explain it to a 16th-century medieval peasant. "
+    "Use 20 words or less:",
+    "Topic: Three siblings named Jack, Fred, and Alice. Task: Write one 5-7-5 haiku about them:",
+    "We can absorb the impact of a prompt for a modern language model such as Gemma into the MLP weights. "
+    "Write a two-line rhyming couplet about this fact:",
+)
+#: Our natural text for real pretrained models: facts, code, a short story, a list, a dialogue.
 REAL_PROMPTS = (
     "The capital of France is Paris, and the capital of Japan is",
     "def fibonacci(n):\n    if n < 2:\n        return n\n    return",
@@ -68,6 +80,10 @@ REAL_PROMPTS = (
 #: The paper's three settings: float32, naive bfloat16 (Theorem 1 computed in bfloat16), stable
 #: bfloat16 (Appendix B, patches computed in float32); (dtype, strategy, patch dtype).
 SETTINGS = (("float32", None, None), ("bfloat16", "norm_vector", None), ("bfloat16", "stable", "float32"))
+#: The prompt sets by name (``ctxpatch experiment --prompts NAME``): the paper's five, ours on natural text, and
+#: the Python code the fixture was trained on. Unnamed: the paper's for a real model by name, the code for
+#: the fixture and a local folder.
+PROMPT_SETS = {"paper": PAPER_PROMPTS, "natural": REAL_PROMPTS, "code": PROMPTS}
 SEED = 0
 
 
@@ -154,7 +170,7 @@ def run(model=None, tokenizer=None, dtype: str = "float32", strategy: str | None
     """The protocol on every prompt; per prompt and overall figures (see the module docstring).
 
     The model: `model` (moved to `dtype`), a real model by name (``model_name``, `numeric.hf.models`;
-    its prompts default to `REAL_PROMPTS`), a local folder (``model_path``) or the committed
+    its prompts default to the paper's, `PAPER_PROMPTS`), a local folder (``model_path``) or the committed
     fixture. ``applied``: patches applied by the kernels (``factored``) and/or written into the
     model's own modules (``materialized``); the flat figures are those of the last one.
     """
@@ -204,7 +220,7 @@ def _model(model, tokenizer, dtype: str, model_path, model_name, prompts):
         from numeric.hf import models
 
         model, tokenizer = models.load(model_name, dtype)
-        return model, tokenizer, model_name, prompts or REAL_PROMPTS
+        return model, tokenizer, model_name, prompts or PAPER_PROMPTS
     model, tokenizer = load(model_path, dtype)
     return model, tokenizer, str(model_path or FIXTURE), prompts or PROMPTS
 
