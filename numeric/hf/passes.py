@@ -214,7 +214,8 @@ def _output_hooks(model, layout: Layout, store: dict, start: int = 0) -> list:
     for n, layer in enumerate(get(model, layout.layers)):
         def grab(_mod, _args, out, n=n):
             t = out[0] if isinstance(out, tuple) else out
-            store.setdefault(n, []).append(token_rows(t)[start:].detach().clone())
+            rows = t[..., start:, :]  # tokens on the next-to-last axis, streams (AltUp) or the batch before them
+            store.setdefault(n, []).append(rows.reshape(-1, *rows.shape[-2:]).detach().clone())
 
         handles.append(layer.register_forward_hook(grab))
     return handles
@@ -234,5 +235,6 @@ def layer_outputs(model, layout: Layout):
 
 
 def stacked(store: dict) -> list[torch.Tensor]:
-    """Each layer's recorded rows (`layer_outputs`, `contextual_bases`'s ``states``) as one (T, d) array."""
-    return [torch.cat(store[n]) for n in sorted(store)]
+    """Each layer's recorded rows (`layer_outputs`, `contextual_bases`'s ``states``) as one (streams, T, d) array,
+    the passes joined along the tokens."""
+    return [torch.cat(store[n], -2) for n in sorted(store)]

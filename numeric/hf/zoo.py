@@ -117,7 +117,7 @@ def tiny_config(model_type: str, layers: int = 2, decoder: bool = True):
     except Exception as exc:  # noqa: BLE001
         raise ModelInputError(f"model type {model_type!r}: transformers cannot build its own default config (its "
                               f"{_refuser(exc)} refuses it), so no tiny model is built") from exc
-    from numeric.hf import zoo_layers
+    import numeric.hf.zoo_layers as zoo_layers
 
     want, best = set(zoo_layers.kinds(base)), None
     for how in zoo_layers.SELECTIONS:  # the first layer of every kind; else a prefix holding every kind
@@ -153,7 +153,7 @@ def _small(base, layers: int, how: str = "first", depth: int = 0, widths: set | 
            own_top_k: bool = False) -> dict:
     """The keyword arguments that shrink ``base``: the sizes transformers names, the layer count and the
     fields that declare each layer's kind (`zoo_layers.plan`), the sub-configs of a composite one."""
-    from numeric.hf import zoo_layers
+    import numeric.hf.zoo_layers as zoo_layers
 
     cls = type(base)
 
@@ -223,7 +223,7 @@ def _refuser(exc: BaseException) -> str:
 
 def _hidden_widths(base) -> set[int]:
     """The hidden sizes of a config and of its sub-configs (all become ``SIZES["hidden_size"]``)."""
-    from numeric.hf import zoo_layers
+    import numeric.hf.zoo_layers as zoo_layers
 
     configs = [base, *_sub_configs(base).values()]
     return {v for c in configs for k in HIDDEN_KEYS if _int(v := zoo_layers._get(c, k))}
@@ -248,7 +248,7 @@ def _shrunk_override(base, override: dict, small: dict) -> dict:
     """One layer's overrides with their sizes shrunk (`_ratio`); as many key heads as query heads where the
     override has them equal; a head dimension that is the sum of its nope and rope parts kept the sum of the
     shrunk parts (``small``: the shrunk global sizes, for the parts the override leaves to them)."""
-    from numeric.hf import zoo_layers
+    import numeric.hf.zoo_layers as zoo_layers
 
     out = {k: _ratio(k, v, zoo_layers._get(base, k)) for k, v in override.items()}
     if "num_key_value_heads" in out and override.get("num_key_value_heads") == override.get("num_attention_heads"):
@@ -277,7 +277,7 @@ def _sub_configs(base) -> dict:
 def _mamba_sizes(base, kwargs: dict) -> dict:
     """A state-space mixer fitted to the small width: its heads times their width equal its inner width
     (``expand`` times the hidden size), its state small."""
-    from numeric.hf import zoo_layers
+    import numeric.hf.zoo_layers as zoo_layers
 
     if not any(_int(zoo_layers._get(base, k)) for k in MAMBA_STATE):
         return {}
