@@ -139,7 +139,7 @@ def absorb_context(model, context_ids: torch.Tensor, query_ids: torch.Tensor, op
     targets = [b[c:] for b in bases]
     positions = torch.arange(c, c + q)[None] if options.keep_positions else None
     if computed_in == "kernel" and positions is None:
-        stored, _ = patch_pass(model, patcher, query_ids, targets, given=given)
+        stored, _ = patch_pass(model, patcher, query_ids, targets, head=False, given=given)  # nobody reads its logits
         return PatchSet(model, query_ids, stored, layout, kernels=candidates)
     per_token, cache, writer = [], None, DenseWriter(model, layout)
     for j in range(q):
