@@ -103,8 +103,11 @@ class MLPSpec:
             raise SpecError(f"mlp kind {self.kind!r}; allowed: {get_args(MLPKind)}")
         limits.BRANCH_SCALE.check("field `mlp.branch_scale`", self.branch_scale, SpecError)
         for key in ("activation", "up_activation", "out_activation"):
-            if not (key == "activation" and self.activation == "module"):  # "module": the MLP's own map
+            if getattr(self, key) != "module":
                 check_activation(f"mlp.{key}", getattr(self, key))
+            elif key != "activation":  # "module": the MLP's own map sigma, read from the module (Gemma 3n)
+                raise SpecError(f"field `mlp.{key}` has the value 'module'; only `mlp.activation` (sigma) may be the "
+                                "module's own map. Allowed here: a named activation or a real expression in x")
         if self.kind != "gated" and self.bias.gate:
             raise SpecError("only a gated MLP has a gate projection, so bias.gate must be false")
         if self.up_activation != "identity" and self.kind == "dense":
