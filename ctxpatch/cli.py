@@ -9,28 +9,20 @@ traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from ctxpatch import api, workbench
+from ctxpatch.hfverbs import cmd_experiment, cmd_hf_check, cmd_models
 from ctxpatch.options import bounded, out_dir, out_file, reference
+from ctxpatch.output import EXIT_BAD_INPUT, EXIT_FAILED, EXIT_OK, console, emit
 from ctxpatch.reporting import FORMATS
 from symbolic import catalog, limits
-from symbolic.errors import CtxpatchInputError, ModelInputError, PatchConditionError, SpecError
-
-console = Console(highlight=False)
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
-
-
-def _emit(obj: dict) -> None:
-    print(json.dumps(obj, indent=2, default=str))
-
+from symbolic.errors import CtxpatchInputError, PatchConditionError, SpecError
 
 # --------------------------------------------------------------------------- verbs
 
@@ -38,7 +30,7 @@ def _emit(obj: dict) -> None:
 def cmd_archs(args) -> int:
     names = catalog.names()
     if args.json:
-        _emit({"archs": names})
+        emit({"archs": names})
         return EXIT_OK
     table = Table("arch", "description", title="ctxpatch catalog")
     for n in names:
@@ -53,7 +45,7 @@ def cmd_spec(args) -> int:
     spec = catalog.resolve(args.name)  # parsed (and so checked) whichever way it is printed
     text = dump_toml(spec) if args.canonical else catalog.resolve_text(args.name)
     if args.json:
-        _emit({"arch": spec.name, "toml": text})
+        emit({"arch": spec.name, "toml": text})
     else:
         print(text, end="")
     return EXIT_OK
@@ -65,7 +57,7 @@ def cmd_check(args) -> int:
     verdict = api.check(args.arch, args.strategy, args.input_strategy)
     out = verdict.to_json()
     if args.json:
-        _emit(out)
+        emit(out)
     else:
         _print_verdict(verdict, out, strategies_table(verdict))
     unverified = verdict.derivation is not None and not verdict.derivation.verified
@@ -105,7 +97,7 @@ def cmd_derive(args) -> int:
     der = api.derive(args.arch, args.strategy, args.input_strategy)
     out = derivation_json(der, latex=args.latex)
     if args.json:
-        _emit(out)
+        emit(out)
         return EXIT_OK if der.verified else EXIT_FAILED
     print(f"{der.arch}: input strategy {der.input_strategy}, output strategy {der.output_strategy} "
           f"(verified: {der.verified})")
@@ -135,7 +127,7 @@ def cmd_prove(args) -> int:
     results = prover.run(prover.theorems_for(args.target), instances=not args.no_instances)
     out = prover.summary(results, time.perf_counter() - t0)
     if args.json:
-        _emit(out)
+        emit(out)
     else:
         prover.report(results, console, steps=not args.brief)
         console.print(f"\n{out['verified']}/{len(results)} theorems verified, {out['failed']} failed, "
@@ -152,7 +144,7 @@ def _prove_coq(args, prover, t0: float) -> int:
     coq = write_coq_project(args.coq, [r.theorem for r in results if r.status == "verified"])
     out = prover.summary(results, time.perf_counter() - t0) | {"coq": coq}
     if args.json:
-        _emit(out)
+        emit(out)
     else:
         for c in coq:
             console.print(f"{c['name']}: {'checked by coqc' if c['checked'] else '[red]not checked[/red]'}")
@@ -190,7 +182,7 @@ def cmd_codegen(args) -> int:
     if args.check:
         stale = codegen.stale(sources)
         if args.json:
-            _emit({"files": sorted(map(str, sources)), "stale": sorted(map(str, stale))})
+            emit({"files": sorted(map(str, sources)), "stale": sorted(map(str, stale))})
         for p in stale:
             print(f"stale: {p} (regenerate with `ctxpatch codegen`)", file=sys.stderr)
         if not stale and not args.json:
@@ -198,7 +190,7 @@ def cmd_codegen(args) -> int:
         return EXIT_FAILED if stale else EXIT_OK
     changed = codegen.write(sources)
     if args.json:
-        _emit({"files": sorted(map(str, sources)), "changed": sorted(map(str, changed))})
+        emit({"files": sorted(map(str, sources)), "changed": sorted(map(str, changed))})
     else:
         console.print(f"{len(sources)} kernels rendered, {len(changed)} changed")
         for p in changed:
@@ -218,7 +210,7 @@ def cmd_validate(args) -> int:
     api.derive(spec, args.strategy, args.input_strategy)  # a strategy that is not exact here: a clear error first
     out = validate(spec, setup, trials=args.trials, seed=args.seed)
     if args.json:
-        _emit(out)
+        emit(out)
     else:
         table = Table(title=f"validation of {out['arch']} ({args.layers} layers, {args.dtype}, {args.trials} trials)",
                       show_header=False)
@@ -237,96 +229,6 @@ def cmd_validate(args) -> int:
     return EXIT_OK if out["ok"] else EXIT_FAILED
 
 
-def cmd_hf_check(args) -> int:
-    """Absorb a random context on a tiny random transformers model; compare with the contextual run."""
-    try:
-        from numeric.hf.hfcheck import hf_check
-    except ImportError as exc:  # transformers is the `hf` extra
-        raise CtxpatchInputError(f"hf-check needs transformers ({exc}); install it with "
-                                 "`pip install -e '.[hf]'`.") from None
-    from numeric.hf.models import is_model_name
-
-    if is_model_name(args.model_type):  # real pretrained weights: natural-text pairs
-        from numeric.hf.hfcheck import real_check
-
-        out = real_check(args.model_type, dtype=args.dtype, generate=args.generate, strategy=args.strategy)
-    else:
-        out = hf_check(args.model_type, layers=args.layers, context_len=args.context_len, query_len=args.query_len,
-                       dtype=args.dtype, generate=args.generate, keep_positions=args.keep_positions,
-                       strategy=args.strategy, seed=args.seed, spec=args.spec, params=_params(args))
-    if args.json:
-        _emit(out)
-    else:
-        title = f"{out['model_type']} ({out['arch']}), {len(out['strategies'])} layers, {args.dtype}"
-        table = Table(title=title, show_header=False)
-        for key, label, run in (("max_rel_error", "patched vs contextual, max relative error (factored)", "factored"),
-                                ("materialized_rel_error", "written into the model's modules (materialized)",
-                                 "materialized")):
-            if out.get(key) is None:
-                continue
-            mark = "" if out[key] <= out["bound"] else "  [red]above the bound[/red]"
-            note = "; computed in this run" if out.get("exact") == run else "; a replay in the other arithmetic"
-            table.add_row(label, f"{out[key]:.3e}  (bound {out['bound']:.1e}{note}){mark}")
-        for n, (used, amp) in enumerate(zip(out["strategies"], out.get("amplification") or
-                                            [float("nan")] * len(out["strategies"]), strict=True)):
-            table.add_row(f"layer {n} strategy (tokens)", ", ".join(f"{k} ({v})" for k, v in used.items()) +
-                          (f"; amplification {amp:.3g}" if amp == amp else ""))
-        table.add_row("unpatched vs contextual", f"{out['unpatched_rel_error']:.3e}")
-        if "generation_identical" in out:
-            table.add_row(f"greedy generation of {args.generate} tokens identical", str(out["generation_identical"]))
-        table.add_row("result", "[green]ok[/green]" if out["ok"] else
-                      "[red]FAILED[/red]: " + escape("; ".join(out["problems"])))
-        console.print(table)
-        for text in dict.fromkeys(out.get("warnings", [])):
-            console.print(escape(text), style="yellow", highlight=False)
-    return EXIT_OK if out["ok"] else EXIT_FAILED
-
-
-def cmd_models(args) -> int:
-    """Every causal-LM model type of the installed transformers, tiny: supported (with figures) or refused."""
-    try:
-        from numeric.hf import zoo
-        from numeric.hf.hfcheck import SUPPORT, models_markdown, models_table
-    except ImportError as exc:
-        raise CtxpatchInputError(f"models needs transformers ({exc}); install it with "
-                                 "`pip install -e '.[hf]'`.") from None
-    known = zoo.causal_lm_types()
-    unknown = [t for t in args.types or () if t not in known]
-    if unknown:
-        raise ModelInputError(f"--types: {', '.join(unknown)} not causal-LM types of the installed transformers. "
-                              f"Allowed: {', '.join(known)}")
-
-    def progress(row):
-        if not args.json:
-            mark = "[green]supported[/green]" if row["status"] == "supported" else "[yellow]refused[/yellow]"
-            console.print(f"{row['model_type']:<28} {mark} {escape(row['reason'])}", highlight=False)
-    rows = models_table(args.types or None, progress)
-    summary = {"types": len(rows), "supported": sum(r["status"] == "supported" for r in rows),
-               "refused": sum(r["status"] == "refused" for r in rows), "bounds": SUPPORT}
-    if args.markdown:
-        Path(args.markdown).write_text(models_markdown(rows, summary), encoding="utf-8")
-    if args.json:
-        _emit({"models": rows, "summary": summary})
-    else:
-        console.print(f"{summary['supported']} of {summary['types']} types supported, {summary['refused']} refused")
-    return EXIT_OK
-
-
-def _params(args) -> dict[str, str] | None:
-    """--param CANON=PATH pairs as a dict (None without --spec)."""
-    if args.spec is None:
-        if args.param:
-            raise SpecError("--param needs --spec (the inferred spec maps its own parameters)")
-        return None
-    out = {}
-    for item in args.param:
-        canon, eq, path = item.partition("=")
-        if not eq or not canon or not path:
-            raise SpecError(f"--param {item!r}: expected CANON=PATH, e.g. W_up=mlp.up_proj.weight")
-        out[canon] = path
-    return out
-
-
 def cmd_report(args) -> int:
     """Render the proof report of a block as LaTeX, PDF or HTML; given a model, the context report."""
     from ctxpatch import contextreport
@@ -343,7 +245,7 @@ def cmd_report(args) -> int:
         data = data or report.collect(spec, quick=args.quick)
         files += report.render(spec, fmt, args.out, data=data)
     if args.json:
-        _emit({"files": [str(f) for f in files]})
+        emit({"files": [str(f) for f in files]})
     else:
         for f in files:
             console.print(f"wrote {f}", markup=False)
@@ -360,7 +262,7 @@ def cmd_precision(args) -> int:
     api.derive(spec, args.strategy)  # a strategy that is not exact here: a clear error first
     out = precision(spec, trials=args.trials, strategy=args.strategy)
     if args.json:
-        _emit(out)
+        emit(out)
         return EXIT_OK
     table = Table("dtype", "max error", "median error", "max error / (kappa eps)", "failed trials",
                   title=f"precision of {spec.name} ({args.strategy or 'default strategy'}, {args.trials} trials)")
@@ -380,7 +282,7 @@ def cmd_mutate(args) -> int:
 
     out = run_all()
     if args.json:
-        _emit(out)
+        emit(out)
     else:
         table = Table("mutant", "kind", "what is wrong", "caught by", "detail", title="ctxpatch mutate")
         for r in out["results"]:
@@ -389,58 +291,6 @@ def cmd_mutate(args) -> int:
         console.print(table)
         console.print(f"{out['killed']}/{out['mutants']} mutants killed")
     return EXIT_OK if not out["survivors"] else EXIT_FAILED
-
-
-def cmd_experiment(args) -> int:
-    """The seed paper's generation experiment on the trained fixture or any local causal LM."""
-    try:
-        from numeric.hf.experiment import APPLIED, FIXTURE, PROMPT_SETS, run, run_all
-        from numeric.hf.models import MODELS, is_model_name
-    except ImportError as exc:
-        raise CtxpatchInputError(f"experiment needs transformers ({exc}); install it with "
-                                 "`pip install -e '.[hf]'`.") from None
-    name = args.model if args.model and is_model_name(args.model) else None
-    path = None if name else (Path(args.model) if args.model else FIXTURE)
-    if path is not None and not (path / "config.json").exists():
-        raise ModelInputError(f"--model {path}: no config.json there. Allowed: a local folder saved with "
-                              f"`save_pretrained` (weights, config and tokenizer), or a name: {', '.join(MODELS)}; "
-                              "downloads are not attempted.")
-    prompts = PROMPT_SETS[args.prompts] if args.prompts else None
-    applied = tuple(args.applied) if args.applied else APPLIED
-    if args.json and args.dtype is None and args.strategy is None:  # every setting, factored and materialized
-        out = run_all(tokens=args.tokens, model_path=path, model_name=name, prompts=prompts, applied=applied)
-        _emit(out)
-        return EXIT_OK if out["ok"] else EXIT_FAILED
-    dtype = args.dtype or "float32"
-    patch_dtype = args.patch_dtype or ("float32" if args.strategy == "stable" and dtype == "bfloat16" else None)
-    out = run(model_path=path, model_name=name, dtype=dtype, strategy=args.strategy, tokens=args.tokens,
-              patch_dtype=patch_dtype, prompts=prompts, applied=applied)
-    args.dtype = dtype
-    if args.json:
-        _emit(out)
-        return EXIT_OK if out["ok"] else EXIT_FAILED
-    title = f"{out['model_type']} without the prompt, {args.dtype}, strategy {out['strategy']}, patches in " \
-            f"{out['patch_dtype']}"
-    table = Table("prompt", "top-1 agreement", "max rel. logit error", "max logit Linf", "mean logit Linf",
-                  "first divergence", title=title)
-    for r in out["prompts"]:
-        table.add_row(repr(r["prompt"])[:40], f"{r['agreement']:.0%}", f"{r['max_rel_error']:.2e}",
-                      f"{r['max_linf']:.2e}", f"{r['mean_linf']:.2e}",
-                      "-" if r["first_divergence"] is None else str(r["first_divergence"]))
-    for how in out["applied"]:
-        f = out[how]
-        table.add_row(f"all, {how}", f"{f['agreement']:.1%}", f"{f['max_rel_error']:.2e}", f"{f['max_linf']:.2e}",
-                      f"{f['mean_linf']:.2e}", "")
-    console.print(table)
-    w = out["largest_scale_patch"]
-    if w["layer"] is not None:
-        console.print(f"largest scale patch |dw_i / gamma_i| = {w['ratio']:.3g} ({w['param']}, layer {w['layer']}, "
-                      f"coordinate {w['coordinate']}); {out['ill_conditioned_warnings']} ill-conditioning warnings")
-    failed = [f"{how}: max relative logit error {out[how]['max_rel_error']:.2e} (bound {out[how]['bound']:.1e}), "
-              f"agreement up to ties {out[how]['agreement_up_to_ties']:.0%}" for how in out["applied"]
-              if not out[how]["ok"]]
-    console.print("result " + ("[green]ok[/green]" if out["ok"] else "[red]FAILED[/red]: " + escape("; ".join(failed))))
-    return EXIT_OK if out["ok"] else EXIT_FAILED
 
 
 def _tex_name(name: str) -> str:
@@ -474,7 +324,7 @@ def cmd_demo(args) -> int:
             progress.advance(task)
     files = data.get("files", [])
     if args.json:
-        _emit({"steps": steps, "files": files})
+        emit({"steps": steps, "files": files})
     else:
         table = Table("step", "ok", "seconds", title="ctxpatch demo: gemma3 (arXiv:2511.17864, Theorem 1)")
         for s in steps:

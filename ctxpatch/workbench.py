@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from ctxpatch.output import emit
 from symbolic.errors import CtxpatchInputError, ModelInputError
 
 if TYPE_CHECKING:
@@ -223,7 +224,7 @@ def _report_absorb(args, ps, errors, computed_in, ctx, q, seconds, out) -> int:
               "computed_in": computed_in, "exact": exact, "errors": errors, "bound": limit, "ok": ok,
               **choices(ps), "seconds": seconds, "files": [str(out)]}
     if args.json:
-        _emit(result)
+        emit(result)
     else:
         table = Table(title=f"{args.model}: {ctx.shape[1]} context tokens absorbed into the patches of "
                       f"{q.shape[1]} query tokens ({args.dtype}, computed in the {computed_in})", show_header=False)
@@ -258,7 +259,7 @@ def _absorb_sequence(args, model, ctx, q, want, stages, out, context, query) -> 
               "exact": "factored", "errors": errors, "bound": limit, "ok": ok, "strategies": [],
               "seconds": stages.seconds, "files": [str(out)]}
     if args.json:
-        _emit(result)
+        emit(result)
     else:
         table = Table(title=f"{args.model}: one patch per layer (rank {sp.rank}) for {q.shape[1]} query tokens",
                       show_header=False)
@@ -370,7 +371,7 @@ def _report_apply(args, path, header, errors, dtype, q: int, exact: str, seconds
               "errors": errors, "recorded": recorded, "identical": identical, "exact": exact, "bound": limit,
               "ok": ok, "seconds": seconds}
     if args.json:
-        _emit(result)
+        emit(result)
     else:
         table = Table(title=f"{path} on {args.model} ({dtype}, {q} query tokens)", show_header=False)
         _figure_rows(table, errors, limit, exact, recorded)
@@ -413,12 +414,6 @@ def _check_query(tokenizer, query: str, recorded: torch.Tensor, path) -> None:
         raise ModelInputError(f"--query gives the tokens {ids[0].tolist()[:12]}, but {path} holds patches for the "
                               f"tokens {recorded[0].tolist()[:12]}: per-token patches belong to the tokens they were "
                               "computed for. Leave --query out (the recorded query is replayed) or absorb this query.")
-
-
-def _emit(obj: dict) -> None:
-    import json
-
-    print(json.dumps(obj, indent=2, default=str))
 
 
 # --------------------------------------------------------------------------- parser
