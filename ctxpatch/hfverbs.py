@@ -147,7 +147,8 @@ def cmd_experiment(args) -> int:
     w = out["largest_scale_patch"]
     if w["layer"] is not None:
         console.print(f"largest scale patch |dw_i / gamma_i| = {w['ratio']:.3g} ({w['param']}, layer {w['layer']}, "
-                      f"coordinate {w['coordinate']}); {out['ill_conditioned_warnings']} ill-conditioning warnings")
+                      f"coordinate {w['coordinate']}); {out['ill_conditioned_patches']} ill-conditioned patches "
+                      "(token x layer)")
     failed = [f"{how}: max relative logit error {out[how]['max_rel_error']:.2e} (bound {out[how]['bound']:.1e}), "
               f"agreement up to ties {out[how]['agreement_up_to_ties']:.0%}" for how in out["applied"]
               if not out[how]["ok"]]

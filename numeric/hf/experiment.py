@@ -106,6 +106,7 @@ def run_prompt(model, ids: torch.Tensor, tokens: int, strategy: str | None, patc
                          "rel_error": float((patched - full).abs().max() / full.abs().max())}
         step.update(step[applied[-1]])  # the flat figures of a step: the last application measured
         step["patch"] = _largest_scale_patch(ps)
+        step["ill_layers"] = sorted(ps.accuracy.ill)  # layers whose patch is ill-conditioned (folded, not warned)
         steps.append(step)
         prefix = torch.cat([prefix, torch.tensor([[base]])], 1)  # forced on the baseline's history
     out = {"steps": steps}
@@ -192,17 +193,18 @@ def run(model=None, tokenizer=None, dtype: str = "float32", strategy: str | None
             r["prompt"] = prompt
             r["baseline_text"] = tokenizer.decode([s["token"] for s in r["steps"]])
             rows.append(r)
-    ill = sum(issubclass(w.category, IllConditionedPatchWarning) for w in caught)
+    escaped = sum(issubclass(w.category, IllConditionedPatchWarning) for w in caught)
     told = sum(issubclass(w.category, PatchAccuracyWarning) for w in caught)
     for w in caught:
         if not issubclass(w.category, (IllConditionedPatchWarning, PatchAccuracyWarning)):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
     steps = [s for r in rows for s in r["steps"]]
+    ill = escaped + sum(len(s["ill_layers"]) for s in steps)
     worst = max((s["patch"] for s in steps), key=lambda p: p["ratio"])
     out = {"model": label, "model_type": model.config.model_type, "dtype": dtype,
            "strategy": strategy or "default", "patch_dtype": patch_dtype or dtype, "tokens": tokens,
            "applied": list(applied), "prompts": rows, "largest_scale_patch": worst,
-           "ill_conditioned_warnings": ill, "accuracy_warnings": told, "seed": SEED,
+           "ill_conditioned_patches": ill, "accuracy_warnings": told, "seed": SEED,
            "torch_threads": torch.get_num_threads()}
     for how in applied:
         out[how] = _figures([s[how] for s in steps], logit_bound(model.dtype))

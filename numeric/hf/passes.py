@@ -213,7 +213,7 @@ def _output_hooks(model, layout: Layout, store: dict, start: int = 0) -> list:
     handles = []
     for n, layer in enumerate(get(model, layout.layers)):
         def grab(_mod, _args, out, n=n):
-            t = out[0] if isinstance(out, tuple) else out
+            t = out[0] if isinstance(out, (tuple, list)) else out  # GPT-1's block returns a list
             rows = t[..., start:, :]  # tokens on the next-to-last axis, streams (AltUp) or the batch before them
             store.setdefault(n, []).append(rows.reshape(-1, *rows.shape[-2:]).detach().clone())
 
