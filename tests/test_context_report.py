@@ -121,6 +121,9 @@ def test_bad_input_is_refused_by_name(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::numeric.hf.accuracy.PatchAccuracyWarning")  # SmolLM2 float32: the replay in
+# the other arithmetic is 1.5e-5 - 6e-5, past the 1.1e-5 bound, and says so (docs/reference/real-models.md); the
+# test asserts the figures itself
 @pytest.mark.parametrize("name", ["gemma3-270m", "smollm2-135m"])
 def test_context_report_on_real_models(name, tmp_path, capsys):
     from numeric.hf import models

@@ -32,14 +32,16 @@ EXPECTED = {"llama": ("sequential", "gated", "rms/plain", None), "gemma": ("sequ
 
 @pytest.mark.parametrize("model_type", sorted(EXPECTED))
 def test_inference_reads_the_structure(model_type):
-    layout = layout_for(tiny_model(model_type, layers=2))
+    model = tiny_model(model_type, layers=2)
+    layout = layout_for(model)
     spec = layout.specs[0]
 
     def norm(n):
         return None if n is None else f"{n.kind}/{n.scale}"
     got = (spec.residual, spec.mlp.kind, norm(spec.mlp.pre_norm), norm(spec.mlp.post_norm))
     assert got == EXPECTED[model_type]
-    assert all(c["error"] <= c["bound"] for c in layout.checks) and len(layout.checks) == 2
+    assert all(c["error"] <= c["bound"] for c in layout.checks)
+    assert len(layout.checks) == model.config.num_hidden_layers  # every layer checked (zoo: every layer kind)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
@@ -262,7 +264,7 @@ def test_the_choice_prefers_well_conditioned_then_least_amplification_with_ties_
     assert choose([ill]) is ill  # nothing better: the only candidate
 
 
-@pytest.mark.parametrize("model_type", ["gemma3_text", "llama", "mixtral"])
+@pytest.mark.parametrize("model_type", ["gemma", "llama", "mixtral"])  # gemma3_text's batch may defer to tokens
 def test_fused_output_is_apply_of_the_stored_patches(model_type):
     """In the one-pass extraction the kernel's `patched` computes a layer's patches and its output together;
     the output handed to the pass equals `apply` of the patches the PatchSet stores (dense blocks; a mixture
@@ -330,12 +332,12 @@ def test_contextual_products_come_from_the_modules_that_compute_them(model_type,
 
     model = tiny_model(model_type, layers=2, dtype="float64")
     layout, kernels = resolve(model)
-    assert [{c for c, _ in a.products} for a in layout.kinds] == [want] * 2
+    assert [{c for c, _ in a.products} for a in layout.kinds] == [want] * len(layout.kinds)
     gen = torch.Generator().manual_seed(3)
     ctx, q = random_ids(6, 64, gen), random_ids(5, 64, gen)
     given: dict = {}
     bases, _ = contextual_bases(model, layout, torch.cat([ctx, q], 1), head=False, given=given, start=6)
-    assert sorted(given) == ([0, 1] if want else [])
+    assert sorted(given) == (list(range(model.config.num_hidden_layers)) if want else [])
     for n in given:
         kernel = next(iter(kernels[layout[n].spec].values()))
         ours = kernel.products(layer_params(model.model.layers[n], layout[n]), bases[n][6:])

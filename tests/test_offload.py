@@ -142,7 +142,7 @@ def test_missing_checkpoint_names_the_layer(tiny):
                 run()
             assert hooks_state(model) == state
         with pytest.raises(offload.OffloadError, match=r"mlp\.up_proj\.weight: accelerate could not load it"):
-            offload.read(model.model.layers[3], "mlp.up_proj.weight")
+            offload.read(model.model.layers[-1], "mlp.up_proj.weight")
     finally:
         os.replace(folder / "moved.safetensors", checkpoint)
     assert torch.equal(model(torch.cat([ctx, q], 1)).logits, before)
@@ -182,6 +182,9 @@ def real(request, tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::numeric.hf.accuracy.PatchAccuracyWarning")  # SmolLM2 float32: the replay in
+# the other arithmetic is 1.5e-5 - 6e-5, past the 1.1e-5 bound, and says so (docs/reference/real-models.md); the
+# test asserts the figures itself
 def test_real_model_with_disk_offload(real):
     name, ref, model, (ctx, q) = real
     assert list(model.hf_device_map.values()).count("disk") >= len(model.model.layers) // 2, model.hf_device_map

@@ -317,6 +317,9 @@ def _model(absorbed):
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::numeric.hf.accuracy.PatchAccuracyWarning")  # SmolLM2 float32: the replay in
+# the other arithmetic is 1.5e-5 - 6e-5, past the 1.1e-5 bound, and says so (docs/reference/real-models.md); the
+# test asserts the figures itself
 def test_a_gguf_file_works_with_absorb_and_apply(tmp_path):
     """The packaged SmolLM2 GGUF file named by its path: absorbed, saved, replayed to the bit."""
     if not models.available("smollm2-135m"):
