@@ -192,8 +192,9 @@ def test_real_model_with_disk_offload(real):
     before, state = model(ids).logits, hooks_state(model)
     want = ref(ids).logits[:, ctx.shape[1]:]
     ps = absorb_context(model, ctx, q)
-    assert logit_error(ps.logits(), want) <= REAL_BOUNDS["float32"]
-    assert logit_error(ps.materialized_logits(), want) <= REAL_BOUNDS["float32"]
+    figures = {"factored": logit_error(ps.logits(), want), "materialized": logit_error(ps.materialized_logits(), want)}
+    assert figures[ps.accuracy.exact] <= REAL_BOUNDS["float32"]  # the replay in the arithmetic it was computed in
+    assert max(figures.values()) <= 1e-4  # the other: SmolLM2's cross-arithmetic replay, 1.5e-5 - 6e-5, warned
     ours = generate_without_context(model, ctx, q, 16)
     assert torch.equal(ours, greedy_with_context(ref, ids, 16))
     assert hooks_state(model) == state

@@ -261,12 +261,17 @@ def _configurations(model, dtype: str) -> list[dict]:
     return out
 
 
+#: The matrix in the suite: the half-precision dtypes, where a silent result is likeliest (float32 and float64 have
+#: their own protocol tests above; `python -m numeric.hf.sweep NAME` runs every dtype, about 3 minutes a model).
+HALF = [d for d in DTYPES if d in ("bfloat16", "float16")]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name,dtype", [pytest.param(n, d, marks=pytest.mark.xfail(
     (n, d) == ("gemma3-270m", "bfloat16"), strict=True, reason="each token at its position, computed by the kernels: "
     "the figure absorb_context measures of itself (5.1e-3) is not the one ps.logits() replays (2.2e-2); both within "
     "the bound 0.13, but the self-measurement of this protocol does not run what the replay runs")) for n in NAMES
-    for d in DTYPES])
+    for d in HALF])
 def test_no_result_leaves_its_bound_unsaid(name, dtype):
     """The issue's matrix on the real models, one load per model and dtype: every figure of `absorb_context`,
     `logits()` and `materialized_logits()` (measured from outside against the run with the context) is within
