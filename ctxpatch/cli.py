@@ -453,15 +453,15 @@ def build_parser() -> argparse.ArgumentParser:
     verb("mutate", cmd_mutate, "mutation testing: wrong formulas, proofs and kernels that prove/validate must catch")
     p = verb("experiment", cmd_experiment, "the paper's generation experiment: each token alone at its absolute "
              "position, patched, vs the model with the prompt (greedy, forced on the baseline history)", "strategy")
-    p.add_argument("--model", type=reference, metavar="NAME_OR_PATH", help="gemma3-270m, smollm2-135m or a local "
-                   "causal LM folder (default: the trained fixture)")
+    p.add_argument("--model", type=reference, metavar="NAME_OR_PATH", help="gemma3-270m, smollm2-135m, a folder "
+                   "written by save_pretrained or a GGUF file (default: the trained fixture)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float64"],
                    help="default float32; with --json and neither --dtype nor --strategy: every setting")
     p.add_argument("--patch-dtype", choices=["float32", "bfloat16", "float64"],
                    help="dtype the patches are computed in (default: the model's; float32 for stable in bfloat16)")
     p.add_argument("--tokens", type=bounded(limits.TOKENS), default=20)
     p.add_argument("--prompts", choices=("paper", "natural", "code"), help="prompt set: the paper's five (default "
-                   "for gemma3-270m and smollm2-135m), our natural text, or the Python code (default for a folder)")
+                   "for a packaged name or a GGUF file), our natural text, or the Python code (default for a folder)")
     p.add_argument("--applied", action="append", choices=("factored", "materialized"),
                    help="how the patches are applied (repeat for both; default both): by the kernels, or written "
                    "into the model's own modules (the paper's Algorithm 1)")

@@ -34,12 +34,17 @@ TOP_K, MAX_TOP_K = 5, 50
 APPLIED = ("factored", "materialized")
 
 
-def is_model(target: str) -> bool:
-    """Whether `ctxpatch report TARGET` names a model (a packaged name, a model folder, a GGUF file), not a spec."""
-    from numeric.hf.models import is_model_name
+def model_problem(target: str) -> str | None:
+    """None where `ctxpatch report TARGET` names a model, not a spec: what `numeric.hf.models.kind_of` accepts (a
+    packaged name, a folder with config.json, a file that starts with the GGUF magic bytes); else why not, in its
+    words (what is wrong, what is allowed)."""
+    from numeric.hf.models import kind_of
 
-    path = Path(target)
-    return is_model_name(target) or path.is_dir() or path.suffix == ".gguf"  # then `models.kind_of` checks it
+    try:
+        kind_of(target)
+    except ModelInputError as exc:
+        return str(exc)
+    return None
 
 
 CONTEXT_OPTIONS = ("context", "query", "dtype", "strategy", "top_k")  # the context report's own options
@@ -48,9 +53,8 @@ CONTEXT_OPTIONS = ("context", "query", "dtype", "strategy", "top_k")  # the cont
 def selects(args) -> bool:
     """Whether ``ctxpatch report`` renders the context report: ARCH names a model. A model without --context and
     --query, or a spec with the context report's options, is refused by name."""
-    from numeric.hf.models import MODELS
-
-    if is_model(args.arch):
+    problem = model_problem(args.arch)
+    if problem is None:
         if getattr(args, "quick", False):
             raise CtxpatchInputError("--quick belongs to the proof report of a spec; the context report measures the "
                                      "context it is given (drop --quick)")
@@ -58,8 +62,7 @@ def selects(args) -> bool:
     given = [f"--{o.replace('_', '-')}" for o in CONTEXT_OPTIONS if getattr(args, o, None) is not None]
     if given:
         raise CtxpatchInputError(f"{', '.join(given)} belong to the context report, which takes a model in place of "
-                                 f"ARCH: a name ({', '.join(MODELS)}), a Hugging Face model folder or a GGUF file; "
-                                 f"{args.arch!r} is none of these. For the proof report of a spec, drop them.")
+                                 f"ARCH, and {problem} For the proof report of a spec, drop them.")
     return False
 
 

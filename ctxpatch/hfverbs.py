@@ -104,28 +104,22 @@ def params_of(args) -> dict[str, str] | None:
 
 
 def cmd_experiment(args) -> int:
-    """The seed paper's generation experiment on the trained fixture or any local causal LM."""
+    """The seed paper's generation experiment on the trained fixture or any MODEL (`numeric.hf.models.resolve`: a
+    packaged name, a ``save_pretrained`` folder or a GGUF file; anything else refused by name, exit 2)."""
     try:
-        from numeric.hf.experiment import APPLIED, FIXTURE, PROMPT_SETS, run, run_all
-        from numeric.hf.models import MODELS, is_model_name
+        from numeric.hf.experiment import APPLIED, PROMPT_SETS, run, run_all
     except ImportError as exc:
         raise CtxpatchInputError(f"experiment needs transformers ({exc}); install it with "
                                  "`pip install -e '.[hf]'`.") from None
-    name = args.model if args.model and is_model_name(args.model) else None
-    path = None if name else (Path(args.model) if args.model else FIXTURE)
-    if path is not None and not (path / "config.json").exists():
-        raise ModelInputError(f"--model {path}: no config.json there. Allowed: a local folder saved with "
-                              f"`save_pretrained` (weights, config and tokenizer), or a name: {', '.join(MODELS)}; "
-                              "downloads are not attempted.")
     prompts = PROMPT_SETS[args.prompts] if args.prompts else None
     applied = tuple(args.applied) if args.applied else APPLIED
     if args.json and args.dtype is None and args.strategy is None:  # every setting, factored and materialized
-        out = run_all(tokens=args.tokens, model_path=path, model_name=name, prompts=prompts, applied=applied)
+        out = run_all(tokens=args.tokens, name_or_path=args.model, prompts=prompts, applied=applied)
         emit(out)
         return EXIT_OK if out["ok"] else EXIT_FAILED
     dtype = args.dtype or "float32"
     patch_dtype = args.patch_dtype or ("float32" if args.strategy == "stable" and dtype == "bfloat16" else None)
-    out = run(model_path=path, model_name=name, dtype=dtype, strategy=args.strategy, tokens=args.tokens,
+    out = run(name_or_path=args.model, dtype=dtype, strategy=args.strategy, tokens=args.tokens,
               patch_dtype=patch_dtype, prompts=prompts, applied=applied)
     args.dtype = dtype
     if args.json:

@@ -120,6 +120,22 @@ def test_bad_input_is_refused_by_name(tmp_path, capsys):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_model_is_what_absorb_takes_whatever_its_name(tmp_path, capsys):
+    """ARCH is a model where `numeric.hf.models.kind_of` says so: a GGUF file by its magic bytes, not its suffix (an
+    unreadable one is refused by transformers' words); a spec with the context options hears what is wrong."""
+    fake = tmp_path / "weights.bin"
+    fake.write_bytes(b"GGUF" + bytes(60))
+    assert main(["report", str(fake), "--context", "x", "--query", "y", "-o", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "transformers cannot read it as a causal LM" in err and str(fake) in err
+    toml = tmp_path / "block.gguf"
+    toml.write_text('name = "b"\n')
+    assert main(["report", str(toml), "--context", "x", "--query", "y", "-o", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "belong to the context report" in err and "not a GGUF file" in err and "Allowed" in err
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::numeric.hf.accuracy.PatchAccuracyWarning")  # SmolLM2 float32: the replay in
 # the other arithmetic is 1.5e-5 - 6e-5, past the 1.1e-5 bound, and says so (docs/reference/real-models.md); the

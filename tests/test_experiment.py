@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("transformers")
 
 from ctxpatch.cli import main  # noqa: E402
-from numeric.hf.experiment import FIXTURE, run  # noqa: E402
+from numeric.hf.experiment import FIXTURE, PAPER_PROMPTS, PROMPTS, run  # noqa: E402
 
 
 def test_fixture_is_committed_small_and_documented():
@@ -77,6 +77,68 @@ def test_experiment_command_and_any_local_model(tmp_path, capsys):
     assert main(["experiment", "--tokens", "0"]) == 2
 
 
+def _tiny_llama(folder, tokenizer: bool = True):
+    """A random 2-layer Llama written by save_pretrained (with the fixture's byte tokenizer, or without one)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tok = AutoTokenizer.from_pretrained(FIXTURE)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, bos_token_id=tok.bos_token_id,
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    if tokenizer:
+        tok.save_pretrained(folder)
+    return folder
+
+
+def _refused(argv, capsys) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize("kind", ["no such path", "folder without config", "not gguf"])
+def test_experiment_refuses_what_is_not_a_model_as_absorb_does(kind, tmp_path, capsys):
+    """`--model` is read as `absorb`/`apply`/`report` read MODEL (`numeric.hf.models.resolve`): what is wrong and
+    what is allowed, GGUF files among it."""
+    target = {"no such path": tmp_path / "nope", "folder without config": tmp_path,
+              "not gguf": tmp_path / "weights.gguf"}[kind]
+    if kind == "not gguf":
+        target.write_bytes(b"PK\x03\x04 not a gguf file")
+    err = _refused(["experiment", "--model", str(target), "--tokens", "1", "--dtype", "float32"], capsys)
+    words = {"no such path": "no such packaged name, folder or file", "folder without config": "no config.json",
+             "not gguf": "not a GGUF file"}[kind]
+    assert str(target) in err and words in err
+    assert "Allowed" in err and "save_pretrained" in err and ".gguf file" in err and "gemma3-270m" in err
+
+
+def test_experiment_reads_a_gguf_file_and_a_folder_as_transformers_does(tmp_path, capsys):
+    """A file with the GGUF magic is handed to transformers as GGUF (here it cannot be read: refused by name, not a
+    traceback); a save_pretrained folder without its tokenizer likewise."""
+    fake = tmp_path / "model.bin"
+    fake.write_bytes(b"GGUF" + bytes(60))
+    err = _refused(["experiment", "--model", str(fake), "--tokens", "1", "--dtype", "float32"], capsys)
+    assert str(fake) in err and "transformers cannot read it as a causal LM" in err and "Allowed" in err
+    bare = _tiny_llama(tmp_path / "bare", tokenizer=False)
+    err = _refused(["experiment", "--model", str(bare), "--tokens", "1", "--dtype", "float32"], capsys)
+    assert str(bare) in err and "transformers cannot read it" in err and "tokenizer" in err
+
+
+def test_experiment_on_a_tiny_folder_by_a_relative_path(tmp_path, capsys, monkeypatch):
+    """A save_pretrained folder named relative to the working directory: the code prompts by default (a folder), the
+    model labelled as given, the patched token agreeing in float32."""
+    _tiny_llama(tmp_path / "tiny")
+    monkeypatch.chdir(tmp_path)
+    assert main(["experiment", "--model", "tiny", "--tokens", "2", "--json", "--dtype", "float32",
+                 "--applied", "factored"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["model"] == "tiny" and out["model_type"] == "llama"
+    assert [r["prompt"] for r in out["prompts"]] == list(PROMPTS) and out["factored"]["agreement"] == 1.0
+
+
 @pytest.mark.slow
 def test_stable_bfloat16_on_real_gemma_agrees_materialized():
     """The paper's stable bfloat16 setting on real Gemma 3 270M, written into the model's modules: every
@@ -91,7 +153,7 @@ def test_stable_bfloat16_on_real_gemma_agrees_materialized():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        out = run(model_name="gemma3-270m", dtype="bfloat16", strategy="stable", patch_dtype="float32", tokens=5,
+        out = run(name_or_path="gemma3-270m", dtype="bfloat16", strategy="stable", patch_dtype="float32", tokens=5,
                   prompts=REAL_PROMPTS[:2], applied=("materialized",))
     finally:
         torch.set_num_threads(threads)
@@ -105,7 +167,7 @@ def test_prompt_sets_and_the_applied_option(capsys):
     """`--prompts` names the registry's sets (the paper's five verbatim, ours, the code); `--applied` measures
     only what it names."""
     from ctxpatch.cli import build_parser
-    from numeric.hf.experiment import PAPER_PROMPTS, PROMPT_SETS
+    from numeric.hf.experiment import PROMPT_SETS
 
     sub = build_parser()._subparsers._group_actions[0].choices["experiment"]
     choices = next(a.choices for a in sub._actions if "--prompts" in a.option_strings)

@@ -11,9 +11,11 @@ model's own modules (``materialized``, computed in the model's arithmetic: Algor
 `run_all` runs the paper's three settings (float32, naive and stable bfloat16) both ways; the seed
 (`SEED`) and torch's thread count are recorded with the figures.
 
-`run(model, tokenizer, ...)` works for any transformers causal LM whose layers `numeric.hf.infer` reads (`numeric.hf`),
-e.g. Gemma 3 1B on disk; the committed fixture `numeric/hf/fixtures/tiny_gemma3` is a small Gemma 3
-trained on the Python standard library (`train_tiny_gemma.py`).
+`run(model, tokenizer, ...)` works for any transformers causal LM whose layers `numeric.hf.infer` reads
+(`numeric.hf`); `run(name_or_path=MODEL)` reads MODEL as every command does (`numeric.hf.models.resolve`: a
+packaged name, a ``save_pretrained`` folder such as Gemma 3 1B on disk, or a GGUF file). The default, the
+committed fixture `numeric/hf/fixtures/tiny_gemma3`, is a small Gemma 3 trained on the Python standard library
+(`train_tiny_gemma.py`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import torch
 from numeric.hf.absorb import absorb_context
 from numeric.hf.bounds import logit_bound
 from numeric.hf.compat import last_logits_only
+from numeric.hf.models import DTYPES, kind_of, resolve
 from symbolic.errors import ModelInputError
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "tiny_gemma3"
@@ -36,16 +39,6 @@ PROMPTS = (
     "class _Error(Exception):\n    ",
     '    def __repr__(self):\n        return "',
 )
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float64": torch.float64}
-
-
-def load(path: str | Path | None = None, dtype: str = "float32"):
-    """A local causal LM and its tokenizer (the committed fixture by default); eager attention."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path = Path(path or FIXTURE)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], attn_implementation="eager").eval()
-    return model, AutoTokenizer.from_pretrained(path)
 
 
 def _ids(tokenizer, prompt: str) -> torch.Tensor:
@@ -59,7 +52,7 @@ def _ids(tokenizer, prompt: str) -> torch.Tensor:
 APPLIED = ("factored", "materialized")
 #: The seed paper's five prompts (arXiv:2511.17864 v3, Section 4), verbatim as the independent reproduction
 #: recovered them from the paper's sources (MachineLearning-Nerd/icml26-repro-aZ5Di8Ii4X-context-weight-patch,
-#: ``repro/source_audits/claims_4_5.md``): the default set of a real model by name.
+#: ``repro/source_audits/claims_4_5.md``): the default set of pretrained weights (`DEFAULT_PROMPTS`).
 PAPER_PROMPTS = (
     "Write a single-sentence weather forecast for Mars, from the perspective of a slightly annoyed robot:",
     "Constraint: No 'e's. Topic: The meaning of life. Length: Exactly 20 words. Write:",
@@ -81,9 +74,12 @@ REAL_PROMPTS = (
 #: bfloat16 (Appendix B, patches computed in float32); (dtype, strategy, patch dtype).
 SETTINGS = (("float32", None, None), ("bfloat16", "norm_vector", None), ("bfloat16", "stable", "float32"))
 #: The prompt sets by name (``ctxpatch experiment --prompts NAME``): the paper's five, ours on natural text, and
-#: the Python code the fixture was trained on. Unnamed: the paper's for a real model by name, the code for
-#: the fixture and a local folder.
+#: the Python code the fixture was trained on (unnamed: `DEFAULT_PROMPTS`).
 PROMPT_SETS = {"paper": PAPER_PROMPTS, "natural": REAL_PROMPTS, "code": PROMPTS}
+#: The prompts a model gets when none are asked for, by what MODEL is (`numeric.hf.models.kind_of`): the paper's
+#: five for pretrained weights (a packaged name or a GGUF file), the code for a ``save_pretrained`` folder (the
+#: fixture is one).
+DEFAULT_PROMPTS = {"name": PAPER_PROMPTS, "gguf": PAPER_PROMPTS, "folder": PROMPTS}
 SEED = 0
 
 
@@ -166,18 +162,18 @@ def _largest_scale_patch(ps) -> dict:
 
 
 def run(model=None, tokenizer=None, dtype: str = "float32", strategy: str | None = None, tokens: int = 20,
-        prompts=None, model_path: str | Path | None = None, patch_dtype: str | None = None,
-        applied: tuple[str, ...] = APPLIED, model_name: str | None = None) -> dict:
+        prompts=None, name_or_path: str | Path | None = None, patch_dtype: str | None = None,
+        applied: tuple[str, ...] = APPLIED) -> dict:
     """The protocol on every prompt; per prompt and overall figures (see the module docstring).
 
-    The model: `model` (moved to `dtype`), a real model by name (``model_name``, `numeric.hf.models`;
-    its prompts default to the paper's, `PAPER_PROMPTS`), a local folder (``model_path``) or the committed
-    fixture. ``applied``: patches applied by the kernels (``factored``) and/or written into the
-    model's own modules (``materialized``); the flat figures are those of the last one.
+    The model: `model` (moved to `dtype`), or MODEL as `numeric.hf.models.resolve` reads it (``name_or_path``: a
+    packaged name, a ``save_pretrained`` folder or a GGUF file; the committed fixture when None), its prompts by
+    default those of `DEFAULT_PROMPTS`. ``applied``: patches applied by the kernels (``factored``) and/or written
+    into the model's own modules (``materialized``); the flat figures are those of the last one.
     """
     t0 = time.perf_counter()
     torch.manual_seed(SEED)
-    model, tokenizer, label, prompts = _model(model, tokenizer, dtype, model_path, model_name, prompts)
+    model, tokenizer, label, prompts = _model(model, tokenizer, dtype, name_or_path, prompts)
     import warnings
 
     from numeric.hf.accuracy import PatchAccuracyWarning
@@ -214,17 +210,14 @@ def run(model=None, tokenizer=None, dtype: str = "float32", strategy: str | None
     return out
 
 
-def _model(model, tokenizer, dtype: str, model_path, model_name, prompts):
-    """(model, tokenizer, label, prompts) from whichever source `run` was given."""
+def _model(model, tokenizer, dtype: str, name_or_path, prompts):
+    """(model, tokenizer, label, prompts): the model `run` was given, or MODEL read by `numeric.hf.models.resolve`
+    (which refuses what is not a packaged name, a model folder or a GGUF file, by name)."""
     if model is not None:
         return model.to(DTYPES[dtype]), tokenizer, model.config.model_type, prompts or PROMPTS
-    if model_name is not None:
-        from numeric.hf import models
-
-        model, tokenizer = models.load(model_name, dtype)
-        return model, tokenizer, model_name, prompts or PAPER_PROMPTS
-    model, tokenizer = load(model_path, dtype)
-    return model, tokenizer, str(model_path or FIXTURE), prompts or PROMPTS
+    source = str(name_or_path or FIXTURE)
+    model, tokenizer = resolve(source, dtype)
+    return model, tokenizer, source, prompts or DEFAULT_PROMPTS[kind_of(source)]
 
 
 def settings_for(model) -> tuple[tuple[str, str | None, str | None], ...]:
@@ -243,8 +236,8 @@ def settings_for(model) -> tuple[tuple[str, str | None, str | None], ...]:
     return tuple(out)
 
 
-def run_all(tokens: int = 20, model_path: str | Path | None = None, model_name: str | None = None,
-            prompts=None, applied: tuple[str, ...] = APPLIED) -> dict:
+def run_all(tokens: int = 20, name_or_path: str | Path | None = None, prompts=None,
+            applied: tuple[str, ...] = APPLIED) -> dict:
     """Every setting of `settings_for` (float32, naive and stable bfloat16), each applied factored and
     materialized: ``runs`` is a list of {dtype, strategy, applied, agreement, max_logit_linf, ...} (the JSON
     contract of ``ctxpatch experiment``; docs/design.md, "Contracts"), ``results`` the full figures of every
@@ -253,13 +246,13 @@ def run_all(tokens: int = 20, model_path: str | Path | None = None, model_name: 
 
     t0 = time.perf_counter()
     results, runs = [], []
-    model, _, _, _ = _model(None, None, "float32", model_path, model_name, prompts)
+    model, _, _, _ = _model(None, None, "float32", name_or_path, prompts)
     settings = settings_for(model)
     del model
     gc.collect()
     for dtype, strategy, patch_dtype in settings:
-        r = run(dtype=dtype, strategy=strategy, tokens=tokens, prompts=prompts, model_path=model_path,
-                patch_dtype=patch_dtype, applied=applied, model_name=model_name)
+        r = run(dtype=dtype, strategy=strategy, tokens=tokens, prompts=prompts, name_or_path=name_or_path,
+                patch_dtype=patch_dtype, applied=applied)
         results.append(r)
         for how in applied:
             f = r[how]
