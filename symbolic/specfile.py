@@ -3,7 +3,7 @@
 Everything here runs before a spec is built: the file's size, the nesting of its tables, the conversion of its
 numbers (`parse_document`), each field's type, length and range (`Table`), the block's name (`check_name`) and
 its activations (`check_activation`), against the bounds of `symbolic.limits`. A problem is a `SpecError` naming
-the file, the field, the value and what is allowed. `symbolic.spec` builds the dataclasses from what is read.
+the file, the field, the value and what is allowed. `symbolic.spec_read` builds the dataclasses from what is read.
 """
 
 from __future__ import annotations

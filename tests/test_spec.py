@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -113,3 +114,22 @@ def test_bad_names_exit_2(argv, capsys):
 def test_custom_activation_is_accepted_and_parsed():
     spec = loads_toml(GOOD.replace('"silu"', '"x*sigmoid(1.702*x)"'))
     assert spec.mlp.activation == "x*sigmoid(1.702*x)"
+
+
+def test_symbolic_spec_is_the_one_import_path_of_its_modules():
+    """`symbolic.spec` re-exports every public name its four modules define (data, parameters, TOML in and out),
+    the very objects, so that `from symbolic.spec import X` keeps working wherever X lives."""
+    import ast
+    import importlib
+
+    import symbolic.spec as face
+
+    for name in ("spec_data", "spec_params", "spec_read", "spec_write"):
+        module = importlib.import_module(f"symbolic.{name}")
+        tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
+        defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.ClassDef)}
+        defined |= {t.id for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+        public = {n for n in defined if not n.startswith("_")}
+        assert public, name
+        assert public <= set(face.__all__), (name, public - set(face.__all__))
+        assert all(getattr(face, n) is getattr(module, n) for n in public), name
