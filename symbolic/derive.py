@@ -180,7 +180,10 @@ class Deriver(InputSide):
             raise Restriction(side, "range", stage, f"every value of {pstr(f)} lies in {rng.text()} ({rng.proof}), "
                               "so targets outside it are unreachable", strategy, {"range": rng})
         w = sp.Symbol("w", real=True)
-        sols = sp.solve(sp.Eq(f.subs(x, w), t), w)
+        try:
+            sols = sp.solve(sp.Eq(f.subs(x, w), t), w)
+        except NotImplementedError:  # e.g. x + sin(x): onto, but SymPy has no closed-form inverse
+            sols = []
         if not sols:
             raise Restriction(side, "undecided", stage, f"SymPy finds no inverse of {pstr(f)}", strategy)
         return sols[0]
