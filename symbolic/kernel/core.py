@@ -36,7 +36,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from symbolic.kernel.boundary import canonical_or_error, retype
+from symbolic.kernel.boundary import canonical, canonical_or_error, retype
 from symbolic.kernel.facts import Obligation, Signs, family_instances, obligations
 from symbolic.kernel.lemmas import discharge_hypothesis, instantiate_lemma
 from symbolic.kernel.normal import NormalFormError, Normalizer
@@ -562,7 +562,8 @@ def check(th: Theorem, lemmas: dict | None = None, instances: bool = True) -> Re
     if instances:
         from symbolic.kernel.instances import evaluate
 
-        results, verdict = evaluate(th, results)
+        # The models are user code: they evaluate a copy of their own, never the copy the kernel keeps for citations.
+        results, verdict = evaluate(canonical(th), results)
         if verdict:  # a refutation, a vacuous theorem or a model that cannot be evaluated: never verified
             status = verdict[0] if verdict[0] != FAILED or status == VERIFIED else status
             message = "; ".join(m for m in (message, verdict[1]) if m)
