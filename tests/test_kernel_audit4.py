@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from fractions import Fraction
 
-from symbolic.kernel import VERIFIED, Fn, Step, Theorem, apply, check, scalar
+import pytest
+
+from symbolic.kernel import AXIOMS, RELATIONS, VERIFIED, Fn, Step, Theorem, apply, check, nonzero, scalar, sqrt
+from symbolic.kernel.facts import FIXED, POS
+from symbolic.kernel.terms import ELEMENTWISE, OPS
 
 x = scalar("x")
 F = Fn("F")
@@ -29,3 +33,20 @@ def test_a_model_cannot_rewrite_the_copy_the_kernel_keeps_for_citations():
     assert res.status != VERIFIED and "not an instance of lem" in res.message, res.message
     zero = lambda t: Fraction(0)  # noqa: E731 -- the counterexample: F = 0 at x = 1
     assert zero(Fraction(1)) != Fraction(1)
+
+
+@pytest.mark.parametrize("table,key,value", [
+    (AXIOMS, "sqrt_of_nonzero_square", (x, "coords", sqrt(x * x), x)),  # sqrt(a a) = a for a != 0: a = -1
+    (RELATIONS, "<", RELATIONS["<="]),  # x < x
+    (FIXED, "tanh", POS),  # tanh(x) > 0: x = -1
+    (ELEMENTWISE, "F", 1), (OPS, "max", OPS["min"])])
+def test_the_kernels_tables_are_read_only(table, key, value):
+    """The kernel's tables are public names: a user added an axiom sqrt(x x) = x under x != 0 to AXIOMS, or made '<'
+    the relation '<=', and the core verified sqrt(a a) = a (a = -1: 1 != -1) and x < x. They are read-only views."""
+    with pytest.raises(TypeError):
+        table[key] = value
+    a = scalar("a")
+    th = Theorem("abs", "sqrt(a a) = a", (nonzero(a),), sqrt(a * a), a,
+                 (Step(sqrt(a * a), a, "axiom", rewrite=(("sqrt_of_nonzero_square", ((x, a),)),)),))
+    assert check(th, instances=False).status != VERIFIED
+    assert Fraction(1) != Fraction(-1)  # sqrt((-1) (-1)) = 1, not -1

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
+from types import MappingProxyType
 
 from symbolic.kernel.normal import Normalizer, Rat
 from symbolic.kernel.terms import App, Index, Sum, Term, Var, Vector, children, fresh_var, instantiate, subst
@@ -135,10 +136,10 @@ def iv_pow(a: Iv, e: int, nonzero: bool) -> Iv:
     return out
 
 
-FIXED = {"exp": POS, "tanh": Iv(Fraction(-1), False, Fraction(1), False),
+FIXED = MappingProxyType({"exp": POS, "tanh": Iv(Fraction(-1), False, Fraction(1), False),
          "sigmoid": Iv(Fraction(0), False, Fraction(1), False), "heaviside": Iv(Fraction(0), True, Fraction(1), True),
          "gate": Iv(Fraction(0), False, Fraction(1), True), "expert_gate": Iv(Fraction(0), True, Fraction(1), True),
-         "dim": AT_LEAST_1, "num": AT_LEAST_1}
+         "dim": AT_LEAST_1, "num": AT_LEAST_1})
 
 
 class Signs:

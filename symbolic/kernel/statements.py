@@ -10,6 +10,7 @@ a theorem's hypotheses by kind for the core and for the instances. The rules tha
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from symbolic.kernel.terms import SCALAR, App, Term, Var, abstract
 
@@ -46,9 +47,9 @@ class Relation:
         return RELATIONS[{"<": ">", "<=": ">=", ">": "<", ">=": "<="}.get(self.symbol, self.symbol)]
 
 
-RELATIONS = {r.symbol: r for r in (Relation("=", 0, False, "="), Relation("<", 1, True, "<"),
+RELATIONS = MappingProxyType({r.symbol: r for r in (Relation("=", 0, False, "="), Relation("<", 1, True, "<"),
                                    Relation("<=", 1, False, r"\le"), Relation(">", -1, True, ">"),
-                                   Relation(">=", -1, False, r"\ge"))}
+                                   Relation(">=", -1, False, r"\ge"))})
 
 
 def compose(symbols: list[str]) -> Relation | None:
@@ -108,9 +109,10 @@ def definition(v: Var, rhs: Term, index: Var | None = None) -> Hypothesis:
     return Hypothesis("definition", v, rhs, (index,) if index is not None else ())
 
 
-#: Axioms a step may instantiate: name -> (variable, condition, lhs, rhs) over that variable.
+#: Axioms a step may instantiate: name -> (variable, condition, lhs, rhs) over that variable. The kernel's tables are
+#: read-only views (`MappingProxyType`): no user can add an axiom or redefine a relation, a fact or an operation.
 _X = Var("x", SCALAR)
-AXIOMS = {"sqrt_of_square": (_X, "nonneg", App("sqrt", (_X * _X,)), _X)}
+AXIOMS = MappingProxyType({"sqrt_of_square": (_X, "nonneg", App("sqrt", (_X * _X,)), _X)})
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from fractions import Fraction
+from types import MappingProxyType
 
 NAME = re.compile(r"[A-Za-z][A-Za-z0-9_']*\Z")
 
@@ -139,7 +140,7 @@ def broadcast(types: list[Type], what: str) -> Type:
 
 
 #: Elementwise functions with a meaning (their proven facts are in `symbolic.kernel.facts`).
-ELEMENTWISE = {"sqrt": 1, "exp": 1, "tanh": 1, "sigmoid": 1, "heaviside": 1, "max": 2, "min": 2}
+ELEMENTWISE = MappingProxyType({"sqrt": 1, "exp": 1, "tanh": 1, "sigmoid": 1, "heaviside": 1, "max": 2, "min": 2})
 
 
 @dataclass(frozen=True)
@@ -436,11 +437,11 @@ def _t_num(ts):
 
 
 #: The operations of the kernel and their typing rules (argument types -> result type).
-OPS = {"add": (2, _t_add), "mul": (2, _t_mul), "neg": (1, _t_neg), "div": (2, _t_div),
+OPS = MappingProxyType({"add": (2, _t_add), "mul": (2, _t_mul), "neg": (1, _t_neg), "div": (2, _t_div),
        **{n: (a, _t_elementwise(n)) for n, a in ELEMENTWISE.items()},
        "matvec": (2, _t_matvec), "dot": (2, _t_dot), "outer": (2, _t_outer), "mean": (1, _t_mean),
        "frob": (2, _t_frob), "at": (2, _t_at), "sel": (2, _t_routing("index")), "gate": (2, _t_routing("scalar")),
-       "expert_gate": (2, _t_routing("scalar")), "num": (1, _t_num)}
+       "expert_gate": (2, _t_routing("scalar")), "num": (1, _t_num)})
 
 
 def _t_fn(fn: Fn, ts) -> Type:
