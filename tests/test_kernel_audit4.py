@@ -50,3 +50,12 @@ def test_the_kernels_tables_are_read_only(table, key, value):
                  (Step(sqrt(a * a), a, "axiom", rewrite=(("sqrt_of_nonzero_square", ((x, a),)),)),))
     assert check(th, instances=False).status != VERIFIED
     assert Fraction(1) != Fraction(-1)  # sqrt((-1) (-1)) = 1, not -1
+
+
+def test_a_relation_of_the_kernel_cannot_be_altered():
+    """RELATIONS["<"] was a frozen dataclass: object.__setattr__(RELATIONS["<"], "strict", False) made '<' non-strict
+    for every later check (x < x verified). A Relation is a tuple now."""
+    with pytest.raises(AttributeError):
+        object.__setattr__(RELATIONS["<"], "strict", False)
+    th = Theorem("lt_refl", "x < x", (), x, x, (Step(x, x, "algebra", "<"),), relation="<")
+    assert check(th, instances=False).status != VERIFIED

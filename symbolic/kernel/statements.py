@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import NamedTuple
 
 from symbolic.kernel.terms import SCALAR, App, Term, Var, abstract
 
@@ -25,9 +26,9 @@ class ProofError(Exception):
 # --------------------------------------------------------------------------- relations
 
 
-@dataclass(frozen=True)
-class Relation:
-    """A relation: direction (+1 for <, <=; -1 for >, >=; 0 for =) and strictness."""
+class Relation(NamedTuple):
+    """A relation: direction (+1 for <, <=; -1 for >, >=; 0 for =) and strictness. A tuple: no one can alter the
+    kernel's relations (a frozen dataclass yields to object.__setattr__)."""
 
     symbol: str
     direction: int
