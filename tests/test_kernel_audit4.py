@@ -9,7 +9,7 @@ import pytest
 
 from symbolic.kernel import AXIOMS, RELATIONS, VERIFIED, Fn, Step, Theorem, apply, check, nonzero, scalar, sqrt
 from symbolic.kernel.facts import FIXED, POS
-from symbolic.kernel.terms import ELEMENTWISE, OPS
+from symbolic.kernel.signature import ELEMENTWISE, OPS
 
 x = scalar("x")
 F = Fn("F")

@@ -17,6 +17,7 @@ SymPy is not imported here: it proposes (the derivation in `symbolic.derive`, tr
 `symbolic.bridge`), the kernel decides.
 """
 
+from symbolic.kernel.binders import subst
 from symbolic.kernel.build import (
     apply,
     at,
@@ -82,7 +83,6 @@ from symbolic.kernel.terms import (
     Var,
     Vector,
     free_vars,
-    subst,
 )
 
 __all__ = ["AXIOMS", "App", "FAILED", "Family", "Fn", "Hypothesis", "ILit", "Index", "KINDS", "Lit", "Matrix",

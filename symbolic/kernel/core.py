@@ -36,6 +36,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from symbolic.kernel.binders import subst
 from symbolic.kernel.boundary import canonical, canonical_or_error, retype
 from symbolic.kernel.facts import Obligation, Signs, family_instances, obligations
 from symbolic.kernel.lemmas import discharge_hypothesis, instantiate_lemma
@@ -71,7 +72,6 @@ from symbolic.kernel.terms import (
     Vector,
     free_vars,
     fresh_var,
-    subst,
     subterms,
 )
 

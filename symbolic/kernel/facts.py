@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from fractions import Fraction
 from types import MappingProxyType
 
+from symbolic.kernel.binders import instantiate, subst
 from symbolic.kernel.normal import Normalizer, Rat
-from symbolic.kernel.terms import App, Index, Sum, Term, Var, Vector, children, fresh_var, instantiate, subst
+from symbolic.kernel.terms import App, Index, Sum, Term, Var, Vector, children, fresh_var
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from math import isqrt
 
 import mpmath
 
+from symbolic.kernel.binders import subst
 from symbolic.kernel.statements import FAILED, REFUTED, VACUOUS, Hypotheses, StepResult, theorem_terms
 from symbolic.kernel.terms import (
     App,
@@ -46,7 +47,6 @@ from symbolic.kernel.terms import (
     Var,
     Vector,
     fresh_var,
-    subst,
     subterms,
 )
 

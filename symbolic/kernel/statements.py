@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import NamedTuple
 
-from symbolic.kernel.terms import SCALAR, App, Term, Var, abstract
+from symbolic.kernel.binders import abstract
+from symbolic.kernel.terms import SCALAR, App, Term, Var
 
 VERIFIED, FAILED, REFUTED, UNCHECKED, VACUOUS = "verified", "failed", "refuted", "unchecked", "vacuous"
 KINDS = ("nonzero", "coords", "positive", "equation", "definition")
