@@ -59,3 +59,14 @@ def test_a_relation_of_the_kernel_cannot_be_altered():
         object.__setattr__(RELATIONS["<"], "strict", False)
     th = Theorem("lt_refl", "x < x", (), x, x, (Step(x, x, "algebra", "<"),), relation="<")
     assert check(th, instances=False).status != VERIFIED
+
+
+def test_an_interval_of_the_facts_table_cannot_be_altered():
+    """The facts table's intervals were frozen dataclasses: object.__setattr__(FIXED["tanh"], "lo", 0) would make
+    tanh(x) > 0 a fact (x = -1: tanh(-1) < 0). An interval is a tuple now."""
+    from symbolic.kernel import Lit, tanh
+
+    with pytest.raises(AttributeError):
+        object.__setattr__(FIXED["tanh"], "lo", Fraction(0))
+    th = Theorem("tanh_pos", "tanh(x) > 0", (), tanh(x), Lit(0), (Step(tanh(x), Lit(0), "facts", ">"),), relation=">")
+    assert check(th, instances=False).status != VERIFIED

@@ -23,15 +23,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 from types import MappingProxyType
+from typing import NamedTuple
 
 from symbolic.kernel.binders import instantiate, subst
 from symbolic.kernel.normal import Normalizer, Rat
 from symbolic.kernel.terms import App, Index, Sum, Term, Var, Vector, children, fresh_var
 
 
-@dataclass(frozen=True)
-class Iv:
-    """An interval: endpoints (None: infinite) and whether each is included."""
+class Iv(NamedTuple):
+    """An interval: endpoints (None: infinite) and whether each is included. A tuple, so that no one alters the
+    facts table's intervals (a frozen dataclass yields to object.__setattr__)."""
 
     lo: Fraction | None
     lo_in: bool
