@@ -180,7 +180,10 @@ class Deriver(InputSide):
             raise Restriction(side, "range", stage, f"every value of {pstr(f)} lies in {rng.text()} ({rng.proof}), "
                               "so targets outside it are unreachable", strategy, {"range": rng})
         w = sp.Symbol("w", real=True)
-        sols = sp.solve(sp.Eq(f.subs(x, w), t), w)
+        try:
+            sols = sp.solve(sp.Eq(f.subs(x, w), t), w)
+        except NotImplementedError:  # e.g. x + sin(x): onto, but SymPy has no closed-form inverse
+            sols = []
         if not sols:
             raise Restriction(side, "undecided", stage, f"SymPy finds no inverse of {pstr(f)}", strategy)
         return sols[0]
@@ -391,8 +394,9 @@ class Deriver(InputSide):
         """A norm with eps = 0 divides by the RMS of its input: that input must not vanish."""
         b, s, out = self.block, self.block.signals, []
         zero_eps = {n for n, e in b.eps.items() if e == 0}
-        if "mlp_pre_norm" in zero_eps and self.spec.residual == "sequential":
-            out += [Condition(s["u"], "vector"), Condition(s["u_C"], "vector")]
+        if "mlp_pre_norm" in zero_eps and self.spec.residual == "sequential":  # a LayerNorm's input: not constant
+            layer = self.spec.norms["mlp_pre_norm"].kind == "layer"
+            out += [Condition(v - Mean(v) if layer else v, "vector") for v in (s["u"], s["u_C"])]
         if "mlp_mid_norm" in zero_eps:  # the patched run feeds it a_C
             a_C = s["a_C"]
             out.append(Condition(a_C - Mean(a_C) if self.spec.mlp.mid_norm.kind == "layer" else a_C, "vector"))

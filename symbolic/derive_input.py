@@ -111,7 +111,11 @@ class InputSide:
         if isinstance(zeros, sp.ConditionSet):
             raise Restriction("input", "undecided", "activation", f"SymPy cannot find the zeros of {pstr(f)}",
                               strategy)
-        if zeros.measure != 0:
+        measure = _measure(zeros)
+        if measure is None:
+            raise Restriction("input", "undecided", "activation", f"SymPy cannot measure the zeros of {pstr(f)}",
+                              strategy)
+        if measure != 0:
             raise Restriction("input", "unsolvable", "activation",
                               f"{pstr(f)} vanishes on {interval_text(zeros)}: where {frozen} z falls there, a = 0 "
                               "whatever the other map is, while a_C need not be", strategy, {"zeros": zeros})
@@ -145,3 +149,15 @@ class InputSide:
             checks.append(b.shared_gate(P2, z) - b.shared_gate(self.P, z_C))
         results = [is_zero(c) for c in checks]
         return True if all(r is True for r in results) else None
+
+
+def _measure(zeros: sp.Set):
+    """The Lebesgue measure of a set of zeros; 0 for a countable one (finite sets and images of the integers, such
+    as the zeros of sin, whose measure SymPy does not compute); None when it cannot be told."""
+    try:
+        return zeros.measure
+    except NotImplementedError:
+        parts = zeros.args if isinstance(zeros, sp.Union) else (zeros,)
+        countable = all(isinstance(p, sp.FiniteSet) or (isinstance(p, sp.ImageSet) and all(
+            b.is_subset(sp.S.Integers) for b in p.base_sets)) for p in parts)
+        return 0 if countable else None

@@ -88,7 +88,7 @@ def elementwise_range(f: sp.Expr) -> Range:
     if lo is None or hi is None:
         return Range(None, proof="SymPy cannot take the limits at the ends")
     ends = {lo, hi}
-    if not all(v in (sp.oo, -sp.oo) or (v.is_real and v.is_finite) for v in ends):
+    if not all(v in (sp.oo, -sp.oo) or (v.is_real and v.is_finite and v.is_comparable) for v in ends):
         return Range(None, proof=f"the limits at the ends ({lo}, {hi}) are not determined")
     if ends == {-sp.oo, sp.oo}:
         return Range(True, proof=f"continuous with limits {lo} and {hi}: onto by the intermediate value theorem")

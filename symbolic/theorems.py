@@ -347,13 +347,17 @@ def multilayer_theorem(arch, block: K.Theorem | None = None, attention_c=None) -
     defined = {h.expr for h in block.definitions}
     # u_C is the contextual MLP input u + delta: at layer l it is u_C_l (a norm with eps = 0 needs u_C != 0)
     sub = {sig["u"]: u_l, sig["delta"]: uc_l - u_l, sig["u_C"]: uc_l}
+    norm_conds: list = []  # the pre-norm's side conditions at layer l, where the layer defines z_l, z_C_l
     if sig["z"] in free and sig["z"] not in defined:
         z_l = K.vec("z_l", "d")
-        hyps.append(K.definition(z_l, to_kernel(b.pre(b.unpatched(), Vec("s_prev" if parallel else "u_l", "d")))))
+        z_in = Vec("s_prev" if parallel else "u_l", "d")
+        hyps.append(K.definition(z_l, to_kernel(b.pre(b.unpatched(), z_in))))
+        norm_conds = _pre_norm_condition(spec, b, z_in)
         sub[sig["z"]] = z_l
     if sig["z_C"] in free and sig["z_C"] not in defined:
         zc_l = K.vec("z_C_l", "d")
         hyps.append(K.definition(zc_l, to_kernel(b.pre(b.unpatched(), Vec("u_C_l", "d")))))
+        norm_conds += _pre_norm_condition(spec, b, Vec("u_C_l", "d"))
         sub[sig["z_C"]] = zc_l
     sub = {k: v for k, v in sub.items() if k in free}  # a block without skip has no residual u
     rename = {a: K.Var(a.name + "_l", a.ty) for a in defined}
@@ -367,7 +371,7 @@ def multilayer_theorem(arch, block: K.Theorem | None = None, attention_c=None) -
         if wrong and h.kind == "definition" and "'" in h.expr.name:
             rhs = K.subst(rhs, wrong)
         hyps.append(K.Hypothesis(h.kind, K.subst(h.expr, layered), rhs, h.binders))
-    hyps += extra
+    hyps += extra + [c for c in norm_conds if c not in hyps]
     lhs, rhs = rename[block.lhs], rename[block.rhs]
     steps = (K.Step(lhs, rhs, f"block theorem block_{spec.name} at u = u_l, delta = u_C,l - u_l",
                     lemma=block.name, substitution=tuple(layered.items())),)
@@ -375,3 +379,12 @@ def multilayer_theorem(arch, block: K.Theorem | None = None, attention_c=None) -
                      "(generic layer l, under the block's side conditions at that layer)",
                      tuple(hyps), lhs, rhs, steps, reference="arXiv:2511.17864, Theorem 2 and Algorithm 1",
                      uses=(block.name,))
+
+
+def _pre_norm_condition(spec: BlockSpec, b: Block, v: Vec) -> list:
+    """A pre-norm with eps = 0 divides by the RMS of its input v (RMSNorm) or of v - mean(v) (LayerNorm): at layer l
+    that input must not vanish (be constant), a side condition of the layer like the block's own."""
+    norm = spec.norms.get("mlp_pre_norm")
+    if norm is None or b.eps.get("mlp_pre_norm") != 0:
+        return []
+    return [K.nonzero(to_kernel(v - Mean(v) if norm.kind == "layer" else v))]

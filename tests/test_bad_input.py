@@ -52,6 +52,16 @@ def test_activation_that_cannot_be_evaluated_is_refused_by_check(tmp_path, capsy
     assert code == 2 and "mlp.activation" in err and repr(activation) in err and "Allowed" in err
 
 
+@pytest.mark.parametrize("activation", ["sin(x)", "cos(x)", "cos(x) - 1", "sin(x)**2", "x + sin(x)"])
+@pytest.mark.parametrize("strategy", [[], ["--input-strategy", "up_only"], ["--input-strategy", "gate_only"]])
+def test_periodic_activations_are_answered_not_crashed(tmp_path, capsys, activation, strategy):
+    """Zeros that are images of the integers (sin: n pi) have measure 0; limits that oscillate (cos at infinity) are
+    not limits; x + sin(x) is onto with no closed-form inverse: each is an answer or a named refusal."""
+    path = spec_file(tmp_path, GOOD.replace('activation = "silu"', f'activation = "{activation}"'))
+    code, err = run(["check", str(path), *strategy], capsys)
+    assert code in (0, 2) and (code == 0 or "ctxpatch check" in err)
+
+
 @pytest.mark.parametrize("verb", [["codegen", "--spec", "llama"], ["report", "vanilla", "--format", "latex"]])
 def test_output_path_that_is_a_file(tmp_path, capsys, verb):
     target = tmp_path / "a_file"

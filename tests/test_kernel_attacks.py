@@ -725,7 +725,8 @@ def test_opening_and_closing_binders_shift_loose_indices():
     """instantiate / abstract are inverse and capture-avoiding on terms with loose bound variables: opening a
     binder with the index of an enclosing sum (BVar 0) under a nested sum refers to that index, which is
     BVar 1 there, not the nested sum's own BVar 0."""
-    from symbolic.kernel.terms import BVar, Sum, abstract, instantiate, shift
+    from symbolic.kernel.binders import abstract, instantiate, shift
+    from symbolic.kernel.terms import BVar, Sum
 
     nn, kk, jj = index("n", "D"), index("k", "D"), index("j", "D")
     D = nn.ty
@@ -817,7 +818,7 @@ def _index_terms(depth, loose):
 def test_abstract_and_instantiate_are_inverse_on_open_terms(t):
     """For any term with loose bound variables: instantiate(abstract(t, k), k) == t, and shifting out and back is
     the identity (the laws the capture-avoiding substitution rests on)."""
-    from symbolic.kernel.terms import abstract, instantiate, shift
+    from symbolic.kernel.binders import abstract, instantiate, shift
 
     kk = index("k", "D")
     assert instantiate(abstract(t, kk), kk) == t

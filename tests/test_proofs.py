@@ -86,6 +86,29 @@ def test_multilayer_with_eps_zero_states_each_norm_input_nonzero_at_layer_l(tmp_
     assert res.status != VERIFIED and "divides by sqrt(mean(u_C_l**2))" in res.message
 
 
+@pytest.mark.parametrize("arch,condition", [("falcon", "-mean(s_prev) + s_prev != 0"),
+                                            ("gptj", "-mean(s_prev) + s_prev != 0"),
+                                            ("gpt2", "-mean(u_C_l) + u_C_l != 0")])
+def test_multilayer_with_a_layernorm_at_eps_zero_states_its_input_is_not_constant(tmp_path, arch, condition):
+    """A LayerNorm with eps = 0 divides by the deviation of its input: z_l := LN(s_prev) (a parallel block's MLP
+    sees the layer input) needs s_prev - mean(s_prev) != 0 at layer l, and a sequential block's u_C_l needs the
+    same, not u_C_l != 0 (a constant u_C_l = c 1 has 0 deviation). Each was missing: prove exited 1 on such specs."""
+    path = tmp_path / f"{arch}_eps0.toml"
+    text = re.sub(r"(?m)^eps = .*", "eps = 0", catalog.text(arch))
+    path.write_text(text.replace(f'name = "{arch}"', f'name = "{arch}_eps0"'))
+    spec = catalog.resolve(str(path))
+    block = T.block_theorem(spec)
+    multi = T.multilayer_theorem(spec, block)
+    assert condition in {h.text() for h in multi.assumptions}
+    lemmas = {"rank1_lemma": check(rank1_lemma.rank1_lemma(), instances=False)}
+    lemmas[block.name] = check(block, lemmas, instances=False)
+    assert lemmas[block.name].status == VERIFIED, lemmas[block.name].message
+    assert check(multi, lemmas).status == VERIFIED
+    weaker = replace(multi, hypotheses=tuple(h for h in multi.hypotheses if h.text() != condition))
+    res = check(weaker, lemmas, instances=False)
+    assert res.status != VERIFIED and "divides by sqrt(mean((-mean(" in res.message, res.message
+
+
 def test_block_theorems_state_eps_positive_and_keep_sigma_opaque():
     th = T.block_theorem(catalog.load("gemma3"))
     text = " ".join(h.text() for h in th.hypotheses)

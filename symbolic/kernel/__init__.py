@@ -1,15 +1,18 @@
 r"""The proof kernel: a closed typed term language and a small trusted core that trusts nothing else.
 
-- `symbolic.kernel.terms`: types and terms, built only through typed constructors; substitution,
-  dimension renaming and binders owned by the kernel.
+- `symbolic.kernel.signature`: the types, the operations with their typing rules, opaque functions.
+- `symbolic.kernel.terms`: the terms, built only through typed constructors; `symbolic.kernel.binders`:
+  substitution, dimension renaming and binders owned by the kernel, all capture-avoiding.
 - `symbolic.kernel.normal`: normal forms (rational functions over typed atoms, exact coefficients).
 - `symbolic.kernel.facts`: the table of proven facts, intervals and side conditions.
 - `symbolic.kernel.statements`: relations, hypotheses, steps, theorems (data).
 - `symbolic.kernel.boundary`: the kernel's own exact copy of a theorem (`canonical`), made before anything
   is read: no subclass, no lying container, every term rebuilt through its constructors.
-- `symbolic.kernel.core`: the rules and `check`, the only maker of results; `symbolic.kernel.lemmas`
+- `symbolic.kernel.core`: the rules and `check`, the only maker of results; `symbolic.kernel.context`: a
+  theorem's hypotheses and the decision procedures over them (equal, discharge); `symbolic.kernel.lemmas`
   builds the instance of a cited lemma.
-- `symbolic.kernel.instances`: the independent second check on random exact models.
+- `symbolic.kernel.instances`: the independent second check on random exact models (`interpret`: a model and
+  evaluation in it; `numbers`: exact and 60-digit arithmetic; `satisfy`: making the hypotheses true).
 - `symbolic.kernel.build`: constructors to write theorems with; `symbolic.kernel.show`: text and LaTeX of
   terms; `symbolic.kernel.coq`: the Coq statements (none of these is trusted).
 
@@ -17,6 +20,7 @@ SymPy is not imported here: it proposes (the derivation in `symbolic.derive`, tr
 `symbolic.bridge`), the kernel decides.
 """
 
+from symbolic.kernel.binders import subst
 from symbolic.kernel.build import (
     apply,
     at,
@@ -82,7 +86,6 @@ from symbolic.kernel.terms import (
     Var,
     Vector,
     free_vars,
-    subst,
 )
 
 __all__ = ["AXIOMS", "App", "FAILED", "Family", "Fn", "Hypothesis", "ILit", "Index", "KINDS", "Lit", "Matrix",

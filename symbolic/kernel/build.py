@@ -6,6 +6,7 @@ Not part of the trusted core: each of these only calls the typed constructors of
 
 from __future__ import annotations
 
+from symbolic.kernel.binders import abstract
 from symbolic.kernel.terms import (
     SCALAR,
     App,
@@ -18,7 +19,6 @@ from symbolic.kernel.terms import (
     TypeError_,
     Var,
     Vector,
-    abstract,
     free_vars,
     lift,
 )

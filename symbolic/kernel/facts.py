@@ -22,14 +22,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from fractions import Fraction
+from types import MappingProxyType
+from typing import NamedTuple
 
+from symbolic.kernel.binders import instantiate, subst
 from symbolic.kernel.normal import Normalizer, Rat
-from symbolic.kernel.terms import App, Index, Sum, Term, Var, Vector, children, fresh_var, instantiate, subst
+from symbolic.kernel.terms import App, Index, Sum, Term, Var, Vector, children, fresh_var
 
 
-@dataclass(frozen=True)
-class Iv:
-    """An interval: endpoints (None: infinite) and whether each is included."""
+class Iv(NamedTuple):
+    """An interval: endpoints (None: infinite) and whether each is included. A tuple, so that no one alters the
+    facts table's intervals (a frozen dataclass yields to object.__setattr__)."""
 
     lo: Fraction | None
     lo_in: bool
@@ -135,10 +138,10 @@ def iv_pow(a: Iv, e: int, nonzero: bool) -> Iv:
     return out
 
 
-FIXED = {"exp": POS, "tanh": Iv(Fraction(-1), False, Fraction(1), False),
+FIXED = MappingProxyType({"exp": POS, "tanh": Iv(Fraction(-1), False, Fraction(1), False),
          "sigmoid": Iv(Fraction(0), False, Fraction(1), False), "heaviside": Iv(Fraction(0), True, Fraction(1), True),
          "gate": Iv(Fraction(0), False, Fraction(1), True), "expert_gate": Iv(Fraction(0), True, Fraction(1), True),
-         "dim": AT_LEAST_1, "num": AT_LEAST_1}
+         "dim": AT_LEAST_1, "num": AT_LEAST_1})
 
 
 class Signs:

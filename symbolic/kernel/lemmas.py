@@ -13,6 +13,7 @@ variables) or by proving it for fresh variables, never by an instance found by m
 
 from __future__ import annotations
 
+from symbolic.kernel.binders import abstract, instantiate, rename_dims, subst
 from symbolic.kernel.show import text
 from symbolic.kernel.statements import RELATIONS, ProofError, Theorem, theorem_terms
 from symbolic.kernel.terms import (
@@ -23,13 +24,9 @@ from symbolic.kernel.terms import (
     Term,
     Var,
     Vector,
-    abstract,
     free_vars,
     fresh_var,
-    instantiate,
-    rename_dims,
     rename_type,
-    subst,
 )
 
 

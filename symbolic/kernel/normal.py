@@ -37,6 +37,7 @@ import re
 from fractions import Fraction
 from math import isqrt
 
+from symbolic.kernel.binders import instantiate
 from symbolic.kernel.poly import ONE, ONE_POLY, ZERO, Rat, exact_quotient, mono, mono_mul, padd, pmul, pscale
 from symbolic.kernel.terms import (
     ELEMENTWISE,
@@ -54,7 +55,6 @@ from symbolic.kernel.terms import (
     Vector,
     children,
     fresh_var,
-    instantiate,
 )
 
 

@@ -10,8 +10,11 @@ a theorem's hypotheses by kind for the core and for the instances. The rules tha
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import NamedTuple
 
-from symbolic.kernel.terms import SCALAR, App, Term, Var, abstract
+from symbolic.kernel.binders import abstract
+from symbolic.kernel.terms import SCALAR, App, Term, Var
 
 VERIFIED, FAILED, REFUTED, UNCHECKED, VACUOUS = "verified", "failed", "refuted", "unchecked", "vacuous"
 KINDS = ("nonzero", "coords", "positive", "equation", "definition")
@@ -24,9 +27,9 @@ class ProofError(Exception):
 # --------------------------------------------------------------------------- relations
 
 
-@dataclass(frozen=True)
-class Relation:
-    """A relation: direction (+1 for <, <=; -1 for >, >=; 0 for =) and strictness."""
+class Relation(NamedTuple):
+    """A relation: direction (+1 for <, <=; -1 for >, >=; 0 for =) and strictness. A tuple: no one can alter the
+    kernel's relations (a frozen dataclass yields to object.__setattr__)."""
 
     symbol: str
     direction: int
@@ -46,9 +49,9 @@ class Relation:
         return RELATIONS[{"<": ">", "<=": ">=", ">": "<", ">=": "<="}.get(self.symbol, self.symbol)]
 
 
-RELATIONS = {r.symbol: r for r in (Relation("=", 0, False, "="), Relation("<", 1, True, "<"),
+RELATIONS = MappingProxyType({r.symbol: r for r in (Relation("=", 0, False, "="), Relation("<", 1, True, "<"),
                                    Relation("<=", 1, False, r"\le"), Relation(">", -1, True, ">"),
-                                   Relation(">=", -1, False, r"\ge"))}
+                                   Relation(">=", -1, False, r"\ge"))})
 
 
 def compose(symbols: list[str]) -> Relation | None:
@@ -108,9 +111,10 @@ def definition(v: Var, rhs: Term, index: Var | None = None) -> Hypothesis:
     return Hypothesis("definition", v, rhs, (index,) if index is not None else ())
 
 
-#: Axioms a step may instantiate: name -> (variable, condition, lhs, rhs) over that variable.
+#: Axioms a step may instantiate: name -> (variable, condition, lhs, rhs) over that variable. The kernel's tables are
+#: read-only views (`MappingProxyType`): no user can add an axiom or redefine a relation, a fact or an operation.
 _X = Var("x", SCALAR)
-AXIOMS = {"sqrt_of_square": (_X, "nonneg", App("sqrt", (_X * _X,)), _X)}
+AXIOMS = MappingProxyType({"sqrt_of_square": (_X, "nonneg", App("sqrt", (_X * _X,)), _X)})
 
 
 @dataclass(frozen=True)
