@@ -43,7 +43,9 @@ reports: $(STAMP) install-system
 test: $(STAMP)
 	$(BIN)/ruff check ctxpatch symbolic numeric tests proofs benchmarks
 	$(BIN)/ctxpatch codegen --check
-	$(BIN)/python -m pytest -q
+	# Two workers, one per core, a test file per worker at a time (module fixtures load each real model once);
+	# one thread each, so that the workers and the CLI subprocesses they start do not oversubscribe the cores.
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(BIN)/ruff check ctxpatch symbolic numeric tests proofs benchmarks
