@@ -124,4 +124,4 @@ while IFS='|' read -r name expr what; do
 done <<EOF
 $VARIANTS
 EOF
-echo "check.sh: ok ($killed mutants killed, $accepted variants accepted, $skipped skipped: their theorems are not in $DIR)"
+echo "check.sh: ok ($killed mutants killed, $accepted variants accepted, $skipped skipped for a theorem not in $DIR)"
