@@ -244,6 +244,12 @@ Lemma dotDr n (u v w : 'cV[R]_n) : dot u (v + w) = dot u v + dot u w.
 Proof. by rewrite dotC dotDl !(dotC w) !(dotC v). Qed.
 Lemma dot0r n (u : 'cV[R]_n) : dot u 0 = 0.
 Proof. by rewrite /dot big1 // => i _; rewrite mxE mulr0. Qed.
+Lemma dotZl n (s : R) (u v : 'cV[R]_n) : dot (s *: u) v = s * dot u v.
+Proof. by rewrite /dot mulr_sumr; apply: eq_bigr => i _; rewrite mxE mulrA. Qed.
+(** the rank-1 patch of a gate vector (a row, [w^T z]): [(w + (w^T (z_C - z) / z^T z) z)^T z = w^T z_C] *)
+Lemma dot_rank1K n (w z z_C : 'cV[R]_n) :
+  z != 0 -> dot ((- dot w z + dot w z_C) *: ((dot z z)^-1 *: z) + w) z = dot w z_C.
+Proof. by move/dot_nz=> z0; rewrite dotDl !dotZl mulVf // mulr1 addrC addNKr. Qed.
 
 Lemma frobC m n (A B : 'M[R]_(m, n)) : frob A B = frob B A.
 Proof. by apply: eq_bigr => i _; apply: eq_bigr => j _; rewrite mulrC. Qed.
@@ -286,6 +292,14 @@ Lemma mean_ge0 n (v : 'cV[R]_n) : (forall i, 0 <= v i 0) -> 0 <= mean v.
 Proof. by move=> v0; rewrite /mean divr_ge0 ?ler0n // sumr_ge0. Qed.
 Lemma mean_sq_ge0 n (v : 'cV[R]_n) : 0 <= mean (vpow v 2).
 Proof. by apply: mean_ge0 => i; rewrite mxE sqr_ge0. Qed.
+(** the mean square of a multiple: [mean ((s v)^2) = s^2 mean (v^2)] *)
+Lemma mean_sq_scale n (s : R) (v : 'cV[R]_n) : mean (vpow (s *: v) 2) = s ^+ 2 * mean (vpow v 2).
+Proof.
+by rewrite /mean mulrA mulr_sumr; congr (_ / _); apply: eq_bigr => i _; rewrite !mxE exprMn.
+Qed.
+(** [sqrt (mean (v^2))^2 = mean (v^2)]: a mean square is nonnegative *)
+Lemma sqr_sqrt_mean n (v : 'cV[R]_n) : Num.sqrt (mean (vpow v 2)) ^+ 2 = mean (vpow v 2).
+Proof. exact/sqr_sqrtr/mean_sq_ge0. Qed.
 
 (** [sqrt (c^2) = c] for [c > 0] *)
 Lemma sqrt_sqr_pos (c : R) : 0 < c -> Num.sqrt (c ^+ 2) = c.
@@ -495,7 +509,7 @@ Ltac ctx_linear :=
 
 (** [ctx_rank1]: every [(W + outer ((dot z z)^-1 *: r) z) *m z] becomes [W *m z + r] ([z != 0] from
     the context; [r / (K z^T z)] gives [r / K]), and [W *m z + (W *m z_C - W *m z)] (or [- W *m z + W *m z_C], or [W *m (z_C - z)])
-    becomes [W *m z_C]; repeated, so that a patch applied to a patched activation (W_down after
+    becomes [W *m z_C]; a patched gate vector [w'^T z] becomes [w^T z_C] ([dot_rank1K]); repeated, so that a patch applied to a patched activation (W_down after
     W_gate, W_up) is simplified after the inner ones. *)
 Ltac ctx_assumption :=
   try (lazymatch goal with |- is_true (_ != 0) =>
@@ -510,6 +524,8 @@ Ltac ctx_rank1_step :=
       rewrite (@rank1_applyKl _ _ _ W z r K); last ctx_assumption
   | |- context[(?W + ((dot ?z ?z * ?K)^-1 *: ?r) *m ?z^T) *m ?z] =>
       rewrite (@rank1_applyKr _ _ _ W z r K); last ctx_assumption
+  | Hz : is_true (?z != 0) |- context[dot ((- dot ?w ?z + dot ?w ?zc) *: ((dot ?z ?z)^-1 *: ?z) + ?w) ?z] =>
+      rewrite (@dot_rank1K _ _ w z zc Hz)
   end;
   ctx_assumption; rewrite ?mulmx_subK ?add_subK ?addNKr;
   ctx_refl.
@@ -555,10 +571,10 @@ Ltac ctx_rank1_scaled :=
   repeat match goal with
   | Hz : is_true (?z != 0)
     |- context[(?W + ((dot ?z ?z)^-1 *: (- (?W *m ?z) + ?W *m ?zc)) *m ?z^T) *m (?a *: ?z)] =>
-      rewrite (rank1_scaledK W z zc a Hz)
+      rewrite (@rank1_scaledK _ _ _ W z zc a Hz)
   | Hz : is_true (?z != 0)
     |- context[(?W + ((dot ?z ?z)^-1 *: (?W *m ?zc - ?W *m ?z)) *m ?z^T) *m (?a *: ?z)] =>
-      rewrite (rank1_scaledK' W z zc a Hz)
+      rewrite (@rank1_scaledK' _ _ _ W z zc a Hz)
   end.
 Ltac ctx_moe_body :=
   ctx_fam; ctx_rank1_scaled; ctx_rank1; ctx_refold; ctx_rank1; rewrite ?scalerDr ?scalerA.

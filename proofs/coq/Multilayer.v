@@ -1,7 +1,8 @@
 (** * Theorem 2 / Algorithm 1 of arXiv:2511.17864, by induction over any number of layers.
 
-    The kernel states the multi-layer theorem at a generic layer l ([multilayer_gemma3] in
-    [Theorems.v]: the block theorem at u := u_l, delta := u_C,l - u_l).  Here the same argument is
+    The kernel states the multi-layer theorem at a generic layer l ([multilayer_gemma3], printed
+    into theorems/multilayer_gemma3.v by [ctxpatch prove --coq DIR]: the block theorem at
+    u := u_l, delta := u_C,l - u_l).  Here the same argument is
     carried through a whole stack, by induction on the number of layers, in two forms:
 
     - [layerwise]: any block whose per-layer theorem holds (as a hypothesis) — the reduced run,
