@@ -58,7 +58,12 @@ def test_xglm_runs_in_float64_and_the_mode_ends_with_the_forward():
 
 def test_sizes_named_by_a_suffix_are_shrunk():
     """ergo names its dense and shared widths first_dense_intermediate_size and shared_intermediate_size, which
-    `SIZES` does not list: left at 32768 and 8192 its tiny model was refused as too large."""
+    `SIZES` does not list: left at 32768 and 8192 its tiny model was refused as too large (ergo is new in
+    transformers 5.25)."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    if "ergo" not in CONFIG_MAPPING_NAMES:
+        pytest.skip("this transformers has no ergo")
     cfg = zoo.tiny_config("ergo")
     for key in ("first_dense_intermediate_size", "shared_intermediate_size", "moe_intermediate_size"):
         assert getattr(cfg, key) <= zoo.SIZES["intermediate_size"], key
