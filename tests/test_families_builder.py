@@ -40,3 +40,41 @@ def test_stacked_experts_in_the_kernel_transformers_picks_by_default():
     ours = generate_without_context(model, ctx, q, 6)
     assert torch.equal(ours, greedy_with_context(model, torch.cat([ctx, q], 1), 6))
     assert model.config._experts_implementation not in (None, "eager")
+
+
+def _bamba(dtype: torch.dtype):
+    return _model("bamba", dtype, attn_layer_indices=[1], mamba_n_heads=4, mamba_d_head=16, mamba_d_state=8,
+                  mamba_n_groups=1, mamba_chunk_size=8, experts_implementation=None)
+
+
+@torch.no_grad()
+def test_a_model_whose_cached_step_restarts_its_positions_is_stepped_at_its_own_positions():
+    """Bamba's forward (transformers 5.25) counts a call's positions from 0 even after its cache: its own run
+    token by token put every token at position 0, 2.4e-4 from its run of the whole sequence in float64. The
+    token-by-token runs (the patches written into its modules, generation) give a cached step its position,
+    and generation is `model.generate`'s with the context (which passes positions too)."""
+    from numeric.hf.compat import explicit_step_positions
+
+    model = _bamba(torch.float64)
+    assert explicit_step_positions(model)
+    gen = torch.Generator().manual_seed(2)
+    ctx, q = random_ids(6, 64, gen), random_ids(5, 64, gen)
+    ps = absorb_context(model, ctx, q)
+    want = model(torch.cat([ctx, q], 1)).logits[0, ctx.shape[1]:]
+    assert rel_error(ps.logits()[0], want) <= 1e-6
+    assert rel_error(ps.materialized_logits()[0], want) <= 1e-5
+    model = _bamba(torch.float32)
+    ids = torch.cat([ctx, q], 1)
+    ref = model.generate(ids, max_new_tokens=8, min_new_tokens=8, do_sample=False, eos_token_id=None,
+                         pad_token_id=0)[:, ids.shape[1]:]
+    assert torch.equal(generate_without_context(model, ctx, q, 8), ref)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "roberta"])
+def test_a_model_that_counts_a_cached_steps_positions_keeps_its_default(model_type):
+    """Llama counts a cached step's positions from its past; RoBERTa from ``padding_idx + 1``: explicit 0-based
+    positions would move it. Neither is given positions."""
+    from numeric.hf.compat import explicit_step_positions
+
+    options = {"is_decoder": True, "pad_token_id": 1} if model_type == "roberta" else {}
+    assert not explicit_step_positions(_model(model_type, torch.float64, **options))

@@ -178,7 +178,8 @@ def real_pair_check(model, ctx: torch.Tensor, q: torch.Tensor, strategy: str | N
 @torch.no_grad()
 def greedy_with_context(model, ids: torch.Tensor, tokens: int) -> torch.Tensor:
     """(1, tokens): greedy generation by the model's own forward through its key/value cache, exactly `tokens`
-    new ids (no end-of-sequence stop), with its default positions: the protocol `generate_without_context`
+    new ids (no end-of-sequence stop), with its default positions (given only where a cached step would not
+    count them from its past: `numeric.hf.compat.explicit_step_positions`): the protocol `generate_without_context`
     follows. Not ``model.generate``: it passes 0-based ``position_ids``, which RoBERTa-family models count
     from ``padding_idx + 1`` by default (camembert, xlm-roberta: other tokens), and its generation config's
     logits processors would change the argmax."""
@@ -186,7 +187,7 @@ def greedy_with_context(model, ids: torch.Tensor, tokens: int) -> torch.Tensor:
     for i in range(tokens):
         new.append(out.logits[:, -1].argmax(-1, keepdim=True))  # (1, 1)
         if i < tokens - 1:
-            out = model(new[-1], **cached(model, kv_cache(out, model)))
+            out = model(new[-1], **cached(model, kv_cache(out, model), ids.shape[1] + i))
     return torch.cat(new, 1)
 
 
