@@ -285,13 +285,16 @@ def models_table(types: list[str] | None = None, progress=None) -> list[dict]:
 
 def models_markdown(rows: list[dict], summary: dict) -> str:
     """The `models` table as Markdown (MODELS.md)."""
+    from numeric.hf.zoo_layers import MAX_LAYERS
     def num(v):
         return "" if v is None else f"{v:.1e}"
     lines = [f"# Model types ({summary['supported']} supported of {summary['types']})", "",
              "Written by `ctxpatch models --markdown MODELS.md`: every causal-LM model type of the installed "
-             "transformers, built tiny from its config (2 layers, random weights). `supported`: float64 factored "
-             f"error <= {summary['bounds']['factored']:.0e} and materialized error <= "
-             f"{summary['bounds']['materialized']:.0e} (relative, max over the query logits), unpatched error >= "
+             "transformers, built tiny from its config with random weights: 2 layers, or more where the family has "
+             "more kinds of layer (the first layer of every kind of its default stack and its last layer, at most "
+             f"{MAX_LAYERS}; `numeric/hf/zoo_layers.py`); `layer kinds`: the distinct blocks inferred. `supported`: "
+             f"float64 factored error <= {summary['bounds']['factored']:.1e} and materialized error <= "
+             f"{summary['bounds']['materialized']:.1e} (relative, max over the query logits), unpatched error >= "
              f"{summary['bounds']['unpatched']:.0e}, greedy generation of {summary['bounds']['generate']} tokens "
              "identical in float32.", "",
              "| model type | status | factored | materialized | unpatched | generation | layer kinds | reason |",
