@@ -177,7 +177,9 @@ def kv_cache(out, model):
     cache = getattr(out, "cache" if "cache" in fields else "past_key_values", None)
     if cache is None:
         raise ModelInputError(f"model type {model.config.model_type!r} returns no key/value cache: the token-by-token "
-                              "runs (materialized patches, generation) need one; the factored logits do not")
+                              "runs (materialized patches, generation) need one; the factored logits do not, nor "
+                              "does absorb_context(..., keep_positions=True), whose patches each token alone at "
+                              "its position carries into the model's modules (materialized_logits)")
     return cache
 
 
