@@ -78,3 +78,15 @@ def test_a_model_that_counts_a_cached_steps_positions_keeps_its_default(model_ty
 
     options = {"is_decoder": True, "pad_token_id": 1} if model_type == "roberta" else {}
     assert not explicit_step_positions(_model(model_type, torch.float64, **options))
+
+
+def test_the_models_table_header_says_how_the_tiny_models_are_built():
+    """MODELS.md's header is generated: the layers a tiny model has (every kind of the family's stack, at most
+    `MAX_LAYERS`), and the bounds a `supported` row met, as `SUPPORT` has them (not rounded to another one)."""
+    from numeric.hf.hfcheck import SUPPORT, models_markdown
+    from numeric.hf.zoo_layers import MAX_LAYERS
+
+    head = models_markdown([], {"types": 0, "supported": 0, "refused": 0, "bounds": SUPPORT}).split("\n")[2]
+    assert f"at most {MAX_LAYERS}" in head and "every kind" in head and "(2 layers," not in head
+    assert f"factored error <= {SUPPORT['factored']:.1e}" in head
+    assert f"materialized error <= {SUPPORT['materialized']:.1e}" in head
