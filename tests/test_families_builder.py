@@ -90,3 +90,14 @@ def test_the_models_table_header_says_how_the_tiny_models_are_built():
     assert f"at most {MAX_LAYERS}" in head and "every kind" in head and "(2 layers," not in head
     assert f"factored error <= {SUPPORT['factored']:.1e}" in head
     assert f"materialized error <= {SUPPORT['materialized']:.1e}" in head
+
+
+def test_a_float64_model_whose_experts_kernel_takes_no_float64_is_refused_by_name():
+    """transformers' default kernel for stacked experts (``grouped_mm``) takes no float64, so such a model cannot
+    run its own forward in float64: refused before any run, naming the kernel and the option that fixes it."""
+    from symbolic.errors import ModelInputError
+
+    model = _model("qwen3_moe", torch.float64, moe_intermediate_size=16, num_experts=4, num_experts_per_tok=2)
+    with pytest.raises(ModelInputError, match="'grouped_mm' kernel, which takes no float64.*"
+                                              "experts_implementation='eager'"):
+        absorb_context(model, torch.tensor([[3, 4, 5]]), torch.tensor([[6, 7]]))

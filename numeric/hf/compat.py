@@ -20,6 +20,10 @@ from symbolic.errors import ModelInputError
 DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 
 
+#: Kernels transformers may run stacked experts by that take no float64 (``torch._grouped_mm``: float32, bfloat16
+#: and float16 only); a float64 model needs ``experts_implementation="eager"``.
+NO_FLOAT64_EXPERTS = ("grouped_mm",)
+
 DROPOUT = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d, torch.nn.AlphaDropout,
            torch.nn.FeatureAlphaDropout)
 
@@ -55,6 +59,11 @@ def check_model(model, logits: bool = False) -> None:
     if dtype not in DTYPES:
         raise ModelInputError(f"the model computes in {dtype}; allowed: "
                               f"{', '.join(str(d).removeprefix('torch.') for d in DTYPES)}")
+    kernel = getattr(config, "_experts_implementation", None)
+    if kernel in NO_FLOAT64_EXPERTS and dtype == torch.float64:
+        raise ModelInputError(f"the model's stacked experts run by transformers' {kernel!r} kernel, which takes no "
+                              "float64, so the model's own forward cannot run in float64; build or load it with "
+                              "experts_implementation='eager' (from_config / from_pretrained), or use float32")
 
 
 def model_dtype(model) -> torch.dtype:
