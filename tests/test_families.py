@@ -148,10 +148,14 @@ def test_an_activation_with_learned_constants_is_each_layers_own():
 # --------------------------------------------------------------------------- inference: refused by name
 
 
-def test_a_stack_with_no_mlp_is_refused_by_name():
+@pytest.mark.parametrize("model_type", ["mamba", "zamba2"])
+def test_a_stack_with_no_mlp_is_refused_by_name(model_type):
+    """Mamba has no MLP; Zamba2's MLP sits in the shared transformer block, whose output feeds the layer's Mamba
+    mixer before the residual stream: neither has an MLP output that reaches the stream, and the refusal names the
+    theorem whose condition fails."""
     with pytest.raises(ModelInputError, match="no layer of .* adds an MLP branch.*no token mixer between it and the "
-                                              "head"):
-        layout_for(tiny_model("mamba"))
+                                              "head .theorem multilayer_mlpless"):
+        layout_for(tiny_model(model_type))
 
 
 def test_a_token_mixer_after_the_last_mlp_layer_is_refused_by_name():

@@ -191,7 +191,7 @@ def _query(model, patcher: Patcher, query_ids, targets, given, positions, comput
         return stored, [out]
     per_token, outs, cache, writer = [], [], None, DenseWriter(model, patcher.layout)
     for j in range(query_ids.shape[1]):
-        kwargs = {"position_ids": positions[:, j:j + 1]} if positions is not None else cached(model, cache)
+        kwargs = {"position_ids": positions[:, j:j + 1]} if positions is not None else cached(model, cache, j)
         one = token_given(given, j)
         try:
             if computed_in == "kernel":

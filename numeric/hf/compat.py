@@ -7,7 +7,9 @@ project goes through `cached` and `kv_cache`.
 
 from __future__ import annotations
 
+import copy
 import inspect
+import weakref
 
 import torch
 
@@ -17,6 +19,10 @@ from symbolic.errors import ModelInputError
 #: (`numeric.hf.bounds.logit_bound`).
 DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16)
 
+
+#: Kernels transformers may run stacked experts by that take no float64 (``torch._grouped_mm``: float32, bfloat16
+#: and float16 only); a float64 model needs ``experts_implementation="eager"``.
+NO_FLOAT64_EXPERTS = ("grouped_mm",)
 
 DROPOUT = (torch.nn.Dropout, torch.nn.Dropout1d, torch.nn.Dropout2d, torch.nn.Dropout3d, torch.nn.AlphaDropout,
            torch.nn.FeatureAlphaDropout)
@@ -53,6 +59,11 @@ def check_model(model, logits: bool = False) -> None:
     if dtype not in DTYPES:
         raise ModelInputError(f"the model computes in {dtype}; allowed: "
                               f"{', '.join(str(d).removeprefix('torch.') for d in DTYPES)}")
+    kernel = getattr(config, "_experts_implementation", None)
+    if kernel in NO_FLOAT64_EXPERTS and dtype == torch.float64:
+        raise ModelInputError(f"the model's stacked experts run by transformers' {kernel!r} kernel, which takes no "
+                              "float64, so the model's own forward cannot run in float64; build or load it with "
+                              "experts_implementation='eager' (from_config / from_pretrained), or use float32")
 
 
 def model_dtype(model) -> torch.dtype:
@@ -78,8 +89,10 @@ def position_limit(model) -> int | None:
 def check_ids(context_ids, query_ids, model, later: int = 0, logits: bool = False) -> None:
     """Refuse a model `check_model` refuses (``logits``: the caller needs per-token logits), ids that are not
     (1, n >= 1) integer tensors inside the model's vocabulary, and a run longer than the model's positions
-    (`position_limit`; ``later``: tokens a generation adds)."""
+    (`position_limit`; ``later``: tokens a generation adds). Decides `explicit_step_positions` while the model
+    runs as it is (no hook or patch of a later stage in it)."""
     check_model(model, logits)
+    explicit_step_positions(model)
     for name, ids in (("context_ids", context_ids), ("query_ids", query_ids)):
         if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.shape[0] != 1 or ids.shape[1] < 1 or \
                 ids.dtype not in (torch.int64, torch.int32):
@@ -101,13 +114,69 @@ def vocab_size(cfg) -> int:
     return int(getattr(cfg, "vocab_size", None) or getattr(text, "vocab_size", 0) or 0)
 
 
-def cached(model, cache) -> dict:
+def cached(model, cache, position: int | None = None, tokens: int = 1) -> dict:
     """Keyword arguments that run `model` on a key/value cache (None: a new one) and return it extended
     (`kv_cache`): ``cache=`` since transformers 5.24, ``past_key_values=`` before (read from the signature of
-    the model's forward)."""
+    the model's forward). ``position``: where the run's ``tokens`` new tokens stand in the sequence; passed as
+    ``position_ids`` only to a model whose own cached step does not count them from its past
+    (`explicit_step_positions`), so that every model's run token by token through its cache is its run of the
+    whole sequence."""
 
     keyword = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-    return {keyword: cache, "use_cache": True}
+    kwargs = {keyword: cache, "use_cache": True}
+    if position is not None and explicit_step_positions(model):
+        kwargs["position_ids"] = torch.arange(position, position + tokens, device=_device(model))[None]
+    return kwargs
+
+
+def _device(model) -> torch.device:
+    """Where the model's token ids go: its first parameter that is not on the meta device (accelerate's hooks move
+    the inputs of a dispatched model), else the CPU."""
+    return next((p.device for p in model.parameters() if p.device.type != "meta"), torch.device("cpu"))
+
+
+_STEP_POSITIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+@torch.no_grad()
+def explicit_step_positions(model) -> bool:
+    """Whether a cached step of `model` must be given its positions: its forward's default ``position_ids``
+    for the new tokens are not the ones its run of the whole sequence gives them (Bamba in transformers 5.25
+    counts every call's positions from 0, cache or not: its token-by-token run put every token at position 0,
+    2.4e-4 from its whole-sequence run in float64). Decided once per model, on three token ids: the last one's
+    logits stepped through the cache with the default and with explicit positions against the whole run; the
+    explicit ones only where they differ from the default and are nearer the whole run (RoBERTa-family models
+    count from ``padding_idx + 1`` by default, so 0-based explicit positions would be wrong there). A model that
+    keeps no cache needs none."""
+    if model in _STEP_POSITIONS:
+        return _STEP_POSITIONS[model]
+    keyword = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    try:
+        needed = _positions_needed(model, keyword)
+    except Exception:  # noqa: BLE001 - a forward this probe cannot run (inputs of its own): the default positions,
+        needed = False  # as before; every run is measured against the run with the context all the same
+    _STEP_POSITIONS[model] = needed
+    return needed
+
+
+def _positions_needed(model, keyword: str) -> bool:
+    """`explicit_step_positions`' comparison (its docstring)."""
+    needed = False
+    if "position_ids" in inspect.signature(model.forward).parameters:
+        vocab, pad = vocab_size(model.config), getattr(model.config, "pad_token_id", None)
+        ids = torch.tensor([[t for t in range(1, vocab) if t != pad][:3]], device=_device(model))
+        if ids.shape[1] == 3:
+            whole = outputs_of(model(ids))[0, -1].double()
+            first = model(ids[:, :2], **{keyword: None, "use_cache": True})
+            cache = getattr(first, "cache", None) or getattr(first, "past_key_values", None)
+            if cache is not None:
+                default = outputs_of(model(ids[:, 2:], **{keyword: copy.deepcopy(cache), "use_cache": True}))
+                explicit = outputs_of(model(ids[:, 2:], position_ids=torch.tensor([[2]], device=_device(model)),
+                                            **{keyword: cache, "use_cache": True}))
+                default, explicit = default[0, -1].double(), explicit[0, -1].double()
+                needed = not torch.equal(default, explicit) and \
+                    float((explicit - whole).abs().max()) < float((default - whole).abs().max())
+    return needed
 
 
 def kv_cache(out, model):
@@ -117,7 +186,9 @@ def kv_cache(out, model):
     cache = getattr(out, "cache" if "cache" in fields else "past_key_values", None)
     if cache is None:
         raise ModelInputError(f"model type {model.config.model_type!r} returns no key/value cache: the token-by-token "
-                              "runs (materialized patches, generation) need one; the factored logits do not")
+                              "runs (materialized patches, generation) need one; the factored logits do not, nor "
+                              "does absorb_context(..., keep_positions=True), whose patches each token alone at "
+                              "its position carries into the model's modules (materialized_logits)")
     return cache
 
 

@@ -69,7 +69,7 @@ def _generate(model, patcher: Patcher, layout, context_ids, query_ids, max_new_t
         for j in range(q):
             _, out_P = step(model, patcher, query_ids[:, j:j + 1], [b[c + j:c + j + 1] for b in bases],
                             head=j == q - 1, given=token_given(given, j),
-                            **cached(model, cache_P))
+                            **cached(model, cache_P, j))
             cache_P = kv_cache(out_P, model)
     cache_P = kv_cache(out_P, model)
     tokens, steps = [], []
@@ -80,8 +80,8 @@ def _generate(model, patcher: Patcher, layout, context_ids, query_ids, max_new_t
         if i == max_new_tokens - 1:
             break
         given = {}
-        bases, out_C = contextual_bases(model, layout, nxt, given=given, **cached(model, cache_C))
-        _, out_P = step(model, patcher, nxt, bases, given=given, **cached(model, cache_P))
+        bases, out_C = contextual_bases(model, layout, nxt, given=given, **cached(model, cache_C, c + q + i))
+        _, out_P = step(model, patcher, nxt, bases, given=given, **cached(model, cache_P, q + i))
         cache_C, cache_P = kv_cache(out_C, model), kv_cache(out_P, model)
     return tokens, steps
 

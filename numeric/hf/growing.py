@@ -8,7 +8,7 @@ import dataclasses
 
 import torch
 
-from numeric.hf.compat import cached, check_ids, kv_cache, last_logits_only
+from numeric.hf.compat import cached, check_ids, explicit_step_positions, kv_cache, last_logits_only
 from numeric.hf.infer import layout_for
 from numeric.hf.sequence import (
     Induction,
@@ -123,6 +123,7 @@ class GrowingSequence:
     def __init__(self, model, context_ids: torch.Tensor, query_ids: torch.Tensor, rescale: bool = False,
                  spec: BlockSpec | str | None = None, params: dict[str, str] | None = None):
         check_ids(context_ids, query_ids, model, logits=True)
+        explicit_step_positions(model)  # decided on the model as it is, before any hook or patch
         self.rescale, self.rescaled = rescale, []  # rescaled: (token, layer) where a new shared scale was solved
         self.model, self.adapter = model, uniform(layout_for(model, spec, params))
         self.site = site_for(model, self.adapter)
@@ -133,7 +134,7 @@ class GrowingSequence:
         self.ind = Induction(model, self.adapter, self.site, ctx, "lora")
         with saved_parameters(touched_parameters(model, self.adapter, self.site)):
             self.cache = kv_cache(run_hooks(model, self.ind.hooks(), query_ids, use_cache=True), model)
-        self.ids = query_ids
+        self.ids, self.context_len = query_ids, context_ids.shape[1]
 
     @property
     def patch(self) -> SequencePatch:
@@ -146,13 +147,14 @@ class GrowingSequence:
         ``before`` those of the patch as it was (the next-token prediction a frozen patch would give)."""
         ids = torch.tensor([[int(token)]], dtype=self.ids.dtype)
         check_ids(ids, ids, self.model)
-        out = {}
+        out, at = {}, self.ids.shape[1]  # the new token's position in the query run
         if before:
+            steps = cached(self.model, copy.deepcopy(self.cache), at)
             with self.patch.factored() as model:
-                out["before"] = model(ids, **cached(self.model, copy.deepcopy(self.cache))).logits[0, -1]
+                out["before"] = model(ids, **steps).logits[0, -1]
         rec: dict = {}
         ctx = run_hooks(self.model, record_hooks(self.model, self.adapter, self.site, rec, 0), ids,
-                        **cached(self.model, copy.deepcopy(self.context_cache)))
+                        **cached(self.model, copy.deepcopy(self.context_cache), self.context_len + at))
         out["contextual"] = ctx.logits[0, -1]
         grow = _Growth(self.ind, rec, self.ids.shape[1], self.rescale)
         saved = ([dataclasses.replace(lp, lora=dict(lp.lora), condition=dict(lp.condition),
@@ -164,7 +166,7 @@ class GrowingSequence:
                 for n, lp in enumerate(self.ind.layers):  # the kept shared post-norm scales
                     for name, value in lp.scale.items():
                         layers[n].get_parameter(name).detach().copy_(value)
-                res = run_hooks(self.model, grow.hooks(), ids, **cached(self.model, copy.deepcopy(self.cache)))
+                res = run_hooks(self.model, grow.hooks(), ids, **cached(self.model, copy.deepcopy(self.cache), at))
         except PatchConditionError:  # the patch stays as it was, exact for the tokens before
             self.ind.layers[:], kept, cast = saved
             self.ind.kept.update(kept)

@@ -178,7 +178,8 @@ def real_pair_check(model, ctx: torch.Tensor, q: torch.Tensor, strategy: str | N
 @torch.no_grad()
 def greedy_with_context(model, ids: torch.Tensor, tokens: int) -> torch.Tensor:
     """(1, tokens): greedy generation by the model's own forward through its key/value cache, exactly `tokens`
-    new ids (no end-of-sequence stop), with its default positions: the protocol `generate_without_context`
+    new ids (no end-of-sequence stop), with its default positions (given only where a cached step would not
+    count them from its past: `numeric.hf.compat.explicit_step_positions`): the protocol `generate_without_context`
     follows. Not ``model.generate``: it passes 0-based ``position_ids``, which RoBERTa-family models count
     from ``padding_idx + 1`` by default (camembert, xlm-roberta: other tokens), and its generation config's
     logits processors would change the argmax."""
@@ -186,7 +187,7 @@ def greedy_with_context(model, ids: torch.Tensor, tokens: int) -> torch.Tensor:
     for i in range(tokens):
         new.append(out.logits[:, -1].argmax(-1, keepdim=True))  # (1, 1)
         if i < tokens - 1:
-            out = model(new[-1], **cached(model, kv_cache(out, model)))
+            out = model(new[-1], **cached(model, kv_cache(out, model), ids.shape[1] + i))
     return torch.cat(new, 1)
 
 
@@ -284,13 +285,16 @@ def models_table(types: list[str] | None = None, progress=None) -> list[dict]:
 
 def models_markdown(rows: list[dict], summary: dict) -> str:
     """The `models` table as Markdown (MODELS.md)."""
+    from numeric.hf.zoo_layers import MAX_LAYERS
     def num(v):
         return "" if v is None else f"{v:.1e}"
     lines = [f"# Model types ({summary['supported']} supported of {summary['types']})", "",
              "Written by `ctxpatch models --markdown MODELS.md`: every causal-LM model type of the installed "
-             "transformers, built tiny from its config (2 layers, random weights). `supported`: float64 factored "
-             f"error <= {summary['bounds']['factored']:.0e} and materialized error <= "
-             f"{summary['bounds']['materialized']:.0e} (relative, max over the query logits), unpatched error >= "
+             "transformers, built tiny from its config with random weights: 2 layers, or more where the family has "
+             "more kinds of layer (the first layer of every kind of its default stack and its last layer, at most "
+             f"{MAX_LAYERS}; `numeric/hf/zoo_layers.py`); `layer kinds`: the distinct blocks inferred. `supported`: "
+             f"float64 factored error <= {summary['bounds']['factored']:.1e} and materialized error <= "
+             f"{summary['bounds']['materialized']:.1e} (relative, max over the query logits), unpatched error >= "
              f"{summary['bounds']['unpatched']:.0e}, greedy generation of {summary['bounds']['generate']} tokens "
              "identical in float32.", "",
              "| model type | status | factored | materialized | unpatched | generation | layer kinds | reason |",

@@ -175,7 +175,9 @@ def _reach(kinds: list[Adapter | None], checks: list[dict], path: str, model_typ
                                           "a token mixer among them, before the residual stream)" if nested else
                                           " (no MLP at all: a state-space or attention-only stack)")
                               + ": the patches act on MLP parameters, and an exact patch needs an MLP whose output "
-                              "reaches the residual stream with no token mixer between it and the head")
+                              "reaches the residual stream with no token mixer between it and the head (theorem "
+                              "multilayer_mlpless: exact iff no token mixer stands between the last MLP layer and "
+                              "the head)")
     late = [c["layer"] for c in checks if c["layer"] > patched[-1] and c.get("mixes_tokens")]
     if late:
         raise ModelInputError(f"layer {late[0]} ({path}.{late[0]}) mixes tokens and has no MLP branch, and no MLP "

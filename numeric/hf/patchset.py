@@ -15,7 +15,7 @@ import torch
 
 from numeric.hf import offload
 from numeric.hf.accuracy import Accuracy, Reference, check
-from numeric.hf.compat import cached, kv_cache
+from numeric.hf.compat import cached, explicit_step_positions, kv_cache
 from numeric.hf.dense import DenseWriter
 from numeric.hf.layout import Layout
 from numeric.hf.passes import layer_outputs, stacked, swapped_branches, token_pass
@@ -141,6 +141,7 @@ class PatchSet:
         if self.layout.encoder and self.positions is None:
             raise ModelInputError("materialized_logits runs the query token by token, which an encoder cannot do "
                                   "(every token sees the later ones); absorb with keep_positions=True")
+        explicit_step_positions(self.model)  # decided on the model as it is, before the measuring hooks
         if layers is not None:  # a depth study: not the patched run, not measured
             return torch.cat([o.logits for o in self._materialized(layers)], 1)
         outs, states = self._measured(self._materialized)
@@ -157,7 +158,7 @@ class PatchSet:
 
             ids = self.query_ids[:, j:j + 1]
             if self.positions is None:
-                out = token_pass(self.model, self.layout, ids, dense, writer, **cached(self.model, cache))
+                out = token_pass(self.model, self.layout, ids, dense, writer, **cached(self.model, cache, j))
                 cache = kv_cache(out, self.model)
             else:
                 out = token_pass(self.model, self.layout, ids, dense, writer, position_ids=self.positions[:, j:j + 1])

@@ -124,8 +124,16 @@ def double(value):
 
 
 def float64_copy(layer):
-    """A float64 copy of one layer (the model is left as it is)."""
-    return copy.deepcopy(layer).double().eval()
+    """A float64 copy of one layer (the model is left as it is), its experts run by transformers' eager loop:
+    the kernels a model selects by default for stacked experts (``grouped_mm``, ``batched_mm``) take no float64,
+    so a float32 model loaded the usual way could not be probed otherwise. The copy's config is its own
+    (``deepcopy``): the model's experts keep their implementation."""
+    layer64 = copy.deepcopy(layer).double().eval()
+    for module in layer64.modules():
+        config = getattr(module, "config", None)
+        if getattr(config, "_experts_implementation", None) not in (None, "eager"):
+            config._experts_implementation = "eager"
+    return layer64
 
 
 @torch.no_grad()
