@@ -96,6 +96,7 @@ def measure(model, ctx, q, **options) -> dict:
                 got = run()[0].double()
                 out[how] = logit_error(got, want)
                 out[f"top1_{how}"] = float((got.argmax(-1) == top).double().mean())
+            out["replayed"] = ps.accuracy.as_dict()  # what the replays measured of themselves
         except Exception as exc:  # noqa: BLE001 - recorded: a refusal by name, or a failure that is not one
             out["error"] = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:160]
             out["named"] = isinstance(exc, (CtxpatchInputError, PatchConditionError))
