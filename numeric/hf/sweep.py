@@ -46,6 +46,7 @@ class Row:
     top1_factored: float | None = None
     top1_materialized: float | None = None
     reported: dict | None = None  # PatchSet.accuracy as a dict, as absorb_context measured it
+    replayed: dict | None = None  # the same after the replays, which measure themselves
     warnings: dict = dataclasses.field(default_factory=dict)  # category name -> count
     error: str = ""
     bound: float = float("nan")
