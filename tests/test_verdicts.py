@@ -15,7 +15,14 @@ transformers = pytest.importorskip("transformers")
 
 from ctxpatch.cli import main  # noqa: E402
 from numeric.hf import PatchAccuracyWarning, absorb_context, absorb_sequence, generate_without_context  # noqa: E402
-from numeric.hf.bounds import MARGIN, MEASURED, forward_error, logit_bound, storage_eps  # noqa: E402
+from numeric.hf.bounds import (  # noqa: E402
+    MARGIN,
+    MEASURED,
+    Float64Throughout,
+    forward_error,
+    logit_bound,
+    storage_eps,
+)
 from numeric.hf.hfcheck import logit_error, random_ids, tiny_model  # noqa: E402
 from numeric.kernels.runtime import IllConditionedPatchWarning  # noqa: E402
 from symbolic.errors import ModelInputError  # noqa: E402
@@ -47,6 +54,20 @@ def test_bounds_are_the_forward_error_of_two_runs_with_a_margin_and_ordered_by_p
         assert forward_error(d) >= MARGIN * MEASURED[name] * storage_eps(d) > 0
     # float64 through transformers is rounded to float32 at the norms, rotary tables, softmaxes: float32's units
     assert logit_bound(torch.float64) < logit_bound(torch.float32) < 1e-4 < logit_bound(torch.bfloat16) < 0.2
+
+
+def test_the_exact_run_is_float64_throughout_and_the_float64_run_is_not():
+    """`Float64Throughout`, what the bounds are measured against: no float32 tensor is left in it, and the plain
+    float64 run differs from it by transformers' float32 norms, rotary tables and softmaxes, by less than its
+    modelled forward error."""
+    model = tiny_model("gemma3_text", layers=2, dtype="float64")
+    ids = torch.cat(_pair(), 1)
+    with torch.no_grad():
+        with Float64Throughout() as exact_run:
+            exact = model(ids).logits[0]
+        plain = model(ids).logits[0]
+    assert exact_run.left == 0 and exact.dtype == plain.dtype == torch.float64
+    assert 0 < logit_error(plain, exact) <= forward_error(torch.float64)
 
 
 @pytest.mark.parametrize("dtype", ["float64", "bfloat16"])
