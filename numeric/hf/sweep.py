@@ -46,6 +46,7 @@ class Row:
     top1_factored: float | None = None
     top1_materialized: float | None = None
     reported: dict | None = None  # PatchSet.accuracy as a dict, as absorb_context measured it
+    replayed: dict | None = None  # the same after the replays, which measure themselves
     warnings: dict = dataclasses.field(default_factory=dict)  # category name -> count
     error: str = ""
     bound: float = float("nan")
@@ -96,6 +97,7 @@ def measure(model, ctx, q, **options) -> dict:
                 got = run()[0].double()
                 out[how] = logit_error(got, want)
                 out[f"top1_{how}"] = float((got.argmax(-1) == top).double().mean())
+            out["replayed"] = ps.accuracy.as_dict()  # what the replays measured of themselves
         except Exception as exc:  # noqa: BLE001 - recorded: a refusal by name, or a failure that is not one
             out["error"] = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:160]
             out["named"] = isinstance(exc, (CtxpatchInputError, PatchConditionError))
