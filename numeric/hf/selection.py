@@ -129,8 +129,9 @@ class Patcher:
         contextual run's products of layer n ({matrix: (T, out)}, `contextual_bases`), which the kernels take
         instead of recomputing them (not where the patches are computed in a wider dtype: there the
         kernel's own products are the more accurate). ``with_output``: y is the patched branch's output on u
-        where the kernel computed it together with the patches that every token keeps (its ``patched``), so
-        that the pass need not apply them again; None otherwise (and always without ``with_output``)."""
+        where the kernel computed it together with the patches that every token keeps (its ``patched``); None
+        otherwise (and always without ``with_output``). No pass of the package asks for it: `patched` sums in
+        another order than `apply`, and the extraction must run what a replay runs, bit for bit."""
         adapter = self.layout[n]
         params = self.params(n)
         kernels_n = self.kernels[adapter.spec]
