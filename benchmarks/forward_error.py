@@ -29,22 +29,13 @@ import torch
 
 from numeric.hf import models
 from numeric.hf.bounds import Float64Throughout, logit_bound, storage_eps
-from numeric.hf.hfcheck import logit_error
+from numeric.hf.hfcheck import REAL_PAIRS, logit_error
 
 NAMES = ("gemma3-270m", "smollm2-135m")
 DTYPES = ("float64", "float32", "bfloat16", "float16")
 LENGTHS = (24, 48, 200)
 #: (context, query): eight kinds of text. A context shorter than a length is continued by the next pairs' contexts.
-PAIRS = (
-    ("The capital of France is Paris. The capital of Italy is Rome. The capital of Spain is Madrid. "
-     "The capital of Portugal is Lisbon. The capital of Austria is Vienna. The capital of Poland is Warsaw.",
-     " The capital of Germany is"),
-    ("def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n    a, b = 0, 1\n    for _ in range(n):\n"
-     "        a, b = b, a + b\n    return a\n\n\ndef factorial(n):\n    result = 1\n    for i in range(2, n + 1):\n"
-     "        result *= i\n    return result\n", "\n\nprint(fibonacci(10), factorial("),
-    ("Once upon a time, in a small village by the sea, there lived an old fisherman named Tomas. Every "
-     "morning he rowed his little blue boat past the lighthouse, singing the songs his mother had taught him.",
-     " One morning, a storm came and Tomas"),
+PAIRS = REAL_PAIRS + (  # hf-check's fact, code and story pairs, then five more kinds
     ("Customer: Hi, I ordered a pair of running shoes last week and they still have not arrived.\nAgent: I am "
      "sorry to hear that. Could you give me your order number?\nCustomer: Sure, it is 48213.\nAgent: Thank you.",
      "\nAgent: I can see that your order"),
