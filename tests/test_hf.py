@@ -236,7 +236,7 @@ def test_a_layer_starts_from_the_choice_of_the_layer_below(monkeypatch):
     (u, target) = inputs[1]
     for below in names:
         patcher = selection.Patcher(model, layout, kernels, memory=selection.Memory({0: below}))
-        lp, _ = patcher.layer(1, u, target, None)
+        lp = patcher.layer(1, u, target, None)
         best = selection.Patcher(model, layout, kernels).best(1, patcher.params(1), u[:1], target[:1], None, 0)
         amp = [a for a in lp.amplification if a == a]
         if set(lp.strategies) == {below}:  # kept: measured once, within the rule
@@ -245,7 +245,7 @@ def test_a_layer_starts_from_the_choice_of_the_layer_below(monkeypatch):
             assert lp.strategies[0] == best.strategy
     monkeypatch.setattr(selection, "ACCEPT", 0.0)  # nothing is kept: token by token, every candidate compared
     patcher = selection.Patcher(model, layout, kernels, memory=selection.Memory({0: names[0]}))
-    lp, _ = patcher.layer(1, u, target, None)
+    lp = patcher.layer(1, u, target, None)
     one = selection.Patcher(model, layout, kernels)
     want = [one.best(1, patcher.params(1), u[j:j + 1], target[j:j + 1], None, j).strategy for j in range(5)]
     assert lp.strategies == want
@@ -264,32 +264,6 @@ def test_the_choice_prefers_well_conditioned_then_least_amplification_with_ties_
     assert choose([ill]) is ill  # nothing better: the only candidate
 
 
-@pytest.mark.parametrize("model_type", ["gemma", "llama", "mixtral"])  # gemma3_text's batch may defer to tokens
-def test_fused_output_is_apply_of_the_stored_patches(model_type):
-    """In the one-pass extraction the kernel's `patched` computes a layer's patches and its output together;
-    the output handed to the pass equals `apply` of the patches the PatchSet stores (dense blocks; a mixture
-    of experts has no fused function and hands none)."""
-    from numeric.hf.layout import layer_params
-    from numeric.hf.selection import Patcher
-
-    model, layout, kernels, inputs = _layer_inputs(model_type)
-    u, target = inputs[0]
-    patcher = Patcher(model, layout, kernels)
-    same = (u == target).all(-1)  # tokens out of a sliding window's reach: identity patches, no fused output
-    if bool(same.any()):
-        assert patcher.layer(0, u, target, None, with_output=True)[1] is None
-        u, target = u[~same], target[~same]
-    lp, y = patcher.layer(0, u, target, None, with_output=True)
-    kernel = kernels[layout[0].spec][lp.strategies[0]]
-    if not hasattr(kernel, "patched"):
-        assert layout[0].spec.moe is not None and y is None
-        return
-    assert set(lp.strategies) == {lp.strategies[0]}
-    want = kernel.apply(layer_params(model.model.layers[0], layout[0]), lp.factored, u)
-    assert float((y - want).norm() / want.norm()) < 1e-14
-    assert patcher.layer(0, u, target, None)[1] is None  # not asked for: none
-
-
 @pytest.mark.parametrize("model_type", ["gemma3_text", "llama"])
 def test_batched_choice_is_the_token_by_token_choice(model_type):
     """The default computes every token's patches of a layer in one call (`Patcher.layer`): the same
@@ -305,7 +279,7 @@ def test_batched_choice_is_the_token_by_token_choice(model_type):
     bases, _ = contextual_bases(model, layout, torch.cat([ctx, q], 1), head=False)
     plain, _ = contextual_bases(model, layout, q, head=False)  # layer 0's u without the context
     u, target = plain[0], bases[0][6:]
-    batched, _ = Patcher(model, layout, kernels).layer(0, u, target, None)
+    batched = Patcher(model, layout, kernels).layer(0, u, target, None)
     one = Patcher(model, layout, kernels)
     params = layer_params(model.model.layers[0], layout[0])
     chosen = [one.best(0, params, u[j:j + 1], target[j:j + 1], None, j) for j in range(5)]
@@ -376,10 +350,10 @@ def _skewed_given(monkeypatch) -> list:
 
     real, seen = selection.Patcher.layer, []
 
-    def layer(self, n, u, target, x, given=None, with_output=False):
+    def layer(self, n, u, target, x, given=None):
         seen.append(sorted(given or {}))
         skew = None if given is None else {k: v * (1 + 0.01 * v) for k, v in given.items()}
-        return real(self, n, u, target, x, skew, with_output)
+        return real(self, n, u, target, x, skew)
     monkeypatch.setattr(selection.Patcher, "layer", layer)
     return seen
 

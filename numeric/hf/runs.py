@@ -27,7 +27,7 @@ def patch_pass(model, patcher: Patcher, ids, targets, head: bool = True, given: 
     given = given or {}
 
     def compute(n, u, x):
-        stored[n], _ = patcher.layer(n, u, targets[n], x, given.get(n))
+        stored[n] = patcher.layer(n, u, targets[n], x, given.get(n))
         return stored[n]
 
     ps = PatchSet(model, ids, stored, patcher.layout, kernels=patcher.kernels, patch_dtype=patcher.patch_dtype)
@@ -47,7 +47,7 @@ def materialized_pass(model, patcher: Patcher, ids, targets, head: bool = True, 
     given = given or {}
 
     def dense(n, u, x):
-        stored[n], _ = patcher.layer(n, u, targets[n], x, given.get(n))
+        stored[n] = patcher.layer(n, u, targets[n], x, given.get(n))
         return stored[n], 0
 
     out = token_pass(model, patcher.layout, ids, dense, writer, head=head, **kwargs)

@@ -124,14 +124,11 @@ class Patcher:
         return params
 
     def layer(self, n: int, u: torch.Tensor, target: torch.Tensor, x: torch.Tensor | None,
-              given: dict | None = None, with_output: bool = False) -> tuple[LayerPatches, torch.Tensor | None]:
-        """(LayerPatches of layer n for u, target (T, d), y). x: the MLP input of a parallel block. ``given``: the
+              given: dict | None = None) -> LayerPatches:
+        """LayerPatches of layer n for u, target (T, d). x: the MLP input of a parallel block. ``given``: the
         contextual run's products of layer n ({matrix: (T, out)}, `contextual_bases`), which the kernels take
         instead of recomputing them (not where the patches are computed in a wider dtype: there the
-        kernel's own products are the more accurate). ``with_output``: y is the patched branch's output on u
-        where the kernel computed it together with the patches that every token keeps (its ``patched``); None
-        otherwise (and always without ``with_output``). No pass of the package asks for it: `patched` sums in
-        another order than `apply`, and the extraction must run what a replay runs, bit for bit."""
+        kernel's own products are the more accurate)."""
         adapter = self.layout[n]
         params = self.params(n)
         kernels_n = self.kernels[adapter.spec]
@@ -142,16 +139,15 @@ class Patcher:
             params = {k: v.to(wide) if isinstance(v, torch.Tensor) else v for k, v in params.items()}
         cast = (lambda t: t) if wide is None else (lambda t: None if t is None else t.to(wide))  # noqa: E731
         single = len(kernels_n) == 1
-        fuse = with_output  # (stored in the dtype they were computed in, the patches apply as `patched` did)
         given = given if wide is None else None
-        chosen, y = self._batch(n, params, cast(u), cast(target), cast(x), fuse, given) \
-            if self.measure or not single else (None, None)
+        chosen = self._batch(n, params, cast(u), cast(target), cast(x), given) if self.measure or not single \
+            else None
         if chosen is None and single:  # every token measured (or none, ``measure=False``)
             name, kernel = next(iter(kernels_n.items()))
-            patches, y = patches_and_output(kernel, params, cast(u), cast(target), str(n), cast(x), fuse, given)
+            patches = block_patches(kernel, params, cast(u), cast(target), str(n), cast(x), given)
             amp = amplification(kernel, params, patches, cast(u), cast(x), adapter.mode) if self.measure \
                 else torch.full((u.shape[0],), float("nan"))
-            return self._store(n, [name] * u.shape[0], amp.tolist(), [patches], wide or u.dtype, batched=True), y
+            return self._store(n, [name] * u.shape[0], amp.tolist(), [patches], wide or u.dtype, batched=True)
         if chosen is None:  # the batch could not decide (`_batch`): token by token
             chosen = [self.best(n, params, cast(u[j:j + 1]), cast(target[j:j + 1]),
                                 None if x is None else cast(x[j:j + 1]), j, given_rows(given, slice(j, j + 1)))
@@ -159,8 +155,8 @@ class Patcher:
         names, amps = [c.strategy for c in chosen], [c.amplification for c in chosen]
         parts = [c.patches for c in chosen]
         if len(set(names)) == 1:  # one strategy: stored as one batch (`LayerPatches.token` slices it)
-            return self._store(n, names, amps, [concat_tokens(parts)], wide or u.dtype, batched=True), y
-        return self._store(n, names, amps, parts, wide or u.dtype, batched=False), y
+            return self._store(n, names, amps, [concat_tokens(parts)], wide or u.dtype, batched=True)
+        return self._store(n, names, amps, parts, wide or u.dtype, batched=False)
 
     def best(self, n: int, params: dict, u: torch.Tensor, target: torch.Tensor, x: torch.Tensor | None, j: int,
              given: dict | None = None) -> Candidate:
@@ -199,8 +195,7 @@ class Patcher:
         warn_ill_conditioned(chosen.patches, kernels_n[chosen.strategy].references(params), str(n))
         return chosen
 
-    def _batch(self, n, params, u, target, x, fuse: bool = False,
-               given: dict | None = None) -> tuple[list[Candidate] | None, torch.Tensor | None]:
+    def _batch(self, n, params, u, target, x, given: dict | None = None) -> list[Candidate] | None:
         """`best` for T tokens at once: the layer's previous choice computed in one batched call; its
         amplification measured at the token with the largest patch, and every well-conditioned token whose
         patch is at most `GROWTH` times that one's kept unmeasured (`unchanged`, NaN recorded), as `best`
@@ -209,8 +204,7 @@ class Patcher:
         has no size (a bias). A layer without a previous choice starts from the layer below's, kept under
         the same rule (the layers of a model tend to choose alike: one batched call instead of every
         candidate at the first token); when the rule rejects it, or there is none, the first token's `best`
-        chooses. ``fuse``: where every token keeps the batched patches, their branch output y on u (the
-        kernel's `patched`) comes back with them (else None)."""
+        chooses."""
         kernels_n = self.kernels[self.layout[n].spec]
         kept = self.memory.kept
         first = None  # the first token's `best`, where the layer has no previous choice to keep
@@ -219,17 +213,16 @@ class Patcher:
                 kept[n] = next(iter(kernels_n))
             elif kept.get(n - 1) in kernels_n:  # the layer below's choice, kept if the rule keeps it
                 kept[n] = kept[n - 1]
-                found = self._kept(n, params, u, target, x, None, fuse, given)
-                if found[0] is not None:
+                found = self._kept(n, params, u, target, x, None, given)
+                if found is not None:
                     return found
                 del kept[n]  # rejected: the first token chooses among all candidates
             if n not in kept:
                 first = self.best(n, params, _row(u, 0), _row(target, 0), _row(x, 0), 0,
                                   given_rows(given, slice(0, 1)))
-        return self._kept(n, params, u, target, x, first, fuse, given)
+        return self._kept(n, params, u, target, x, first, given)
 
-    def _kept(self, n, params, u, target, x, first: Candidate | None, fuse: bool,
-              given=None) -> tuple[list[Candidate] | None, torch.Tensor | None]:
+    def _kept(self, n, params, u, target, x, first: Candidate | None, given=None) -> list[Candidate] | None:
         """`_batch` with the layer's choice in ``memory.kept[n]`` (``first``: the first token's `best`, or None)."""
         from numeric.kernels.runtime import ill_tokens, relative_sizes, warn_sizes
 
@@ -237,15 +230,15 @@ class Patcher:
         name = self.memory.kept[n]
         kernel = kernels_n[name]
         try:
-            patches, y = _quiet(patches_and_output, kernel, params, u, target, str(n), x, fuse, given)
+            patches = _quiet(block_patches, kernel, params, u, target, str(n), x, given)
         except PatchConditionError:
-            return None, None
+            return None
         sizes = {k: v.double().cpu() for k, v in relative_sizes(patches, kernel.references(params)).items()}
         if set(sizes) != set(patches):
-            return None, None
+            return None
         ill = ill_tokens(sizes, kernel.references(params), self.model.dtype)  # as `_ill`, token by token
         if ill is None or bool(ill.all()):
-            return None, None
+            return None
         largest = torch.stack(list(sizes.values())).max(0).values.masked_fill(ill, -1.0)
         m = int(largest.argmax())
         at_m, record = {k: float(v[m]) for k, v in sizes.items()}, self.memory.measured.get(n)
@@ -255,16 +248,15 @@ class Patcher:
             amp = float(measure_amplification(kernel, params, token_slice(patches, m), _row(u, m), _row(x, m),
                                               self.layout[n].mode)[0][0])
             if amp > ACCEPT:
-                return None, None
+                return None
             base = amp
             self.memory.measured[n] = Measurement(name, amp, at_m)
-        chosen, alone = [], 0  # alone: tokens whose patches come from `best`, not from the batch
+        chosen = []
         for j in range(u.shape[0]):
             if j == 0 and first is not None and first.strategy == name:  # its patches as the batch computed them
                 chosen.append(Candidate(name, token_slice(patches, 0), first.amplification))
             elif j == 0 and first is not None:
                 chosen.append(first)
-                alone += 1
             elif j == m:
                 chosen.append(Candidate(name, token_slice(patches, j), amp))
             elif not bool(ill[j]) and unchanged(base, at_m, {k: float(v[j]) for k, v in sizes.items()}):
@@ -273,10 +265,9 @@ class Patcher:
                 chosen.append(self.best(n, params, _row(u, j), _row(target, j), _row(x, j), j,
                                         given_rows(given, slice(j, j + 1))))
                 self.memory.kept[n] = name
-                alone += 1
         keeping = [j for j, c in enumerate(chosen) if c.strategy == name]
         warn_sizes({k: v[keeping] for k, v in sizes.items()}, kernel.references(params), str(n))
-        return chosen, (y if not alone else None)
+        return chosen
 
     def _ill(self, kernel, params, patches) -> bool:
         """Whether the patch, stored in the model's dtype, is ill-conditioned (`runtime.ILL_CONDITIONED`)."""
@@ -365,17 +356,6 @@ def block_patches(kernel, params: dict, u: torch.Tensor, target: torch.Tensor, l
                 full[rows] = v
             out[name][f] = full
     return out
-
-
-def patches_and_output(kernel, params: dict, u: torch.Tensor, target: torch.Tensor, layer: str = "",
-                       x: torch.Tensor | None = None, fuse: bool = False,
-                       given: dict | None = None) -> tuple[dict, torch.Tensor | None]:
-    """(`block_patches`, y): with ``fuse``, y is the patched sub-block's output on u from the kernel's `patched`
-    (which computes z and each input map's W z once for both); None without ``fuse``, where the kernel has no
-    `patched` (a mixture of experts) or where some token gets the identity patch."""
-    if fuse and hasattr(kernel, "patched") and not bool((u == target).all(-1).any()):
-        return kernel.patched(params, u, target, layer=layer, **x_kwarg(x), **_given(given))
-    return block_patches(kernel, params, u, target, layer, x, given), None
 
 
 def _row(t: torch.Tensor | None, j: int) -> torch.Tensor | None:
