@@ -122,11 +122,17 @@ def cached(model, cache, position: int | None = None, tokens: int = 1) -> dict:
     (`explicit_step_positions`), so that every model's run token by token through its cache is its run of the
     whole sequence."""
 
-    keyword = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    keyword = cache_keyword(model)
     kwargs = {keyword: cache, "use_cache": True}
     if position is not None and explicit_step_positions(model):
         kwargs["position_ids"] = torch.arange(position, position + tokens, device=_device(model))[None]
     return kwargs
+
+
+def cache_keyword(model) -> str:
+    """The keyword of the key/value cache in the model's forward: ``cache`` since transformers 5.24,
+    ``past_key_values`` before (read from the forward's signature)."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def _device(model) -> torch.device:
@@ -150,7 +156,7 @@ def explicit_step_positions(model) -> bool:
     keeps no cache needs none."""
     if model in _STEP_POSITIONS:
         return _STEP_POSITIONS[model]
-    keyword = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    keyword = cache_keyword(model)
     try:
         needed = _positions_needed(model, keyword)
     except Exception:  # noqa: BLE001 - a forward this probe cannot run (inputs of its own): the default positions,
