@@ -240,7 +240,7 @@ def test_kernels_reproduce_the_contextual_block_and_agree(arch):
         y_plain = k.forward(p, a["u"], **({"x": a["x"]} if "x" in a else {}))
         assert _rel(y, y_C) <= 1e-10, (backend, _rel(y, y_C))
         assert _rel(y_plain, y_0) <= 1e-12, backend
-        _fused_agrees(k, spec, p, a, patches, y)
+        _plain_agrees(k, spec, p, a, patches, y)
         _given_agrees(k, spec, p, a, patches)
         assert _rel(y_0, y_C) > 1e-2  # the patch matters
         outs[backend] = patches
@@ -249,18 +249,25 @@ def test_kernels_reproduce_the_contextual_block_and_agree(arch):
             assert _rel(outs["numpy"][name][f], value) <= 1e-12, (name, f)
 
 
-def _fused_agrees(k, spec, p, a, patches, y):
-    """`patched` (dense blocks) returns block_patches' patches and apply's output, to the last places."""
-    if spec.moe is not None:
-        assert not hasattr(k, "patched")  # per-expert masking on the way out: the two calls only
+def _plain_agrees(k, spec, p, a, patches, y):
+    """`plain_products` computes exactly the products `PLAIN` names, by `apply`'s own statements: `apply` given
+    them returns the same bits as without; `block_patches` given them the same patches (to the last places: its
+    own z may round otherwise); a plain product given is really used (a changed one changes the output)."""
+    x = {"x": a["x"]} if "x" in a else {}
+    if not k.PLAIN:
+        assert not hasattr(k, "plain_products")
         return
-    fused, y_fused = k.patched(p, **a)
-    assert fused.keys() == patches.keys()
+    plain = k.plain_products(p, a["u"], **x)
+    assert tuple(plain) == k.PLAIN
+    same = k.apply(p, patches, a["u"], **x, plain=plain)
+    assert (same == y).all()  # bit for bit
+    taken = k.block_patches(p, **a, plain=plain)
     for name, fields in patches.items():
-        assert fused[name].keys() == fields.keys()
         for f, value in fields.items():
-            assert _rel(fused[name][f], value) <= 1e-14, (name, f)
-    assert _rel(y_fused, y) <= 1e-14
+            assert _rel(taken[name][f], value) <= 1e-14, (name, f)
+    for key in plain:
+        shifted = plain[key] * (1 + 1e-3 * plain[key])
+        assert _rel(k.apply(p, patches, a["u"], **x, plain={key: shifted}), y) > 1e-8, key
 
 
 def _products(k, p, a) -> dict:
@@ -277,8 +284,7 @@ def _given_agrees(k, spec, p, a, patches):
         return
     given = _products(k, p, a)
     assert tuple(given) == k.GIVEN
-    fns = [k.block_patches] + ([lambda *args, **kw: k.patched(*args, **kw)[0]] if hasattr(k, "patched") else [])
-    for fn in fns:
+    for fn in [k.block_patches]:
         same = fn(p, **a, given=given)
         for name, fields in patches.items():
             for f, value in fields.items():
@@ -379,7 +385,7 @@ def test_temporaries_are_numbered_in_the_order_they_are_assigned():
 def test_common_subexpressions_stand_for_real_repetition(arch):
     """Before the layout splits long lines, every temporary of every function is used more than once."""
     ir = build(catalog.load(arch), verdict(arch).derivation)
-    for fn in (ir.patch_fn, ir.apply_fn, ir.forward_fn, ir.fused_fn, ir.products_fn):
+    for fn in (ir.patch_fn, ir.apply_fn, ir.forward_fn, ir.products_fn):
         for a in fn.body if fn else ():
             if re.fullmatch(r"t\d+", a.target):
                 uses = sum(b.expr.count(sp.Symbol(a.target)) for b in fn.body)
@@ -567,7 +573,7 @@ def test_every_offered_strategy_has_an_exact_kernel(arch, ins, outs):
         patches = k.block_patches(p, **a)
         ys[backend] = k.apply(p, patches, a["u"], **({"x": a["x"]} if "x" in a else {}))
         assert _rel(ys[backend], y_C) <= 1e-10, backend
-        _fused_agrees(k, spec, p, a, patches, ys[backend])
+        _plain_agrees(k, spec, p, a, patches, ys[backend])
         _given_agrees(k, spec, p, a, patches)
         default = kernels.load(arch, backend)  # a product has one meaning whatever the strategy (numeric.hf
         for name, value in _products(k, p, a).items():  # gives every candidate the products of the default's)

@@ -39,7 +39,7 @@ TEMPLATE = "kernel.py.j2"
 ALIAS_TEMPLATE = "alias.py.j2"
 KERNELS = Path(__file__).resolve().parents[2] / "numeric" / "kernels"
 TITLES = {"numpy": "NumPy", "torch": "PyTorch"}
-FUNCTIONS = ("patch_fn", "apply_fn", "forward_fn", "fused_fn", "products_fn")  # the KernelIR fields printed
+FUNCTIONS = ("patch_fn", "apply_fn", "forward_fn", "products_fn")  # the KernelIR fields printed
 
 
 @cache
@@ -116,11 +116,37 @@ def _wrapped(text: str, indent: str = "", hanging: str = INDENT) -> str:
 
 
 def _line_prefix(fn: Function, target: str, given: bool) -> str:
-    """What the line of `target` holds before its expression: ``given`` lines take a ready-made product."""
+    """What the line of `target` holds before its expression: ``given`` and ``plain`` lines take a ready-made
+    product where the caller has one."""
     matrix = fn.given.get(target) if given else None
-    if matrix is None:
-        return f"{INDENT}{target} = "
-    return f'{INDENT}{target} = given["{matrix}"] if "{matrix}" in given else '
+    if matrix is not None:
+        return f'{INDENT}{target} = given["{matrix}"] if "{matrix}" in given else '
+    key = fn.plain.get(target)
+    if key is not None:
+        return f'{INDENT}{target} = plain["{key}"] if "{key}" in plain else '
+    return f"{INDENT}{target} = "
+
+
+def plain_function(apply_fn: Function) -> Function | None:
+    """`plain_products`: the statements of `apply` (laid out) that its plain products need, and only those,
+    so that each product is computed by the very code `apply` runs without ``plain``. None where there are
+    none."""
+    if not apply_fn.plain:
+        return None
+    defs = {a.target: a for a in apply_fn.body}
+    need: set[str] = set()
+
+    def visit(name: str) -> None:
+        if name in need or name not in defs:
+            return
+        need.add(name)
+        for s in defs[name].expr.free_symbols:
+            visit(s.name)
+
+    for target in apply_fn.plain:
+        visit(target)
+    return Function([a for a in apply_fn.body if a.target in need], set(apply_fn.per_expert), "",
+                    {}, dict(apply_fn.plain))
 
 
 def _laid_out(ir: KernelIR, backend: str) -> KernelIR:
@@ -132,7 +158,7 @@ def _laid_out(ir: KernelIR, backend: str) -> KernelIR:
     for field in FUNCTIONS:
         fn = getattr(ir, field)
         if fn is not None:
-            given = field in ("patch_fn", "fused_fn")  # `patch_body` reads ``given`` in these two
+            given = field == "patch_fn"  # `patch_body` reads ``given`` there
             fns[field] = laid_out(fn, code, lambda t, fn=fn, given=given: _line_prefix(fn, t, given))
     return dataclasses.replace(ir, **fns)
 
@@ -161,6 +187,7 @@ class _Module:
         self.ir, self.backend = ir, backend
         self.formula_hash = ir.formula_hash  # of the derivation's assignments, before the back end's layout
         self.laid = _laid_out(ir, backend)
+        self.plain_fn = plain_function(self.laid.apply_fn)
         self._printed: dict[tuple[int, sp.Expr], str] = {}
         self.imports: set[str] = set()
 
@@ -200,6 +227,9 @@ class _Module:
             literal=literal, call=call, patch_entry=self._patch_entry,
             py=_py, indent=INDENT,
             given_entries=[_py(m) for m in ir.patch_fn.given.values()],
+            plain_fn=self.plain_fn,
+            plain_entries=[_py(k) for k in ir.apply_fn.plain.values()],
+            plain_return=[f"{_py(k)}: {v}" for v, k in ir.apply_fn.plain.items()],
             patch_entries=[_py((p.param, p.kind)) for p in ir.patches],
             condition_entries=[_py(c.text) for c in ir.checks],
             reference_entries=[f"{_py(n)}: {ref}" for n, ref in _references(ir)],

@@ -32,7 +32,7 @@ def laid_out(fn: Function, code: Code, prefix: Callable[[str], str], width: int 
 
     ``code(expr, fn)`` prints an expression of `fn`; ``prefix(target)`` is what its line holds before the
     expression (``"    z = "``). An expression with no part to move out stays on its long line."""
-    out = Function([], set(fn.per_expert), fn.result, dict(fn.given))
+    out = Function([], set(fn.per_expert), fn.result, dict(fn.given), dict(fn.plain))
     taken = [int(a.target[1:]) for a in fn.body if TEMPORARY.fullmatch(a.target)]
     scratch = iter(sp.numbered_symbols("t", start=max(taken, default=-1) + 1))  # names as long as the final ones
     for a in fn.body:
@@ -73,7 +73,7 @@ def renumbered(fn: Function) -> Function:
     symbols = {s: sp.Symbol(names[s.name]) for a in fn.body for s in a.expr.free_symbols if s.name in names}
     body = [Assign(names.get(a.target, a.target), a.expr.xreplace(symbols)) for a in fn.body]
     per_expert = {names.get(n, n) for n in fn.per_expert}
-    return Function(body, per_expert, fn.result, dict(fn.given))
+    return Function(body, per_expert, fn.result, dict(fn.given), dict(fn.plain))
 
 
 def literal(entries: Sequence[str], open_: str, close: str, indent: str, width: int = WIDTH,

@@ -9,11 +9,14 @@ Four functions are generated per block, all batched over tokens:
   algebra's linearity rules turn $(W + \ell r^\top) z$ into $W z + \ell\,(r^\top z)$, so no dense
   matrix is ever formed;
 - ``forward(params, u)``: the same stages, unpatched;
-- ``patched(params, u, u_ctx)`` (dense blocks): ``block_patches`` and ``apply`` in one function, the
-  products both need ($z$, $W z$ of every input map) computed once (`fused_function`);
+- ``plain_products(params, u)`` (dense blocks): the products $W v$ of the no-context input that ``apply``
+  computes before any patch enters ($W_\mathrm{gate} z$, $W_\mathrm{up} z$: `plain_products`), with
+  ``apply``'s own statements; ``apply`` and ``block_patches`` accept them ready-made (``plain``), so a
+  pass that computes a layer's patches and then applies them reads each of these matrices once, and
+  ``apply`` gives the same bits with them as without;
 - ``products(params, u_ctx)`` (dense blocks): the contextual products $W v_C$ of the patch formulas
-  (`given_products`: $W_\mathrm{gate} z_C$, $W_\mathrm{down} a_C$, ...), which ``block_patches`` and
-  ``patched`` also accept ready-made (``given``): the contextual run has already computed them.
+  (`given_products`: $W_\mathrm{gate} z_C$, $W_\mathrm{down} a_C$, ...), which ``block_patches`` also
+  accepts ready-made (``given``): the contextual run has already computed them.
 
 Lowering rewrites what the printers cannot print: a top-k sum
 $\sum_{j\le k} g(\ell, j)\, F(\mathrm{Sel}(\ell, j))$ becomes a sum over the expert axis with
@@ -74,8 +77,9 @@ class Check:
 class Function:
     body: list[Assign]
     per_expert: set[str] = field(default_factory=set)
-    result: str = "y"  # the variable returned besides the patches (`fused_function`: y's name there)
+    result: str = "y"  # the variable the function returns
     given: dict[str, str] = field(default_factory=dict)  # variable -> matrix: a product taken from ``given``
+    plain: dict[str, str] = field(default_factory=dict)  # variable -> key: a product taken from ``plain``
 
 
 @dataclass
@@ -89,7 +93,6 @@ class KernelIR:
     checks: list[Check]
     apply_fn: Function
     forward_fn: Function
-    fused_fn: Function | None = None  # patches and y in one function (`fused_function`); dense blocks
     products_fn: Function | None = None  # the contextual products `given` accepts (`products_function`)
 
     @property
@@ -107,9 +110,10 @@ class KernelIR:
     @property
     def formula_hash(self) -> str:
         """Hash of what the kernel computes: the lowered assignments of all its functions."""
-        fns = (self.patch_fn, self.apply_fn, self.forward_fn) + tuple(f for f in (self.fused_fn, self.products_fn) if f)
+        fns = (self.patch_fn, self.apply_fn, self.forward_fn) + tuple(f for f in (self.products_fn,) if f)
         text = "\n".join(f"{a.target}={sp.srepr(a.expr)}" for fn in fns for a in fn.body)
         text += "\n" + repr(sorted(self.patch_fn.given.items()))
+        text += "\n" + repr(sorted(self.patch_fn.plain.items())) + repr(sorted(self.apply_fn.plain.items()))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -244,7 +248,7 @@ def straight_line(outputs: list[Assign], expert_names: set[str], temps=None,
     temps = temps if temps is not None else sp.numbered_symbols("t")
     replacements, reduced = sp.cse([a.expr for a in outputs], symbols=temps, order="none")
     # A constant shared by several outputs stays inline: printed where it is used, as it would be in a
-    # function without the others (so `patched` rounds exactly as `block_patches` and `apply` do).
+    # function without the others (each function rounds as it would alone).
     constants = {s: e for s, e in replacements if not e.free_symbols}
     replacements = [(s, e.xreplace(constants)) for s, e in replacements if s not in constants]
     reduced = [e.xreplace(constants) for e in reduced]
@@ -319,11 +323,13 @@ class PatchOutputs:
     conditions: list  # (variable, condition) pairs
     roots: list[str]  # the order the outputs are emitted in
     given: dict[str, str]  # variable -> matrix: the contextual products (`given_products`)
+    plain: dict[str, str]  # variable -> key: the products of the no-context input (`plain_products`)
 
 
 def patch_function(spec: BlockSpec, po: PatchOutputs) -> tuple[Function, list[PatchOut], list[Check]]:
     per_expert_atoms = {"a_C"} if spec.moe is not None else set()
     fn = _with_given(straight_line(po.outputs, per_expert_atoms, roots=po.roots), po.given)
+    fn.plain = {a.target: po.plain[a.target] for a in fn.body if a.target in po.plain}
     checks = [Check(var, c.kind, c.text(), var in fn.per_expert) for var, c in po.conditions]
     return fn, po.patches, checks
 
@@ -421,34 +427,87 @@ def patch_outputs(spec: BlockSpec, der: Derivation) -> PatchOutputs:
     roots = (["ell_C"] if spec.moe is not None else []) + [var for var, _ in conditions]
     roots += [v for p in patches for _, v in p.fields]
     outputs, given = given_products(spec, outputs)
-    return PatchOutputs(outputs, patches, conditions, roots, given)
+    outputs, plain = plain_products(spec, outputs)
+    return PatchOutputs(outputs, patches, conditions, roots, given, plain)
 
 
-def fused_function(spec: BlockSpec, der: Derivation, po: PatchOutputs) -> Function | None:
-    """The patches and the patched sub-block's output y in one function, so that what both compute (z and
-    every input map's W z) is computed once: the patch function's assignments, then `apply`'s stages, one
-    CSE over all. A stage that recomputes a definition of the same name and value (z) is dropped; one of
-    the same name and another value is renamed ``<name>_p``. Dense blocks only (None for a mixture of
-    experts: its patches are masked per expert on the way out, and `apply` reads the masked ones)."""
+def plain_products(spec: BlockSpec, outputs: list[Assign], inputs: set[str] = frozenset({"u", "x"}),
+                   patch_vars: frozenset[str] = frozenset()) -> tuple[list[Assign], dict[str, str]]:
+    r"""Every product $W v$ of a matrix and a *plain* vector (made of the no-context inputs u, x and the
+    parameters alone, free of the patches ``patch_vars``) as an assignment of its own, placed just before the
+    first assignment that uses it, and the key each one is known by: ({variable: key}).
+
+    The key is the matrix's canonical name and a hash of $v$ written out in u, x and parameters
+    (``W_gate@1a2b3c4d``), so a product is taken ready-made (``plain``) only where it is the very product the
+    function would compute: the patch function's $W z$ and `apply`'s are the same key when both define z as
+    the same expression. A matrix with several plain products gets none. Dense blocks only."""
     if spec.moe is not None:
-        return None
-    outputs = list(po.outputs)  # extended below with the stages; ``po`` is shared
-    defined = {a.target: a.expr for a in outputs}
-    renamed: dict[str, str] = {}
-    for a in _stage_outputs(spec, _patched_params(spec, der)):
-        expr = a.expr.xreplace({v: Vec(renamed[v.name], v.dim) for v in a.expr.free_symbols
-                                if isinstance(v, Vec) and v.name in renamed})
-        if a.target in defined and defined[a.target] == expr:
-            continue  # the same value under the same name
-        target = a.target
-        while target in defined:
-            target += "_p"
-        renamed[a.target] = target
-        outputs.append(Assign(target, expr))
-        defined[target] = expr
-    fn = _with_given(straight_line(outputs, set(), roots=po.roots + [renamed.get("y", "y")]), po.given)
-    fn.result = renamed.get("y", "y")
-    return fn
+        return outputs, {}
+    block = Block(spec)
+    matrices = {p.symbol.name: canon for canon, p in block.params.items() if isinstance(p.symbol, Mat)}
+    params = {p.symbol.name for p in block.params.values()}
+    defs = {a.target: a.expr for a in outputs}
+    plain = set(inputs)
+    changed = True
+    while changed:  # the plain assignments, in any order (the patch function's are not yet ordered)
+        changed = False
+        for a in outputs:
+            if a.target not in plain and _is_plain(a.expr, plain, params, patch_vars):
+                plain.add(a.target)
+                changed = True
+    found: dict[str, set] = {}
+    for a in outputs:
+        for e in sorted(a.expr.atoms(MatVec), key=sp.default_sort_key):
+            W, v = e.args
+            if isinstance(W, Mat) and W.name in matrices and _is_plain(v, plain, params, patch_vars):
+                found.setdefault(W.name, set()).add(e)
+    products = {next(iter(es)): W for W, es in found.items() if len(es) == 1}
+    if not products:
+        return outputs, {}
+    taken = set(defs)
+    names: dict[sp.Expr, str] = {}
+    for e, W in products.items():
+        v = e.args[1]
+        name = f"{W}_{v.name}" if isinstance(v, Vec) else f"{W}_p"
+        while name in taken:
+            name += "_"
+        names[e] = name
+        taken.add(name)
+    swap = {e: Vec(names[e], e.args[0].rows) for e in products}
+    out, placed = [], set()
+    for a in outputs:
+        for e in sorted(a.expr.atoms(MatVec) & set(products), key=sp.default_sort_key):
+            if e not in placed:
+                out.append(Assign(names[e], e))
+                placed.add(e)
+        out.append(Assign(a.target, a.expr.xreplace(swap)))
+    keys = {names[e]: f"{matrices[W]}@{_vector_key(e.args[1], defs)}" for e, W in products.items()}
+    return out, keys
+
+
+def _is_plain(expr: sp.Expr, plain: set[str], params: set[str], patch_vars: frozenset[str]) -> bool:
+    names = {s.name for s in expr.free_symbols}
+    vectors = {s.name for s in expr.free_symbols if isinstance(s, Vec)} - params
+    return vectors <= plain and not names & patch_vars
+
+
+def _vector_key(v: sp.Expr, defs: dict[str, sp.Expr]) -> str:
+    """A short hash of `v` written out in the inputs and parameters (every assignment it names substituted)."""
+    for _ in range(len(defs) + 1):
+        subs = {s: defs[s.name] for s in v.free_symbols if isinstance(s, Vec) and s.name in defs}
+        if not subs:
+            break
+        v = v.xreplace(subs)
+    return hashlib.sha256(sp.srepr(v).encode()).hexdigest()[:8]
+
+
+def _patch_vars(der: Derivation) -> frozenset[str]:
+    """The names of every patch field in `apply` (``W_gate_left``, ``mlp_post_norm_scale_delta``, ...)."""
+    out = set()
+    for p in der.patches:
+        i = ident(p.param)
+        out |= {f"{i}_left", f"{i}_right"} if p.kind == "rank1" else {f"{i}_{'scale' if p.kind == 'scale' else 'delta'}"}
+    return frozenset(out)
 
 
 def _patched_params(spec: BlockSpec, der: Derivation) -> Params:
@@ -475,10 +534,18 @@ def _patched_params(spec: BlockSpec, der: Derivation) -> Params:
     return P.replace(changes)
 
 
-def stage_function(spec: BlockSpec, P: Params, per_expert_patch: set[str]) -> Function:
-    """z, a, (ell, sigma_sg), h, o, r, y of one run with parameters P, one assignment per stage."""
+def stage_function(spec: BlockSpec, P: Params, per_expert_patch: set[str],
+                   patch_vars: frozenset[str] | None = None) -> Function:
+    """z, a, (ell, sigma_sg), h, o, r, y of one run with parameters P, one assignment per stage. ``patch_vars``
+    (`apply`): the patch fields; the products of plain vectors are then assignments of their own, which
+    ``plain`` may give (`plain_products`)."""
     per_expert = set(per_expert_patch) | ({"a"} if spec.moe is not None else set())
-    return _stages(_stage_outputs(spec, P), per_expert)
+    out, plain = _stage_outputs(spec, P), {}
+    if patch_vars is not None:
+        out, plain = plain_products(spec, out, patch_vars=patch_vars)
+    fn = _stages(out, per_expert)
+    fn.plain = plain
+    return fn
 
 
 def _stage_outputs(spec: BlockSpec, P: Params) -> list[Assign]:
@@ -531,10 +598,12 @@ def build(spec: BlockSpec, der: Derivation) -> KernelIR:
     b = Block(spec)
     constants = sorted((str(sym), value) for sym, value in b.constants)
     params = [(p.symbol.name, name) for name, p in b.params.items()]
-    po = patch_outputs(spec, der)  # lowered once, for the patch, fused and products functions
+    po = patch_outputs(spec, der)  # lowered once, for the patch and products functions
     patch_fn, patches, checks = patch_function(spec, po)
     per_expert_patch = {f"{ident(p.param)}_{k}" for p in der.patches if p.per_expert for k in ("left", "right")}
-    apply_fn = stage_function(spec, _patched_params(spec, der), per_expert_patch)
+    apply_fn = stage_function(spec, _patched_params(spec, der), per_expert_patch, _patch_vars(der))
+    # the patch function takes only the plain products `apply` computes (`plain_products` gives those)
+    patch_fn.plain = {v: k for v, k in patch_fn.plain.items() if k in set(apply_fn.plain.values())}
     forward_fn = stage_function(spec, b.unpatched(), set())
     return KernelIR(spec, der, constants, params, patch_fn, patches, checks, apply_fn, forward_fn,
-                    fused_function(spec, der, po), products_function(po, patch_fn.given))
+                    products_function(po, patch_fn.given))
