@@ -115,7 +115,7 @@ def dense_loop_logits(model, ps) -> torch.Tensor:
     from numeric.hf.passes import swapped_branches
 
     with swapped_branches(model, ps.layout, lambda n: DenseLoop(ps.kernel_for(n)),
-                          lambda n, u, x: ps.layers[n].factored):
+                          lambda n, u, x, plain: ps.layers[n].factored):
         return model(ps.query_ids).logits
 
 

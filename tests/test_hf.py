@@ -350,10 +350,10 @@ def _skewed_given(monkeypatch) -> list:
 
     real, seen = selection.Patcher.layer, []
 
-    def layer(self, n, u, target, x, given=None):
+    def layer(self, n, u, target, x, given=None, plain=None):
         seen.append(sorted(given or {}))
         skew = None if given is None else {k: v * (1 + 0.01 * v) for k, v in given.items()}
-        return real(self, n, u, target, x, skew)
+        return real(self, n, u, target, x, skew, plain)
     monkeypatch.setattr(selection.Patcher, "layer", layer)
     return seen
 
@@ -382,3 +382,32 @@ def test_absorb_and_generation_patch_with_the_products_of_the_contextual_run(mon
         generate_without_context(model, ctx, q, 3)
     assert seen == [["W_gate", "W_up"]] * 2 * 3  # the query, then each new token but the last
     assert ref.shape == (1, 3)
+
+
+def test_the_query_pass_reads_the_input_maps_once_and_replays_to_the_bit(monkeypatch):
+    """absorb_context hands every layer's patch formulas the no-context products `apply` computes (`plain`):
+    distorted, the patches no longer fit; undistorted, the reported figures are the replay's, bit for bit."""
+    import numeric.hf.selection as selection
+    from numeric import kernels
+
+    model = tiny_model("llama", layers=2, dtype="float64")
+    gen = torch.Generator().manual_seed(6)
+    ctx, q = random_ids(6, 64, gen), random_ids(4, 64, gen)
+    real, seen = selection.Patcher.layer, []
+
+    def layer(self, n, u, target, x, given=None, plain=None):
+        seen.append(sorted(plain or {}))
+        return real(self, n, u, target, x, given, plain)
+    monkeypatch.setattr(selection.Patcher, "layer", layer)
+    ps = absorb_context(model, ctx, q)
+    keys = tuple(kernels.load("llama", "torch").PLAIN)
+    assert seen == [sorted(keys)] * 2 and all("@" in k for k in keys)
+    reported = ps.accuracy.figures["factored"].error
+    ps.logits()  # the replay measures itself again
+    assert ps.accuracy.figures["factored"].error == reported <= 1e-6
+
+    def skewed(self, n, u, target, x, given=None, plain=None):
+        return real(self, n, u, target, x, given, {k: v * (1 + 0.01 * v) for k, v in plain.items()})
+    monkeypatch.setattr(selection.Patcher, "layer", skewed)
+    with pytest.warns(PatchAccuracyWarning):
+        assert not absorb_context(model, ctx, q).accuracy.ok

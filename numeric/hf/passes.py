@@ -132,8 +132,11 @@ def swapped_branches(model, layout: Layout, kernel_for, patches_for):
 
     The branch module's forward is replaced (so the model's own MLP never runs), modules in
     `adapter.skip` become pass-throughs, and the input hooks read u (and x, the attention output, for a
-    parallel block). Each layer's parameters are read when its branch runs (loaded just in time by
-    accelerate's hooks on a dispatched model). Every ``forward`` attribute is restored on exit to
+    parallel block). ``patches_for(n, u, x, plain)`` gives layer n's patches; ``plain``: the no-context
+    products of u that ``kernel_for(n).plain(params, u)`` computed (None where the kernel has no such
+    method, or none to give), which ``kernel_for(n).apply`` then takes too: each of those matrices read once.
+    Each layer's parameters are read when its branch runs (loaded just in time by accelerate's hooks on a
+    dispatched model). Every ``forward`` attribute is restored on exit to
     exactly what it was (accelerate's own wrapper on a dispatched model).
     """
     state: dict = {}
@@ -146,7 +149,11 @@ def swapped_branches(model, layout: Layout, kernel_for, patches_for):
             u, x = _base(r, adapter)
             params = layer_params(layer, adapter)
             extra = {} if x is None else {"x": x}
-            y = kernel_for(n).apply(params, patches_for(n, u, x), u, **extra)
+            kernel = kernel_for(n)
+            plain = kernel.plain(params, u, **extra) if hasattr(kernel, "plain") else None
+            which = patches_for(n, u, x, plain)
+            y = kernel.apply(params, which, u, **extra) if plain is None else \
+                kernel.apply(params, which, u, plain=plain, **extra)
             # the module's own output: the layer multiplies it by its branch multiplier c after the module
             out = y if adapter.returns_sum else (y - u) / adapter.spec.mlp.branch_scale
             # shaped as the module's input, (1, T, .) or OPT's (T, .) rows

@@ -82,17 +82,17 @@ class PatchSet:
         alone at its absolute position (``positions``); or token by token through the key/value cache
         (``incremental``; a patch fits the u its own protocol produced, and a model's cached and one-pass runs
         may differ: Moshi's cache keeps a sliding window that its full causal mask does not apply)."""
-        def apply(n):
-            return LayerKernel(self, n)
         if self.positions is None and not self.incremental:
-            with swapped_branches(self.model, self.layout, apply, lambda n, u, x: self.layers[n]), \
+            with swapped_branches(self.model, self.layout, lambda n: LayerKernel(self, n),
+                                  lambda n, u, x, plain: self.layers[n]), \
                     offload.located(self.model, self.layout.layers):
                 return self.model(self.query_ids)
         outs, cache = [], None
         for j in range(self.query_ids.shape[1]):
             kwargs = cached(self.model, cache) if self.positions is None else \
                 {"position_ids": self.positions[:, j:j + 1]}
-            with swapped_branches(self.model, self.layout, apply, lambda n, u, x, j=j: (self.layers[n], j)), \
+            with swapped_branches(self.model, self.layout, lambda n: LayerKernel(self, n, share=False),  # token j alone
+                                  lambda n, u, x, plain, j=j: (self.layers[n], j)), \
                     offload.located(self.model, self.layout.layers):
                 outs.append(self.model(self.query_ids[:, j:j + 1], **kwargs))
             cache = kv_cache(outs[-1], self.model) if self.positions is None else None
@@ -169,10 +169,23 @@ class PatchSet:
 class LayerKernel:
     """`apply` of a layer's factored patches with each token's own strategy kernel (for `swapped_branches`)."""
 
-    def __init__(self, ps: PatchSet, n: int):
-        self.ps, self.n = ps, n
+    def __init__(self, ps: PatchSet, n: int, share: bool = True):
+        self.ps, self.n, self.share = ps, n, share  # share: offer the no-context products (`plain`)
 
-    def apply(self, params, which, u, **extra):
+    def plain(self, params, u, **extra) -> dict | None:
+        """The no-context products of u that the layer's kernels take ready-made (the `plain_products` of its spec's
+        default kernel; each kernel takes only the products it would compute itself, by their keys); None where
+        the kernels compute in the patch dtype or the block has none."""
+        wide = self.ps.patch_dtype
+        fn = getattr(self.ps.kernel_for(self.n), "plain_products", None)
+        if fn is None or not self.share or (wide is not None and wide != u.dtype):
+            return None
+        return fn(params, u, **extra)
+
+    def apply(self, params, which, u, plain: dict | None = None, **extra):
+        """The patched branch of every token (``which``: the LayerPatches, or (LayerPatches, j) for token j alone).
+        ``plain`` (`plain`) is taken where the tokens share one strategy and are applied in one call, the call a
+        replay makes: the same bits as without it."""
         wide = self.ps.patch_dtype
         if wide is not None and wide != u.dtype:  # the kernels' arithmetic: the patch dtype (the caller casts back)
             params = {k: v.to(wide) for k, v in params.items()}
@@ -182,7 +195,7 @@ class LayerKernel:
             return self._one(params, lp, only, u, extra)
         if lp.factored and len(set(lp.strategies)) <= 1:
             kernel = self.ps.kernel_for(self.n, lp.strategies[0] if lp.strategies else None)
-            return kernel.apply(params, lp.factored, u, **extra)
+            return kernel.apply(params, lp.factored, u, **extra, **({"plain": plain} if plain else {}))
         rows = [self._one(params, lp, j, u[j:j + 1], {k: v[j:j + 1] for k, v in extra.items()})
                 for j in range(u.shape[0])]
         return torch.cat(rows)

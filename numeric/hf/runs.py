@@ -20,14 +20,16 @@ def patch_pass(model, patcher: Patcher, ids, targets, head: bool = True, given: 
     """One pass with the kernels applying the patches factored; layer n's from the u this run produces.
     ``given``: {layer: the contextual products of its tokens} (`Patcher.layer`). Each branch applies the
     stored patches with `LayerKernel`, the code `PatchSet.logits` replays them with, so that the replay is
-    this run, bit for bit. (Not the kernel's fused `patched` output: its sums come in another order, a
-    last-place difference that Algorithm 1 then fits the next layers' patches to; in bfloat16 on Gemma 3 the
-    replay of a run measured at 5e-3 was 2e-2.)"""
+    this run, bit for bit; the no-context products of each layer's input (`LayerKernel.plain`) are computed
+    once, for the patch formulas and `apply` both, by `apply`'s own statements, so they change no bit of it.
+    (A fused output whose sums came in another order than `apply`'s was withdrawn: a last-place difference
+    that Algorithm 1 then fitted the next layers' patches to; in bfloat16 on Gemma 3 the replay of a run
+    measured at 5e-3 was 2e-2.)"""
     stored = [LayerPatches() for _ in get(model, patcher.layout.layers)]
     given = given or {}
 
-    def compute(n, u, x):
-        stored[n] = patcher.layer(n, u, targets[n], x, given.get(n))
+    def compute(n, u, x, plain):
+        stored[n] = patcher.layer(n, u, targets[n], x, given.get(n), plain)
         return stored[n]
 
     ps = PatchSet(model, ids, stored, patcher.layout, kernels=patcher.kernels, patch_dtype=patcher.patch_dtype)

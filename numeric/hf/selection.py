@@ -47,6 +47,27 @@ def candidate_kernels(spec: BlockSpec, strategy: str | None, input_strategy: str
 
 
 @dataclass(frozen=True)
+class Products:
+    """What a layer's kernels take ready-made instead of reading a matrix again: ``given``, the contextual run's
+    products ({matrix: (T, out)}, `contextual_bases`), and ``plain``, the no-context products of the same
+    pass ({matrix@vector: (T, out)}, the kernel's `plain_products`). Either may be None."""
+
+    given: dict | None = None
+    plain: dict | None = None
+
+    def rows(self, rows) -> Products:
+        """The products of some tokens: ``rows`` an index array or a slice of the token axis."""
+        return Products(given_rows(self.given, rows), given_rows(self.plain, rows))
+
+    def kwargs(self) -> dict:
+        """The kernel's ``given`` and ``plain`` keywords, where there are products to give."""
+        return {k: v for k, v in (("given", self.given), ("plain", self.plain)) if v}
+
+
+NONE = Products()
+
+
+@dataclass(frozen=True)
 class Candidate:
     """One output strategy's patches of some tokens, as the choice weighs them.
 
@@ -124,11 +145,12 @@ class Patcher:
         return params
 
     def layer(self, n: int, u: torch.Tensor, target: torch.Tensor, x: torch.Tensor | None,
-              given: dict | None = None) -> LayerPatches:
+              given: dict | None = None, plain: dict | None = None) -> LayerPatches:
         """LayerPatches of layer n for u, target (T, d). x: the MLP input of a parallel block. ``given``: the
-        contextual run's products of layer n ({matrix: (T, out)}, `contextual_bases`), which the kernels take
-        instead of recomputing them (not where the patches are computed in a wider dtype: there the
-        kernel's own products are the more accurate)."""
+        contextual run's products of layer n ({matrix: (T, out)}, `contextual_bases`), ``plain``: the no-context
+        products of this pass (the kernel's `plain_products` of u), which the kernels take instead of
+        recomputing them (not where the patches are computed in a wider dtype: there the kernel's own products
+        are the more accurate)."""
         adapter = self.layout[n]
         params = self.params(n)
         kernels_n = self.kernels[adapter.spec]
@@ -139,7 +161,7 @@ class Patcher:
             params = {k: v.to(wide) if isinstance(v, torch.Tensor) else v for k, v in params.items()}
         cast = (lambda t: t) if wide is None else (lambda t: None if t is None else t.to(wide))  # noqa: E731
         single = len(kernels_n) == 1
-        given = given if wide is None else None
+        given = Products(given, plain) if wide is None else NONE
         chosen = self._batch(n, params, cast(u), cast(target), cast(x), given) if self.measure or not single \
             else None
         if chosen is None and single:  # every token measured (or none, ``measure=False``)
@@ -150,7 +172,7 @@ class Patcher:
             return self._store(n, [name] * u.shape[0], amp.tolist(), [patches], wide or u.dtype, batched=True)
         if chosen is None:  # the batch could not decide (`_batch`): token by token
             chosen = [self.best(n, params, cast(u[j:j + 1]), cast(target[j:j + 1]),
-                                None if x is None else cast(x[j:j + 1]), j, given_rows(given, slice(j, j + 1)))
+                                None if x is None else cast(x[j:j + 1]), j, given.rows(slice(j, j + 1)))
                       for j in range(u.shape[0])]
         names, amps = [c.strategy for c in chosen], [c.amplification for c in chosen]
         parts = [c.patches for c in chosen]
@@ -159,7 +181,7 @@ class Patcher:
         return self._store(n, names, amps, parts, wide or u.dtype, batched=False)
 
     def best(self, n: int, params: dict, u: torch.Tensor, target: torch.Tensor, x: torch.Tensor | None, j: int,
-             given: dict | None = None) -> Candidate:
+             given: Products = NONE) -> Candidate:
         """Token j's patches by every candidate strategy (u, target: its (1, d) rows); the best by (ill-conditioned,
         amplification), `choose`. The layer's previous choice is tried first and kept, unmeasured while
         `Measurement.covers` it, or measured at most `ACCEPT`; the choice is remembered (``memory``)."""
@@ -195,7 +217,7 @@ class Patcher:
         warn_ill_conditioned(chosen.patches, kernels_n[chosen.strategy].references(params), str(n))
         return chosen
 
-    def _batch(self, n, params, u, target, x, given: dict | None = None) -> list[Candidate] | None:
+    def _batch(self, n, params, u, target, x, given: Products = NONE) -> list[Candidate] | None:
         """`best` for T tokens at once: the layer's previous choice computed in one batched call; its
         amplification measured at the token with the largest patch, and every well-conditioned token whose
         patch is at most `GROWTH` times that one's kept unmeasured (`unchanged`, NaN recorded), as `best`
@@ -218,11 +240,10 @@ class Patcher:
                     return found
                 del kept[n]  # rejected: the first token chooses among all candidates
             if n not in kept:
-                first = self.best(n, params, _row(u, 0), _row(target, 0), _row(x, 0), 0,
-                                  given_rows(given, slice(0, 1)))
+                first = self.best(n, params, _row(u, 0), _row(target, 0), _row(x, 0), 0, given.rows(slice(0, 1)))
         return self._kept(n, params, u, target, x, first, given)
 
-    def _kept(self, n, params, u, target, x, first: Candidate | None, given=None) -> list[Candidate] | None:
+    def _kept(self, n, params, u, target, x, first: Candidate | None, given: Products = NONE) -> list[Candidate] | None:
         """`_batch` with the layer's choice in ``memory.kept[n]`` (``first``: the first token's `best`, or None)."""
         from numeric.kernels.runtime import ill_tokens, relative_sizes, warn_sizes
 
@@ -263,7 +284,7 @@ class Patcher:
                 chosen.append(Candidate(name, token_slice(patches, j)))
             else:
                 chosen.append(self.best(n, params, _row(u, j), _row(target, j), _row(x, j), j,
-                                        given_rows(given, slice(j, j + 1))))
+                                        given.rows(slice(j, j + 1))))
                 self.memory.kept[n] = name
         keeping = [j for j, c in enumerate(chosen) if c.strategy == name]
         warn_sizes({k: v[keeping] for k, v in sizes.items()}, kernel.references(params), str(n))
@@ -328,20 +349,20 @@ def finite(n: int, parts: list[dict], dtype: torch.dtype) -> None:
 
 
 def block_patches(kernel, params: dict, u: torch.Tensor, target: torch.Tensor, layer: str = "",
-                  x: torch.Tensor | None = None, given: dict | None = None) -> dict:
+                  x: torch.Tensor | None = None, given: Products = NONE) -> dict:
     """``kernel.block_patches``, except that a token whose u equals its target exactly gets the identity patch
     (`unpatched`: zero factors and deltas, unit scales). The context has not reached that token at this layer
     (say, a sliding window that holds only a padding token's zero states, in both runs), so the unpatched
     layer is exact there, whereas a formula may be undefined (``z != 0`` fails for u = u_C = 0). ``given``: the
-    contextual products of the T tokens (the kernel's ``given``)."""
+    products of the T tokens the kernel takes ready-made (`Products`)."""
     same = (u == target).all(-1)  # (T,)
     if not bool(same.any()):
-        return kernel.block_patches(params, u, target, layer=layer, **x_kwarg(x), **_given(given))
+        return kernel.block_patches(params, u, target, layer=layer, **x_kwarg(x), **given.kwargs())
     rows = (~same).nonzero()[:, 0]
     if len(rows):
         try:
             found = kernel.block_patches(params, u[rows], target[rows], layer=layer,
-                                         **x_kwarg(None if x is None else x[rows]), **_given(given_rows(given, rows)))
+                                         **x_kwarg(None if x is None else x[rows]), **given.rows(rows).kwargs())
         except PatchConditionError as exc:  # name the tokens by their index among all T
             raise PatchConditionError(exc.condition, [int(rows[t]) for t in exc.tokens], exc.layer) from None
     else:  # the formulas on a generic stand-in (u = target), for the patches' fields and shapes only
@@ -392,8 +413,3 @@ def unchanged(amp: float, then: dict, now: dict) -> bool:
     patches whose every part has a size (a bias patch has none: it is measured every time)."""
     growth = max((now[k] / then[k] if then[k] > 0 else (0.0 if now[k] == 0 else float("inf"))) for k in now)
     return growth <= GROWTH and 1 + (max(amp, 1.0) - 1) * growth <= ACCEPT
-
-
-def _given(given: dict | None) -> dict:
-    """The kernel's ``given`` keyword, where there are products to give."""
-    return {"given": given} if given else {}

@@ -506,7 +506,8 @@ def _patch_vars(der: Derivation) -> frozenset[str]:
     out = set()
     for p in der.patches:
         i = ident(p.param)
-        out |= {f"{i}_left", f"{i}_right"} if p.kind == "rank1" else {f"{i}_{'scale' if p.kind == 'scale' else 'delta'}"}
+        field_ = "scale" if p.kind == "scale" else "delta"
+        out |= {f"{i}_left", f"{i}_right"} if p.kind == "rank1" else {f"{i}_{field_}"}
     return frozenset(out)
 
 
