@@ -68,7 +68,7 @@ GEMMA3_1B = dict(hidden_size=1152, intermediate_size=6912, num_hidden_layers=26,
 QUERY, NEW_TOKENS = 32, 16
 #: Phases of the default extraction: function names in the profile (cumulative seconds).
 PHASES = {"contextual forward": ("contextual_bases",),
-          "patch formulas and the patched output (kernels' block_patches, patched)": ("block_patches", "patched"),
+          "patch formulas (kernels' block_patches)": ("block_patches",),
           "amplification": ("measure_amplification",), "conditioning checks": ("_ill", "warn_ill_conditioned"),
           "dense writes (DenseWriter)": ("write",)}
 
@@ -301,16 +301,16 @@ def phases(fn) -> dict:
     # the kernels' own conditioning warnings are counted once, as checks, not inside the patch formulas
     formulas = next(k for k in PHASES if "patch formulas" in k)
     out[formulas] -= sum(edge[3] for (_, _, func), v in stats.items() if func == "warn_ill_conditioned"
-                         for (file, _, caller), edge in v[4].items() if caller in ("block_patches", "patched") and
+                         for (file, _, caller), edge in v[4].items() if caller == "block_patches" and
                          _counted(file, caller))
     out["model's own modules and the rest"] = total - sum(v for k, v in out.items() if k != "total")
     return out
 
 
 def _counted(file: str, func: str) -> bool:
-    """Whether a profiled function is the one a phase means: the generated kernels' ``block_patches`` and
-    ``patched`` (not `numeric.hf.selection.block_patches`, which calls the kernel's), `DenseWriter.write`."""
-    if func in ("block_patches", "patched"):
+    """Whether a profiled function is the one a phase means: the generated kernels' ``block_patches`` (not
+    `numeric.hf.selection.block_patches`, which calls the kernel's), `DenseWriter.write`."""
+    if func == "block_patches":
         return file.startswith("<ctxpatch kernel") or "/numeric/kernels/" in file
     return func != "write" or file.endswith("/numeric/hf/dense.py")
 

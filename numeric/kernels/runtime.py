@@ -331,23 +331,29 @@ def relative_sizes(patches: dict, references: dict) -> dict:
     return out
 
 
-_NORMS: dict = {}  # id(array) -> (weak reference, version, norm): a parameter's norm, read once
+_NORMS: dict = {}  # (id of the array's owner, where and how it reads it) -> (weak reference, version, norm)
 
 
 def _norm(ref) -> float:
-    """The norm of a reference array, remembered while the same (unmodified) array object lives: the
-    patches of every token and candidate are measured against the same parameters."""
+    """The norm of a reference array, remembered while the array it reads (a view's base: the model's
+    parameter, which every extraction's parameter views read) lives unmodified: the patches of every token,
+    candidate and call are measured against the same parameters. Keyed by the owner's identity and the view's
+    place in it (data pointer, shape, strides, dtype); the version counter, which a view shares with its
+    base, tells a write."""
     import weakref
 
-    key = id(ref)
     version = getattr(ref, "_version", None)
+    owner = getattr(ref, "_base", None)
+    owner = ref if owner is None else owner
+    key = (id(owner),) if version is None else \
+        (id(owner), ref.data_ptr(), tuple(ref.shape), tuple(ref.stride()), str(ref.dtype))
     hit = _NORMS.get(key)
-    if hit is not None and hit[0]() is ref and hit[1] == version and version is not None:
+    if hit is not None and hit[0]() is owner and hit[1] == version and version is not None:
         return hit[2]
     xp = array_namespace(ref)
     value = float(xp.linalg.vector_norm(xp.reshape(ref, (-1,))))
     try:
-        _NORMS[key] = (weakref.ref(ref, lambda _r, key=key: _NORMS.pop(key, None)), version, value)
+        _NORMS[key] = (weakref.ref(owner, lambda _r, key=key: _NORMS.pop(key, None)), version, value)
     except TypeError:  # an array without weak references (NumPy scalars): not remembered
         pass
     return value
