@@ -19,10 +19,10 @@ def test_a_parameters_norm_follows_writes_through_fresh_views():
     left, right = torch.ones(6, dtype=torch.float64), torch.ones(4, dtype=torch.float64)
     want = float(left.norm() * right.norm() / param.detach().norm())
     first = _size(param.detach()[:], left, right)  # a fresh view each call, as every extraction makes
-    assert first == _size(param.detach()[:], left, right) == want
+    assert first == _size(param.detach()[:], left, right) == _size(param.detach(), left, right) == want
     with torch.no_grad():
         param.mul_(2.0)  # written in place: the remembered norm must not be used
-    assert _size(param.detach()[:], left, right) == want / 2
+    assert _size(param.detach()[:], left, right) == _size(param.detach(), left, right) == want / 2
     assert _size(param.detach()[:3], left, right) == float(left.norm() * right.norm() / param.detach()[:3].norm())
     other = param.detach().t()  # another view of the same storage, other strides: its own norm
     size = _size(other, torch.ones(4, dtype=torch.float64), torch.ones(6, dtype=torch.float64))

@@ -331,20 +331,19 @@ def relative_sizes(patches: dict, references: dict) -> dict:
     return out
 
 
-_NORMS: dict = {}  # (id of the array's owner, where and how it reads it) -> (weak reference, version, norm)
+_NORMS: dict = {}  # (id of the storage an array reads, where and how it reads it) -> (weak ref, version, norm)
 
 
 def _norm(ref) -> float:
-    """The norm of a reference array, remembered while the array it reads (a view's base: the model's
-    parameter, which every extraction's parameter views read) lives unmodified: the patches of every token,
-    candidate and call are measured against the same parameters. Keyed by the owner's identity and the view's
-    place in it (data pointer, shape, strides, dtype); the version counter, which a view shares with its
-    base, tells a write."""
+    """The norm of a reference array, remembered while the storage it reads (the model's parameter, which
+    every extraction's parameter views and detached copies read) lives unmodified: the patches of every token,
+    candidate and call are measured against the same parameters. Keyed by the storage's identity (torch keeps
+    one Python object per storage) and the array's place in it (data pointer, shape, strides, dtype); the
+    version counter, which views and detached tensors share with their parameter, tells a write."""
     import weakref
 
     version = getattr(ref, "_version", None)
-    owner = getattr(ref, "_base", None)
-    owner = ref if owner is None else owner
+    owner = ref.untyped_storage() if hasattr(ref, "untyped_storage") else ref
     key = (id(owner),) if version is None else \
         (id(owner), ref.data_ptr(), tuple(ref.shape), tuple(ref.stride()), str(ref.dtype))
     hit = _NORMS.get(key)
