@@ -268,6 +268,11 @@ def _plain_agrees(k, spec, p, a, patches, y):
     for key in plain:
         shifted = plain[key] * (1 + 1e-3 * plain[key])
         assert _rel(k.apply(p, patches, a["u"], **x, plain={key: shifted}), y) > 1e-8, key
+    if k.TWINS:  # a contextual product's twin: the same product, of u instead of u_C
+        at_u = k.products(p, a["u"])
+        assert set(k.TWINS) <= set(at_u) and set(k.TWINS.values()) <= set(plain)
+        for matrix, key in k.TWINS.items():
+            assert _rel(at_u[matrix], plain[key]) <= 1e-14, matrix
 
 
 def _products(k, p, a) -> dict:

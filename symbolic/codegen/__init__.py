@@ -229,6 +229,7 @@ class _Module:
             given_entries=[_py(m) for m in ir.patch_fn.given.values()],
             plain_fn=self.plain_fn,
             plain_entries=[_py(k) for k in ir.apply_fn.plain.values()],
+            twin_entries=[f"{_py(m)}: {_py(k)}" for m, k in ir.twins.items()],
             plain_return=[f"{_py(k)}: {v}" for v, k in ir.apply_fn.plain.items()],
             patch_entries=[_py((p.param, p.kind)) for p in ir.patches],
             condition_entries=[_py(c.text) for c in ir.checks],

@@ -94,6 +94,7 @@ class KernelIR:
     apply_fn: Function
     forward_fn: Function
     products_fn: Function | None = None  # the contextual products `given` accepts (`products_function`)
+    twins: dict[str, str] = field(default_factory=dict)  # matrix -> the plain key of its no-context twin (`twins`)
 
     @property
     def moe(self) -> bool:
@@ -114,6 +115,7 @@ class KernelIR:
         text = "\n".join(f"{a.target}={sp.srepr(a.expr)}" for fn in fns for a in fn.body)
         text += "\n" + repr(sorted(self.patch_fn.given.items()))
         text += "\n" + repr(sorted(self.patch_fn.plain.items())) + repr(sorted(self.apply_fn.plain.items()))
+        text += "\n" + repr(sorted(self.twins.items()))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -607,4 +609,28 @@ def build(spec: BlockSpec, der: Derivation) -> KernelIR:
     patch_fn.plain = {v: k for v, k in patch_fn.plain.items() if k in set(apply_fn.plain.values())}
     forward_fn = stage_function(spec, b.unpatched(), set())
     return KernelIR(spec, der, constants, params, patch_fn, patches, checks, apply_fn, forward_fn,
-                    products_function(po, patch_fn.given))
+                    products_function(po, patch_fn.given), twins(po, set(apply_fn.plain.values())))
+
+
+def twins(po: PatchOutputs, plain: set[str]) -> dict[str, str]:
+    r"""{matrix: plain key}: the contextual products (`given_products`) whose no-context twin `apply` takes as
+    ``plain``: the same matrix times the same vector written in $u$ instead of $u_C$ ($W_\mathrm{gate} z_C$ and
+    $W_\mathrm{gate} z$). A module that computes a contextual product on the run with the context computes its
+    twin on the run without it: a batched step takes both from the one read of the matrix."""
+    defs = {a.target: a.expr for a in po.outputs}
+    out = {}
+    for var, matrix in po.given.items():
+        v = defs[var].args[1] if isinstance(defs.get(var), MatVec) else None
+        if v is None:
+            continue
+        for _ in range(len(defs) + 1):
+            subs = {s_: defs[s_.name] for s_ in v.free_symbols if isinstance(s_, Vec) and s_.name in defs}
+            if not subs:
+                break
+            v = v.xreplace(subs)
+        swapped = v.xreplace({s_: Vec("u", s_.dim) for s_ in v.free_symbols
+                              if isinstance(s_, Vec) and s_.name == "u_C"})
+        key = f"{matrix}@{_vector_key(swapped, {})}"
+        if key in plain:
+            out[matrix] = key
+    return out
