@@ -121,7 +121,9 @@ class MoESpec:
     ``e_score_correction_bias``), among the `topk_groups` best of `groups` equal groups of experts
     (a group scores the sum of its two largest $s + b_\mathrm{select}$); the chosen experts are
     weighted by their uncorrected $s$, renormalized over the top-k if `renormalize`, and the routed
-    sum is multiplied by `routed_scale` (shared experts are not). `softmax` says whether the
+    sum is multiplied by `routed_scale` (shared experts are not). `renormalize_eps` $\epsilon$: the renormalized
+    weights are $s_j / (\sum_k s_k + \epsilon)$ (LFM2-MoE: $10^{-6}$), a context-free function of the logits
+    like the rest (0: the plain $s_j / \sum_k s_k$). `softmax` says whether the
     softmax is taken before or after the top-k (after: over the selected logits only, the same as
     renormalizing the softmax; meaningless for sigmoid scores). `router_bias`: the logits are
     $W_\mathrm{router} z + b_\mathrm{router}$ (gpt-oss), a patchable input bias like `b_up`. `expert_bias`: every
@@ -147,12 +149,17 @@ class MoESpec:
     expert_bias: bool = False
     weighting: Weighting = "output"
     shared_kind: ExpertKind = "gated"
+    renormalize_eps: float = 0.0
 
     def __post_init__(self) -> None:
         for key, bound in (("experts", limits.EXPERTS), ("top_k", limits.TOP_K), ("groups", limits.EXPERTS),
                            ("topk_groups", limits.EXPERTS)):
             bound.check(f"field `moe.{key}`", getattr(self, key), SpecError)
         limits.ROUTED_SCALE.check("field `moe.routed_scale`", self.routed_scale, SpecError)
+        limits.RENORM_EPS.check("field `moe.renormalize_eps`", self.renormalize_eps, SpecError)
+        if self.renormalize_eps and not (self.renormalize and self.softmax == "before_topk"):
+            raise SpecError("moe.renormalize_eps guards the top-k renormalisation s_j / (sum s + eps); it needs "
+                             "renormalize = true and softmax = 'before_topk' (or set renormalize_eps = 0)")
         if self.shared_kind not in get_args(ExpertKind):
             raise SpecError(f"moe.shared_kind {self.shared_kind!r}; allowed: {get_args(ExpertKind)}")
         if self.shared_kind != "gated" and self.shared_expert != "plain":

@@ -593,3 +593,37 @@ def test_llama4_kernel_is_the_transformers_moe_branch():
     assert _rel(ns["forward"](params, u), want) > 1e-3  # weighting the output instead is a different block
     ctx = torch.randn(6, 32, generator=_seeded(63), dtype=torch.float64)
     assert _rel(k.apply(params, k.block_patches(params, u, ctx), u), k.forward(params, ctx)) <= 1e-12
+
+
+# --------------------------------------------------------------------------- 9. LFM2-MoE: s / (sum s + eps)
+
+
+def _renorm_eps_spec(eps: float):
+    text = catalog.text("qwen3_moe").replace("experts = 128", "experts = 4").replace("top_k = 8", "top_k = 2")
+    return loads_toml(text.replace("[moe]", f'[moe]\nscoring = "sigmoid"\nrenormalize_eps = {eps!r}'), "lfm.toml")
+
+
+def test_renormalize_eps_round_trips_and_bad_values_are_named():
+    spec = _renorm_eps_spec(1e-6)
+    assert spec.moe.renormalize_eps == 1e-6 and loads_toml(dump_toml(spec)) == spec
+    assert "renormalize_eps" not in dump_toml(catalog.load("qwen3_moe"))
+    with pytest.raises(SpecError, match="renormalize_eps"):
+        _renorm_eps_spec(-1.0)
+    text = dump_toml(spec).replace("renormalize = true", "renormalize = false")
+    with pytest.raises(SpecError, match="renormalize_eps guards the top-k renormalisation"):
+        loads_toml(text, "lfm.toml")
+
+
+def test_renormalize_eps_enters_the_down_patch_and_validates():
+    r"""The routed sum adds X sum_j s_j / (S + eps) = X S / (S + eps): the derived W_down patch carries
+    (S + eps) / S (not 1, as for eps = 0), and the generated kernel validates against the reference router
+    (which divides by S + eps itself) on 2-layer stacks; a large eps makes the difference unmistakable."""
+    from numeric.check.validate import Setup, validate
+
+    spec = _renorm_eps_spec(0.5)
+    down = str(check(spec).derivation_for("down_rank1", None).formula("experts.W_down").value)
+    assert "epsilon_route" in down and "Gate" in down
+    assert "epsilon_route" not in str(check(_renorm_eps_spec(0.0)).derivation_for("down_rank1", None).formula(
+        "experts.W_down").value)
+    out = validate(spec, Setup(layers=2), trials=1)
+    assert out["max_rel_error"] <= 1e-12 and out["unpatched_rel_error"] > 1e-2, out

@@ -153,13 +153,14 @@ def select(spec: BlockSpec, logits: torch.Tensor, selection_bias: torch.Tensor |
 
 def route(spec: BlockSpec, logits: torch.Tensor, selection_bias: torch.Tensor | None = None
           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k expert indices and routing weights (renormalized if the spec says so, times `routed_scale`)."""
+    """Top-k expert indices and routing weights (renormalized if the spec says so, s / (sum s + renormalize_eps),
+    times `routed_scale`)."""
     moe = spec.moe
     idx, w = select(spec, logits, selection_bias)
     if moe.softmax == "after_topk":
         w = torch.softmax(logits.gather(1, idx), dim=-1)
     elif moe.renormalize:
-        w = w / w.sum(-1, keepdim=True)
+        w = w / (w.sum(-1, keepdim=True) + moe.renormalize_eps)
     return idx, w * moe.routed_scale
 
 
