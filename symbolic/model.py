@@ -273,7 +273,7 @@ class Block:
     def outer(self, P: Params, hidden: dict[str, sp.Expr], ell: sp.Expr | None = None,
               shared_gate: sp.Expr = sp.S.One, normed: bool = False) -> sp.Expr:
         r"""h = W_down mid(a) + b_down; for MoE $\rho \sum_j s_j W_\mathrm{down}^{(e_j)} a^{(e_j)}$ (+ gated shared
-        expert). `normed`: `hidden` already holds mid(a) (the output side's atom $\hat a_C$).
+        expert, + the mixture's own output bias $b_\mathrm{down}$ where the spec declares one). `normed`: `hidden` already holds mid(a) (the output side's atom $\hat a_C$).
 
         `Sel` and `Gate` are the spec's router as functions of the logits alone (scores, the constant
         selection bias, groups): equal logits give equal choices and weights, whatever the router.
@@ -285,7 +285,7 @@ class Block:
         weight = sp.S.One if self.input_weighted() else self.gate(ell, rank)  # input weighting: inside a
         routed = weight * (MatVec(self.expert_matrix(P, "W_down", e_j), hidden["experts"].subs(
             expert, e_j)) + self.expert_bias(P, "b_down", e_j))
-        h = self.routed_scale * sp.Sum(routed, (rank, 1, top_k))
+        h = self.routed_scale * sp.Sum(routed, (rank, 1, top_k)) + self.value(P, "b_down")  # b_down: JetMoE's
         if "shared" in hidden:
             h += shared_gate * MatVec(P["shared.W_down"], hidden["shared"])
         return h

@@ -237,9 +237,9 @@ class BlockSpec:
             raise SpecError("shared_pre_norm only makes sense for a parallel block")
         if self.shared_pre_norm and self.mlp.pre_norm != self.attention.pre_norm:
             raise SpecError("shared_pre_norm requires mlp.pre_norm == attention.pre_norm")
-        if self.moe is not None and self.mlp.bias != Biases():
-            raise SpecError("mlp.bias declares the biases of a dense or gated MLP; the experts of kind = 'moe' "
-                             "take theirs from moe.expert_bias = true (set mlp.bias = false)")
+        if self.moe is not None and self.mlp.bias not in (Biases(), Biases(down=True)):
+            raise SpecError("for kind = 'moe', mlp.bias may only declare down = true (a bias b_down added once to the "
+                             "mixture's output, JetMoE); the experts take theirs from moe.expert_bias = true")
         if self.moe is not None and self.mlp.up_activation != "identity" and self.moe.expert != "gated" and \
                 self.moe.shared_expert == "none":
             raise SpecError("mlp.up_activation acts on gated maps, but these experts are dense and there is no "

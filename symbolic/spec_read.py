@@ -88,7 +88,7 @@ def _make_norm(source: str, where: str, v: dict[str, Any]) -> NormSpec:
 def _read_biases(tab: Table, kind: str) -> Biases:
     raw = tab.data.get("bias", False)
     tab.used.add("bias")
-    keys = ("gate", "up", "down") if kind == "gated" else ("up", "down")
+    keys = {"gated": ("gate", "up", "down"), "moe": ("down",)}.get(kind, ("up", "down"))
     if isinstance(raw, bool):
         return Biases(**{k: raw for k in keys})
     sub = Table(tab.source, tab.path("bias"), raw)

@@ -83,7 +83,7 @@ def _norm_toml(norm: NormSpec | None, default: NormSpec) -> str:
 
 
 def _bias_toml(mlp: MLPSpec) -> str:
-    keys = ("gate", "up", "down") if mlp.kind == "gated" else ("up", "down")
+    keys = {"gated": ("gate", "up", "down"), "moe": ("down",)}.get(mlp.kind, ("up", "down"))
     values = {k: getattr(mlp.bias, k) for k in keys}
     if len(set(values.values())) == 1:
         return _b(next(iter(values.values())))

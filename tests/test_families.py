@@ -137,6 +137,27 @@ def test_flat_experts_are_read_and_patched_per_expert():
     _exact(model)
 
 
+def test_experts_split_over_two_modules_with_an_output_bias_are_read():
+    """JetMoE keeps the experts' input maps (E, 2m, d) and output maps (E, d, m) in two modules (input_linear,
+    output_linear: the activation on the first half) and adds a bias of the mixture once to its output
+    (mlp.bias.down, b_down): read as a mixture's experts, checked, patched exactly (its attention experts mix
+    tokens and are not patched)."""
+    model = tiny_model("jetmoe")
+    with torch.no_grad():  # initializer_range 0.01 leaves attention near uniform: let the context matter
+        for layer in model.model.layers:
+            for p in layer.self_attention.parameters():
+                if p.dim() > 1:
+                    p.mul_(30.0)
+        assert all(float(layer.mlp.bias.abs().max()) > 0.1 for layer in model.model.layers)  # the check sees b_down
+    adapter = layout_for(model)[0]
+    assert adapter.params["experts.W_gate"].path == "mlp.input_linear.weight"
+    assert (adapter.params["experts.W_gate"].layout, adapter.params["experts.W_up"].layout) == ("rows0", "rows1")
+    assert adapter.params["b_down"].path == "mlp.bias" and adapter.spec.mlp.bias.down
+    assert adapter.spec.moe.gates_sum_to_one  # JetMoE's softmax over the top-k logits (= renormalized scores)
+    assert loads_toml(dump_toml(adapter.spec)) == adapter.spec
+    _exact(model)
+
+
 def test_an_activation_with_learned_constants_is_each_layers_own():
     """Apertus's xIELU has learned constants per layer: each layer's spec carries its own."""
     model = tiny_model("apertus")

@@ -627,3 +627,23 @@ def test_renormalize_eps_enters_the_down_patch_and_validates():
         "experts.W_down").value)
     out = validate(spec, Setup(layers=2), trials=1)
     assert out["max_rel_error"] <= 1e-12 and out["unpatched_rel_error"] > 1e-2, out
+
+
+# --------------------------------------------------------------------------- 10. JetMoE: the mixture's output bias
+
+
+def test_a_mixtures_output_bias_is_b_down_and_validates():
+    """mlp.bias = {down = true} on a mixture: h = sum_j s_j E_j(z) + b_down (JetMoE). It round-trips, the block
+    gains b_down (so the down_bias strategy applies), both output strategies validate against the reference
+    (which adds b_down itself), and biases of maps a mixture does not have are refused by name."""
+    from numeric.check.validate import Setup, validate
+
+    text = catalog.text("mixtral").replace("bias = false", "bias = { down = true }")
+    spec = loads_toml(text, "jet.toml")
+    assert spec.mlp.bias.down and loads_toml(dump_toml(spec)) == spec
+    assert "b_down" in dict(check(spec).derivation.symbols) and "down_bias" in check(spec).output.ok
+    for outs in ("down_rank1", "down_bias"):
+        out = validate(spec, Setup(layers=2, strategy=outs), trials=1)
+        assert out["max_rel_error"] <= 1e-12 and out["unpatched_rel_error"] > 1e-2, (outs, out)
+    with pytest.raises(SpecError, match="bias"):
+        loads_toml(catalog.text("mixtral").replace("bias = false", "bias = { up = true }"), "jet.toml")

@@ -214,7 +214,7 @@ def _moe(spec: BlockSpec, params: dict, z: torch.Tensor, tr: Trace) -> torch.Ten
         g = torch.sigmoid(z @ params["shared.w_gate"])[:, None] if spec.moe.shared_expert == "gated" else 1.0
         tr.shared_gate = g if isinstance(g, torch.Tensor) else None
         h = h + g * (a_s @ params["shared.W_down"].T)
-    return h
+    return h + params.get("b_down", 0.0)  # the mixture's own output bias (JetMoE)
 
 
 def _batched_hidden(spec: BlockSpec, sub: dict, z: torch.Tensor) -> torch.Tensor:
