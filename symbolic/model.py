@@ -273,7 +273,8 @@ class Block:
     def outer(self, P: Params, hidden: dict[str, sp.Expr], ell: sp.Expr | None = None,
               shared_gate: sp.Expr = sp.S.One, normed: bool = False) -> sp.Expr:
         r"""h = W_down mid(a) + b_down; for MoE $\rho \sum_j s_j W_\mathrm{down}^{(e_j)} a^{(e_j)}$ (+ gated shared
-        expert, + the mixture's own output bias $b_\mathrm{down}$ where the spec declares one). `normed`: `hidden` already holds mid(a) (the output side's atom $\hat a_C$).
+        expert, + the mixture's own output bias $b_\mathrm{down}$ where the spec declares one). `normed`: `hidden`
+        already holds mid(a) (the output side's atom $\hat a_C$).
 
         `Sel` and `Gate` are the spec's router as functions of the logits alone (scores, the constant
         selection bias, groups): equal logits give equal choices and weights, whatever the router.
