@@ -88,7 +88,7 @@ def _make_norm(source: str, where: str, v: dict[str, Any]) -> NormSpec:
 def _read_biases(tab: Table, kind: str) -> Biases:
     raw = tab.data.get("bias", False)
     tab.used.add("bias")
-    keys = {"gated": ("gate", "up", "down"), "moe": ("down",)}.get(kind, ("up", "down"))
+    keys = ("gate", "up", "down") if kind == "gated" else ("up", "down")
     if isinstance(raw, bool):
         return Biases(**{k: raw for k in keys})
     sub = Table(tab.source, tab.path("bias"), raw)
@@ -108,7 +108,7 @@ MLP_FIELDS = ("kind", "activation", "up_activation", "out_activation", "bias", "
               "post_ln", "branch_scale")
 MOE_FIELDS = ("experts", "top_k", "softmax", "renormalize", "shared_expert", "expert", "scoring", "selection_bias",
               "groups", "topk_groups", "routed_scale", "router_bias", "expert_bias", "weighting", "shared_kind",
-              "renormalize_eps")
+              "renormalize_eps", "jitter_eps")
 
 
 def parse_spec(data: dict[str, Any], source: str) -> BlockSpec:
@@ -199,6 +199,7 @@ def _read_moe(tab: Table | None) -> MoESpec | None:
         weighting=tab.choice("weighting", get_args(Weighting), "output"),
         shared_kind=tab.choice("shared_kind", get_args(ExpertKind), "gated"),
         renormalize_eps=float(tab.number("renormalize_eps", limits.RENORM_EPS, 0.0)),
+        jitter_eps=float(tab.number("jitter_eps", limits.JITTER_EPS, 0.0)),
     )
     tab.finish(MOE_FIELDS)
     try:

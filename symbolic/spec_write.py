@@ -58,6 +58,8 @@ def dump_toml(spec: BlockSpec) -> str:
                 lines.append(f"shared_kind = {_q(m.shared_kind)}")
             if m.renormalize_eps:
                 lines.append(f"renormalize_eps = {m.renormalize_eps!r}")
+            if m.jitter_eps:
+                lines.append(f"jitter_eps = {m.jitter_eps!r}")
     p = spec.patch
     lines += ["", "[patch]", f"allow = [{', '.join(_q(a) for a in p.allow)}]"]
     if p.strategy:
@@ -83,7 +85,7 @@ def _norm_toml(norm: NormSpec | None, default: NormSpec) -> str:
 
 
 def _bias_toml(mlp: MLPSpec) -> str:
-    keys = {"gated": ("gate", "up", "down"), "moe": ("down",)}.get(mlp.kind, ("up", "down"))
+    keys = ("gate", "up", "down") if mlp.kind == "gated" else ("up", "down")
     values = {k: getattr(mlp.bias, k) for k in keys}
     if len(set(values.values())) == 1:
         return _b(next(iter(values.values())))

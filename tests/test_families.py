@@ -1,7 +1,8 @@
 """The decoder families of 2026 (issue 29): every layer kind in the zoo's tiny models, and the theory's reach in
 inference: the state right after the MLP's add (Gemma 4), y = alpha v + beta branch (MiniMax), a branch over two
-modules (Granite 4 hybrid), layers without an MLP (Nemotron-H), flat experts (DBRX), an activation with learned
-constants (Apertus); refused by name: no MLP anywhere (Mamba), a token mixer after the last MLP layer, several
+modules (Granite 4 hybrid), layers without an MLP (Nemotron-H), flat experts (DBRX), experts split over two
+modules with the mixture's output bias (JetMoE), the sparsemixer (PhiMoE), an activation with learned constants
+(Apertus); refused by name: no MLP anywhere (Mamba), a token mixer after the last MLP layer, several
 residual streams (DeepSeek V4), computation after the add that reads other tokens, an exception inside
 transformers. Errors relative, float64, as `numeric.hf.hfcheck` measures them."""
 
@@ -155,6 +156,17 @@ def test_experts_split_over_two_modules_with_an_output_bias_are_read():
     assert adapter.params["b_down"].path == "mlp.bias" and adapter.spec.mlp.bias.down
     assert adapter.spec.moe.gates_sum_to_one  # JetMoE's softmax over the top-k logits (= renormalized scores)
     assert loads_toml(dump_toml(adapter.spec)) == adapter.spec
+    _exact(model)
+
+
+def test_sparsemixer_routing_is_read_and_patched_exactly():
+    """PhiMoE routes by its sparsemixer (top-2 logits, each weighted by a softmax over the logits not yet chosen
+    within 2 router_jitter_noise of it, relatively): a context-free function of the token's own logits, read as
+    moe.scoring = 'sparsemixer' with the config's jitter, checked and patched exactly."""
+    model = tiny_model("phimoe")
+    adapter = layout_for(model)[0]
+    assert adapter.spec.moe.scoring == "sparsemixer"
+    assert adapter.spec.moe.jitter_eps == model.config.router_jitter_noise > 0
     _exact(model)
 
 

@@ -36,10 +36,10 @@ INFERRED = ["phi3", "cohere", "stablelm", "granite", "nemotron", "glm4", "starco
             "moshi", "kolibri1", "roformer", "gpt_oss"]
 
 
-#: The listed types inference refuses, each with the reason it names: a routing the spec language does not model
-#: (PhiMoE's sparsemixer). No spec reproduces its MLP branch, so it is refused before any patch, never patched
-#: wrong. (Apertus' xIELU, once refused, is read with each layer's learned constants: tests/test_families.py.)
-REFUSED = {"phimoe": "no spec reproduces the module's MLP branch"}
+#: The listed types inference refuses, each with the reason it names (none today: PhiMoE's sparsemixer, once
+#: refused, is a routing of the spec language, tests/test_spec_extensions.py; Apertus' xIELU is read with each
+#: layer's learned constants, tests/test_families.py).
+REFUSED: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("model_type", INFERRED)

@@ -647,3 +647,75 @@ def test_a_mixtures_output_bias_is_b_down_and_validates():
         assert out["max_rel_error"] <= 1e-12 and out["unpatched_rel_error"] > 1e-2, (outs, out)
     with pytest.raises(SpecError, match="bias"):
         loads_toml(catalog.text("mixtral").replace("bias = false", "bias = { up = true }"), "jet.toml")
+
+
+# --------------------------------------------------------------------------- 11. PhiMoE: the sparsemixer
+
+
+def _sparsemixer_spec(extra: str = ""):
+    text = catalog.text("mixtral").replace("experts = 8", "experts = 6").replace("renormalize = true", "")
+    return loads_toml(text.replace("[moe]", f'[moe]\nscoring = "sparsemixer"\njitter_eps = 0.05{extra}'), "phi.toml")
+
+
+def test_sparsemixer_runtime_is_transformers_own_at_inference():
+    """runtime's sparsemixer weights (both back ends) and the reference's are transformers' ``sparsemixer``
+    (training=False) on random logits with many masked and unmasked experts; the choice is the top-2 logits."""
+    from transformers.models.phimoe.modeling_phimoe import sparsemixer
+
+    gen = _seeded(12)
+    logits = 0.2 * torch.randn(200, 6, generator=gen, dtype=torch.float64) + 1.0  # ratios near the threshold
+    w_hf, idx_hf = sparsemixer(logits, jitter_eps=0.05, training=False)
+    want = torch.zeros_like(logits).scatter_(1, idx_hf, w_hf)
+    masked = (w_hf < 1).sum()
+    assert 50 < masked < 350  # the masks decide: neither all experts kept nor all masked
+    routing = runtime.Routing("sparsemixer", jitter_eps=0.05)
+    got = runtime.route(logits[:, None, :], 2, routing)[..., 0]
+    got_np = torch.from_numpy(runtime.route(logits[:, None, :].numpy(), 2, routing)[..., 0])
+    idx, w = select(_sparsemixer_spec(), logits)
+    ref = torch.zeros_like(logits).scatter_(1, idx, w)
+    for other in (got, got_np, ref):
+        assert torch.equal(other > 0, want > 0) and torch.allclose(other, want, rtol=1e-14, atol=0)
+
+
+def test_sparsemixer_spec_round_trips_and_is_checked():
+    spec = _sparsemixer_spec()
+    assert spec.moe.scoring == "sparsemixer" and spec.moe.jitter_eps == 0.05 and spec.moe.thresholded
+    assert loads_toml(dump_toml(spec)) == spec
+    with pytest.raises(SpecError, match="sparsemixer' computes its own weights"):
+        _sparsemixer_spec("\nrenormalize = true")
+    with pytest.raises(SpecError, match="jitter_eps sets the sparsemixer's mask threshold"):
+        loads_toml(catalog.text("mixtral").replace("[moe]", "[moe]\njitter_eps = 0.01"), "phi.toml")
+    with pytest.raises(SpecError, match="jitter_eps"):
+        loads_toml(dump_toml(_sparsemixer_spec()).replace("jitter_eps = 0.05", "jitter_eps = 2.0"), "phi.toml")
+
+
+def test_sparsemixer_block_validates_and_its_weights_are_read_by_the_down_patch():
+    """The weights do not sum to one: the W_down patch divides by their sum (the Gate of the spec's router), and
+    the generated kernels validate against the reference sparsemixer on 2-layer stacks."""
+    from numeric.check.validate import Setup, validate
+
+    spec = _sparsemixer_spec()
+    down = str(check(spec).derivation_for("down_rank1", None).formula("experts.W_down").value)
+    assert "Sum(Gate(ell_C, j)" in down
+    out = validate(spec, Setup(layers=2), trials=2)
+    assert out["max_rel_error"] <= 1e-12 and out["unpatched_rel_error"] > 1e-2, out
+
+
+@pytest.mark.parametrize(("logits", "why"), [
+    ([2.0, 1.0, 0.5, 0.2], None),  # every ratio far from the threshold: decided
+    ([2.0, 2.0 * (1 - 0.1), 0.5, 0.2], "masks"),  # (2 - 1.8) / 2 = 0.1 = 2 jitter_eps exactly
+    ([2.0, 1.0 + 1e-15, 1.0, 0.2], "order"),  # the 2nd and 3rd logits tie to round-off
+    ([2.0, 1.9, 1.9 * (1 - 0.1) + 1e-14, 0.2], "masks"),  # the 2nd pick's mask of the 3rd, at its threshold
+])
+def test_sparsemixer_margin_refuses_a_mask_or_an_order_decided_by_round_off(logits, why):
+    ell = torch.tensor([[logits, [3.0, 1.0, 0.0, -1.0]]], dtype=torch.float64).reshape(2, 1, 4)
+    routing = runtime.Routing("sparsemixer", jitter_eps=0.05)
+    if why is None:
+        runtime.require_mask_margin(ell, 2, "0", routing)
+        runtime.require_mask_margin(ell.numpy(), 2, "0", routing)
+        return
+    for arr in (ell, ell.numpy()):
+        with pytest.raises(PatchConditionError, match="sparsemixer") as exc:
+            runtime.require_mask_margin(arr, 2, "0", routing)
+        assert exc.value.tokens == [0]  # the other token is decided
+    runtime.require_mask_margin(ell, 2, "0", runtime.Routing("softmax"))  # no masks: nothing to check

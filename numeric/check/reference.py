@@ -138,6 +138,8 @@ def select(spec: BlockSpec, logits: torch.Tensor, selection_bias: torch.Tensor |
     top-2); the scores returned are the uncorrected ones.
     """
     moe = spec.moe
+    if moe.scoring == "sparsemixer":
+        return sparsemixer(logits, moe.top_k, moe.jitter_eps)
     scores = torch.sigmoid(logits) if moe.scoring == "sigmoid" else torch.softmax(logits, dim=-1)
     choice = scores + selection_bias if selection_bias is not None else scores
     if moe.groups > 1:
@@ -149,6 +151,20 @@ def select(spec: BlockSpec, logits: torch.Tensor, selection_bias: torch.Tensor |
         choice = choice.masked_fill(~expert_mask, float("-inf"))
     idx = choice.topk(moe.top_k, dim=-1)[1]
     return idx, scores.gather(1, idx)
+
+
+def sparsemixer(logits: torch.Tensor, k: int, jitter_eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(T, k) experts and weights of PhiMoE's sparsemixer at inference, written as transformers' ``sparsemixer``
+    (``training=False``) for k picks: the largest logit not yet chosen, weighted by the softmax over the logits
+    not yet chosen and not masked, ``(max - l) / max(|l|, max) > 2 jitter_eps``."""
+    left, idx, weights = logits.clone(), [], []
+    for _ in range(k):
+        top, e = left.max(dim=-1, keepdim=True)
+        masked = (top - logits) / logits.abs().clamp(min=top) > 2 * jitter_eps
+        weights.append(torch.softmax(left.masked_fill(masked, float("-inf")), dim=-1).gather(-1, e))
+        idx.append(e)
+        left = left.scatter(-1, e, float("-inf"))
+    return torch.cat(idx, -1), torch.cat(weights, -1)
 
 
 def route(spec: BlockSpec, logits: torch.Tensor, selection_bias: torch.Tensor | None = None

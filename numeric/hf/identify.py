@@ -320,6 +320,10 @@ def moe_maps(mlp, mlp_path: str, record: dict[str, Call], cfg,
         routings.append(("softmax", "after_topk", False))
     weightings = ("output", "input") if getattr(cfg, "model_type", "").startswith("llama4") else ("output",)
     routings += [("softmax" if sigmoid else "sigmoid", "before_topk", r) for r in (renorm, not renorm)]
+    jitter = getattr(cfg, "router_jitter_noise", None)  # PhiMoE's sparsemixer masks by 2 x this: tried last
+    jitters = {("sparsemixer", "before_topk", False): float(jitter)} if isinstance(jitter, (int, float)) and \
+        not isinstance(jitter, bool) and 0 < jitter <= 1 else {}
+    routings += list(jitters)
     out = []
     for g in dict.fromkeys([groups, (1, 1)]):
         for rs in dict.fromkeys([scale, 1.0]):
@@ -329,7 +333,8 @@ def moe_maps(mlp, mlp_path: str, record: dict[str, Call], cfg,
                                   expert=expert_kind, shared_kind=shared_kind, scoring=scoring,
                                   selection_bias="b_select" in params,
                                   groups=g[0], topk_groups=g[1], routed_scale=rs, router_bias="b_router" in params,
-                                  weighting=weighting, expert_bias="experts.b_down" in params)
+                                  weighting=weighting, expert_bias="experts.b_down" in params,
+                                  jitter_eps=jitters.get((scoring, softmax, rn), 0.0))
                 except ValueError:
                     continue
                 out.append((moe, params))

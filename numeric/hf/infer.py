@@ -256,6 +256,7 @@ def describe(spec: BlockSpec) -> str:
         e = spec.moe
         parts.append(f"moe E={e.experts} k={e.top_k} {e.scoring} {e.softmax}{' renorm' if e.renormalize else ''}"
                      f"{f' (+{e.renormalize_eps:g})' if e.renormalize_eps else ''}"
+                     f"{f' jitter {e.jitter_eps:g}' if e.jitter_eps else ''}"
                      f"{' select-bias' if e.selection_bias else ''}{' router-bias' if e.router_bias else ''}"
                      f"{f' groups {e.topk_groups}/{e.groups}' if e.groups > 1 else ''}"
                      f"{f' scale {e.routed_scale:g}' if e.routed_scale != 1 else ''} shared={e.shared_expert}")
