@@ -155,8 +155,8 @@ def _chosen(n: int, path: str, layer64, record, x, y, candidates: list[Adapter],
             return cand, result
     err, cand, result = min(tried, key=lambda t: t[0])
     eps = renorm_epsilon(layer64, cand, record, x) if spec is None else None
-    if eps is not None:  # s / (sum s + eps): the closest spec with the epsilon it measured (LFM2-MoE)
-        guarded = _with_renorm_eps(cand, eps)
+    guarded = None if eps is None else _with_renorm_eps(cand, eps)
+    if guarded is not None:  # s / (sum s + eps): the closest spec with the epsilon it measured (LFM2-MoE)
         u = u_of(guarded, record, x)
         checked = check_adapter(layer64, guarded, u, x if guarded.mode == "parallel" else None,
                                 state_of(guarded, record, x, y)[0])
@@ -169,10 +169,14 @@ def _chosen(n: int, path: str, layer64, record, x, y, candidates: list[Adapter],
                   + (f" ({result['why']})" if result.get("why") else ""))
 
 
-def _with_renorm_eps(cand: Adapter, eps: float) -> Adapter:
-    """`cand` with the top-k renormalisation s / (sum s + eps), eps as measured to two significant digits (the
-    probe measures it to ~1e-2 relative; modules write a round constant, LFM2-MoE's 1e-6)."""
-    moe = dataclasses.replace(cand.spec.moe, renormalize_eps=float(f"{eps:.1e}"))
+def _with_renorm_eps(cand: Adapter, eps: float) -> Adapter | None:
+    """`cand` with the top-k renormalisation s / (sum s + eps), eps as measured to three significant digits
+    (modules write a round constant, LFM2-MoE's 1e-6; the check decides); None for an epsilon the spec
+    language refuses (`symbolic.limits.RENORM_EPS`)."""
+    try:
+        moe = dataclasses.replace(cand.spec.moe, renormalize_eps=float(f"{eps:.2e}"))
+    except SpecError:
+        return None
     return dataclasses.replace(cand, spec=dataclasses.replace(cand.spec, moe=moe))
 
 
