@@ -13,6 +13,7 @@ import contextlib
 import importlib
 import warnings
 
+import numpy
 import pytest
 import torch
 
@@ -719,3 +720,22 @@ def test_sparsemixer_margin_refuses_a_mask_or_an_order_decided_by_round_off(logi
             runtime.require_mask_margin(arr, 2, "0", routing)
         assert exc.value.tokens == [0]  # the other token is decided
     runtime.require_mask_margin(ell, 2, "0", runtime.Routing("softmax"))  # no masks: nothing to check
+
+
+@pytest.mark.parametrize("which", ["renormalize_eps", "sparsemixer"])
+def test_both_back_ends_give_the_same_patches(which):
+    """The NumPy and PyTorch kernels of the new routings (rendered from one derivation) give the same patches."""
+    from numeric.check.reference import random_params
+
+    spec = _renorm_eps_spec(0.5) if which == "renormalize_eps" else _sparsemixer_spec()
+    gen = _seeded(13)
+    params = random_params(spec, 16, 8, gen)
+    u, u_ctx = (torch.randn(5, 16, generator=gen, dtype=torch.float64) for _ in range(2))
+    got = kernels.load(spec, "torch").block_patches(params, u, u_ctx, "0")
+    other = kernels.load(spec, "numpy").block_patches({k: v.numpy() for k, v in params.items()}, u.numpy(),
+                                                      u_ctx.numpy(), "0")
+    assert set(got) == set(other) and "experts.W_down" in got
+    for name, fields in got.items():
+        for field, value in fields.items():
+            theirs = torch.tensor(numpy.array(other[name][field]))
+            assert torch.allclose(value, theirs, rtol=1e-12, atol=1e-14), (name, field)
