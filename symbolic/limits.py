@@ -93,6 +93,9 @@ BRANCH_SCALE = Bound(1e-4, 1e4, "the output strategies divide by it; Granite use
 ROUTED_SCALE = Bound(1e-4, 1e4, "it multiplies the routed experts' sum; DeepSeek-V3 uses 2.5", integer=False,
                      magnitude=True)
 EXPERTS = Bound(1, 4096, "16 times the catalog's largest mixture, DeepSeek-V3's 256 experts")
+RENORM_EPS = Bound(0, 1, "it guards the top-k renormalisation s_j / (sum s + eps); LFM2-MoE uses 1e-6", integer=False)
+JITTER_EPS = Bound(0, 1, "the sparsemixer masks logits (max - l) / max(|l|, max) above 2 jitter_eps; PhiMoE uses "
+                   "0.01", integer=False)
 TOP_K = Bound(1, 128, "experts chosen per token (the catalog chooses 1 to 8); the reference loops over them")
 
 # --------------------------------------------------------------------------- activations (symbolic.activations)

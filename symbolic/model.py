@@ -38,6 +38,8 @@ rank = sp.Symbol("j", integer=True, positive=True)
 top_k = sp.Symbol("k", integer=True, positive=True)
 #: The routed experts' scale (DeepSeek-V3's routed_scaling_factor): multiplies the routed sum, not the shared expert.
 ROUTED_SCALE = sp.Symbol("rho", real=True, nonzero=True)
+#: The epsilon of the top-k renormalisation s_j / (sum_k s_k + eps) (LFM2-MoE's 1e-6).
+RENORM_EPS = sp.Symbol("epsilon_route", positive=True)
 #: The MLP branch's output multiplier (Granite's residual_multiplier): r = u + c_branch o.
 BRANCH_SCALE = sp.Symbol("c_branch", real=True, nonzero=True)
 
@@ -84,6 +86,7 @@ class Block:
         self.eps = {name: self._eps(name, n) for name, n in spec.norms.items()}
         moe = spec.moe
         self.routed_scale = sp.S.One if moe is None or moe.routed_scale == 1 else ROUTED_SCALE
+        self.renorm_eps = sp.S.Zero if moe is None or not moe.renormalize_eps else RENORM_EPS
         self.branch_scale = sp.S.One if spec.mlp.branch_scale == 1 else BRANCH_SCALE
 
     @property
@@ -93,6 +96,8 @@ class Block:
         out = [(eps, float(self.spec.norms[n].eps)) for n, eps in self.eps.items() if eps != 0]
         if self.routed_scale != 1:
             out.append((self.routed_scale, float(self.spec.moe.routed_scale)))
+        if self.renorm_eps != 0:
+            out.append((self.renorm_eps, float(self.spec.moe.renormalize_eps)))
         if self.branch_scale != 1:
             out.append((self.branch_scale, float(self.spec.mlp.branch_scale)))
         if self.input_weighted():  # the top-k sum has no weights to sum: its formulas count the experts, k
@@ -249,10 +254,11 @@ class Block:
         return self.preact(P, "W_router", z)
 
     def gate(self, ell: sp.Expr, j: sp.Expr) -> sp.Expr:
-        """Routing weight of the j-th selected expert; renormalized over the top-k if the spec says so."""
+        r"""Routing weight of the j-th selected expert; renormalized over the top-k if the spec says so,
+        $s_j / (\sum_i s_i + \epsilon)$ with the spec's `renormalize_eps` $\epsilon$ (0 unless given)."""
         if self.spec.moe.gates_sum_to_one:
             i = sp.Symbol("i", integer=True, positive=True)
-            return Gate(ell, j) / sp.Sum(Gate(ell, i), (i, 1, top_k))
+            return Gate(ell, j) / (sp.Sum(Gate(ell, i), (i, 1, top_k)) + self.renorm_eps)
         return Gate(ell, j)
 
     def shared_gate(self, P: Params, z: sp.Expr) -> sp.Expr:
@@ -267,7 +273,8 @@ class Block:
     def outer(self, P: Params, hidden: dict[str, sp.Expr], ell: sp.Expr | None = None,
               shared_gate: sp.Expr = sp.S.One, normed: bool = False) -> sp.Expr:
         r"""h = W_down mid(a) + b_down; for MoE $\rho \sum_j s_j W_\mathrm{down}^{(e_j)} a^{(e_j)}$ (+ gated shared
-        expert). `normed`: `hidden` already holds mid(a) (the output side's atom $\hat a_C$).
+        expert, + the mixture's own output bias $b_\mathrm{down}$ where the spec declares one). `normed`: `hidden`
+        already holds mid(a) (the output side's atom $\hat a_C$).
 
         `Sel` and `Gate` are the spec's router as functions of the logits alone (scores, the constant
         selection bias, groups): equal logits give equal choices and weights, whatever the router.
@@ -279,7 +286,7 @@ class Block:
         weight = sp.S.One if self.input_weighted() else self.gate(ell, rank)  # input weighting: inside a
         routed = weight * (MatVec(self.expert_matrix(P, "W_down", e_j), hidden["experts"].subs(
             expert, e_j)) + self.expert_bias(P, "b_down", e_j))
-        h = self.routed_scale * sp.Sum(routed, (rank, 1, top_k))
+        h = self.routed_scale * sp.Sum(routed, (rank, 1, top_k)) + self.value(P, "b_down")  # b_down: JetMoE's
         if "shared" in hidden:
             h += shared_gate * MatVec(P["shared.W_down"], hidden["shared"])
         return h

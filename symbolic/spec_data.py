@@ -24,7 +24,7 @@ MLPKind = Literal["dense", "gated", "moe"]
 ExpertKind = Literal["dense", "gated"]
 SoftmaxOrder = Literal["before_topk", "after_topk"]
 SharedExpert = Literal["none", "plain", "gated"]
-Scoring = Literal["softmax", "sigmoid"]
+Scoring = Literal["softmax", "sigmoid", "sparsemixer"]
 Weighting = Literal["output", "input"]
 
 
@@ -121,7 +121,13 @@ class MoESpec:
     ``e_score_correction_bias``), among the `topk_groups` best of `groups` equal groups of experts
     (a group scores the sum of its two largest $s + b_\mathrm{select}$); the chosen experts are
     weighted by their uncorrected $s$, renormalized over the top-k if `renormalize`, and the routed
-    sum is multiplied by `routed_scale` (shared experts are not). `softmax` says whether the
+    sum is multiplied by `routed_scale` (shared experts are not). `renormalize_eps` $\epsilon$: the renormalized
+    weights are $s_j / (\sum_k s_k + \epsilon)$ (LFM2-MoE: $10^{-6}$), a context-free function of the logits
+    like the rest (0: the plain $s_j / \sum_k s_k$). `scoring = "sparsemixer"` (PhiMoE at inference): the
+    experts are the top-k by the logits, the j-th weighted by a softmax over the logits not chosen before it
+    that are not masked, $(\ell_{e_j} - \ell_i) / \max(|\ell_i|, \ell_{e_j}) \le 2\,$`jitter_eps`: again a
+    context-free function of the token's own logits (no renormalisation, groups, selection bias; output
+    weighting). `softmax` says whether the
     softmax is taken before or after the top-k (after: over the selected logits only, the same as
     renormalizing the softmax; meaningless for sigmoid scores). `router_bias`: the logits are
     $W_\mathrm{router} z + b_\mathrm{router}$ (gpt-oss), a patchable input bias like `b_up`. `expert_bias`: every
@@ -147,12 +153,18 @@ class MoESpec:
     expert_bias: bool = False
     weighting: Weighting = "output"
     shared_kind: ExpertKind = "gated"
+    renormalize_eps: float = 0.0
+    jitter_eps: float = 0.0
 
     def __post_init__(self) -> None:
         for key, bound in (("experts", limits.EXPERTS), ("top_k", limits.TOP_K), ("groups", limits.EXPERTS),
                            ("topk_groups", limits.EXPERTS)):
             bound.check(f"field `moe.{key}`", getattr(self, key), SpecError)
         limits.ROUTED_SCALE.check("field `moe.routed_scale`", self.routed_scale, SpecError)
+        limits.RENORM_EPS.check("field `moe.renormalize_eps`", self.renormalize_eps, SpecError)
+        if self.renormalize_eps and not (self.renormalize and self.softmax == "before_topk"):
+            raise SpecError("moe.renormalize_eps guards the top-k renormalisation s_j / (sum s + eps); it needs "
+                             "renormalize = true and softmax = 'before_topk' (or set renormalize_eps = 0)")
         if self.shared_kind not in get_args(ExpertKind):
             raise SpecError(f"moe.shared_kind {self.shared_kind!r}; allowed: {get_args(ExpertKind)}")
         if self.shared_kind != "gated" and self.shared_expert != "plain":
@@ -167,12 +179,33 @@ class MoESpec:
                              "moe.scoring = 'sigmoid' has none; use softmax = 'before_topk' (and renormalize = "
                              "true to normalize the selected sigmoid scores)")
         self._check_groups()
+        self._check_sparsemixer()
         if self.weighting not in get_args(Weighting):
             raise SpecError(f"moe.weighting {self.weighting!r}; allowed: {get_args(Weighting)}")
         if self.weighting == "input" and (self.gates_sum_to_one or self.routed_scale != 1):
             raise SpecError("moe.weighting = 'input' (the weight scales the expert's input, Llama 4) is supported "
                              "with unnormalized scores only: set softmax = 'before_topk', renormalize = false and "
                              "routed_scale = 1")
+
+    def _check_sparsemixer(self) -> None:
+        limits.JITTER_EPS.check("field `moe.jitter_eps`", self.jitter_eps, SpecError)
+        if self.scoring != "sparsemixer":
+            if self.jitter_eps:
+                raise SpecError("moe.jitter_eps sets the sparsemixer's mask threshold; it needs scoring = "
+                                "'sparsemixer' (or set jitter_eps = 0)")
+            return
+        plain = ("before_topk", False, False, 1, 1, "output")
+        if (self.softmax, self.renormalize, self.selection_bias, self.groups, self.topk_groups,
+                self.weighting) != plain:
+            raise SpecError("moe.scoring = 'sparsemixer' computes its own weights from the logits: it takes softmax = "
+                            "'before_topk', renormalize = false, no selection_bias, groups = topk_groups = 1 and "
+                            "weighting = 'output'")
+
+    @property
+    def thresholded(self) -> bool:
+        """Whether the weights mask logits by a threshold (sparsemixer): the order of the top-k and every mask need
+        a margin above round-off too (`numeric.kernels.runtime.require_mask_margin`)."""
+        return self.scoring == "sparsemixer"
 
     def _check_groups(self) -> None:
         if self.groups < 1 or self.experts % self.groups:
@@ -230,9 +263,9 @@ class BlockSpec:
             raise SpecError("shared_pre_norm only makes sense for a parallel block")
         if self.shared_pre_norm and self.mlp.pre_norm != self.attention.pre_norm:
             raise SpecError("shared_pre_norm requires mlp.pre_norm == attention.pre_norm")
-        if self.moe is not None and self.mlp.bias != Biases():
-            raise SpecError("mlp.bias declares the biases of a dense or gated MLP; the experts of kind = 'moe' "
-                             "take theirs from moe.expert_bias = true (set mlp.bias = false)")
+        if self.moe is not None and self.mlp.bias not in (Biases(), Biases(down=True)):
+            raise SpecError("for kind = 'moe', mlp.bias may only declare down = true (a bias b_down added once to the "
+                             "mixture's output, JetMoE); the experts take theirs from moe.expert_bias = true")
         if self.moe is not None and self.mlp.up_activation != "identity" and self.moe.expert != "gated" and \
                 self.moe.shared_expert == "none":
             raise SpecError("mlp.up_activation acts on gated maps, but these experts are dense and there is no "

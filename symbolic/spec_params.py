@@ -42,6 +42,8 @@ def patchable_parameters(spec: BlockSpec) -> tuple[str, ...]:
             names += [f"shared.{n}" for n in _map_names(spec.moe.shared_kind)]
             if spec.moe.shared_expert == "gated":
                 names.append("shared.w_gate")
+        if mlp.bias.down:  # added once to the mixture's output (JetMoE)
+            names.append("b_down")
     else:
         for n in _map_names(mlp.kind):
             names.append(n)

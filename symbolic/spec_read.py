@@ -107,7 +107,8 @@ TOP_FIELDS = ("name", "description", "reference", "hf_model_types", "residual", 
 MLP_FIELDS = ("kind", "activation", "up_activation", "out_activation", "bias", "pre_norm", "mid_norm", "post_norm",
               "post_ln", "branch_scale")
 MOE_FIELDS = ("experts", "top_k", "softmax", "renormalize", "shared_expert", "expert", "scoring", "selection_bias",
-              "groups", "topk_groups", "routed_scale", "router_bias", "expert_bias", "weighting", "shared_kind")
+              "groups", "topk_groups", "routed_scale", "router_bias", "expert_bias", "weighting", "shared_kind",
+              "renormalize_eps", "jitter_eps")
 
 
 def parse_spec(data: dict[str, Any], source: str) -> BlockSpec:
@@ -197,6 +198,8 @@ def _read_moe(tab: Table | None) -> MoESpec | None:
         expert_bias=tab.get("expert_bias", bool, False),
         weighting=tab.choice("weighting", get_args(Weighting), "output"),
         shared_kind=tab.choice("shared_kind", get_args(ExpertKind), "gated"),
+        renormalize_eps=float(tab.number("renormalize_eps", limits.RENORM_EPS, 0.0)),
+        jitter_eps=float(tab.number("jitter_eps", limits.JITTER_EPS, 0.0)),
     )
     tab.finish(MOE_FIELDS)
     try:

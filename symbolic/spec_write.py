@@ -56,6 +56,10 @@ def dump_toml(spec: BlockSpec) -> str:
                       f"weighting = {_q(m.weighting)}"]
             if m.shared_kind != "gated":
                 lines.append(f"shared_kind = {_q(m.shared_kind)}")
+            if m.renormalize_eps:
+                lines.append(f"renormalize_eps = {m.renormalize_eps!r}")
+            if m.jitter_eps:
+                lines.append(f"jitter_eps = {m.jitter_eps!r}")
     p = spec.patch
     lines += ["", "[patch]", f"allow = [{', '.join(_q(a) for a in p.allow)}]"]
     if p.strategy:

@@ -1,7 +1,8 @@
 """The decoder families of 2026 (issue 29): every layer kind in the zoo's tiny models, and the theory's reach in
 inference: the state right after the MLP's add (Gemma 4), y = alpha v + beta branch (MiniMax), a branch over two
-modules (Granite 4 hybrid), layers without an MLP (Nemotron-H), flat experts (DBRX), an activation with learned
-constants (Apertus); refused by name: no MLP anywhere (Mamba), a token mixer after the last MLP layer, several
+modules (Granite 4 hybrid), layers without an MLP (Nemotron-H), flat experts (DBRX), experts split over two
+modules with the mixture's output bias (JetMoE), the sparsemixer (PhiMoE), an activation with learned constants
+(Apertus); refused by name: no MLP anywhere (Mamba), a token mixer after the last MLP layer, several
 residual streams (DeepSeek V4), computation after the add that reads other tokens, an exception inside
 transformers. Errors relative, float64, as `numeric.hf.hfcheck` measures them."""
 
@@ -134,6 +135,38 @@ def test_flat_experts_are_read_and_patched_per_expert():
     params = layout_for(model)[0].params
     rows = {params[f"experts.{w}"].rows for w in ("W_gate", "W_up", "W_down")}
     assert rows == {model.config.ffn_config.ffn_hidden_size}
+    _exact(model)
+
+
+def test_experts_split_over_two_modules_with_an_output_bias_are_read():
+    """JetMoE keeps the experts' input maps (E, 2m, d) and output maps (E, d, m) in two modules (input_linear,
+    output_linear: the activation on the first half) and adds a bias of the mixture once to its output
+    (mlp.bias.down, b_down): read as a mixture's experts, checked, patched exactly (its attention experts mix
+    tokens and are not patched)."""
+    model = tiny_model("jetmoe")
+    with torch.no_grad():  # initializer_range 0.01 leaves attention near uniform: let the context matter
+        for layer in model.model.layers:
+            for p in layer.self_attention.parameters():
+                if p.dim() > 1:
+                    p.mul_(30.0)
+        assert all(float(layer.mlp.bias.abs().max()) > 0.1 for layer in model.model.layers)  # the check sees b_down
+    adapter = layout_for(model)[0]
+    assert adapter.params["experts.W_gate"].path == "mlp.input_linear.weight"
+    assert (adapter.params["experts.W_gate"].layout, adapter.params["experts.W_up"].layout) == ("rows0", "rows1")
+    assert adapter.params["b_down"].path == "mlp.bias" and adapter.spec.mlp.bias.down
+    assert adapter.spec.moe.gates_sum_to_one  # JetMoE's softmax over the top-k logits (= renormalized scores)
+    assert loads_toml(dump_toml(adapter.spec)) == adapter.spec
+    _exact(model)
+
+
+def test_sparsemixer_routing_is_read_and_patched_exactly():
+    """PhiMoE routes by its sparsemixer (top-2 logits, each weighted by a softmax over the logits not yet chosen
+    within 2 router_jitter_noise of it, relatively): a context-free function of the token's own logits, read as
+    moe.scoring = 'sparsemixer' with the config's jitter, checked and patched exactly."""
+    model = tiny_model("phimoe")
+    adapter = layout_for(model)[0]
+    assert adapter.spec.moe.scoring == "sparsemixer"
+    assert adapter.spec.moe.jitter_eps == model.config.router_jitter_noise > 0
     _exact(model)
 
 

@@ -36,10 +36,10 @@ INFERRED = ["phi3", "cohere", "stablelm", "granite", "nemotron", "glm4", "starco
             "moshi", "kolibri1", "roformer", "gpt_oss"]
 
 
-#: The listed types inference refuses, each with the reason it names: a routing the spec language does not model
-#: (PhiMoE's sparsemixer). No spec reproduces its MLP branch, so it is refused before any patch, never patched
-#: wrong. (Apertus' xIELU, once refused, is read with each layer's learned constants: tests/test_families.py.)
-REFUSED = {"phimoe": "no spec reproduces the module's MLP branch"}
+#: The listed types inference refuses, each with the reason it names (none today: PhiMoE's sparsemixer, once
+#: refused, is a routing of the spec language, tests/test_spec_extensions.py; Apertus' xIELU is read with each
+#: layer's learned constants, tests/test_families.py).
+REFUSED: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("model_type", INFERRED)
@@ -348,8 +348,31 @@ def test_lfm2_moe_sigmoid_routing_with_a_block_selection_bias():
     assert float((plain - want).norm() / want.norm()) >= 1e-3
 
 
-def test_lfm2_moe_renormalisation_epsilon_is_refused_by_name():
-    """norm_topk_prob=True (LFM2-MoE's default) divides by sum s + 1e-6: no spec reproduces it, and the refusal
-    says so with the epsilon measured from the module."""
-    with pytest.raises(ModelInputError, match=r"s / \(sum s \+ 1\.0e-06\), an epsilon in the denominator"):
-        layout_for(_lfm2_moe(True))
+def test_lfm2_moe_renormalisation_epsilon_is_read_and_patched_exactly():
+    """norm_topk_prob=True (LFM2-MoE's default) divides by sum s + 1e-6: inference measures the epsilon, the spec
+    carries it (moe.renormalize_eps), the check passes at float64 round-off, where the same spec without it fails
+    (the epsilon is not a rounding), and the patches are exact."""
+    from numeric.hf.equivalence import check_adapter, state_of, u_of
+    from numeric.hf.probe import float64_copy, layer_calls, trace
+
+    model = _lfm2_moe(True)
+    layout = layout_for(model)
+    moe = layout[1]
+    assert moe.spec.moe.renormalize and moe.spec.moe.renormalize_eps == 1e-6
+    assert all(c["error"] <= FLOAT64_BOUND for c in layout.checks)
+    call = layer_calls(model, layout.layers, random_ids(6, 64, torch.Generator().manual_seed(3)))[1]
+    layer64 = float64_copy(model.model.layers[1])
+    record, x, y = trace(layer64, call, f"{layout.layers}.1")
+    plain = dataclasses.replace(moe, spec=dataclasses.replace(moe.spec, name="lfm2_moe_no_eps", moe=dataclasses.replace(
+        moe.spec.moe, renormalize_eps=0.0)))
+    without = check_adapter(layer64, plain, u_of(plain, record, x), None, state_of(plain, record, x, y)[0])
+    assert without["error"] > without["bound"]
+    gen = torch.Generator().manual_seed(2)
+    ctx, q = random_ids(6, 64, gen), random_ids(4, 64, gen)
+    ps = absorb_context(model, ctx, q)
+    with torch.no_grad():
+        want = model(torch.cat([ctx, q], 1)).logits[0, 6:]
+        unpatched = model(q).logits[0]
+    assert float((ps.logits()[0] - want).norm() / want.norm()) <= 1e-6
+    assert float((ps.materialized_logits()[0] - want).norm() / want.norm()) <= 1e-5
+    assert float((unpatched - want).norm() / want.norm()) >= 1e-3

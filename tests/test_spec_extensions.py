@@ -13,6 +13,7 @@ import contextlib
 import importlib
 import warnings
 
+import numpy
 import pytest
 import torch
 
@@ -593,3 +594,148 @@ def test_llama4_kernel_is_the_transformers_moe_branch():
     assert _rel(ns["forward"](params, u), want) > 1e-3  # weighting the output instead is a different block
     ctx = torch.randn(6, 32, generator=_seeded(63), dtype=torch.float64)
     assert _rel(k.apply(params, k.block_patches(params, u, ctx), u), k.forward(params, ctx)) <= 1e-12
+
+
+# --------------------------------------------------------------------------- 9. LFM2-MoE: s / (sum s + eps)
+
+
+def _renorm_eps_spec(eps: float):
+    text = catalog.text("qwen3_moe").replace("experts = 128", "experts = 4").replace("top_k = 8", "top_k = 2")
+    return loads_toml(text.replace("[moe]", f'[moe]\nscoring = "sigmoid"\nrenormalize_eps = {eps!r}'), "lfm.toml")
+
+
+def test_renormalize_eps_round_trips_and_bad_values_are_named():
+    spec = _renorm_eps_spec(1e-6)
+    assert spec.moe.renormalize_eps == 1e-6 and loads_toml(dump_toml(spec)) == spec
+    assert "renormalize_eps" not in dump_toml(catalog.load("qwen3_moe"))
+    with pytest.raises(SpecError, match="renormalize_eps"):
+        _renorm_eps_spec(-1.0)
+    text = dump_toml(spec).replace("renormalize = true", "renormalize = false")
+    with pytest.raises(SpecError, match="renormalize_eps guards the top-k renormalisation"):
+        loads_toml(text, "lfm.toml")
+
+
+def test_renormalize_eps_enters_the_down_patch_and_validates():
+    r"""The routed sum adds X sum_j s_j / (S + eps) = X S / (S + eps): the derived W_down patch carries
+    (S + eps) / S (not 1, as for eps = 0), and the generated kernel validates against the reference router
+    (which divides by S + eps itself) on 2-layer stacks; a large eps makes the difference unmistakable."""
+    from numeric.check.validate import Setup, validate
+
+    spec = _renorm_eps_spec(0.5)
+    down = str(check(spec).derivation_for("down_rank1", None).formula("experts.W_down").value)
+    assert "epsilon_route" in down and "Gate" in down
+    assert "epsilon_route" not in str(check(_renorm_eps_spec(0.0)).derivation_for("down_rank1", None).formula(
+        "experts.W_down").value)
+    out = validate(spec, Setup(layers=2), trials=1)
+    assert out["max_rel_error"] <= 1e-12 and out["unpatched_rel_error"] > 1e-2, out
+
+
+# --------------------------------------------------------------------------- 10. JetMoE: the mixture's output bias
+
+
+def test_a_mixtures_output_bias_is_b_down_and_validates():
+    """mlp.bias = {down = true} on a mixture: h = sum_j s_j E_j(z) + b_down (JetMoE). It round-trips, the block
+    gains b_down (so the down_bias strategy applies), both output strategies validate against the reference
+    (which adds b_down itself), and biases of maps a mixture does not have are refused by name."""
+    from numeric.check.validate import Setup, validate
+
+    text = catalog.text("mixtral").replace("bias = false", "bias = { down = true }")
+    spec = loads_toml(text, "jet.toml")
+    assert spec.mlp.bias.down and loads_toml(dump_toml(spec)) == spec
+    assert "b_down" in dict(check(spec).derivation.symbols) and "down_bias" in check(spec).output.ok
+    for outs in ("down_rank1", "down_bias"):
+        out = validate(spec, Setup(layers=2, strategy=outs), trials=1)
+        assert out["max_rel_error"] <= 1e-12 and out["unpatched_rel_error"] > 1e-2, (outs, out)
+    with pytest.raises(SpecError, match="bias"):
+        loads_toml(catalog.text("mixtral").replace("bias = false", "bias = { up = true }"), "jet.toml")
+
+
+# --------------------------------------------------------------------------- 11. PhiMoE: the sparsemixer
+
+
+def _sparsemixer_spec(extra: str = ""):
+    text = catalog.text("mixtral").replace("experts = 8", "experts = 6").replace("renormalize = true", "")
+    return loads_toml(text.replace("[moe]", f'[moe]\nscoring = "sparsemixer"\njitter_eps = 0.05{extra}'), "phi.toml")
+
+
+def test_sparsemixer_runtime_is_transformers_own_at_inference():
+    """runtime's sparsemixer weights (both back ends) and the reference's are transformers' ``sparsemixer``
+    (training=False) on random logits with many masked and unmasked experts; the choice is the top-2 logits."""
+    from transformers.models.phimoe.modeling_phimoe import sparsemixer
+
+    gen = _seeded(12)
+    logits = 0.2 * torch.randn(200, 6, generator=gen, dtype=torch.float64) + 1.0  # ratios near the threshold
+    w_hf, idx_hf = sparsemixer(logits, jitter_eps=0.05, training=False)
+    want = torch.zeros_like(logits).scatter_(1, idx_hf, w_hf)
+    masked = (w_hf < 1).sum()
+    assert 50 < masked < 350  # the masks decide: neither all experts kept nor all masked
+    routing = runtime.Routing("sparsemixer", jitter_eps=0.05)
+    got = runtime.route(logits[:, None, :], 2, routing)[..., 0]
+    got_np = torch.from_numpy(runtime.route(logits[:, None, :].numpy(), 2, routing)[..., 0])
+    idx, w = select(_sparsemixer_spec(), logits)
+    ref = torch.zeros_like(logits).scatter_(1, idx, w)
+    for other in (got, got_np, ref):
+        assert torch.equal(other > 0, want > 0) and torch.allclose(other, want, rtol=1e-14, atol=0)
+
+
+def test_sparsemixer_spec_round_trips_and_is_checked():
+    spec = _sparsemixer_spec()
+    assert spec.moe.scoring == "sparsemixer" and spec.moe.jitter_eps == 0.05 and spec.moe.thresholded
+    assert loads_toml(dump_toml(spec)) == spec
+    with pytest.raises(SpecError, match="sparsemixer' computes its own weights"):
+        _sparsemixer_spec("\nrenormalize = true")
+    with pytest.raises(SpecError, match="jitter_eps sets the sparsemixer's mask threshold"):
+        loads_toml(catalog.text("mixtral").replace("[moe]", "[moe]\njitter_eps = 0.01"), "phi.toml")
+    with pytest.raises(SpecError, match="jitter_eps"):
+        loads_toml(dump_toml(_sparsemixer_spec()).replace("jitter_eps = 0.05", "jitter_eps = 2.0"), "phi.toml")
+
+
+def test_sparsemixer_block_validates_and_its_weights_are_read_by_the_down_patch():
+    """The weights do not sum to one: the W_down patch divides by their sum (the Gate of the spec's router), and
+    the generated kernels validate against the reference sparsemixer on 2-layer stacks."""
+    from numeric.check.validate import Setup, validate
+
+    spec = _sparsemixer_spec()
+    down = str(check(spec).derivation_for("down_rank1", None).formula("experts.W_down").value)
+    assert "Sum(Gate(ell_C, j)" in down
+    out = validate(spec, Setup(layers=2), trials=2)
+    assert out["max_rel_error"] <= 1e-12 and out["unpatched_rel_error"] > 1e-2, out
+
+
+@pytest.mark.parametrize(("logits", "why"), [
+    ([2.0, 1.0, 0.5, 0.2], None),  # every ratio far from the threshold: decided
+    ([2.0, 2.0 * (1 - 0.1), 0.5, 0.2], "masks"),  # (2 - 1.8) / 2 = 0.1 = 2 jitter_eps exactly
+    ([2.0, 1.0 + 1e-15, 1.0, 0.2], "order"),  # the 2nd and 3rd logits tie to round-off
+    ([2.0, 1.9, 1.9 * (1 - 0.1) + 1e-14, 0.2], "masks"),  # the 2nd pick's mask of the 3rd, at its threshold
+])
+def test_sparsemixer_margin_refuses_a_mask_or_an_order_decided_by_round_off(logits, why):
+    ell = torch.tensor([[logits, [3.0, 1.0, 0.0, -1.0]]], dtype=torch.float64).reshape(2, 1, 4)
+    routing = runtime.Routing("sparsemixer", jitter_eps=0.05)
+    if why is None:
+        runtime.require_mask_margin(ell, 2, "0", routing)
+        runtime.require_mask_margin(ell.numpy(), 2, "0", routing)
+        return
+    for arr in (ell, ell.numpy()):
+        with pytest.raises(PatchConditionError, match="sparsemixer") as exc:
+            runtime.require_mask_margin(arr, 2, "0", routing)
+        assert exc.value.tokens == [0]  # the other token is decided
+    runtime.require_mask_margin(ell, 2, "0", runtime.Routing("softmax"))  # no masks: nothing to check
+
+
+@pytest.mark.parametrize("which", ["renormalize_eps", "sparsemixer"])
+def test_both_back_ends_give_the_same_patches(which):
+    """The NumPy and PyTorch kernels of the new routings (rendered from one derivation) give the same patches."""
+    from numeric.check.reference import random_params
+
+    spec = _renorm_eps_spec(0.5) if which == "renormalize_eps" else _sparsemixer_spec()
+    gen = _seeded(13)
+    params = random_params(spec, 16, 8, gen)
+    u, u_ctx = (torch.randn(5, 16, generator=gen, dtype=torch.float64) for _ in range(2))
+    got = kernels.load(spec, "torch").block_patches(params, u, u_ctx, "0")
+    other = kernels.load(spec, "numpy").block_patches({k: v.numpy() for k, v in params.items()}, u.numpy(),
+                                                      u_ctx.numpy(), "0")
+    assert set(got) == set(other) and "experts.W_down" in got
+    for name, fields in got.items():
+        for field, value in fields.items():
+            theirs = torch.tensor(numpy.array(other[name][field]))
+            assert torch.allclose(value, theirs, rtol=1e-12, atol=1e-14), (name, field)

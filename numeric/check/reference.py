@@ -138,6 +138,8 @@ def select(spec: BlockSpec, logits: torch.Tensor, selection_bias: torch.Tensor |
     top-2); the scores returned are the uncorrected ones.
     """
     moe = spec.moe
+    if moe.scoring == "sparsemixer":
+        return sparsemixer(logits, moe.top_k, moe.jitter_eps)
     scores = torch.sigmoid(logits) if moe.scoring == "sigmoid" else torch.softmax(logits, dim=-1)
     choice = scores + selection_bias if selection_bias is not None else scores
     if moe.groups > 1:
@@ -151,15 +153,30 @@ def select(spec: BlockSpec, logits: torch.Tensor, selection_bias: torch.Tensor |
     return idx, scores.gather(1, idx)
 
 
+def sparsemixer(logits: torch.Tensor, k: int, jitter_eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(T, k) experts and weights of PhiMoE's sparsemixer at inference, written as transformers' ``sparsemixer``
+    (``training=False``) for k picks: the largest logit not yet chosen, weighted by the softmax over the logits
+    not yet chosen and not masked, ``(max - l) / max(|l|, max) > 2 jitter_eps``."""
+    left, idx, weights = logits.clone(), [], []
+    for _ in range(k):
+        top, e = left.max(dim=-1, keepdim=True)
+        masked = (top - logits) / logits.abs().clamp(min=top) > 2 * jitter_eps
+        weights.append(torch.softmax(left.masked_fill(masked, float("-inf")), dim=-1).gather(-1, e))
+        idx.append(e)
+        left = left.scatter(-1, e, float("-inf"))
+    return torch.cat(idx, -1), torch.cat(weights, -1)
+
+
 def route(spec: BlockSpec, logits: torch.Tensor, selection_bias: torch.Tensor | None = None
           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-k expert indices and routing weights (renormalized if the spec says so, times `routed_scale`)."""
+    """Top-k expert indices and routing weights (renormalized if the spec says so, s / (sum s + renormalize_eps),
+    times `routed_scale`)."""
     moe = spec.moe
     idx, w = select(spec, logits, selection_bias)
     if moe.softmax == "after_topk":
         w = torch.softmax(logits.gather(1, idx), dim=-1)
     elif moe.renormalize:
-        w = w / w.sum(-1, keepdim=True)
+        w = w / (w.sum(-1, keepdim=True) + moe.renormalize_eps)
     return idx, w * moe.routed_scale
 
 
@@ -213,7 +230,7 @@ def _moe(spec: BlockSpec, params: dict, z: torch.Tensor, tr: Trace) -> torch.Ten
         g = torch.sigmoid(z @ params["shared.w_gate"])[:, None] if spec.moe.shared_expert == "gated" else 1.0
         tr.shared_gate = g if isinstance(g, torch.Tensor) else None
         h = h + g * (a_s @ params["shared.W_down"].T)
-    return h
+    return h + params.get("b_down", 0.0)  # the mixture's own output bias (JetMoE)
 
 
 def _batched_hidden(spec: BlockSpec, sub: dict, z: torch.Tensor) -> torch.Tensor:

@@ -272,7 +272,7 @@ def layer_adapters(layer64, record, x, y, cfg, model_type: str, name: str) -> tu
             for act, up_act in expert_activations(mlp, cfg, base):
                 for moe, params in maps:
                     mspec = MLPSpec(kind="moe", activation=act, up_activation=up_act, pre_norm=pre_spec,
-                                    post_norm=post_spec, branch_scale=fl.scale)
+                                    post_norm=post_spec, branch_scale=fl.scale, bias=Biases(down="b_down" in params))
                     spec = BlockSpec(name=name, mlp=mspec, residual=fl.mode, shared_pre_norm=fl.shared_pre_norm,
                                      attention=attention, moe=moe, hf_model_types=(model_type,))
                     out.append(adapter_for(spec, fl, {**params, **norm_params}))

@@ -244,15 +244,19 @@ def moe_maps(mlp, mlp_path: str, record: dict[str, Call], cfg,
     experts = next(((n, m) for n, m in mlp.named_children()
                     if any(p.dim() == 3 for p in m.parameters(recurse=False))), None)
     d = record[mlp_path].inp.shape[-1]  # the model width
-    flat = flat_experts(mlp)
+    flat, split = flat_experts(mlp), split_experts(mlp)
     if experts is None and flat is None:
         raise ModelInputError(f"{mlp_path}: a mixture of experts without stacked expert tensors is not modelled")
-    if experts is not None:
+    if split is not None:
+        held, E, expert_params = _split_maps(mlp, mlp_path, split, d)
+    elif experts is not None:
         ename, emod = experts
+        held = (ename,)
         E, expert_params = expert_maps(emod, f"{mlp_path}.{ename}", d)
     else:
         ename, E, expert_params = _flat_maps(mlp, mlp_path, flat, d)
-    router = next(((n, m) for n, m in mlp.named_modules() if n and n != ename and not n.startswith(ename + ".") and
+        held = (ename,)
+    router = next(((n, m) for n, m in mlp.named_modules() if n and n.split(".")[0] not in held and
                    isinstance(getattr(m, "weight", None), torch.Tensor) and tuple(m.weight.shape) == (E, d)), None)
     if router is None:
         raise ModelInputError(f"{mlp_path}: no router of shape ({E}, {d}) found")
@@ -269,9 +273,10 @@ def moe_maps(mlp, mlp_path: str, record: dict[str, Call], cfg,
     block_bias = getattr(mlp, "expert_bias", None)  # LFM2-MoE: the selection bias a buffer of the block, not the router
     if isinstance(block_bias, torch.Tensor) and tuple(block_bias.shape) == (E,) and "b_select" not in router_params:
         router_params["b_select"] = Param(f"{mlp_path}.expert_bias")
-    params = {**expert_params, "W_router": Param(f"{mlp_path}.{rname}.weight"), **router_params}
+    params = {**expert_params, "W_router": Param(f"{mlp_path}.{rname}.weight"), **router_params,
+              **_output_bias(mlp, mlp_path, d)}
     for n, m in mlp.named_children():
-        if n in (ename, rname):
+        if n in held or n == rname:
             continue
         if rname.startswith(n + "."):  # the router sits inside this child: nothing else may
             if sum(p.numel() for p in m.parameters()) != sum(p.numel() for p in rmod.parameters()):
@@ -315,6 +320,10 @@ def moe_maps(mlp, mlp_path: str, record: dict[str, Call], cfg,
         routings.append(("softmax", "after_topk", False))
     weightings = ("output", "input") if getattr(cfg, "model_type", "").startswith("llama4") else ("output",)
     routings += [("softmax" if sigmoid else "sigmoid", "before_topk", r) for r in (renorm, not renorm)]
+    jitter = getattr(cfg, "router_jitter_noise", None)  # PhiMoE's sparsemixer masks by 2 x this: tried last
+    jitters = {("sparsemixer", "before_topk", False): float(jitter)} if isinstance(jitter, (int, float)) and \
+        not isinstance(jitter, bool) and 0 < jitter <= 1 else {}
+    routings += list(jitters)
     out = []
     for g in dict.fromkeys([groups, (1, 1)]):
         for rs in dict.fromkeys([scale, 1.0]):
@@ -324,7 +333,8 @@ def moe_maps(mlp, mlp_path: str, record: dict[str, Call], cfg,
                                   expert=expert_kind, shared_kind=shared_kind, scoring=scoring,
                                   selection_bias="b_select" in params,
                                   groups=g[0], topk_groups=g[1], routed_scale=rs, router_bias="b_router" in params,
-                                  weighting=weighting, expert_bias="experts.b_down" in params)
+                                  weighting=weighting, expert_bias="experts.b_down" in params,
+                                  jitter_eps=jitters.get((scoring, softmax, rn), 0.0))
                 except ValueError:
                     continue
                 out.append((moe, params))
@@ -364,6 +374,48 @@ def _flat_maps(mlp, mlp_path: str, flat: tuple[str, tuple[str, str, str]], d: in
     params = {f"experts.{c}": Param(f"{where}.{n}", "t" if c == "W_down" else "linear", rows // E)
               for n, c in zip(names, canon, strict=True)}
     return path.split(".")[0], E, params
+
+
+#: Experts stored in two sibling modules of the mixture, one 3-D ``weight`` each (JetMoE's ParallelExperts), by
+#: their names: the input maps (E, 2m, d) (gate the first half of the rows, up the second: JetMoE applies the
+#: activation to the first chunk) and the output maps (E, d, m), both stored (out, in) per expert.
+SPLIT_EXPERTS = (("input_linear", "output_linear"),)
+
+
+def split_experts(mlp) -> tuple[str, str] | None:
+    """The names of the (input, output) expert modules of a mixture laid out as `SPLIT_EXPERTS`, or None."""
+    children = dict(mlp.named_children())
+    for names in SPLIT_EXPERTS:
+        mods = [children.get(n) for n in names]
+        if all(m is not None and {k for k, _ in m.named_parameters(recurse=False)} == {"weight"}
+               and m.weight.dim() == 3 for m in mods):
+            return names
+    return None
+
+
+def _split_maps(mlp, mlp_path: str, names: tuple[str, str], d: int) -> tuple[tuple[str, str], int, dict]:
+    """(the two modules, E, the canonical expert parameters) of experts split over two modules (`SPLIT_EXPERTS`):
+    (E, 2m, d) gated (gate the first half) or (E, m, d) dense input maps, (E, d, m) output maps."""
+    inp, out = (get_module(mlp, n).weight for n in names)
+    E, rows, cols = inp.shape
+    m = out.shape[-1]
+    if cols != d or tuple(out.shape) != (E, d, m) or rows not in (m, 2 * m):
+        raise ModelInputError(f"{mlp_path}.{names[0]} {tuple(inp.shape)} and {mlp_path}.{names[1]} "
+                              f"{tuple(out.shape)}: modelled as (E, 2m, {d}) or (E, m, {d}) input maps with (E, {d}, "
+                              "m) output maps, stored (out, in) per expert")
+    where = [f"{mlp_path}.{n}.weight" for n in names]
+    params = {"experts.W_up": Param(where[0]), "experts.W_down": Param(where[1])}
+    if rows == 2 * m:
+        params.update({"experts.W_gate": Param(where[0], "rows0"), "experts.W_up": Param(where[0], "rows1")})
+    return names, E, params
+
+
+def _output_bias(mlp, mlp_path: str, d: int) -> dict[str, Param]:
+    """``b_down``: a bias (d,) of the mixture module itself, added once to its output (JetMoE's ``bias``)."""
+    own = dict(mlp.named_parameters(recurse=False))
+    bias = own.get("bias")
+    return {"b_down": Param(f"{mlp_path}.bias")} if isinstance(bias, torch.Tensor) and tuple(bias.shape) == (d,) \
+        else {}
 
 
 def get_module(root, path: str):

@@ -154,13 +154,30 @@ def _chosen(n: int, path: str, layer64, record, x, y, candidates: list[Adapter],
         if result["error"] <= result["bound"]:
             return cand, result
     err, cand, result = min(tried, key=lambda t: t[0])
-    eps = renorm_epsilon(layer64, cand, record, x)
+    eps = renorm_epsilon(layer64, cand, record, x) if spec is None else None
+    guarded = None if eps is None else _with_renorm_eps(cand, eps)
+    if guarded is not None:  # s / (sum s + eps): the closest spec with the epsilon it measured (LFM2-MoE)
+        u = u_of(guarded, record, x)
+        checked = check_adapter(layer64, guarded, u, x if guarded.mode == "parallel" else None,
+                                state_of(guarded, record, x, y)[0])
+        if checked["error"] <= checked["bound"]:
+            return guarded, checked
+        err, cand, result = min([(err, cand, result), (checked["error"], guarded, checked)], key=lambda t: t[0])
     refused = SpecError if spec is not None else ModelInputError  # the user's spec, or the model itself
     raise refused(f"layer {n} ({path}.{n}): no spec reproduces the module's MLP branch; closest: "
                   f"{describe(cand.spec)}, relative error {err:.1e} > {result['bound']:.0e}"
-                  + (f" ({result['why']})" if result.get("why") else "")
-                  + (f"; the module renormalises the top-k weights as s / (sum s + {eps:.1e}), an epsilon "
-                     "in the denominator that the spec language does not model" if eps else ""))
+                  + (f" ({result['why']})" if result.get("why") else ""))
+
+
+def _with_renorm_eps(cand: Adapter, eps: float) -> Adapter | None:
+    """`cand` with the top-k renormalisation s / (sum s + eps), eps as measured to three significant digits
+    (modules write a round constant, LFM2-MoE's 1e-6; the check decides); None for an epsilon the spec
+    language refuses (`symbolic.limits.RENORM_EPS`)."""
+    try:
+        moe = dataclasses.replace(cand.spec.moe, renormalize_eps=float(f"{eps:.2e}"))
+    except SpecError:
+        return None
+    return dataclasses.replace(cand, spec=dataclasses.replace(cand.spec, moe=moe))
 
 
 def _reach(kinds: list[Adapter | None], checks: list[dict], path: str, model_type: str, layers) -> None:
@@ -242,6 +259,8 @@ def describe(spec: BlockSpec) -> str:
     if spec.moe:
         e = spec.moe
         parts.append(f"moe E={e.experts} k={e.top_k} {e.scoring} {e.softmax}{' renorm' if e.renormalize else ''}"
+                     f"{f' (+{e.renormalize_eps:g})' if e.renormalize_eps else ''}"
+                     f"{f' jitter {e.jitter_eps:g}' if e.jitter_eps else ''}"
                      f"{' select-bias' if e.selection_bias else ''}{' router-bias' if e.router_bias else ''}"
                      f"{f' groups {e.topk_groups}/{e.groups}' if e.groups > 1 else ''}"
                      f"{f' scale {e.routed_scale:g}' if e.routed_scale != 1 else ''} shared={e.shared_expert}")

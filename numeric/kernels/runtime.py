@@ -80,11 +80,14 @@ class Routing:
     Scores $s = \mathrm{softmax}(\ell)$ or $\sigma(\ell)$ (`scoring`); the choice ranks $s + b$ (the
     selection bias $b$, when given) among the `topk_groups` best of `groups` equal groups, a group
     scoring the sum of its two largest $s + b$ (DeepSeek-V3); the weights are the uncorrected $s$.
+    ``sparsemixer`` (PhiMoE, at inference): the top-k by the logits, the weight of the j-th a softmax over
+    the logits not yet chosen that lie within ``2 jitter_eps`` of it relatively (`SCORES`).
     """
 
     scoring: str = "softmax"
     groups: int = 1
     topk_groups: int = 1
+    jitter_eps: float = 0.0
 
 
 PLAIN = Routing()
@@ -95,13 +98,49 @@ SCORE_LIPSCHITZ = {"sigmoid": 0.25, "softmax": 2.0}
 
 
 def scores(ell, routing: Routing = PLAIN):
-    """(T, 1, E) router logits -> (T, E) scores: softmax over the experts, or the elementwise sigmoid."""
-    xp = array_namespace(ell)
-    logits = ell[..., 0, :]
-    if routing.scoring == "sigmoid":
-        return 1 / (1 + xp.exp(-logits))
+    """(T, 1, E) router logits -> (T, E) scores: the routing's (`SCORES`)."""
+    return SCORES[routing.scoring](ell[..., 0, :], routing)
+
+
+def _softmax(logits, _routing: Routing):
+    """Softmax over the experts."""
+    xp = array_namespace(logits)
     p = xp.exp(logits - xp.max(logits, axis=-1, keepdims=True))
     return p / xp.sum(p, axis=-1, keepdims=True)
+
+
+def _sigmoid(logits, _routing: Routing):
+    """The elementwise sigmoid."""
+    return 1 / (1 + array_namespace(logits).exp(-logits))
+
+
+def _sparsemixer(logits, routing: Routing):
+    r"""PhiMoE's sparsemixer at inference (transformers' ``sparsemixer``, ``training=False``), for every expert e
+    as if chosen at its rank: $w_e = e^{\ell_e} / \sum_{i \in M_e} e^{\ell_i}$, $M_e$ the experts ranked at or
+    below e (those not yet chosen) that are not masked, $(\ell_e - \ell_i) / \max(|\ell_i|, \ell_e) \le 2\epsilon$
+    (a 0/0 does not mask, as in transformers); e itself is in $M_e$, so $0 < w_e \le 1$."""
+    xp = array_namespace(logits)
+    mine, other = _sparsemixer_pairs(logits)
+    kept = _later(logits) & ~(mine - other > 2 * routing.jitter_eps * xp.maximum(xp.abs(other), mine))  # factor >= 0
+    return 1 / xp.sum(xp.where(kept, xp.exp(other - mine), xp.zeros_like(mine)), axis=-1)
+
+
+def _sparsemixer_pairs(logits):
+    """(T, E, E) the logit of expert e (row) and of expert i (column)."""
+    xp = array_namespace(logits)
+    shape = (*logits.shape, logits.shape[-1])
+    return xp.broadcast_to(logits[..., :, None], shape), xp.broadcast_to(logits[..., None, :], shape)
+
+
+def _later(logits, strictly: bool = False):
+    """(T, E, E): whether expert i (column) ranks at or below expert e (row), not chosen before e (`strictly`:
+    below it, i != e)."""
+    rank = _rank(logits)
+    return rank[..., None, :] > rank[..., :, None] if strictly else rank[..., None, :] >= rank[..., :, None]
+
+
+#: The routing weights by `Routing.scoring`, (T, E) logits -> (T, E) scores (of each expert, were it chosen).
+SCORES = {"softmax": _softmax, "sigmoid": _sigmoid, "sparsemixer": _sparsemixer}
 
 
 def _choice(ell, routing: Routing, bias):
@@ -399,3 +438,37 @@ def warn_sizes(sizes: dict, references: dict, layer: str = "", stacklevel: int =
                 f"{references[name].dtype}): the patched run may lose up to {worst * eps:.1e} relative precision. "
                 "Use a wider dtype, or the stable strategy where available.", layer, worst * eps),
                 stacklevel=stacklevel)
+
+
+def require_mask_margin(ell, k: int, layer: str = "", routing: Routing = PLAIN, roundoff=None) -> None:
+    r"""Weights that mask logits by a threshold (`Routing.scoring` ``sparsemixer``): the order of the chosen
+    experts and every mask must be decided by a margin the runs' router logits cannot cross.
+
+    A sparsemixer weight jumps where the j-th and (j+1)-th logits swap (the later one's mask set loses the
+    earlier) and where $v = (\ell_e - \ell_i) / \max(|\ell_i|, \ell_e)$ crosses $2\epsilon$ for a chosen e and an
+    expert i not chosen before it. With the logits known to within $b$ (``roundoff``, (T, 1, E), else
+    `require_topk_margin`'s $10^3$ ulps of the token's largest logit) $v$ moves by at most
+    $2b (1 + |v|) / \max(|\ell_i|, \ell_e)$ (+ its own rounding): a token whose gap or threshold distance is
+    within that is refused (`PatchConditionError`), never patched with other weights. Other routings: no check.
+    """
+    if routing.scoring != "sparsemixer":
+        return
+    xp = array_namespace(ell)
+    logits = ell[..., 0, :]
+    scale = xp.max(xp.abs(logits), axis=-1)
+    b = 1e3 * _eps(ell) * (scale + 1.0) if roundoff is None else xp.max(roundoff[..., 0, :], axis=-1)  # (T,)
+    s = xp.sort(logits, axis=-1, descending=True)
+    top = min(k + 1, logits.shape[-1])
+    bad = xp.any(s[..., : top - 1] - s[..., 1:top] <= 2 * b[..., None], axis=-1)  # the order of the top-k
+    mine, other = _sparsemixer_pairs(logits)
+    factor = xp.maximum(xp.abs(other), mine)  # >= 0; 0 only where both logits are 0 (refused below)
+    safe = xp.where(factor == 0, xp.ones_like(factor), factor)
+    v = (mine - other) / safe
+    room = 2 * b[..., None, None] * (1 + xp.abs(v)) / safe + 8 * _eps(ell) * (xp.abs(v) + 2 * routing.jitter_eps)
+    chosen = (_rank(logits) < k)[..., :, None]
+    near = chosen & _later(logits, strictly=True) & ((factor == 0) | (xp.abs(v - 2 * routing.jitter_eps) <= room))
+    bad = bad | xp.any(xp.any(near, axis=-1), axis=-1)
+    if bool(xp.any(bad)):
+        tokens = [int(i) for i in xp.nonzero(bad)[0]]
+        raise PatchConditionError("the sparsemixer's order of the chosen experts and its masks ((max - l) / max(|l|, "
+                                  "max) against 2 jitter_eps) are decided by a margin above round-off", tokens, layer)
