@@ -9,6 +9,8 @@ pipeline computes them: the kernel's own formulas, the model's modules (`torch.n
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -179,3 +181,18 @@ def test_tiny_router_logits_with_a_clear_relative_margin_are_accepted(backend, m
     gap, size = top[:, K - 1] - top[:, K], ell.abs().max(-1).values
     assert torch.all(gap >= 0.02 * size) and torch.all(gap < 1e3 * torch.finfo(torch.float32).eps * (1 + size))
     assert torch.all(2 * bound.max(-1).values < 0.01 * gap)  # accepted, by over 100x
+
+
+@pytest.mark.parametrize("variant", ["pre_norm_vector", "parallel"])
+def test_kernels_that_read_no_plain_z_or_no_z_C_check_their_margin(variant, monkeypatch):
+    """The margin check reads what the router reads in each kernel: a patched pre-norm (no plain z: the
+    patched run reproduces z_C) and a parallel block (no z_C: both runs' MLP reads the same x)."""
+    spec = dataclasses.replace(SPEC, residual="parallel") if variant == "parallel" else SPEC
+    kernel = kernels.load(spec, "torch", input_strategy="pre_norm_vector" if variant == "pre_norm_vector" else None)
+    gen = torch.Generator().manual_seed(11)
+    params = random_params(spec, 24, M, gen, n_experts=E)
+    u, u_ctx, x = (torch.randn(T, 24, generator=gen, dtype=torch.float64) for _ in range(3))
+    spy = _Spy(monkeypatch)
+    kernel.block_patches(params, u, u_ctx, **({"x": x} if variant == "parallel" else {}))
+    ell, bound = spy.seen[-1]
+    assert bound.shape == ell.shape == (T, 1, E) and torch.all(torch.isfinite(bound)) and torch.all(bound > 0)

@@ -82,14 +82,16 @@ def _used_params(ir: KernelIR, fn: Function) -> list[tuple[str, str]]:
 
 def _router_margin(ir: KernelIR) -> dict[str, str]:
     """Where a mixture's top-k margin check goes and what `runtime.router_roundoff` reads: the router matrix,
-    its contextual input z_C and the patched run's input, after the last of them is assigned. The patched run
-    reads the plain z (with the router's patch) where the patches are functions of it; a strategy whose
-    patches never read z (a patched pre-norm) reproduces z_C itself, and passes z_C."""
+    its contextual input and the patched run's input, after the last of them is assigned. The contextual input
+    is z_C (z in a parallel block: both runs' MLP reads the same x). The patched run reads the plain z (with the
+    router's patch) where the patches are functions of it; a strategy whose patches never read z (a patched
+    pre-norm) reproduces z_C itself, and passes it again."""
     targets = [a.target for a in ir.patch_fn.body]
-    plain = "z" if "z" in targets else "z_C"
+    contextual = "z_C" if "z_C" in targets else "z"
+    plain = "z" if "z" in targets else contextual
     weight = next(var for var, name in ir.params if name == "W_router")
-    after = max(("ell_C", plain), key=targets.index)
-    return {"after": after, "args": f"{weight}, z_C, {plain}, ell_C"}
+    after = max(("ell_C", contextual, plain), key=targets.index)
+    return {"after": after, "args": f"{weight}, {contextual}, {plain}, ell_C"}
 
 
 def _out_value(ir: KernelIR, p: PatchOut, field: str, var: str) -> str:
