@@ -135,11 +135,15 @@ def test_a_near_tie_between_groups_is_refused():
     """Two groups whose scores tie decide the choice by round-off: the token is refused, naming groups."""
     routing = runtime.Routing("sigmoid", groups=4, topk_groups=2)
     zero = torch.zeros(8, dtype=torch.float64)
-    logits = torch.tensor([[3.0, 2.0, -1, -1, 1.0, 0.5, 0.0, 0.0]], dtype=torch.float64)[:, None, :]
-    runtime.require_topk_margin(logits, 3, "0", routing, zero)  # groups 1 and 3, then experts 0, 1, 4: clear
+    eye = torch.eye(8, dtype=torch.float64)  # a router W = I reading the logits themselves as z_C = z
+
+    def margin(ell):
+        runtime.require_topk_margin(ell, 3, "0", routing, zero, roundoff=runtime.router_roundoff(eye, ell, ell, ell))
+
+    margin(torch.tensor([[3.0, 2.0, -1, -1, 1.0, 0.5, 0.0, 0.0]], dtype=torch.float64)[:, None, :])  # groups 1, 3
     tied = torch.tensor([[3.0, 2.0, 1.0, 0.5, -1, -1, 1.0, 0.5]], dtype=torch.float64)[:, None, :]
     with pytest.raises(PatchConditionError) as exc:  # groups 2 and 4 tie for the second place
-        runtime.require_topk_margin(tied, 3, "0", routing, zero)
+        margin(tied)
     assert "group" in str(exc.value) and exc.value.tokens == [0]
 
 

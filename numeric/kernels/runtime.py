@@ -308,42 +308,87 @@ def _eps(value) -> float:
     return float(xp.finfo(value.dtype).eps)
 
 
-def require_topk_margin(ell, k: int, layer: str = "", routing: Routing = PLAIN, bias=None) -> None:
-    """The contextual choice of experts must be decided by a margin the patched router logits cannot cross.
+def router_roundoff(w, z_c, z, ell):
+    r"""(T, 1, E): per expert, a bound $b_e$ on how far each run's computed router logits lie from the kernel's
+    $\ell_C = \mathrm{fl}(W z_C)$ (+ a bias $\beta$): the contextual run's, and the patched run's.
 
-    The patched run reproduces the router logits only to round-off; if the k-th and (k+1)-th
-    largest ranking values are closer than ~1e3 ulps of their scale (a tie, or nearly), the patched
-    run may select other experts and be silently wrong, so the token is refused. Ranking values: the
-    logits (no selection bias, no groups), else the scores plus the bias (`SCORE_LIPSCHITZ`); with
-    groups, the chosen groups' margin too (a sum of two scores: twice the tolerance).
+    Let $u = \epsilon/2$ (unit round-off), $n$ the router's input width, $\gamma_m = mu/(1-mu)$. A computed
+    inner product satisfies $|\mathrm{fl}(w^\top v) - w^\top v| \le \gamma_n\,|w|^\top|v|$ in any summation
+    order, with or without FMA (Higham, *Accuracy and Stability of Numerical Algorithms*, 2nd ed., (3.5)): the
+    round-off is set by the magnitudes of the products, not by their (possibly cancelling) sum. Per expert let
+    $s_C = |W||z_C|$, $s = |W||z|$ and $\Delta = W(z_C - z)$, what the router's patch adds. Two implementations
+    of a norm (the model's module, the kernel's formula) agree to $(n + 8)u$ relatively per entry (RMSNorm's:
+    its mean of squares $\gamma_n$, halved by the root, and four roundings, on each side). To first order in u:
+
+    - the contextual run computes $W z_C$ in its own order, from its own norm: $|\ell^R - \ell_C| \le
+      u\,((3n + 8)s_C + 2|\ell_C|)$ (the last term: the bias additions);
+    - the patched run computes $(W + l z^\top) z$ with $l = \mathrm{fl}(\Delta_K / \mathrm{fl}(z^\top z))$,
+      $\Delta_K = \mathrm{fl}(\ell_C - \beta - \mathrm{fl}(Wz))$; as $\mathrm{fl}(z^\top z) = z^\top z\,(1 +
+      \theta_n)$ (positive terms), $l\,z^\top z = \Delta_K(1 + \theta_{n+3})$. Factored (``apply``:
+      $\mathrm{fl}(l\,\mathrm{fl}(z^\top z)) + \mathrm{fl}(Wz)$, its products perhaps in another order) it is
+      within $u(2ns + (2n + 4)|\Delta| + 2|\ell_C| + |\beta|)$; written into the weights
+      ($\mathrm{fl}(\mathrm{fl}(W + l z^\top) z)$ from the model's own norm) within $u((2n + 1)s + (2n + 4)
+      |\Delta| + |\ell_C|) + (n + 8)u(s + |\Delta|)$. With $|\beta| \le |\ell_C| + s_C$: $u((3n + 9)s + s_C +
+      (3n + 12)|\Delta| + 3|\ell_C|)$ bounds both.
+
+    $|\Delta|$ is read from its computed value (its own round-off, and $\Delta_K$'s, are $O(nu)(s_C + s)$: of the
+    second order once multiplied by u). $b$ is the larger of the two bounds divided by $1 - (4n + 20)u$, which
+    covers the second-order terms; where that is not positive (a low precision dtype and a wide router)
+    round-off can decide any choice: $b = \infty$. A strategy whose patches never read z (a patched pre-norm:
+    the patched run reproduces $z_C$ itself) passes $z = z_C$. These are worst cases: typical errors are
+    $\sim\sqrt{n}\,u\,s$ (tests/test_router_margin.py measures them).
     """
     xp = array_namespace(ell)
-    logits = ell[..., 0, :]
+    unit, n = _eps(ell) / 2, w.shape[-1]
+    aw = xp.abs(w)
+    s_c, s = xp.abs(z_c) @ aw.T, xp.abs(z) @ aw.T
+    delta = xp.abs((z_c - z) @ w.T)
+    contextual = (3 * n + 8) * s_c + 2 * xp.abs(ell)
+    patched = (3 * n + 9) * s + s_c + (3 * n + 12) * delta + 3 * xp.abs(ell)
+    room = 1 - (4 * n + 20) * unit
+    return unit * xp.maximum(contextual, patched) / room if room > 0 else xp.full_like(ell, float("inf"))
+
+
+def require_topk_margin(ell, k: int, layer: str = "", routing: Routing = PLAIN, bias=None, *, roundoff) -> None:
+    r"""The contextual choice of experts must be decided by a margin the runs' router logits cannot cross.
+
+    The kernel chooses from its own logits $\ell_C$; the contextual run and the patched run compute theirs
+    with round-off, each within ``roundoff`` $b$ (T, 1, E) of $\ell_C$ per expert (`router_roundoff`). All
+    three choose alike when every chosen expert $i$ and every other $j$ keep their order over the whole
+    interval, $\ell_i - b_i > \ell_j + b_j$; else (a tie, or nearly) a run may select other experts and be
+    silently wrong, so the token is refused. Ranking values: the logits (no selection bias, no groups), else
+    the scores plus the bias, each within $L \max_e b_e + 4\epsilon\max|s + b|$ (`SCORE_LIPSCHITZ` $L$; the
+    score's own rounding); with groups, the chosen groups' margin too (a sum of two scores: twice that).
+    """
+    xp = array_namespace(ell)
     choice = _choice(ell, routing, bias)
-    tol = 1e3 * _eps(ell) * (xp.max(xp.abs(logits), axis=-1) + 1.0)
-    if not (bias is None and routing.groups == 1):  # scores move by <= SCORE_LIPSCHITZ x the logits, + rounding
-        finite = xp.where(xp.isfinite(choice), xp.abs(choice), xp.zeros_like(choice))
-        tol = SCORE_LIPSCHITZ[routing.scoring] * tol + 8 * _eps(ell) * xp.max(finite, axis=-1)
-    bad = _gap(choice, k) <= tol
     what = f"the router's top-{k} has a margin above round-off (a tie between the {k}-th and {k + 1}-th expert"
+    if bias is None and routing.groups == 1:
+        bad = _undecided(choice, k, roundoff[..., 0, :])
+    else:  # scores move by <= SCORE_LIPSCHITZ x the logits, + their own rounding
+        finite = xp.where(xp.isfinite(choice), xp.abs(choice), xp.zeros_like(choice))
+        worst = SCORE_LIPSCHITZ[routing.scoring] * xp.max(roundoff[..., 0, :], axis=-1) \
+            + 4 * _eps(ell) * xp.max(finite, axis=-1)
+        bad = _undecided(choice, k, xp.broadcast_to(worst[..., None], choice.shape))
     if routing.groups > 1:
-        plain = scores(ell, routing) + (0 if bias is None else bias)
-        group_bad = _gap(_group_scores(plain, routing), routing.topk_groups) <= 2 * tol
-        bad = bad | group_bad
+        group = _group_scores(scores(ell, routing) + (0 if bias is None else bias), routing)
+        bad = bad | _undecided(group, routing.topk_groups, xp.broadcast_to(2 * worst[..., None], group.shape))
         what += f", or between the {routing.topk_groups}-th and {routing.topk_groups + 1}-th group"
     if bool(xp.any(bad)):
         tokens = [int(i) for i in xp.nonzero(bad)[0]]
         raise PatchConditionError(what + ", decides the selection)", tokens, layer)
 
 
-def _gap(v, k: int):
-    """(T,) the k-th largest entry minus the (k+1)-th (inf when there is none, or it is -inf)."""
+def _undecided(v, k: int, bound):
+    """(T,) whether v's top k (ties: lower index first) can change when each entry moves within +-bound:
+    the lowest chosen entry's lower end reaches the highest other entry's upper end (-inf entries: never
+    chosen)."""
     xp = array_namespace(v)
-    if k >= v.shape[-1]:
-        return xp.full_like(v[..., 0], float("inf"))
-    s = xp.sort(v, axis=-1, descending=True)
-    below = s[..., k]
-    return xp.where(xp.isfinite(below), s[..., k - 1] - below, xp.full_like(below, float("inf")))
+    chosen = _rank(v) < k
+    inf = xp.full_like(v, float("inf"))
+    low = xp.min(xp.where(chosen, v - bound, inf), axis=-1)
+    high = xp.max(xp.where(chosen | ~xp.isfinite(v), -inf, v + bound), axis=-1)
+    return low <= high
 
 
 def relative_sizes(patches: dict, references: dict) -> dict:

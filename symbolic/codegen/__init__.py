@@ -80,6 +80,20 @@ def _used_params(ir: KernelIR, fn: Function) -> list[tuple[str, str]]:
     return [(var, name) for var, name in ir.params if var in names]
 
 
+def _router_margin(ir: KernelIR) -> dict[str, str]:
+    """Where a mixture's top-k margin check goes and what `runtime.router_roundoff` reads: the router matrix,
+    its contextual input and the patched run's input, after the last of them is assigned. The contextual input
+    is z_C (z in a parallel block: both runs' MLP reads the same x). The patched run reads the plain z (with the
+    router's patch) where the patches are functions of it; a strategy whose patches never read z (a patched
+    pre-norm) reproduces z_C itself, and passes it again."""
+    targets = [a.target for a in ir.patch_fn.body]
+    contextual = "z_C" if "z_C" in targets else "z"
+    plain = "z" if "z" in targets else contextual
+    weight = next(var for var, name in ir.params if name == "W_router")
+    after = max(("ell_C", contextual, plain), key=targets.index)
+    return {"after": after, "args": f"{weight}, {contextual}, {plain}, ell_C"}
+
+
 def _out_value(ir: KernelIR, p: PatchOut, field: str, var: str) -> str:
     """The user-facing array of one patch field: (T, n), or (T, E, n) for per-expert patches."""
     if not ir.moe:
@@ -224,6 +238,7 @@ class _Module:
             docstring=_docstring(ir, name, TITLES[self.backend]),
             inputs=["u", "u_ctx"] + (["x"] if ir.parallel else []), imports=[],
             route_extra="".join(f", {a}" for a in route_args(spec)),
+            router_margin=_router_margin(ir) if ir.moe else None,
             literal=literal, call=call, patch_entry=self._patch_entry,
             py=_py, indent=INDENT,
             given_entries=[_py(m) for m in ir.patch_fn.given.values()],
