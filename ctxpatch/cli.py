@@ -214,10 +214,11 @@ def cmd_validate(args) -> int:
     else:
         table = Table(title=f"validation of {out['arch']} ({args.layers} layers, {args.dtype}, {args.trials} trials)",
                       show_header=False)
-        table.add_row("patched vs contextual, max relative error", f"{out['max_rel_error']:.3e}  "
-                      f"(bound {out['bound']:.0e})")
-        table.add_row("unpatched vs contextual, min relative error", f"{out['unpatched_rel_error']:.3e}")
-        for key, label in (("min_right_norm", "smallest right factor (e.g. |z|)"),
+        measured = len(out["refused"]) < out["trials"]  # every trial refused: no figure was measured
+        table.add_row("patched vs contextual, max relative error", (f"{out['max_rel_error']:.3e}  " if measured
+                      else "n/a (no trial measured)  ") + f"(bound {out['bound']:.0e})")
+        for key, label in (("unpatched_rel_error", "unpatched vs contextual, min relative error"),
+                           ("min_right_norm", "smallest right factor (e.g. |z|)"),
                            ("max_relative_patch_norm", "largest patch / parameter norm"),
                            ("min_abs_gamma", "smallest |gamma_i| of an MLP norm")):
             table.add_row(label, "n/a" if out[key] is None else f"{out[key]:.3e}")
