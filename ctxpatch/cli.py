@@ -167,9 +167,8 @@ def cmd_codegen(args) -> int:
     else:
         spec = catalog.resolve(args.spec)
         verdict = check(spec, args.strategy, args.input_strategy)
-        if verdict.derivation is None:
-            print(f"ctxpatch codegen: {spec.name} has no perfect patch for the allowed parameters, so there is "
-                  f"no kernel to generate; `ctxpatch check {args.spec}` shows the counterexample.", file=sys.stderr)
+        if not verdict.perfect_patch:  # no derivation, or one that did not verify: no kernel stands on it
+            print(f"ctxpatch codegen: {verdict.absence()} There is no kernel to generate.", file=sys.stderr)
             return EXIT_FAILED
         out = args.out or Path("kernels")
         try:

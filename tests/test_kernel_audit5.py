@@ -138,3 +138,15 @@ def test_coqc_does_not_check_a_statement_the_kernel_refutes(tmp_path):
     """Before the fix coqc checked the printed `G e = G e` with the default block script."""
     rows = write_coq_project(tmp_path / "coq", [conflated()])
     assert rows == [{"name": "block_conflate", "checked": False, "reason": rows[0]["reason"]}] and rows[0]["reason"]
+
+
+def test_codegen_writes_no_kernel_from_a_derivation_that_did_not_verify(tmp_path, capsys):
+    """sinh: the derivation does not verify symbolically (SymPy cannot simplify sinh(asinh(t)) here); `codegen --spec`
+    still wrote its kernels, exit 0 (with the complex branch taken before, kernels that computed NaN)."""
+    spec = out_activation_spec(tmp_path, "sinh(x)", "sinh_out")
+    assert not api.check(str(spec)).perfect_patch
+    out = tmp_path / "kernels"
+    assert main(["codegen", "--spec", str(spec), "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "did not verify symbolically" in err and "Traceback" not in err
+    assert not out.exists()
