@@ -150,3 +150,12 @@ def test_codegen_writes_no_kernel_from_a_derivation_that_did_not_verify(tmp_path
     err = capsys.readouterr().err
     assert "did not verify symbolically" in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_an_undecided_check_shows_no_witness_of_unreachability(tmp_path, capsys):
+    """`check` on Max(x, 2*x) printed 'witness: delta = e_1: the strategy cannot reach a generic target', false: the
+    bias patch reaches every target (Max(x, 2*x) is onto). An undecided verdict shows the draw as what it is."""
+    spec = out_activation_spec(tmp_path, "Max(x, 2*x)", "maxlin")
+    assert main(["check", str(spec)]) == 0
+    out = capsys.readouterr().out
+    assert "cannot reach" not in out and "not a proven" in out and "undecided" in out
