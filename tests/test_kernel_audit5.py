@@ -13,6 +13,7 @@ counterexample evaluated, and what it says now.
 
 from __future__ import annotations
 
+import math
 import shutil
 
 import pytest
@@ -159,3 +160,15 @@ def test_an_undecided_check_shows_no_witness_of_unreachability(tmp_path, capsys)
     assert main(["check", str(spec)]) == 0
     out = capsys.readouterr().out
     assert "cannot reach" not in out and "not a proven" in out and "undecided" in out
+
+
+@pytest.mark.parametrize("text,as_written", [("sqrt(x)**2", lambda v: math.sqrt(v) ** 2),
+                                             ("exp(log(x))", lambda v: math.exp(math.log(v)))])
+def test_an_activation_is_read_as_written_not_as_sympy_rewrote_it(tmp_path, text, as_written):
+    """SymPy rewrites sqrt(x)**2 and exp(log(x)) to x when it parses them, so `check` called the block with
+    out_activation "sqrt(x)**2" perfectly patchable (the identity is onto), while the function as written is undefined
+    for x < 0 (its real range is [0, oo): not onto). The text as written is probed now, like sqrt(x) and log(x)."""
+    with pytest.raises(ValueError):
+        as_written(-1.0)  # math domain error: undefined at x = -1
+    with pytest.raises(SpecError, match="x = -100"):
+        api.check(str(out_activation_spec(tmp_path, text, "as_written")))
