@@ -167,9 +167,8 @@ def cmd_codegen(args) -> int:
     else:
         spec = catalog.resolve(args.spec)
         verdict = check(spec, args.strategy, args.input_strategy)
-        if verdict.derivation is None:
-            print(f"ctxpatch codegen: {spec.name} has no perfect patch for the allowed parameters, so there is "
-                  f"no kernel to generate; `ctxpatch check {args.spec}` shows the counterexample.", file=sys.stderr)
+        if not verdict.perfect_patch:  # no derivation, or one that did not verify: no kernel stands on it
+            print(f"ctxpatch codegen: {verdict.absence()} There is no kernel to generate.", file=sys.stderr)
             return EXIT_FAILED
         out = args.out or Path("kernels")
         try:
@@ -214,10 +213,11 @@ def cmd_validate(args) -> int:
     else:
         table = Table(title=f"validation of {out['arch']} ({args.layers} layers, {args.dtype}, {args.trials} trials)",
                       show_header=False)
-        table.add_row("patched vs contextual, max relative error", f"{out['max_rel_error']:.3e}  "
-                      f"(bound {out['bound']:.0e})")
-        table.add_row("unpatched vs contextual, min relative error", f"{out['unpatched_rel_error']:.3e}")
-        for key, label in (("min_right_norm", "smallest right factor (e.g. |z|)"),
+        measured = len(out["refused"]) < out["trials"]  # every trial refused: no figure was measured
+        table.add_row("patched vs contextual, max relative error", (f"{out['max_rel_error']:.3e}  " if measured
+                      else "n/a (no trial measured)  ") + f"(bound {out['bound']:.0e})")
+        for key, label in (("unpatched_rel_error", "unpatched vs contextual, min relative error"),
+                           ("min_right_norm", "smallest right factor (e.g. |z|)"),
                            ("max_relative_patch_norm", "largest patch / parameter norm"),
                            ("min_abs_gamma", "smallest |gamma_i| of an MLP norm")):
             table.add_row(label, "n/a" if out[key] is None else f"{out[key]:.3e}")

@@ -20,6 +20,7 @@ from rich.table import Table
 from proofs import controllability, negative_results, rank1_lemma, sequence_patch
 from symbolic import catalog
 from symbolic import theorems as T
+from symbolic.bridge import TranslationError
 from symbolic.controllability import check as check_spec
 from symbolic.errors import SpecError, suggest
 from symbolic.kernel import VERIFIED, Result, Theorem, TypeError_, check, text
@@ -78,8 +79,7 @@ def theorems_for(target: str) -> dict[str, Builder]:
         spec = catalog.resolve(target)
         builders = arch_builders(spec)
         if not builders:
-            raise SpecError(f"{target}: no perfect patch exists, so there is no block theorem to prove; "
-                            "`ctxpatch check` shows the counterexample and `ctxpatch prove negative_*` its invariant.")
+            raise SpecError(f"{target}: there is no block theorem to prove: {check_spec(spec).absence()}")
         return builders
     known = list(GENERAL) + list(ALIASES) + catalog.names()
     raise SpecError(f"unknown theorem or architecture {target!r}.{suggest(target, known)} "
@@ -101,7 +101,12 @@ def run(builders: dict[str, Builder], instances: bool = True) -> list[Result]:
     """Check the theorems in order; each may cite the results of those before it."""
     results: dict[str, Result] = {}
     for name, build in builders.items():
-        results[name] = check(build(), results, instances)
+        try:
+            th = build()
+        except TranslationError as exc:  # a derived formula the kernel's language has no term for
+            raise SpecError(f"{name}: the derived patch cannot be stated in the kernel's language ({exc}), so this "
+                            "theorem is neither stated nor checked") from None
+        results[name] = check(th, results, instances)
     return list(results.values())
 
 

@@ -75,6 +75,7 @@ def parse_custom(text: str) -> sp.Expr:
             raise ValueError(f"it uses {node.func.__name__}, which ctxpatch can neither differentiate "
                              "reliably nor print into kernels")
     _probe(expr)
+    _probe_as_written(text)
     return expr
 
 
@@ -240,6 +241,18 @@ def _probe(expr: sp.Expr) -> None:
         if problem:
             raise ValueError(f"{problem}; allowed: expressions real and finite (float64) for every x in "
                              f"[-{limits.PROBE_X}, {limits.PROBE_X}]")
+
+
+def _probe_as_written(text: str) -> None:
+    """`_probe` on the text as written, before SymPy rewrites it: sqrt(x)**2 and exp(log(x)) become x, x/x becomes 1,
+    which would hide that the user's function is undefined for x < 0, x <= 0 or at 0."""
+    try:
+        written = sp.sympify(text.strip(), locals=dict(_SAFE_FUNCTIONS), rational=True, evaluate=False)
+    except (sp.SympifyError, SyntaxError, TypeError, AttributeError, ValueError, ZeroDivisionError):
+        return  # the evaluated form was read and probed; this one only adds the probe of the text as written
+    if isinstance(written, sp.Expr) and written != sp.sympify(text.strip(), locals=dict(_SAFE_FUNCTIONS),
+                                                                rational=True):
+        _probe(written)
 
 
 def _problem_at(fn, v: float) -> str | None:

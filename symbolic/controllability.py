@@ -85,12 +85,25 @@ class Verdict:
         ins = _pick(self.spec, "input", self.input, input_strategy) if input_strategy else self.input_strategy
         outs = _pick(self.spec, "output", self.output, strategy) if strategy else self.output_strategy
         if ins is None or outs is None:
-            raise SpecError(
-                f"{self.spec.name}: no perfect patch exists for the allowed parameters "
-                f"({', '.join(allowed_parameters(self.spec))}); `ctxpatch check` shows the counterexample.")
+            raise SpecError(self.absence())
         if (ins, outs) == (self.input_strategy, self.output_strategy) and self.derivation is not None:
             return self.derivation
         return Deriver(self.spec).derive(ins, outs)
+
+    def absence(self) -> str:
+        """Why the block has no perfect patch, claiming no more than was shown: a restriction other than
+        'undecided' proves that none exists; an undecided one, or a derivation that did not verify, does not."""
+        name, params = self.spec.name, ", ".join(allowed_parameters(self.spec))
+        blocking = [r for side, res in (("input", self.input), ("output", self.output)) if not res.controllable
+                    for r in (res.strongest_restriction(side),) if r is not None]
+        if blocking and all(r.reason == "undecided" for r in blocking):
+            return (f"{name}: no perfect patch was found for the allowed parameters ({params}), and none is ruled "
+                    f"out: undecided ({blocking[0]}).")
+        if not blocking and self.derivation is not None and not self.derivation.verified:
+            return (f"{name}: the derived patch ({self.input_strategy} / {self.output_strategy}) did not verify "
+                    "symbolically, so no perfect patch is established; none is ruled out either.")
+        return (f"{name}: no perfect patch exists for the allowed parameters ({params}); `ctxpatch check` shows the "
+                "counterexample.")
 
     def to_json(self) -> dict:
         d = self.derivation

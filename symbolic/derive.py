@@ -45,7 +45,7 @@ from symbolic.derivation import (
 from symbolic.derive_input import InputSide
 from symbolic.model import Block, Params, expert
 from symbolic.printing import pstr
-from symbolic.ranges import elementwise_range
+from symbolic.ranges import elementwise_range, real_inverse
 from symbolic.spec import BlockSpec, allowed_kinds
 from symbolic.strategies import Registry, Strategy
 
@@ -168,7 +168,8 @@ class Deriver(InputSide):
         return self.invert(self.block.phi, t, "output", "out_activation", strategy)
 
     def invert(self, f: sp.Expr, t: sp.Expr, side: str, stage: str, strategy: str) -> sp.Expr:
-        """A preimage of target t under the elementwise f, or a Restriction if f is not onto."""
+        """A real preimage of target t under the elementwise f (`real_inverse`: SymPy's branch that is real at real
+        targets), or a Restriction if f is not onto or no branch SymPy finds is real."""
         x = _act_x()
         if f == x:
             return t
@@ -179,14 +180,19 @@ class Deriver(InputSide):
         if not rng.onto:
             raise Restriction(side, "range", stage, f"every value of {pstr(f)} lies in {rng.text()} ({rng.proof}), "
                               "so targets outside it are unreachable", strategy, {"range": rng})
-        w = sp.Symbol("w", real=True)
+        w, tau = sp.Symbol("w", real=True), sp.Dummy("tau", real=True)
         try:
-            sols = sp.solve(sp.Eq(f.subs(x, w), t), w)
+            sols = sp.solve(sp.Eq(f.subs(x, w), tau), w)
         except NotImplementedError:  # e.g. x + sin(x): onto, but SymPy has no closed-form inverse
             sols = []
         if not sols:
             raise Restriction(side, "undecided", stage, f"SymPy finds no inverse of {pstr(f)}", strategy)
-        return sols[0]
+        inverse = real_inverse(f, sols, tau)  # SymPy solves over C: a branch may be complex at real targets
+        if inverse is None:
+            raise Restriction(side, "undecided", stage, f"none of SymPy's inverses of {pstr(f)} "
+                              f"({', '.join(pstr(s.subs(tau, sp.Symbol('t'))) for s in sols)}) is a real preimage "
+                              "of every real target t", strategy)
+        return inverse.subs(tau, t)
 
     def output_side(self, strategy: str, steps: list[Step]) -> tuple[list[PatchFormula], Params]:
         ansatz = STRATEGIES.get("output", strategy).ansatz

@@ -98,3 +98,35 @@ def elementwise_range(f: sp.Expr) -> Range:
     above = max(grid + [float(v) for v in ends if v.is_finite]) if sp.oo not in ends else None
     side = " and ".join(n for n, v in (("below", below), ("above", above)) if v is not None)
     return Range(False, below, above, f"continuous with limits {lo} (x -> -oo) and {hi} (x -> oo): bounded {side}")
+
+
+#: Real targets at which a proposed inverse is checked: both signs, tiny, moderate and large magnitudes (the
+#: principal cube root of a negative number, the wrong branch of asinh, Cardano's casus irreducibilis all fail at
+#: some of them).
+INVERSE_PROBES = tuple(sp.Rational(n, d) for n, d in ((-1000, 1), (-75, 2), (-10, 1), (-3, 1), (-1, 1), (-7, 10),
+                                                     (-2, 5), (-1, 10), (-1, 100), (0, 1), (1, 100), (1, 10), (2, 5),
+                                                     (7, 10), (1, 1), (3, 1), (10, 1), (75, 2), (1000, 1)))
+
+
+def _preimage_at(f: sp.Expr, inverse: sp.Expr, tau: sp.Symbol, target: sp.Rational) -> bool:
+    """Whether `inverse` at tau = target is a real number w with f(w) = target (to 1e-12 relative, 30 digits)."""
+    try:
+        value = complex(inverse.subs(tau, target).evalf(30))
+        if abs(value.imag) > 1e-20 * (1 + abs(value.real)):
+            return False
+        image = complex(f.subs(x, sp.Float(value.real, 30)).evalf(30))
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError):  # nan, zoo, a Piecewise with no branch
+        return False
+    return abs(image.imag) <= 1e-12 and abs(image.real - float(target)) <= 1e-12 * (1 + abs(float(target)))
+
+
+def real_inverse(f: sp.Expr, candidates: list, tau: sp.Symbol) -> sp.Expr | None:
+    r"""The first of SymPy's solutions $w(\tau)$ of $f(w) = \tau$ that is a real preimage at every probe target
+    (`INVERSE_PROBES`), or None. `sympy.solve` works over the complex numbers: its first solution of
+    $\sinh w = \tau$ is $\log(\tau - \sqrt{\tau^2 + 1})$ (complex for every real $\tau$), of $w^3 = \tau$ the principal
+    root $\tau^{1/3}$ (complex for $\tau < 0$); a patch built from such a branch is NaN in the kernels while the
+    complex identity $f(w(\tau)) = \tau$ still checks symbolically."""
+    for inverse in candidates:
+        if all(_preimage_at(f, inverse, tau, target) for target in INVERSE_PROBES):
+            return inverse
+    return None

@@ -501,8 +501,11 @@ def test_up_activation_is_inverted_or_refused_by_the_one_map_strategies():
     r = v.input.restrictions["up_only"]
     assert r.reason == "range" and r.stage == "up_activation"
     assert v.perfect_patch and "rank1" in v.input.ok
-    tanh_up = check(loads_toml(catalog.text("llama").replace("[mlp]\n", '[mlp]\nup_activation = "x**3"\n')))
-    assert "up_only" in tanh_up.input.ok  # x**3 is onto: up_only inverts it
+    sinh_up = check(loads_toml(catalog.text("llama").replace("[mlp]\n", '[mlp]\nup_activation = "sinh(x)"\n')))
+    assert "up_only" in sinh_up.input.ok  # sinh is onto: up_only inverts it (asinh, the real branch)
+    # x**3 is onto too, but SymPy's inverses are complex roots (t**(1/3) at t < 0): undecided, never a complex patch
+    cube_up = check(loads_toml(catalog.text("llama").replace("[mlp]\n", '[mlp]\nup_activation = "x**3"\n')))
+    assert cube_up.input.restrictions["up_only"].reason == "undecided"
 
 
 def test_gpt_oss_kernel_is_the_transformers_moe_branch():

@@ -79,6 +79,7 @@ def _delta(spec, r, params, tr_C, gen) -> tuple[torch.Tensor, str]:
     return e0, ("delta = e_1: " + {
         "scalar": "the scalar patch only moves the output along one ray, which misses the target",
         "fixed": "no allowed parameter can add it, so the output stays where the unpatched run puts it",
+        "undecided": "a generic target; undecided, not a proven witness (whether the strategy reaches it is not known)",
     }.get(r.reason, "the strategy cannot reach a generic target"))
 
 

@@ -41,6 +41,7 @@ from symbolic.kernel.terms import (
     Var,
     Vector,
     free_vars,
+    subterms,
 )
 
 HEADER = """From Coq Require Import Ring Field.
@@ -63,8 +64,8 @@ mzero matvec outer vconst had ediv vpow vsqrt vmap dot mean frob coords_nz coord
 r0 r1 smax smin vmax vmin vmap2 fun forall exists let in if then else match with end as return at is by Type Prop Set
 nat""".split())
 #: The table's facts, as hypotheses about the (otherwise arbitrary) functions.
-FACTS = {"exp": "forall x : R, 0 < exp x", "tanh": "forall x : R, - 1 < tanh x < 1",
-         "sigmoid": "forall x : R, 0 < sigmoid x < 1", "heaviside": "forall x : R, 0 <= heaviside x <= 1"}
+FACTS = {"exp": "forall x : R, 0 < {f} x", "tanh": "forall x : R, - 1 < {f} x < 1",
+         "sigmoid": "forall x : R, 0 < {f} x < 1", "heaviside": "forall x : R, 0 <= {f} x <= 1"}
 #: The router's maps of a mixture of experts (logits, rank j -> the j-th selected expert, its gate, an
 #: expert's routing weight): arbitrary functions; the table's facts about the gates are hypotheses.
 ROUTING = {"sel": ("nat", None), "gate": ("R", "0 < {f} l j <= 1"), "expert_gate": ("R", "0 <= {f} l j <= 1")}
@@ -112,11 +113,11 @@ class _Printer:
     """Prints terms of one theorem, recording its variables and functions in order of appearance."""
 
     def __init__(self, th: Theorem):
-        self.seen: dict = {}  # kernel name -> (Coq name, binder type)
+        self.seen: dict = {}  # (kind, kernel name) -> (Coq name, binder type)
         self.facts: list[str] = []
         self.dims: list[str] = []
-        taken = {v.name for t in _terms(th) for v in free_vars(t)}
-        self.bound_names = taken
+        fns = {s.op.name for t in _terms(th) for s in subterms(t) if isinstance(s, App) and isinstance(s.op, Fn)}
+        self.bound_names = {v.name for t in _terms(th) for v in free_vars(t)} | fns  # a sum's binder avoids them
         for t in _terms(th):
             for v in free_vars(t):
                 _dims(v.ty, self.dims)
@@ -124,28 +125,33 @@ class _Printer:
         self.rename: dict = {}
         self.local: set = set()  # names bound by the hypothesis being printed
 
-    def name(self, n: str) -> str:
-        if n not in self.rename:
+    def name(self, n: str, kind: str = "var") -> str:
+        """The Coq name of the kernel's variable (kind 'var'), opaque function ('fn') or operation ('op') `n`.
+        The kernel keeps the three apart (a family G and a map G are different objects), so the names are keyed
+        by kind: two kernel objects never share one Coq name."""
+        key = (kind, n)
+        if key not in self.rename:
             safe = re.sub(r"[^A-Za-z0-9_']", "_", n)
             safe = safe if safe[0].isalpha() else "x" + safe
             while safe in self.reserved or safe in self.rename.values():
                 safe += "_v"
-            self.rename[n] = safe
-        return self.rename[n]
+            self.rename[key] = safe
+        return self.rename[key]
 
     def var(self, v: Var) -> str:
         n = self.name(v.name)
-        if v.name not in self.local and v.name not in self.seen:
-            self.seen[v.name] = (n, coq_type(v.ty))
+        if v.name not in self.local and ("var", v.name) not in self.seen:
+            self.seen[("var", v.name)] = (n, coq_type(v.ty))
             if isinstance(v.ty, Index):  # an index in 1..E, as the kernel's table has it
-                self.facts.append(f"(0 < {n} <= {v.ty.bound}.+1)%N")
+                self.facts.append(_index_range(n, v.ty))
         return n
 
-    def fn(self, name: str, ty: str) -> str:
-        if name in FACTS and FACTS[name] not in self.facts:
-            self.facts.append(FACTS[name])
-        n = self.name(name)
-        self.seen.setdefault(name, (n, ty))
+    def fn(self, name: str, ty: str, kind: str = "op") -> str:
+        """A kernel operation (kind 'op': its facts from the table become hypotheses) or a user's function ('fn')."""
+        n = self.name(name, kind)
+        if kind == "op" and name in FACTS and FACTS[name].format(f=n) not in self.facts:
+            self.facts.append(FACTS[name].format(f=n))
+        self.seen.setdefault((kind, name), (n, ty))
         return n
 
     def routing(self, op: str, logits: Vector) -> str:
@@ -193,7 +199,7 @@ class _Printer:
         p = lambda x, w=None: self.term(x, w, bound)  # noqa: E731
         kind = "m" if isinstance(ty, Matrix) else ("v" if isinstance(ty, Vector) else "s")
         if isinstance(op, Fn):
-            name = self.fn(op.name, _fn_type(op))
+            name = self.fn(op.name, _fn_type(op), "fn")
             if op.sig is None:
                 return f"(vmap {name} {p(a[0], ty)})" if kind == "v" else f"({name} {p(a[0])})"
             return f"({name} {' '.join(p(x, w) for x, w in zip(a, op.sig, strict=True))})"
@@ -266,6 +272,11 @@ class _Printer:
         if h.kind == "coords" and isinstance(h.expr.ty, Vector):
             return f"{q}coords_nz {self.term(h.expr)}"
         return f"{q}{self.term(h.expr)} != 0"
+
+
+def _index_range(n: str, ty: Index) -> str:
+    """An index of the kernel: in 1..E (E a dimension, ``E.+1`` in Coq), or any positive integer."""
+    return f"(0 < {n} <= {ty.bound}.+1)%N" if ty.bound else f"(0 < {n})%N"
 
 
 def _terms(th: Theorem):
