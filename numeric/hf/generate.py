@@ -3,19 +3,26 @@ r"""Greedy generation by a model without the context, patched afresh for every n
 
 from __future__ import annotations
 
+from collections import Counter
 from functools import partial
 
 import torch
 
+from numeric.hf import offload
 from numeric.hf.accuracy import PatchAccuracyWarning, collected_ill
 from numeric.hf.bounds import logit_bound
 from numeric.hf.compat import cached, check_ids, kv_cache, last_logits_only, model_dtype
 from numeric.hf.dense import DenseWriter
-from numeric.hf.passes import contextual_bases, token_given
+from numeric.hf.paired import batch_refusal, pair, paired_cache, paired_mask
+from numeric.hf.passes import contextual_bases, paired_branches, token_given
 from numeric.hf.runs import materialized_pass, patch_pass
 from numeric.hf.selection import Patcher, resolve
 from symbolic.errors import ModelInputError
 from symbolic.spec import BlockSpec
+
+#: Generation steps run in this process, by path: ``"batched"`` (one forward of batch 2, `numeric.hf.paired`) and
+#: ``"two_pass"`` (a one-token pass with the context, then one without it). Read by tests and benchmarks.
+STEPS: Counter = Counter()
 
 
 @torch.no_grad()
@@ -72,6 +79,8 @@ def _generate(model, patcher: Patcher, layout, context_ids, query_ids, max_new_t
                             **cached(model, cache_P, j))
             cache_P = kv_cache(out_P, model)
     cache_P = kv_cache(out_P, model)
+    if applied == "factored" and batch_refusal(model, (cache_C, cache_P)) is None:
+        return _batched(model, patcher, layout, out_C, out_P, paired_cache(cache_C, cache_P), c, q, max_new_tokens)
     tokens, steps = [], []
     for i in range(max_new_tokens):
         nxt = out_P.logits[:, -1].argmax(-1, keepdim=True)  # (1, 1)
@@ -83,6 +92,35 @@ def _generate(model, patcher: Patcher, layout, context_ids, query_ids, max_new_t
         bases, out_C = contextual_bases(model, layout, nxt, given=given, **cached(model, cache_C, c + q + i))
         _, out_P = step(model, patcher, nxt, bases, given=given, **cached(model, cache_P, q + i))
         cache_C, cache_P = kv_cache(out_C, model), kv_cache(out_P, model)
+        STEPS["two_pass"] += 1
+    return tokens, steps
+
+
+def _batched(model, patcher: Patcher, layout, out_C, out_P, cache, c: int, q: int, max_new_tokens: int):
+    """`_generate`'s steps as one forward of batch 2 each (`numeric.hf.paired`): row 0 the run with the context at
+    position c + q + i, row 1 the patched run at q + i, its cache left-padded by c masked entries."""
+    tokens, steps = [], []
+    logits_C, logits_P = out_C.logits[0, -1], out_P.logits[0, -1]
+    mask = paired_mask(c, c + q, device=logits_P.device)
+
+    def patched_row(n, u_C, u, x_C, x, given):
+        adapter = layout[n]
+        return pair(patcher.kernels[adapter.spec], patcher.params(n), u_C, u,
+                    lambda u, u_C, x, given: patcher.layer(n, u, u_C, x, given), x_C, x, given)[1]
+
+    with paired_branches(model, layout, patched_row), offload.located(model, layout.layers):
+        for i in range(max_new_tokens):
+            nxt = logits_P.argmax(-1).reshape(1, 1)
+            steps.append(_compare(logits_P, logits_C))
+            tokens.append(nxt)
+            if i == max_new_tokens - 1:
+                break
+            mask = torch.cat([mask, mask[:, :1].new_ones(2, 1)], 1)
+            positions = torch.tensor([[c + q + i], [q + i]], device=mask.device)
+            out = model(torch.cat([nxt, nxt]).to(mask.device), attention_mask=mask, position_ids=positions,
+                        **cached(model, cache), **last_logits_only(model))
+            cache, logits_C, logits_P = kv_cache(out, model), out.logits[0, -1], out.logits[1, -1]
+            STEPS["batched"] += 1
     return tokens, steps
 
 
