@@ -11,7 +11,7 @@ import torch
 
 pytest.importorskip("transformers")
 
-from numeric.hf import generate, generate_without_context, zoo  # noqa: E402
+from numeric.hf import generate, generate_without_context, paired, zoo  # noqa: E402
 from numeric.hf.compat import cached, check_ids, kv_cache  # noqa: E402
 from numeric.hf.hfcheck import greedy_with_context, random_ids  # noqa: E402
 from numeric.hf.layout import layer_params  # noqa: E402
@@ -60,6 +60,20 @@ def test_one_batched_forward_per_step_gives_the_two_passes_ids(kind, monkeypatch
     assert ran == {"two_pass": 15}
     assert torch.equal(ours, two)
     assert torch.equal(ours, greedy_with_context(model, torch.cat([ctx, q], 1), 16))
+
+
+@pytest.mark.parametrize("kind", ["llama", "gemma3_window", "gptj"])
+def test_the_row_with_the_context_by_the_kernel_gives_the_same_ids(kind, monkeypatch):
+    """``CONTEXT_ROW = "kernel"``: the model's MLP modules swapped out, `pair` computes row 0 by the kernel's
+    forward too (the slot of a kernel that reads the MLP once for both rows): the same ids, still batched."""
+    model = _model(kind)
+    gen = torch.Generator().manual_seed(5)
+    ctx, q = random_ids(6, 64, gen), random_ids(3, 64, gen)
+    ours, _ = _run(model, ctx, q, 12)
+    monkeypatch.setattr(paired, "CONTEXT_ROW", "kernel")
+    before = generate.STEPS["batched"]
+    assert torch.equal(generate_without_context(model, ctx, q, 12), ours)
+    assert generate.STEPS["batched"] - before == 11
 
 
 @pytest.mark.parametrize("kind", ["llama", "gemma3_window"])

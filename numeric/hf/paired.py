@@ -21,6 +21,12 @@ from numeric.hf.amplification import x_kwarg
 from numeric.hf.compat import zero_based_positions
 from numeric.hf.patches import LayerPatches
 
+#: Who computes row 0 (the run with the context) of each patched layer's MLP branch in a batched step: ``"model"``,
+#: the model's own modules (on both rows; row 1 of the branch's output replaced, `paired_branches`), so row 0 is
+#: the model's own run; ``"kernel"``, `pair` with ``contextual=True`` (the modules swapped out, `swapped_branches`
+#: with ``sub_block``): the slot for a kernel that reads every MLP matrix once for both rows.
+CONTEXT_ROW = "model"
+
 #: The cache layers a batched step extends: attention keys and values, (1, heads, tokens, head dim), of every
 #: position (`DynamicLayer`) or of the last sliding-window ones (`DynamicSlidingWindowLayer`); exact classes,
 #: not subclasses (a linear-attention or quantized layer derives from them and keeps other state).

@@ -127,14 +127,16 @@ def _base(r: dict, adapter: Adapter) -> tuple[torch.Tensor, torch.Tensor | None]
 
 
 @contextmanager
-def swapped_branches(model, layout: Layout, kernel_for, patches_for):
+def swapped_branches(model, layout: Layout, kernel_for, patches_for, sub_block=None):
     """Swap every layer's MLP branch for the kernel's patched sub-block (factored patches).
 
     The branch module's forward is replaced (so the model's own MLP never runs), modules in
     `adapter.skip` become pass-throughs, and the input hooks read u (and x, the attention output, for a
     parallel block). Each layer's parameters are read when its branch runs (loaded just in time by
     accelerate's hooks on a dispatched model). Every ``forward`` attribute is restored on exit to
-    exactly what it was (accelerate's own wrapper on a dispatched model).
+    exactly what it was (accelerate's own wrapper on a dispatched model). ``sub_block(n, params, u, x)`` -> y:
+    the sub-block's output computed whole instead of ``kernel_for(n).apply(params, patches_for(n, u, x), u)``
+    (both rows of a batched generation step, `numeric.hf.paired`).
     """
     state: dict = {}
     handles, swapped, layers = _input_hooks(model, layout, state), [], get(model, layout.layers)
@@ -146,7 +148,8 @@ def swapped_branches(model, layout: Layout, kernel_for, patches_for):
             u, x = _base(r, adapter)
             params = layer_params(layer, adapter)
             extra = {} if x is None else {"x": x}
-            y = kernel_for(n).apply(params, patches_for(n, u, x), u, **extra)
+            y = sub_block(n, params, u, x) if sub_block is not None else \
+                kernel_for(n).apply(params, patches_for(n, u, x), u, **extra)
             out = module_output(adapter, y, u)
             # shaped as the module's input, (1, T, .) or OPT's (T, .) rows
             lead = args[0].shape[:-1] if args and isinstance(args[0], torch.Tensor) else r["shape"][:-1]
