@@ -154,20 +154,36 @@ def explicit_step_positions(model) -> bool:
     explicit ones only where they differ from the default and are nearer the whole run (RoBERTa-family models
     count from ``padding_idx + 1`` by default, so 0-based explicit positions would be wrong there). A model that
     keeps no cache needs none."""
+    return _step_positions(model)[0]
+
+
+def zero_based_positions(model) -> bool:
+    """Whether a cached step of `model` given 0-based ``position_ids`` is its run of the whole sequence: where
+    `explicit_step_positions` gives them, or where they are exactly the default (Llama, Gemma: counted from the
+    past); not for RoBERTa-family models (counted from ``padding_idx + 1``), a forward without ``position_ids``
+    or one the probe cannot run. Decided by the same probe, once per model."""
+    needed, equal = _step_positions(model)
+    return needed or equal
+
+
+@torch.no_grad()
+def _step_positions(model) -> tuple[bool, bool]:
+    """(explicit positions needed, explicit 0-based positions equal to the default) of `_positions_needed`."""
     if model in _STEP_POSITIONS:
         return _STEP_POSITIONS[model]
     keyword = cache_keyword(model)
     try:
-        needed = _positions_needed(model, keyword)
+        found = _positions_needed(model, keyword)
     except Exception:  # noqa: BLE001 - a forward this probe cannot run (inputs of its own): the default positions,
-        needed = False  # as before; every run is measured against the run with the context all the same
-    _STEP_POSITIONS[model] = needed
-    return needed
+        found = (False, False)  # as before; every run is measured against the run with the context all the same
+    _STEP_POSITIONS[model] = found
+    return found
 
 
-def _positions_needed(model, keyword: str) -> bool:
-    """`explicit_step_positions`' comparison (its docstring)."""
-    needed = False
+def _positions_needed(model, keyword: str) -> tuple[bool, bool]:
+    """`explicit_step_positions`' comparison (its docstring), and whether the explicit 0-based positions gave
+    exactly the default's logits."""
+    needed = equal = False
     if "position_ids" in inspect.signature(model.forward).parameters:
         vocab, pad = vocab_size(model.config), getattr(model.config, "pad_token_id", None)
         ids = torch.tensor([[t for t in range(1, vocab) if t != pad][:3]], device=_device(model))
@@ -180,9 +196,10 @@ def _positions_needed(model, keyword: str) -> bool:
                 explicit = outputs_of(model(ids[:, 2:], position_ids=torch.tensor([[2]], device=_device(model)),
                                             **{keyword: cache, "use_cache": True}))
                 default, explicit = default[0, -1].double(), explicit[0, -1].double()
-                needed = not torch.equal(default, explicit) and \
+                equal = torch.equal(default, explicit)
+                needed = not equal and \
                     float((explicit - whole).abs().max()) < float((default - whole).abs().max())
-    return needed
+    return needed, equal
 
 
 def kv_cache(out, model):

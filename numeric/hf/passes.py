@@ -127,7 +127,7 @@ def _base(r: dict, adapter: Adapter) -> tuple[torch.Tensor, torch.Tensor | None]
 
 
 @contextmanager
-def swapped_branches(model, layout: Layout, kernel_for, patches_for):
+def swapped_branches(model, layout: Layout, kernel_for, patches_for, sub_block=None):
     """Swap every layer's MLP branch for the kernel's patched sub-block (factored patches).
 
     The branch module's forward is replaced (so the model's own MLP never runs), modules in
@@ -136,8 +136,9 @@ def swapped_branches(model, layout: Layout, kernel_for, patches_for):
     products of u that ``kernel_for(n).plain(params, u)`` computed (None where the kernel has no such
     method, or none to give), which ``kernel_for(n).apply`` then takes too: each of those matrices read once.
     Each layer's parameters are read when its branch runs (loaded just in time by accelerate's hooks on a
-    dispatched model). Every ``forward`` attribute is restored on exit to
-    exactly what it was (accelerate's own wrapper on a dispatched model).
+    dispatched model). Every ``forward`` attribute is restored on exit to exactly what it was (accelerate's
+    own wrapper on a dispatched model). ``sub_block(n, params, u, x)`` -> y: the sub-block's output computed
+    whole instead (both rows of a batched generation step, `numeric.hf.paired`).
     """
     state: dict = {}
     handles, swapped, layers = _input_hooks(model, layout, state), [], get(model, layout.layers)
@@ -149,13 +150,15 @@ def swapped_branches(model, layout: Layout, kernel_for, patches_for):
             u, x = _base(r, adapter)
             params = layer_params(layer, adapter)
             extra = {} if x is None else {"x": x}
-            kernel = kernel_for(n)
-            plain = kernel.plain(params, u, **extra) if hasattr(kernel, "plain") else None
-            which = patches_for(n, u, x, plain)
-            y = kernel.apply(params, which, u, **extra) if plain is None else \
-                kernel.apply(params, which, u, plain=plain, **extra)
-            # the module's own output: the layer multiplies it by its branch multiplier c after the module
-            out = y if adapter.returns_sum else (y - u) / adapter.spec.mlp.branch_scale
+            if sub_block is not None:
+                y = sub_block(n, params, u, x)
+            else:
+                kernel = kernel_for(n)
+                plain = kernel.plain(params, u, **extra) if hasattr(kernel, "plain") else None
+                which = patches_for(n, u, x, plain)
+                y = kernel.apply(params, which, u, **extra) if plain is None else \
+                    kernel.apply(params, which, u, plain=plain, **extra)
+            out = module_output(adapter, y, u)
             # shaped as the module's input, (1, T, .) or OPT's (T, .) rows
             lead = args[0].shape[:-1] if args and isinstance(args[0], torch.Tensor) else r["shape"][:-1]
             out = out.reshape(*lead, out.shape[-1]).to(r["first"].dtype)
@@ -176,6 +179,61 @@ def swapped_branches(model, layout: Layout, kernel_for, patches_for):
                 del module.forward  # back to the class's forward
             else:
                 module.forward = forward  # the instance's own (accelerate's hook wrapper)
+
+
+def module_output(adapter: Adapter, y: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    r"""The branch module's own output for the sub-block's output y at input u: y itself where the module returns
+    the sum (`Adapter.returns_sum`), else $(y - u) / c$ (the layer multiplies the module's output by its branch
+    multiplier c after the module)."""
+    return y if adapter.returns_sum else (y - u) / adapter.spec.mlp.branch_scale
+
+
+@contextmanager
+def paired_branches(model, layout: Layout, patched_row):
+    r"""Forwards of a batch of two rows, one token each: row 0 the run with the context, row 1 the run without it.
+
+    The model's own modules run on both rows, so row 0 is the model's own run; the hooks read every patched
+    layer's u of both rows (row 0's is row 1's target $u_C$; x too for a parallel block) and the contextual
+    products its modules compute on row 0 (`Adapter.products`) and their twins on row 1 (the same matrices times
+    the run's own vectors: ``twins``, {matrix: (1, out)}), and replace row 1 of the branch module's output
+    by ``patched_row(n, u_C, u, x_C, x, given, twins)`` -> the patched sub-block's output y, (1, d) (`module_output`;
+    the branch's summed `parts` give zeros on row 1: the branch module's row holds the whole branch). Row 1
+    thus enters the next layer patched, within the same forward. The hooks are removed on exit."""
+    state: dict = {}
+    given: dict = {}
+    handles = _input_hooks(model, layout, state) + _product_hooks(model, layout, given, 0)
+    layers = get(model, layout.layers)
+    for n, adapter in layout.patched():
+        def replace(_mod, _args, output, n=n, adapter=adapter):
+            r = state.pop(n)
+            u, x = _base(r, adapter)
+            both = given.pop(n, {})
+            products, twins = {k: v[:1] for k, v in both.items()}, {k: v[1:] for k, v in both.items()}
+            y = patched_row(n, u[:1], u[1:], None if x is None else x[:1], None if x is None else x[1:],
+                            products or None, twins or None)
+            return _row_replaced(output, module_output(adapter, y, u[1:]))
+
+        def zero(_mod, _args, output):
+            return _row_replaced(output, None)
+
+        layer = layers[n]
+        handles.append(get(layer, adapter.branch_module).register_forward_hook(replace))
+        handles += [get(layer, p).register_forward_hook(zero) for p in adapter.parts]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _row_replaced(output, row: torch.Tensor | None):
+    """A module's output (a tensor, or a tuple whose first entry is the tensor) with its second row (of a batch of
+    two tokens, (2, 1, .) or (2, .) rows) replaced by ``row`` (zeros where None)."""
+    t = output[0] if isinstance(output, tuple) else output
+    rows = token_rows(t).clone()
+    rows[1] = 0 if row is None else row.reshape(-1).to(rows.dtype)
+    t = rows.reshape(t.shape)
+    return (t,) + tuple(output[1:]) if isinstance(output, tuple) else t
 
 
 _CLASS_FORWARD = object()  # a module whose forward is its class's (no instance attribute)
