@@ -361,24 +361,10 @@ def given_products(spec: BlockSpec, outputs: list[Assign]) -> tuple[list[Assign]
             plain.add(a.target)
         elif names & contextual:
             contextual.add(a.target)
-    found: dict[str, set] = {}
-    for a in outputs:
-        for e in sorted(a.expr.atoms(MatVec), key=sp.default_sort_key):  # (a set: its order follows the hash seed)
-            W, v = e.args
-            names = _vec_names(v)
-            if isinstance(W, Mat) and W.name in matrices and names & contextual and not names & plain:
-                found.setdefault(W.name, set()).add(e)
-    products = {next(iter(es)): W for W, es in found.items() if len(es) == 1}
+    products = _single_products(outputs, matrices, lambda v: bool(_vec_names(v) & contextual)
+                                and not _vec_names(v) & plain)
     targets = {a.expr: a.target for a in outputs if a.expr in products}
-    taken = {a.target for a in outputs}
-    for e, W in products.items():
-        if e not in targets:
-            v = e.args[1]
-            name = f"{W}_{v.name}" if isinstance(v, Vec) else f"{W}_C"
-            while name in taken:
-                name += "_"
-            targets[e] = name
-            taken.add(name)
+    targets.update(_product_names([e for e in products if e not in targets], {a.target for a in outputs}, "C"))
     new = [Assign(targets[e], e) for e in products if not any(a.target == targets[e] for a in outputs)]
     swap = {e: Vec(targets[e], e.args[0].rows) for e in products}
     outputs = new + [a if a.expr in products else Assign(a.target, a.expr.xreplace(swap)) for a in outputs]
@@ -387,6 +373,30 @@ def given_products(spec: BlockSpec, outputs: list[Assign]) -> tuple[list[Assign]
 
 def _vec_names(expr: sp.Expr) -> set[str]:
     return {s.name for s in expr.free_symbols if isinstance(s, Vec)}
+
+
+def _single_products(outputs: list[Assign], matrices: dict[str, str], keep) -> dict[sp.Expr, str]:
+    """{W v: W} of every matrix that the outputs multiply by exactly one vector v with ``keep(v)``."""
+    found: dict[str, set] = {}
+    for a in outputs:
+        for e in sorted(a.expr.atoms(MatVec), key=sp.default_sort_key):  # (a set: its order follows the hash seed)
+            W, v = e.args
+            if isinstance(W, Mat) and W.name in matrices and keep(v):
+                found.setdefault(W.name, set()).add(e)
+    return {next(iter(es)): W for W, es in found.items() if len(es) == 1}
+
+
+def _product_names(products: list[sp.Expr], taken: set[str], suffix: str) -> dict[sp.Expr, str]:
+    """A fresh variable per product W v: ``<W>_<v>``, or ``<W>_<suffix>`` where v is not a named vector."""
+    names = {}
+    for e in products:
+        W, v = e.args
+        name = f"{W.name}_{v.name}" if isinstance(v, Vec) else f"{W.name}_{suffix}"
+        while name in taken:
+            name += "_"
+        names[e] = name
+        taken.add(name)
+    return names
 
 
 def products_function(po: PatchOutputs, used: dict[str, str]) -> Function | None:
@@ -457,24 +467,10 @@ def plain_products(spec: BlockSpec, outputs: list[Assign], inputs: set[str] = fr
             if a.target not in plain and _is_plain(a.expr, plain, params, patch_vars):
                 plain.add(a.target)
                 changed = True
-    found: dict[str, set] = {}
-    for a in outputs:
-        for e in sorted(a.expr.atoms(MatVec), key=sp.default_sort_key):
-            W, v = e.args
-            if isinstance(W, Mat) and W.name in matrices and _is_plain(v, plain, params, patch_vars):
-                found.setdefault(W.name, set()).add(e)
-    products = {next(iter(es)): W for W, es in found.items() if len(es) == 1}
+    products = _single_products(outputs, matrices, lambda v: _is_plain(v, plain, params, patch_vars))
     if not products:
         return outputs, {}
-    taken = set(defs)
-    names: dict[sp.Expr, str] = {}
-    for e, W in products.items():
-        v = e.args[1]
-        name = f"{W}_{v.name}" if isinstance(v, Vec) else f"{W}_p"
-        while name in taken:
-            name += "_"
-        names[e] = name
-        taken.add(name)
+    names = _product_names(list(products), set(defs), "p")
     swap = {e: Vec(names[e], e.args[0].rows) for e in products}
     out, placed = [], set()
     for a in outputs:
@@ -493,24 +489,19 @@ def _is_plain(expr: sp.Expr, plain: set[str], params: set[str], patch_vars: froz
     return vectors <= plain and not names & patch_vars
 
 
-def _vector_key(v: sp.Expr, defs: dict[str, sp.Expr]) -> str:
-    """A short hash of `v` written out in the inputs and parameters (every assignment it names substituted)."""
+def _written_out(v: sp.Expr, defs: dict[str, sp.Expr]) -> sp.Expr:
+    """`v` in the inputs and parameters: every assignment it names substituted, recursively."""
     for _ in range(len(defs) + 1):
         subs = {s: defs[s.name] for s in v.free_symbols if isinstance(s, Vec) and s.name in defs}
         if not subs:
             break
         v = v.xreplace(subs)
-    return hashlib.sha256(sp.srepr(v).encode()).hexdigest()[:8]
+    return v
 
 
-def _patch_vars(der: Derivation) -> frozenset[str]:
-    """The names of every patch field in `apply` (``W_gate_left``, ``mlp_post_norm_scale_delta``, ...)."""
-    out = set()
-    for p in der.patches:
-        i = ident(p.param)
-        field_ = "scale" if p.kind == "scale" else "delta"
-        out |= {f"{i}_left", f"{i}_right"} if p.kind == "rank1" else {f"{i}_{field_}"}
-    return frozenset(out)
+def _vector_key(v: sp.Expr, defs: dict[str, sp.Expr]) -> str:
+    """A short hash of `v` written out in the inputs and parameters (`_written_out`)."""
+    return hashlib.sha256(sp.srepr(_written_out(v, defs)).encode()).hexdigest()[:8]
 
 
 def _patched_params(spec: BlockSpec, der: Derivation) -> Params:
@@ -604,7 +595,8 @@ def build(spec: BlockSpec, der: Derivation) -> KernelIR:
     po = patch_outputs(spec, der)  # lowered once, for the patch and products functions
     patch_fn, patches, checks = patch_function(spec, po)
     per_expert_patch = {f"{ident(p.param)}_{k}" for p in der.patches if p.per_expert for k in ("left", "right")}
-    apply_fn = stage_function(spec, _patched_params(spec, der), per_expert_patch, _patch_vars(der))
+    patch_vars = frozenset(var for p in patches for _, var in p.fields)  # the fields apply reads (W_gate_left, ...)
+    apply_fn = stage_function(spec, _patched_params(spec, der), per_expert_patch, patch_vars)
     # the patch function takes only the plain products `apply` computes (`plain_products` gives those)
     patch_fn.plain = {v: k for v, k in patch_fn.plain.items() if k in set(apply_fn.plain.values())}
     forward_fn = stage_function(spec, b.unpatched(), set())
@@ -620,14 +612,9 @@ def twins(po: PatchOutputs, plain: set[str]) -> dict[str, str]:
     defs = {a.target: a.expr for a in po.outputs}
     out = {}
     for var, matrix in po.given.items():
-        v = defs[var].args[1] if isinstance(defs.get(var), MatVec) else None
-        if v is None:
+        if not isinstance(defs.get(var), MatVec):
             continue
-        for _ in range(len(defs) + 1):
-            subs = {s_: defs[s_.name] for s_ in v.free_symbols if isinstance(s_, Vec) and s_.name in defs}
-            if not subs:
-                break
-            v = v.xreplace(subs)
+        v = _written_out(defs[var].args[1], defs)
         swapped = v.xreplace({s_: Vec("u", s_.dim) for s_ in v.free_symbols
                               if isinstance(s_, Vec) and s_.name == "u_C"})
         key = f"{matrix}@{_vector_key(swapped, {})}"
