@@ -328,6 +328,20 @@ def _lfm2_moe(norm_topk_prob: bool):
     return model
 
 
+def _patched_exactly(model, seed: int = 2) -> None:
+    """absorb_context on 6 context and 4 query tokens: the factored and the written-in replays reproduce the run
+    with the context (float64), and the run without it does not."""
+    gen = torch.Generator().manual_seed(seed)
+    ctx, q = random_ids(6, 64, gen), random_ids(4, 64, gen)
+    ps = absorb_context(model, ctx, q)
+    with torch.no_grad():
+        want = model(torch.cat([ctx, q], 1)).logits[0, 6:]
+        unpatched = model(q).logits[0]
+    assert float((ps.logits()[0] - want).norm() / want.norm()) <= 1e-6
+    assert float((ps.materialized_logits()[0] - want).norm() / want.norm()) <= 1e-5
+    assert float((unpatched - want).norm() / want.norm()) >= 1e-3
+
+
 def test_lfm2_moe_sigmoid_routing_with_a_block_selection_bias():
     """LFM2-MoE without renormalisation: sigmoid scores (no scoring_func in the config), the selection bias a buffer
     of the MoE block, F.silu called as a function (no module names it: the check picks silu); patched exactly."""
@@ -337,15 +351,7 @@ def test_lfm2_moe_sigmoid_routing_with_a_block_selection_bias():
     assert moe.spec.moe.scoring == "sigmoid" and moe.spec.moe.selection_bias and moe.spec.mlp.activation == "silu"
     assert moe.params["b_select"].path == "feed_forward.expert_bias"
     assert all(c["error"] <= FLOAT64_BOUND for c in layout.checks)
-    gen = torch.Generator().manual_seed(2)
-    ctx, q = random_ids(6, 64, gen), random_ids(4, 64, gen)
-    ps = absorb_context(model, ctx, q)
-    with torch.no_grad():
-        want = model(torch.cat([ctx, q], 1)).logits[0, 6:]
-        plain = model(q).logits[0]
-    assert float((ps.logits()[0] - want).norm() / want.norm()) <= 1e-6
-    assert float((ps.materialized_logits()[0] - want).norm() / want.norm()) <= 1e-5
-    assert float((plain - want).norm() / want.norm()) >= 1e-3
+    _patched_exactly(model)
 
 
 def test_lfm2_moe_renormalisation_epsilon_is_read_and_patched_exactly():
@@ -367,12 +373,4 @@ def test_lfm2_moe_renormalisation_epsilon_is_read_and_patched_exactly():
         moe.spec.moe, renormalize_eps=0.0)))
     without = check_adapter(layer64, plain, u_of(plain, record, x), None, state_of(plain, record, x, y)[0])
     assert without["error"] > without["bound"]
-    gen = torch.Generator().manual_seed(2)
-    ctx, q = random_ids(6, 64, gen), random_ids(4, 64, gen)
-    ps = absorb_context(model, ctx, q)
-    with torch.no_grad():
-        want = model(torch.cat([ctx, q], 1)).logits[0, 6:]
-        unpatched = model(q).logits[0]
-    assert float((ps.logits()[0] - want).norm() / want.norm()) <= 1e-6
-    assert float((ps.materialized_logits()[0] - want).norm() / want.norm()) <= 1e-5
-    assert float((unpatched - want).norm() / want.norm()) >= 1e-3
+    _patched_exactly(model)
