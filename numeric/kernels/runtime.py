@@ -13,8 +13,10 @@ It must not know any architecture: it receives arrays and names only.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 
+import numpy
 from array_api_compat import array_namespace
 
 from symbolic.errors import PatchConditionError
@@ -293,9 +295,8 @@ def _sum_finite(xp, value) -> bool:
     """Whether the entries' sum is finite, which proves every entry finite (an infinity or a NaN makes the sum
     infinite or NaN) in one reduction; a sum of finite entries that overflows reads False, and the caller then
     checks the entries one by one."""
-    import numpy
-
-    with numpy.errstate(over="ignore", invalid="ignore"):  # NumPy's overflow warning: the False case above
+    quiet = numpy.errstate(over="ignore", invalid="ignore") if isinstance(value, numpy.ndarray) else nullcontext()
+    with quiet:  # NumPy's overflow warning: the False case above
         return bool(xp.isfinite(xp.sum(value)))
 
 
